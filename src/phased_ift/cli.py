@@ -1,0 +1,189 @@
+"""`phased-ift` command line: thin subcommands over the library.
+
+    phased-ift data check PATH [--format F]        validate a data file, count records read and rejected
+    phased-ift data sources                        list the named data sources and where they resolve
+    phased-ift config [CONFIG] [key=value ...]     print every config key with its default and help
+    phased-ift score CONFIG [key=value ...]        difficulty scores -> <run_dir>/scores/<scorer>.jsonl
+    phased-ift split CONFIG [key=value ...]        phases -> <run_dir>/phases/
+    phased-ift train CONFIG [key=value ...]        train every configured arm, phase by phase
+    phased-ift generate CONFIG [key=value ...]     answers on the test sets
+    phased-ift judge CONFIG [key=value ...]        pairwise judging in both orders
+    phased-ift report CONFIG [key=value ...]       report.md/html, plots, summary.json
+    phased-ift run CONFIG [key=value ...]          all of the above, resumable
+
+User errors print one paragraph (no traceback) and exit with status 2; Ctrl-C exits with 130 and the same
+command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from rich.console import Console
+
+from phased_ift import __version__
+from phased_ift.errors import PhasedIFTError
+
+console = Console(stderr=True)
+
+
+def _load(args: argparse.Namespace):
+    from phased_ift.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Handlers: each loads what it needs lazily so `phased-ift --help` stays fast.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from phased_ift.data import check_file
+
+    return check_file(args.path, fmt=args.format, rejects=args.rejects, console=console)
+
+
+def cmd_data_sources(args: argparse.Namespace) -> int:
+    from phased_ift.data import print_sources
+
+    return print_sources(console=console)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from phased_ift.config import config_to_dict, describe
+
+    if args.config:
+        import yaml
+
+        cfg = _load(args)
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
+        return 0
+    table = Table("key", "default", "help", show_lines=False)
+    for key, default, help_text in describe():
+        table.add_row(key, default, help_text)
+    Console().print(table)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from phased_ift.pipeline import step_score
+
+    step_score(_load(args), dry_run=args.dry_run, console=console)
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from phased_ift.pipeline import step_split
+
+    step_split(_load(args), console=console)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from phased_ift.pipeline import step_train
+
+    step_train(_load(args), dry_run=args.dry_run, console=console)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from phased_ift.pipeline import step_generate
+
+    step_generate(_load(args), console=console)
+    return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from phased_ift.pipeline import step_judge
+
+    step_judge(_load(args), dry_run=args.dry_run, console=console)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from phased_ift.pipeline import step_report
+
+    step_report(_load(args), console=console)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from phased_ift.pipeline import run_pipeline
+
+    run_pipeline(_load(args), dry_run=args.dry_run, console=console)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _config_args(p: argparse.ArgumentParser, dry_run: bool = False) -> None:
+    p.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=2")
+    if dry_run:
+        p.add_argument("--dry-run", action="store_true", help="print the plan (counts, tokens, requests) and stop")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phased-ift",
+        description="Phased Instruction Fine-Tuning: score difficulty, split into phases, train phase by phase "
+        "against one-off and control arms, judge pairwise in both orders, report honestly.",
+    )
+    parser.add_argument("--version", action="version", version=f"phased-ift {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("data", help="check data files, list named sources")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    c = dsub.add_parser("check", help="validate a data file; print records read and rejected")
+    c.add_argument("path", help="file or named source (e.g. alpagasus/random_9k)")
+    c.add_argument("--format", default="auto", help="alpaca | phasedsft | sharegpt | messages | testset | hf | auto")
+    c.add_argument("--rejects", default=None, help="write rejected records here (default: <path>.rejects.jsonl "
+                   "next to the current directory's name)")
+    c.set_defaults(func=cmd_data_check)
+    s = dsub.add_parser("sources", help="list named data sources and whether they are present")
+    s.set_defaults(func=cmd_data_sources)
+
+    p = sub.add_parser("config", help="show every config key with its help, or the resolved CONFIG")
+    p.add_argument("config", nargs="?", default=None)
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_config)
+
+    commands: list[tuple[str, str, Callable, bool]] = [
+        ("score", "score instruction difficulty (judge, ifd, loss, length, learned, meta)", cmd_score, True),
+        ("split", "split scored data into phases of increasing difficulty (+ controls)", cmd_split, False),
+        ("train", "train every arm phase by phase (phased, one-off, random, reverse)", cmd_train, True),
+        ("generate", "generate answers on the test sets for every arm", cmd_generate, False),
+        ("judge", "judge arm pairs in both answer orders", cmd_judge, True),
+        ("report", "write report.md/html, plots and summary.json", cmd_report, False),
+        ("run", "the whole pipeline, resumable", cmd_run, True),
+    ]
+    for name, help_text, func, dry in commands:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _config_args(p, dry_run=dry)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PhasedIFTError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished work is saved; run the same command again to resume.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

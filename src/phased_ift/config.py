@@ -1,0 +1,455 @@
+"""One YAML config for the whole pipeline: typed sections, help written once, strict errors, dotted overrides.
+
+    cfg = load_config("configs/quickstart.yaml", overrides=["train.epochs=2", "run_dir=runs/x"])
+
+Each section is a dataclass; a field's help text is its `metadata["help"]` (shown by `phased-ift config`).
+Unknown keys and values of the wrong type raise `PhasedIFTError` naming the file, the dotted key and the fix.
+Cross-field checks live in `__post_init__`. API keys never appear here: endpoints name an environment variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from phased_ift.errors import PhasedIFTError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with help text; mutable defaults are copied per instance."""
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        import copy
+
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _check_choice(section: str, name: str, value: Any, choices: typing.Iterable[Any]) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise PhasedIFTError(f"config: {section}.{name} = {value!r} is not one of {choices}; set it to one of those.")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataSource:
+    """One input dataset: a named source (resolved from the data home) or a file / HF dataset path."""
+
+    name: str = _f("", "Named source, e.g. 'alpagasus/random_9k' (see `phased-ift data sources`). Set name or path.")
+    path: str = _f("", "A file (json, jsonl, parquet, csv) or a Hugging Face dataset id/dir. Set name or path.")
+    format: str = _f("auto", "alpaca | phasedsft | sharegpt | messages | testset | hf | auto (detect).")
+    columns: dict = _f({}, "Column mapping for csv/parquet/hf data, e.g. {instruction: question, output: answer}.")
+    split: str = _f("train", "Split of a Hugging Face dataset.")
+    limit: int = _f(0, "Keep a seeded random sample of this many records (0 = all).")
+    seed: int = _f(0, "Seed of the `limit` sample.")
+
+    def __post_init__(self) -> None:
+        if bool(self.name) == bool(self.path):
+            raise PhasedIFTError(
+                f"config: a data source needs exactly one of `name` or `path` (got name={self.name!r}, "
+                f"path={self.path!r})."
+            )
+        if self.limit < 0:
+            raise PhasedIFTError(f"config: data source limit must be >= 0, got {self.limit}.")
+
+
+@dataclass
+class DataConfig:
+    train: list[DataSource] = _f([], "Training sources, concatenated in order.")
+    dedupe: bool = _f(True, "Reject exact duplicate examples (same messages); duplicates go to data/rejects.jsonl.")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f(
+        "smollm2-135m-instruct",
+        "Named offline model (smollm2-135m-instruct, gemma-3-270m), a local path or a hub id.",
+    )
+    template: str = _f("chat", "Prompt rendering: 'chat' (tokenizer chat template) or 'paper' (PhasedSFT template).")
+    max_length: int = _f(512, "Max tokens per training example (prompt + response); longer ones are truncated.")
+    dtype: str = _f("float32", "Weight dtype: float32 (recommended on CPU), bfloat16 or float16.")
+    autocast: str = _f("bf16", "Mixed precision compute: bf16, fp16 or none.")
+    attn_implementation: str = _f("sdpa", "Attention kernel: sdpa, eager or flash_attention_2 (GPU).")
+    trust_remote_code: bool = _f(False, "Allow custom modelling code from a hub repo.")
+
+    def __post_init__(self) -> None:
+        _check_choice("model", "template", self.template, ["chat", "paper"])
+        _check_choice("model", "dtype", self.dtype, ["float32", "bfloat16", "float16"])
+        _check_choice("model", "autocast", self.autocast, ["bf16", "fp16", "none"])
+        if self.max_length < 16:
+            raise PhasedIFTError(f"config: model.max_length must be >= 16, got {self.max_length}.")
+
+
+@dataclass
+class EndpointConfig:
+    """An OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp server, ...)."""
+
+    base_url: str = _f("", "e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 ('' = not configured).")
+    model: str = _f("", "Model name sent in each request, e.g. gpt-4-0613.")
+    api_key_env: str = _f("OPENAI_API_KEY", "Name of the environment variable holding the API key (never the key).")
+    concurrency: int = _f(8, "Requests in flight at once.")
+    timeout: float = _f(60.0, "Seconds per request before it is retried.")
+    max_retries: int = _f(5, "Retries on 429/5xx/timeouts, with exponential backoff.")
+    temperature: float = _f(0.0, "Sampling temperature.")
+    max_tokens: int = _f(16, "Max completion tokens per request.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_url)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env or ""):
+            raise PhasedIFTError(
+                "config: api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not a key. "
+                "Export the key in your shell and put its variable name here."
+            )
+        if self.base_url and not self.model:
+            raise PhasedIFTError(f"config: endpoint {self.base_url} has no `model`; set the model name to send.")
+        if self.concurrency < 1 or self.max_retries < 0:
+            raise PhasedIFTError("config: endpoint concurrency must be >= 1 and max_retries >= 0.")
+
+
+@dataclass
+class ScoringConfig:
+    scorer: str = _f("ifd", "Difficulty scorer: judge | ifd | loss | length | learned | meta (see `phased-ift score`).")
+    judge: EndpointConfig = _f(EndpointConfig(), "LLM judge endpoint for scorer=judge.")
+    template: str = _f("difficulty", "Judge prompt: a packaged template name or a path to a .txt template.")
+    samples: int = _f(1, "Judge samples per instruction; the score is their mean.")
+    use_logprobs: bool = _f(True, "Use the expected score over tokens 1-5 when the server returns top_logprobs.")
+    model: str = _f("", "Scoring model for ifd/loss ('' = model.name_or_path).")
+    batch_size: int = _f(16, "Examples per forward pass for ifd/loss.")
+    max_length: int = _f(512, "Max tokens per example for ifd/loss.")
+    meta_key: str = _f("score", "scorer=meta: take this numeric field from each record's meta (e.g. the paper's).")
+    labels: str = _f("", "scorer=learned: a scores jsonl (id, score) or 'paper' (the released GPT-4 scores).")
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.batch_size < 1:
+            raise PhasedIFTError("config: scoring.samples and scoring.batch_size must be >= 1.")
+
+
+@dataclass
+class PhasesConfig:
+    k: int = _f(3, "Number of phases (stages).")
+    method: str = _f("quantiles", "thresholds (fixed score boundaries, the paper) or quantiles (equal-size phases).")
+    thresholds: list = _f([], "method=thresholds: K-1 increasing boundaries; phase k holds t[k-1] <= score < t[k].")
+    seed: int = _f(0, "Seed of the random control and of tie breaking.")
+
+    def __post_init__(self) -> None:
+        _check_choice("phases", "method", self.method, ["thresholds", "quantiles"])
+        if self.k < 1:
+            raise PhasedIFTError(f"config: phases.k must be >= 1, got {self.k}.")
+        if self.method == "thresholds":
+            if len(self.thresholds) != self.k - 1:
+                raise PhasedIFTError(
+                    f"config: phases.method=thresholds with k={self.k} needs {self.k - 1} thresholds, "
+                    f"got {self.thresholds}; e.g. phases.thresholds=[2.5,3.5] for the paper's 3 stages."
+                )
+            if any(b <= a for a, b in zip(self.thresholds, self.thresholds[1:])):
+                raise PhasedIFTError(f"config: phases.thresholds must increase, got {self.thresholds}.")
+
+
+ARMS = ("phased", "one-off", "random", "reverse")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(16, "LoRA rank.")
+    alpha: int = _f(32, "LoRA alpha.")
+    dropout: float = _f(0.0, "LoRA dropout.")
+    target_modules: list = _f(["all-linear"], "Modules to adapt ('all-linear' = every linear layer but the head).")
+    across_phases: str = _f("continue", "continue (one adapter trained on through phases) or merge (merge each phase).")
+
+    def __post_init__(self) -> None:
+        _check_choice("train.lora", "across_phases", self.across_phases, ["continue", "merge"])
+
+
+@dataclass
+class TrainConfig:
+    arms: list = _f(["phased", "one-off", "random"], f"Arms to train: any of {list(ARMS)}.")
+    method: str = _f("lora", "lora or full fine-tuning.")
+    lora: LoraConfig = _f(LoraConfig(), "LoRA settings (method=lora).")
+    epochs: float = _f(1.0, "Epochs per phase (one-off: epochs over the union, the same budget).")
+    learning_rate: float = _f(2e-4, "Peak learning rate (the paper: 5e-6 full fine-tuning).")
+    phase_epochs: list = _f([], "Per-phase epochs, overrides `epochs` (length K).")
+    phase_learning_rates: list = _f([], "Per-phase learning rates, overrides `learning_rate` (length K).")
+    batch_size: int = _f(8, "Examples per device per step.")
+    grad_accum: int = _f(1, "Gradient accumulation steps.")
+    lr_scheduler: str = _f("cosine", "transformers scheduler name, restarted each phase.")
+    warmup_ratio: float = _f(0.1, "Warmup fraction of each phase's steps.")
+    weight_decay: float = _f(0.0, "AdamW weight decay (the paper: 0.1).")
+    adam_beta2: float = _f(0.999, "AdamW beta2 (the paper: 0.95).")
+    max_grad_norm: float = _f(1.0, "Gradient clipping.")
+    carry_optimizer: bool = _f(False, "Carry the AdamW state from phase k-1 into phase k (default: restart).")
+    order: str = _f("shuffle", "Order inside a phase: shuffle or sequential (keeps the file order).")
+    batching: str = _f(
+        "bucket",
+        "bucket (length-grouped batches, little padding: best on CPU), pad (TRL default) or packing (padding-free; "
+        "needs flash attention on GPU).",
+    )
+    max_steps: int = _f(-1, "Stop each phase after this many steps (-1 = epochs decide; for quick checks).")
+    save_steps: int = _f(50, "Save a Trainer checkpoint every N steps (resume inside a phase).")
+    logging_steps: int = _f(1, "Log the loss every N steps.")
+    gradient_checkpointing: bool = _f(False, "Trade compute for memory.")
+    seeds: list = _f([0], "Training seeds; each arm is trained once per seed.")
+    deepspeed: str = _f("", "Path to a DeepSpeed config (GPU runs under `accelerate launch`).")
+
+    def __post_init__(self) -> None:
+        for arm in self.arms:
+            _check_choice("train", "arms[]", arm, ARMS)
+        if len(set(self.arms)) != len(self.arms):
+            raise PhasedIFTError(f"config: train.arms has duplicates: {self.arms}.")
+        _check_choice("train", "method", self.method, ["lora", "full"])
+        _check_choice("train", "order", self.order, ["shuffle", "sequential"])
+        _check_choice("train", "batching", self.batching, ["bucket", "pad", "packing"])
+        if self.epochs <= 0 or self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1:
+            raise PhasedIFTError("config: train.epochs, learning_rate > 0 and batch_size, grad_accum >= 1 required.")
+        if not self.seeds:
+            raise PhasedIFTError("config: train.seeds needs at least one seed.")
+
+
+@dataclass
+class GenerateConfig:
+    test_sets: list = _f(["vicuna"], "Named test sets (vicuna, koala, sinstruct, wizardlm, oasst, helpful_base, "
+                         "alpaca_eval) or paths to prompt files.")
+    limit: int = _f(0, "Seeded sample of this many prompts per test set (0 = all).")
+    seed: int = _f(0, "Seed of the `limit` sample.")
+    max_new_tokens: int = _f(256, "Max new tokens per answer (greedy decoding, stops at EOS).")
+    batch_size: int = _f(16, "Prompts per generation batch (left padding).")
+    every_phase: bool = _f(False, "Also generate with each intermediate phase checkpoint (the win-rate trend).")
+    backend: str = _f("hf", "hf (transformers) or vllm (GPU, optional).")
+
+    def __post_init__(self) -> None:
+        _check_choice("generate", "backend", self.backend, ["hf", "vllm"])
+
+
+@dataclass
+class JudgeConfig:
+    judge: EndpointConfig = _f(EndpointConfig(max_tokens=32), "Pairwise judge endpoint ('' base_url = no judging).")
+    template: str = _f("pairwise", "pairwise (the paper's 1-10 's1 s2' prompt) or reference (vs. a reference answer).")
+    pairs: list = _f([], "Arm pairs [a, b] to judge; [] = every arm against one-off (or the first arm).")
+
+    def __post_init__(self) -> None:
+        for p in self.pairs:
+            if not (isinstance(p, list) and len(p) == 2):
+                raise PhasedIFTError(f"config: judge.pairs entries must be [arm_a, arm_b], got {p!r}.")
+
+
+@dataclass
+class EvaluationConfig:
+    reference_loss: bool = _f(True, "Offline evaluation: mean per-token loss of GPT-4 reference answers (AlpacaEval).")
+    reference: str = _f("alpaca_eval/gpt4", "Named source of reference answers.")
+    limit: int = _f(0, "Seeded sample of reference prompts (0 = those of the configured test sets).")
+
+
+@dataclass
+class ReportConfig:
+    bootstrap: int = _f(2000, "Bootstrap resamples for confidence intervals.")
+    confidence: float = _f(0.95, "Confidence level.")
+    seed: int = _f(0, "Bootstrap seed.")
+
+
+@dataclass
+class Config:
+    """The whole pipeline. Sections: data, model, scoring, phases, train, generate, judge, evaluation, report."""
+
+    run_dir: str = _f("runs/default", "Run directory; every step reads and writes files here.")
+    seed: int = _f(0, "Global seed (data sampling, splits, training).")
+    data: DataConfig = _f(DataConfig(), "Training data.")
+    model: ModelConfig = _f(ModelConfig(), "Base model and prompt rendering.")
+    scoring: ScoringConfig = _f(ScoringConfig(), "Difficulty scoring.")
+    phases: PhasesConfig = _f(PhasesConfig(), "Splitting into phases.")
+    train: TrainConfig = _f(TrainConfig(), "Phased training and control arms.")
+    generate: GenerateConfig = _f(GenerateConfig(), "Answer generation on test sets.")
+    judge: JudgeConfig = _f(JudgeConfig(), "Pairwise LLM judging.")
+    evaluation: EvaluationConfig = _f(EvaluationConfig(), "Offline evaluation (no judge needed).")
+    report: ReportConfig = _f(ReportConfig(), "Report statistics.")
+
+    def __post_init__(self) -> None:
+        n = self.phases.k
+        for key in ("phase_epochs", "phase_learning_rates"):
+            v = getattr(self.train, key)
+            if v and len(v) != n:
+                raise PhasedIFTError(f"config: train.{key} has {len(v)} values but phases.k = {n}; give one per phase.")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise PhasedIFTError(f"{where}: `{key}` must be a mapping (section {_type_name(tp)}), got {value!r}.")
+        return _build(tp, value, key, where)
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise PhasedIFTError(f"{where}: `{key}` must be a list, got {value!r}; write e.g. {key}=[a,b].")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise PhasedIFTError(f"{where}: `{key}` must be a mapping, got {value!r}.")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise PhasedIFTError(f"{where}: `{key}` must be true or false, got {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PhasedIFTError(f"{where}: `{key}` must be an integer, got {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PhasedIFTError(f"{where}: `{key}` must be a number, got {value!r}.")
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise PhasedIFTError(f"{where}: `{key}` must be a string, got {value!r}.")
+        return str(value)
+    return value
+
+
+def _build(cls: type, raw: dict, prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in raw.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), list(fields), n=1)
+            hint = f" Did you mean `{(prefix + '.') if prefix else ''}{close[0]}`?" if close else ""
+            raise PhasedIFTError(
+                f"{where}: unknown key `{key}`.{hint} Known keys here: {', '.join(sorted(fields))}."
+            )
+        kwargs[k] = _coerce(v, hints[k], key, where)
+    try:
+        return cls(**kwargs)
+    except PhasedIFTError as e:
+        raise PhasedIFTError(f"{where}: {e}".replace("config: ", "")) from None
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise PhasedIFTError(f"override {item!r} is not key=value; write e.g. train.epochs=2.")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
+    """Apply dotted `key=value` overrides (values parsed as YAML) to a raw config dict, in place.
+
+    `data.train.0.limit=100` indexes into lists. Returns `raw`.
+    """
+    for item in overrides:
+        path, value = _parse_override(item)
+        node: Any = raw
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, list):
+                try:
+                    node = node[int(part)]
+                except (ValueError, IndexError):
+                    raise PhasedIFTError(f"override {item!r}: `{part}` is not a valid list index.") from None
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, (dict, list)):
+                    raise PhasedIFTError(f"override {item!r}: `{'.'.join(path[: i + 1])}` is not a section.")
+        last = path[-1]
+        if isinstance(node, list):
+            try:
+                node[int(last)] = value
+            except (ValueError, IndexError):
+                raise PhasedIFTError(f"override {item!r}: `{last}` is not a valid list index.") from None
+        else:
+            node[last] = value
+    return raw
+
+
+def config_from_dict(raw: dict, where: str = "config") -> Config:
+    """Build a checked `Config` from a plain dict (raises PhasedIFTError naming `where` and the key)."""
+    if not isinstance(raw, dict):
+        raise PhasedIFTError(f"{where}: the top level must be a mapping of sections, got {type(raw).__name__}.")
+    return _build(Config, raw, "", where)
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply `key=value` overrides.
+
+    Raises:
+        PhasedIFTError: missing/unreadable file, YAML syntax error (with line), unknown key, wrong type, bad value.
+    """
+    raw: dict = {}
+    where = "config"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise PhasedIFTError(f"config file {p} does not exist; pass a YAML file such as configs/quickstart.yaml.")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise PhasedIFTError(f"{p}:{line} is not valid YAML ({getattr(e, 'problem', e)}); fix the syntax.") from None
+    apply_overrides(raw, overrides)
+    if overrides:
+        where += " (with overrides)"
+    return config_from_dict(raw, where)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain dict of a config (no secrets exist in it: endpoints hold env var names only)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (e.g. to <run_dir>/config.yaml)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every field: the help text is written once, on the field."""
+    rows = []
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        val = getattr(inst, f.name)
+        if dataclasses.is_dataclass(val):
+            rows.append((key, "", f.metadata.get("help", "")))
+            rows.extend(describe(type(val), key + "."))
+        else:
+            rows.append((key, repr(val), f.metadata.get("help", "")))
+    return rows
+

@@ -1,0 +1,59 @@
+"""The pipeline: data -> score -> split -> train -> generate -> judge -> report, in one run dir.
+
+Each `step_*` reads its inputs from the run dir, skips work whose outputs already exist, and writes its outputs
+atomically, so `phased-ift run CONFIG` after kill -9 or Ctrl-C resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from phased_ift.config import Config, save_config
+from phased_ift.errors import PhasedIFTError
+from phased_ift.rundir import RunDir
+
+
+def _not_yet(step: str) -> None:
+    raise PhasedIFTError(f"`{step}` is not yet available in this version of phased-ift.")
+
+
+def step_data(cfg: Config, console: Console | None = None) -> RunDir:
+    """Read every configured source into data/train.jsonl (+ data/rejects.jsonl)."""
+    _not_yet("data")
+
+
+def step_score(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
+    """Score difficulty with cfg.scoring.scorer -> scores/<scorer>.jsonl."""
+    _not_yet("score")
+
+
+def step_split(cfg: Config, console: Console | None = None) -> None:
+    """Split scored data into phases (+ random/reverse controls) -> phases/."""
+    _not_yet("split")
+
+
+def step_train(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
+    """Train every configured arm and seed, phase by phase -> checkpoints/."""
+    _not_yet("train")
+
+
+def step_generate(cfg: Config, console: Console | None = None) -> None:
+    """Generate answers on the test sets for every arm (and phase, when asked) -> generations/."""
+    _not_yet("generate")
+
+
+def step_judge(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
+    """Judge arm pairs in both orders -> judgements/."""
+    _not_yet("judge")
+
+
+def step_report(cfg: Config, console: Console | None = None) -> None:
+    """Write report/report.md, report.html, PNGs and summary.json."""
+    _not_yet("report")
+
+
+def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
+    """All steps in order; each skips finished work."""
+    run = RunDir(cfg.run_dir)
+    save_config(cfg, run.config)
+    _not_yet("run")
