@@ -1,0 +1,323 @@
+"""Pairwise judging of two arms' answers in both orders, the paper's reconciliation rule, and win rates.
+
+    phased-ift judge configs/quickstart.yaml judge.judge.base_url=http://127.0.0.1:8080/v1 judge.judge.model=x
+
+A judge is data: a prompt template (`templates/pairwise.txt`, `templates/reference.txt`, or a path to a .txt
+file) plus the score parser below. Each prompt is judged twice, once with arm A's answer as "Assistant 1" (order
+"ab") and once with arm B's answer first (order "ba"), because LLM judges favour one position. The two orders are
+reconciled with the rule of the paper's code (xubuvd/PhasedSFT, evaluation/win_tie_loss_stat.py):
+
+    win  = A wins both orders, or wins one and ties one
+    tie  = ties both, or wins one and loses one
+    loss = the mirror of win
+    unparseable = either order's reply has no valid "s1 s2" first line (counted apart, never turned into a result)
+
+Rows go to `judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl` with both raw replies, so numbers can be
+recomputed without paying again; every request also goes through the LLM cache, so a re-run sends nothing.
+
+`aggregate(rows)` gives counts, the plain win rate over parsed pairs and the paper's centred number.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from phased_ift.errors import PhasedIFTError
+
+VERDICTS = ("win", "tie", "loss", "unparseable")
+SCORE_MIN, SCORE_MAX = 1.0, 10.0
+# The first non-empty line must hold exactly two numbers, separated by whitespace and/or one comma (the paper's
+# parser replaces commas by spaces and splits). A trailing period is tolerated; anything else is not a score line.
+_SCORE_LINE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:,\s*|\s+)(\d+(?:\.\d+)?)\s*\.?\s*$")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Templates
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JudgeTemplate:
+    """A pairwise judge prompt: system text and user text with {question}, {answer_1}, {answer_2}
+    (and {reference} for reference templates) placeholders."""
+
+    name: str
+    system: str
+    user: str
+
+    @property
+    def needs_reference(self) -> bool:
+        return "{reference}" in self.user
+
+    def messages(self, question: str, answer_1: str, answer_2: str, reference: str | None = None) -> list[dict]:
+        """Chat messages for one order. Placeholders are replaced literally (answers may contain braces)."""
+        if self.needs_reference and reference is None:
+            raise ValueError(f"judge template {self.name!r} needs a reference answer")
+        user = self.user
+        # Replace the reference first: answers are inserted last so their text is never re-scanned.
+        for key, value in (("{question}", question), ("{reference}", reference or "")):
+            user = user.replace(key, value)
+        user = user.replace("{answer_1}", "\0A1\0").replace("{answer_2}", "\0A2\0")
+        user = user.replace("\0A1\0", answer_1).replace("\0A2\0", answer_2)
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        return msgs + [{"role": "user", "content": user}]
+
+
+def load_template(name_or_path: str) -> JudgeTemplate:
+    """Load a packaged judge template by name ("pairwise", "reference") or a .txt file.
+
+    File format: a line `<<system>>`, the system text, a line `<<user>>`, the user text (trailing blank lines
+    dropped). The user text must contain {question}, {answer_1} and {answer_2}.
+
+    Raises:
+        PhasedIFTError: unknown name, missing file, or a file without the markers/placeholders.
+    """
+    p = Path(name_or_path)
+    if p.suffix == ".txt" and p.is_file():
+        text, where = p.read_text(encoding="utf-8"), str(p)
+    else:
+        pkg = resources.files("phased_ift") / "templates" / f"{name_or_path}.txt"
+        if not pkg.is_file():
+            raise PhasedIFTError(
+                f"judge.template = {name_or_path!r} is neither a packaged pairwise template (pairwise, reference) "
+                "nor an existing .txt file; set judge.template to one of those."
+            )
+        text, where = pkg.read_text(encoding="utf-8"), f"packaged template {name_or_path}"
+    if "<<user>>" not in text:
+        raise PhasedIFTError(f"{where}: a judge template needs a `<<user>>` line before the user prompt "
+                             "(and optionally `<<system>>` before a system prompt).")
+    head, _, user = text.partition("<<user>>")
+    system = head.split("<<system>>", 1)[1] if "<<system>>" in head else ""
+    user = user.strip("\n").rstrip()
+    for key in ("{question}", "{answer_1}", "{answer_2}"):
+        if key not in user:
+            raise PhasedIFTError(f"{where}: the user prompt lacks the placeholder {key}; add it.")
+    return JudgeTemplate(name=str(name_or_path), system=system.strip(), user=user)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing, reconciliation, aggregation (pure functions; report.py imports aggregate)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def parse_scores(reply: str | None) -> list[float] | None:
+    """Parse a judge reply's first non-empty line "s1 s2" into [s1, s2].
+
+    Follows the paper's parser (first line, commas read as spaces, exactly two numbers) and additionally requires
+    both scores in [1, 10], the scale the prompt asks for.
+
+    Returns:
+        [score of Assistant 1, score of Assistant 2], or None when the reply is empty, the first line is not two
+        numbers (e.g. "Assistant 1: 8"), or a score is out of range. None is "unparseable", never a made-up score.
+    """
+    if not reply:
+        return None
+    line = next((ln for ln in reply.splitlines() if ln.strip()), "")
+    m = _SCORE_LINE.match(line)
+    if not m:
+        return None
+    s1, s2 = float(m.group(1)), float(m.group(2))
+    if not (SCORE_MIN <= s1 <= SCORE_MAX and SCORE_MIN <= s2 <= SCORE_MAX):
+        return None
+    return [s1, s2]
+
+
+def order_outcome(score_a: float | None, score_b: float | None) -> str:
+    """Outcome of one order from arm A's side: "win" / "tie" / "loss", or "unparseable" if a score is missing."""
+    if score_a is None or score_b is None:
+        return "unparseable"
+    return "win" if score_a > score_b else "loss" if score_a < score_b else "tie"
+
+
+def reconcile(order1_outcome: str, order2_outcome: str) -> str:
+    """Combine the outcomes of the two answer orders (both from arm A's side) with the paper's rule.
+
+    win = wins both, or wins one and ties one; tie = ties both, or wins one and loses one; loss = the mirror of
+    win; "unparseable" when either order is unparseable (source: xubuvd/PhasedSFT win_tie_loss_stat.py, which
+    skips such pairs; here they are kept and counted).
+
+    Raises:
+        ValueError: an outcome outside win/tie/loss/unparseable.
+    """
+    for o in (order1_outcome, order2_outcome):
+        if o not in VERDICTS:
+            raise ValueError(f"unknown order outcome {o!r}; expected one of {VERDICTS}")
+    if "unparseable" in (order1_outcome, order2_outcome):
+        return "unparseable"
+    points = {"win": 1, "tie": 0, "loss": -1}
+    total = points[order1_outcome] + points[order2_outcome]
+    return "win" if total > 0 else "loss" if total < 0 else "tie"
+
+
+def aggregate(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and win rates of judgement rows (each with a "verdict" from arm A's side).
+
+    Returns:
+        {"n": all rows, "n_parsed": rows with win/tie/loss, "wins", "ties", "losses", "unparseable",
+         "win_rate": (wins + ties/2) / n_parsed (None when n_parsed = 0), in [0, 1],
+         "centred": (wins + ties/2) / n - 0.5 (None when n = 0): the paper's reported number, where unparseable
+         pairs stay in the denominator (source: PhasedSFT win_tie_loss_stat.py divides by all records)}.
+
+    Raises:
+        ValueError: a row with an unknown verdict.
+    """
+    counts = {v: 0 for v in VERDICTS}
+    for r in rows:
+        v = r["verdict"]
+        if v not in counts:
+            raise ValueError(f"judgement row {r.get('id')!r} has unknown verdict {v!r}")
+        counts[v] += 1
+    n = sum(counts.values())
+    n_parsed = n - counts["unparseable"]
+    points = counts["win"] + counts["tie"] / 2
+    return {
+        "n": n,
+        "n_parsed": n_parsed,
+        "wins": counts["win"],
+        "ties": counts["tie"],
+        "losses": counts["loss"],
+        "unparseable": counts["unparseable"],
+        "win_rate": points / n_parsed if n_parsed else None,
+        "centred": points / n - 0.5 if n else None,
+    }
+
+
+def word_count(text: str) -> int:
+    """Answer length in whitespace-separated words (the unit of len_a/len_b)."""
+    return len(text.split())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Judging
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_requests(template: JudgeTemplate, question: str, answer_a: str, answer_b: str,
+                   reference: str | None = None, temperature: float = 0.0, max_tokens: int = 32) -> list[dict]:
+    """The two requests of one pair: [order ab (A is Assistant 1), order ba (B is Assistant 1)]."""
+    return [
+        {"messages": template.messages(question, answer_a, answer_b, reference), "temperature": temperature,
+         "max_tokens": max_tokens},
+        {"messages": template.messages(question, answer_b, answer_a, reference), "temperature": temperature,
+         "max_tokens": max_tokens},
+    ]
+
+
+def make_row(item_id: str, testset: str, arm_a: str, arm_b: str, answer_a: str, answer_b: str,
+             reply_ab: str | None, reply_ba: str | None) -> dict[str, Any]:
+    """One judgement row (docs/architecture.md format) from the raw replies of both orders.
+
+    ab scores are [s_a, s_b]; ba scores are [s_b, s_a] (Assistant 1 is arm B there).
+    """
+    ab, ba = parse_scores(reply_ab), parse_scores(reply_ba)
+    o1 = order_outcome(*(ab or (None, None)))
+    o2 = order_outcome(*((ba[1], ba[0]) if ba else (None, None)))
+    return {
+        "id": item_id, "testset": testset, "arm_a": arm_a, "arm_b": arm_b,
+        "ab": {"raw": reply_ab, "scores": ab}, "ba": {"raw": reply_ba, "scores": ba},
+        "verdict": reconcile(o1, o2), "len_a": word_count(answer_a), "len_b": word_count(answer_b),
+    }
+
+
+def pair_answers(rows_a: Sequence[dict], rows_b: Sequence[dict], where: str) -> list[tuple[dict, dict]]:
+    """Match two arms' generation rows by id (order of arm A).
+
+    Raises:
+        PhasedIFTError: the arms answered different prompts (e.g. generated with different limits/seeds).
+    """
+    by_id = {r["id"]: r for r in rows_b}
+    missing = [r["id"] for r in rows_a if r["id"] not in by_id]
+    if missing or len(rows_a) != len(rows_b):
+        raise PhasedIFTError(
+            f"{where}: the two arms' generations cover different prompts ({len(rows_a)} vs {len(rows_b)}; e.g. id "
+            f"{missing[:3]} only in the first). Generate both with the same generate.limit/seed, or delete the "
+            "stale generations and run `phased-ift generate` again."
+        )
+    return [(r, by_id[r["id"]]) for r in rows_a]
+
+
+def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm_a: str, arm_b: str,
+                out_path: str | Path, template: JudgeTemplate, testset: str,
+                references: dict[str, str] | None = None, temperature: float = 0.0, max_tokens: int = 32,
+                chunk: int = 32, console: Any = None) -> dict[str, Any]:
+    """Judge arm A's answers against arm B's, in both orders, appending one row per prompt to `out_path`.
+
+    Resumable: ids already in `out_path` are skipped, rows are appended per chunk of `chunk` pairs (survive kill
+    -9), and every request goes through the client's cache, so re-judging a deleted file sends nothing.
+
+    Args:
+        client: an `llm_client.LLMClient` (anything with `chat_many(requests, desc) -> [LLMResult]`).
+        rows_a, rows_b: generation rows ({"id", "instruction", "output", ...}) of the two arms on one test set.
+        template: a `JudgeTemplate`; a reference template judges only prompts present in `references`.
+        references: normalised instruction -> reference answer (`data.load_reference_answers`), for reference
+            templates.
+    Returns:
+        {"path", "judged" (new rows), "skipped_done", "no_reference" (prompts without a reference answer, not
+        judged), **aggregate(all rows in the file)}.
+    Raises:
+        PhasedIFTError: mismatched generations; a reference template without any matching reference.
+    """
+    from phased_ift.data import append_jsonl, read_jsonl
+
+    out_path = Path(out_path)
+    pairs = pair_answers(rows_a, rows_b, where=f"judging {arm_a} vs {arm_b} on {testset}")
+    done = {r["id"] for r in read_jsonl(out_path, tolerate_torn_tail=True)} if out_path.is_file() else set()
+    todo, no_ref = [], 0
+    for ra, rb in pairs:
+        if ra["id"] in done:
+            continue
+        ref = None
+        if template.needs_reference:
+            ref = _lookup_reference(references or {}, ra["instruction"])
+            if ref is None:
+                no_ref += 1
+                continue
+        todo.append((ra, rb, ref))
+    if template.needs_reference and no_ref == len(pairs) and pairs:
+        raise PhasedIFTError(
+            f"judge template {template.name!r} needs reference answers, but none of the {len(pairs)} prompts of "
+            f"{testset} has one in the reference set; use judge.template=pairwise or a test set from AlpacaEval "
+            "(vicuna, oasst, helpful_base, alpaca_eval)."
+        )
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        reqs = []
+        for ra, rb, ref in part:
+            reqs += build_requests(template, ra["instruction"], ra["output"], rb["output"], ref, temperature,
+                                   max_tokens)
+        results = client.chat_many(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")
+        for i, (ra, rb, _) in enumerate(part):
+            r_ab, r_ba = results[2 * i], results[2 * i + 1]
+            row = make_row(ra["id"], testset, arm_a, arm_b, ra["output"], rb["output"],
+                           r_ab.text if r_ab.ok else None, r_ba.text if r_ba.ok else None)
+            errors = [r.error for r in (r_ab, r_ba) if not r.ok]
+            if errors:  # request failures (after retries) are kept visible, and count as unparseable
+                row["errors"] = errors
+            append_jsonl(out_path, row)
+    all_rows = list(read_jsonl(out_path, tolerate_torn_tail=True)) if out_path.is_file() else []
+    return {"path": str(out_path), "judged": len(todo), "skipped_done": len(done), "no_reference": no_ref,
+            **aggregate(all_rows)}
+
+
+def plan_requests(rows_a: Sequence[dict], rows_b: Sequence[dict], template: JudgeTemplate,
+                  references: dict[str, str] | None = None, temperature: float = 0.0,
+                  max_tokens: int = 32) -> list[dict]:
+    """All requests `judge_pairs` would send for one test set (for a dry-run estimate; nothing is sent)."""
+    reqs: list[dict] = []
+    for ra, rb in pair_answers(rows_a, rows_b, where="dry run"):
+        ref = _lookup_reference(references or {}, ra["instruction"]) if template.needs_reference else None
+        if template.needs_reference and ref is None:
+            continue
+        reqs += build_requests(template, ra["instruction"], ra["output"], rb["output"], ref, temperature,
+                               max_tokens)
+    return reqs
+
+
+def _lookup_reference(references: dict[str, str], instruction: str) -> str | None:
+    from phased_ift.data import normalize_text
+
+    return references.get(normalize_text(instruction))

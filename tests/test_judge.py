@@ -1,0 +1,213 @@
+"""Pairwise judging: score parsing, the paper's reconciliation rule, win-rate arithmetic, resume and caching."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from phased_ift.errors import PhasedIFTError
+from phased_ift.judge import (
+    aggregate,
+    judge_pairs,
+    load_template,
+    make_row,
+    order_outcome,
+    parse_scores,
+    plan_requests,
+    reconcile,
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reconciliation: every combination of two order outcomes (4 x 4 = 16), written out by hand from the paper's rule.
+# ---------------------------------------------------------------------------------------------------------------
+EXPECTED = {
+    ("win", "win"): "win", ("win", "tie"): "win", ("tie", "win"): "win",
+    ("tie", "tie"): "tie", ("win", "loss"): "tie", ("loss", "win"): "tie",
+    ("loss", "loss"): "loss", ("loss", "tie"): "loss", ("tie", "loss"): "loss",
+    ("unparseable", "win"): "unparseable", ("unparseable", "tie"): "unparseable",
+    ("unparseable", "loss"): "unparseable", ("unparseable", "unparseable"): "unparseable",
+    ("win", "unparseable"): "unparseable", ("tie", "unparseable"): "unparseable",
+    ("loss", "unparseable"): "unparseable",
+}
+
+
+@pytest.mark.parametrize("o1,o2", list(itertools.product(["win", "tie", "loss", "unparseable"], repeat=2)))
+def test_reconcile_every_combination(o1, o2):
+    assert reconcile(o1, o2) == EXPECTED[(o1, o2)]
+
+
+def test_reconcile_table_is_complete_and_rejects_unknown():
+    assert len(EXPECTED) == 16
+    with pytest.raises(ValueError, match="unknown order outcome"):
+        reconcile("win", "draw")
+
+
+def test_make_row_maps_ba_scores_back_to_arm_a():
+    # Order ab: A=8, B=6 -> A wins. Order ba: Assistant 1 is B: "7 7" -> tie. Paper: win + tie = win.
+    row = make_row("1", "vicuna", "phased", "one-off", "a b c", "d e", "8 6\nbecause", "7 7")
+    assert row["ab"]["scores"] == [8.0, 6.0] and row["ba"]["scores"] == [7.0, 7.0]
+    assert row["verdict"] == "win" and row["len_a"] == 3 and row["len_b"] == 2
+    # ba "9 5": B (Assistant 1) beats A -> A loses that order; with A winning ab -> tie.
+    assert make_row("1", "v", "a", "b", "x", "y", "8 6", "9 5")["verdict"] == "tie"
+    # A consistent position bias (Assistant 1 always wins) is a tie, not a win.
+    assert make_row("1", "v", "a", "b", "x", "y", "9 2", "9 2")["verdict"] == "tie"
+    assert make_row("1", "v", "a", "b", "x", "y", "3 6", "9 5")["verdict"] == "loss"
+    assert make_row("1", "v", "a", "b", "x", "y", "garbage", "9 5")["verdict"] == "unparseable"
+    assert make_row("1", "v", "a", "b", "x", "y", "8 6", None)["verdict"] == "unparseable"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Score parsing
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reply,expected", [
+    ("8 7", [8.0, 7.0]),
+    ("8 7\nAssistant 1 gave a more detailed answer.", [8.0, 7.0]),
+    ("\n  9, 6.5 \nexplanation", [9.0, 6.5]),
+    ("10 1.", [10.0, 1.0]),
+    ("7.5 7.5", [7.5, 7.5]),
+])
+def test_parse_scores_good(reply, expected):
+    assert parse_scores(reply) == expected
+
+
+@pytest.mark.parametrize("reply", [
+    "11 5", "0 3", "8 7 6", "Assistant 1: 8, Assistant 2: 7", "eight seven", "", None, "8\n7", "-1 5",
+    "The first answer is better.",
+])
+def test_parse_scores_bad_is_none(reply):
+    assert parse_scores(reply) is None
+
+
+def test_order_outcome():
+    assert order_outcome(8, 7) == "win" and order_outcome(7, 8) == "loss" and order_outcome(5, 5) == "tie"
+    assert order_outcome(None, 5) == "unparseable"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Aggregation: hand-computed cases
+# ---------------------------------------------------------------------------------------------------------------
+def _rows(**counts):
+    return [{"id": str(i), "verdict": v} for v, n in counts.items() for i in range(n)]
+
+
+def test_aggregate_hand_computed():
+    # 5 wins, 2 ties, 2 losses, 1 unparseable: win rate over parsed = (5 + 1) / 9; centred = (5 + 1) / 10 - 0.5.
+    a = aggregate(_rows(win=5, tie=2, loss=2, unparseable=1))
+    assert (a["n"], a["n_parsed"], a["wins"], a["ties"], a["losses"], a["unparseable"]) == (10, 9, 5, 2, 2, 1)
+    assert a["win_rate"] == pytest.approx(6 / 9)
+    assert a["centred"] == pytest.approx(0.1)
+
+
+def test_aggregate_edge_cases():
+    assert aggregate(_rows(tie=4))["win_rate"] == 0.5 and aggregate(_rows(tie=4))["centred"] == 0.0
+    allbad = aggregate(_rows(unparseable=3))
+    assert allbad["win_rate"] is None and allbad["centred"] == -0.5
+    empty = aggregate([])
+    assert empty["n"] == 0 and empty["win_rate"] is None and empty["centred"] is None
+    assert aggregate(_rows(loss=3))["win_rate"] == 0.0
+    with pytest.raises(ValueError):
+        aggregate([{"id": "x", "verdict": "draw"}])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Templates
+# ---------------------------------------------------------------------------------------------------------------
+def test_packaged_templates_render_both_orders():
+    t = load_template("pairwise")
+    assert not t.needs_reference and "helpful and precise" in t.system
+    m = t.messages("Q {x}?", "ans {one}", "ans two")
+    assert m[0]["role"] == "system" and "[Question]\nQ {x}?" in m[1]["content"]
+    assert m[1]["content"].index("ans {one}") < m[1]["content"].index("ans two")
+    assert "helpfulness, relevance, accuracy, level of details" in m[1]["content"]
+    r = load_template("reference")
+    assert r.needs_reference
+    assert "REF" in r.messages("q", "a", "b", reference="REF")[1]["content"]
+
+
+def test_template_errors(tmp_path):
+    with pytest.raises(PhasedIFTError, match="neither a packaged"):
+        load_template("nonexistent")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("<<user>>\n{question} {answer_1}")
+    with pytest.raises(PhasedIFTError, match=r"\{answer_2\}"):
+        load_template(str(bad))
+    good = tmp_path / "mine.txt"
+    good.write_text("<<user>>\nQ: {question}\n1: {answer_1}\n2: {answer_2}\nScore both 1-10.")
+    t = load_template(str(good))
+    assert t.system == "" and t.messages("q", "a", "b") == [{"role": "user",
+                                                             "content": "Q: q\n1: a\n2: b\nScore both 1-10."}]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# judge_pairs with a scripted client that caches like LLMClient (keyed by the canonical request JSON)
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    ok: bool
+    text: str | None
+    error: str | None = None
+    cached: bool = False
+
+
+class ScriptedClient:
+    """Replies by rule: Assistant 1's answer containing 'good' gets 8, others 5; 'broken' answers get garbage."""
+
+    def __init__(self):
+        self.cache: dict[str, str] = {}
+        self.sent = 0
+
+    def chat_many(self, requests, desc=""):
+        out = []
+        for r in requests:
+            key = json.dumps(r, sort_keys=True)
+            if key in self.cache:
+                out.append(Result(True, self.cache[key], cached=True))
+                continue
+            self.sent += 1
+            text = r["messages"][-1]["content"]
+            a1 = text.split("[The Start of Assistant 1's Answer]\n")[1].split("\n\n[The End")[0]
+            a2 = text.split("[The Start of Assistant 2's Answer]\n")[1].split("\n\n[The End")[0]
+            if "broken" in a1 + a2:
+                reply = "I cannot decide."
+            else:
+                reply = f"{8 if 'good' in a1 else 5} {8 if 'good' in a2 else 5}\nexplanation"
+            self.cache[key] = reply
+            out.append(Result(True, reply))
+        return out
+
+
+def _gen(outputs):
+    return [{"id": str(i), "testset": "t", "instruction": f"question {i}", "output": o, "output_tokens": 3,
+             "finish_reason": "stop"} for i, o in enumerate(outputs)]
+
+
+def test_judge_pairs_writes_rows_resumes_and_rerun_sends_nothing(tmp_path):
+    a = _gen(["good one", "meh", "good too", "broken", "meh"])
+    b = _gen(["meh", "good b", "good c", "meh", "meh x"])
+    client, out = ScriptedClient(), tmp_path / "j" / "t.jsonl"
+    t = load_template("pairwise")
+    res = judge_pairs(client, a[:3], b[:3], "phased", "one-off", out, t, "t", chunk=2)
+    assert client.sent == 6 and res["judged"] == 3
+    # Resume: the first 3 ids are done; only 2 new pairs (4 requests) are sent.
+    res = judge_pairs(client, a, b, "phased", "one-off", out, t, "t", chunk=2)
+    assert client.sent == 10 and res["judged"] == 2 and res["skipped_done"] == 3
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["verdict"] for r in rows] == ["win", "loss", "tie", "unparseable", "tie"]
+    assert rows[3]["ab"]["raw"] == "I cannot decide." and rows[3]["ab"]["scores"] is None
+    assert rows[0]["ab"]["scores"] == [8.0, 5.0] and rows[0]["ba"]["scores"] == [5.0, 8.0]
+    assert set(rows[0]) >= {"id", "testset", "arm_a", "arm_b", "ab", "ba", "verdict", "len_a", "len_b"}
+    assert (res["wins"], res["ties"], res["losses"], res["unparseable"]) == (1, 2, 1, 1)
+    # A re-run after deleting the judgements sends zero requests: every request is a cache hit.
+    out.unlink()
+    judge_pairs(client, a, b, "phased", "one-off", out, t, "t")
+    assert client.sent == 10 and len(out.read_text().splitlines()) == 5
+    assert len(plan_requests(a, b, t)) == 10
+
+
+def test_judge_pairs_mismatched_generations(tmp_path):
+    with pytest.raises(PhasedIFTError, match="different prompts"):
+        judge_pairs(ScriptedClient(), _gen(["a", "b"]), _gen(["a"]), "x", "y", tmp_path / "o.jsonl",
+                    load_template("pairwise"), "t")
