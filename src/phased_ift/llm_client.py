@@ -1,0 +1,439 @@
+"""OpenAI-compatible chat client for LLM judges: bounded concurrency, retries with backoff, an sqlite cache.
+
+Works with any server that speaks `/v1/chat/completions` (OpenAI, vLLM, llama.cpp's `python -m llama_cpp.server`,
+...), through the `openai` package. Used by the difficulty judge (`difficulty_judge.py`) and the pairwise judge
+(`judge.py`):
+
+    client = LLMClient(cfg.scoring.judge, run.llm_cache)
+    results = client.chat_many([{"messages": [{"role": "user", "content": "..."}]}], desc="difficulty")
+    client.close()
+
+Guarantees:
+  * Every successful response is written to the sqlite cache (WAL mode) the moment it arrives, keyed by the sha256
+    of the canonical request (base_url, model, messages, sampling parameters; never the API key). A run killed with
+    kill -9 loses only the requests in flight; running it again sends only the requests not yet answered.
+  * At most `endpoint.concurrency` requests are in flight. 429, 5xx, timeouts and connection errors are retried up
+    to `endpoint.max_retries` times with exponential backoff and jitter (honouring a short `Retry-After`).
+  * One bad item never stops a batch: it comes back as `LLMResult(ok=False, error=...)`. Only errors that would
+    fail every request stop the run with `PhasedIFTError`: 401/403 (wrong or missing key; the message names the
+    environment variable, never the key) and 404 (wrong model or base_url).
+  * The API key is read from `os.environ[endpoint.api_key_env]` and is scrubbed from every error text. A local
+    server (127.0.0.1, localhost) may run without the variable: a dummy key is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from phased_ift.config import EndpointConfig
+from phased_ift.errors import PhasedIFTError
+
+# Request fields a caller may set per request; anything missing comes from the endpoint config.
+REQUEST_FIELDS = ("messages", "temperature", "max_tokens", "logprobs", "top_logprobs", "n", "seed")
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+DUMMY_KEY = "sk-no-key-required"  # sent to local servers when the key variable is unset; they ignore it
+BACKOFF_CAP_S = 60.0
+
+
+@dataclass
+class LLMResult:
+    """One chat completion (or its failure).
+
+    Attributes:
+        ok: True when the server answered with a completion.
+        text: the first choice's message content (None on failure).
+        logprobs: per generated token `{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}`, or None when
+            not requested / not returned.
+        error: why the request failed (None when ok); never contains the API key.
+        cached: True when the answer came from the sqlite cache (no request sent).
+        usage: `{"prompt_tokens", "completion_tokens"}` as reported by the server (0 when it reports none).
+    """
+
+    ok: bool
+    text: str | None
+    logprobs: list | None
+    error: str | None
+    cached: bool
+    usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
+
+
+class _Fatal(Exception):
+    """Raised inside a worker for errors that would fail every request (401/403/404)."""
+
+
+class _RateColumn(ProgressColumn):
+    """Requests per second (rich has a transfer-speed column for bytes only)."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- req/s" if speed is None else f"{speed:.2f} req/s", style="progress.data.speed")
+
+
+def canonical_request(endpoint: EndpointConfig, request: dict) -> dict:
+    """The request as sent, resolved against the endpoint defaults (the cache key is computed from it).
+
+    Args:
+        endpoint: gives base_url, model and default temperature / max_tokens.
+        request: `{"messages": [...], "temperature"?, "max_tokens"?, "logprobs"?, "top_logprobs"?, "n"?, "seed"?}`.
+
+    Returns:
+        dict with base_url, model, messages and the sampling parameters that are set (None values dropped).
+
+    Raises:
+        PhasedIFTError: unknown request field or a request without messages.
+    """
+    unknown = set(request) - set(REQUEST_FIELDS)
+    if unknown:
+        raise PhasedIFTError(f"LLM request has unknown fields {sorted(unknown)}; allowed: {list(REQUEST_FIELDS)}.")
+    if not request.get("messages"):
+        raise PhasedIFTError("LLM request without `messages`; every request needs a non-empty message list.")
+    canon = {
+        "base_url": endpoint.base_url.rstrip("/"),
+        "model": endpoint.model,
+        "temperature": endpoint.temperature,
+        "max_tokens": endpoint.max_tokens,
+    }
+    canon.update({k: v for k, v in request.items() if v is not None})
+    return canon
+
+
+def request_key(canon: dict) -> str:
+    """sha256 hex digest of the canonical request JSON (sorted keys, no whitespace)."""
+    text = json.dumps(canon, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count (~4 characters per token, the usual English rule of thumb for BPE tokenizers)."""
+    return (len(text) + 3) // 4
+
+
+def _result_from_response(resp: dict, cached: bool) -> LLMResult:
+    """Turn a stored ChatCompletion JSON into an LLMResult."""
+    choices = resp.get("choices") or []
+    if not choices:
+        return LLMResult(False, None, None, "server returned no choices", cached)
+    choice = choices[0]
+    text = (choice.get("message") or {}).get("content")
+    logprobs = None
+    content = (choice.get("logprobs") or {}).get("content")
+    if content:
+        logprobs = [
+            {
+                "token": t.get("token"),
+                "logprob": t.get("logprob"),
+                "top_logprobs": [
+                    {"token": a.get("token"), "logprob": a.get("logprob")} for a in (t.get("top_logprobs") or [])
+                ],
+            }
+            for t in content
+        ]
+    usage = resp.get("usage") or {}
+    usage = {"prompt_tokens": usage.get("prompt_tokens") or 0, "completion_tokens": usage.get("completion_tokens") or 0}
+    if text is None:
+        return LLMResult(False, None, logprobs, "server returned a choice without message content", cached, usage)
+    return LLMResult(True, text, logprobs, None, cached, usage)
+
+
+class ResponseCache:
+    """sqlite3 store of canonical request -> response JSON; WAL mode, one connection guarded by a lock.
+
+    Each `put` commits at once, so a killed process loses nothing it had received.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable against a killed process in WAL mode (only an OS crash can lose the last commits).
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, request TEXT NOT NULL, "
+            "response TEXT NOT NULL, created REAL NOT NULL)"
+        )
+        self._conn.commit()
+
+    def get(self, key: str) -> dict | None:
+        with self._lock:
+            row = self._conn.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def has(self, key: str) -> bool:
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None
+
+    def put(self, key: str, request: dict, response: dict) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO responses (key, request, response, created) VALUES (?, ?, ?, ?)",
+                (key, json.dumps(request, sort_keys=True, ensure_ascii=False), json.dumps(response), time.time()),
+            )
+            self._conn.commit()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class LLMClient:
+    """Chat completions against one OpenAI-compatible endpoint, cached and retried (see the module docstring).
+
+    Args:
+        endpoint: base_url, model, api_key_env, concurrency, timeout (s), max_retries, temperature, max_tokens.
+        cache_path: sqlite file (e.g. `RunDir.llm_cache`); created when missing.
+        console: where the progress bar and the final line go (default: stderr).
+        backoff: base of the exponential backoff in seconds: retry r waits backoff * 2**r * U(0.5, 1.5), capped at
+            60 s (tests use a few milliseconds).
+
+    Attributes:
+        stats: cumulative `{"sent", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens"}`;
+            tokens count only responses received in this process (cache hits cost nothing).
+    """
+
+    def __init__(
+        self,
+        endpoint: EndpointConfig,
+        cache_path: Path | str,
+        console: Console | None = None,
+        backoff: float = 1.0,
+    ) -> None:
+        if not endpoint.enabled:
+            raise PhasedIFTError(
+                "LLM endpoint has no base_url; set e.g. scoring.judge.base_url=http://127.0.0.1:8000/v1 and "
+                "scoring.judge.model=<name> (or choose an offline scorer)."
+            )
+        self.endpoint = endpoint
+        self.cache = ResponseCache(cache_path)
+        self.console = console or Console(stderr=True)
+        self.backoff = backoff
+        self.stats = {"sent": 0, "cache_hits": 0, "failures": 0, "retries": 0, "prompt_tokens": 0,
+                      "completion_tokens": 0}
+        self._stats_lock = threading.Lock()
+        self._client: Any = None
+        self._key: str | None = None
+
+    # ---------------------------------------------------------------------------------------------- helpers
+    def _api_key(self) -> str:
+        key = os.environ.get(self.endpoint.api_key_env)
+        if key:
+            return key
+        host = urlparse(self.endpoint.base_url).hostname or ""
+        if host in LOCAL_HOSTS:
+            return DUMMY_KEY
+        raise PhasedIFTError(
+            f"environment variable {self.endpoint.api_key_env} is not set, and {self.endpoint.base_url} is not a "
+            f"local server; export {self.endpoint.api_key_env}=<your key> (or point api_key_env at the variable "
+            f"that holds it)."
+        )
+
+    def _openai(self) -> Any:
+        if self._client is None:
+            import openai
+
+            self._key = self._api_key()
+            # Retries are ours (with a cache write per answer and a fatal stop on 401/404), so the SDK's are off.
+            self._client = openai.OpenAI(
+                base_url=self.endpoint.base_url, api_key=self._key, timeout=self.endpoint.timeout, max_retries=0
+            )
+        return self._client
+
+    def _scrub(self, text: str) -> str:
+        """Remove the API key from an error text (401 texts, which may echo a masked key, are never shown)."""
+        key = self._key or os.environ.get(self.endpoint.api_key_env) or ""
+        if len(key) >= 4:
+            text = text.replace(key, "***")
+        return text[:500]
+
+    def _count(self, **inc: int) -> None:
+        with self._stats_lock:
+            for k, v in inc.items():
+                self.stats[k] += v
+
+    def _fatal_message(self, status: int) -> str:
+        ep = self.endpoint
+        if status in (401, 403):
+            return (
+                f"{ep.base_url} refused the API key (HTTP {status}). The key is read from the environment variable "
+                f"{ep.api_key_env}: check that it is exported and valid for this server (the key itself is never "
+                f"shown)."
+            )
+        return (
+            f"{ep.base_url} answered HTTP 404 for model {ep.model!r}: the model name or the base_url is wrong. "
+            f"Check the endpoint's `model` (list the server's models at {ep.base_url.rstrip('/')}/models) and "
+            f"that base_url ends with the API prefix, usually /v1."
+        )
+
+    def _send(self, canon: dict, key: str, stop: threading.Event) -> LLMResult:
+        """One request with retries; caches the answer. Raises _Fatal on 401/403/404."""
+        import openai
+
+        client = self._openai()
+        params = {k: v for k, v in canon.items() if k != "base_url"}
+        last = "not sent"
+        for attempt in range(self.endpoint.max_retries + 1):
+            if stop.is_set():
+                return LLMResult(False, None, None, "not sent: the run stopped on a fatal error", False)
+            if attempt:
+                self._count(retries=1)
+            retry_after = None
+            try:
+                resp = client.chat.completions.create(**params)
+                data = resp.model_dump(mode="json")
+                result = _result_from_response(data, cached=False)
+                self._count(sent=1, prompt_tokens=result.usage["prompt_tokens"],
+                            completion_tokens=result.usage["completion_tokens"])
+                if result.ok:
+                    self.cache.put(key, canon, data)
+                return result
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+                raise _Fatal(self._fatal_message(e.status_code)) from None
+            except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
+                    openai.APIConnectionError) as e:
+                last = f"{type(e).__name__}: {self._scrub(str(e))}"
+                headers = getattr(getattr(e, "response", None), "headers", None) or {}
+                try:
+                    retry_after = float(headers.get("retry-after", ""))
+                except ValueError:
+                    retry_after = None
+            except openai.APIStatusError as e:  # other 4xx (e.g. 400 context too long): retrying cannot help
+                self._count(sent=1)
+                return LLMResult(False, None, None, f"HTTP {e.status_code}: {self._scrub(str(e))}", False)
+            except openai.APIError as e:  # e.g. a body that is not a ChatCompletion
+                self._count(sent=1)
+                return LLMResult(False, None, None, f"{type(e).__name__}: {self._scrub(str(e))}", False)
+            if attempt < self.endpoint.max_retries:
+                wait = min(BACKOFF_CAP_S, self.backoff * 2**attempt) * random.uniform(0.5, 1.5)
+                if retry_after is not None and 0 <= retry_after <= BACKOFF_CAP_S:
+                    wait = max(wait, retry_after)
+                stop.wait(wait)
+        self._count(sent=1)
+        return LLMResult(False, None, None, f"gave up after {self.endpoint.max_retries + 1} attempts: {last}", False)
+
+    # ---------------------------------------------------------------------------------------------- public
+    def estimate(self, requests: list[dict]) -> dict:
+        """What `chat_many(requests)` would cost, without sending anything.
+
+        Returns:
+            `{"requests", "cached", "to_send", "prompt_tokens", "completion_tokens"}`: distinct requests, how many
+            the cache already answers, and for the rest the estimated prompt tokens (~chars/4 plus 4 per message
+            for the chat template) and the completion-token upper bound (max_tokens x n).
+        """
+        seen: set[str] = set()
+        cached = to_send = prompt = completion = 0
+        for req in requests:
+            canon = canonical_request(self.endpoint, req)
+            key = request_key(canon)
+            if key in seen:
+                continue
+            seen.add(key)
+            if self.cache.has(key):
+                cached += 1
+                continue
+            to_send += 1
+            prompt += sum(estimate_tokens(str(m.get("content", ""))) + 4 for m in canon["messages"])
+            completion += int(canon.get("max_tokens") or 0) * int(canon.get("n") or 1)
+        return {"requests": len(seen), "cached": cached, "to_send": to_send, "prompt_tokens": prompt,
+                "completion_tokens": completion}
+
+    def chat_many(self, requests: list[dict], desc: str = "requests") -> list[LLMResult]:
+        """Answer chat requests, from the cache when possible, else from the server with bounded concurrency.
+
+        Args:
+            requests: `{"messages": [...], "temperature"?, "max_tokens"?, "logprobs"?, "top_logprobs"?, "n"?,
+                "seed"?}`; missing fields come from the endpoint config. Identical requests are sent once.
+            desc: label of the progress bar and the final summary line.
+
+        Returns:
+            One LLMResult per request, in input order.
+
+        Raises:
+            PhasedIFTError: 401/403 (names `endpoint.api_key_env`), 404 (wrong model or base_url), missing key for a
+                remote server, malformed request. Answers received before the stop stay cached.
+        """
+        canons = [canonical_request(self.endpoint, r) for r in requests]
+        keys = [request_key(c) for c in canons]
+        results: dict[str, LLMResult] = {}
+        todo: dict[str, dict] = {}
+        for key, canon in zip(keys, canons):
+            if key in results or key in todo:
+                continue
+            hit = self.cache.get(key)
+            if hit is not None:
+                results[key] = _result_from_response(hit, cached=True)
+            else:
+                todo[key] = canon
+        self._count(cache_hits=len(results))
+        before = dict(self.stats)
+        stop = threading.Event()
+        fatal: str | None = None
+        if todo:
+            self._openai()  # fail fast on a missing key before starting threads
+            progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False,
+            )
+            with progress, ThreadPoolExecutor(max_workers=self.endpoint.concurrency) as pool:
+                task = progress.add_task(desc, total=len(todo))
+                futures = {pool.submit(self._send, canon, key, stop): key for key, canon in todo.items()}
+                try:
+                    for fut in as_completed(futures):
+                        key = futures[fut]
+                        try:
+                            res = fut.result()
+                        except _Fatal as e:
+                            fatal = fatal or str(e)
+                            stop.set()
+                            continue
+                        results[key] = res
+                        if not res.ok:
+                            self._count(failures=1)
+                        progress.advance(task)
+                except BaseException:  # Ctrl-C: stop the workers quickly; answers so far are cached
+                    stop.set()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+        sent = self.stats["sent"] - before["sent"]
+        self.console.print(
+            f"{desc}: {len(keys)} requests ({len(set(keys))} distinct), sent {sent}, cache hits "
+            f"{len(set(keys)) - len(todo)}, failures {self.stats['failures'] - before['failures']}, retries "
+            f"{self.stats['retries'] - before['retries']}, tokens "
+            f"{self.stats['prompt_tokens'] - before['prompt_tokens']} prompt + "
+            f"{self.stats['completion_tokens'] - before['completion_tokens']} completion"
+        )
+        if fatal:
+            raise PhasedIFTError(fatal)
+        return [results[k] for k in keys]
+
+    def close(self) -> None:
+        """Close the HTTP client and the cache connection."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self.cache.close()
+
+    def __enter__(self) -> "LLMClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
