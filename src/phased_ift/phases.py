@@ -1,0 +1,251 @@
+"""Split scored instruction data into K phases of increasing difficulty, plus the paper's control orderings.
+
+    phases = split_into_phases(examples, scores, k=3, method="thresholds", thresholds=[2.5, 3.5])
+    rand = random_control(phases, seed=0)      # same phase sizes, examples assigned at random
+    rev = reverse_control(phases)               # hard -> easy
+
+From the command line, `phased-ift split CONFIG` reads `data/train.jsonl` and `scores/<scorer>.jsonl` from the run
+dir and writes `phases/phase_<k>.jsonl`, the control files of the configured arms (`phases/random/...`,
+`phases/reverse/...`) and `phases/manifest.json` last (its presence means the split is complete).
+
+Source: Pang et al., "Phased Instruction Fine-Tuning" (ACL Findings 2024), Section 3: GPT-4 difficulty scores on a
+1-5 scale, stages by score (stage 3 = score >= 3.5 in the paper's Alpaca setup); the "random" control keeps the
+stage sizes but assigns examples to stages at random.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import replace
+from typing import Sequence
+
+from phased_ift.data import Example
+from phased_ift.errors import PhasedIFTError
+
+METHODS = ("thresholds", "quantiles")
+
+
+def _tiebreak(seed: int, example_id: str) -> str:
+    # A seeded hash of the id: ties between equal scores are broken the same way on every run and machine,
+    # independent of the input order, and differently for another seed.
+    return hashlib.sha256(f"{seed}:{example_id}".encode()).hexdigest()
+
+
+def _phase_bounds(k: int, method: str, thresholds: Sequence[float] | None) -> list[str]:
+    if method == "thresholds":
+        t = list(thresholds or [])
+        lo = ["-inf"] + [f"{x:g}" for x in t]
+        hi = [f"{x:g}" for x in t] + ["inf"]
+        return [f"[{a}, {b})" for a, b in zip(lo, hi)]
+    return [f"quantile {i}/{k}" for i in range(1, k + 1)]
+
+
+def split_into_phases(
+    examples: Sequence[Example],
+    scores: dict[str, float],
+    k: int,
+    method: str = "thresholds",
+    thresholds: Sequence[float] | None = None,
+    seed: int = 0,
+) -> list[list[Example]]:
+    """Stratify examples into K phases of increasing difficulty (easy -> hard).
+
+    Args:
+        examples: the training examples; each id must have a score in `scores`.
+        scores: example id -> difficulty score (higher = harder; the paper: GPT-4 score 1-5).
+        k: number of phases (>= 1).
+        method: "thresholds": phase i (1-based) holds t[i-2] <= score < t[i-1] (K-1 increasing boundaries, the
+            paper's stages, e.g. [2.5, 3.5] puts score >= 3.5 in phase 3); "quantiles": K equal-size phases by rank
+            (sizes differ by at most one, earlier phases get the extra example).
+        thresholds: the K-1 boundaries for method="thresholds".
+        seed: seeds the tie-breaking between equal scores (a hash of seed and id, so the result does not depend
+            on the input order).
+
+    Returns:
+        K lists of Examples (copies with `meta["score"]` set), each sorted by (score, tie-break) ascending.
+
+    Raises:
+        PhasedIFTError: unknown method, wrong number of thresholds, an example without a score, or an empty phase
+            (the message names the phase, its score range and how to fix it).
+    """
+    if method not in METHODS:
+        raise PhasedIFTError(f"phases: method {method!r} is not one of {list(METHODS)}.")
+    if k < 1:
+        raise PhasedIFTError(f"phases: k must be >= 1, got {k}.")
+    if method == "thresholds":
+        t = list(thresholds or [])
+        if len(t) != k - 1 or any(b <= a for a, b in zip(t, t[1:])):
+            raise PhasedIFTError(
+                f"phases: method=thresholds with k={k} needs {k - 1} increasing thresholds, got {t}; "
+                f"e.g. phases.thresholds=[2.5,3.5] for the paper's 3 stages."
+            )
+    missing = [e.id for e in examples if e.id not in scores]
+    if missing:
+        raise PhasedIFTError(
+            f"phases: {len(missing)} examples have no score (first: {missing[:3]}); score them first "
+            f"(`phased-ift score`) or remove them from the data."
+        )
+    scored = [replace(e, meta={**e.meta, "score": float(scores[e.id])}) for e in examples]
+    scored.sort(key=lambda e: (e.meta["score"], _tiebreak(seed, e.id)))
+    phases: list[list[Example]]
+    if method == "thresholds":
+        phases = [[] for _ in range(k)]
+        for e in scored:
+            phases[sum(e.meta["score"] >= x for x in thresholds or [])].append(e)
+    else:
+        n = len(scored)
+        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        phases, start = [], 0
+        for size in sizes:
+            phases.append(scored[start:start + size])
+            start += size
+    bounds = _phase_bounds(k, method, thresholds)
+    for i, ph in enumerate(phases):
+        if not ph:
+            observed = (
+                f"scores range from {scored[0].meta['score']:g} to {scored[-1].meta['score']:g} over {len(scored)} "
+                f"examples" if scored else "there are no scored examples"
+            )
+            fix = (
+                "choose thresholds inside the observed score range (phases.thresholds=[...]) or use "
+                "phases.method=quantiles for equal-size phases"
+                if method == "thresholds"
+                else "use fewer phases (phases.k) or more data"
+            )
+            raise PhasedIFTError(
+                f"phases: phase {i + 1} of {k} (scores {bounds[i]}) would be empty; {observed}. Fix: {fix}."
+            )
+    return phases
+
+
+def random_control(phases: Sequence[Sequence[Example]], seed: int = 0) -> list[list[Example]]:
+    """The paper's random control: the same phase sizes, examples assigned to phases uniformly at random.
+
+    Args:
+        phases: the difficulty phases (easy -> hard).
+        seed: RNG seed of the assignment.
+
+    Returns:
+        K lists with len(result[i]) == len(phases[i]); the union equals the union of `phases`.
+    """
+    pool = [e for ph in phases for e in ph]
+    random.Random(seed).shuffle(pool)
+    out, start = [], 0
+    for ph in phases:
+        out.append(pool[start:start + len(ph)])
+        start += len(ph)
+    return out
+
+
+def reverse_control(phases: Sequence[Sequence[Example]]) -> list[list[Example]]:
+    """Hard -> easy: the phases in reverse order, each phase's examples in descending difficulty."""
+    return [list(reversed(ph)) for ph in reversed(phases)]
+
+
+# Controls in an explicit registry (arm name -> builder); refuse duplicates.
+CONTROLS: dict[str, object] = {}
+
+
+def register_control(name: str, builder) -> None:
+    """Add a control arm builder `(phases, seed) -> phases`; names are unique."""
+    if name in CONTROLS:
+        raise ValueError(f"control {name!r} is already registered")
+    CONTROLS[name] = builder
+
+
+register_control("random", lambda phases, seed: random_control(phases, seed))
+register_control("reverse", lambda phases, seed: reverse_control(phases))
+
+
+def phase_stats(phase: Sequence[Example]) -> dict[str, float]:
+    """count, score_min, score_max, score_mean of a phase (its examples carry meta["score"])."""
+    s = [e.meta["score"] for e in phase]
+    return {
+        "count": len(s),
+        "score_min": min(s) if s else math.nan,
+        "score_max": max(s) if s else math.nan,
+        "score_mean": sum(s) / len(s) if s else math.nan,
+    }
+
+
+def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[float] | None, seed: int,
+                controls: Sequence[str], console=None) -> dict:
+    """Read data/train.jsonl + scores/<scorer>.jsonl, write the phase files, control files and manifest (last).
+
+    Rows of the scores file whose score is null (scoring failures) are excluded from every phase, counted in the
+    manifest (`n_failed_scores`) and reported in the log; examples absent from the scores file likewise
+    (`n_unscored`). Skips the work when the manifest exists and lists every requested control.
+
+    Args:
+        run: the `RunDir`.
+        scorer: name of the scores file (scores/<scorer>.jsonl).
+        k, method, thresholds, seed: see `split_into_phases`.
+        controls: control arms to write (names in `CONTROLS`, e.g. ["random", "reverse"]).
+        console: a rich Console for the log line (optional).
+
+    Returns:
+        The manifest dict (format in docs/architecture.md).
+
+    Raises:
+        PhasedIFTError: missing train data or scores file, an unknown control, an empty phase.
+    """
+    import json
+
+    from phased_ift.data import read_examples, read_jsonl, write_examples
+
+    for c in controls:
+        if c not in CONTROLS:
+            raise PhasedIFTError(f"phases: unknown control arm {c!r}; known: {sorted(CONTROLS)}.")
+    if run.phases_manifest.is_file():
+        manifest = json.loads(run.phases_manifest.read_text(encoding="utf-8"))
+        same = (manifest.get("method"), manifest.get("k"), manifest.get("scorer"), manifest.get("seed")) == (
+            method, k, scorer, seed) and list(manifest.get("thresholds") or []) == list(thresholds or [])
+        if same and all(c in manifest.get("controls", {}) for c in controls):
+            return manifest
+    if not run.train_data.is_file():
+        raise PhasedIFTError(f"phases: {run.train_data} does not exist; run `phased-ift score` (or `run`) first.")
+    scores_path = run.scores(scorer)
+    if not scores_path.is_file():
+        raise PhasedIFTError(f"phases: {scores_path} does not exist; run `phased-ift score` first.")
+    scores: dict[str, float] = {}
+    failed: list[str] = []
+    for i, row in enumerate(read_jsonl(scores_path, tolerate_torn_tail=True), 1):
+        if "id" not in row:
+            raise PhasedIFTError(f"phases: {scores_path} line {i} has no `id`; re-run the scorer.")
+        if row.get("score") is None:
+            failed.append(str(row["id"]))
+            scores.pop(str(row["id"]), None)
+        else:
+            scores[str(row["id"])] = float(row["score"])
+    examples = read_examples(run.train_data)
+    failed_set = set(failed)
+    kept = [e for e in examples if e.id in scores]
+    n_failed = sum(e.id in failed_set and e.id not in scores for e in examples)
+    n_unscored = len(examples) - len(kept) - n_failed
+    phases = split_into_phases(kept, scores, k, method, thresholds, seed)
+    manifest = {
+        "method": method, "k": k, "thresholds": list(thresholds or []), "seed": seed, "scorer": scorer,
+        "n_examples": len(kept), "n_failed_scores": n_failed, "n_unscored": n_unscored, "phases": [],
+        "controls": {},
+    }
+    for i, ph in enumerate(phases, 1):
+        path = write_examples(run.phase_file(i), ph)
+        manifest["phases"].append({"k": i, **phase_stats(ph), "file": str(path.relative_to(run.root))})
+    for c in controls:
+        ctl = CONTROLS[c](phases, seed)
+        manifest["controls"][c] = []
+        for i, ph in enumerate(ctl, 1):
+            path = write_examples(run.phase_file(i, c), ph)
+            manifest["controls"][c].append({"k": i, "count": len(ph), "file": str(path.relative_to(run.root))})
+    tmp = run.phases_manifest.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    tmp.replace(run.phases_manifest)
+    if console is not None:
+        sizes = ", ".join(str(p["count"]) for p in manifest["phases"])
+        excluded = (f"; excluded {n_failed} examples whose scoring failed (score null) and {n_unscored} without a "
+                    f"score row") if (n_failed or n_unscored) else ""
+        console.print(f"split: {len(kept)} examples into {k} phases ({sizes}) by {method}{excluded} -> "
+                      f"{run.phases_manifest}")
+    return manifest

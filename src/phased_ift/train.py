@@ -1,0 +1,475 @@
+"""Phased training: a plain loop over phases, one TRL `SFTTrainer` run per phase from the previous phase's weights.
+
+    phased-ift train CONFIG [key=value ...]            train every arm in train.arms for every seed in train.seeds
+    phased-ift train CONFIG --dry-run                  examples, tokens and optimizer steps per phase (no weights)
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m phased_ift.cli train CONFIG    (multi-process)
+
+Arms (Pang et al., ACL Findings 2024, Section 3-4):
+    phased    phases/phase_1..K (easy -> hard), phase k starts from phase k-1's saved weights
+    one-off   the union of all phases shuffled into one phase: same examples x epochs, same optimiser settings
+    random    phases/random/phase_k (same sizes, examples assigned at random: the paper's control)
+    reverse   phases/reverse/phase_k (hard -> easy)
+
+Each phase is a fresh `SFTTrainer` run (new optimiser and LR schedule unless train.carry_optimizer) that starts
+from the previous phase's saved model or LoRA adapter. Resuming a Trainer checkpoint across phases is never done
+(the step count and schedule would carry over); `resume_from_checkpoint` is used only inside an interrupted phase.
+Each phase dir `checkpoints/<arm>/seed_<s>/phase_<k>/` holds the model or adapter + tokenizer, `hparams.json`,
+`losses.jsonl` and `DONE` (written last); Trainer checkpoints for resuming live in its `trainer/` subdir and are
+deleted once the phase is DONE.
+
+Batching (train.batching) and what it does to the order inside a phase:
+    bucket   transformers' LengthGroupedSampler: a random permutation cut into mega-batches of 50 batches, each
+             sorted by length (longest first), so a batch holds examples of similar length and is padded only to
+             its own longest row. The order is random across mega-batches but length-sorted inside them.
+    pad      TRL's default: random order, each batch padded to its longest row.
+    packing  TRL padding-free packing (bfd): examples concatenated without padding, position ids restart per
+             example so attention never crosses examples with flash-attention varlen kernels (GPU). bfd reorders
+             examples longest-first. Slow on CPU (one long sequence per batch with an O(L^2) mask).
+    train.order=sequential keeps the phase file's order (easy -> hard within a phase) with any batching.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from phased_ift.config import Config
+from phased_ift.data import Example, read_examples
+from phased_ift.errors import PhasedIFTError
+from phased_ift.rundir import RunDir
+
+TRAINER_SUBDIR = "trainer"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Arms: which data each phase of an arm trains on
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def read_manifest(run: RunDir) -> dict:
+    """The phases manifest. Raises PhasedIFTError when `phased-ift split` has not run."""
+    if not run.phases_manifest.is_file():
+        raise PhasedIFTError(f"train: {run.phases_manifest} does not exist; run `phased-ift split CONFIG` first.")
+    return json.loads(run.phases_manifest.read_text(encoding="utf-8"))
+
+
+def arm_phases(run: RunDir, arm: str, k: int, seed: int = 0) -> list[list[Example]]:
+    """The examples of each phase of an arm, in training order of phases.
+
+    Args:
+        run: the run dir holding phases/.
+        arm: phased | one-off | random | reverse.
+        k: the number of phases in the manifest.
+        seed: shuffles the one-off union (all phases' data shuffled together into one phase).
+
+    Returns:
+        A list of phases (one phase for one-off), each a list of Examples in file order.
+
+    Raises:
+        PhasedIFTError: a phase file of the arm is missing (the split was made without that control).
+    """
+    if arm == "one-off":
+        union = [e for i in range(1, k + 1) for e in read_examples(run.phase_file(i))]
+        random.Random(seed).shuffle(union)
+        return [union]
+    out = []
+    for i in range(1, k + 1):
+        path = run.phase_file(i, arm)
+        if not path.is_file():
+            raise PhasedIFTError(f"train: {path} does not exist; re-run `phased-ift split` with `{arm}` in "
+                                 f"train.arms so the control files are written.")
+        out.append(read_examples(path))
+    return out
+
+
+def phase_hparams(cfg: Config, arm: str, k: int) -> dict[str, Any]:
+    """Resolved hyperparameters of phase k (1-based) of an arm.
+
+    Per-phase epochs / learning rates (train.phase_epochs / phase_learning_rates) apply to the phased, random and
+    reverse arms by position; one-off uses train.epochs and train.learning_rate (equal budget when the per-phase
+    values are not set).
+    """
+    t = cfg.train
+    epochs = t.epochs if arm == "one-off" or not t.phase_epochs else float(t.phase_epochs[k - 1])
+    lr = t.learning_rate if arm == "one-off" or not t.phase_learning_rates else float(t.phase_learning_rates[k - 1])
+    return {
+        "arm": arm, "phase": k, "epochs": epochs, "learning_rate": lr, "method": t.method,
+        "lora": asdict(t.lora) if t.method == "lora" else None, "batch_size": t.batch_size,
+        "grad_accum": t.grad_accum, "lr_scheduler": t.lr_scheduler, "warmup_ratio": t.warmup_ratio,
+        "weight_decay": t.weight_decay, "adam_beta2": t.adam_beta2, "max_grad_norm": t.max_grad_norm,
+        "carry_optimizer": t.carry_optimizer, "order": t.order, "batching": t.batching, "max_steps": t.max_steps,
+        "model": cfg.model.name_or_path, "template": cfg.model.template, "max_length": cfg.model.max_length,
+        "dtype": cfg.model.dtype, "autocast": cfg.model.autocast,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenisation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tokenize_examples(tokenizer, examples: Sequence[Example], template: str, max_length: int) -> list[dict]:
+    """Render and tokenise examples with `modeling.render` + `tokenize_example` (labels -100 on the prompt).
+
+    Returns:
+        One dict per example: input_ids [T], labels [T], attention_mask [T] (T <= max_length), length (= T).
+    """
+    from phased_ift.modeling import render, tokenize_example
+
+    rows = []
+    for e in examples:
+        prompt, response = render(tokenizer, e.messages, template)
+        row = tokenize_example(tokenizer, prompt, response, max_length)
+        row["length"] = len(row["input_ids"])
+        rows.append(row)
+    return rows
+
+
+def steps_per_phase(n_examples: int, epochs: float, batch_size: int, grad_accum: int, world_size: int = 1,
+                    max_steps: int = -1) -> int:
+    """Optimizer steps of one phase as transformers' Trainer counts them (ceil batches, floor-ish accumulation)."""
+    if max_steps > 0:
+        return max_steps
+    batches = math.ceil(n_examples / (batch_size * world_size))
+    per_epoch = max(batches // grad_accum, 1)
+    return math.ceil(per_epoch * epochs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plan (dry run)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _token_counter(cfg: Config):
+    """(count(examples) -> tokens, note). Uses the tokenizer when it loads offline, else chars/4 (said so)."""
+    from phased_ift.modeling import load_tokenizer
+
+    try:
+        tok = load_tokenizer(cfg.model.name_or_path)
+    except Exception as e:  # offline / unknown hub id: estimate, and say so
+        def estimate(examples):
+            return sum((len(e.instruction) + len(e.response)) // 4 + 1 for e in examples)
+
+        return estimate, f"tokens estimated as characters/4 (tokenizer of {cfg.model.name_or_path!r} not " \
+                         f"available offline: {type(e).__name__})"
+
+    def count(examples):
+        return sum(r["length"] for r in tokenize_examples(tok, examples, cfg.model.template, cfg.model.max_length))
+
+    return count, f"tokens counted with the {cfg.model.name_or_path} tokenizer, truncated to {cfg.model.max_length}"
+
+
+def plan_training(cfg: Config, run: RunDir, world_size: int | None = None) -> dict:
+    """Examples, tokens and optimizer steps per phase per arm, without loading model weights.
+
+    Args:
+        cfg: the config (train, model, phases sections).
+        run: the run dir; phases come from phases/ when split, else the data is assumed cut into K equal phases
+            (said in the returned note).
+        world_size: data-parallel processes (default: $WORLD_SIZE or 1).
+
+    Returns:
+        {"note": str, "world_size": int, "arms": {arm: [{"phase", "examples", "tokens", "epochs", "learning_rate",
+        "steps", "tokens_trained"}]}, "total_steps": {arm: int}}.
+    """
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    count, note = _token_counter(cfg)
+    if run.phases_manifest.is_file():
+        k = read_manifest(run)["k"]
+        phases_of = {arm: arm_phases(run, arm, k) for arm in cfg.train.arms}
+    else:
+        if not run.train_data.is_file():
+            raise PhasedIFTError(f"train --dry-run: neither {run.phases_manifest} nor {run.train_data} exists; run "
+                                 f"`phased-ift score CONFIG` (or at least the data step) first.")
+        data = read_examples(run.train_data)
+        k = cfg.phases.k
+        size = math.ceil(len(data) / k)
+        eq = [data[i * size:(i + 1) * size] for i in range(k)]
+        phases_of = {arm: ([data] if arm == "one-off" else eq) for arm in cfg.train.arms}
+        note += f"; phases not split yet: assumed {k} equal-size phases of data/train.jsonl"
+    plan: dict[str, Any] = {"note": note, "world_size": world_size, "arms": {}, "total_steps": {}}
+    tokens_cache: dict[int, int] = {}
+    for arm, phases in phases_of.items():
+        rows = []
+        for i, ph in enumerate(phases, 1):
+            hp = phase_hparams(cfg, arm, i)
+            key = hash(tuple(e.id for e in ph))
+            if key not in tokens_cache:
+                tokens_cache[key] = count(ph)
+            steps = steps_per_phase(len(ph), hp["epochs"], cfg.train.batch_size, cfg.train.grad_accum, world_size,
+                                    cfg.train.max_steps)
+            rows.append({"phase": i, "examples": len(ph), "tokens": tokens_cache[key], "epochs": hp["epochs"],
+                         "learning_rate": hp["learning_rate"], "steps": steps,
+                         "tokens_trained": int(tokens_cache[key] * hp["epochs"])})
+        plan["arms"][arm] = rows
+        plan["total_steps"][arm] = sum(r["steps"] for r in rows)
+    return plan
+
+
+def print_plan(cfg: Config, run: RunDir, console=None) -> dict:
+    """Print `plan_training` as a rich table (to the console) and return it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(stderr=True)
+    plan = plan_training(cfg, run)
+    table = Table("arm", "phase", "examples", "tokens", "epochs", "lr", "optimizer steps",
+                  title=f"training plan ({cfg.train.method}, batch {cfg.train.batch_size} x accum "
+                        f"{cfg.train.grad_accum} x {plan['world_size']} processes, seeds {cfg.train.seeds})")
+    for arm, rows in plan["arms"].items():
+        for r in rows:
+            table.add_row(arm, str(r["phase"]), str(r["examples"]), str(r["tokens"]), f"{r['epochs']:g}",
+                          f"{r['learning_rate']:g}", str(r["steps"]))
+    console.print(table)
+    console.print(plan["note"])
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Progress and logging
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _progress_callback(label: str):
+    """A TrainerCallback showing a rich progress bar (steps, rate, ETA, last loss) on the main process."""
+    from transformers import TrainerCallback
+
+    class RichProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.progress = None
+            self.task = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            if not state.is_world_process_zero:
+                return
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[rate]}"),
+                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("loss {task.fields[loss]}"),
+                                     transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task(label, total=state.max_steps, completed=state.global_step,
+                                               loss="-", rate="")
+            self._t0, self._s0 = time.perf_counter(), state.global_step
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.progress is not None:
+                dt = time.perf_counter() - self._t0
+                rate = (state.global_step - self._s0) / dt if dt > 0 else 0.0
+                self.progress.update(self.task, completed=state.global_step, rate=f"{rate:.2f} steps/s")
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if self.progress is not None and logs and "loss" in logs:
+                self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.progress is not None:
+                self.progress.stop()
+                self.progress = None
+
+    return RichProgress()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One phase
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _model_for_phase(cfg: Config, init_dir: str | None, base: str):
+    """Load the starting weights of a phase: the base model (phase 1) or the previous phase's saved weights.
+
+    LoRA continue: base + the previous adapter with is_trainable=True (otherwise PEFT loads it frozen).
+    LoRA merge: the previous phase saved a merged full model; a new adapter goes on top.
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftModel, get_peft_model
+
+    from phased_ift.modeling import load_model
+
+    m = cfg.model
+    kw = dict(dtype=m.dtype, attn_implementation=m.attn_implementation, trust_remote_code=m.trust_remote_code)
+    t = cfg.train
+    if t.method == "full":
+        return load_model(init_dir or base, **kw)
+    if init_dir is not None and t.lora.across_phases == "continue":
+        return PeftModel.from_pretrained(load_model(base, **kw), init_dir, is_trainable=True)
+    model = load_model(init_dir or base, **kw)
+    target = t.lora.target_modules
+    lora = PeftLoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout, task_type="CAUSAL_LM",
+                          target_modules=target[0] if target == ["all-linear"] else list(target))
+    return get_peft_model(model, lora)
+
+
+def _sft_config(cfg: Config, hp: dict, out_dir: Path, seed: int, save_steps: int):
+    import torch
+    from trl import SFTConfig
+
+    t, m = cfg.train, cfg.model
+    on_cpu = not torch.cuda.is_available()
+    sampling = "sequential" if t.order == "sequential" else ("group_by_length" if t.batching == "bucket" else "random")
+    return SFTConfig(
+        output_dir=str(out_dir), seed=seed, data_seed=seed,
+        num_train_epochs=hp["epochs"], max_steps=t.max_steps, learning_rate=hp["learning_rate"],
+        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,  # transformers 5: a value < 1 is a fraction of the steps weight_decay=t.weight_decay,
+        adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm,
+        # fp32 weights + bf16 autocast: Trainer refuses bf16 on a machine without a bf16 GPU unless use_cpu is set.
+        bf16=m.autocast == "bf16", fp16=m.autocast == "fp16", use_cpu=on_cpu,
+        train_sampling_strategy=sampling, length_column_name="length",
+        packing=t.batching == "packing", padding_free=t.batching == "packing", max_length=m.max_length,
+        gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps, save_strategy="steps", save_steps=save_steps, save_total_limit=1,
+        report_to="none", disable_tqdm=True, include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=t.dataloader_workers, deepspeed=t.deepspeed or None,
+        # The labels column from tokenize_example is used as is (loss on the response only).
+        dataset_kwargs={"skip_prepare_dataset": t.batching != "packing"}, remove_unused_columns=False,
+    )
+
+
+def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_dir: str | None, hp: dict,
+                seed: int, label: str, prev_optimizer: Path | None = None) -> dict:
+    """Train one phase: a fresh SFTTrainer run from `init_dir` (None = the base model) on pre-tokenised rows.
+
+    Resumes from the last Trainer checkpoint in `phase_dir/trainer/` when one exists (an interrupted phase).
+    Writes the model/adapter + tokenizer, hparams.json, losses.jsonl (and optimizer.pt with carry_optimizer) and
+    finally DONE into `phase_dir` (main process only), then waits for all ranks.
+
+    Returns:
+        The train metrics written to DONE (train_loss, train_runtime, tokens, tokens_per_second, ...).
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
+
+    from phased_ift.modeling import resolve_model_path
+
+    base = resolve_model_path(cfg.model.name_or_path)
+    set_seed(seed)  # the LoRA initialisation of phase 1 is seeded too
+    model = _model_for_phase(cfg, init_dir, base)
+    trainer_dir = phase_dir / TRAINER_SUBDIR
+    save_steps = cfg.train.save_steps if cfg.train.save_steps > 0 else 10**9
+    args = _sft_config(cfg, hp, trainer_dir, seed, save_steps)
+    columns = ["input_ids", "labels", "attention_mask", "length"] if cfg.train.batching != "packing" else \
+        ["input_ids", "labels"]
+    dataset = Dataset.from_list([{c: r[c] for c in columns} for r in rows])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[_progress_callback(label)])
+    # disable_tqdm makes Trainer print every log dict to stdout; the rich bar and losses.jsonl replace that.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    resume = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
+    if resume is None and prev_optimizer is not None and prev_optimizer.is_file():
+        # carry_optimizer: the AdamW moments continue; the learning rate and schedule restart for this phase.
+        trainer.create_optimizer()
+        trainer.optimizer.load_state_dict(torch.load(prev_optimizer, weights_only=True))
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = hp["learning_rate"]
+            group.pop("initial_lr", None)
+    t0 = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=resume)
+    metrics = dict(out.metrics)
+    metrics["tokens"] = int(trainer.state.num_input_tokens_seen)
+    metrics["wall_seconds"] = time.perf_counter() - t0
+    metrics["resumed_from"] = resume
+    metrics["global_step"] = trainer.state.global_step
+    merge = cfg.train.method == "lora" and cfg.train.lora.across_phases == "merge"
+    if merge:
+        merged = trainer.model.merge_and_unload()
+    if trainer.is_world_process_zero():
+        phase_dir.mkdir(parents=True, exist_ok=True)
+        if merge:
+            merged.save_pretrained(phase_dir)
+            tokenizer.save_pretrained(phase_dir)
+        else:
+            trainer.save_model(str(phase_dir))
+            tokenizer.save_pretrained(phase_dir)
+        if cfg.train.carry_optimizer:
+            torch.save(trainer.optimizer.state_dict(), phase_dir / "optimizer.pt")
+        kind = "full" if cfg.train.method == "full" or merge else "adapter"
+        hparams = {**hp, "seed": seed, "examples": len(rows), "init_from": init_dir or base, "base_model": base,
+                   "checkpoint_kind": kind, "world_size": trainer.args.world_size}
+        (phase_dir / "hparams.json").write_text(json.dumps(hparams, indent=2), encoding="utf-8")
+        # log_history is restored from the Trainer checkpoint on resume, so the losses equal an uninterrupted run's.
+        from phased_ift.data import write_jsonl
+
+        write_jsonl(phase_dir / "losses.jsonl",
+                    ({"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate"),
+                      "epoch": h.get("epoch")} for h in trainer.state.log_history if "loss" in h))
+        tmp = phase_dir / "DONE.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        tmp.replace(phase_dir / "DONE")
+        shutil.rmtree(trainer_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+def is_done(phase_dir: Path) -> bool:
+    """Whether a phase finished (its DONE marker exists)."""
+    return (phase_dir / "DONE").is_file()
+
+
+def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, console=None) -> list[Path]:
+    """Train one arm for one seed: a plain loop over its phases, each from the previous phase's saved weights.
+
+    Finished phases (DONE) are skipped; an unfinished phase resumes from its last Trainer checkpoint.
+
+    Returns:
+        The phase dirs, in order.
+    """
+    from phased_ift.modeling import load_tokenizer
+
+    k = read_manifest(run)["k"]
+    phases = arm_phases(run, arm, k, seed)
+    tokenizer = tokenizer or load_tokenizer(cfg.model.name_or_path)
+    dirs, prev = [], None
+    for i, examples in enumerate(phases, 1):
+        phase_dir = run.checkpoint(arm, i, seed)
+        dirs.append(phase_dir)
+        if not is_done(phase_dir):
+            hp = phase_hparams(cfg, arm, i)
+            rows = tokenize_examples(tokenizer, examples, cfg.model.template, cfg.model.max_length)
+            prev_opt = prev / "optimizer.pt" if (prev is not None and cfg.train.carry_optimizer) else None
+            m = train_phase(cfg, rows, tokenizer, phase_dir, str(prev) if prev else None, hp, seed,
+                            f"{arm} seed {seed} phase {i}/{len(phases)}", prev_opt)
+            if console is not None and _is_main():
+                console.print(f"train: {arm} seed {seed} phase {i}/{len(phases)}: {len(rows)} examples, "
+                              f"{m['global_step']} steps, loss {m.get('train_loss', float('nan')):.4f}, "
+                              f"{m['tokens'] / max(m['wall_seconds'], 1e-9):.0f} tokens/s -> {phase_dir}")
+        prev = phase_dir
+    return dirs
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train_phases(cfg: Config, run: RunDir, console=None) -> dict[str, dict[int, list[Path]]]:
+    """Train every arm in cfg.train.arms for every seed in cfg.train.seeds (see `train_arm`).
+
+    Returns:
+        {arm: {seed: [phase dirs]}}.
+    """
+    import torch
+
+    from phased_ift.modeling import load_tokenizer
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    out: dict[str, dict[int, list[Path]]] = {}
+    for arm in cfg.train.arms:
+        for seed in cfg.train.seeds:
+            out.setdefault(arm, {})[seed] = train_arm(cfg, run, arm, seed, tokenizer, console)
+    return out
