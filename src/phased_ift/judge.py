@@ -262,8 +262,10 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
         PhasedIFTError: mismatched generations; a reference template without any matching reference.
     """
     from phased_ift.data import append_jsonl, read_jsonl
+    from phased_ift.generate import drop_torn_tail
 
     out_path = Path(out_path)
+    drop_torn_tail(out_path)
     pairs = pair_answers(rows_a, rows_b, where=f"judging {arm_a} vs {arm_b} on {testset}")
     done = {r["id"] for r in read_jsonl(out_path, tolerate_torn_tail=True)} if out_path.is_file() else set()
     todo, no_ref = [], 0
