@@ -50,3 +50,53 @@ def tiny_model_dir(tmp_path_factory, smollm2_path) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """A real llama.cpp OpenAI-compatible server (`python -m llama_cpp.server`) with the SmolLM2-135M-Instruct GGUF
+    on 127.0.0.1:<free port>, started once per session. Yields its base_url (".../v1"); any model name works.
+
+    `--logits_all true` makes /v1/chat/completions return logprobs/top_logprobs. Log: <tmp>/llama_server.log."""
+    import importlib.util
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from phased_ift.modeling import gguf_path
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.fail("llama_server needs llama-cpp-python: pip install 'llama-cpp-python[server]>=0.3' "
+                    "(see .ci/run)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("llama_server") / "llama_server.log"
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path("smollm2-135m-instruct")),
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
+           "--logits_all", "true", "--verbose", "false"]
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama.cpp server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(base_url + "/models", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail(f"llama.cpp server not up after 180 s:\n{log.read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

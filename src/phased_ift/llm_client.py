@@ -316,10 +316,12 @@ class LLMClient:
                     retry_after = float(headers.get("retry-after", ""))
                 except ValueError:
                     retry_after = None
+            except json.JSONDecodeError as e:  # a body that is not JSON (e.g. a proxy's HTML page): may be transient
+                last = f"malformed response body (not JSON): {e}"
             except openai.APIStatusError as e:  # other 4xx (e.g. 400 context too long): retrying cannot help
                 self._count(sent=1)
                 return LLMResult(False, None, None, f"HTTP {e.status_code}: {self._scrub(str(e))}", False)
-            except openai.APIError as e:  # e.g. a body that is not a ChatCompletion
+            except (openai.APIError, ValueError, TypeError, KeyError) as e:  # a body that is not a ChatCompletion
                 self._count(sent=1)
                 return LLMResult(False, None, None, f"{type(e).__name__}: {self._scrub(str(e))}", False)
             if attempt < self.endpoint.max_retries:
