@@ -326,7 +326,7 @@ def _sft_config(cfg: Config, hp: dict, out_dir: Path, seed: int, save_steps: int
         bf16=m.autocast == "bf16", fp16=m.autocast == "fp16", use_cpu=on_cpu,
         train_sampling_strategy=sampling, length_column_name="length",
         packing=t.batching == "packing", padding_free=t.batching == "packing", max_length=m.max_length,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=save_steps, save_total_limit=1,
         report_to="none", disable_tqdm=True, include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=t.dataloader_workers, deepspeed=t.deepspeed or None,
@@ -336,7 +336,7 @@ def _sft_config(cfg: Config, hp: dict, out_dir: Path, seed: int, save_steps: int
 
 
 def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_dir: str | None, hp: dict,
-                seed: int, label: str, prev_optimizer: Path | None = None) -> dict:
+                seed: int, label: str, prev_optimizer: Path | None = None, callbacks: Sequence = ()) -> dict:
     """Train one phase: a fresh SFTTrainer run from `init_dir` (None = the base model) on pre-tokenised rows.
 
     Resumes from the last Trainer checkpoint in `phase_dir/trainer/` when one exists (an interrupted phase).
@@ -364,7 +364,7 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
         ["input_ids", "labels"]
     dataset = Dataset.from_list([{c: r[c] for c in columns} for r in rows])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[_progress_callback(label)])
+                         callbacks=[_progress_callback(label), *callbacks])
     # disable_tqdm makes Trainer print every log dict to stdout; the rich bar and losses.jsonl replace that.
     from transformers.trainer_callback import PrinterCallback
 
@@ -420,7 +420,8 @@ def is_done(phase_dir: Path) -> bool:
     return (phase_dir / "DONE").is_file()
 
 
-def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, console=None) -> list[Path]:
+def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, console=None,
+              callbacks: Sequence = ()) -> list[Path]:
     """Train one arm for one seed: a plain loop over its phases, each from the previous phase's saved weights.
 
     Finished phases (DONE) are skipped; an unfinished phase resumes from its last Trainer checkpoint.
@@ -442,7 +443,7 @@ def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, con
             rows = tokenize_examples(tokenizer, examples, cfg.model.template, cfg.model.max_length)
             prev_opt = prev / "optimizer.pt" if (prev is not None and cfg.train.carry_optimizer) else None
             m = train_phase(cfg, rows, tokenizer, phase_dir, str(prev) if prev else None, hp, seed,
-                            f"{arm} seed {seed} phase {i}/{len(phases)}", prev_opt)
+                            f"{arm} seed {seed} phase {i}/{len(phases)}", prev_opt, callbacks)
             if console is not None and _is_main():
                 console.print(f"train: {arm} seed {seed} phase {i}/{len(phases)}: {len(rows)} examples, "
                               f"{m['global_step']} steps, loss {m.get('train_loss', float('nan')):.4f}, "
@@ -455,8 +456,11 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def train_phases(cfg: Config, run: RunDir, console=None) -> dict[str, dict[int, list[Path]]]:
+def train_phases(cfg: Config, run: RunDir, console=None, callbacks: Sequence = ()) -> dict[str, dict[int, list[Path]]]:
     """Train every arm in cfg.train.arms for every seed in cfg.train.seeds (see `train_arm`).
+
+    Args:
+        callbacks: extra transformers TrainerCallbacks added to every phase's trainer (e.g. for inspection).
 
     Returns:
         {arm: {seed: [phase dirs]}}.
@@ -471,5 +475,5 @@ def train_phases(cfg: Config, run: RunDir, console=None) -> dict[str, dict[int, 
     out: dict[str, dict[int, list[Path]]] = {}
     for arm in cfg.train.arms:
         for seed in cfg.train.seeds:
-            out.setdefault(arm, {})[seed] = train_arm(cfg, run, arm, seed, tokenizer, console)
+            out.setdefault(arm, {})[seed] = train_arm(cfg, run, arm, seed, tokenizer, console, callbacks)
     return out
