@@ -257,6 +257,19 @@ class ReportConfig:
     bootstrap: int = _f(2000, "Bootstrap resamples for confidence intervals.")
     confidence: float = _f(0.95, "Confidence level.")
     seed: int = _f(0, "Bootstrap seed.")
+    length_warning_ratio: float = _f(
+        1.2, "Warn when the preferred arm's answers are this many times longer on average (judges favour length)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.bootstrap < 100:
+            raise PhasedIFTError(f"config: report.bootstrap must be >= 100 resamples, got {self.bootstrap}.")
+        if not 0 < self.confidence < 1:
+            raise PhasedIFTError(f"config: report.confidence must be in (0, 1), e.g. 0.95; got {self.confidence}.")
+        if self.length_warning_ratio < 1:
+            raise PhasedIFTError(
+                f"config: report.length_warning_ratio must be >= 1, got {self.length_warning_ratio}."
+            )
 
 
 @dataclass

@@ -1,0 +1,269 @@
+"""Statistics of the evaluation: win rates, bootstrap confidence intervals, length statistics, length control.
+
+Pure functions over plain lists/arrays (no files, no plotting); `report.py` feeds them the judgements,
+generations and reference losses of a run dir. Every interval is a seeded percentile bootstrap that resamples
+*prompts* (the unit the test sets sample), so the same inputs and seed always give the same interval.
+
+    from phased_ift.stats import win_rate_cis
+    win_rate_cis(["win", "tie", "loss", "unparseable"], n_resamples=2000, seed=0)
+
+Counts and point win rates come from `phased_ift.judge.aggregate` (one definition); this module adds their
+intervals. Conventions (Pang et al. 2024, §4 and the PhasedSFT judge code):
+  * a verdict is "win" | "tie" | "loss" from arm A's side, or "unparseable" when either judge order could not
+    be parsed; unparseable verdicts are counted apart and never turned into a result;
+  * win rate = (wins + ties/2) / N_parsed;
+  * the paper's centred number = (wins + ties/2) / N_all - 0.5, with unparseable verdicts counted in N_all.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from phased_ift.judge import VERDICTS
+
+_VALUE = {"win": 1.0, "tie": 0.5, "loss": 0.0, "unparseable": np.nan}
+
+
+def verdict_values(verdicts: Sequence[str]) -> np.ndarray:
+    """Per-prompt outcome for arm A: win 1.0, tie 0.5, loss 0.0, unparseable NaN.
+
+    Args:
+        verdicts: N verdict strings from arm A's side.
+
+    Returns:
+        float array of shape (N,).
+
+    Raises:
+        ValueError: a verdict that is not one of `VERDICTS` (names the value and its index).
+    """
+    out = np.empty(len(verdicts), dtype=float)
+    for i, v in enumerate(verdicts):
+        if v not in _VALUE:
+            raise ValueError(f"verdict #{i} is {v!r}; expected one of {list(VERDICTS)}")
+        out[i] = _VALUE[v]
+    return out
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray] | None = None,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of a statistic over items (prompts, examples).
+
+    Args:
+        values: N per-item values (NaN allowed when `statistic` handles it).
+        statistic: maps a (B, N) array of resampled values to (B,) statistics; default: the row mean.
+        n_resamples: B, the number of resamples (with replacement, N items each).
+        confidence: e.g. 0.95 for the 2.5% and 97.5% percentiles.
+        seed: numpy Generator seed; the same inputs and seed give the same interval.
+
+    Returns:
+        (lo, hi), or None for N = 0. Resamples whose statistic is NaN (e.g. no parsed verdict drawn) are dropped.
+
+    Source: Efron & Tibshirani (1993), the percentile method.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return None
+    stat = statistic or (lambda a: a.mean(axis=1))
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_resamples, x.size))
+    s = stat(x[idx])
+    s = s[~np.isnan(s)]
+    if s.size == 0:
+        return None
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(s, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def _nan_win_rate(a: np.ndarray) -> np.ndarray:
+    parsed = (~np.isnan(a)).sum(axis=1)
+    total = np.nansum(a, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(parsed > 0, total / np.maximum(parsed, 1), np.nan)
+
+
+def _centred(a: np.ndarray) -> np.ndarray:
+    return np.nansum(a, axis=1) / a.shape[1] - 0.5
+
+
+def win_rate_cis(
+    verdicts: Sequence[str], n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict:
+    """Bootstrap CIs (over prompts) of the win rate and of the paper's centred number.
+
+    The point estimates and counts come from `phased_ift.judge.aggregate` (one definition of the win rate);
+    the two statistics here are the same formulas vectorised over (B, N) resamples: win rate over the parsed
+    verdicts of a resample, centred number over all of them (unparseable counted in N).
+
+    Returns:
+        {"win_rate_ci": [lo, hi] | None, "centred_ci": [lo, hi] | None} (None when nothing to resample).
+    """
+    v = verdict_values(verdicts)
+    wr_ci = bootstrap_ci(v, _nan_win_rate, n_resamples, confidence, seed) if (~np.isnan(v)).any() else None
+    c_ci = bootstrap_ci(v, _centred, n_resamples, confidence, seed)
+    return {"win_rate_ci": list(wr_ci) if wr_ci else None, "centred_ci": list(c_ci) if c_ci else None}
+
+
+def mean_with_ci(values: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Mean of per-item values with a bootstrap CI: {"n", "mean", "ci": [lo, hi]} (None when empty).
+
+    Used for the offline reference loss (per-example mean token losses, nats).
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return {"n": 0, "mean": None, "ci": None}
+    ci = bootstrap_ci(x, None, n_resamples, confidence, seed)
+    return {"n": int(x.size), "mean": float(x.mean()), "ci": list(ci) if ci else None}
+
+
+def length_stats(words: Sequence[int], tokens: Sequence[int | None] = ()) -> dict:
+    """Answer-length statistics: {"n", "mean_words", "median_words", "mean_tokens", "median_tokens"}.
+
+    Token statistics are None when no token counts are given (e.g. generations from an external file).
+    """
+    w = np.asarray(words, dtype=float)
+    t = np.asarray([x for x in tokens if x is not None], dtype=float)
+    return {
+        "n": int(w.size),
+        "mean_words": float(w.mean()) if w.size else None,
+        "median_words": float(np.median(w)) if w.size else None,
+        "mean_tokens": float(t.mean()) if t.size else None,
+        "median_tokens": float(np.median(t)) if t.size else None,
+    }
+
+
+# Bins of the relative length difference (len_a - len_b) / mean(len_a, len_b).
+LENGTH_BIN_EDGES = (-np.inf, -0.5, -0.1, 0.1, 0.5, np.inf)
+LENGTH_BIN_NAMES = ("A much shorter (< -50%)", "A shorter (-50%..-10%)", "similar (±10%)",
+                    "A longer (10%..50%)", "A much longer (> 50%)")
+
+
+def relative_length_difference(len_a: Sequence[float], len_b: Sequence[float]) -> np.ndarray:
+    """(len_a - len_b) / mean(len_a, len_b) per prompt, in [-2, 2]; 0 when both answers are empty."""
+    a = np.asarray(len_a, dtype=float)
+    b = np.asarray(len_b, dtype=float)
+    m = (a + b) / 2
+    return np.where(m > 0, (a - b) / np.where(m > 0, m, 1), 0.0)
+
+
+def length_binned_win_rates(verdicts: Sequence[str], len_a: Sequence[float], len_b: Sequence[float]) -> list[dict]:
+    """Win rate inside bins of the relative length difference (a length-matched view).
+
+    The "similar" bin compares answers of about the same length, where the judge's length bias cannot act.
+
+    Returns:
+        one dict per bin of `LENGTH_BIN_NAMES`: {"bin", "n", "n_parsed", "win_rate"} (win_rate None when empty).
+    """
+    v = verdict_values(verdicts)
+    r = relative_length_difference(len_a, len_b)
+    which = np.digitize(r, LENGTH_BIN_EDGES[1:-1], right=True)
+    rows = []
+    for i, name in enumerate(LENGTH_BIN_NAMES):
+        sel = v[which == i]
+        parsed = sel[~np.isnan(sel)]
+        rows.append({"bin": name, "n": int(sel.size), "n_parsed": int(parsed.size),
+                     "win_rate": float(parsed.mean()) if parsed.size else None})
+    return rows
+
+
+def fit_length_logistic(
+    y: np.ndarray, x: np.ndarray, weights: np.ndarray, l2: float = 1.0, iterations: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logistic regression P(A wins) = sigmoid(b0 + b1 * x), fitted for B weightings at once (Newton / IRLS).
+
+    Ties enter as the fractional outcome y = 0.5 (the same fit as a tie counted half a win, half a loss).
+    The slope carries an L2 penalty `l2 * b1**2 / 2` (sklearn's default C=1; keeps the fit finite when the
+    longer answer always wins); the intercept is unpenalised but for a tiny ridge that keeps the Hessian
+    invertible. Hand-written rather than sklearn because the bootstrap needs thousands of two-parameter fits,
+    which vectorise into one (B, N) Newton iteration; tests check it against sklearn.
+
+    Args:
+        y: (N,) outcomes in [0, 1].
+        x: (N,) covariate.
+        weights: (B, N) non-negative item weights (bootstrap counts), or (N,) for a single fit.
+
+    Returns:
+        (b0, b1), each of shape (B,) (or scalars' 1-element arrays for a single fit).
+    """
+    w = np.atleast_2d(np.asarray(weights, dtype=float))
+    b0 = np.zeros(w.shape[0])
+    b1 = np.zeros(w.shape[0])
+    eps = 1e-6
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-(b0[:, None] + b1[:, None] * x[None, :])))
+        r = w * (p - y[None, :])
+        s = w * p * (1 - p)
+        g0 = r.sum(1) + eps * b0
+        g1 = (r * x).sum(1) + l2 * b1
+        h00 = s.sum(1) + eps
+        h01 = (s * x).sum(1)
+        h11 = (s * x * x).sum(1) + l2
+        det = h00 * h11 - h01 * h01
+        d0 = (h11 * g0 - h01 * g1) / det
+        d1 = (h00 * g1 - h01 * g0) / det
+        b0 = np.clip(b0 - d0, -30, 30)
+        b1 = np.clip(b1 - d1, -1e3, 1e3)
+        if np.max(np.abs(d0)) < 1e-10 and np.max(np.abs(d1)) < 1e-10:
+            break
+    return b0, b1
+
+
+def length_controlled_win_rate(
+    verdicts: Sequence[str],
+    len_a: Sequence[float],
+    len_b: Sequence[float],
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Win rate predicted at zero length difference by a logistic regression on the length difference.
+
+    The idea of AlpacaEval 2's length-controlled win rate (Dubois et al. 2024, "Length-Controlled AlpacaEval"):
+    regress the judge's preference on the length difference, then report the preference the model predicts when
+    both answers have the same length. As there, the covariate is tanh((len_a - len_b) / sd(len_a - len_b)),
+    so a few very long answers cannot dominate. Unparseable verdicts are left out; ties count as 0.5.
+
+    Args:
+        verdicts: N verdicts from arm A's side.
+        len_a, len_b: N answer lengths (words) of arm A and arm B.
+
+    Returns:
+        {"n", "lc_win_rate", "lc_ci": [lo, hi], "slope"} (slope = b1, > 0 means the longer answer is favoured);
+        values None when fewer than 2 parsed verdicts.
+    """
+    v = verdict_values(verdicts)
+    keep = ~np.isnan(v)
+    y = v[keep]
+    delta = np.asarray(len_a, dtype=float)[keep] - np.asarray(len_b, dtype=float)[keep]
+    n = int(y.size)
+    if n < 2:
+        return {"n": n, "lc_win_rate": None, "lc_ci": None, "slope": None}
+    sd = delta.std()
+    x = np.tanh(delta / sd) if sd > 0 else np.zeros(n)
+    b0, b1 = fit_length_logistic(y, x, np.ones(n))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    w = np.zeros((n_resamples, n))
+    np.add.at(w, (np.arange(n_resamples)[:, None], idx), 1.0)
+    bb0, _ = fit_length_logistic(y, x, w)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(1 / (1 + np.exp(-bb0)), [alpha, 1 - alpha])
+    return {"n": n, "lc_win_rate": float(1 / (1 + np.exp(-b0[0]))), "lc_ci": [float(lo), float(hi)],
+            "slope": float(b1[0])}
+
+
+def seed_spread(values: Sequence[float]) -> dict:
+    """Mean and spread of one number across training seeds: {"n_seeds", "mean", "std", "min", "max"}.
+
+    std is the sample standard deviation (ddof=1); None for a single seed.
+    """
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    if x.size == 0:
+        return {"n_seeds": 0, "mean": None, "std": None, "min": None, "max": None}
+    return {"n_seeds": int(x.size), "mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else None,
+            "min": float(x.min()), "max": float(x.max())}
