@@ -203,6 +203,8 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "Trade compute for memory.")
     seeds: list = _f([0], "Training seeds; each arm is trained once per seed.")
     deepspeed: str = _f("", "Path to a DeepSpeed config (GPU runs under `accelerate launch`).")
+    threads: int = _f(0, "CPU threads for training (torch.set_num_threads; 0 = torch's default).")
+    dataloader_workers: int = _f(0, "DataLoader worker processes (0 = load batches in the training process).")
 
     def __post_init__(self) -> None:
         for arm in self.arms:
@@ -216,6 +218,13 @@ class TrainConfig:
             raise PhasedIFTError("config: train.epochs, learning_rate > 0 and batch_size, grad_accum >= 1 required.")
         if not self.seeds:
             raise PhasedIFTError("config: train.seeds needs at least one seed.")
+        if self.carry_optimizer and self.method == "lora" and self.lora.across_phases == "merge":
+            raise PhasedIFTError(
+                "config: train.carry_optimizer=true cannot be combined with train.lora.across_phases=merge (each "
+                "phase starts a new adapter, so there is no optimiser state to carry); use across_phases=continue."
+            )
+        if self.threads < 0 or self.dataloader_workers < 0:
+            raise PhasedIFTError("config: train.threads and train.dataloader_workers must be >= 0.")
 
 
 @dataclass

@@ -28,13 +28,37 @@ def step_score(cfg: Config, dry_run: bool = False, console: Console | None = Non
 
 
 def step_split(cfg: Config, console: Console | None = None) -> None:
-    """Split scored data into phases (+ random/reverse controls) -> phases/."""
-    _not_yet("split")
+    """Split scored data into phases (+ random/reverse controls) -> phases/ (manifest.json written last).
+
+    Calls `step_score` first unless scores/<scorer>.jsonl exists. Under `accelerate launch` only the main process
+    writes; the others wait (accelerate's `main_process_first`)."""
+    from accelerate import PartialState
+
+    from phased_ift.phases import CONTROLS, write_split
+
+    run = RunDir(cfg.run_dir)
+    with PartialState().main_process_first():
+        if not run.scores(cfg.scoring.scorer).is_file():
+            step_score(cfg, console=console)
+        write_split(run, cfg.scoring.scorer, cfg.phases.k, cfg.phases.method, cfg.phases.thresholds,
+                    cfg.phases.seed, [a for a in cfg.train.arms if a in CONTROLS], console=console)
 
 
 def step_train(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
-    """Train every configured arm and seed, phase by phase -> checkpoints/."""
-    _not_yet("train")
+    """Train every configured arm and seed, phase by phase -> checkpoints/ (or print the plan with dry_run)."""
+    from phased_ift.train import print_plan, train_phases
+
+    run = RunDir(cfg.run_dir)
+    if dry_run and not run.phases_manifest.is_file() and not run.scores(cfg.scoring.scorer).is_file():
+        # A plan must not start scoring (API calls, model loads): it assumes K equal phases of the data instead.
+        if not run.train_data.is_file():
+            step_data(cfg, console=console)
+    else:
+        step_split(cfg, console=console)
+    if dry_run:
+        print_plan(cfg, run, console=console)
+        return
+    train_phases(cfg, run, console=console)
 
 
 def step_generate(cfg: Config, console: Console | None = None) -> None:
