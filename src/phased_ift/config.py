@@ -245,7 +245,8 @@ class GenerateConfig:
 @dataclass
 class JudgeConfig:
     judge: EndpointConfig = _f(EndpointConfig(max_tokens=32), "Pairwise judge endpoint ('' base_url = no judging).")
-    template: str = _f("pairwise", "pairwise (the paper's 1-10 's1 s2' prompt) or reference (vs. a reference answer).")
+    template: str = _f("pairwise", "pairwise (the paper's 1-10 's1 s2' prompt), reference (the same, with the GPT-4 "
+                       "reference answer shown; AlpacaEval prompts only) or a path to a .txt judge template.")
     pairs: list = _f([], "Arm pairs [a, b] to judge; [] = every arm against one-off (or the first arm).")
 
     def __post_init__(self) -> None:
@@ -259,6 +260,12 @@ class EvaluationConfig:
     reference_loss: bool = _f(True, "Offline evaluation: mean per-token loss of GPT-4 reference answers (AlpacaEval).")
     reference: str = _f("alpaca_eval/gpt4", "Named source of reference answers.")
     limit: int = _f(0, "Seeded sample of reference prompts (0 = those of the configured test sets).")
+    batch_size: int = _f(8, "Examples per forward pass for the reference-answer loss.")
+    max_length: int = _f(1024, "Max tokens per prompt + reference answer (longer answers lose their tail).")
+
+    def __post_init__(self) -> None:
+        if self.limit < 0 or self.batch_size < 1 or self.max_length < 16:
+            raise PhasedIFTError("config: evaluation.limit >= 0, batch_size >= 1 and max_length >= 16 required.")
 
 
 @dataclass
