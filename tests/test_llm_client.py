@@ -1,0 +1,180 @@
+"""LLMClient against the in-process fault-injecting server (tests/fake_llm_server.py): retries, failure markers,
+fatal auth/404 stops that never show the key, the sqlite cache, bounded concurrency, estimates."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_llm_server import Delay, FakeLLMServer, Garbage, Reply, Status  # noqa: E402
+
+from phased_ift.config import EndpointConfig  # noqa: E402
+from phased_ift.errors import PhasedIFTError  # noqa: E402
+from phased_ift.llm_client import LLMClient, canonical_request, request_key  # noqa: E402
+
+SECRET = "sk-test-SECRET-9f8e7d6c5b4a"
+KEY_ENV = "PHASED_IFT_TEST_KEY"
+
+
+@pytest.fixture
+def server():
+    with FakeLLMServer(reply="3") as srv:
+        yield srv
+
+
+@pytest.fixture
+def secret_env(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    return SECRET
+
+
+def _client(srv, tmp_path, **kw) -> tuple[LLMClient, io.StringIO]:
+    ep = EndpointConfig(base_url=srv.base_url, model=kw.pop("model", "fake-model"), api_key_env=KEY_ENV,
+                        concurrency=kw.pop("concurrency", 2), max_retries=kw.pop("max_retries", 3),
+                        timeout=kw.pop("timeout", 5.0), **kw)
+    buf = io.StringIO()
+    return LLMClient(ep, tmp_path / "cache" / "llm.sqlite", console=Console(file=buf, width=200),
+                     backoff=0.01), buf
+
+
+def _req(text: str, **kw) -> dict:
+    return {"messages": [{"role": "user", "content": text}], **kw}
+
+
+def test_retries_429_and_500_then_succeeds(server, tmp_path, secret_env):
+    server.queue(Status(429), Status(500), Reply("4"))
+    client, out = _client(server, tmp_path, concurrency=1)
+    [res] = client.chat_many([_req("q")])
+    assert res.ok and res.text == "4" and not res.cached and res.error is None
+    assert server.count == 3
+    assert client.stats["retries"] == 2 and client.stats["sent"] == 1 and client.stats["failures"] == 0
+    assert res.usage["prompt_tokens"] > 0 and res.usage["completion_tokens"] >= 1
+    assert "sent 1, cache hits 0, failures 0, retries 2" in out.getvalue()
+
+
+def test_gives_up_after_max_retries_with_failure_marker_and_no_cache(server, tmp_path, secret_env):
+    server.queue(Status(500), Status(500), Status(500))
+    client, out = _client(server, tmp_path, concurrency=1, max_retries=2)
+    [res] = client.chat_many([_req("q")])
+    assert not res.ok and res.text is None
+    assert "gave up after 3 attempts" in res.error and "InternalServerError" in res.error
+    assert server.count == 3 and client.stats["failures"] == 1
+    assert "failures 1" in out.getvalue()
+    # Failures are not cached: the next run asks again (and now gets the default reply).
+    [res2] = client.chat_many([_req("q")])
+    assert res2.ok and res2.text == "3" and server.count == 4
+
+
+def test_timeout_is_retried(server, tmp_path, secret_env):
+    server.queue(Delay(2.0))
+    client, _ = _client(server, tmp_path, concurrency=1, timeout=0.3)
+    [res] = client.chat_many([_req("slow")])
+    assert res.ok and res.text == "3"
+    assert server.count == 2 and client.stats["retries"] == 1
+
+
+def test_garbage_body_is_a_failure_marker_and_other_items_succeed(server, tmp_path, secret_env):
+    server.queue(Garbage(), Garbage())
+    client, _ = _client(server, tmp_path, concurrency=1, max_retries=1)
+    res = client.chat_many([_req("a"), _req("b"), _req("c")])
+    assert [r.ok for r in res] == [False, True, True]
+    assert "not JSON" in res[0].error
+    assert [r.text for r in res[1:]] == ["3", "3"]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_error_stops_naming_the_env_var_never_the_key(server, tmp_path, secret_env, status):
+    server.queue(Status(status))
+    client, out = _client(server, tmp_path, concurrency=1)
+    with pytest.raises(PhasedIFTError) as ei:
+        client.chat_many([_req("q1"), _req("q2")])
+    client.close()
+    msg = str(ei.value)
+    assert KEY_ENV in msg and f"HTTP {status}" in msg
+    assert SECRET not in msg and SECRET not in out.getvalue()
+    assert server.auth_headers[0] == f"Bearer {SECRET}"  # the key was really used
+    assert server.count <= 2  # stopped, not retried
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f"API key leaked into {f}"
+
+
+def test_404_names_model_and_base_url(server, tmp_path, secret_env):
+    server.queue(Status(404))
+    client, _ = _client(server, tmp_path, concurrency=1, model="gpt-nope")
+    with pytest.raises(PhasedIFTError, match="gpt-nope") as ei:
+        client.chat_many([_req("q")])
+    assert "base_url" in str(ei.value) and server.count == 1
+
+
+def test_missing_key_remote_server_is_an_error_local_gets_dummy(server, tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    ep = EndpointConfig(base_url="https://api.example.invalid/v1", model="m", api_key_env=KEY_ENV)
+    with pytest.raises(PhasedIFTError, match=f"{KEY_ENV} is not set"):
+        LLMClient(ep, tmp_path / "c.sqlite").chat_many([_req("q")])
+    client, _ = _client(server, tmp_path)
+    [res] = client.chat_many([_req("q")])
+    assert res.ok and server.auth_headers == ["Bearer sk-no-key-required"]
+
+
+def test_cache_second_run_sends_zero_requests_and_keeps_order(server, tmp_path, secret_env):
+    server.reply = lambda body: str(len(body["messages"][0]["content"]))  # reply depends on the request
+    reqs = [_req("x" * n) for n in (1, 2, 3, 4)] + [_req("x")]  # the last one duplicates the first
+    client, _ = _client(server, tmp_path, concurrency=3)
+    first = client.chat_many(reqs)
+    assert [r.text for r in first] == ["1", "2", "3", "4", "1"]
+    assert server.count == 4  # the duplicate was sent once
+    client.close()
+    client2, out = _client(server, tmp_path, concurrency=3)
+    second = client2.chat_many(reqs)
+    assert [r.text for r in second] == ["1", "2", "3", "4", "1"] and all(r.cached for r in second)
+    assert server.count == 4 and client2.stats["sent"] == 0 and client2.stats["cache_hits"] == 4
+    assert "sent 0, cache hits 4" in out.getvalue()
+    con = sqlite3.connect(tmp_path / "cache" / "llm.sqlite")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 4
+
+
+def test_request_defaults_come_from_endpoint_and_key_covers_sampling_params(server, tmp_path, secret_env):
+    client, _ = _client(server, tmp_path, temperature=0.0, max_tokens=7)
+    client.chat_many([_req("q"), _req("q", temperature=0.9, max_tokens=3, seed=1)])
+    bodies = sorted(server.bodies, key=lambda b: b["temperature"])
+    assert (bodies[0]["temperature"], bodies[0]["max_tokens"], bodies[0]["model"]) == (0.0, 7, "fake-model")
+    assert (bodies[1]["temperature"], bodies[1]["max_tokens"], bodies[1]["seed"]) == (0.9, 3, 1)
+    ep = client.endpoint
+    assert request_key(canonical_request(ep, _req("q"))) != request_key(canonical_request(ep, _req("q", seed=1)))
+    assert SECRET not in str(canonical_request(ep, _req("q")))
+    with pytest.raises(PhasedIFTError, match="unknown fields"):
+        client.chat_many([_req("q", stream=True)])
+
+
+def test_concurrency_is_bounded(tmp_path, secret_env):
+    with FakeLLMServer(reply="3", latency=0.15) as srv:
+        client, _ = _client(srv, tmp_path, concurrency=3)
+        res = client.chat_many([_req(f"q{i}") for i in range(12)])
+    assert all(r.ok for r in res) and srv.count == 12
+    assert srv.max_in_flight == 3
+
+
+def test_logprobs_are_returned_in_the_documented_shape(server, tmp_path, secret_env):
+    server.queue(Reply("4", digits={"4": 0.75, "3": 0.25}))
+    client, _ = _client(server, tmp_path)
+    [res] = client.chat_many([_req("q", logprobs=True, top_logprobs=5)])
+    assert res.logprobs[0]["token"] == "4"
+    top = {a["token"]: round(2.718281828 ** a["logprob"], 3) for a in res.logprobs[0]["top_logprobs"]}
+    assert top == {"4": 0.75, "3": 0.25}
+    assert server.bodies[0]["logprobs"] is True and server.bodies[0]["top_logprobs"] == 5
+
+
+def test_estimate_counts_cached_and_tokens(server, tmp_path, secret_env):
+    client, _ = _client(server, tmp_path, max_tokens=10)
+    client.chat_many([_req("a" * 40)])
+    est = client.estimate([_req("a" * 40), _req("b" * 400), _req("b" * 400)])
+    assert est == {"requests": 2, "cached": 1, "to_send": 1, "prompt_tokens": 400 // 4 + 4, "completion_tokens": 10}
+    assert server.count == 1  # estimating sends nothing
