@@ -101,6 +101,7 @@ class EndpointConfig:
     concurrency: int = _f(8, "Requests in flight at once.")
     timeout: float = _f(60.0, "Seconds per request before it is retried.")
     max_retries: int = _f(5, "Retries on 429/5xx/timeouts, with exponential backoff.")
+    backoff: float = _f(1.0, "Seconds before the first retry; retry r waits backoff * 2^r (jittered, max 60 s).")
     temperature: float = _f(0.0, "Sampling temperature.")
     max_tokens: int = _f(16, "Max completion tokens per request.")
 
@@ -118,6 +119,8 @@ class EndpointConfig:
             raise PhasedIFTError(f"config: endpoint {self.base_url} has no `model`; set the model name to send.")
         if self.concurrency < 1 or self.max_retries < 0:
             raise PhasedIFTError("config: endpoint concurrency must be >= 1 and max_retries >= 0.")
+        if self.backoff < 0 or self.timeout <= 0:
+            raise PhasedIFTError("config: endpoint backoff must be >= 0 and timeout > 0 (seconds).")
 
 
 @dataclass

@@ -203,8 +203,8 @@ class LLMClient:
         endpoint: base_url, model, api_key_env, concurrency, timeout (s), max_retries, temperature, max_tokens.
         cache_path: sqlite file (e.g. `RunDir.llm_cache`); created when missing.
         console: where the progress bar and the final line go (default: stderr).
-        backoff: base of the exponential backoff in seconds: retry r waits backoff * 2**r * U(0.5, 1.5), capped at
-            60 s (tests use a few milliseconds).
+        backoff: base of the exponential backoff in seconds (default: `endpoint.backoff`): retry r waits
+            backoff * 2**r * U(0.5, 1.5), capped at 60 s.
 
     Attributes:
         stats: cumulative `{"sent", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens"}`;
@@ -216,7 +216,7 @@ class LLMClient:
         endpoint: EndpointConfig,
         cache_path: Path | str,
         console: Console | None = None,
-        backoff: float = 1.0,
+        backoff: float | None = None,
     ) -> None:
         if not endpoint.enabled:
             raise PhasedIFTError(
@@ -226,7 +226,7 @@ class LLMClient:
         self.endpoint = endpoint
         self.cache = ResponseCache(cache_path)
         self.console = console or Console(stderr=True)
-        self.backoff = backoff
+        self.backoff = endpoint.backoff if backoff is None else backoff
         self.stats = {"sent": 0, "cache_hits": 0, "failures": 0, "retries": 0, "prompt_tokens": 0,
                       "completion_tokens": 0}
         self._stats_lock = threading.Lock()
