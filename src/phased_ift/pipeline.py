@@ -23,8 +23,29 @@ def step_data(cfg: Config, console: Console | None = None) -> RunDir:
 
 
 def step_score(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
-    """Score difficulty with cfg.scoring.scorer -> scores/<scorer>.jsonl."""
-    _not_yet("score")
+    """Score difficulty with cfg.scoring.scorer -> scores/<scorer>.jsonl (resumes: scored ids are skipped).
+
+    dry_run prints what would be scored (for the judge: requests and estimated tokens) and sends nothing.
+    Failed examples get a row with score null and the reason; they are counted, never given a made-up score.
+    """
+    from phased_ift.data import read_examples
+    from phased_ift.scoring import dry_run_score, score_examples
+
+    step_data(cfg, console=console)
+    run = RunDir(cfg.run_dir)
+    if not run.train_data.is_file():
+        raise PhasedIFTError(f"{run.train_data} is missing; run `phased-ift data` / the data step first.")
+    examples = read_examples(run.train_data)
+    cache_dir = run.llm_cache.parent
+    if dry_run:
+        dry_run_score(examples, cfg, cache_dir, console=console)
+        return
+    s = score_examples(examples, cfg, run.scores(cfg.scoring.scorer), cache_dir=cache_dir, console=console)
+    if console is not None:
+        extra = "".join(f", {k} {v:.3f}" if isinstance(v, float) else f", {k} {v}" for k, v in s.stats.items()
+                        if k in ("padding_fraction", "cv_auc", "cv_spearman", "n_labelled"))
+        console.print(f"score {s.scorer}: {s.total} examples, {s.reused} already scored, {s.scored} scored "
+                      f"({s.examples_per_s:.1f} ex/s), {s.failed} failed{extra} -> {s.path}", highlight=False)
 
 
 def step_split(cfg: Config, console: Console | None = None) -> None:

@@ -1,0 +1,212 @@
+"""Scorers (ifd, loss, length, meta, learned), the registry and the resumable score step, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from phased_ift import pipeline, scoring
+from phased_ift.config import load_config
+from phased_ift.data import Example, read_jsonl, write_examples
+from phased_ift.errors import PhasedIFTError
+
+
+def ex(i: int, instruction: str, response: str, **meta) -> Example:
+    return Example(f"e{i}", [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}],
+                   meta)
+
+
+EXAMPLES = [
+    ex(0, "Name a primary color.", "Red."),
+    ex(1, "Write a haiku about autumn leaves falling in the wind.", "Leaves drift and scatter,\ngold on the "
+       "cold wind, they fall;\nthe branches stand bare."),
+    ex(2, "Translate to French: good morning", "Bonjour."),
+    ex(3, "List three uses of baking soda and explain each one briefly.", "1. Cleaning: it scrubs gently.\n"
+       "2. Baking: it leavens dough.\n3. Deodorising: it absorbs smells in the fridge."),
+    ex(4, "What is 2 + 2?", "4"),
+    ex(5, "Summarise the plot of a story where a fox outwits a crow to get its cheese.", "A hungry fox flatters "
+       "a crow into singing; the crow opens its beak, drops the cheese, and the fox runs off with it."),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from phased_ift.modeling import load_model, load_tokenizer
+
+    return load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+
+
+def cfg_for(tmp_path, model_dir, **scoring_over):
+    over = [f"run_dir={tmp_path / 'run'}", f"model.name_or_path={model_dir}", "scoring.batch_size=4"]
+    over += [f"scoring.{k}={v}" for k, v in scoring_over.items()]
+    return load_config(None, over)
+
+
+def direct_mean_loss(model, tokenizer, prompt: str, response: str) -> float:
+    """The mean response-token loss written out with plain torch (no batching, no project helpers)."""
+    import torch
+
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    r = tokenizer(response, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p + r])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    return float(-sum(logp[len(p) + j - 1, r[j]] for j in range(len(r))) / len(r))
+
+
+def test_registry_has_all_scorers_and_refuses_duplicates():
+    assert {"judge", "ifd", "loss", "length", "meta", "learned"} <= set(scoring.SCORERS)
+    with pytest.raises(ValueError, match="already registered"):
+        scoring.register_scorer("ifd")(lambda examples, ctx: iter(()))
+    assert scoring.SCORERS["ifd"] is scoring.score_ifd
+
+
+def test_ifd_equals_ratio_of_directly_computed_losses(tiny):
+    from phased_ift.modeling import render
+
+    model, tok = tiny
+    res = scoring.response_losses(model, tok, EXAMPLES, batch_size=4)
+    for e, r in zip(EXAMPLES, res):
+        prompt, response = render(tok, e.messages, "chat")
+        header = prompt[prompt.rfind(e.instruction) + len(e.instruction):]
+        assert header.startswith("<|im_end|>") and header.endswith("assistant\n")
+        assert r["loss_cond"] == pytest.approx(direct_mean_loss(model, tok, prompt, response), rel=1e-4)
+        assert r["loss_uncond"] == pytest.approx(direct_mean_loss(model, tok, header, response), rel=1e-4)
+
+
+def test_batched_equals_unbatched_and_padding_does_not_change_values(tiny):
+    model, tok = tiny
+    stats: dict = {}
+    one = scoring.response_losses(model, tok, EXAMPLES, batch_size=1)
+    many = scoring.response_losses(model, tok, EXAMPLES, batch_size=6, stats=stats)  # one batch: lots of padding
+    assert stats["pad_tokens"] > 0
+    for a, b in zip(one, many):
+        assert a["loss_cond"] == pytest.approx(b["loss_cond"], rel=1e-4)
+        assert a["loss_uncond"] == pytest.approx(b["loss_uncond"], rel=1e-4)
+        assert a["n_tokens"] == b["n_tokens"]
+
+
+def test_truncation_scores_the_same_response_tokens_in_both_losses(tiny):
+    model, tok = tiny
+    long = ex(9, "Repeat the word apple many times.", " ".join(["apple"] * 200))
+    cond, uncond = scoring.tokenize_for_ifd(tok, long, "chat", max_length=64)
+    assert len(cond["input_ids"]) == 64
+    n_c = [t for t in cond["labels"] if t != -100]
+    n_u = [t for t in uncond["labels"] if t != -100]
+    assert n_c == n_u and len(n_c) > 0
+
+
+def test_empty_response_is_an_error_row_not_a_score(tiny_model_dir, tmp_path):
+    cfg = cfg_for(tmp_path, tiny_model_dir)
+    bad = ex(7, "Say nothing.", "   ")
+    s = scoring.score_examples([EXAMPLES[0], bad], cfg, tmp_path / "ifd.jsonl", scorer="ifd")
+    rows = {r["id"]: r for r in read_jsonl(tmp_path / "ifd.jsonl")}
+    assert s.failed == 1 and rows["e7"]["score"] is None and "empty response" in rows["e7"]["error"]
+    r0 = rows["e0"]
+    assert r0["score"] == pytest.approx(r0["loss_cond"] / r0["loss_uncond"])
+
+
+def test_loss_scorer_is_the_conditioned_loss(tiny_model_dir, tiny, tmp_path):
+    cfg = cfg_for(tmp_path, tiny_model_dir)
+    scoring.score_examples(EXAMPLES, cfg, tmp_path / "loss.jsonl", scorer="loss")
+    rows = list(read_jsonl(tmp_path / "loss.jsonl"))
+    ref = scoring.response_losses(*tiny, EXAMPLES, batch_size=2, unconditioned=False)
+    assert [r["id"] for r in rows] == [e.id for e in EXAMPLES]
+    assert [r["score"] for r in rows] == pytest.approx([r["loss_cond"] for r in ref], rel=1e-4)
+
+
+def test_length_features_and_score():
+    e = ex(0, "Why is the sky blue?", "Because:\n1. Rayleigh scattering\n2. Short wavelengths scatter more")
+    f = scoring.length_features(e)
+    assert f == {"instruction_tokens": 5, "response_tokens": 9, "response_lines": 3, "list_items": 2,
+                 "code": 0.0, "question": 1.0}
+    assert scoring.length_score(f) == pytest.approx(math.log(10) + math.log(6))
+
+
+def test_meta_scorer_counts_missing_and_bad_values(tmp_path):
+    cfg = load_config(None, [f"run_dir={tmp_path}", "scoring.scorer=meta"])
+    exs = [ex(0, "a", "b", score="4\n\n"), ex(1, "c", "d"), ex(2, "e", "f", score="high"), ex(3, "g", "h", score=2)]
+    s = scoring.score_examples(exs, cfg, tmp_path / "meta.jsonl")
+    rows = list(read_jsonl(tmp_path / "meta.jsonl"))
+    assert [r["score"] for r in rows] == [4.0, None, None, 2.0]
+    assert "no key 'score'" in rows[1]["error"] and "not a number" in rows[2]["error"]
+    assert (s.scored, s.failed) == (4, 2)
+
+
+def test_score_step_resumes_a_partial_file_with_a_torn_tail(tiny_model_dir, tmp_path, monkeypatch):
+    cfg = cfg_for(tmp_path, tiny_model_dir, scorer="ifd")
+    run = pipeline.RunDir(cfg.run_dir)
+    write_examples(run.train_data, EXAMPLES)
+    monkeypatch.setattr(pipeline, "step_data", lambda cfg, console=None: run)  # the data step is not ours
+    out = run.scores("ifd")
+    out.parent.mkdir(parents=True)
+    # A previous run scored e1 (a recognisable fake value proves it is kept, not recomputed), failed e2, and was
+    # killed while writing e3.
+    out.write_text(json.dumps({"id": "e1", "score": 123.0, "error": None}) + "\n"
+                   + json.dumps({"id": "e2", "score": None, "error": "boom"}) + "\n" + '{"id": "e3", "sc')
+    calls = []
+    real = scoring.SCORERS["ifd"]
+    monkeypatch.setitem(scoring.SCORERS, "ifd", lambda exs, ctx: (calls.extend(e.id for e in exs), real(exs, ctx))[1])
+    pipeline.step_score(cfg)
+    rows = list(read_jsonl(out))
+    assert sorted(calls) == ["e0", "e2", "e3", "e4", "e5"]
+    assert [r["id"] for r in rows] == [e.id for e in EXAMPLES]
+    assert rows[1]["score"] == 123.0 and all(r["score"] is not None for r in rows)
+    calls.clear()
+    pipeline.step_score(cfg)  # everything done: nothing is scored again
+    assert calls == [] and list(read_jsonl(out)) == rows
+
+
+def test_score_step_dry_run_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    from rich.console import Console
+
+    cfg = cfg_for(tmp_path, tiny_model_dir, scorer="length")
+    run = pipeline.RunDir(cfg.run_dir)
+    write_examples(run.train_data, EXAMPLES)
+    monkeypatch.setattr(pipeline, "step_data", lambda cfg, console=None: run)
+    con = Console(record=True, width=200)
+    pipeline.step_score(cfg, dry_run=True, console=con)
+    assert "would score 6 examples" in con.export_text() and not run.scores("length").exists()
+    pipeline.step_score(cfg, console=con)
+    assert "6 scored" in con.export_text() and len(list(read_jsonl(run.scores("length")))) == 6
+
+
+def test_judge_without_endpoint_is_a_user_error(tmp_path):
+    cfg = load_config(None, [f"run_dir={tmp_path}", "scoring.scorer=judge"])
+    with pytest.raises(PhasedIFTError, match="scoring.judge.base_url"):
+        scoring.score_examples(EXAMPLES, cfg, tmp_path / "judge.jsonl")
+
+
+def test_unknown_scorer_and_duplicate_ids_are_user_errors(tmp_path):
+    cfg = load_config(None, [f"run_dir={tmp_path}", "scoring.scorer=meta"])
+    with pytest.raises(PhasedIFTError, match="unknown scorer 'nope'"):
+        scoring.score_examples(EXAMPLES, cfg, tmp_path / "x.jsonl", scorer="nope")
+    with pytest.raises(PhasedIFTError, match="'e0' occurs more than once"):
+        scoring.score_examples([EXAMPLES[0], EXAMPLES[0]], cfg, tmp_path / "x.jsonl")
+
+
+def test_learned_scorer_with_a_labels_file_is_seeded_and_held_out(tmp_path):
+    """Labels for some ids: labelled rows get out-of-fold predictions, the rest the full fit's prediction."""
+    rng = np.random.default_rng(0)
+    words = ["explain", "list", "write", "name", "translate", "prove", "design", "compare"]
+    exs = []
+    for i in range(60):
+        hard = i % 2 == 0
+        resp = " ".join(rng.choice(words, 40 if hard else 3))
+        exs.append(ex(i, f"{words[i % 8]} item {i}" + (" in detail with examples" if hard else ""), resp))
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"id": e.id, "score": 4.5 if i % 2 == 0 else 1.5}) + "\n"
+                              for i, e in enumerate(exs[:40])))
+    cfg = load_config(None, [f"run_dir={tmp_path}", "scoring.scorer=learned", f"scoring.labels={labels}"])
+    s1 = scoring.score_examples(exs, cfg, tmp_path / "a.jsonl", cache_dir=tmp_path / "cache")
+    s2 = scoring.score_examples(exs, cfg, tmp_path / "b.jsonl", cache_dir=tmp_path / "cache")
+    a, b = list(read_jsonl(tmp_path / "a.jsonl")), list(read_jsonl(tmp_path / "b.jsonl"))
+    assert [r["score"] for r in a] == [r["score"] for r in b]
+    assert all(r["fold"] is not None for r in a[:40]) and all(r["fold"] is None for r in a[40:])
+    assert s1.stats["n_labelled"] == 40 and s1.stats["cv_spearman"] > 0.5
+    hard = np.array([r["score"] for r in a[40:]])[::2]
+    easy = np.array([r["score"] for r in a[40:]])[1::2]
+    assert hard.mean() > easy.mean()
