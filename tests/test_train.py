@@ -1,0 +1,257 @@
+"""Phased training on the tiny offline model: weight chaining between phases, LoRA continuation and merge, the
+one-off union, carried optimiser state, the dry-run plan, kill -9 + resume, and a 2-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from phased_ift.config import config_from_dict
+from phased_ift.data import Example, read_jsonl, write_examples, write_jsonl
+from phased_ift.pipeline import step_split
+from phased_ift.rundir import RunDir
+from phased_ift.train import arm_phases, plan_training, tokenize_examples, train_phases
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _examples(n: int) -> list[Example]:
+    return [Example(f"e{i}", [{"role": "user", "content": f"Question number {i}? " * (1 + i % 4)},
+                              {"role": "assistant", "content": f"Answer {i}. " * (1 + i % 5)}])
+            for i in range(n)]
+
+
+def _setup(tmp_path: Path, model_dir: Path, n: int = 24, **train) -> dict:
+    """A run dir with data/train.jsonl + scores/meta.jsonl; returns the raw config dict."""
+    run = RunDir(tmp_path / "run")
+    ex = _examples(n)
+    write_examples(run.train_data, ex)
+    write_jsonl(run.scores("meta"), [{"id": e.id, "score": float(i % 5) + 1, "error": None} for i, e in enumerate(ex)])
+    return {"run_dir": str(run.root), "scoring": {"scorer": "meta"},
+            "model": {"name_or_path": str(model_dir), "max_length": 64},
+            "phases": {"k": 3, "method": "quantiles"},
+            "train": {"arms": ["phased"], "batch_size": 4, "max_steps": 2, "save_steps": 1000, **train}}
+
+
+class Snapshot(TrainerCallback):
+    """Records, per phase, the trainable state at the start of training and the training dataset."""
+
+    def __init__(self) -> None:
+        self.starts: list[dict[str, torch.Tensor]] = []
+        self.trainable: list[bool] = []
+        self.datasets: list = []
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kw):
+        from peft import PeftModel, get_peft_model_state_dict
+
+        if isinstance(model, PeftModel):
+            sd = get_peft_model_state_dict(model)
+            self.trainable.append(all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n))
+        else:
+            sd = model.state_dict()
+        self.starts.append({k: v.detach().clone() for k, v in sd.items()})
+        self.datasets.append(train_dataloader.dataset)
+
+
+def _saved(phase_dir: Path) -> dict[str, torch.Tensor]:
+    f = phase_dir / "adapter_model.safetensors"
+    return load_file(f if f.is_file() else phase_dir / "model.safetensors")
+
+
+def _close(a: dict, b: dict, keys=None) -> bool:
+    keys = keys or b.keys()
+    return all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in keys)
+
+
+@pytest.mark.slow
+def test_lora_phases_chain_from_previous_adapter_and_stay_trainable(tmp_path, tiny_model_dir):
+    cfg = config_from_dict(_setup(tmp_path, tiny_model_dir))
+    run = RunDir(cfg.run_dir)
+    step_split(cfg)
+    snap = Snapshot()
+    dirs = train_phases(cfg, run, callbacks=[snap])["phased"][0]
+    assert [d.name for d in dirs] == ["phase_1", "phase_2", "phase_3"]
+    assert all((d / "DONE").is_file() and (d / "adapter_config.json").is_file() for d in dirs)
+    assert all(not (d / "trainer").exists() for d in dirs)
+    assert snap.trainable == [True, True, True]
+    for i in range(3):
+        saved = _saved(dirs[i])
+        assert not _close(snap.starts[i], saved), f"phase {i + 1} did not change the adapter"
+        if i < 2:
+            assert _close(snap.starts[i + 1], saved), f"phase {i + 2} did not start from phase {i + 1}'s adapter"
+        hp = json.loads((dirs[i] / "hparams.json").read_text())
+        assert hp["phase"] == i + 1 and hp["checkpoint_kind"] == "adapter" and hp["examples"] == 8
+        assert hp["init_from"] == (str(dirs[i - 1]) if i else hp["base_model"])
+        losses = list(read_jsonl(dirs[i] / "losses.jsonl"))
+        assert [r["step"] for r in losses] == [1, 2] and all(r["loss"] > 0 for r in losses)
+    # each phase trained on its own file's examples
+    tok_rows = tokenize_examples(__import__("phased_ift.modeling", fromlist=["load_tokenizer"]).load_tokenizer(
+        str(tiny_model_dir)), arm_phases(run, "phased", 3)[1], "chat", 64)
+    assert Counter(tuple(r["input_ids"]) for r in tok_rows) == Counter(tuple(x) for x in snap.datasets[1]["input_ids"])
+    # a second call skips finished phases (no trainer starts)
+    snap2 = Snapshot()
+    train_phases(cfg, run, callbacks=[snap2])
+    assert snap2.starts == []
+
+
+@pytest.mark.slow
+def test_full_finetuning_chain_and_one_off_sees_the_union(tmp_path, tiny_model_dir):
+    cfg = config_from_dict(_setup(tmp_path, tiny_model_dir, method="full", arms=["phased", "one-off"],
+                                  learning_rate=1e-3))
+    run = RunDir(cfg.run_dir)
+    step_split(cfg)
+    snap = Snapshot()
+    out = train_phases(cfg, run, callbacks=[snap])
+    dirs = out["phased"][0]
+    assert len(snap.starts) == 4  # 3 phased phases + 1 one-off phase
+    saved = [_saved(d) for d in dirs]
+    for i in range(2):
+        assert not _close(snap.starts[i], saved[i], keys=saved[i].keys())
+        assert _close(snap.starts[i + 1], saved[i], keys=saved[i].keys())
+    one_off = out["one-off"][0]
+    assert [d.name for d in one_off] == ["phase_1"]
+    assert not _close(snap.starts[3], saved[2], keys=saved[2].keys())  # one-off starts from the base model
+    from phased_ift.modeling import load_tokenizer
+
+    union = [e for k in (1, 2, 3) for e in arm_phases(run, "phased", 3)[k - 1]]
+    rows = tokenize_examples(load_tokenizer(str(tiny_model_dir)), union, "chat", 64)
+    assert Counter(tuple(r["input_ids"]) for r in rows) == Counter(tuple(x) for x in snap.datasets[3]["input_ids"])
+    assert json.loads((one_off[0] / "hparams.json").read_text())["examples"] == 24
+
+
+@pytest.mark.slow
+def test_carry_optimizer_continues_adam_state(tmp_path, tiny_model_dir):
+    cfg = config_from_dict(_setup(tmp_path, tiny_model_dir, carry_optimizer=True))
+    run = RunDir(cfg.run_dir)
+    step_split(cfg)
+    dirs = train_phases(cfg, run)["phased"][0]
+    steps = [next(iter(torch.load(d / "optimizer.pt", weights_only=True)["state"].values()))["step"].item()
+             for d in dirs]
+    assert steps == [2, 4, 6]  # AdamW's step count carries across phases; a restart would give [2, 2, 2]
+
+
+@pytest.mark.slow
+def test_lora_merge_saves_full_models_each_phase(tmp_path, tiny_model_dir):
+    raw = _setup(tmp_path, tiny_model_dir, lora={"across_phases": "merge"})
+    raw["phases"]["k"] = 2
+    cfg = config_from_dict(raw)
+    run = RunDir(cfg.run_dir)
+    step_split(cfg)
+    snap = Snapshot()
+    dirs = train_phases(cfg, run, callbacks=[snap])["phased"][0]
+    assert all((d / "model.safetensors").is_file() and not (d / "adapter_config.json").exists() for d in dirs)
+    assert json.loads((dirs[1] / "hparams.json").read_text())["checkpoint_kind"] == "full"
+    assert snap.trainable == [True, True]
+    base = load_file(tiny_model_dir / "model.safetensors")
+    merged = _saved(dirs[0])
+    assert not _close(base, merged, keys=[k for k in base if "q_proj" in k])
+
+
+def test_plan_counts_examples_tokens_steps_without_weights(tmp_path, tiny_model_dir):
+    cfg = config_from_dict(_setup(tmp_path, tiny_model_dir, arms=["phased", "one-off", "reverse"], max_steps=-1,
+                                  epochs=2.0))
+    run = RunDir(cfg.run_dir)
+    step_split(cfg)
+    plan = plan_training(cfg, run, world_size=1)
+    assert [r["examples"] for r in plan["arms"]["phased"]] == [8, 8, 8]
+    assert [r["steps"] for r in plan["arms"]["phased"]] == [4, 4, 4]  # ceil(8/4) batches x 2 epochs
+    assert plan["arms"]["one-off"] == [{**plan["arms"]["one-off"][0], "examples": 24, "steps": 12}]
+    assert plan["arms"]["one-off"][0]["tokens"] == sum(r["tokens"] for r in plan["arms"]["phased"])
+    assert plan["arms"]["reverse"][0]["tokens"] == plan["arms"]["phased"][2]["tokens"]
+    assert "tokenizer" in plan["note"]
+    assert plan_training(cfg, run, world_size=2)["total_steps"]["phased"] == 6
+
+
+def test_plan_estimates_tokens_for_unavailable_models_and_unsplit_data(tmp_path, tiny_model_dir):
+    raw = _setup(tmp_path, tiny_model_dir, arms=["phased", "one-off"], max_steps=-1)
+    raw["model"]["name_or_path"] = "no-such-org/no-such-llama-8b"
+    cfg = config_from_dict(raw)
+    plan = plan_training(cfg, RunDir(cfg.run_dir))
+    assert "characters/4" in plan["note"] and "equal-size phases" in plan["note"]
+    assert [r["examples"] for r in plan["arms"]["phased"]] == [8, 8, 8]
+    assert plan["arms"]["phased"][0]["tokens"] > 0
+
+
+def _write_config(tmp_path: Path, raw: dict, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.mark.slow
+def test_kill_9_mid_phase_then_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir):
+    kw = dict(max_steps=4, save_steps=1, batch_size=2, threads=1)
+    ref_raw = _setup(tmp_path / "ref", tiny_model_dir, **kw)
+    cut_raw = _setup(tmp_path / "cut", tiny_model_dir, **kw)
+    ref_cfg = _write_config(tmp_path, ref_raw, "ref")
+    cut_cfg = _write_config(tmp_path, cut_raw, "cut")
+    cmd = [sys.executable, "-m", "phased_ift.cli", "train"]
+    subprocess.run(cmd + [str(ref_cfg)], check=True, env=_env(), cwd=REPO, capture_output=True, timeout=600)
+
+    cut = RunDir(cut_raw["run_dir"])
+    proc = subprocess.Popen(cmd + [str(cut_cfg)], env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    trainer_dir = cut.checkpoint("phased", 2) / "trainer"
+    deadline = time.time() + 300
+    # kill -9 once phase 1 is DONE and phase 2 has a complete Trainer checkpoint (its trainer_state.json)
+    while time.time() < deadline and not any(trainer_dir.glob("checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, "training finished before it could be interrupted"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (cut.checkpoint("phased", 1) / "DONE").is_file() and not (cut.checkpoint("phased", 2) / "DONE").exists()
+    res = subprocess.run(cmd + [str(cut_cfg)], env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref = RunDir(ref_raw["run_dir"])
+    for k in (1, 2, 3):
+        a, b = ref.checkpoint("phased", k), cut.checkpoint("phased", k)
+        assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+        assert _close(_saved(a), _saved(b))
+        la, lb = list(read_jsonl(a / "losses.jsonl")), list(read_jsonl(b / "losses.jsonl"))
+        assert [r["step"] for r in la] == [r["step"] for r in lb] == [1, 2, 3, 4]
+        assert all(abs(x["loss"] - y["loss"]) < 1e-4 for x, y in zip(la, lb))
+    done2 = json.loads((cut.checkpoint("phased", 2) / "DONE").read_text())
+    assert done2["resumed_from"] and "checkpoint-" in done2["resumed_from"]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_writes_one_set_of_checkpoints(tmp_path, tiny_model_dir):
+    raw = _setup(tmp_path, tiny_model_dir, n=48, max_steps=-1, batch_size=2, threads=1)
+    cfg_path = _write_config(tmp_path, raw, "ddp")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "-m", "phased_ift.cli", "train", str(cfg_path)]
+    res = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = RunDir(raw["run_dir"])
+    from phased_ift.modeling import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    for k in (1, 2, 3):
+        d = run.checkpoint("phased", k)
+        assert (d / "DONE").is_file() and not (d / "trainer").exists()
+        done = json.loads((d / "DONE").read_text())
+        hp = json.loads((d / "hparams.json").read_text())
+        assert hp["world_size"] == 2
+        # 16 examples, batch 2 per rank: 4 steps when both ranks take half the data (8 with one process)
+        assert done["global_step"] == 4
+        tokens = sum(r["length"] for r in tokenize_examples(tok, arm_phases(run, "phased", 3)[k - 1], "chat", 64))
+        assert done["tokens"] == tokens  # tokens gathered from both ranks cover the phase exactly once
+    assert sorted(p.name for p in (run.root / "checkpoints" / "phased" / "seed_0").iterdir()) == \
+        ["phase_1", "phase_2", "phase_3"]
