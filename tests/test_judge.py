@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from phased_ift.errors import PhasedIFTError
+from phased_ift.generate import read_generations
 from phased_ift.judge import (
     aggregate,
     judge_pairs,
@@ -211,3 +212,104 @@ def test_judge_pairs_mismatched_generations(tmp_path):
     with pytest.raises(PhasedIFTError, match="different prompts"):
         judge_pairs(ScriptedClient(), _gen(["a", "b"]), _gen(["a"]), "x", "y", tmp_path / "o.jsonl",
                     load_template("pairwise"), "t")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# step_generate -> step_judge through the real LLMClient and the in-process fake server
+# ---------------------------------------------------------------------------------------------------------------
+def make_fake_run(tmp_path, tiny_model_dir, monkeypatch, extra=()):
+    """A run dir whose checkpoints are perturbed copies of the tiny model (phased: 2 phases, one-off: 1), with
+    training stubbed out, so the generate/judge/evaluate steps run for real on them."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from phased_ift import pipeline
+    from phased_ift.config import load_config
+    from phased_ift.rundir import RunDir
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "train.arms=[phased,one-off]", "phases.k=2",
+                             "generate.test_sets=[vicuna]", "generate.limit=2", "generate.max_new_tokens=4",
+                             "generate.every_phase=true", *extra])
+    run = RunDir(cfg.run_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for i, (arm, k) in enumerate([("phased", 1), ("phased", 2), ("one-off", 1)]):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        torch.manual_seed(i)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        d = run.checkpoint(arm, k, 0)
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        (d / "DONE").write_text("{}")
+    monkeypatch.setattr(pipeline, "step_train", lambda cfg, dry_run=False, console=None: None)
+    return cfg, run
+
+
+def test_step_generate_and_judge_end_to_end_rerun_sends_nothing(tmp_path, tiny_model_dir, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from rich.console import Console
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_llm_server import FakeLLMServer
+
+    from phased_ift import pipeline
+
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    with FakeLLMServer(reply=lambda body: "7 5\nAssistant 1 is more detailed.") as srv:
+        cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch,
+                                 [f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake"])
+        pipeline.step_judge(cfg, dry_run=True, console=console)  # nothing generated yet: plans, sends nothing
+        assert srv.count == 0 and not (run.root / "generations").exists()
+        pipeline.step_judge(cfg, console=console)
+        for arm, k in [("phased", 1), ("phased", 2), ("one-off", 1)]:
+            rows = list(read_generations(run.generations(arm, k, "vicuna")))
+            assert len(rows) == 2 and all(r["output_tokens"] <= 4 for r in rows)
+        final = run.judgements("phased", "one-off", "vicuna", 0)
+        per_phase = [run.judgements("phased", "one-off", "vicuna", 0, phase=k) for k in (1, 2)]
+        for f in [final, *per_phase]:
+            rows = [json.loads(x) for x in f.read_text().splitlines()]
+            # "7 5" in both orders: A wins as Assistant 1, loses as Assistant 2 -> tie (position bias cancelled).
+            assert len(rows) == 2 and {r["verdict"] for r in rows} == {"tie"}
+            assert rows[0]["ab"]["raw"].startswith("7 5") and rows[0]["ba"]["scores"] == [7.0, 5.0]
+        # phase 2 is the final model: its requests equal the final comparison's, so only 2 x 4 distinct requests.
+        assert srv.count == 8
+        pipeline.step_judge(cfg, console=console)  # re-run: everything done
+        for f in [final, *per_phase]:
+            f.unlink()
+        pipeline.step_judge(cfg, console=console)  # re-judge from scratch: all answers come from the cache
+        assert srv.count == 8 and len(final.read_text().splitlines()) == 2
+        pipeline.step_judge(cfg, dry_run=True, console=console)
+    log = (tmp_path / "log.txt").read_text()
+    assert "judge: sent 0, cache hits" in log and "8 distinct requests, 8 cached, 0 to send" in log
+    assert "test sets not generated yet" in log  # the first dry run
+
+
+def test_step_judge_not_configured_logs_and_returns(tmp_path, tiny_model_dir, monkeypatch):
+    from rich.console import Console
+
+    from phased_ift import pipeline
+
+    cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch)
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    pipeline.step_judge(cfg, console=console)
+    assert "judge: not configured (set judge.judge.base_url" in (tmp_path / "log.txt").read_text()
+    assert not (run.root / "judgements").exists()
+
+
+def test_judge_jobs_pairs_and_errors():
+    from phased_ift.config import load_config
+    from phased_ift.judge import judge_jobs
+
+    cfg = load_config(None, ["train.arms=[phased,one-off,random]", "phases.k=3", "train.seeds=[0,1]"])
+    jobs = judge_jobs(cfg)
+    assert {(j["arm_a"], j["arm_b"], j["seed"], j["phase_a"], j["phase_b"], j["phase"]) for j in jobs} == {
+        ("phased", "one-off", s, 3, 1, None) for s in (0, 1)} | {("random", "one-off", s, 3, 1, None) for s in (0, 1)}
+    cfg = load_config(None, ["train.arms=[phased,random]", "phases.k=2", "generate.every_phase=true"])
+    got = [(j["arm_a"], j["arm_b"], j["phase_a"], j["phase_b"], j["phase"]) for j in judge_jobs(cfg)]
+    assert got == [("random", "phased", 2, 2, None), ("random", "phased", 1, 2, 1), ("random", "phased", 2, 2, 2)]
+    bad = load_config(None, ["train.arms=[phased,one-off]", "judge.pairs=[[phased,reverse]]"])
+    with pytest.raises(PhasedIFTError, match="not in train.arms"):
+        judge_jobs(bad)

@@ -307,3 +307,38 @@ def read_generations(path: str | Path) -> list[dict]:
     if not path.is_file() or not settings_path(path).is_file():
         raise PhasedIFTError(f"{path} is missing or incomplete; run `phased-ift generate` first.")
     return list(read_jsonl(path, tolerate_torn_tail=True))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What to generate for a config
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def final_phase(cfg: Any, arm: str) -> int:
+    """The phase whose checkpoint is an arm's final model: 1 for one-off (one phase), else phases.k."""
+    return 1 if arm == "one-off" else int(cfg.phases.k)
+
+
+def checkpoint_phases(cfg: Any, arm: str) -> list[int]:
+    """Phases to evaluate for an arm: the final one, or every phase when generate.every_phase."""
+    last = final_phase(cfg, arm)
+    return list(range(1, last + 1)) if cfg.generate.every_phase else [last]
+
+
+def testset_key(name_or_path: str) -> str:
+    """File-name key of a test set: the name for named sets, the file stem for a path."""
+    p = Path(name_or_path)
+    return p.stem if (p.suffix or "/" in name_or_path) else name_or_path
+
+
+def checkpoint_dir(run: Any, arm: str, k: int, seed: int) -> Path:
+    """A finished checkpoint dir (DONE marker present).
+
+    Raises:
+        PhasedIFTError: the phase has not finished training.
+    """
+    d = run.checkpoint(arm, k, seed)
+    if not (d / "DONE").is_file():
+        raise PhasedIFTError(f"{d} has no DONE marker: arm {arm!r} phase {k} seed {seed} has not finished "
+                             "training; run `phased-ift train` (it resumes) before generating.")
+    return d

@@ -323,3 +323,41 @@ def _lookup_reference(references: dict[str, str], instruction: str) -> str | Non
     from phased_ift.data import normalize_text
 
     return references.get(normalize_text(instruction))
+
+
+def judge_jobs(cfg: Any) -> list[dict[str, Any]]:
+    """Which generations to compare for a config.
+
+    Pairs: `judge.pairs`, or every trained arm against the baseline (one-off when trained, else the first arm).
+    For each pair and seed: the final models (phase None in the output path); with generate.every_phase also
+    phase k of arm A against the baseline's *final* model for every k (the paper's Figure 1 trend).
+
+    Returns:
+        [{"arm_a", "arm_b", "seed", "phase_a", "phase_b", "phase" (None = final comparison, else k)}].
+    Raises:
+        PhasedIFTError: a pair names an arm that is not in train.arms, or an arm against itself.
+    """
+    from phased_ift.generate import checkpoint_phases, final_phase
+
+    arms = list(cfg.train.arms)
+    if cfg.judge.pairs:
+        pairs = [tuple(p) for p in cfg.judge.pairs]
+    else:
+        base = "one-off" if "one-off" in arms else arms[0]
+        pairs = [(a, base) for a in arms if a != base]
+    jobs = []
+    for a, b in pairs:
+        for arm in (a, b):
+            if arm not in arms:
+                raise PhasedIFTError(f"config: judge.pairs names arm {arm!r}, which is not in train.arms {arms}; "
+                                     "add it to train.arms or fix the pair.")
+        if a == b:
+            raise PhasedIFTError(f"config: judge.pairs has [{a}, {b}]: an arm cannot be judged against itself.")
+        for seed in cfg.train.seeds:
+            jobs.append({"arm_a": a, "arm_b": b, "seed": seed, "phase_a": final_phase(cfg, a),
+                         "phase_b": final_phase(cfg, b), "phase": None})
+            if cfg.generate.every_phase:
+                for k in checkpoint_phases(cfg, a):
+                    jobs.append({"arm_a": a, "arm_b": b, "seed": seed, "phase_a": k, "phase_b": final_phase(cfg, b),
+                                 "phase": k})
+    return jobs

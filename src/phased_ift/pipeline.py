@@ -18,8 +18,37 @@ def _not_yet(step: str) -> None:
 
 
 def step_data(cfg: Config, console: Console | None = None) -> RunDir:
-    """Read every configured source into data/train.jsonl (+ data/rejects.jsonl)."""
-    _not_yet("data")
+    """Read every configured source into data/train.jsonl (+ data/rejects.jsonl); skipped when train.jsonl exists.
+
+    Sources are concatenated in config order; with cfg.data.dedupe, duplicate examples (within and across sources)
+    go to rejects. Ids are made unique ("<source>:<id>" on collision). rejects.jsonl is written before
+    train.jsonl, so an existing train.jsonl means the step finished.
+
+    Raises:
+        PhasedIFTError: no sources configured, an unreadable source, or every record rejected.
+    """
+    from phased_ift.data import combine_results, load_source, write_examples, write_jsonl
+
+    run = RunDir(cfg.run_dir)
+    if run.train_data.is_file():
+        return run
+    if not cfg.data.train:
+        raise PhasedIFTError("config: data.train lists no sources. Add one, e.g. `data: {train: [{name: "
+                             "alpagasus/random_9k, limit: 1000}]}` (named sources: `phased-ift data sources`), or "
+                             "a file with `path:`.")
+    results = [load_source(ds, dedupe=cfg.data.dedupe) for ds in cfg.data.train]
+    examples, rejects = combine_results(results, dedupe=cfg.data.dedupe)
+    if not examples:
+        reasons = sorted({r["reason"].split(":", 1)[0] for r in rejects})
+        raise PhasedIFTError(f"data: every record of the configured sources was rejected ({len(rejects)} rejects; "
+                             f"reasons: {', '.join(reasons) or 'none'}). Run `phased-ift data check FILE` on each "
+                             f"source to see why, and fix the files or their `format:`.")
+    write_jsonl(run.rejects, rejects)
+    write_examples(run.train_data, examples)
+    if console is not None:
+        console.print(f"data: {len(examples)} examples from {len(results)} source(s), {len(rejects)} rejected "
+                      f"-> {run.train_data}", highlight=False)
+    return run
 
 
 def step_score(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
@@ -83,18 +112,157 @@ def step_train(cfg: Config, dry_run: bool = False, console: Console | None = Non
 
 
 def step_generate(cfg: Config, console: Console | None = None) -> None:
-    """Generate answers on the test sets for every arm (and phase, when asked) -> generations/."""
-    _not_yet("generate")
+    """Generate answers on the test sets for every arm x seed x final phase (every phase when
+    generate.every_phase) -> generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl. Calls `step_train` first;
+    finished test sets (settings file present) are skipped without loading the model."""
+    from phased_ift.data import load_test_set
+    from phased_ift.generate import (checkpoint_dir, checkpoint_phases, generate_answers, load_for_inference,
+                                     settings_path, testset_key)
+
+    step_train(cfg, console=console)
+    console = console or Console(stderr=True)
+    run, g = RunDir(cfg.run_dir), cfg.generate
+    testsets = {testset_key(n): load_test_set(n, limit=g.limit, seed=g.seed) for n in g.test_sets}
+    for arm in cfg.train.arms:
+        for seed in cfg.train.seeds:
+            for k in checkpoint_phases(cfg, arm):
+                ckpt, loaded = checkpoint_dir(run, arm, k, seed), None
+                for name, examples in testsets.items():
+                    out = run.generations(arm, k, name, seed)
+                    if not settings_path(out).is_file() and loaded is None:
+                        loaded = load_for_inference(ckpt, dtype=cfg.model.dtype)  # once per checkpoint
+                    generate_answers(ckpt, examples, g.max_new_tokens, g.batch_size, cfg.model.template, out,
+                                     console=console, backend=g.backend, dtype=cfg.model.dtype, loaded=loaded)
+                    console.print(f"generate: {arm} seed {seed} phase {k} {name} ({len(examples)} prompts) -> {out}",
+                                  highlight=False)
 
 
 def step_judge(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
-    """Judge arm pairs in both orders -> judgements/."""
-    _not_yet("judge")
+    """Judge arm pairs in both answer orders -> judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl.
+
+    Calls `step_generate` first (not in dry_run: a plan must not train or generate). No judge endpoint → logs how
+    to set one and returns. Pairs: judge.pairs, or every arm against one-off (the first arm when one-off is not
+    trained); with generate.every_phase also phase k of each arm against the baseline's final model (the trend).
+    dry_run prints the request count and estimated tokens and sends nothing. Ends with sent / cache hits /
+    failures / tokens."""
+    from phased_ift.data import load_reference_answers
+    from phased_ift.generate import read_generations, settings_path, testset_key
+    from phased_ift.judge import judge_jobs, judge_pairs, load_template, plan_requests
+    from phased_ift.llm_client import LLMClient
+
+    console = console or Console(stderr=True)
+    if not cfg.judge.judge.enabled:
+        console.print("judge: not configured (set judge.judge.base_url and judge.judge.model, e.g. "
+                      "judge.judge.base_url=https://api.openai.com/v1 judge.judge.model=gpt-4-0613)", highlight=False)
+        return
+    if not dry_run:
+        step_generate(cfg, console=console)
+    run, j = RunDir(cfg.run_dir), cfg.judge
+    template = load_template(j.template)
+    refs = load_reference_answers(cfg.evaluation.reference) if template.needs_reference else None
+    client = LLMClient(j.judge, run.llm_cache, console=console)
+    planned: list[dict] = []
+    missing = 0
+    try:
+        for job in judge_jobs(cfg):
+            for name in (testset_key(n) for n in cfg.generate.test_sets):
+                ga = run.generations(job["arm_a"], job["phase_a"], name, job["seed"])
+                gb = run.generations(job["arm_b"], job["phase_b"], name, job["seed"])
+                out = run.judgements(job["arm_a"], job["arm_b"], name, job["seed"], job["phase"])
+                if dry_run:
+                    if settings_path(ga).is_file() and settings_path(gb).is_file():
+                        planned += plan_requests(read_generations(ga), read_generations(gb), template, refs,
+                                                 j.judge.temperature, j.judge.max_tokens)
+                    else:
+                        missing += 1
+                    continue
+                res = judge_pairs(client, read_generations(ga), read_generations(gb), job["arm_a"], job["arm_b"],
+                                  out, template, name, references=refs, temperature=j.judge.temperature,
+                                  max_tokens=j.judge.max_tokens, console=console)
+                wr = "n/a" if res["win_rate"] is None else f"{res['win_rate']:.3f}"
+                console.print(
+                    f"judge: {job['arm_a']} vs {job['arm_b']} seed {job['seed']}"
+                    f"{'' if job['phase'] is None else ' phase ' + str(job['phase'])} {name}: {res['wins']}W "
+                    f"{res['ties']}T {res['losses']}L {res['unparseable']} unparseable"
+                    f"{', ' + str(res['no_reference']) + ' without reference' if res['no_reference'] else ''}, "
+                    f"win rate {wr} -> {out}", highlight=False)
+        if dry_run:
+            est = client.estimate(planned)
+            console.print(
+                f"judge (dry run): {est['requests']} distinct requests, {est['cached']} cached, {est['to_send']} to "
+                f"send, ~{est['prompt_tokens']} prompt + <= {est['completion_tokens']} completion tokens"
+                f"{f'; {missing} test sets not generated yet (not counted)' if missing else ''}", highlight=False)
+            return
+        s = client.stats
+        console.print(f"judge: sent {s['sent']}, cache hits {s['cache_hits']}, failures {s['failures']}, tokens "
+                      f"{s['prompt_tokens']} prompt + {s['completion_tokens']} completion", highlight=False)
+    finally:
+        client.close()
 
 
-def step_report(cfg: Config, console: Console | None = None) -> None:
-    """Write report/report.md, report.html, PNGs and summary.json."""
-    _not_yet("report")
+def step_evaluate(cfg: Config, console: Console | None = None) -> None:
+    """Offline evaluation: loss of the GPT-4 reference answers per checkpoint ->
+    evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json. Prompts: those of generate.test_sets that have a
+    reference (matched by normalised instruction, counts logged), or a seeded evaluation.limit sample of
+    alpaca_eval. Calls `step_train` first; existing files are skipped."""
+    import json
+
+    from phased_ift.data import load_reference_answers, load_test_set
+    from phased_ift.evaluation import attach_references, reference_loss
+    from phased_ift.generate import checkpoint_dir, checkpoint_phases, load_for_inference, testset_key
+
+    console = console or Console(stderr=True)
+    ev = cfg.evaluation
+    if not ev.reference_loss:
+        console.print("evaluate: evaluation.reference_loss is false; skipped", highlight=False)
+        return
+    step_train(cfg, console=console)
+    run, g = RunDir(cfg.run_dir), cfg.generate
+    refs = load_reference_answers(ev.reference)
+    if ev.limit:
+        sets = {"alpaca_eval": load_test_set("alpaca_eval", limit=ev.limit, seed=cfg.seed)}
+    else:
+        sets = {testset_key(n): load_test_set(n, limit=g.limit, seed=g.seed) for n in g.test_sets}
+    matched = {name: attach_references(ex, refs) for name, ex in sets.items()}
+    for name, ex in sets.items():
+        console.print(f"evaluate: {name}: {len(matched[name])} of {len(ex)} prompts have a reference answer "
+                      f"({ev.reference})", highlight=False)
+    if not any(matched.values()):
+        raise PhasedIFTError(f"evaluate: none of the prompts of {list(sets)} has a reference answer in "
+                             f"{ev.reference}; add vicuna/oasst/helpful_base/alpaca_eval to generate.test_sets or "
+                             "set evaluation.limit=N to use a sample of alpaca_eval.")
+    for arm in cfg.train.arms:
+        for seed in cfg.train.seeds:
+            for k in checkpoint_phases(cfg, arm):
+                out = run.evaluation(arm, k, seed)
+                if out.is_file():
+                    continue
+                ckpt = checkpoint_dir(run, arm, k, seed)
+                loaded = load_for_inference(ckpt, dtype=cfg.model.dtype)
+                result = {"arm": arm, "phase": k, "seed": seed, "reference": ev.reference, "testsets": {}}
+                for name, ex in matched.items():
+                    r = reference_loss(ckpt, ex, cfg.model.template, ev.batch_size, ev.max_length, loaded=loaded)
+                    result["testsets"][name] = {**r, "n_prompts": len(sets[name])}
+                out.parent.mkdir(parents=True, exist_ok=True)
+                tmp = out.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
+                tmp.replace(out)
+                means = ", ".join(f"{n} {t['mean_loss']:.3f}" for n, t in result["testsets"].items() if t["n"])
+                console.print(f"evaluate: {arm} seed {seed} phase {k}: reference loss {means} -> {out}",
+                              highlight=False)
+
+
+def step_report(cfg: Config, console: Console | None = None) -> dict:
+    """Write report/report.md, report.html, PNGs and summary.json; returns the summary dict.
+
+    Runs the judge and offline-evaluation steps first (each skips finished work); the report itself is always
+    rebuilt, as it is cheap and must reflect the latest files.
+    """
+    from phased_ift.report import build_report
+
+    step_judge(cfg, console=console)
+    step_evaluate(cfg, console=console)
+    return build_report(RunDir(cfg.run_dir), cfg, console=console)
 
 
 def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
