@@ -83,3 +83,36 @@ def test_attach_references_matches_normalised_instruction():
     refs = {normalize_text("Hello there"): "General Kenobi."}
     out = attach_references(prompts, refs)
     assert [e.id for e in out] == ["0"] and out[0].messages[-1] == {"role": "assistant", "content": "General Kenobi."}
+
+
+@pytest.mark.slow  # saves three model copies and reads AlpacaEval (~8 s on a busy 2-core machine)
+def test_step_evaluate_writes_reference_loss_per_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    import json
+    import sys
+    from pathlib import Path
+
+    from rich.console import Console
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_judge import make_fake_run
+
+    from phased_ift import pipeline
+
+    cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch,
+                             ["generate.test_sets=[vicuna,wizardlm]", "generate.limit=3", "evaluation.batch_size=2",
+                              "evaluation.max_length=128"])
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    pipeline.step_evaluate(cfg, console=console)
+    for arm, k in [("phased", 1), ("phased", 2), ("one-off", 1)]:
+        data = json.loads(run.evaluation(arm, k, 0).read_text())
+        assert (data["arm"], data["phase"], data["seed"]) == (arm, k, 0)
+        v = data["testsets"]["vicuna"]
+        # all vicuna prompts are AlpacaEval prompts; wizardlm's sample of 3 has none (1 of 218 overall)
+        assert v["n"] == 3 and v["n_prompts"] == 3 and len(v["per_example"]) == 3
+        assert v["mean_loss"] == pytest.approx(sum(v["per_example"]) / 3)
+        assert data["testsets"]["wizardlm"]["n"] == 0 and data["testsets"]["wizardlm"]["mean_loss"] is None
+    log = (tmp_path / "log.txt").read_text()
+    assert "vicuna: 3 of 3 prompts have a reference answer" in log and "wizardlm: 0 of 3" in log
+    before = run.evaluation("phased", 2, 0).stat().st_mtime_ns
+    pipeline.step_evaluate(cfg, console=console)  # done: skipped
+    assert run.evaluation("phased", 2, 0).stat().st_mtime_ns == before
