@@ -613,7 +613,16 @@ def _read_hf(path: str, columns: dict[str, str] | None, split: str) -> list[tupl
             if p.suffix.lower() not in builders:
                 raise PhasedIFTError(f"{path}: format hf reads {sorted(builders)} files, saved datasets and hub ids; "
                                      f"rename the file or pass the right format.")
-            kwargs = {"delimiter": "\t"} if p.suffix.lower() == ".tsv" else {}
+            kwargs: dict[str, Any] = {}
+            if p.suffix.lower() in (".csv", ".tsv"):
+                # every column as text: pandas type inference would turn an answer "4" into 4 or 4.0
+                import csv
+
+                delimiter = "\t" if p.suffix.lower() == ".tsv" else ","
+                with open(p, encoding="utf-8", newline="") as f:
+                    header = next(csv.reader(f, delimiter=delimiter), [])
+                kwargs = {"delimiter": delimiter, "keep_default_na": False,
+                          "features": datasets.Features({c: datasets.Value("string") for c in header})}
             ds = datasets.load_dataset(builders[p.suffix.lower()], data_files=str(p), split="train", **kwargs)
         else:
             ds = datasets.load_dataset(path, split=split)
