@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("check", help="validate a data file; print records read and rejected")
     c.add_argument("path", help="file or named source (e.g. alpagasus/random_9k)")
     c.add_argument("--format", default="auto", help="alpaca | phasedsft | sharegpt | messages | testset | hf | auto")
-    c.add_argument("--rejects", default=None, help="write rejected records here (default: <path>.rejects.jsonl "
-                   "next to the current directory's name)")
+    c.add_argument("--rejects", default=None, help="write rejected records here (default: ./<file stem>"
+                   ".rejects.jsonl in the current directory; written only when a record is rejected)")
     c.set_defaults(func=cmd_data_check)
     s = dsub.add_parser("sources", help="list named data sources and whether they are present")
     s.set_defaults(func=cmd_data_sources)
