@@ -171,6 +171,7 @@ UNREADABLE_CASES = [
      r"x\.json, line 3 column 1: malformed JSON \(Expecting value\)"),
     ("not_json", "n.jsonl", "instruction,output\nhi,there\n",
      r"n\.jsonl, line 1 column 1: not JSON \(Expecting value\)\. Expected a JSON array.*format hf"),
+    ("empty_array", "ea.json", " [ ]\n", r"ea\.json: holds no records \(an empty JSON array\)\. Point to"),
     ("pretty_object", "o.json", '{\n  "rows": []\n}\n', r"o\.json, line 1 column 2: not JSON"),
     ("undetectable", "u.jsonl", _jsonl({"question": "q", "answer": "a"}),
      r"u\.jsonl, line 1: cannot tell the format from the first record \(fields: \['answer', 'question'\]\)\. "
@@ -190,6 +191,8 @@ def test_unreadable_file_stops_with_one_paragraph(tmp_path, case):
 def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(PhasedIFTError, match=r"nope\.json: no such file\. Check the path"):
         read_file(tmp_path / "nope.json")
+    with pytest.raises(PhasedIFTError, match=r"nope\.json: no such file"):
+        check_file(str(tmp_path / "nope.json"), console=_console()[0])
     with pytest.raises(PhasedIFTError, match=r"unknown format 'yaml'; use one of alpaca, phasedsft"):
         read_file(_write(tmp_path, "a.jsonl", _jsonl(GOOD)), fmt="yaml")
     with pytest.raises(PhasedIFTError, match=r"unknown file or named source 'alpagasus/random9k'.*Did you mean "
@@ -252,6 +255,15 @@ def test_csv_with_column_mapping(tmp_path):
         read_file(path, columns={"instruction": "prompt", "output": "answer"})
     with pytest.raises(PhasedIFTError, match=r"unknown key\(s\) \['question'\] in the columns mapping"):
         read_file(path, columns={"question": "question"})
+
+
+def test_columns_mapping_on_json_goes_through_datasets(tmp_path):
+    path = _write(tmp_path, "qa.jsonl", _jsonl({"q": "What is 2+2?", "a": "4"}, {"q": "Hi?", "a": "Hello"}))
+    result = read_file(path, columns={"instruction": "q", "output": "a"})
+    assert result.format == "hf" and [e.response for e in result.examples] == ["4", "Hello"]
+    with pytest.raises(PhasedIFTError, match=r"qa\.jsonl: a columns mapping applies to format hf .*not to format "
+                                             r"alpaca"):
+        read_file(path, fmt="alpaca", columns={"instruction": "q"})
 
 
 def test_parquet_without_mapping_is_detected(tmp_path):

@@ -684,8 +684,11 @@ def read_file(path: str | os.PathLike, fmt: str = "auto", columns: dict[str, str
     p = Path(path_str)
     label = source or path_str
     rejects: list[dict[str, Any]] = []
+    if columns and fmt not in ("auto", "hf"):
+        raise PhasedIFTError(f"{path_str}: a columns mapping applies to format hf (read through `datasets`), not to "
+                             f"format {fmt}; set format to hf or auto, or remove the mapping.")
     tabular = p.suffix.lower() in _TABULAR_SUFFIXES or p.is_dir() or (not p.exists() and _looks_like_hub_id(path_str))
-    if fmt == "hf" or (fmt == "auto" and tabular):
+    if fmt == "hf" or (fmt == "auto" and (tabular or columns)):
         records: list[tuple[int | None, Any]] = list(_read_hf(path_str, columns, split))
         used = "hf"
         rec_fmt = "alpaca" if columns and set(columns) & {"instruction", "output"} else _detect(records, path_str)
@@ -702,6 +705,9 @@ def read_file(path: str | os.PathLike, fmt: str = "auto", columns: dict[str, str
             records = _parse_array(text, p, start)
         else:
             records, rejects = _parse_lines(text, p, label)
+        if not records and not rejects:
+            raise _unreadable(path_str, "", "holds no records (an empty JSON array)", "Point to a file with at "
+                              "least one record.")
         rec_fmt = used = fmt if fmt != "auto" else _detect(records, path_str)
     convert = FORMATS[rec_fmt]
     examples: list[Example] = []
@@ -1007,7 +1013,7 @@ def combine_results(results: list[ReadResult], dedupe: bool = True) -> tuple[lis
 
 def _resolve_check_target(path: str, fmt: str) -> tuple[Any, str, bool]:
     """(file, format, is a test set) for a file path, a named source or a test-set name."""
-    if Path(path).exists():
+    if Path(path).exists() or Path(path).suffix:  # a missing *file* gets read_file's "no such file"
         return path, fmt, fmt == "testset"
     if path in SOURCES:
         info = SOURCES[path]
