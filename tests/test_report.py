@@ -299,3 +299,45 @@ def test_step_report_runs_judge_first_and_writes_report(tmp_path, monkeypatch):
     s = pipeline.step_report(make_cfg(run.root))
     assert called == ["judge", "evaluate"] and (run.report_dir / "report.html").is_file()
     assert s["comparisons"][0]["wins"] == 24
+
+
+@pytest.mark.slow
+def test_report_renders_from_a_real_small_run(tmp_path, tiny_model_dir, monkeypatch):
+    """generate -> judge (fake OpenAI-compatible server) -> evaluate -> report on tiny-model checkpoints: the
+    report reads the files the real steps write (training is stubbed, as in test_judge)."""
+    import hashlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_llm_server import FakeLLMServer
+    from rich.console import Console
+    from test_judge import make_fake_run
+
+    from phased_ift import pipeline
+
+    def reply(body):  # a deterministic mix of verdicts, including unparseable ones
+        h = int(hashlib.sha256(json.dumps(body["messages"]).encode()).hexdigest(), 16) % 4
+        return ["8 5", "5 8", "7 7", "no scores here"][h]
+
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    with FakeLLMServer(reply=reply) as srv:
+        cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch,
+                                 [f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake",
+                                  "generate.limit=6", "report.bootstrap=200"])
+        s = pipeline.step_report(cfg, console=console)
+    assert "report: " in (tmp_path / "log.txt").read_text()
+    (c,) = s["comparisons"]
+    assert (c["arm_a"], c["arm_b"], c["testset"], c["n"]) == ("phased", "one-off", "vicuna", 6)
+    assert c["wins"] + c["ties"] + c["losses"] + c["unparseable"] == 6
+    assert sorted(t["phase"] for t in s["trend"]) == [1, 2]
+    assert {(x["arm"], x["phase"]) for x in s["lengths"]} == {("phased", 1), ("phased", 2), ("one-off", 1)}
+    assert all(x["mean_tokens"] is not None for x in s["lengths"])
+    assert {(x["arm"], x["phase"]) for x in s["reference_loss"]} >= {("phased", 2), ("one-off", 1)}
+    assert all(x["mean"] > 0 for x in s["reference_loss"])
+    for png in ("win_rate_trend.png",):
+        assert (run.report_dir / png).stat().st_size > 5000
+    (row,) = md_table_after((run.report_dir / "report.md").read_text(), "Win rates")
+    assert [row[k] for k in ("n", "win", "tie", "loss", "unparseable")] == [
+        str(c[k]) for k in ("n", "wins", "ties", "losses", "unparseable")]
+    if c["win_rate"] is not None:
+        assert row["win rate [95% CI]"].startswith(f"{c['win_rate']:.3f}")
