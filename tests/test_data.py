@@ -289,6 +289,8 @@ REAL_COUNTS = [
     ("car/selected", 1013, 1013, 0, {}),
     ("long_is_more/filtered_1k_score", 1000, 1000, 0, {}),
     ("alpaca_eval/gpt4", 805, 805, 0, {}),
+    ("alpaca_eval/text_davinci_003", 805, 805, 0, {}),  # 2 empty outputs: prompts still usable (reference "")
+    ("alpaca_eval/alpaca-7b", 805, 805, 0, {}),
 ]
 
 
