@@ -70,10 +70,12 @@ class Example:
         return list(self.messages)
 
     def to_dict(self) -> dict[str, Any]:
+        """The data/train.jsonl row: {"id", "messages", "meta"}."""
         return {"id": self.id, "messages": self.messages, "meta": self.meta}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Example":
+        """Inverse of `to_dict` (no validation: use `read_file(path, "messages")` for files from elsewhere)."""
         return cls(id=str(d["id"]), messages=list(d["messages"]), meta=dict(d.get("meta") or {}))
 
 
@@ -123,10 +125,12 @@ def read_jsonl(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> 
 
 
 def write_examples(path: str | os.PathLike, examples: Iterable[Example]) -> Path:
+    """Write Examples as data/train.jsonl-style rows, atomically."""
     return write_jsonl(path, (e.to_dict() for e in examples))
 
 
 def read_examples(path: str | os.PathLike) -> list[Example]:
+    """Read Examples written by `write_examples` (this project's own files; trusted, not validated)."""
     return [Example.from_dict(d) for d in read_jsonl(path)]
 
 
@@ -286,7 +290,8 @@ def _parse_lines(text: str, path: Path, label: str) -> tuple[list[tuple[int, Any
             records.append((no, json.loads(line)))
         except json.JSONDecodeError as e:
             first_error = first_error or (no, e)
-            rejects.append(_reject_row(label, no, _clean(line), f"malformed JSON: {e.msg} (line {no} column {e.colno})"))
+            reason = f"malformed JSON: {e.msg} (line {no} column {e.colno})"
+            rejects.append(_reject_row(label, no, _clean(line), reason))
     if not records and first_error:
         no, e = first_error
         raise _unreadable(path, f", line {no} column {e.colno}", f"not JSON ({e.msg})", "Expected a JSON array of "
@@ -1057,7 +1062,8 @@ def check_file(path: str, fmt: str = "auto", rejects: str | None = None, console
     if result.duplicates:
         pairs = ", ".join(f"{a} = {b}" for a, b in result.duplicates[:10])
         console.print(f"kept {len(result.duplicates)} duplicate example(s) (not rejected: "
-                      f"{'test-set prompts' if result.format == 'testset' else 'dedupe off'}): {pairs}", highlight=False)
+                      f"{'test-set prompts' if result.format == 'testset' else 'dedupe off'}): {pairs}",
+                      highlight=False)
     if result.rejects:
         out = Path(rejects) if rejects else Path.cwd() / f"{Path(str(target)).stem or 'data'}.rejects.jsonl"
         write_jsonl(out, result.rejects)
