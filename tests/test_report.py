@@ -43,8 +43,9 @@ def write_data(run: RunDir, n: int = 30) -> None:
     phases = [{"k": k + 1, "count": c, "score_min": 0.2 + 0.27 * k, "score_max": 0.2 + 0.27 * (k + 1),
                "score_mean": 0.33 + 0.27 * k, "file": f"phase_{k + 1}.jsonl"} for k, c in enumerate(sizes)]
     manifest = {"method": "quantiles", "k": 3, "thresholds": [], "seed": 0, "scorer": "ifd", "n_examples": n,
-                "phases": phases, "controls": {"random": [{"k": k + 1, "count": 10, "file": f"random/phase_{k + 1}.jsonl"}
-                                                          for k in range(3)]}}
+                "phases": phases,
+                "controls": {"random": [{"k": k + 1, "count": 10, "file": f"random/phase_{k + 1}.jsonl"}
+                                        for k in range(3)]}}
     run.phases_dir.mkdir(parents=True, exist_ok=True)
     run.phases_manifest.write_text(json.dumps(manifest))
 
@@ -204,8 +205,8 @@ def test_verdict_lines_name_significance_lc_and_reference_loss(tmp_path):
     run = write_full_run(tmp_path / "run")
     s = build_report(run, make_cfg(run.root))
     lines = verdict_lines(s)
-    assert lines[0].startswith(f"phased vs one-off on vicuna: win rate {ci_text(27 / 38, s['comparisons'][0]['win_rate_ci'])}"
-                               f" over 38 prompts (2 unparseable)")
+    wr = ci_text(27 / 38, s["comparisons"][0]["win_rate_ci"])
+    assert lines[0].startswith(f"phased vs one-off on vicuna: win rate {wr} over 38 prompts (2 unparseable)")
     assert "the CI lies above 0.5, so phased is preferred" in lines[0]
     assert "length-controlled" in lines[0] and "Warning" not in lines[0]
     # vicuna was judged and evaluated: both numbers in one line (last phase of each arm)

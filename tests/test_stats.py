@@ -41,7 +41,8 @@ def test_win_rate_and_centred_on_hand_counts():
     # 5 wins, 2 ties, 3 losses, 4 unparseable
     verdicts = ["win"] * 5 + ["tie"] * 2 + ["loss"] * 3 + ["unparseable"] * 4
     agg = aggregate(_rows(verdicts))
-    assert (agg["wins"], agg["ties"], agg["losses"], agg["unparseable"], agg["n"], agg["n_parsed"]) == (5, 2, 3, 4, 14, 10)
+    counts = tuple(agg[k] for k in ("wins", "ties", "losses", "unparseable", "n", "n_parsed"))
+    assert counts == (5, 2, 3, 4, 14, 10)
     assert agg["win_rate"] == pytest.approx((5 + 1) / 10)
     assert agg["centred"] == pytest.approx(6 / 14 - 0.5)
     # the vectorised bootstrap statistics are the same formulas

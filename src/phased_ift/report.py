@@ -74,7 +74,8 @@ def read_judgements(run: RunDir) -> list[dict]:
         arm_a, arm_b = pair_dir.name.split("__vs__", 1)
         for seed_dir in sorted(p for p in pair_dir.iterdir() if _seed_of(p) is not None):
             files = [(None, f) for f in seed_dir.glob("*.jsonl")]
-            files += [(_phase_of(d), f) for d in seed_dir.iterdir() if _phase_of(d) is not None for f in d.glob("*.jsonl")]
+            files += [(_phase_of(d), f) for d in seed_dir.iterdir() if _phase_of(d) is not None
+                      for f in d.glob("*.jsonl")]
             for phase, f in sorted(files, key=lambda t: (t[0] or 0, str(t[1]))):
                 rows = _rows(f)
                 for i, r in enumerate(rows, 1):
@@ -272,7 +273,8 @@ def summarize_run(run: RunDir, cfg: Config) -> dict:
             "(any OpenAI-compatible server; the API key goes in the environment variable named by "
             "judge.judge.api_key_env) and run `phased-ift judge CONFIG`."
             if not cfg.judge.judge.enabled else
-            f"A judge is configured ({cfg.judge.judge.model}) but no judgements exist yet: run `phased-ift judge CONFIG`.")
+            f"A judge is configured ({cfg.judge.judge.model}) but no judgements exist yet: run "
+            "`phased-ift judge CONFIG`.")
     elif not s["trend"]:
         notes["trend"] = ("No per-phase judgements, so no win-rate trend plot: set generate.every_phase=true, then run "
                           "`phased-ift generate` and `phased-ift judge` again.")
