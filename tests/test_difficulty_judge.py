@@ -194,10 +194,9 @@ def test_kill_mid_run_then_resume_repeats_no_completed_request(tmp_path):
 
 
 def _alpaca_examples(data_home: Path, n: int) -> list[Example]:
-    raw = json.loads((data_home / "alpagasus" / "random_9k.json").read_text())[:n]
-    return [Example(f"r9k-{i}", [{"role": "user", "content": r["instruction"] + (f"\n\n{r['input']}" if r["input"]
-                                                                                   else "")},
-                                 {"role": "assistant", "content": r["output"]}]) for i, r in enumerate(raw)]
+    from phased_ift.data import read_file
+
+    return read_file(data_home / "alpagasus" / "random_9k.json", "alpaca").examples[:n]
 
 
 @pytest.mark.slow
