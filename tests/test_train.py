@@ -234,8 +234,10 @@ def test_kill_9_mid_phase_then_resume_matches_uninterrupted_run(tmp_path, tiny_m
 def test_two_process_gloo_run_writes_one_set_of_checkpoints(tmp_path, tiny_model_dir):
     raw = _setup(tmp_path, tiny_model_dir, n=48, max_steps=-1, batch_size=2, threads=1)
     cfg_path = _write_config(tmp_path, raw, "ddp")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+    # `--cpu` makes accelerate use its single-process launcher; --multi_gpu on a machine without CUDA starts
+    # torchrun with 2 processes and the Trainer picks gloo.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
            "-m", "phased_ift.cli", "train", str(cfg_path)]
     res = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -255,3 +257,4 @@ def test_two_process_gloo_run_writes_one_set_of_checkpoints(tmp_path, tiny_model
         assert done["tokens"] == tokens  # tokens gathered from both ranks cover the phase exactly once
     assert sorted(p.name for p in (run.root / "checkpoints" / "phased" / "seed_0").iterdir()) == \
         ["phase_1", "phase_2", "phase_3"]
+    assert res.stderr.count("split: ") == 1 and res.stderr.count("phase 3/3:") == 1  # logged by rank 0 only

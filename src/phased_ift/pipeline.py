@@ -86,8 +86,11 @@ def step_split(cfg: Config, console: Console | None = None) -> None:
 
     from phased_ift.phases import CONTROLS, write_split
 
+    import torch
+
     run = RunDir(cfg.run_dir)
-    with PartialState().main_process_first():
+    # cpu=True on a machine without CUDA, else accelerate does not see a gloo multi-process launch.
+    with PartialState(cpu=not torch.cuda.is_available()).main_process_first():
         if not run.scores(cfg.scoring.scorer).is_file():
             step_score(cfg, console=console)
         write_split(run, cfg.scoring.scorer, cfg.phases.k, cfg.phases.method, cfg.phases.thresholds,
