@@ -355,11 +355,12 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     from phased_ift.modeling import resolve_model_path
 
     base = resolve_model_path(cfg.model.name_or_path)
-    set_seed(seed)  # the LoRA initialisation of phase 1 is seeded too
-    model = _model_for_phase(cfg, init_dir, base)
     trainer_dir = phase_dir / TRAINER_SUBDIR
     save_steps = cfg.train.save_steps if cfg.train.save_steps > 0 else 10**9
+    # The training arguments come first: under DeepSpeed ZeRO-3 they make from_pretrained load the weights sharded.
     args = _sft_config(cfg, hp, trainer_dir, seed, save_steps)
+    set_seed(seed)  # the LoRA initialisation of phase 1 is seeded too
+    model = _model_for_phase(cfg, init_dir, base)
     columns = ["input_ids", "labels", "attention_mask", "length"] if cfg.train.batching != "packing" else \
         ["input_ids", "labels"]
     dataset = Dataset.from_list([{c: r[c] for c in columns} for r in rows])
