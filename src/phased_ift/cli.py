@@ -71,6 +71,17 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    if args.against:
+        from phased_ift.agreement import format_table, run_agreement
+
+        if args.against != "paper":
+            raise PhasedIFTError(f"--against {args.against!r}: only 'paper' (the paper's released GPT-4 scores, "
+                                 "from PHASED_IFT_DATA_HOME) is supported.")
+        cfg = _load(args)
+        scorers = [s for s in (args.scorers or cfg.scoring.scorer).split(",") if s]
+        rows = run_agreement(cfg, scorers, limit=args.limit, seed=args.seed, console=console)
+        print(format_table(rows))
+        return 0
     from phased_ift.pipeline import step_score
 
     step_score(_load(args), dry_run=args.dry_run, console=console)
@@ -169,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _config_args(p, dry_run=dry)
         p.set_defaults(func=func)
+    p = sub.choices["score"]
+    p.add_argument("--against", default=None, metavar="LABELS",
+                   help="instead of scoring the run's data, score the reference set and report agreement with "
+                   "LABELS ('paper': the paper's GPT-4 scores): ROC-AUC (>= 3.5), Spearman in stage 3, examples/s")
+    p.add_argument("--scorers", default="", help="with --against: comma-separated scorers (default scoring.scorer)")
+    p.add_argument("--limit", type=int, default=0, help="with --against: stratified sample size (0 = all ~23k)")
+    p.add_argument("--seed", type=int, default=0, help="with --against: seed of the sample and CV folds")
     return parser
 
 

@@ -8,7 +8,7 @@ Scorers (higher score = harder):
     length   token counts and simple structure features; score = log(1 + response tokens) + log(1 + instruction
              tokens)
     meta     a numeric field of each record's meta (e.g. the paper's released GPT-4 score)
-    learned  a small seeded model (MiniLM sentence embeddings + length features) fit on reference difficulty labels;
+    learned  a small seeded model (TF-IDF, length features, MiniLM sentence embeddings) fit on difficulty labels;
              labelled examples get cross-validated (out-of-fold) predictions, the rest the full fit's prediction
 
 Every scorer has one contract: `fn(examples, ctx) -> Iterator[row]`, one row per example in the scores format of
@@ -347,7 +347,8 @@ def score_learned(examples: list[Example], ctx: ScoreContext) -> Iterator[dict[s
     """
     from phased_ift import agreement
 
-    res = agreement.learned_scores(examples, ctx.cfg.scoring.labels, ctx.cfg.seed, ctx.cache_dir, ctx.console)
+    res = agreement.learned_scores(examples, ctx.cfg.scoring.labels, ctx.cfg.seed, ctx.cache_dir, ctx.console,
+                                   embeddings=ctx.cfg.scoring.learned_embeddings)
     ctx.stats.update(res.cv_metrics)
     for ex, s, fold in zip(examples, res.scores, res.folds):
         yield _row(ex.id, float(s), fold=fold)
