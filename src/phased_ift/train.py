@@ -228,7 +228,8 @@ def print_plan(cfg: Config, run: RunDir, console=None) -> dict:
             table.add_row(arm, str(r["phase"]), str(r["examples"]), str(r["tokens"]), f"{r['epochs']:g}",
                           f"{r['learning_rate']:g}", str(r["steps"]))
     console.print(table)
-    console.print(plan["note"])
+    console.print(plan["note"] + f"; steps for {plan['world_size']} data-parallel process(es): under "
+                  f"N processes use `WORLD_SIZE=N phased-ift train CONFIG --dry-run`")
     return plan
 
 
