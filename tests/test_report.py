@@ -295,10 +295,11 @@ def test_step_report_runs_judge_first_and_writes_report(tmp_path, monkeypatch):
 
     run = write_full_run(tmp_path / "run", every_phase=False)
     called = []
+    monkeypatch.setattr(pipeline, "step_generate", lambda cfg, console=None: called.append("generate"))
     monkeypatch.setattr(pipeline, "step_judge", lambda cfg, dry_run=False, console=None: called.append("judge"))
     monkeypatch.setattr(pipeline, "step_evaluate", lambda cfg, console=None: called.append("evaluate"))
     s = pipeline.step_report(make_cfg(run.root))
-    assert called == ["judge", "evaluate"] and (run.report_dir / "report.html").is_file()
+    assert called == ["generate", "judge", "evaluate"] and (run.report_dir / "report.html").is_file()
     assert s["comparisons"][0]["wins"] == 24
 
 

@@ -118,8 +118,11 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from phased_ift.pipeline import step_report
+    from phased_ift.report import verdict_lines
 
-    step_report(_load(args), console=console)
+    summary = step_report(_load(args), console=console)
+    for line in verdict_lines(summary):
+        console.print(line, highlight=False)
     return 0
 
 
@@ -192,7 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may also follow options (`run CONFIG --dry-run a.b=1`), which argparse alone rejects.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except PhasedIFTError as e:

@@ -759,11 +759,13 @@ DATA_HOME_ENV = "PHASED_IFT_DATA_HOME"
 
 
 class SourceInfo(NamedTuple):
-    """A named data file: `path` relative to the data home, its format, a one-line description."""
+    """A named data file: `path` relative to the data home, its format, a one-line description, and for files that
+    are not in the offline snapshot the upstream record count (dry-run plans use it when the file is missing)."""
 
     path: str
     format: str
     description: str
+    records: int = 0
 
 
 class TestSetInfo(NamedTuple):
@@ -790,6 +792,9 @@ for _name, _info in [
                                                 "999 Alpaca instructions with GPT-4-style responses (LLaMA-Factory)")),
     ("phasedsft/stage3", SourceInfo("phasedsft/en-alpaca52k-stage3.jsonl", "phasedsft",
                                     "the paper's hardest phase: 6,889 Alpaca examples, GPT-4 score 3.5-5")),
+    ("phasedsft/stages_all", SourceInfo("phasedsft/en-alpaca52k-stages-all.jsonl", "phasedsft",
+                                        "Alpaca 52K with the paper's GPT-4 scores (PhasedSFT Alpaca-scored/; "
+                                        "not in the offline snapshot: download it)", records=52002)),
     ("car/selected", SourceInfo("car/CaR_selected_result.json", "alpaca", "CaR-selected Alpaca subset, 1,013")),
     ("long_is_more/filtered_1k_longest", SourceInfo("long_is_more/filtered_alpaca_1k_longest.json", "sharegpt",
                                                     "1k Alpaca examples with the longest responses")),
