@@ -258,3 +258,32 @@ def test_two_process_gloo_run_writes_one_set_of_checkpoints(tmp_path, tiny_model
     assert sorted(p.name for p in (run.root / "checkpoints" / "phased" / "seed_0").iterdir()) == \
         ["phase_1", "phase_2", "phase_3"]
     assert res.stderr.count("split: ") == 1 and res.stderr.count("phase 3/3:") == 1  # logged by rank 0 only
+
+
+class FirstBatch(TrainerCallback):
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kw):
+        self.batch = next(iter(train_dataloader))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batching", ["bucket", "pad", "packing"])
+def test_sequential_order_keeps_the_phase_file_order_and_every_batching_trains(tmp_path, tiny_model_dir, batching):
+    raw = _setup(tmp_path, tiny_model_dir, order="sequential", batching=batching, max_steps=1)
+    raw["phases"]["k"] = 1
+    cfg = config_from_dict(raw)
+    run = RunDir(cfg.run_dir)
+    step_split(cfg)
+    first = FirstBatch()
+    dirs = train_phases(cfg, run, callbacks=[first])["phased"][0]
+    assert (dirs[0] / "DONE").is_file()
+    from phased_ift.modeling import load_tokenizer
+
+    rows = tokenize_examples(load_tokenizer(str(tiny_model_dir)), arm_phases(run, "phased", 1)[0][:4], "chat", 64)
+    ids = first.batch["input_ids"]
+    if batching == "packing":  # one row: the examples concatenated without padding (bfd may reorder them)
+        assert ids.shape[0] == 1 and ids.shape[1] <= 4 * 64
+        assert "position_ids" in first.batch
+    else:
+        assert [row[: len(r["input_ids"])].tolist() for row, r in zip(ids, rows)] == [r["input_ids"] for r in rows]
+        labels = first.batch["labels"]
+        assert (labels[first.batch["attention_mask"] == 0] == -100).all()  # padding carries no loss
