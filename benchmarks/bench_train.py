@@ -13,6 +13,8 @@ Each configuration runs in its own subprocess, one after the other, so peak RSS 
     one_off       the same settings as `phased` on the union in one run: the orchestration overhead is
                   phased wall time / one_off wall time - 1 (model loads, trainer setup and saves of 3 phases vs 1)
     phased_pad    (optional, --modes) the phased arm with batching=pad: what bucketing alone buys
+    phased_gc     (optional, --modes) the phased arm with gradient checkpointing, as TRL's defaults have it (less
+                  peak RSS for more compute)
 Reported: non-padding tokens/s (tokens with attention, counted by the Trainer, over the wall time of the training
 call: for phased-ift this includes tokenisation, model loading and saving of every phase), peak RSS, and the ratios.
 Timings are only comparable within one invocation (the machine may be shared).
@@ -121,6 +123,8 @@ register_mode("trl_default", run_trl_default)
 register_mode("phased", lambda a, w: _run_phased_ift(a, w, "phased", []))
 register_mode("one_off", lambda a, w: _run_phased_ift(a, w, "one-off", []))
 register_mode("phased_pad", lambda a, w: _run_phased_ift(a, w, "phased", ["train.batching=pad"]))
+# TRL's SFTConfig turns gradient checkpointing on by default (less memory, ~1/3 more compute); phased-ift does not.
+register_mode("phased_gc", lambda a, w: _run_phased_ift(a, w, "phased", ["train.gradient_checkpointing=true"]))
 
 
 def child(args) -> None:
