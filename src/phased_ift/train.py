@@ -389,14 +389,14 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     merge = cfg.train.method == "lora" and cfg.train.lora.across_phases == "merge"
     if merge:
         merged = trainer.model.merge_and_unload()
+    else:
+        # Every rank calls save_model: under ZeRO-3 / FSDP gathering the weights is collective; it writes on rank 0.
+        trainer.save_model(str(phase_dir))
     if trainer.is_world_process_zero():
         phase_dir.mkdir(parents=True, exist_ok=True)
         if merge:
             merged.save_pretrained(phase_dir)
-            tokenizer.save_pretrained(phase_dir)
-        else:
-            trainer.save_model(str(phase_dir))
-            tokenizer.save_pretrained(phase_dir)
+        tokenizer.save_pretrained(phase_dir)
         if cfg.train.carry_optimizer:
             torch.save(trainer.optimizer.state_dict(), phase_dir / "optimizer.pt")
         kind = "full" if cfg.train.method == "full" or merge else "adapter"
