@@ -287,3 +287,18 @@ def test_sequential_order_keeps_the_phase_file_order_and_every_batching_trains(t
         assert [row[: len(r["input_ids"])].tolist() for row, r in zip(ids, rows)] == [r["input_ids"] for r in rows]
         labels = first.batch["labels"]
         assert (labels[first.batch["attention_mask"] == 0] == -100).all()  # padding carries no loss
+
+
+def test_trainer_arguments_carry_the_phase_hyperparameters(tmp_path, tiny_model_dir):
+    from phased_ift.train import _sft_config, phase_hparams
+
+    raw = _setup(tmp_path, tiny_model_dir, weight_decay=0.1, adam_beta2=0.95, warmup_ratio=0.1, max_grad_norm=0.5,
+                 phase_epochs=[1, 2, 3], phase_learning_rates=[1e-4, 2e-4, 3e-4], order="shuffle", max_steps=-1)
+    cfg = config_from_dict(raw)
+    hp = phase_hparams(cfg, "phased", 2)
+    args = _sft_config(cfg, hp, tmp_path / "t", seed=7, save_steps=5)
+    assert (args.num_train_epochs, args.learning_rate, args.weight_decay, args.adam_beta2, args.max_grad_norm,
+            args.warmup_steps, args.seed) == (2.0, 2e-4, 0.1, 0.95, 0.5, 0.1, 7)
+    assert args.train_sampling_strategy == "group_by_length" and args.bf16
+    one_off = phase_hparams(cfg, "one-off", 1)
+    assert (one_off["epochs"], one_off["learning_rate"]) == (cfg.train.epochs, cfg.train.learning_rate)

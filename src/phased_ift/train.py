@@ -30,6 +30,7 @@ Batching (train.batching) and what it does to the order inside a phase:
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -321,7 +322,8 @@ def _sft_config(cfg: Config, hp: dict, out_dir: Path, seed: int, save_steps: int
         output_dir=str(out_dir), seed=seed, data_seed=seed,
         num_train_epochs=hp["epochs"], max_steps=t.max_steps, learning_rate=hp["learning_rate"],
         per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
-        lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,  # transformers 5: a value < 1 is a fraction of the steps weight_decay=t.weight_decay,
+        # transformers 5: warmup_steps < 1 is a fraction of the phase's steps (warmup_ratio is gone)
+        lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm,
         # fp32 weights + bf16 autocast: Trainer refuses bf16 on a machine without a bf16 GPU unless use_cpu is set.
         bf16=m.autocast == "bf16", fp16=m.autocast == "fp16", use_cpu=on_cpu,
@@ -345,7 +347,8 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     finally DONE into `phase_dir` (main process only), then waits for all ranks.
 
     Returns:
-        The train metrics written to DONE (train_loss, train_runtime, tokens, tokens_per_second, ...).
+        The train metrics written to DONE (train_loss, train_runtime, tokens (non-padding, all ranks),
+        wall_seconds, global_step, resumed_from).
     """
     import torch
     from datasets import Dataset
@@ -446,6 +449,7 @@ def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, con
             prev_opt = prev / "optimizer.pt" if (prev is not None and cfg.train.carry_optimizer) else None
             m = train_phase(cfg, rows, tokenizer, phase_dir, str(prev) if prev else None, hp, seed,
                             f"{arm} seed {seed} phase {i}/{len(phases)}", prev_opt, callbacks)
+            gc.collect()  # the Trainer holds reference cycles: free the phase's model before loading the next
             if console is not None and _is_main():
                 console.print(f"train: {arm} seed {seed} phase {i}/{len(phases)}: {len(rows)} examples, "
                               f"{m['global_step']} steps, loss {m.get('train_loss', float('nan')):.4f}, "
