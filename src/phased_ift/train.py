@@ -195,6 +195,10 @@ def plan_training(cfg: Config, run: RunDir, world_size: int | None = None) -> di
         eq = [data[i * size:(i + 1) * size] for i in range(k)]
         phases_of = {arm: ([data] if arm == "one-off" else eq) for arm in cfg.train.arms}
         note += f"; phases not split yet: assumed {k} equal-size phases of data/train.jsonl"
+    t = cfg.train
+    if "one-off" in cfg.train.arms and any(float(e) != t.epochs for e in t.phase_epochs):
+        note += (f"; train.phase_epochs {t.phase_epochs} differ from train.epochs={t.epochs:g}, which one-off uses: "
+                 f"compare tokens_trained, the budgets are not equal")
     plan: dict[str, Any] = {"note": note, "world_size": world_size, "arms": {}, "total_steps": {}}
     tokens_cache: dict[int, int] = {}
     for arm, phases in phases_of.items():
