@@ -210,3 +210,31 @@ def test_learned_scorer_with_a_labels_file_is_seeded_and_held_out(tmp_path):
     hard = np.array([r["score"] for r in a[40:]])[::2]
     easy = np.array([r["score"] for r in a[40:]])[1::2]
     assert hard.mean() > easy.mean()
+
+
+def test_judge_scorer_passes_settings_and_writes_rows_dry_run_sends_nothing(tmp_path, monkeypatch):
+    from phased_ift import difficulty_judge
+
+    calls = []
+
+    def fake(examples, endpoint, cache_path, template="difficulty", samples=1, use_logprobs=True, dry_run=False,
+             console=None):
+        calls.append({"n": len(examples), "cache": cache_path, "samples": samples, "dry_run": dry_run,
+                      "model": endpoint.model})
+        if dry_run:
+            return []
+        return [{"id": e.id, "score": None if e.id == "e4" else 3.0, "error": "unparseable" if e.id == "e4" else None,
+                 "raw": ["3"]} for e in examples]
+
+    monkeypatch.setattr(difficulty_judge, "score_with_judge", fake)
+    cfg = load_config(None, [f"run_dir={tmp_path}", "scoring.scorer=judge", "scoring.samples=3",
+                             "scoring.judge.base_url=http://127.0.0.1:9/v1", "scoring.judge.model=m"])
+    scoring.dry_run_score(EXAMPLES, cfg, tmp_path / "cache")
+    assert calls == [{"n": 6, "cache": tmp_path / "cache" / "llm.sqlite", "samples": 3, "dry_run": True,
+                      "model": "m"}]
+    s = scoring.score_examples(EXAMPLES, cfg, tmp_path / "scores" / "judge.jsonl")
+    rows = list(read_jsonl(tmp_path / "scores" / "judge.jsonl"))
+    assert calls[1]["dry_run"] is False and calls[1]["cache"] == tmp_path / "cache" / "llm.sqlite"
+    assert [r["score"] for r in rows] == [3.0, 3.0, 3.0, 3.0, None, 3.0] and s.failed == 1
+    s = scoring.score_examples(EXAMPLES, cfg, tmp_path / "scores" / "judge.jsonl")  # only the failed row again
+    assert calls[2]["n"] == 1 and s.reused == 5

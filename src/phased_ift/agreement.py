@@ -112,15 +112,16 @@ class ReferenceSet:
                             self.random9k[idx], dict(self.counts, subset=len(idx)))
 
     def stratified_sample(self, limit: int, seed: int = 0) -> "ReferenceSet":
-        """A seeded sample of `limit` examples keeping the stage-3 share (all when limit <= 0 or >= N)."""
+        """A seeded sample of `limit` examples keeping the stage-3 share (all when limit <= 0 or >= N), in a seeded
+        random order, so the rows a slow scorer has written so far are themselves a random sample."""
         n = len(self.examples)
         if limit <= 0 or limit >= n:
             return self
         rng = np.random.default_rng(seed)
         pos, neg = np.flatnonzero(self.positive), np.flatnonzero(~self.positive)
         k_pos = int(round(limit * len(pos) / n))
-        idx = np.sort(np.concatenate([rng.choice(pos, k_pos, replace=False),
-                                      rng.choice(neg, limit - k_pos, replace=False)]))
+        idx = rng.permutation(np.concatenate([rng.choice(pos, k_pos, replace=False),
+                                              rng.choice(neg, limit - k_pos, replace=False)]))
         return self.subset(idx.tolist())
 
 
