@@ -256,8 +256,9 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
         references: normalised instruction -> reference answer (`data.load_reference_answers`), for reference
             templates.
     Returns:
-        {"path", "judged" (new rows), "skipped_done", "no_reference" (prompts without a reference answer, not
-        judged), **aggregate(all rows in the file)}.
+        {"path", "judged" (new rows), "failed" (prompts whose request failed after retries: no row written, a
+        re-run retries them), "skipped_done", "no_reference" (prompts without a reference answer, not judged),
+        **aggregate(all rows in the file)}.
     Raises:
         PhasedIFTError: mismatched generations; a reference template without any matching reference.
     """
@@ -285,6 +286,7 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
             f"{testset} has one in the reference set; use judge.template=pairwise or a test set from AlpacaEval "
             "(vicuna, oasst, helpful_base, alpaca_eval)."
         )
+    failed: list[dict] = []
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         reqs = []
@@ -294,15 +296,20 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
         results = client.chat_many(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")
         for i, (ra, rb, _) in enumerate(part):
             r_ab, r_ba = results[2 * i], results[2 * i + 1]
-            row = make_row(ra["id"], testset, arm_a, arm_b, ra["output"], rb["output"],
-                           r_ab.text if r_ab.ok else None, r_ba.text if r_ba.ok else None)
-            errors = [r.error for r in (r_ab, r_ba) if not r.ok]
-            if errors:  # request failures (after retries) are kept visible, and count as unparseable
-                row["errors"] = errors
-            append_jsonl(out_path, row)
+            if not (r_ab.ok and r_ba.ok):
+                # A request that failed after the client's retries is not a verdict: no row is written, so the
+                # next run asks again (answers that did arrive are cached); the failures are counted and logged.
+                failed.append({"id": ra["id"], "errors": [r.error for r in (r_ab, r_ba) if not r.ok]})
+                continue
+            append_jsonl(out_path, make_row(ra["id"], testset, arm_a, arm_b, ra["output"], rb["output"],
+                                            r_ab.text, r_ba.text))
     all_rows = list(read_jsonl(out_path, tolerate_torn_tail=True)) if out_path.is_file() else []
-    return {"path": str(out_path), "judged": len(todo), "skipped_done": len(done), "no_reference": no_ref,
-            **aggregate(all_rows)}
+    if failed and console is not None:
+        console.print(f"judge {arm_a} vs {arm_b} / {testset}: {len(failed)} prompts not judged because a request "
+                      f"failed (first: {failed[0]['errors'][0]}); run the command again to retry them.",
+                      highlight=False)
+    return {"path": str(out_path), "judged": len(todo) - len(failed), "failed": len(failed),
+            "skipped_done": len(done), "no_reference": no_ref, **aggregate(all_rows)}
 
 
 def plan_requests(rows_a: Sequence[dict], rows_b: Sequence[dict], template: JudgeTemplate,

@@ -6,6 +6,10 @@ atomically, so `phased-ift run CONFIG` after kill -9 or Ctrl-C resumes where it 
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+from typing import Sequence
+
 from rich.console import Console
 
 from phased_ift.config import Config, save_config
@@ -187,7 +191,8 @@ def step_judge(cfg: Config, dry_run: bool = False, console: Console | None = Non
                     f"judge: {job['arm_a']} vs {job['arm_b']} seed {job['seed']}"
                     f"{'' if job['phase'] is None else ' phase ' + str(job['phase'])} {name}: {res['wins']}W "
                     f"{res['ties']}T {res['losses']}L {res['unparseable']} unparseable"
-                    f"{', ' + str(res['no_reference']) + ' without reference' if res['no_reference'] else ''}, "
+                    f"{', ' + str(res['no_reference']) + ' without reference' if res['no_reference'] else ''}"
+                    f"{', ' + str(res['failed']) + ' FAILED (re-run to retry)' if res['failed'] else ''}, "
                     f"win rate {wr} -> {out}", highlight=False)
         if dry_run:
             est = client.estimate(planned)
@@ -258,18 +263,207 @@ def step_evaluate(cfg: Config, console: Console | None = None) -> None:
 def step_report(cfg: Config, console: Console | None = None) -> dict:
     """Write report/report.md, report.html, PNGs and summary.json; returns the summary dict.
 
-    Runs the judge and offline-evaluation steps first (each skips finished work); the report itself is always
-    rebuilt, as it is cheap and must reflect the latest files.
+    Runs the generation, judge and offline-evaluation steps first (each skips finished work); the report itself is
+    always rebuilt, as it is cheap and must reflect the latest files.
     """
     from phased_ift.report import build_report
 
+    step_generate(cfg, console=console)  # answer lengths are reported even without a judge
     step_judge(cfg, console=console)
     step_evaluate(cfg, console=console)
     return build_report(RunDir(cfg.run_dir), cfg, console=console)
 
 
-def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
-    """All steps in order; each skips finished work."""
+def preflight(cfg: Config, dry_run: bool = False) -> list[str]:
+    """Check what can be checked cheaply before any heavy work: data sources, test sets, the model, the scorer,
+    the judge endpoint. Returns notes for the plan (e.g. a missing source planned with a stand-in in dry runs).
+
+    Raises:
+        PhasedIFTError: a missing data file (says where to put it), an unknown test set, a missing model package,
+            an unknown scorer, an unreachable judge (not in dry runs).
+    """
+    from phased_ift.data import SOURCES, load_test_set, source_path
+    from phased_ift.modeling import NAMED_MODELS, gguf_path, resolve_model_path
+    from phased_ift.scoring import SCORERS
+
+    notes: list[str] = []
+    for ds in cfg.data.train:
+        if ds.name:
+            try:
+                source_path(ds.name)
+            except PhasedIFTError as e:
+                info = SOURCES.get(ds.name)
+                if not (dry_run and info is not None and info.records):
+                    raise
+                notes.append(f"{e} The plan below assumes its {info.records:,} upstream records.")
+        elif _looks_local(ds.path) and not Path(ds.path).exists():
+            raise PhasedIFTError(f"data source path {ds.path} does not exist; fix data.train[].path or use a named "
+                                     f"source (`phased-ift data sources`).")
+    for name in cfg.generate.test_sets:
+        load_test_set(name, limit=1)  # unknown names / missing files raise here, before training
+    if cfg.model.name_or_path in NAMED_MODELS:
+        gguf_path(cfg.model.name_or_path)  # the package is installed (conversion happens later, once)
+    else:
+        resolve_model_path(cfg.model.name_or_path)  # a local path must exist; hub ids pass
+    if cfg.scoring.scorer not in SCORERS:
+        raise PhasedIFTError(f"config: scoring.scorer={cfg.scoring.scorer!r} is not one of {sorted(SCORERS)}.")
+    if cfg.scoring.scorer == "judge" and not cfg.scoring.judge.enabled:
+        raise PhasedIFTError("config: scoring.scorer=judge needs scoring.judge.base_url and scoring.judge.model.")
+    if not dry_run:
+        for what, ep in (("scoring.judge", cfg.scoring.judge), ("judge.judge", cfg.judge.judge)):
+            if ep.enabled and (what == "judge.judge" or cfg.scoring.scorer == "judge"):
+                _check_reachable(what, ep.base_url)
+    return notes
+
+
+def _looks_local(path: str) -> bool:
+    """A file path rather than a Hugging Face hub id (which has no suffix and does not start with . / ~)."""
+    return path.startswith((".", "/", "~")) or bool(Path(path).suffix)
+
+
+def _check_reachable(what: str, base_url: str) -> None:
+    """Fail fast (5 s) when nothing answers at an endpoint; any HTTP answer, even an error, counts as reachable."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=5.0).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as e:
+        raise PhasedIFTError(f"{what}.base_url {base_url} is unreachable ({e}). Start the server "
+                             f"(e.g. `python -m llama_cpp.server --model FILE.gguf --port 8000`) or fix the URL; "
+                             f"or remove the endpoint to run without it.") from None
+
+
+def plan_run(cfg: Config, console: Console, notes: Sequence[str] = ()) -> dict:
+    """Print the plan: steps, examples, estimated training tokens, generation and judge requests. Reads the data
+    (cheap) but trains, scores and sends nothing. Returns the plan as a dict."""
+    from rich.table import Table
+
+    from phased_ift.data import load_test_set
+    from phased_ift.generate import checkpoint_phases, testset_key
+    from phased_ift.judge import judge_jobs
+    from phased_ift.train import plan_training
+
     run = RunDir(cfg.run_dir)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    stand_in = None
+    if any("upstream records" in n for n in notes):
+        stand_in = _stand_in_run(cfg)
+        train_run = stand_in
+    else:
+        step_data(cfg, console=console)
+        train_run = run
+    tplan = plan_training(cfg, train_run)
+    n_examples = max((sum(r["examples"] for r in rows) for rows in tplan["arms"].values()), default=0)
+    tokens = {arm: sum(r["tokens_trained"] for r in rows) for arm, rows in tplan["arms"].items()}
+    g = cfg.generate
+    prompts = {testset_key(n): len(load_test_set(n, limit=g.limit, seed=g.seed)) for n in g.test_sets}
+    n_ckpt = sum(len(checkpoint_phases(cfg, arm)) for arm in cfg.train.arms) * len(cfg.train.seeds)
+    gen_answers = n_ckpt * sum(prompts.values())
+    n_judge = 0
+    if cfg.judge.judge.enabled:
+        n_judge = 2 * sum(prompts.values()) * len(list(judge_jobs(cfg)))
+    score_req = n_examples * cfg.scoring.samples if cfg.scoring.scorer == "judge" else 0
+    table = Table("step", "what", "size", "output", title=f"plan for {run.root}", title_justify="left")
+    table.add_row("data", ", ".join(d.name or d.path for d in cfg.data.train), f"{n_examples:,} examples",
+                  "data/train.jsonl")
+    table.add_row("score", cfg.scoring.scorer, f"{score_req:,} judge requests" if score_req else "offline, no requests",
+                  f"scores/{cfg.scoring.scorer}.jsonl")
+    table.add_row("split", f"{cfg.phases.k} phases by {cfg.phases.method}", "", "phases/")
+    table.add_row("train", f"{', '.join(cfg.train.arms)} x seeds {cfg.train.seeds} ({cfg.train.method})",
+                  f"~{sum(tokens.values()) * len(cfg.train.seeds):,} tokens, "
+                  f"{sum(tplan['total_steps'].values()) * len(cfg.train.seeds):,} optimizer steps", "checkpoints/")
+    table.add_row("generate", ", ".join(f"{k} ({v})" for k, v in prompts.items()),
+                  f"{gen_answers:,} answers x <= {g.max_new_tokens} new tokens", "generations/")
+    table.add_row("evaluate", "reference-answer loss" if cfg.evaluation.reference_loss else "off",
+                  f"{n_ckpt} checkpoints" if cfg.evaluation.reference_loss else "", "evaluation/")
+    table.add_row("judge", cfg.judge.judge.model or "not configured (judge.judge.base_url)",
+                  f"{n_judge:,} requests (both orders)" if n_judge else "", "judgements/")
+    table.add_row("report", "win rates, CIs, lengths, plots", "", "report/")
+    console.print(table)
+    console.print(tplan["note"], highlight=False)
+    if stand_in is not None:
+        shutil.rmtree(stand_in.root, ignore_errors=True)
+    return {"examples": n_examples, "training_tokens": tokens, "steps": tplan["total_steps"], "prompts": prompts,
+            "answers": gen_answers, "judge_requests": n_judge, "score_requests": score_req}
+
+
+def _stand_in_run(cfg: Config) -> RunDir:
+    """A temporary run dir whose data/train.jsonl stands in for sources missing from the data home (dry runs only):
+    alpagasus/random_9k (a uniform random sample of Alpaca 52K) repeated to each missing source's upstream size."""
+    import tempfile
+
+    from phased_ift.config import DataSource
+    from phased_ift.data import SOURCES, Example, load_source, write_examples
+
+    tmp = RunDir(tempfile.mkdtemp(prefix="phased-ift-plan-"))
+    sample = load_source(DataSource(name="alpagasus/random_9k")).examples
+    out: list[Example] = []
+    for ds in cfg.data.train:
+        try:
+            out += load_source(ds).examples
+        except PhasedIFTError:
+            if not (ds.name in SOURCES and SOURCES[ds.name].records):
+                raise
+            n = SOURCES[ds.name].records
+            out += [Example(f"{ds.name}:{i}", sample[i % len(sample)].messages) for i in range(n)]
+    write_examples(tmp.train_data, out)
+    return tmp
+
+
+def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = None) -> dict | None:
+    """data -> score -> split -> train -> generate -> evaluate -> judge -> report; each step skips finished work,
+    so the same command resumes after kill -9 or Ctrl-C. Prints the plan first; `dry_run` stops there.
+
+    Returns:
+        The report summary (see `report.build_report`), or the plan dict in a dry run.
+    """
+    import time
+
+    import yaml
+
+    from phased_ift.config import config_to_dict
+    from phased_ift.report import verdict_lines
+
+    console = console or Console(stderr=True)
+    notes = preflight(cfg, dry_run=dry_run)
+    run = RunDir(cfg.run_dir)
+    if dry_run:
+        return plan_run(cfg, console, notes)
+    if run.config.is_file():
+        changed = _config_changes(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}, config_to_dict(cfg))
+        if changed:
+            console.print(f"[yellow]warning:[/] {run.config} differs in {', '.join(changed)}; outputs already in "
+                          f"the run dir were made with the old values and are kept. Use a new run_dir to redo them.",
+                          highlight=False)
     save_config(cfg, run.config)
-    _not_yet("run")
+    plan_run(cfg, console, notes)
+    t0 = time.time()
+    step_data(cfg, console=console)
+    step_score(cfg, console=console)
+    step_split(cfg, console=console)
+    step_train(cfg, console=console)
+    step_generate(cfg, console=console)
+    step_evaluate(cfg, console=console)
+    step_judge(cfg, console=console)
+    summary = step_report(cfg, console=console)
+    console.rule(f"done in {time.time() - t0:.0f} s")
+    for line in verdict_lines(summary):
+        console.print(line, highlight=False)
+    rd = run.report_dir
+    console.print(f"report: {rd / 'report.md'}  {rd / 'report.html'}  {rd / 'summary.json'}", highlight=False)
+    return summary
