@@ -18,6 +18,7 @@ command resumes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -202,11 +203,21 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides += extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # Our own rich bars report progress; transformers' tqdm bars ("Loading weights") would clutter the log.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return int(args.func(args) or 0)
     except PhasedIFTError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and "out of memory" not in str(e).lower():
+            raise
+        console.print(f"[bold red]out of memory[/] ({str(e).splitlines()[0][:200]}). Lower train.batch_size (and raise "
+                      "train.grad_accum to keep the batch), model.max_length, generate.batch_size or "
+                      "scoring.batch_size, or set train.gradient_checkpointing=true; then run the same command to "
+                      "resume.", highlight=False, soft_wrap=True)
+        return 3
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished work is saved; run the same command again to resume.")
         return 130
