@@ -302,3 +302,18 @@ def test_trainer_arguments_carry_the_phase_hyperparameters(tmp_path, tiny_model_
     assert args.train_sampling_strategy == "group_by_length" and args.bf16
     one_off = phase_hparams(cfg, "one-off", 1)
     assert (one_off["epochs"], one_off["learning_rate"]) == (cfg.train.epochs, cfg.train.learning_rate)
+
+
+def test_resume_skips_a_checkpoint_torn_by_kill9(tmp_path):
+    """kill -9 while Trainer saves leaves checkpoint-N without trainer_state.json: resume from the one before."""
+    from phased_ift.train import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+    for n, complete in ((1, True), (2, True), (3, False)):
+        d = tmp_path / f"checkpoint-{n}"
+        d.mkdir()
+        (d / "adapter_model.safetensors").write_bytes(b"x")
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert not (tmp_path / "checkpoint-3").exists()

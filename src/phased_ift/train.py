@@ -357,7 +357,6 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     import torch
     from datasets import Dataset
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     from phased_ift.modeling import resolve_model_path
@@ -378,7 +377,7 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-    resume = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
+    resume = last_complete_checkpoint(trainer_dir)
     if resume is None and prev_optimizer is not None and prev_optimizer.is_file():
         # carry_optimizer: the AdamW moments continue; the learning rate and schedule restart for this phase.
         trainer.create_optimizer()
@@ -422,6 +421,24 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
         shutil.rmtree(trainer_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def last_complete_checkpoint(trainer_dir: Path) -> str | None:
+    """The newest Trainer checkpoint that was written to the end, or None.
+
+    A kill -9 while Trainer saves leaves a `checkpoint-N` dir without `trainer_state.json` (Trainer writes it after
+    the weights, optimizer and RNG state); transformers' `get_last_checkpoint` would pick it and `train()` would then
+    fail, so incomplete dirs are removed here and the previous complete one is used.
+    """
+    if not trainer_dir.is_dir():
+        return None
+    ckpts = sorted((d for d in trainer_dir.glob("checkpoint-*") if d.name.split("-")[-1].isdigit()),
+                   key=lambda d: int(d.name.split("-")[-1]), reverse=True)
+    for d in ckpts:
+        if (d / "trainer_state.json").is_file():
+            return str(d)
+        shutil.rmtree(d, ignore_errors=True)
+    return None
 
 
 def is_done(phase_dir: Path) -> bool:
