@@ -149,3 +149,13 @@ def test_adapter_checkpoint_loads_base_from_hparams(tiny_model_dir, tmp_path):
     assert not hasattr(merged, "peft_config") and tok2.eos_token_id == tok.eos_token_id
     out = gen.generate_answers(ck, _prompts(["Hi"]), 3, 1, "chat", tmp_path / "g.jsonl")
     assert next(iter(read_jsonl(out)))["output_tokens"] == 3
+
+
+@pytest.mark.slow
+def test_smollm2_stops_at_its_end_of_turn_token(smollm2_path, tmp_path):
+    """The real chat model ends a short answer with <|im_end|>: finish_reason "stop", no special token in the text."""
+    ex = _prompts(["Reply with exactly one word: what colour is the sky on a clear day?"])
+    out = gen.generate_answers(smollm2_path, ex, 48, 1, "chat", tmp_path / "t.jsonl")
+    row = next(iter(read_jsonl(out)))
+    assert row["finish_reason"] == "stop" and 0 < row["output_tokens"] < 48
+    assert "<|im_end|>" not in row["output"] and row["output"]
