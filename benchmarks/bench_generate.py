@@ -38,13 +38,15 @@ def run(args: argparse.Namespace) -> dict:
     loaded = load_for_inference(path)
     loaded[0].to(args.device)
     out: dict = {"model": args.model, "n_prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
-                 "batch_size": args.batch_size, "threads": torch.get_num_threads(), "device": args.device}
+                 "batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens,
+                 "threads": torch.get_num_threads(), "device": args.device}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, bs in (("single", 1), ("batched", args.batch_size)):
             f = Path(tmp) / label / "bench.jsonl"
             t0 = time.perf_counter()
-            generate_answers(path, prompts, args.max_new_tokens, bs, "chat", f, loaded=loaded)
+            generate_answers(path, prompts, args.max_new_tokens, bs, "chat", f, loaded=loaded,
+                             max_batch_tokens=args.max_batch_tokens)
             secs = time.perf_counter() - t0
             rows[label] = {r["id"]: r for r in read_jsonl(f)}
             toks = sum(r["output_tokens"] for r in rows[label].values())
@@ -72,6 +74,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=64, help="prompts: half vicuna, half koala (seeded sample)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-batch-tokens", type=int, default=4096, help="padded prompt tokens per batch (0 = no cap)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--device", default="cpu")

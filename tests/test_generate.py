@@ -41,6 +41,14 @@ def test_trim_at_stop():
     assert gen.trim_at_stop([5, 6, 7], [2], 3) == gen.Completion([5, 6, 7], "length")
 
 
+def test_plan_batches_caps_padded_tokens():
+    lengths = [50, 2000, 60, 40, 600, 55]
+    assert gen.plan_batches(lengths, 4) == [[1, 4, 2, 5], [0, 3]]
+    # With a cap of 1300 padded tokens the 2000-token prompt runs alone and 600 pairs with at most one more.
+    assert gen.plan_batches(lengths, 4, 1300) == [[1], [4, 2], [5, 0, 3]]
+    assert sorted(i for b in gen.plan_batches(lengths, 2, 100) for i in b) == list(range(6))
+
+
 def test_left_padded_batch_equals_one_at_a_time(tiny_model_dir, tiny, tmp_path):
     ex = _prompts(PROMPTS)
     batched = gen.generate_answers(tiny_model_dir, ex, 8, 4, "chat", tmp_path / "b" / "t.jsonl", loaded=tiny)

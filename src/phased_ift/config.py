@@ -240,6 +240,8 @@ class GenerateConfig:
     seed: int = _f(0, "Seed of the `limit` sample.")
     max_new_tokens: int = _f(256, "Max new tokens per answer (greedy decoding, stops at EOS).")
     batch_size: int = _f(16, "Prompts per generation batch (left padding).")
+    max_batch_tokens: int = _f(4096, "Cap on padded prompt tokens per batch (rows x longest prompt): long prompts "
+                               "run in smaller batches instead of padding the short ones (0 = no cap).")
     every_phase: bool = _f(False, "Also generate with each intermediate phase checkpoint (the win-rate trend).")
     backend: str = _f("hf", "hf (transformers) or vllm (GPU, optional).")
 

@@ -209,13 +209,39 @@ def drop_torn_tail(path: Path) -> None:
             f.truncate(len(body) + 1 if body else 0)
 
 
+def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int = 0) -> list[list[int]]:
+    """Group prompt indices into batches, longest first, so similar lengths share a batch.
+
+    A batch closes at `batch_size` prompts, or earlier when one more prompt would make the padded prompt block
+    (rows x longest prompt) exceed `max_batch_tokens` (0 = no cap). Why: test sets have outliers (a koala prompt
+    of 2048 tokens next to a median of 57); padding 15 short prompts to it made a batch cost 8x its real tokens
+    and batched generation slower than one prompt at a time.
+
+    Returns:
+        Lists of indices into `lengths`; every index exactly once.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        too_wide = bool(cur) and bool(max_batch_tokens) and (len(cur) + 1) * lengths[cur[0]] > max_batch_tokens
+        if cur and (len(cur) >= batch_size or too_wide):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
 def settings_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name.removesuffix(".jsonl") + ".settings.json")
 
 
 def generate_answers(model_dir_or_name: str | Path, examples: Sequence[Any], max_new_tokens: int, batch_size: int,
                      template: str, out_path: str | Path, console: Any = None, backend: str = "hf",
-                     dtype: str = "float32", loaded: tuple[Any, Any] | None = None) -> Path:
+                     dtype: str = "float32", loaded: tuple[Any, Any] | None = None,
+                     max_batch_tokens: int = 4096) -> Path:
     """Generate one greedy answer per prompt and append rows to `out_path` (resumable).
 
     Args:
@@ -223,6 +249,7 @@ def generate_answers(model_dir_or_name: str | Path, examples: Sequence[Any], max
         examples: prompt-only `data.Example`s (meta["testset"] names the test set; ids unique).
         max_new_tokens: answer budget in tokens; answers that hit it get finish_reason "length".
         batch_size: prompts per batch (sorted by prompt length, left padded).
+        max_batch_tokens: cap on padded prompt tokens per batch (`plan_batches`); 0 = no cap.
         template: "chat" or "paper", as in training (`modeling.render`).
         backend: a name in `BACKENDS` ("hf", "vllm").
         loaded: an already loaded (model, tokenizer) to reuse across test sets (skips loading).
@@ -270,13 +297,11 @@ def generate_answers(model_dir_or_name: str | Path, examples: Sequence[Any], max
             raise PhasedIFTError(f"the tokenizer of {model_dir_or_name} has no EOS token; generation cannot stop.")
         enc = [tokenize_example(tok, render(tok, e.prompt_messages, template)[0], "", MAX_PROMPT_TOKENS)["input_ids"]
                for e in todo]
-        # Longest first: similar lengths share a batch (less padding) and memory problems show up at once.
-        order = sorted(range(len(todo)), key=lambda i: -len(enc[i]))
+        batches = plan_batches([len(x) for x in enc], batch_size, max_batch_tokens)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task(f"generate {testset}", total=len(todo))
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
+            for idx in batches:
                 outs = engine.complete([enc[i] for i in idx], max_new_tokens, stops)
                 for i, c in zip(idx, outs):
                     e = todo[i]

@@ -139,7 +139,8 @@ def step_generate(cfg: Config, console: Console | None = None) -> None:
                     if not settings_path(out).is_file() and loaded is None:
                         loaded = load_for_inference(ckpt, dtype=cfg.model.dtype)  # once per checkpoint
                     generate_answers(ckpt, examples, g.max_new_tokens, g.batch_size, cfg.model.template, out,
-                                     console=console, backend=g.backend, dtype=cfg.model.dtype, loaded=loaded)
+                                     console=console, backend=g.backend, dtype=cfg.model.dtype, loaded=loaded,
+                                     max_batch_tokens=g.max_batch_tokens)
                     console.print(f"generate: {arm} seed {seed} phase {k} {name} ({len(examples)} prompts) -> {out}",
                                   highlight=False)
 
