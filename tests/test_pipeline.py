@@ -143,7 +143,10 @@ def test_kill9_at_every_stage_then_resume(tmp_path, tiny_model_dir):
     # no request answered before a kill was sent again; at most the one in flight (concurrency 1) per kill
     repeats = len(bodies) - len(set(bodies))
     assert repeats <= 2, f"{repeats} judge requests were repeated"
-    assert len(set(bodies)) == 18 + 12
+    pairwise = {b for b in bodies if "Assistant 1" in b}
+    assert len(set(bodies) - pairwise) == 18  # one difficulty request per example
+    # 6 prompts x 2 orders; when both arms give the same answer the two orders are one identical request
+    assert 6 <= len(pairwise) <= 12
     for name in ("report.md", "report.html", "summary.json"):
         assert (run / "report" / name).stat().st_size > 0
     summary = json.loads((run / "report" / "summary.json").read_text())
