@@ -52,28 +52,9 @@ def load_difficulty_template(name_or_path: str = "difficulty") -> Any:
     Raises:
         PhasedIFTError: unknown name, missing file, missing `<<user>>` marker or `{instruction}` placeholder.
     """
-    from importlib import resources
+    from phased_ift.judge import read_template
 
-    p = Path(name_or_path)
-    if p.suffix == ".txt" and p.is_file():
-        text, where = p.read_text(encoding="utf-8"), str(p)
-    else:
-        pkg = resources.files("phased_ift") / "templates" / f"{name_or_path}.txt"
-        if not pkg.is_file():
-            raise PhasedIFTError(
-                f"scoring.template = {name_or_path!r} is neither a packaged template (difficulty) nor an existing "
-                ".txt file; set scoring.template=difficulty or the path of your template file."
-            )
-        text, where = pkg.read_text(encoding="utf-8"), f"packaged template {name_or_path}"
-    if "<<user>>" not in text:
-        raise PhasedIFTError(f"{where}: a difficulty template needs a `<<user>>` line before the user prompt "
-                             "(and optionally a `<<system>>` line before a system prompt).")
-    head, _, user = text.partition("<<user>>")
-    system = head.split("<<system>>", 1)[1].strip() if "<<system>>" in head else ""
-    user = user.strip()
-    if "{instruction}" not in user:
-        raise PhasedIFTError(f"{where}: the user prompt lacks the placeholder {{instruction}}; add it where the "
-                             "instruction (with its input) should go.")
+    system, user = read_template(name_or_path, "scoring.template", "difficulty", ("{instruction}",))
     return _Template(system=system, user=user)
 
 

@@ -67,12 +67,16 @@ class JudgeTemplate:
         return msgs + [{"role": "user", "content": user}]
 
 
-def load_template(name_or_path: str) -> JudgeTemplate:
-    """Load a packaged judge template by name ("pairwise", "reference") or a .txt file.
+def read_template(name_or_path: str, setting: str, packaged: str, placeholders: Sequence[str]) -> tuple[str, str]:
+    """(system, user) texts of a packaged prompt template (by name) or a .txt file; shared by the pairwise judge
+    and the difficulty judge.
 
     File format: a line `<<system>>`, the system text, a line `<<user>>`, the user text (trailing blank lines
-    dropped). The user text must contain {question}, {answer_1} and {answer_2}.
+    dropped). The user text must contain every placeholder.
 
+    Args:
+        setting: the config key that names the template, for error messages (e.g. "judge.template").
+        packaged: the packaged template names, for error messages.
     Raises:
         PhasedIFTError: unknown name, missing file, or a file without the markers/placeholders.
     """
@@ -83,20 +87,33 @@ def load_template(name_or_path: str) -> JudgeTemplate:
         pkg = resources.files("phased_ift") / "templates" / f"{name_or_path}.txt"
         if not pkg.is_file():
             raise PhasedIFTError(
-                f"judge.template = {name_or_path!r} is neither a packaged pairwise template (pairwise, reference) "
-                "nor an existing .txt file; set judge.template to one of those."
+                f"{setting} = {name_or_path!r} is neither a packaged template ({packaged}) nor an existing .txt "
+                f"file; set {setting} to one of those or to the path of your template file."
             )
         text, where = pkg.read_text(encoding="utf-8"), f"packaged template {name_or_path}"
     if "<<user>>" not in text:
-        raise PhasedIFTError(f"{where}: a judge template needs a `<<user>>` line before the user prompt "
+        raise PhasedIFTError(f"{where}: a template needs a `<<user>>` line before the user prompt "
                              "(and optionally `<<system>>` before a system prompt).")
     head, _, user = text.partition("<<user>>")
     system = head.split("<<system>>", 1)[1] if "<<system>>" in head else ""
     user = user.strip("\n").rstrip()
-    for key in ("{question}", "{answer_1}", "{answer_2}"):
+    for key in placeholders:
         if key not in user:
-            raise PhasedIFTError(f"{where}: the user prompt lacks the placeholder {key}; add it.")
-    return JudgeTemplate(name=str(name_or_path), system=system.strip(), user=user)
+            raise PhasedIFTError(f"{where}: the user prompt lacks the placeholder {key}; add it where the "
+                                 f"{key.strip('{}')} should go.")
+    return system.strip(), user
+
+
+def load_template(name_or_path: str) -> JudgeTemplate:
+    """Load a packaged judge template by name ("pairwise", "reference") or a .txt file (format: `read_template`;
+    the user text must contain {question}, {answer_1} and {answer_2}).
+
+    Raises:
+        PhasedIFTError: unknown name, missing file, or a file without the markers/placeholders.
+    """
+    system, user = read_template(name_or_path, "judge.template", "pairwise, reference",
+                                 ("{question}", "{answer_1}", "{answer_2}"))
+    return JudgeTemplate(name=str(name_or_path), system=system, user=user)
 
 
 # ---------------------------------------------------------------------------------------------------------------
