@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 pip install -q --upgrade pip
 pip install -q torch==2.13.0
 if [ "${1:-}" = "--test" ]; then
-  pip install -q -e ".[test,embed]"
+  pip install -q -e ".[test,embed,gemma]"
 else
   pip install -q -e ".[embed]"
 fi
