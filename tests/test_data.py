@@ -464,7 +464,8 @@ def test_step_data_writes_train_and_rejects(data_home, tmp_path):
     assert train[-1].meta == {"source": str(own), "score": 3.0, "original_id": "0"}
     assert len(rejects) == 5  # the 4 empty outputs of random_9k (whole file) + 1 of own.jsonl
     assert {r["source"] for r in rejects} == {"alpagasus/random_9k", str(own)}
-    assert f"data: 21 examples from 2 source(s), 5 rejected -> {run.train_data}" in buf.getvalue()
+    assert (f"data: 21 examples from 2 source(s); alpagasus/random_9k: a seeded sample of 20 of 9225 usable records; "
+            f"5 records rejected (reasons in {run.rejects}) -> {run.train_data}") in " ".join(buf.getvalue().split())
     mtime = run.train_data.stat().st_mtime_ns
     assert step_data(cfg) == run and run.train_data.stat().st_mtime_ns == mtime  # done: skipped
 

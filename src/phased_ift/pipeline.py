@@ -50,8 +50,10 @@ def step_data(cfg: Config, console: Console | None = None) -> RunDir:
     write_jsonl(run.rejects, rejects)
     write_examples(run.train_data, examples)
     if console is not None:
-        console.print(f"data: {len(examples)} examples from {len(results)} source(s), {len(rejects)} rejected "
-                      f"-> {run.train_data}", highlight=False)
+        sampled = "".join(f"; {d.name or d.path}: a seeded sample of {d.limit} of {r.total - len(r.rejects)} "
+                          f"usable records" for d, r in zip(cfg.data.train, results) if d.limit)
+        console.print(f"data: {len(examples)} examples from {len(results)} source(s){sampled}; {len(rejects)} "
+                      f"records rejected (reasons in {run.rejects}) -> {run.train_data}", highlight=False)
     return run
 
 
