@@ -318,6 +318,9 @@ def pad_batch(features: Sequence[dict[str, list[int]]], pad_id: int, side: str =
 def token_losses(model, batch: dict[str, Any]) -> tuple[Any, Any]:
     """Per-example summed loss and number of labelled tokens.
 
+    Only the positions from the batch's first labelled token on go through the LM head (`logits_to_keep`): with a
+    49k-262k vocabulary the head and the softmax cost as much as several layers, and prompt positions need neither.
+
     Args:
         batch: tensors input_ids/attention_mask/labels [B, T] (labels -100 where no loss).
     Returns:
@@ -326,10 +329,14 @@ def token_losses(model, batch: dict[str, Any]) -> tuple[Any, Any]:
     import torch
     import torch.nn.functional as F
 
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    labels = batch["labels"][:, 1:]  # the logits at position t predict token t + 1
     mask = labels != -100
+    T = batch["input_ids"].shape[1]
+    first = int(mask.any(0).float().argmax()) if bool(mask.any()) else T - 1
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       logits_to_keep=T - first).logits  # positions first .. T-1
+    logits = logits[:, :-1].float()
+    labels, mask = labels[:, first:], mask[:, first:]
+    loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
     return (loss * mask).sum(1), mask.sum(1)
