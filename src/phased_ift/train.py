@@ -37,6 +37,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,6 +48,8 @@ from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 
 TRAINER_SUBDIR = "trainer"
+# TRL 1.16 calls a transformers 5 property deprecated in favour of is_activation_checkpointing once per phase.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
 
 
 # ---------------------------------------------------------------------------------------------------------------
