@@ -446,8 +446,9 @@ def plot_training(training: dict, path: Path) -> Path:
         first_seed = sorted(training[arm])[0]
         for ph in training[arm][first_seed][1:]:
             ax.axvline(ph["offset"], color="grey", linestyle="--", linewidth=0.8)
-        ax.set(title=f"{arm}: training loss (dashed = phase boundary)", xlabel="cumulative step", ylabel="loss")
+        ax.set(title=arm, xlabel="cumulative step", ylabel="training loss")
         ax.legend()
+    fig.suptitle("Training loss per arm (dashed lines: phase boundaries)")
     fig.savefig(path, dpi=110, format="png")
     return path
 
