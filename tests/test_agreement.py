@@ -38,8 +38,8 @@ def test_reference_examples_render_every_prompt_the_stage3_way(ref):
                            for e in lim)
 
 
-def test_normalise_prompt_matches_whitespace_and_case_variants():
-    assert agreement.normalise_prompt("Name  a\ncolor.\n\nRed ") == agreement.normalise_prompt("name a color. red")
+def test_normalised_prompts_match_whitespace_and_case_variants():
+    assert agreement.normalize_text("Name  a\ncolor.\n\nRed ") == agreement.normalize_text("name a color. red")
 
 
 def test_stratified_sample_is_seeded_and_keeps_the_stage3_share(ref):

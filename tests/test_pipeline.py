@@ -213,7 +213,7 @@ def test_empty_phase_errors_before_training(tmp_path, capsys):
 def test_dry_run_prints_plan_and_trains_nothing(tmp_path, capsys):
     rc, err = run_cli(["configs/quickstart.yaml", "--dry-run", f"run_dir={tmp_path / 'r'}"], capsys)
     assert rc == 0
-    assert "200 examples" in err and "optimizer steps" in err and "vicuna (80)" in err
+    assert "180 examples" in err and "optimizer steps" in err and "vicuna (80)" in err
     assert not (tmp_path / "r" / "scores").exists() and not (tmp_path / "r" / "checkpoints").exists()
 
 

@@ -26,7 +26,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
 import re
 import sqlite3
 import time
@@ -36,7 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from phased_ift.data import Example, read_jsonl, write_jsonl
+from phased_ift.data import Example, data_home, normalize_text, read_jsonl, write_jsonl
 from phased_ift.errors import PhasedIFTError
 
 THRESHOLD = 3.5  # the paper's stage-3 boundary: released scores are all >= 3.5
@@ -45,20 +44,6 @@ ALPACA_FILES = ("alpagasus/random_9k.json", "alpagasus/claude_t45.json", "alpaga
                 "cherry_llm/cherry_alpaca_5_percent.json", "car/CaR_selected_result.json")
 SHAREGPT_FILES = ("long_is_more/filtered_alpaca_1k_longest.json", "long_is_more/filtered_alpaca_1k_score.json")
 RANDOM9K = "alpagasus/random_9k.json"
-
-
-def data_home() -> Path:
-    """The shared data folder: $PHASED_IFT_DATA_HOME (tests and users set it)."""
-    p = os.environ.get("PHASED_IFT_DATA_HOME")
-    if not p or not Path(p).is_dir():
-        raise PhasedIFTError("the reference set needs the shared data folder: set PHASED_IFT_DATA_HOME to it "
-                             f"(now {p!r}); it holds phasedsft/, alpagasus/, cherry_llm/, car/, long_is_more/.")
-    return Path(p)
-
-
-def normalise_prompt(text: str) -> str:
-    """Lowercase with all whitespace runs collapsed to one space: "A\\n\\nb " and "a b" match."""
-    return " ".join(text.split()).lower()
 
 
 # Alpaca records inside the FastChat prompt of long_is_more: "... ### Instruction: X[ ### Input: Y]"
@@ -149,7 +134,7 @@ def build_reference_set(home: str | Path | None = None) -> ReferenceSet:
     for r in read_jsonl(st3):
         n += 1
         prompt, response = r["data"][0], r["data"][1]
-        key = normalise_prompt(prompt)
+        key = normalize_text(prompt)
         if key in keys:
             continue
         keys.add(key)
@@ -167,7 +152,7 @@ def build_reference_set(home: str | Path | None = None) -> ReferenceSet:
         added = in_stage3 = 0
         for ins, inp, out in triples:
             prompt = ins + ("\n" + inp if inp else "")
-            key = normalise_prompt(prompt)
+            key = normalize_text(prompt)
             if rel == RANDOM9K:
                 r9k.add(key)
             if key in stage3_keys:
@@ -182,7 +167,7 @@ def build_reference_set(home: str | Path | None = None) -> ReferenceSet:
             pos.append(False)
             score.append(math.nan)
         counts[rel] = {"records": len(triples), "in_stage3": in_stage3, "added_below_3.5": added}
-    random9k = np.array([normalise_prompt(e.instruction) in r9k for e in examples])
+    random9k = np.array([normalize_text(e.instruction) in r9k for e in examples])
     ref = ReferenceSet(examples, np.array(pos), np.array(score, dtype=float), random9k, counts)
     counts["stage3"] = int(ref.positive.sum())
     counts["below_3.5"] = int((~ref.positive).sum())
@@ -405,10 +390,10 @@ def _labels_for(examples: Sequence[Example], labels: str) -> tuple[list[Example]
     """(labelled pool, labels, index of each run example in the pool or None)."""
     if labels == "paper":
         ref = build_reference_set()
-        index = {normalise_prompt(e.instruction): i for i, e in enumerate(ref.examples)}
+        index = {normalize_text(e.instruction): i for i, e in enumerate(ref.examples)}
         pool = list(ref.examples)
         y = ref.positive.astype(float)
-        return pool, y, [index.get(normalise_prompt(e.instruction)) for e in examples]
+        return pool, y, [index.get(normalize_text(e.instruction)) for e in examples]
     p = Path(labels)
     if not labels or not p.is_file():
         raise PhasedIFTError(f"scorer=learned needs scoring.labels: 'paper' or a scores jsonl ({{'id', 'score'}} per "
@@ -476,7 +461,7 @@ def anchor_rows(ref: ReferenceSet, seed: int = 0) -> list[dict[str, Any]]:
     rows = [evaluate_scores(ref, length, "anchor: response length (chars)", time.perf_counter() - t0)]
     t0 = time.perf_counter()
     texts = [e.instruction + " \n " + e.response for e in ref.examples]
-    groups = [" ".join(normalise_prompt(e.instruction).split()[:4]) for e in ref.examples]
+    groups = [" ".join(normalize_text(e.instruction).split()[:4]) for e in ref.examples]
     y = ref.positive
     oof = np.zeros(len(y))
     for tr, te in GroupKFold(n_splits=5, shuffle=True, random_state=seed).split(texts, y, groups):
