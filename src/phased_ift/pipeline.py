@@ -279,7 +279,10 @@ def step_report(cfg: Config, console: Console | None = None) -> dict:
 
 def preflight(cfg: Config, dry_run: bool = False) -> list[str]:
     """Check what can be checked cheaply before any heavy work: data sources, test sets, the model, the scorer,
-    the judge endpoint. Returns notes for the plan (e.g. a missing source planned with a stand-in in dry runs).
+    the judge endpoint.
+
+    Returns:
+        Named sources missing from the data home that a dry run plans with their upstream size (dry runs only).
 
     Raises:
         PhasedIFTError: a missing data file (says where to put it), an unknown test set, a missing model package,
@@ -289,19 +292,19 @@ def preflight(cfg: Config, dry_run: bool = False) -> list[str]:
     from phased_ift.modeling import NAMED_MODELS, gguf_path, resolve_model_path
     from phased_ift.scoring import SCORERS
 
-    notes: list[str] = []
+    missing: list[str] = []
     for ds in cfg.data.train:
         if ds.name:
             try:
                 source_path(ds.name)
-            except PhasedIFTError as e:
+            except PhasedIFTError:
                 info = SOURCES.get(ds.name)
                 if not (dry_run and info is not None and info.records):
                     raise
-                notes.append(f"{e} The plan below assumes its {info.records:,} upstream records.")
+                missing.append(ds.name)
         elif _looks_local(ds.path) and not Path(ds.path).exists():
             raise PhasedIFTError(f"data source path {ds.path} does not exist; fix data.train[].path or use a named "
-                                     f"source (`phased-ift data sources`).")
+                                 f"source (`phased-ift data sources`).")
     for name in cfg.generate.test_sets:
         load_test_set(name, limit=1)  # unknown names / missing files raise here, before training
     if cfg.model.name_or_path in NAMED_MODELS:
@@ -316,7 +319,7 @@ def preflight(cfg: Config, dry_run: bool = False) -> list[str]:
         for what, ep in (("scoring.judge", cfg.scoring.judge), ("judge.judge", cfg.judge.judge)):
             if ep.enabled and (what == "judge.judge" or cfg.scoring.scorer == "judge"):
                 _check_reachable(what, ep.base_url)
-    return notes
+    return missing
 
 
 def _looks_local(path: str) -> bool:
@@ -339,9 +342,10 @@ def _check_reachable(what: str, base_url: str) -> None:
                              f"or remove the endpoint to run without it.") from None
 
 
-def plan_run(cfg: Config, console: Console, notes: Sequence[str] = ()) -> dict:
+def plan_run(cfg: Config, console: Console, missing: Sequence[str] = ()) -> dict:
     """Print the plan: steps, examples, estimated training tokens, generation and judge requests. Reads the data
-    (cheap) but trains, scores and sends nothing. Returns the plan as a dict."""
+    (cheap) but trains, scores and sends nothing; named sources in `missing` (see `preflight`) are planned with
+    stand-in examples of their upstream size. Returns the plan as a dict."""
     from rich.table import Table
 
     from phased_ift.data import load_test_set
@@ -350,10 +354,14 @@ def plan_run(cfg: Config, console: Console, notes: Sequence[str] = ()) -> dict:
     from phased_ift.train import plan_training
 
     run = RunDir(cfg.run_dir)
-    for note in notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    from phased_ift.data import SOURCES, data_home
+
+    for name in missing:
+        console.print(f"[yellow]note:[/] {name} ({SOURCES[name].path}) is not in the data home {data_home()}; the "
+                      f"plan assumes its {SOURCES[name].records:,} upstream records. Put the file there before a real "
+                      f"run.", highlight=False)
     stand_in = None
-    if any("upstream records" in n for n in notes):
+    if missing:
         stand_in = _stand_in_run(cfg)
         train_run = stand_in
     else:
@@ -443,10 +451,10 @@ def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = N
     from phased_ift.report import verdict_lines
 
     console = console or Console(stderr=True)
-    notes = preflight(cfg, dry_run=dry_run)
+    missing = preflight(cfg, dry_run=dry_run)
     run = RunDir(cfg.run_dir)
     if dry_run:
-        return plan_run(cfg, console, notes)
+        return plan_run(cfg, console, missing)
     if run.config.is_file():
         changed = _config_changes(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}, config_to_dict(cfg))
         if changed:
@@ -454,7 +462,7 @@ def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = N
                           f"the run dir were made with the old values and are kept. Use a new run_dir to redo them.",
                           highlight=False)
     save_config(cfg, run.config)
-    plan_run(cfg, console, notes)
+    plan_run(cfg, console)
     t0 = time.time()
     step_data(cfg, console=console)
     step_score(cfg, console=console)
