@@ -437,7 +437,7 @@ def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = None) -> dict | None:
-    """data -> score -> split -> train -> generate -> evaluate -> judge -> report; each step skips finished work,
+    """data -> score -> split -> train -> generate -> judge -> evaluate -> report; each step skips finished work,
     so the same command resumes after kill -9 or Ctrl-C. Prints the plan first; `dry_run` stops there.
 
     Returns:
@@ -468,10 +468,7 @@ def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = N
     step_score(cfg, console=console)
     step_split(cfg, console=console)
     step_train(cfg, console=console)
-    step_generate(cfg, console=console)
-    step_evaluate(cfg, console=console)
-    step_judge(cfg, console=console)
-    summary = step_report(cfg, console=console)
+    summary = step_report(cfg, console=console)  # runs generate, judge and evaluate first
     console.rule(f"done in {time.time() - t0:.0f} s")
     for line in verdict_lines(summary):
         console.print(line, highlight=False)
