@@ -317,3 +317,62 @@ def test_resume_skips_a_checkpoint_torn_by_kill9(tmp_path):
             (d / "trainer_state.json").write_text("{}")
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert not (tmp_path / "checkpoint-3").exists()
+
+
+def _padded_batch(tok, n_rows: int = 3):
+    """Right-padded rows with prompts of different lengths; labels -100 on prompts and padding."""
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(n_rows):
+        prompt = torch.randint(5, len(tok), (3 + 4 * i,), generator=g).tolist()
+        response = torch.randint(5, len(tok), (6 + 2 * i,), generator=g).tolist()
+        rows.append((prompt + response, [-100] * len(prompt) + response))
+    width = max(len(ids) for ids, _ in rows) + 2
+    input_ids = torch.tensor([ids + [tok.pad_token_id] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+    attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows])
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+@pytest.mark.parametrize("num_items", [None, 40])
+def test_response_head_loss_equals_the_full_logit_loss_and_its_gradients(tiny_model_dir, num_items):
+    """The LM head on response positions only gives transformers' causal-LM loss and the same gradients."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from phased_ift.train import response_head_loss
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    batch = _padded_batch(tok)
+    ref = model(**batch, num_items_in_batch=num_items).loss
+    ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    loss, out = response_head_loss(model, dict(batch), num_items)
+    loss.backward()
+    assert torch.allclose(loss, ref, rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref_grads[n], rtol=1e-4, atol=1e-7), n
+    # the head ran on fewer positions than the sequence: the shortest prompt and the shared padding are skipped
+    assert out.logits.shape[1] < batch["input_ids"].shape[1] - 1
+    if num_items is None:  # the mean over the batch's labelled next-token targets
+        assert int((batch["labels"][:, 1:] != -100).sum()) < batch["labels"].numel()
+
+
+@pytest.mark.slow
+def test_response_head_and_trl_fused_head_train_the_same_weights(tmp_path, tiny_model_dir):
+    """Two phases with gradient accumulation: train.lm_head=response and =fused end at the same LoRA weights."""
+    saved = {}
+    for head in ("response", "fused"):
+        raw = _setup(tmp_path / head, tiny_model_dir, lm_head=head, grad_accum=2, max_steps=2)
+        raw["model"]["autocast"] = "none"
+        cfg = config_from_dict(raw)
+        step_split(cfg)
+        dirs = train_phases(cfg, RunDir(raw["run_dir"]))["phased"][0]
+        saved[head] = _saved(dirs[-1])
+        assert json.loads((dirs[-1] / "hparams.json").read_text())["lm_head"] == head
+    assert saved["response"].keys() == saved["fused"].keys()
+    # Adam's first steps move each weight by about +-lr (2e-4) whatever the gradient's size, so float rounding in
+    # near-zero gradients shows up as differences far below one step.
+    for k in saved["response"]:
+        assert torch.allclose(saved["response"][k], saved["fused"][k], rtol=0, atol=2e-5), k

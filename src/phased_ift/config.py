@@ -206,6 +206,12 @@ class TrainConfig:
     save_steps: int = _f(50, "Save a Trainer checkpoint every N steps (resume inside a phase).")
     logging_steps: int = _f(1, "Log the loss every N steps.")
     gradient_checkpointing: bool = _f(False, "Trade compute for memory.")
+    lm_head: str = _f(
+        "auto",
+        "How the loss applies the LM head: response (logits only at positions that predict a response token: "
+        "fastest on CPU), fused (TRL's chunked fused LM head: never holds the logits, Triton kernel on GPU) or auto "
+        "(fused on CUDA, response elsewhere).",
+    )
     seeds: list = _f([0], "Training seeds; each arm is trained once per seed.")
     deepspeed: str = _f("", "Path to a DeepSpeed config (GPU runs under `accelerate launch`).")
     threads: int = _f(0, "CPU threads for training (torch.set_num_threads; 0 = torch's default).")
@@ -219,6 +225,7 @@ class TrainConfig:
         _check_choice("train", "method", self.method, ["lora", "full"])
         _check_choice("train", "order", self.order, ["shuffle", "sequential"])
         _check_choice("train", "batching", self.batching, ["bucket", "pad", "packing"])
+        _check_choice("train", "lm_head", self.lm_head, ["auto", "response", "fused"])
         if self.epochs <= 0 or self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise PhasedIFTError("config: train.epochs, learning_rate > 0 and batch_size, grad_accum >= 1 required.")
         if not self.seeds:
