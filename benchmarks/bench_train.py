@@ -123,6 +123,10 @@ register_mode("trl_default", run_trl_default)
 register_mode("phased", lambda a, w: _run_phased_ift(a, w, "phased", []))
 register_mode("one_off", lambda a, w: _run_phased_ift(a, w, "one-off", []))
 register_mode("phased_pad", lambda a, w: _run_phased_ift(a, w, "phased", ["train.batching=pad"]))
+# No cap on tokens per forward pass (the default 2048 splits long batches): what the cap costs and saves.
+register_mode("phased_nocap", lambda a, w: _run_phased_ift(a, w, "phased", ["train.max_batch_tokens=0"]))
+# TRL's fused LM head (scores every position in fp32 without Triton) instead of the response-only head.
+register_mode("phased_fused", lambda a, w: _run_phased_ift(a, w, "phased", ["train.lm_head=fused"]))
 # TRL's SFTConfig turns gradient checkpointing on by default (less memory, ~1/3 more compute); phased-ift does not.
 register_mode("phased_gc", lambda a, w: _run_phased_ift(a, w, "phased", ["train.gradient_checkpointing=true"]))
 

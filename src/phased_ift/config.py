@@ -206,6 +206,11 @@ class TrainConfig:
     save_steps: int = _f(50, "Save a Trainer checkpoint every N steps (resume inside a phase).")
     logging_steps: int = _f(1, "Log the loss every N steps.")
     gradient_checkpointing: bool = _f(False, "Trade compute for memory.")
+    max_batch_tokens: int = _f(
+        2048,
+        "Cap on padded tokens (rows x longest row) per forward pass: a batch above it runs as several passes "
+        "whose gradients add up to the same optimizer step (same examples per step, less peak memory; 0 = no cap).",
+    )
     lm_head: str = _f(
         "auto",
         "How the loss applies the LM head: response (logits only at positions that predict a response token: "
@@ -235,6 +240,8 @@ class TrainConfig:
                 "config: train.carry_optimizer=true cannot be combined with train.lora.across_phases=merge (each "
                 "phase starts a new adapter, so there is no optimiser state to carry); use across_phases=continue."
             )
+        if self.max_batch_tokens < 0:
+            raise PhasedIFTError("config: train.max_batch_tokens must be >= 0 (0 = no cap).")
         if self.threads < 0 or self.dataloader_workers < 0:
             raise PhasedIFTError("config: train.threads and train.dataloader_workers must be >= 0.")
 

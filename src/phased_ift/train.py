@@ -111,6 +111,7 @@ def phase_hparams(cfg: Config, arm: str, k: int) -> dict[str, Any]:
         "carry_optimizer": t.carry_optimizer, "order": t.order, "batching": t.batching, "max_steps": t.max_steps,
         "model": cfg.model.name_or_path, "template": cfg.model.template, "max_length": cfg.model.max_length,
         "dtype": cfg.model.dtype, "autocast": cfg.model.autocast, "lm_head": t.lm_head,
+        "max_batch_tokens": t.max_batch_tokens,
     }
 
 
@@ -310,12 +311,39 @@ def _model_for_phase(cfg: Config, init_dir: str | None, base: str):
     if t.method == "full":
         return load_model(init_dir or base, **kw)
     if init_dir is not None and t.lora.across_phases == "continue":
-        return PeftModel.from_pretrained(load_model(base, **kw), init_dir, is_trainable=True)
-    model = load_model(init_dir or base, **kw)
-    target = t.lora.target_modules
-    lora = PeftLoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout, task_type="CAUSAL_LM",
-                          target_modules=target[0] if target == ["all-linear"] else list(target))
-    return get_peft_model(model, lora)
+        model = PeftModel.from_pretrained(load_model(base, **kw), init_dir, is_trainable=True)
+    else:
+        model = load_model(init_dir or base, **kw)
+        target = t.lora.target_modules
+        lora = PeftLoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
+                              task_type="CAUSAL_LM", target_modules=target[0] if target == ["all-linear"] else
+                              list(target))
+        model = get_peft_model(model, lora)
+    if m.autocast == "bf16" and t.lora.across_phases == "continue":
+        frozen_base_to_bf16(model)
+    return model
+
+
+def frozen_base_to_bf16(model) -> int:
+    """Store the frozen base weights of LoRA-wrapped linear layers in bfloat16; returns how many were cast.
+
+    Under bf16 autocast every such matmul runs in bf16 anyway, and autocast rounds an fp32 weight to bf16 the same
+    way on every forward, so the results are identical while the per-step weight casts and the fp32 copies are
+    saved (SmolLM2-135M LoRA r16, 8x256: see benchmarks/bench_train.py). Embeddings, norms, the LM head and the
+    trainable LoRA matrices stay as loaded (fp32): the residual stream and the optimizer state keep full precision.
+    Not used with lora.across_phases=merge, which adds the adapter into these weights after each phase.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and isinstance(module.get_base_layer(), torch.nn.Linear):
+            base = module.get_base_layer()
+            if base.weight.dtype == torch.float32 and not base.weight.requires_grad:
+                base.to(torch.bfloat16)
+                n += 1
+    return n
 
 
 def _sft_config(cfg: Config, hp: dict, out_dir: Path, seed: int, save_steps: int):
@@ -396,22 +424,69 @@ def response_head_loss(model, inputs: dict, num_items_in_batch=None, num_process
     return loss, outputs
 
 
-def _trainer_class(response_head: bool):
-    """SFTTrainer, or a subclass whose loss applies the LM head only to response positions (`response_head_loss`)."""
+def split_batch(inputs: dict, max_tokens: int) -> list[dict]:
+    """Cut a collated batch into row groups of at most `max_tokens` padded tokens (rows x longest row) each.
+
+    Rows stay in order; each group is trimmed to its own longest row (right padding, from attention_mask). A batch
+    within the budget, one without attention_mask (padding-free packing) or a single row comes back whole.
+
+    Args:
+        inputs: tensors [B, T] (input_ids, labels, attention_mask, optional position_ids); other values are kept.
+        max_tokens: the budget; <= 0 means no limit.
+
+    Returns:
+        A list of batches with the same keys.
+    """
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask")
+    if max_tokens <= 0 or mask is None or ids.size(0) == 1 or ids.numel() <= max_tokens:
+        return [inputs]
+    lengths = mask.sum(dim=1).tolist()
+    groups, start, longest = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and (i - start + 1) * max(longest, n) > max_tokens:
+            groups.append((start, i, longest))
+            start, longest = i, 0
+        longest = max(longest, n)
+    groups.append((start, len(lengths), longest))
+    return [{k: (v[a:b, :width] if hasattr(v, "dim") and v.dim() == 2 and v.shape[:2] == ids.shape else v)
+             for k, v in inputs.items()} for a, b, width in groups]
+
+
+def _trainer_class(response_head: bool, max_batch_tokens: int):
+    """SFTTrainer, or a subclass with `response_head_loss` and/or micro-batches capped by `split_batch`."""
     from trl import SFTTrainer
 
-    if not response_head:
+    if not response_head and max_batch_tokens <= 0:
         return SFTTrainer
 
-    class ResponseHeadSFTTrainer(SFTTrainer):
-        """SFTTrainer with `response_head_loss`; logs the loss only (no entropy / token accuracy metrics)."""
+    class PhaseSFTTrainer(SFTTrainer):
+        """SFTTrainer with the response-only LM head (logs the loss only: no entropy / token accuracy metrics) and
+        batches above train.max_batch_tokens run as several forward/backward passes of one optimizer step."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not response_head:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss, outputs = response_head_loss(model, inputs, num_items_in_batch, self.accelerator.num_processes,
                                                self.args.average_tokens_across_devices)
             return (loss, outputs) if return_outputs else loss
 
-    return ResponseHeadSFTTrainer
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            parts = split_batch(inputs, max_batch_tokens)
+            # Without a token count for the whole step the loss is a per-pass mean: splitting would reweight it.
+            if len(parts) == 1 or num_items_in_batch is None:
+                return super().training_step(model, inputs, num_items_in_batch)
+            import contextlib
+
+            total = 0.0
+            for i, part in enumerate(parts):
+                # One gradient all-reduce per step (DDP): the passes before the last one accumulate locally.
+                sync = i == len(parts) - 1
+                with contextlib.nullcontext() if sync else self.accelerator.no_sync(model):
+                    total = total + super().training_step(model, part, num_items_in_batch)
+            return total
+
+    return PhaseSFTTrainer
 
 
 def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_dir: str | None, hp: dict,
@@ -442,7 +517,7 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     columns = ["input_ids", "labels", "attention_mask", "length"] if cfg.train.batching != "packing" else \
         ["input_ids", "labels"]
     dataset = Dataset.from_list([{c: r[c] for c in columns} for r in rows])
-    trainer_cls = _trainer_class(uses_response_head(cfg.train.lm_head))
+    trainer_cls = _trainer_class(uses_response_head(cfg.train.lm_head), cfg.train.max_batch_tokens)
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                           callbacks=[_progress_callback(label), *callbacks])
     # disable_tqdm makes Trainer print every log dict to stdout; the rich bar and losses.jsonl replace that.
