@@ -15,6 +15,8 @@ Each configuration runs in its own subprocess, one after the other, so peak RSS 
     phased_pad    (optional, --modes) the phased arm with batching=pad: what bucketing alone buys
     phased_gc     (optional, --modes) the phased arm with gradient checkpointing, as TRL's defaults have it (less
                   peak RSS for more compute)
+    phased_nocap  (optional, --modes) the phased arm without train.max_batch_tokens (long batches in one pass)
+    phased_fused  (optional, --modes) the phased arm with TRL's fused LM head (train.lm_head=fused)
 Reported: non-padding tokens/s (tokens with attention, counted by the Trainer, over the wall time of the training
 call: for phased-ift this includes tokenisation, model loading and saving of every phase), peak RSS, and the ratios.
 Timings are only comparable within one invocation (the machine may be shared).

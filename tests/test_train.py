@@ -438,3 +438,20 @@ def test_capped_micro_batches_train_the_same_weights_as_whole_batches(tmp_path, 
     # Below half an Adam step (lr 2e-4): float rounding of near-zero gradients differs between matmul shapes.
     for k in saved[0][0]:
         assert torch.allclose(saved[0][0][k], saved[48][0][k], rtol=0, atol=1e-4), k
+
+
+def test_bucket_order_groups_similar_lengths_in_a_random_batch_order():
+    import random as _random
+
+    from phased_ift.train import bucket_order
+
+    lengths = [_random.Random(i).randint(10, 400) for i in range(200)]
+    order = bucket_order(lengths, 8, seed=3)
+    assert sorted(order) == list(range(200))
+    batches = [order[b: b + 8] for b in range(0, 200, 8)]
+    assert max(lengths) in [lengths[i] for i in batches[0]]  # the longest batch first
+    spreads = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+    assert max(spreads) < 60  # one mega-batch of 200 sorted: neighbours in length share a batch
+    tops = [max(lengths[i] for i in b) for b in batches[1:]]
+    assert tops != sorted(tops, reverse=True) and tops != sorted(tops)  # no length curriculum
+    assert bucket_order(lengths, 8, seed=3) == order and bucket_order(lengths, 8, seed=4) != order

@@ -18,9 +18,9 @@ Each phase dir `checkpoints/<arm>/seed_<s>/phase_<k>/` holds the model or adapte
 deleted once the phase is DONE.
 
 Batching (train.batching) and what it does to the order inside a phase:
-    bucket   transformers' LengthGroupedSampler: a random permutation cut into mega-batches of 50 batches, each
-             sorted by length (longest first), so a batch holds examples of similar length and is padded only to
-             its own longest row. The order is random across mega-batches but length-sorted inside them.
+    bucket   `bucket_order`: a seeded permutation cut into mega-batches of 50 batches, each sorted by length and cut
+             into batches of similar length (padded only to their own longest row); the batches are then shuffled,
+             the one with the longest example first. Random batch order, no length curriculum inside a phase.
     pad      TRL's default: random order, each batch padded to its longest row.
     packing  TRL padding-free packing (bfd): examples concatenated without padding, position ids restart per
              example so attention never crosses examples with flash-attention varlen kernels (GPU). bfd reorders
@@ -453,12 +453,57 @@ def split_batch(inputs: dict, max_tokens: int) -> list[dict]:
              for k, v in inputs.items()} for a, b, width in groups]
 
 
-def _trainer_class(response_head: bool, max_batch_tokens: int):
-    """SFTTrainer, or a subclass with `response_head_loss` and/or micro-batches capped by `split_batch`."""
+def bucket_order(lengths: Sequence[int], batch_size: int, seed: int, mega_batches: int = 50) -> list[int]:
+    """A training order of indices whose consecutive `batch_size` slices are batches of similar length.
+
+    A seeded permutation is cut into mega-batches of `mega_batches` x `batch_size` examples, each sorted by length
+    and cut into batches; then the order of all batches is shuffled (seeded), except that the batch holding the
+    longest example comes first (an out-of-memory shows at once, as in transformers' LengthGroupedSampler).
+    Unlike LengthGroupedSampler, whose mega-batches shrink to a quarter of the data (48 examples in a phase of 200,
+    so small phases get more padding than the one-off union), the mega-batch size does not depend on the phase
+    size, and batches do not run from long to short inside a mega-batch (no length curriculum inside a phase).
+
+    Returns:
+        A permutation of range(len(lengths)).
+    """
+    rng = random.Random(seed)
+    perm = list(range(len(lengths)))
+    rng.shuffle(perm)
+    size = mega_batches * batch_size
+    batches = []
+    for m in range(0, len(perm), size):
+        mega = sorted(perm[m: m + size], key=lambda i: lengths[i], reverse=True)
+        batches += [mega[b: b + batch_size] for b in range(0, len(mega), batch_size)]
+    rng.shuffle(batches)
+    if batches:
+        first = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
+        batches.insert(0, batches.pop(first))
+    return [i for b in batches for i in b]
+
+
+def _trainer_class(response_head: bool, max_batch_tokens: int, bucket: bool):
+    """SFTTrainer, or a subclass with `response_head_loss`, micro-batches capped by `split_batch` and/or the
+    `bucket_order` sampler."""
+    import torch
     from trl import SFTTrainer
 
-    if not response_head and max_batch_tokens <= 0:
+    if not response_head and max_batch_tokens <= 0 and not bucket:
         return SFTTrainer
+
+    class BucketSampler(torch.utils.data.Sampler):
+        """`bucket_order` of the dataset's "length" column, reshuffled each epoch (seed + epoch)."""
+
+        def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
+            self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __len__(self) -> int:
+            return len(self.lengths)
+
+        def __iter__(self):
+            return iter(bucket_order(self.lengths, self.batch_size, self.seed + self.epoch))
 
     class PhaseSFTTrainer(SFTTrainer):
         """SFTTrainer with the response-only LM head (logs the loss only: no entropy / token accuracy metrics) and
@@ -470,6 +515,13 @@ def _trainer_class(response_head: bool, max_batch_tokens: int):
             loss, outputs = response_head_loss(model, inputs, num_items_in_batch, self.accelerator.num_processes,
                                                self.args.average_tokens_across_devices)
             return (loss, outputs) if return_outputs else loss
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if not bucket or "length" not in dataset.column_names:
+                return super()._get_train_sampler(train_dataset)
+            return BucketSampler(dataset["length"], self.args.per_device_train_batch_size, self.args.data_seed
+                                 if self.args.data_seed is not None else self.args.seed)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             parts = split_batch(inputs, max_batch_tokens)
@@ -517,7 +569,8 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     columns = ["input_ids", "labels", "attention_mask", "length"] if cfg.train.batching != "packing" else \
         ["input_ids", "labels"]
     dataset = Dataset.from_list([{c: r[c] for c in columns} for r in rows])
-    trainer_cls = _trainer_class(uses_response_head(cfg.train.lm_head), cfg.train.max_batch_tokens)
+    bucket = cfg.train.batching == "bucket" and cfg.train.order == "shuffle"
+    trainer_cls = _trainer_class(uses_response_head(cfg.train.lm_head), cfg.train.max_batch_tokens, bucket)
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                           callbacks=[_progress_callback(label), *callbacks])
     # disable_tqdm makes Trainer print every log dict to stdout; the rich bar and losses.jsonl replace that.
