@@ -112,16 +112,58 @@ def test_near_duplicate_groups_keep_reworded_instructions_together():
     assert len(set(groups)) == 5
 
 
+def test_learned_ensemble_with_dense_features_is_seeded_grouped_and_uses_the_trees():
+    """Binary labels + dense features: 0.75 x logistic regression + 0.25 x boosted trees, both fit in the folds."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 6))
+    y = ((X[:, 0] > 0) ^ (X[:, 1] > 0)).astype(float)  # XOR: trees can learn it, a linear model cannot
+    groups = np.arange(300) // 5
+    lin, fold_lin, _ = agreement.fit_predict_learned(X, y, groups, seed=0)
+    ens, fold_ens, new = agreement.fit_predict_learned(X, y, groups, X[:7], seed=0, dense=X, dense_new=X[:7])
+    ens2, _, new2 = agreement.fit_predict_learned(X, y, groups, X[:7], seed=0, dense=X, dense_new=X[:7])
+    assert np.array_equal(ens, ens2) and np.array_equal(new, new2) and new.shape == (7,)
+    assert np.array_equal(fold_lin, fold_ens)  # same grouped folds with or without the trees
+    assert ((ens >= 0) & (ens <= 1)).all()  # a mix of probabilities stays a probability
+    assert agreement.roc_auc(y > 0.5, ens) > agreement.roc_auc(y > 0.5, lin) + 0.1
+    # graded labels: ridge regression only, the dense block is ignored
+    g = X[:, 0] + 0.1 * rng.normal(size=300)
+    r1, _, _ = agreement.fit_predict_learned(X, g, groups, seed=0)
+    r2, _, _ = agreement.fit_predict_learned(X, g, groups, seed=0, dense=X)
+    assert np.array_equal(r1, r2)
+
+
+def test_split_prompt_separates_the_alpaca_input():
+    assert agreement.split_prompt("Summarise the text.\nThe cat sat.\nIt slept.") == \
+        ("Summarise the text.", "The cat sat.\nIt slept.")
+    assert agreement.split_prompt("Name a colour. ") == ("Name a colour.", "")
+
+
+def test_learned_features_without_embeddings_or_inputs(tmp_path):
+    """No example has an input (an empty TF-IDF block) and embeddings are off: still features, 8 dense columns."""
+    exs = [Example(str(i), [{"role": "user", "content": f"write item {i} now"},
+                            {"role": "assistant", "content": "word " * (i + 1)}]) for i in range(12)]
+    X, D = agreement.learned_features(exs, tmp_path, embeddings=False)
+    assert X.shape[0] == 12 and D.shape == (12, 8)
+    assert np.allclose(D[:, 6:], 0)  # has-input and input-length columns are constant (standardised to 0)
+    assert not (tmp_path / "embeddings.sqlite").exists()
+    with_input = exs[:6] + [Example("x", [{"role": "user", "content": "Summarise.\nA long input text"},
+                                          {"role": "assistant", "content": "ok"}])]
+    _, D2 = agreement.learned_features(with_input, tmp_path, embeddings=False)
+    assert D2[-1, 6] > 0 and D2[-1, 7] > 0 and (D2[:-1, 6] < 0).all()
+
+
 @pytest.mark.slow
 def test_learned_with_paper_labels_on_a_small_subset_of_the_reference_set(ref, tmp_path):
-    """Real features (MiniLM embeddings included) on 300 examples: seeded, reproducible, better than chance."""
+    """Real features (MiniLM embeddings of instruction and response) on 300 examples: seeded, reproducible, better
+    than chance, with the trees' ensemble."""
     sub = ref.stratified_sample(300, seed=0)
-    X = agreement.learned_features(sub.examples, tmp_path)
-    assert X.shape[0] == 300 and X.shape[1] > 384 + 6
+    X, D = agreement.learned_features(sub.examples, tmp_path)
+    assert X.shape[0] == 300 and X.shape[1] > 2 * 384 + 8
+    assert D.shape == (300, 8 + 2 * 384)  # length/input features, instruction and response embeddings
     groups = agreement.near_duplicate_groups(sub.examples, seed=0)
     assert len(np.unique(groups)) == 12  # 300 // 25
-    oof, _, _ = agreement.fit_predict_learned(X, sub.positive.astype(float), groups, seed=0)
-    oof2, _, _ = agreement.fit_predict_learned(agreement.learned_features(sub.examples, tmp_path),
-                                               sub.positive.astype(float), groups, seed=0)
+    oof, _, _ = agreement.fit_predict_learned(X, sub.positive.astype(float), groups, seed=0, dense=D)
+    X2, D2 = agreement.learned_features(sub.examples, tmp_path)
+    oof2, _, _ = agreement.fit_predict_learned(X2, sub.positive.astype(float), groups, seed=0, dense=D2)
     assert np.array_equal(oof, oof2)  # the second call read the embedding cache
-    assert agreement.roc_auc(sub.positive, oof) > 0.6  # 300 examples are few; the full set reaches ~0.89
+    assert agreement.roc_auc(sub.positive, oof) > 0.6  # 300 examples are few; the full set reaches ~0.906

