@@ -334,6 +334,15 @@ def _padded_batch(tok, n_rows: int = 3):
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
+def _train_fp32_phases(tmp_path: Path, model_dir: Path, **train) -> list[Path]:
+    """Split and train the phased arm without autocast (2 steps per phase, gradient accumulation 2); phase dirs."""
+    raw = _setup(tmp_path, model_dir, grad_accum=2, max_steps=2, **train)
+    raw["model"]["autocast"] = "none"
+    cfg = config_from_dict(raw)
+    step_split(cfg)
+    return train_phases(cfg, RunDir(raw["run_dir"]))["phased"][0]
+
+
 @pytest.mark.parametrize("num_items", [None, 40])
 def test_response_head_loss_equals_the_full_logit_loss_and_its_gradients(tiny_model_dir, num_items):
     """The LM head on response positions only gives transformers' causal-LM loss and the same gradients."""
@@ -364,11 +373,7 @@ def test_response_head_and_trl_fused_head_train_the_same_weights(tmp_path, tiny_
     """Two phases with gradient accumulation: train.lm_head=response and =fused end at the same LoRA weights."""
     saved = {}
     for head in ("response", "fused"):
-        raw = _setup(tmp_path / head, tiny_model_dir, lm_head=head, grad_accum=2, max_steps=2)
-        raw["model"]["autocast"] = "none"
-        cfg = config_from_dict(raw)
-        step_split(cfg)
-        dirs = train_phases(cfg, RunDir(raw["run_dir"]))["phased"][0]
+        dirs = _train_fp32_phases(tmp_path / head, tiny_model_dir, lm_head=head)
         saved[head] = _saved(dirs[-1])
         assert json.loads((dirs[-1] / "hparams.json").read_text())["lm_head"] == head
     assert saved["response"].keys() == saved["fused"].keys()
@@ -428,11 +433,7 @@ def test_capped_micro_batches_train_the_same_weights_as_whole_batches(tmp_path, 
     """train.max_batch_tokens splits a step into several passes: same examples, same loss scale, same weights."""
     saved = {}
     for cap in (0, 48):
-        raw = _setup(tmp_path / str(cap), tiny_model_dir, max_batch_tokens=cap, grad_accum=2, max_steps=2)
-        raw["model"]["autocast"] = "none"
-        cfg = config_from_dict(raw)
-        step_split(cfg)
-        dirs = train_phases(cfg, RunDir(raw["run_dir"]))["phased"][0]
+        dirs = _train_fp32_phases(tmp_path / str(cap), tiny_model_dir, max_batch_tokens=cap)
         saved[cap] = (_saved(dirs[-1]), [r["loss"] for r in read_jsonl(dirs[-1] / "losses.jsonl")])
     assert saved[0][1] == pytest.approx(saved[48][1], rel=1e-5)
     # Below half an Adam step (lr 2e-4): float rounding of near-zero gradients differs between matmul shapes.

@@ -30,6 +30,7 @@ Batching (train.batching) and what it does to the order inside a phase:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -528,8 +529,6 @@ def _trainer_class(response_head: bool, max_batch_tokens: int, bucket: bool):
             # Without a token count for the whole step the loss is a per-pass mean: splitting would reweight it.
             if len(parts) == 1 or num_items_in_batch is None:
                 return super().training_step(model, inputs, num_items_in_batch)
-            import contextlib
-
             total = 0.0
             for i, part in enumerate(parts):
                 # One gradient all-reduce per step (DDP): the passes before the last one accumulate locally.
@@ -569,7 +568,7 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     columns = ["input_ids", "labels", "attention_mask", "length"] if cfg.train.batching != "packing" else \
         ["input_ids", "labels"]
     dataset = Dataset.from_list([{c: r[c] for c in columns} for r in rows])
-    bucket = cfg.train.batching == "bucket" and cfg.train.order == "shuffle"
+    bucket = args.train_sampling_strategy == "group_by_length"  # _sft_config's choice: replaced by bucket_order
     trainer_cls = _trainer_class(uses_response_head(cfg.train.lm_head), cfg.train.max_batch_tokens, bucket)
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                           callbacks=[_progress_callback(label), *callbacks])
