@@ -70,7 +70,7 @@ def start_run(args: list[str], log: Path) -> subprocess.Popen:
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
-def kill_when(proc: subprocess.Popen, condition, what: str, timeout: float = 240.0) -> None:
+def kill_when(proc: subprocess.Popen, condition, what: str, log: Path, timeout: float = 240.0) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:
         if condition():
@@ -78,10 +78,10 @@ def kill_when(proc: subprocess.Popen, condition, what: str, timeout: float = 240
             proc.wait()
             return
         if proc.poll() is not None:
-            pytest.fail(f"the run ended (rc {proc.returncode}) before {what}")
+            pytest.fail(f"the run ended (rc {proc.returncode}) before {what}; log tail:\n{log.read_text()[-3000:]}")
         time.sleep(0.05)
     proc.kill()
-    pytest.fail(f"timed out waiting for {what}")
+    pytest.fail(f"timed out waiting for {what}; log tail:\n{log.read_text()[-3000:]}")
 
 
 def rows(path: Path) -> int:
@@ -98,14 +98,14 @@ def test_kill9_at_every_stage_then_resume(tmp_path, tiny_model_dir):
 
         # 1. during scoring: some scores cached, not all
         p = start_run(args, log)
-        kill_when(p, lambda: rows(run / "scores" / "judge.jsonl") >= 3 or srv.count >= 6, "scoring")
+        kill_when(p, lambda: rows(run / "scores" / "judge.jsonl") >= 3 or srv.count >= 6, "scoring", log)
         assert not (run / "phases" / "manifest.json").exists()
 
         # 2. during phase 2 of the phased arm: phase 1 finished, a Trainer checkpoint of phase 2 on disk
         ph1 = run / "checkpoints" / "phased" / "seed_0" / "phase_1"
         ph2 = run / "checkpoints" / "phased" / "seed_0" / "phase_2"
         p = start_run(args, log)
-        kill_when(p, lambda: (ph1 / "DONE").is_file() and any(ph2.rglob("checkpoint-*")), "phase 2 checkpoint")
+        kill_when(p, lambda: (ph1 / "DONE").is_file() and any(ph2.rglob("checkpoint-*")), "phase 2 checkpoint", log)
         assert not (ph2 / "DONE").exists()
         done1 = (ph1 / "DONE").stat().st_mtime_ns
         scoring_requests = srv.count
@@ -113,14 +113,14 @@ def test_kill9_at_every_stage_then_resume(tmp_path, tiny_model_dir):
         # 3. during generation
         gen = run / "generations"
         p = start_run(args, log)
-        kill_when(p, lambda: any(rows(f) >= 1 for f in gen.rglob("*.jsonl")), "generation")
+        kill_when(p, lambda: any(rows(f) >= 1 for f in gen.rglob("*.jsonl")), "generation", log)
         assert (ph1 / "DONE").stat().st_mtime_ns == done1, "phase 1 was retrained"
         assert srv.count == scoring_requests, "scoring requests were sent again"
 
         # 4. during judging
         judged = run / "judgements"
         p = start_run(args, log)
-        kill_when(p, lambda: any(rows(f) >= 1 for f in judged.rglob("*.jsonl")), "judging")
+        kill_when(p, lambda: any(rows(f) >= 1 for f in judged.rglob("*.jsonl")), "judging", log)
 
         # 5. finish
         p = start_run(args, log)

@@ -305,18 +305,20 @@ def test_trainer_arguments_carry_the_phase_hyperparameters(tmp_path, tiny_model_
 
 
 def test_resume_skips_a_checkpoint_torn_by_kill9(tmp_path):
-    """kill -9 while Trainer saves leaves checkpoint-N without trainer_state.json: resume from the one before."""
+    """kill -9 while Trainer saves leaves checkpoint-N without trainer_state.json, or with an empty or cut-short
+    one (Trainer writes it last, not atomically): resume from the newest complete one and remove the torn ones."""
     from phased_ift.train import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path / "missing") is None
-    for n, complete in ((1, True), (2, True), (3, False)):
+    states = {1: '{"global_step": 1}', 2: '{"global_step": 2}', 3: '{"global_st', 4: "", 5: None}
+    for n, state in states.items():
         d = tmp_path / f"checkpoint-{n}"
         d.mkdir()
         (d / "adapter_model.safetensors").write_bytes(b"x")
-        if complete:
-            (d / "trainer_state.json").write_text("{}")
+        if state is not None:
+            (d / "trainer_state.json").write_text(state)
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
-    assert not (tmp_path / "checkpoint-3").exists()
+    assert sorted(d.name for d in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-2"]
 
 
 def _padded_batch(tok, n_rows: int = 3):

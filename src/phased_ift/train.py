@@ -626,17 +626,20 @@ def last_complete_checkpoint(trainer_dir: Path) -> str | None:
     """The newest Trainer checkpoint that was written to the end, or None.
 
     A kill -9 while Trainer saves leaves a `checkpoint-N` dir without `trainer_state.json` (Trainer writes it after
-    the weights, optimizer and RNG state); transformers' `get_last_checkpoint` would pick it and `train()` would then
-    fail, so incomplete dirs are removed here and the previous complete one is used.
+    the weights, optimizer and RNG state, with a plain non-atomic `open(..., "w")`, so it can also be empty or cut
+    short); transformers' `get_last_checkpoint` would pick such a dir and `train()` would then fail, so incomplete
+    dirs are removed here and the previous complete one is used.
     """
     if not trainer_dir.is_dir():
         return None
     ckpts = sorted((d for d in trainer_dir.glob("checkpoint-*") if d.name.split("-")[-1].isdigit()),
                    key=lambda d: int(d.name.split("-")[-1]), reverse=True)
     for d in ckpts:
-        if (d / "trainer_state.json").is_file():
+        try:
+            json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
             return str(d)
-        shutil.rmtree(d, ignore_errors=True)
+        except (OSError, ValueError):  # missing, empty or truncated: the save was interrupted
+            shutil.rmtree(d, ignore_errors=True)
     return None
 
 
