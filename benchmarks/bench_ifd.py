@@ -1,29 +1,36 @@
-"""IFD scoring speed: length-bucketed batches vs. the one-example-at-a-time loop of the Cherry LLM reference code.
+"""IFD scoring speed: phased-ift's scorer vs. the one-example-at-a-time loop of the Cherry LLM reference code.
 
-Three arms score the same seeded sample of Alpaca examples (alpagasus/random_9k, the chat template, the same token
-ids) with the same model (SmolLM2-135M-Instruct, float32, CPU) in one process, one after the other:
+Four arms score the same seeded sample of Alpaca examples (alpagasus/random_9k, the chat template, the same token
+ids) with the same model (SmolLM2-135M-Instruct, float32 weights) in one process, one after the other:
     reference  the per-example procedure of Cherry LLM's `cherry_seletion/data_analysis.py` (Li et al. 2024,
                github tianyi-lab/Cherry_LLM), re-implemented on our token ids: for the response alone and the
                response after the instruction, one forward pass each with the full logits and every hidden state
                (the reference loads the model with output_hidden_states=True), the mean loss from the model, and the
-               per-token losses it also saves, one log-softmax per position in a Python loop
-    loop       phased-ift's scorer with batch size 1 (what batching alone buys)
-    batched    phased-ift's scorer: length-bucketed batches, the LM head only from the first response token
-The script asserts that the IFD values agree (rel. 1e-3) and prints examples/s of each and the ratios.
+               per-token losses it also saves, one log-softmax per position in a Python loop; fp32
+    loop       phased-ift's scorer with batch size 1, fp32 (what batching and bf16 add on top of it)
+    batched    phased-ift's scorer in fp32: length-bucketed batches, the LM head only from the first response token
+    default    phased-ift's scorer with its defaults (scoring.batch_size=8, scoring.autocast=bf16: bf16 autocast,
+               Linear weights stored in bf16)
+The fp32 arms must agree with the reference within 1e-3 (relative); the bf16 arm's largest relative difference
+and its Spearman correlation with the reference are printed (it must rank the examples alike: rho >= 0.99 when
+n >= 64).
 
-    PHASED_IFT_DATA_HOME=../shared/data python benchmarks/bench_ifd.py --n 512          # the full benchmark
+    PHASED_IFT_DATA_HOME=../shared/data python benchmarks/bench_ifd.py --n 512 \
+        --out benchmarks/results/ifd_n512.json                                          # the full benchmark
     PHASED_IFT_DATA_HOME=../shared/data python benchmarks/bench_ifd.py --n 32           # a quick check
 
-Options: --batch-size (default 16), --max-length (default 512), --threads (torch threads; default torch's).
+Options: --batch-size (default 8), --max-length (default 512), --threads (torch threads; default torch's).
 Numbers depend on the machine and on its load: run it on an otherwise idle machine for the reported table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -31,18 +38,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default="", help="write the results as JSON here")
     args = ap.parse_args()
 
     import numpy as np
     import torch
+    from scipy.stats import spearmanr
 
     from phased_ift.agreement import build_reference_set
-    from phased_ift.modeling import load_model, load_tokenizer
+    from phased_ift.modeling import linear_weights_to_bf16, load_model, load_tokenizer
     from phased_ift.scoring import response_losses
 
     if args.threads:
@@ -51,42 +60,66 @@ def main() -> None:
     pool = np.flatnonzero(ref.random9k)
     idx = np.random.default_rng(args.seed).choice(pool, args.n, replace=False)
     examples = [ref.examples[i] for i in idx]
-    model, tok = load_model(args.model), load_tokenizer(args.model)
-    print(f"{args.n} examples of alpagasus/random_9k, model {args.model}, max_length {args.max_length}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs")
+    model, tok = load_model(args.model, dtype="float32"), load_tokenizer(args.model)
+    machine = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"{args.n} examples of alpagasus/random_9k, model {args.model}, max_length {args.max_length}, {machine}")
 
-    response_losses(model, tok, examples[:2], max_length=args.max_length, batch_size=2)  # warm-up
+    # The default arm runs as `phased-ift score` does: its own copy with the Linear weights stored in bf16.
+    model_bf16 = load_model(args.model, dtype="float32")
+    linear_weights_to_bf16(model_bf16)
 
-    t0 = time.perf_counter()
-    reference = [reference_losses(model, tok, e, args.max_length) for e in examples]
-    t_ref = time.perf_counter() - t0
+    def ours(batch_size: int, autocast: str, stats: dict | None = None) -> list[dict]:
+        m = model_bf16 if autocast == "bf16" else model
+        res: list[dict] = []
+        for i in range(0, len(examples), 16 * batch_size):  # the chunks scoring.score_ifd sorts within
+            res += response_losses(m, tok, examples[i: i + 16 * batch_size], max_length=args.max_length,
+                                   batch_size=batch_size, stats=stats, autocast=autocast)
+        return res
 
-    t0 = time.perf_counter()
-    loop = [response_losses(model, tok, [e], max_length=args.max_length, batch_size=1)[0] for e in examples]
-    t_loop = time.perf_counter() - t0
-
-    stats: dict = {}
-    t0 = time.perf_counter()
-    batched = []
-    for i in range(0, len(examples), 16 * args.batch_size):  # the chunking scoring.score_ifd uses
-        batched += response_losses(model, tok, examples[i: i + 16 * args.batch_size], max_length=args.max_length,
-                                   batch_size=args.batch_size, stats=stats)
-    t_batch = time.perf_counter() - t0
-
-    ifd_ref = np.array([r["loss_cond"] / r["loss_uncond"] for r in reference if "error" not in r])
-    ifd_loop = np.array([r["loss_cond"] / r["loss_uncond"] for r in loop if "error" not in r])
-    ifd_batch = np.array([r["loss_cond"] / r["loss_uncond"] for r in batched if "error" not in r])
-    assert len(ifd_ref) == len(ifd_loop) == len(ifd_batch), "the arms failed on different examples"
-    max_rel = max(float(np.max(np.abs(x - ifd_ref) / np.abs(ifd_ref))) for x in (ifd_loop, ifd_batch))
-    assert max_rel < 1e-3, f"IFD values differ from the reference loop's by {max_rel:.2e} (relative)"
-    n = len(examples)
-    print(f"reference loop (Cherry LLM)  : {n / t_ref:8.2f} examples/s ({t_ref:.1f} s)")
-    print(f"phased-ift, batch size 1     : {n / t_loop:8.2f} examples/s ({t_loop:.1f} s)")
-    print(f"phased-ift, batched (bs {args.batch_size:3d}) : {n / t_batch:8.2f} examples/s ({t_batch:.1f} s), "
-          f"padding {stats['pad_tokens'] / stats['tokens']:.1%} of tokens")
-    print(f"speed-up vs reference loop   : {t_ref / t_batch:.2f}x;  batching alone (vs batch size 1): "
-          f"{t_loop / t_batch:.2f}x   (max relative IFD difference {max_rel:.1e}, mean IFD {ifd_batch.mean():.3f})")
+    arms = {
+        "reference": lambda st: [reference_losses(model, tok, e, args.max_length) for e in examples],
+        "loop": lambda st: [response_losses(model, tok, [e], max_length=args.max_length, batch_size=1)[0]
+                            for e in examples],
+        "batched": lambda st: ours(args.batch_size, "none", st),
+        "default": lambda st: ours(args.batch_size, "bf16", st),
+    }
+    labels = {"reference": "reference loop (Cherry LLM), fp32", "loop": "phased-ift, batch size 1, fp32",
+              "batched": f"phased-ift, batch {args.batch_size}, fp32", "default": f"phased-ift, batch "
+              f"{args.batch_size}, bf16 autocast (defaults)"}
+    ours(2, "bf16")  # warm-up (both precisions' kernels)
+    response_losses(model, tok, examples[:2], max_length=args.max_length, batch_size=1)
+    out: dict = {"setup": {**vars(args), "machine": machine}}
+    ifd_ref = None
+    for name, fn in arms.items():
+        stats: dict = {}
+        t0 = time.perf_counter()
+        res = fn(stats)
+        sec = time.perf_counter() - t0
+        ifd = np.array([r["loss_cond"] / r["loss_uncond"] for r in res if "error" not in r])
+        ifd_ref = ifd if ifd_ref is None else ifd_ref
+        assert len(ifd) == len(ifd_ref), "the arms failed on different examples"
+        max_rel = float(np.max(np.abs(ifd - ifd_ref) / np.abs(ifd_ref)))
+        rho = float(spearmanr(ifd, ifd_ref)[0])
+        out[name] = {"seconds": sec, "examples_per_s": args.n / sec, "max_rel_ifd_diff": max_rel, "spearman": rho,
+                     "mean_ifd": float(ifd.mean())}
+        if stats.get("tokens"):
+            out[name]["padding_fraction"] = stats["pad_tokens"] / stats["tokens"]
+        pad = f", padding {out[name]['padding_fraction']:.1%}" if "padding_fraction" in out[name] else ""
+        print(f"{labels[name]:<48}: {args.n / sec:6.2f} examples/s ({sec:.1f} s){pad}; vs reference: max rel. "
+              f"IFD diff {max_rel:.1e}, Spearman {rho:.4f}", flush=True)
+        if name == "default":  # a rank correlation says little on a handful of examples: checked from 64 on
+            assert rho >= 0.99 or args.n < 64, f"bf16 IFD ranks the examples differently from fp32 (Spearman {rho:.4f})"
+        else:
+            assert max_rel < 1e-3, f"{name}: IFD values differ from the reference loop's by {max_rel:.2e}"
+    t = {k: out[k]["seconds"] for k in arms}
+    out["speedup_vs_reference"] = {k: t["reference"] / t[k] for k in ("loop", "batched", "default")}
+    out["speedup_vs_loop"] = {k: t["loop"] / t[k] for k in ("batched", "default")}
+    print("speed-up vs reference loop: " + ", ".join(f"{k} {v:.2f}x" for k, v in out["speedup_vs_reference"].items())
+          + ";  vs batch size 1: " + ", ".join(f"{k} {v:.2f}x" for k, v in out["speedup_vs_loop"].items()))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
 
 
 def reference_losses(model, tokenizer, example, max_length: int) -> dict:

@@ -40,7 +40,9 @@ def tiny(tiny_model_dir):
 
 
 def cfg_for(tmp_path, model_dir, **scoring_over):
-    over = [f"run_dir={tmp_path / 'run'}", f"model.name_or_path={model_dir}", "scoring.batch_size=4"]
+    # fp32 (autocast none) unless a test asks otherwise: values are compared with plain fp32 computations.
+    over = [f"run_dir={tmp_path / 'run'}", f"model.name_or_path={model_dir}", "scoring.batch_size=4",
+            "scoring.autocast=none"]
     over += [f"scoring.{k}={v}" for k, v in scoring_over.items()]
     return load_config(None, over)
 
@@ -116,6 +118,60 @@ def test_loss_scorer_is_the_conditioned_loss(tiny_model_dir, tiny, tmp_path):
     ref = scoring.response_losses(*tiny, EXAMPLES, batch_size=2, unconditioned=False)
     assert [r["id"] for r in rows] == [e.id for e in EXAMPLES]
     assert [r["score"] for r in rows] == pytest.approx([r["loss_cond"] for r in ref], rel=1e-4)
+
+
+def test_loss_cache_serves_loss_after_ifd_without_a_model_and_keys_on_settings(tiny_model_dir, tmp_path,
+                                                                                monkeypatch):
+    from phased_ift import modeling
+
+    cfg = cfg_for(tmp_path, tiny_model_dir)
+    cache = tmp_path / "cache"
+    scoring.score_examples(EXAMPLES, cfg, tmp_path / "ifd.jsonl", scorer="ifd", cache_dir=cache)
+    ifd = {r["id"]: r for r in read_jsonl(tmp_path / "ifd.jsonl")}
+    loads = []
+    real_load = modeling.load_model
+    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: (loads.append(a), real_load(*a, **k))[1])
+    s = scoring.score_examples(EXAMPLES, cfg, tmp_path / "loss.jsonl", scorer="loss", cache_dir=cache)
+    assert loads == [] and s.stats["loss_cache_hits"] == len(EXAMPLES)
+    assert [r["score"] for r in read_jsonl(tmp_path / "loss.jsonl")] == [ifd[e.id]["loss_cond"] for e in EXAMPLES]
+    # other settings (max_length here) are other keys: computed again, and with a short max_length the values differ
+    short = cfg_for(tmp_path, tiny_model_dir, max_length=24)
+    s = scoring.score_examples(EXAMPLES, short, tmp_path / "loss24.jsonl", scorer="loss", cache_dir=cache)
+    assert len(loads) == 1 and s.stats["loss_cache_hits"] == 0
+    # a `loss` run stores the conditioned loss only: `ifd` with those settings computes both, and keeps them
+    s = scoring.score_examples(EXAMPLES, short, tmp_path / "ifd24.jsonl", scorer="ifd", cache_dir=cache)
+    assert len(loads) == 2 and s.stats["loss_cache_hits"] == 0
+    s = scoring.score_examples(EXAMPLES, short, tmp_path / "ifd24b.jsonl", scorer="ifd", cache_dir=cache)
+    assert len(loads) == 2 and s.stats["loss_cache_hits"] == len(EXAMPLES)
+    assert list(read_jsonl(tmp_path / "ifd24b.jsonl")) == list(read_jsonl(tmp_path / "ifd24.jsonl"))
+
+
+def test_bf16_autocast_scores_close_to_fp32_with_the_same_ranking(tiny_model_dir, tmp_path):
+    import numpy as np
+
+    fp32 = cfg_for(tmp_path, tiny_model_dir)
+    bf16 = cfg_for(tmp_path, tiny_model_dir, autocast="bf16")
+    scoring.score_examples(EXAMPLES, fp32, tmp_path / "a.jsonl", scorer="ifd", cache_dir=tmp_path / "c")
+    s = scoring.score_examples(EXAMPLES, bf16, tmp_path / "b.jsonl", scorer="ifd", cache_dir=tmp_path / "c")
+    assert s.stats["loss_cache_hits"] == 0 and s.stats["autocast"] == "bf16"  # autocast is part of the key
+    a = np.array([r["score"] for r in read_jsonl(tmp_path / "a.jsonl")])
+    b = np.array([r["score"] for r in read_jsonl(tmp_path / "b.jsonl")])
+    assert not np.array_equal(a, b)  # bf16 really ran
+    np.testing.assert_allclose(b, a, rtol=0.05)
+    assert list(np.argsort(a)) == list(np.argsort(b))
+
+
+def test_bf16_linear_weights_give_the_same_losses_as_autocast_over_fp32(tiny_model_dir):
+    import torch
+
+    from phased_ift.modeling import linear_weights_to_bf16, load_model, load_tokenizer
+
+    model, tok = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    before = scoring.response_losses(model, tok, EXAMPLES, batch_size=3, autocast="bf16")
+    n = linear_weights_to_bf16(model)
+    assert n == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) - 1  # all but the LM head
+    assert model.get_output_embeddings().weight.dtype == torch.float32
+    assert scoring.response_losses(model, tok, EXAMPLES, batch_size=3, autocast="bf16") == before
 
 
 def test_length_features_and_score():

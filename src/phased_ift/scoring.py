@@ -115,8 +115,8 @@ def tokenize_for_ifd(tokenizer, example: Example, template: str, max_length: int
 
 
 def response_losses(model, tokenizer, examples: Sequence[Example], *, template: str = "chat", max_length: int = 512,
-                    batch_size: int = 16, unconditioned: bool = True, stats: dict | None = None,
-                    ) -> list[dict[str, Any]]:
+                    batch_size: int = 8, unconditioned: bool = True, stats: dict | None = None,
+                    autocast: str = "none") -> list[dict[str, Any]]:
     """Per-token mean response losses of each example, batched by length.
 
     All sequences (conditioned and, when asked, unconditioned) are sorted by length and cut into batches of
@@ -128,6 +128,8 @@ def response_losses(model, tokenizer, examples: Sequence[Example], *, template: 
         batch_size: sequences per forward pass; 1 gives the reference one-at-a-time loop (Cherry LLM).
         unconditioned: also compute the loss of the response alone (for IFD).
         stats: if given, "tokens" and "pad_tokens" are added to it (padding fraction = pad_tokens / tokens).
+        autocast: "bf16" runs the forward passes under bf16 autocast (the weights stay as loaded, the losses are
+            computed from fp32 logits); "none" computes in the model's dtype.
     Returns:
         One dict per example, in order: {"loss_cond": float nats, "loss_uncond": float|None, "n_tokens": int} or
         {"error": str}.
@@ -152,7 +154,7 @@ def response_losses(model, tokenizer, examples: Sequence[Example], *, template: 
     for b in range(0, len(feats), batch_size):
         chunk = feats[b: b + batch_size]
         batch = pad_batch([f[2] for f in chunk], pad_id)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(model.device.type, torch.bfloat16, enabled=autocast == "bf16"):
             loss_sum, n_tok = token_losses(model, batch)
         if stats is not None:
             stats["tokens"] = stats.get("tokens", 0) + batch["input_ids"].numel()
@@ -167,38 +169,99 @@ def response_losses(model, tokenizer, examples: Sequence[Example], *, template: 
     return out
 
 
-def _load_scoring_model(ctx: ScoreContext):
-    from phased_ift.modeling import load_model, load_tokenizer
-
-    name = ctx.cfg.scoring.model or ctx.cfg.model.name_or_path
-    if "model" not in ctx.stats:
-        ctx.stats["model"] = name
-    return load_model(name, dtype="float32"), load_tokenizer(name)
-
-
 def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
     for i in range(0, len(items), n):
         yield items[i: i + n]
 
 
+class LossCache:
+    """sqlite3 store of per-example response losses, shared by the `ifd` and `loss` scorers (<cache_dir>/losses.sqlite).
+
+    The key is sha256 of (scoring model, template, max_length, autocast, the example's messages): `loss` after
+    `ifd` on the same examples runs no forward pass (IFD's conditioned loss is the `loss` score), and a re-scored
+    example with the same settings is read back. Rows are committed per chunk, so a killed run keeps them.
+    """
+
+    def __init__(self, path: Path, settings: Sequence[Any]):
+        import sqlite3
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=60)
+        self.db.execute("CREATE TABLE IF NOT EXISTS losses (key TEXT PRIMARY KEY, loss_cond REAL, "
+                        "loss_uncond REAL, n_tokens INTEGER)")
+        self.settings = list(settings)
+
+    def key(self, example: Example) -> str:
+        import hashlib
+        import json
+
+        blob = json.dumps([self.settings, example.messages], sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def get(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """{key: {"loss_cond", "loss_uncond" (None when only the conditioned loss was computed), "n_tokens"}}."""
+        keys = list(dict.fromkeys(keys))
+        rows = self.db.execute(f"SELECT key, loss_cond, loss_uncond, n_tokens FROM losses WHERE key IN "
+                               f"({','.join('?' * len(keys))})", keys) if keys else []
+        return {k: {"loss_cond": c, "loss_uncond": u, "n_tokens": n} for k, c, u, n in rows}
+
+    def put(self, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        # An unconditioned loss already stored is kept when a `loss` run stores the conditioned one only.
+        self.db.executemany(
+            "INSERT INTO losses VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET loss_cond = excluded.loss_cond, "
+            "loss_uncond = COALESCE(excluded.loss_uncond, losses.loss_uncond), n_tokens = excluded.n_tokens",
+            [(k, r["loss_cond"], r.get("loss_uncond"), r["n_tokens"]) for k, r in items])
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+
 def _loss_rows(examples: list[Example], ctx: ScoreContext, ifd: bool) -> Iterator[dict[str, Any]]:
+    from phased_ift.modeling import linear_weights_to_bf16, load_model, load_tokenizer
+
     sc = ctx.cfg.scoring
-    model, tok = _load_scoring_model(ctx)
-    # Sort inside chunks of 16 batches: little padding, while rows still reach the file every few seconds.
-    for chunk in _chunks(examples, 16 * sc.batch_size):
-        res = response_losses(model, tok, chunk, template=ctx.cfg.model.template, max_length=sc.max_length,
-                              batch_size=sc.batch_size, unconditioned=ifd, stats=ctx.stats)
-        for ex, r in zip(chunk, res):
-            if "error" in r:
-                yield _row(ex.id, None, r["error"])
-            elif not ifd:
-                yield _row(ex.id, r["loss_cond"], loss_cond=r["loss_cond"], n_tokens=r["n_tokens"])
-            elif r["loss_uncond"] <= 0:
-                yield _row(ex.id, None, "response loss alone is 0: IFD undefined",
-                           loss_cond=r["loss_cond"], loss_uncond=r["loss_uncond"])
-            else:
-                yield _row(ex.id, r["loss_cond"] / r["loss_uncond"], loss_cond=r["loss_cond"],
-                           loss_uncond=r["loss_uncond"], n_tokens=r["n_tokens"])
+    name = sc.model or ctx.cfg.model.name_or_path
+    ctx.stats.setdefault("model", name)
+    ctx.stats.setdefault("autocast", sc.autocast)
+    cache = LossCache(ctx.cache_dir / "losses.sqlite", [name, ctx.cfg.model.template, sc.max_length, sc.autocast])
+    model = tok = None  # loaded on the first example the cache does not hold
+    try:
+        # Sort inside chunks of 16 batches: little padding, while rows still reach the file every few seconds.
+        for chunk in _chunks(examples, 16 * sc.batch_size):
+            keys = [cache.key(ex) for ex in chunk]
+            have = cache.get(keys)
+            todo = [i for i, k in enumerate(keys) if k not in have or (ifd and have[k]["loss_uncond"] is None)]
+            res = [have.get(k) for k in keys]
+            if todo:
+                if model is None:
+                    model, tok = load_model(name, dtype="float32"), load_tokenizer(name)
+                    if sc.autocast == "bf16":
+                        linear_weights_to_bf16(model)  # same values under autocast, without per-call casts
+                new = response_losses(model, tok, [chunk[i] for i in todo], template=ctx.cfg.model.template,
+                                      max_length=sc.max_length, batch_size=sc.batch_size, unconditioned=ifd,
+                                      stats=ctx.stats, autocast=sc.autocast)
+                for i, r in zip(todo, new):
+                    res[i] = r
+                cache.put([(keys[i], r) for i, r in zip(todo, new) if "error" not in r])
+            ctx.stats["loss_cache_hits"] = ctx.stats.get("loss_cache_hits", 0) + len(chunk) - len(todo)
+            yield from _loss_chunk_rows(chunk, res, ifd)
+    finally:
+        cache.close()
+
+
+def _loss_chunk_rows(chunk: Sequence[Example], res: Sequence[dict[str, Any]], ifd: bool) -> Iterator[dict[str, Any]]:
+    for ex, r in zip(chunk, res):
+        if "error" in r:
+            yield _row(ex.id, None, r["error"])
+        elif not ifd:
+            yield _row(ex.id, r["loss_cond"], loss_cond=r["loss_cond"], n_tokens=r["n_tokens"])
+        elif r["loss_uncond"] <= 0:
+            yield _row(ex.id, None, "response loss alone is 0: IFD undefined",
+                       loss_cond=r["loss_cond"], loss_uncond=r["loss_uncond"])
+        else:
+            yield _row(ex.id, r["loss_cond"] / r["loss_uncond"], loss_cond=r["loss_cond"],
+                       loss_uncond=r["loss_uncond"], n_tokens=r["n_tokens"])
 
 
 @register_scorer("ifd")
