@@ -133,8 +133,8 @@ class ScoringConfig:
     model: str = _f("", "Scoring model for ifd/loss ('' = model.name_or_path).")
     batch_size: int = _f(8, "Sequences per forward pass for ifd/loss (8: fastest measured on a 2-core CPU).")
     max_length: int = _f(512, "Max tokens per example for ifd/loss.")
-    autocast: str = _f("bf16", "ifd/loss compute: bf16 (autocast over fp32 weights; 1.7x faster on a bf16 CPU, "
-                       "IFD within ~2% of fp32, same ranking) or none (fp32, as the Cherry LLM code).")
+    autocast: str = _f("bf16", "ifd/loss compute: bf16 (autocast, Linear weights in bf16; 1.5x fp32 on a CPU with "
+                       "bf16 support, IFD values within ~6%, same ranking) or none (fp32, as the Cherry LLM code).")
     meta_key: str = _f("score", "scorer=meta: take this numeric field from each record's meta (e.g. the paper's).")
     labels: str = _f("", "scorer=learned: a scores jsonl (id, score) or 'paper' (the released GPT-4 scores).")
     learned_embeddings: bool = _f(True, "scorer=learned: add MiniLM sentence embeddings of the instruction and the "

@@ -175,11 +175,12 @@ def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
 
 
 class LossCache:
-    """sqlite3 store of per-example response losses, shared by the `ifd` and `loss` scorers (<cache_dir>/losses.sqlite).
+    """sqlite3 store of per-example response losses for the `ifd` and `loss` scorers: <cache_dir>/losses.sqlite.
 
-    The key is sha256 of (scoring model, template, max_length, autocast, the example's messages): `loss` after
-    `ifd` on the same examples runs no forward pass (IFD's conditioned loss is the `loss` score), and a re-scored
-    example with the same settings is read back. Rows are committed per chunk, so a killed run keeps them.
+    The key is sha256 of (scoring model name or path, template, max_length, autocast, the example's messages):
+    `loss` after `ifd` on the same examples runs no forward pass (IFD's conditioned loss is the `loss` score), and
+    a re-scored example with the same settings is read back. Rows are committed per chunk, so a killed run keeps
+    them. The model enters the key by name: delete the file after changing a local model's weights in place.
     """
 
     def __init__(self, path: Path, settings: Sequence[Any]):
