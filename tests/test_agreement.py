@@ -167,3 +167,28 @@ def test_learned_with_paper_labels_on_a_small_subset_of_the_reference_set(ref, t
     oof2, _, _ = agreement.fit_predict_learned(X2, sub.positive.astype(float), groups, seed=0, dense=D2)
     assert np.array_equal(oof, oof2)  # the second call read the embedding cache
     assert agreement.roc_auc(sub.positive, oof) > 0.6  # 300 examples are few; the full set reaches ~0.906
+
+
+def test_score_against_paper_writes_the_table_and_loss_reuses_the_ifd_passes(data_home, tiny_model_dir, tmp_path,
+                                                                              monkeypatch):
+    """`phased-ift score --against paper` on a 24-example sample with a tiny model: score files, agreement.md/json,
+    anchors first; `loss` after `ifd` is read from the loss cache (no examples/s), equal to ifd's loss_cond."""
+    from phased_ift.cli import main
+    from phased_ift.data import read_jsonl
+
+    monkeypatch.setenv("PHASED_IFT_DATA_HOME", str(data_home))
+    run = tmp_path / "run"
+    rc = main(["score", "configs/quickstart.yaml", f"run_dir={run}", f"model.name_or_path={tiny_model_dir}",
+               "scoring.max_length=64", "--against", "paper", "--scorers", "length,ifd,loss", "--limit", "24"])
+    assert rc in (0, None)
+    out = run / "agreement" / "sample24_seed0"
+    rows = list(read_jsonl(out / "agreement.json"))
+    assert [r["scorer"] for r in rows][-3:] == ["length", "ifd", "loss"] and rows[0]["scorer"].startswith("anchor")
+    by = {r["scorer"]: r for r in rows}
+    assert by["ifd"]["n"] + by["ifd"]["failed"] == 24 and 0 <= by["ifd"]["auc"] <= 1
+    assert by["ifd"]["examples_per_s"] > 0 and math.isnan(by["loss"]["examples_per_s"])
+    ifd = {r["id"]: r for r in read_jsonl(out / "scores" / "ifd.jsonl")}
+    loss = list(read_jsonl(out / "scores" / "loss.jsonl"))
+    assert len(loss) == 24 and all(r["score"] == ifd[r["id"]].get("loss_cond") for r in loss if r["score"] is not None)
+    table = (out / "agreement.md").read_text()
+    assert "| ifd | " in table and "| loss | " in table

@@ -594,8 +594,10 @@ def run_agreement(cfg, scorers: Sequence[str], limit: int = 0, seed: int = 0, an
         summary = score_examples(ref.examples, run_cfg, out / "scores" / f"{name}.jsonl", scorer=name,
                                  cache_dir=out.parent / "cache", console=console)
         got = read_scores(summary.path)
+        # examples/s only for a run that computed every row itself (not resumed, nothing from the loss cache)
+        measured = summary.scored == summary.total and not summary.stats.get("loss_cache_hits")
         row = evaluate_scores(ref, [got[e.id]["score"] for e in ref.examples], name,
-                              summary.seconds if summary.scored == summary.total else math.nan)
+                              summary.seconds if measured else math.nan)
         row["stats"] = summary.stats
         rows.append(row)
         if console is not None:
