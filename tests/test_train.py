@@ -228,6 +228,18 @@ def test_kill_9_mid_phase_then_resume_matches_uninterrupted_run(tmp_path, tiny_m
         assert all(abs(x["loss"] - y["loss"]) < 1e-4 for x, y in zip(la, lb))
     done2 = json.loads((cut.checkpoint("phased", 2) / "DONE").read_text())
     assert done2["resumed_from"] and "checkpoint-" in done2["resumed_from"]
+    # the whole phase's mean loss, not transformers' mean over the steps after the resume
+    assert done2["train_loss"] == pytest.approx(json.loads((ref.checkpoint("phased", 2) / "DONE").read_text())
+                                                ["train_loss"], abs=1e-4)
+
+
+def test_logged_mean_loss_weights_each_entry_by_its_steps():
+    from phased_ift.train import logged_mean_loss
+
+    hist = [{"loss": 2.0, "step": 2}, {"learning_rate": 1e-3, "step": 2}, {"loss": 1.0, "step": 3},
+            {"train_loss": 9.0, "step": 3}]
+    assert logged_mean_loss(hist) == pytest.approx((2.0 * 2 + 1.0) / 3)
+    assert logged_mean_loss([{"eval_loss": 1.0, "step": 1}]) is None
 
 
 @pytest.mark.slow

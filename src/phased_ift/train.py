@@ -549,8 +549,8 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     finally DONE into `phase_dir` (main process only), then waits for all ranks.
 
     Returns:
-        The train metrics written to DONE (train_loss, train_runtime, tokens (non-padding, all ranks),
-        wall_seconds, global_step, resumed_from).
+        The train metrics written to DONE (train_loss: mean per-step loss of the whole phase, also after a resume;
+        train_runtime, tokens (non-padding, all ranks), wall_seconds, global_step, resumed_from).
     """
     import torch
     from datasets import Dataset
@@ -591,6 +591,10 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     metrics["wall_seconds"] = time.perf_counter() - t0
     metrics["resumed_from"] = resume
     metrics["global_step"] = trainer.state.global_step
+    if resume is not None and (mean := logged_mean_loss(trainer.state.log_history)) is not None:
+        # transformers 5 averages train_loss over the steps of this call only (0.0 when the checkpoint was the
+        # phase's last step); the restored log history covers the whole phase.
+        metrics["train_loss"] = mean
     merge = cfg.train.method == "lora" and cfg.train.lora.across_phases == "merge"
     if merge:
         merged = trainer.model.merge_and_unload()
@@ -620,6 +624,19 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
         shutil.rmtree(trainer_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def logged_mean_loss(log_history: Sequence[dict]) -> float | None:
+    """Step-weighted mean of the logged training losses: an entry at step s averages the steps after the previous
+    entry up to s. Over every step when logging_steps divides the phase's steps (the default logging_steps=1 always
+    does); None when nothing was logged."""
+    prev, total, steps = 0, 0.0, 0
+    for h in log_history:
+        if "loss" in h:
+            total += h["loss"] * (h["step"] - prev)
+            steps += h["step"] - prev
+            prev = h["step"]
+    return total / steps if steps else None
 
 
 def last_complete_checkpoint(trainer_dir: Path) -> str | None:
