@@ -17,6 +17,8 @@ Each configuration runs in its own subprocess, one after the other, so peak RSS 
                   peak RSS for more compute)
     phased_nocap  (optional, --modes) the phased arm without train.max_batch_tokens (long batches in one pass)
     phased_fused  (optional, --modes) the phased arm with TRL's fused LM head (train.lm_head=fused)
+    phased_flash  (optional, --modes) the phased arm with SDPA's flash kernel for every pass
+                  (train.math_attention_max_len=0; the default uses the math backend for passes <= 256 positions)
 Reported: non-padding tokens/s (tokens with attention, counted by the Trainer, over the wall time of the training
 call: for phased-ift this includes tokenisation, model loading and saving of every phase), peak RSS, and the ratios.
 Timings are only comparable within one invocation (the machine may be shared).
@@ -129,6 +131,8 @@ register_mode("phased_pad", lambda a, w: _run_phased_ift(a, w, "phased", ["train
 register_mode("phased_nocap", lambda a, w: _run_phased_ift(a, w, "phased", ["train.max_batch_tokens=0"]))
 # TRL's fused LM head (scores every position in fp32 without Triton) instead of the response-only head.
 register_mode("phased_fused", lambda a, w: _run_phased_ift(a, w, "phased", ["train.lm_head=fused"]))
+# SDPA's flash kernel for every pass (train.math_attention_max_len=0): what the math backend for short passes buys.
+register_mode("phased_flash", lambda a, w: _run_phased_ift(a, w, "phased", ["train.math_attention_max_len=0"]))
 # TRL's SFTConfig turns gradient checkpointing on by default (less memory, ~1/3 more compute); phased-ift does not.
 register_mode("phased_gc", lambda a, w: _run_phased_ift(a, w, "phased", ["train.gradient_checkpointing=true"]))
 

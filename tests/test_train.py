@@ -3,6 +3,8 @@ one-off union, carried optimiser state, the dry-run plan, kill -9 + resume, and 
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import signal
@@ -380,6 +382,35 @@ def test_response_head_loss_equals_the_full_logit_loss_and_its_gradients(tiny_mo
     assert out.logits.shape[1] < batch["input_ids"].shape[1] - 1
     if num_items is None:  # the mean over the batch's labelled next-token targets
         assert int((batch["labels"][:, 1:] != -100).sum()) < batch["labels"].numel()
+
+
+def test_short_cpu_passes_use_the_math_attention_backend_with_the_same_loss_and_gradients(tiny_model_dir):
+    """short_pass_attention: SDPA's math backend for a short CPU pass (no flash kernel in the profile), the flash
+    kernel above the limit; loss and gradients equal either way."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from phased_ift.train import response_head_loss, short_pass_attention
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    batch = _padded_batch(tok)
+    T = batch["input_ids"].shape[1]
+    results = {}
+    for max_len in (T, T - 1):  # T: the pass is short enough for math; T - 1: it is not
+        model.zero_grad()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with short_pass_attention(batch["input_ids"], max_len):
+                loss, _ = response_head_loss(model, dict(batch))
+            loss.backward()
+        ops = {e.key for e in prof.key_averages()}
+        results[max_len] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, ops)
+    assert not any("flash" in op for op in results[T][2])
+    assert any("flash_attention" in op for op in results[T - 1][2])
+    assert torch.allclose(results[T][0], results[T - 1][0], rtol=1e-5)
+    for n in results[T][1]:
+        assert torch.allclose(results[T][1][n], results[T - 1][1][n], rtol=1e-4, atol=1e-6), n
+    assert isinstance(short_pass_attention(batch["input_ids"], 0), contextlib.nullcontext)
 
 
 @pytest.mark.slow

@@ -215,6 +215,12 @@ class TrainConfig:
         "Cap on padded tokens (rows x longest row) per forward pass: a batch above it runs as several passes "
         "whose gradients add up to the same optimizer step (same examples per step, less peak memory; 0 = no cap).",
     )
+    math_attention_max_len: int = _f(
+        256,
+        "On CPU, forward passes of at most this many (padded) positions use SDPA's math backend instead of its "
+        "flash kernel, whose backward is slow for short sequences on CPU (same values; 0 = always the default "
+        "kernel). No effect on GPU, with attention other than sdpa or with gradient checkpointing.",
+    )
     lm_head: str = _f(
         "auto",
         "How the loss applies the LM head: response (logits only at positions that predict a response token: "
@@ -244,6 +250,8 @@ class TrainConfig:
                 "config: train.carry_optimizer=true cannot be combined with train.lora.across_phases=merge (each "
                 "phase starts a new adapter, so there is no optimiser state to carry); use across_phases=continue."
             )
+        if self.math_attention_max_len < 0:
+            raise PhasedIFTError("config: train.math_attention_max_len must be >= 0 (0 = off).")
         if self.max_batch_tokens < 0:
             raise PhasedIFTError("config: train.max_batch_tokens must be >= 0 (0 = no cap).")
         if self.threads < 0 or self.dataloader_workers < 0:

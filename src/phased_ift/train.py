@@ -112,7 +112,7 @@ def phase_hparams(cfg: Config, arm: str, k: int) -> dict[str, Any]:
         "carry_optimizer": t.carry_optimizer, "order": t.order, "batching": t.batching, "max_steps": t.max_steps,
         "model": cfg.model.name_or_path, "template": cfg.model.template, "max_length": cfg.model.max_length,
         "dtype": cfg.model.dtype, "autocast": cfg.model.autocast, "lm_head": t.lm_head,
-        "max_batch_tokens": t.max_batch_tokens,
+        "max_batch_tokens": t.max_batch_tokens, "math_attention_max_len": t.math_attention_max_len,
     }
 
 
@@ -482,13 +482,29 @@ def bucket_order(lengths: Sequence[int], batch_size: int, seed: int, mega_batche
     return [i for b in batches for i in b]
 
 
-def _trainer_class(response_head: bool, max_batch_tokens: int, bucket: bool):
-    """SFTTrainer, or a subclass with `response_head_loss`, micro-batches capped by `split_batch` and/or the
-    `bucket_order` sampler."""
+def short_pass_attention(input_ids, max_len: int):
+    """A context for one forward pass: SDPA's math backend when the pass runs on CPU with at most `max_len`
+    positions (input_ids [B, T], T <= max_len), else a null context.
+
+    On CPU, PyTorch's flash-attention kernel has a slow backward for short sequences: in a SmolLM2-135M LoRA step on
+    8 rows of ~140 tokens it took ~18% of the step, while the math backend (matmul, softmax, matmul; O(T^2)
+    memory, hence the length limit) ran the same step ~12% faster. Both compute the same attention. Only
+    `F.scaled_dot_product_attention` reads the choice (attn_implementation="sdpa", the default of `load_model`).
+    """
+    if max_len <= 0 or input_ids.device.type != "cpu" or input_ids.shape[-1] > max_len:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def _trainer_class(response_head: bool, max_batch_tokens: int, bucket: bool, math_attention_max_len: int = 0):
+    """SFTTrainer, or a subclass with `response_head_loss`, micro-batches capped by `split_batch`, the
+    `bucket_order` sampler and/or SDPA's math backend for short CPU passes (`short_pass_attention`)."""
     import torch
     from trl import SFTTrainer
 
-    if not response_head and max_batch_tokens <= 0 and not bucket:
+    if not response_head and max_batch_tokens <= 0 and not bucket and math_attention_max_len <= 0:
         return SFTTrainer
 
     class BucketSampler(torch.utils.data.Sampler):
@@ -511,10 +527,13 @@ def _trainer_class(response_head: bool, max_batch_tokens: int, bucket: bool):
         batches above train.max_batch_tokens run as several forward/backward passes of one optimizer step."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not response_head:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss, outputs = response_head_loss(model, inputs, num_items_in_batch, self.accelerator.num_processes,
-                                               self.args.average_tokens_across_devices)
+            # The attention backend is fixed at forward time; autograd runs the matching backward.
+            with short_pass_attention(inputs["input_ids"], math_attention_max_len):
+                if not response_head:
+                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                loss, outputs = response_head_loss(model, inputs, num_items_in_batch,
+                                                   self.accelerator.num_processes,
+                                                   self.args.average_tokens_across_devices)
             return (loss, outputs) if return_outputs else loss
 
         def _get_train_sampler(self, train_dataset=None):
@@ -569,7 +588,10 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
         ["input_ids", "labels"]
     dataset = Dataset.from_list([{c: r[c] for c in columns} for r in rows])
     bucket = args.train_sampling_strategy == "group_by_length"  # _sft_config's choice: replaced by bucket_order
-    trainer_cls = _trainer_class(uses_response_head(cfg.train.lm_head), cfg.train.max_batch_tokens, bucket)
+    # Not with activation checkpointing: its recomputation runs outside compute_loss, and torch's checkpoint
+    # refuses a recomputed forward that saves other tensors than the first one did.
+    math_len = 0 if cfg.train.gradient_checkpointing else cfg.train.math_attention_max_len
+    trainer_cls = _trainer_class(uses_response_head(cfg.train.lm_head), cfg.train.max_batch_tokens, bucket, math_len)
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                           callbacks=[_progress_callback(label), *callbacks])
     # disable_tqdm makes Trainer print every log dict to stdout; the rich bar and losses.jsonl replace that.
