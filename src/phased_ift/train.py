@@ -524,7 +524,8 @@ def _trainer_class(response_head: bool, max_batch_tokens: int, bucket: bool, mat
 
     class PhaseSFTTrainer(SFTTrainer):
         """SFTTrainer with the response-only LM head (logs the loss only: no entropy / token accuracy metrics) and
-        batches above train.max_batch_tokens run as several forward/backward passes of one optimizer step."""
+        batches above train.max_batch_tokens run as several forward/backward passes of one optimizer step; short CPU
+        passes use SDPA's math backend (`short_pass_attention`)."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # The attention backend is fixed at forward time; autograd runs the matching backward.
