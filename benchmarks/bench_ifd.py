@@ -51,8 +51,7 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from phased_ift.agreement import build_reference_set
-    from phased_ift.modeling import linear_weights_to_bf16, load_model, load_tokenizer
-    from phased_ift.scoring import response_losses
+    from phased_ift.scoring import SORT_CHUNK_BATCHES, load_scoring_model, response_losses
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -60,20 +59,20 @@ def main() -> None:
     pool = np.flatnonzero(ref.random9k)
     idx = np.random.default_rng(args.seed).choice(pool, args.n, replace=False)
     examples = [ref.examples[i] for i in idx]
-    model, tok = load_model(args.model, dtype="float32"), load_tokenizer(args.model)
+    model, tok = load_scoring_model(args.model, "none")
     machine = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
                f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     print(f"{args.n} examples of alpagasus/random_9k, model {args.model}, max_length {args.max_length}, {machine}")
 
     # The default arm runs as `phased-ift score` does: its own copy with the Linear weights stored in bf16.
-    model_bf16 = load_model(args.model, dtype="float32")
-    linear_weights_to_bf16(model_bf16)
+    model_bf16, _ = load_scoring_model(args.model, "bf16")
 
     def ours(batch_size: int, autocast: str, stats: dict | None = None) -> list[dict]:
         m = model_bf16 if autocast == "bf16" else model
+        chunk = SORT_CHUNK_BATCHES * batch_size  # the chunks scoring.score_ifd sorts within
         res: list[dict] = []
-        for i in range(0, len(examples), 16 * batch_size):  # the chunks scoring.score_ifd sorts within
-            res += response_losses(m, tok, examples[i: i + 16 * batch_size], max_length=args.max_length,
+        for i in range(0, len(examples), chunk):
+            res += response_losses(m, tok, examples[i: i + chunk], max_length=args.max_length,
                                    batch_size=batch_size, stats=stats, autocast=autocast)
         return res
 

@@ -218,9 +218,23 @@ class LossCache:
         self.db.close()
 
 
-def _loss_rows(examples: list[Example], ctx: ScoreContext, ifd: bool) -> Iterator[dict[str, Any]]:
+# ifd/loss sort sequences by length inside chunks of this many batches: little padding, while rows still reach the
+# scores file every few seconds.
+SORT_CHUNK_BATCHES = 16
+
+
+def load_scoring_model(name: str, autocast: str):
+    """(model, tokenizer) for ifd/loss: fp32 weights, with the Linear weights stored in bf16 when autocast="bf16"
+    (`modeling.linear_weights_to_bf16`: the same values under autocast, without per-call casts)."""
     from phased_ift.modeling import linear_weights_to_bf16, load_model, load_tokenizer
 
+    model = load_model(name, dtype="float32")
+    if autocast == "bf16":
+        linear_weights_to_bf16(model)
+    return model, load_tokenizer(name)
+
+
+def _loss_rows(examples: list[Example], ctx: ScoreContext, ifd: bool) -> Iterator[dict[str, Any]]:
     sc = ctx.cfg.scoring
     name = sc.model or ctx.cfg.model.name_or_path
     ctx.stats.setdefault("model", name)
@@ -228,17 +242,14 @@ def _loss_rows(examples: list[Example], ctx: ScoreContext, ifd: bool) -> Iterato
     cache = LossCache(ctx.cache_dir / "losses.sqlite", [name, ctx.cfg.model.template, sc.max_length, sc.autocast])
     model = tok = None  # loaded on the first example the cache does not hold
     try:
-        # Sort inside chunks of 16 batches: little padding, while rows still reach the file every few seconds.
-        for chunk in _chunks(examples, 16 * sc.batch_size):
+        for chunk in _chunks(examples, SORT_CHUNK_BATCHES * sc.batch_size):
             keys = [cache.key(ex) for ex in chunk]
             have = cache.get(keys)
             todo = [i for i, k in enumerate(keys) if k not in have or (ifd and have[k]["loss_uncond"] is None)]
             res = [have.get(k) for k in keys]
             if todo:
                 if model is None:
-                    model, tok = load_model(name, dtype="float32"), load_tokenizer(name)
-                    if sc.autocast == "bf16":
-                        linear_weights_to_bf16(model)  # same values under autocast, without per-call casts
+                    model, tok = load_scoring_model(name, sc.autocast)
                 new = response_losses(model, tok, [chunk[i] for i in todo], template=ctx.cfg.model.template,
                                       max_length=sc.max_length, batch_size=sc.batch_size, unconditioned=ifd,
                                       stats=ctx.stats, autocast=sc.autocast)
