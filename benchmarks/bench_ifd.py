@@ -20,6 +20,7 @@ n >= 64).
     PHASED_IFT_DATA_HOME=../shared/data python benchmarks/bench_ifd.py --n 32           # a quick check
 
 Options: --batch-size (default 8), --max-length (default 512), --threads (torch threads; default torch's).
+With CUDA available every arm runs on the GPU (`modeling.inference_device()`), the reference loop included.
 Numbers depend on the machine and on its load: run it on an otherwise idle machine for the reported table.
 """
 
@@ -61,7 +62,8 @@ def main() -> None:
     examples = [ref.examples[i] for i in idx]
     model, tok = load_scoring_model(args.model, "none")
     machine = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, device {model.device}"
+               + (f" ({torch.cuda.get_device_name(model.device)})" if model.device.type == "cuda" else ""))
     print(f"{args.n} examples of alpagasus/random_9k, model {args.model}, max_length {args.max_length}, {machine}")
 
     # The default arm runs as `phased-ift score` does: its own copy with the Linear weights stored in bf16.
@@ -137,8 +139,8 @@ def reference_losses(model, tokenizer, example, max_length: int) -> dict:
         return {"error": t}
     out = {}
     for kind, feats in zip(("cond", "uncond"), t):
-        ids = torch.tensor([feats["input_ids"]])
-        labels = torch.tensor([feats["labels"]])
+        ids = torch.tensor([feats["input_ids"]], device=model.device)
+        labels = torch.tensor([feats["labels"]], device=model.device)
         with torch.no_grad():
             res = model(ids, labels=labels, output_hidden_states=True)
         token_losses = []

@@ -319,3 +319,50 @@ def test_gemma_named_model_assembles_loads_and_has_the_documented_tokenizer(tmp_
     assert model.config.vocab_size >= 262_000
     res = scoring.response_losses(model, tok, EXAMPLES[:2], template="paper", batch_size=2)
     assert all(0 < r["loss_cond"] < 20 and 0 < r["loss_uncond"] < 20 for r in res)
+
+
+def test_inference_device_is_the_cpu_without_cuda_and_accelerates_process_device_with_it(monkeypatch):
+    import accelerate
+    import torch
+
+    from phased_ift import modeling
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert modeling.inference_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    class State:  # what accelerate's PartialState gives process 1 of `accelerate launch` on a 2-GPU node
+        device = torch.device("cuda", 1)
+
+    monkeypatch.setattr(accelerate, "PartialState", State)
+    assert modeling.inference_device() == torch.device("cuda", 1)
+
+
+def test_inference_models_go_to_the_inference_device_and_token_losses_follows_them(tiny_model_dir, monkeypatch):
+    # The meta device stands in for a GPU: the models must be placed there, and token_losses must run the forward
+    # pass and the loss there on a batch built on the CPU.
+    from types import SimpleNamespace
+
+    import torch
+
+    from phased_ift import generate, modeling
+
+    monkeypatch.setattr(modeling, "inference_device", lambda: torch.device("meta"))
+    model, tok = scoring.load_scoring_model(str(tiny_model_dir), "none")
+    assert model.device.type == "meta"
+    assert generate.load_for_inference(tiny_model_dir)[0].device.type == "meta"
+
+    seen = []
+
+    class OnMeta(torch.nn.Module):  # a "model on the GPU" that records where its inputs are
+        device = torch.device("meta")
+
+        def forward(self, input_ids, attention_mask, logits_to_keep):
+            seen.append({input_ids.device.type, attention_mask.device.type})
+            return SimpleNamespace(logits=torch.zeros(input_ids.shape[0], logits_to_keep, 11, device="meta"))
+
+    batch = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5, dtype=torch.long),
+             "labels": torch.tensor([[-100, -100, 3, 4, 5], [-100, -100, -100, 2, 3]])}
+    loss_sum, n_tokens = modeling.token_losses(OnMeta(), batch)
+    assert seen == [{"meta"}]
+    assert loss_sum.device.type == n_tokens.device.type == "meta" and loss_sum.shape == (2,)

@@ -62,15 +62,13 @@ def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Exam
         truncated += full > len(f["input_ids"])
         feats.append(f)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    device = next(model.parameters()).device
     # Similar lengths per batch: less padding. Results are put back in input order.
     order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
     sums, counts = [0.0] * len(feats), [0] * len(feats)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in pad_batch([feats[i] for i in idx], pad_id, side="right").items()}
-            loss_sum, n_tok = token_losses(model, batch)
+            loss_sum, n_tok = token_losses(model, pad_batch([feats[i] for i in idx], pad_id, side="right"))
             for j, i in enumerate(idx):
                 sums[i], counts[i] = float(loss_sum[j]), int(n_tok[j])
     # Every example keeps answer tokens (tokenize_example gives the prompt at most half the budget).

@@ -76,7 +76,8 @@ def base_model_of(adapter_dir: Path) -> str:
 
 def load_for_inference(model_dir_or_name: str | Path, dtype: str = "float32"):
     """Load (model, tokenizer) for generation/evaluation: a named model, a full checkpoint dir, or a PEFT adapter
-    dir (base model from hparams.json + adapter, merged for speed). The model is in eval mode.
+    dir (base model from hparams.json + adapter, merged for speed). The model is in eval mode, on
+    `modeling.inference_device()` (the GPU when there is one).
 
     Raises:
         PhasedIFTError: the checkpoint or its base model cannot be found.
@@ -95,7 +96,7 @@ def load_for_inference(model_dir_or_name: str | Path, dtype: str = "float32"):
     else:
         model = modeling.load_model(str(model_dir_or_name), dtype=dtype)
         tok = modeling.load_tokenizer(str(model_dir_or_name))
-    model.eval()
+    model.to(modeling.inference_device()).eval()
     return model, tok
 
 

@@ -210,9 +210,25 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
+def inference_device():
+    """The torch.device for scoring, generation and evaluation passes: this process's GPU when CUDA is available
+    (accelerate's `PartialState().device`: cuda:<local rank> under `accelerate launch`), else the CPU.
+
+    Training does not use it: the Trainer places the model itself.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
 def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = "sdpa",
                trust_remote_code: bool = False, **kwargs: Any):
-    """Load a causal LM (named offline model, local dir or hub id) on CPU in the given weight dtype."""
+    """Load a causal LM (named offline model, local dir or hub id) on CPU in the given weight dtype (callers that
+    run inference move it to `inference_device()`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -341,9 +357,11 @@ def token_losses(model, batch: dict[str, Any]) -> tuple[Any, Any]:
     49k-262k vocabulary the head and the softmax cost as much as several layers, and prompt positions need neither.
 
     Args:
-        batch: tensors input_ids/attention_mask/labels [B, T] (labels -100 where no loss).
+        batch: tensors input_ids/attention_mask/labels [B, T] (labels -100 where no loss), on any device: they
+            are moved to the model's.
     Returns:
-        (loss_sum [B] float32 nats, n_tokens [B] int64); mean loss per token = loss_sum / n_tokens.
+        (loss_sum [B] float32 nats, n_tokens [B] int64), on the model's device; mean loss per token =
+        loss_sum / n_tokens.
     """
     import torch
     import torch.nn.functional as F
@@ -351,11 +369,12 @@ def token_losses(model, batch: dict[str, Any]) -> tuple[Any, Any]:
     labels = batch["labels"][:, 1:]  # the logits at position t predict token t + 1
     mask = labels != -100
     T = batch["input_ids"].shape[1]
-    first = int(mask.any(0).float().argmax()) if bool(mask.any()) else T - 1
+    first = int(mask.any(0).float().argmax()) if bool(mask.any()) else T - 1  # on the batch's device: no GPU sync
+    dev = model.device
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
                        logits_to_keep=T - first).logits  # positions first .. T-1
     logits = logits[:, :-1].float()
-    labels, mask = labels[:, first:], mask[:, first:]
+    labels, mask = labels[:, first:].to(dev), mask[:, first:].to(dev)
     loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
     return (loss * mask).sum(1), mask.sum(1)

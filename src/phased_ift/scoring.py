@@ -224,14 +224,15 @@ SORT_CHUNK_BATCHES = 16
 
 
 def load_scoring_model(name: str, autocast: str):
-    """(model, tokenizer) for ifd/loss: fp32 weights, with the Linear weights stored in bf16 when autocast="bf16"
-    (`modeling.linear_weights_to_bf16`: the same values under autocast, without per-call casts)."""
-    from phased_ift.modeling import linear_weights_to_bf16, load_model, load_tokenizer
+    """(model, tokenizer) for ifd/loss on `modeling.inference_device()` (the GPU when there is one): fp32 weights,
+    with the Linear weights stored in bf16 when autocast="bf16" (`modeling.linear_weights_to_bf16`: the same values
+    under autocast, without per-call casts)."""
+    from phased_ift.modeling import inference_device, linear_weights_to_bf16, load_model, load_tokenizer
 
     model = load_model(name, dtype="float32")
     if autocast == "bf16":
         linear_weights_to_bf16(model)
-    return model, load_tokenizer(name)
+    return model.to(inference_device()), load_tokenizer(name)
 
 
 def _loss_rows(examples: list[Example], ctx: ScoreContext, ifd: bool) -> Iterator[dict[str, Any]]:
