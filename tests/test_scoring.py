@@ -146,6 +146,30 @@ def test_loss_cache_serves_loss_after_ifd_without_a_model_and_keys_on_settings(t
     assert list(read_jsonl(tmp_path / "ifd24b.jsonl")) == list(read_jsonl(tmp_path / "ifd24.jsonl"))
 
 
+def test_loss_cache_misses_after_a_local_models_weights_change_in_place(tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    from phased_ift.modeling import load_model
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    cfg = cfg_for(tmp_path, model_dir)
+    first = scoring.score_examples(EXAMPLES, cfg, tmp_path / "a.jsonl", scorer="loss", cache_dir=tmp_path / "c")
+    again = scoring.score_examples(EXAMPLES, cfg, tmp_path / "b.jsonl", scorer="loss", cache_dir=tmp_path / "c")
+    assert (first.stats["loss_cache_hits"], again.stats["loss_cache_hits"]) == (0, len(EXAMPLES))
+    model = load_model(str(model_dir))
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(1.5)
+    model.save_pretrained(model_dir)  # new weights, same path
+    s = scoring.score_examples(EXAMPLES, cfg, tmp_path / "c.jsonl", scorer="loss", cache_dir=tmp_path / "c")
+    assert s.stats["loss_cache_hits"] == 0
+    old = [r["score"] for r in read_jsonl(tmp_path / "a.jsonl")]
+    new = [r["score"] for r in read_jsonl(tmp_path / "c.jsonl")]
+    assert all(abs(a - b) > 1e-4 for a, b in zip(old, new))
+
+
 def test_bf16_autocast_scores_close_to_fp32_with_the_same_ranking(tiny_model_dir, tmp_path):
     import numpy as np
 

@@ -192,6 +192,23 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path  # a hub id; fails offline with the hub's own message
 
 
+def weights_fingerprint(name_or_path: str) -> str | None:
+    """A cheap identity of a local checkpoint's weights, for caches of values computed with the model.
+
+    For a local directory: sha256 over (file name, size in bytes, mtime in ns) of its *.safetensors, *.bin and
+    *.json files (weights, adapters, configs), so saving new weights in place changes it; no file is read. None for
+    named models (their converted checkpoint is fixed by the GGUF's digest) and hub ids (fixed by name).
+    """
+    if name_or_path in NAMED_MODELS:
+        return None
+    p = Path(name_or_path).expanduser()
+    if not p.is_dir():
+        return None
+    stats = [(f.name, st.st_size, st.st_mtime_ns) for f in sorted(p.iterdir())
+             if f.suffix in {".safetensors", ".bin", ".json"} and f.is_file() for st in [f.stat()]]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+
+
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 

@@ -177,10 +177,11 @@ def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
 class LossCache:
     """sqlite3 store of per-example response losses for the `ifd` and `loss` scorers: <cache_dir>/losses.sqlite.
 
-    The key is sha256 of (scoring model name or path, template, max_length, autocast, the example's messages):
-    `loss` after `ifd` on the same examples runs no forward pass (IFD's conditioned loss is the `loss` score), and
-    a re-scored example with the same settings is read back. Rows are committed per chunk, so a killed run keeps
-    them. The model enters the key by name: delete the file after changing a local model's weights in place.
+    The key is sha256 of (scoring model name or path, template, max_length, autocast, for a local checkpoint dir
+    `modeling.weights_fingerprint` (weight files' names, sizes and mtimes), the example's messages): `loss` after
+    `ifd` on the same examples runs no forward pass (IFD's conditioned loss is the `loss` score), a re-scored example
+    with the same settings is read back, and new weights saved in place are new keys. Rows are committed per chunk,
+    so a killed run keeps them.
     """
 
     def __init__(self, path: Path, settings: Sequence[Any]):
@@ -240,7 +241,11 @@ def _loss_rows(examples: list[Example], ctx: ScoreContext, ifd: bool) -> Iterato
     name = sc.model or ctx.cfg.model.name_or_path
     ctx.stats.setdefault("model", name)
     ctx.stats.setdefault("autocast", sc.autocast)
-    cache = LossCache(ctx.cache_dir / "losses.sqlite", [name, ctx.cfg.model.template, sc.max_length, sc.autocast])
+    from phased_ift.modeling import weights_fingerprint
+
+    settings = [name, ctx.cfg.model.template, sc.max_length, sc.autocast]
+    fingerprint = weights_fingerprint(name)
+    cache = LossCache(ctx.cache_dir / "losses.sqlite", settings + ([fingerprint] if fingerprint else []))
     model = tok = None  # loaded on the first example the cache does not hold
     try:
         for chunk in _chunks(examples, SORT_CHUNK_BATCHES * sc.batch_size):
