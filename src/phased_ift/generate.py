@@ -262,10 +262,11 @@ def generate_answers(model_dir_or_name: str | Path, examples: Sequence[Any], max
             duplicate example ids.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from phased_ift.data import append_jsonl, read_jsonl
     from phased_ift.modeling import render, tokenize_example
+    from phased_ift.progress import LoggedProgress
 
     if backend not in BACKENDS:
         raise PhasedIFTError(f"generate.backend = {backend!r} is not one of {sorted(BACKENDS)}.")
@@ -300,7 +301,7 @@ def generate_answers(model_dir_or_name: str | Path, examples: Sequence[Any], max
                for e in todo]
         batches = plan_batches([len(x) for x in enc], batch_size, max_batch_tokens)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=console, transient=True) as progress:
+        with LoggedProgress(*columns, console=console, transient=True) as progress:
             task = progress.add_task(f"generate {testset}", total=len(todo))
             for idx in batches:
                 outs = engine.complete([enc[i] for i in idx], max_new_tokens, stops)

@@ -37,11 +37,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from phased_ift.config import EndpointConfig
 from phased_ift.errors import PhasedIFTError
+from phased_ift.progress import LoggedProgress
 
 # Request fields a caller may set per request; anything missing comes from the endpoint config.
 REQUEST_FIELDS = ("messages", "temperature", "max_tokens", "logprobs", "top_logprobs", "n", "seed")
@@ -391,7 +392,7 @@ class LLMClient:
         fatal: str | None = None
         if todo:
             self._openai()  # fail fast on a missing key before starting threads
-            progress = Progress(
+            progress = LoggedProgress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
                 TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False,
             )

@@ -498,9 +498,11 @@ def score_examples(examples: Sequence[Example], cfg: Config, out_path: str | Pat
     new: dict[str, dict] = {}
     t0 = time.perf_counter()
     if todo:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        with Progress(TextColumn(f"score {name}"), BarColumn(), MofNCompleteColumn(),
+        from phased_ift.progress import LoggedProgress
+
+        with LoggedProgress(TextColumn(f"score {name}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
                       disable=console is None, transient=True) as bar:
             task = bar.add_task("score", total=len(todo), rate="")
