@@ -38,7 +38,7 @@ def log_interval() -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value >= 0 or math.isnan(value):
+    if not value >= 0:  # also NaN
         raise PhasedIFTError(f"PHASED_IFT_PROGRESS_INTERVAL={raw!r}: expected seconds >= 0 (e.g. 60).")
     return value
 
@@ -58,11 +58,11 @@ class LoggedProgress(Progress):
         if self._log_mode:
             self.live.transient = True  # our lines replace rich's one final frame (printed only when not transient)
 
-    def update(self, task_id, **kwargs: Any) -> None:  # noqa: D102 (rich's)
+    def update(self, task_id, **kwargs: Any) -> None:
         super().update(task_id, **kwargs)
         self._log_line()
 
-    def advance(self, task_id, advance: float = 1) -> None:  # noqa: D102 (rich's)
+    def advance(self, task_id, advance: float = 1) -> None:
         super().advance(task_id, advance)
         self._log_line()
 
@@ -70,7 +70,7 @@ class LoggedProgress(Progress):
     def _log_mode(self) -> bool:
         return not self.disable and not self.console.is_terminal
 
-    def stop(self) -> None:  # noqa: D102 (rich's)
+    def stop(self) -> None:
         if self._log_mode and self.tasks and not self._finished_logged:  # stopped early: the state it stopped in
             self._finished_logged = True
             self.console.print(self.make_tasks_table(self.tasks))
