@@ -153,6 +153,28 @@ def test_dry_run_sends_nothing_and_prints_the_estimate(server, tmp_path):
     assert "6 requests" in out.getvalue() and "2 cached, 4 to send" in out.getvalue()
 
 
+def test_score_step_asks_in_chunks_under_one_bar_and_one_summary(server, tmp_path, monkeypatch):
+    from phased_ift.config import load_config
+    from phased_ift.data import read_jsonl
+    from phased_ift.scoring import score_examples
+
+    monkeypatch.setenv("PHASED_IFT_PROGRESS_INTERVAL", "0")
+    exs = [_ex(i) for i in range(150)]  # chunks of 64: 64 + 64 + 22
+    cfg = load_config(None, [f"run_dir={tmp_path}", "scoring.scorer=judge", f"scoring.judge.base_url={server.base_url}",
+                             "scoring.judge.model=fake", "scoring.judge.concurrency=4"])
+    out = io.StringIO()
+    s = score_examples(exs, cfg, tmp_path / "judge.jsonl", cache_dir=tmp_path / "cache",
+                       console=Console(file=out, width=200))
+    assert s.scored == 150 and server.count == 150
+    assert [r["score"] for r in read_jsonl(tmp_path / "judge.jsonl")] == [3.0] * 150
+    log = out.getvalue()
+    assert "difficulty judge ━" not in log  # no bar per chunk: the score step's bar counts the examples
+    assert "score judge" in log and "150/150" in log
+    summaries = [ln for ln in log.splitlines() if ln.startswith("difficulty judge:")]
+    assert len(summaries) == 1 and summaries[0].startswith(
+        "difficulty judge: 150 requests (150 distinct), sent 150, cache hits 0, failures 0, retries 0, tokens ")
+
+
 _KILL_SCRIPT = textwrap.dedent("""
     import sys
     from rich.console import Console

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rich.console import Console
 
@@ -196,7 +196,6 @@ def score_with_judge(examples: list[Example], endpoint: EndpointConfig, cache_pa
         PhasedIFTError: bad template, no endpoint, 401/403/404 from the server, missing key for a remote server.
     """
     console = console or Console(stderr=True)
-    reqs = build_requests(examples, endpoint, template, samples, use_logprobs)
     if dry_run:
         est = estimate_judge(examples, endpoint, cache_path, template, samples, use_logprobs)
         console.print(
@@ -205,17 +204,45 @@ def score_with_judge(examples: list[Example], endpoint: EndpointConfig, cache_pa
             f"~{est['prompt_tokens']} prompt tokens + <= {est['completion_tokens']} completion tokens (estimate)"
         )
         return []
+    return list(iter_judge_rows(examples, endpoint, cache_path, template, samples, use_logprobs, console=console))
+
+
+def iter_judge_rows(examples: list[Example], endpoint: EndpointConfig, cache_path: Path | str,
+                    template: str = "difficulty", samples: int = 1, use_logprobs: bool = True,
+                    chunk_size: int = 0, console: Console | None = None) -> Iterator[dict]:
+    """`score_with_judge`'s rows, yielded chunk by chunk through one client (for the score step, which writes each
+    chunk's rows to the scores file while the rest are still being asked).
+
+    Args:
+        chunk_size: examples per `chat_many` call; 0 = all in one. With several chunks the caller shows the progress
+            (no bar per chunk) and one summary line of requests, cache hits, failures and tokens ends the run.
+    Returns:
+        An iterator over the rows of `score_with_judge`, in order.
+    Raises:
+        As `score_with_judge`.
+    """
+    console = console or Console(stderr=True)
     if samples > 1 and endpoint.temperature == 0:
         console.print(f"[yellow]warning: scoring.samples={samples} with temperature 0: the samples will be "
                       "(nearly) identical; set scoring.judge.temperature (e.g. 0.7) for a meaningful mean.")
+    chunk_size = chunk_size if 0 < chunk_size < len(examples) else max(len(examples), 1)
+    chunked = chunk_size < len(examples)
+    build_requests([], endpoint, template, samples, use_logprobs)  # a bad template or samples fails before a request
     client = LLMClient(endpoint, cache_path, console=console)
+    bad = 0
     try:
-        results = client.chat_many(reqs, desc="difficulty judge")
+        for start in range(0, len(examples), chunk_size):
+            chunk = examples[start:start + chunk_size]
+            reqs = build_requests(chunk, endpoint, template, samples, use_logprobs)
+            results = client.chat_many(reqs, desc="difficulty judge", report=not chunked)
+            for i, ex in enumerate(chunk):
+                row = _row(ex, results[i * samples:(i + 1) * samples], use_logprobs)
+                bad += row["score"] is None
+                yield row
     finally:
         client.close()
-    rows = [_row(ex, results[i * samples:(i + 1) * samples], use_logprobs) for i, ex in enumerate(examples)]
-    bad = sum(r["score"] is None for r in rows)
+    if chunked:
+        console.print(client.summary("difficulty judge"))
     if bad:
-        console.print(f"[yellow]difficulty judge: {bad} of {len(rows)} examples have no score "
+        console.print(f"[yellow]difficulty judge: {bad} of {len(examples)} examples have no score "
                       "(unparseable reply or failed request; raw text and error kept in their rows)")
-    return rows

@@ -208,8 +208,8 @@ class LLMClient:
             backoff * 2**r * U(0.5, 1.5), capped at 60 s.
 
     Attributes:
-        stats: cumulative `{"sent", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens"}`;
-            tokens count only responses received in this process (cache hits cost nothing).
+        stats: cumulative `{"requests", "distinct", "sent", "cache_hits", "failures", "retries", "prompt_tokens",
+            "completion_tokens"}`; tokens count only responses received in this process (cache hits cost nothing).
     """
 
     def __init__(
@@ -228,8 +228,8 @@ class LLMClient:
         self.cache = ResponseCache(cache_path)
         self.console = console or Console(stderr=True)
         self.backoff = endpoint.backoff if backoff is None else backoff
-        self.stats = {"sent": 0, "cache_hits": 0, "failures": 0, "retries": 0, "prompt_tokens": 0,
-                      "completion_tokens": 0}
+        self.stats = {"requests": 0, "distinct": 0, "sent": 0, "cache_hits": 0, "failures": 0, "retries": 0,
+                      "prompt_tokens": 0, "completion_tokens": 0}
         self._stats_lock = threading.Lock()
         self._client: Any = None
         self._key: str | None = None
@@ -359,13 +359,23 @@ class LLMClient:
         return {"requests": len(seen), "cached": cached, "to_send": to_send, "prompt_tokens": prompt,
                 "completion_tokens": completion}
 
-    def chat_many(self, requests: list[dict], desc: str = "requests") -> list[LLMResult]:
+    def summary(self, desc: str, since: dict[str, int] | None = None) -> str:
+        """One line of counts: requests (distinct), sent, cache hits, failures, retries, tokens; since a copy of
+        `self.stats` taken earlier, else over the client's life."""
+        d = {k: v - (since or {}).get(k, 0) for k, v in self.stats.items()}
+        return (f"{desc}: {d['requests']} requests ({d['distinct']} distinct), sent {d['sent']}, cache hits "
+                f"{d['cache_hits']}, failures {d['failures']}, retries {d['retries']}, tokens {d['prompt_tokens']} "
+                f"prompt + {d['completion_tokens']} completion")
+
+    def chat_many(self, requests: list[dict], desc: str = "requests", report: bool = True) -> list[LLMResult]:
         """Answer chat requests, from the cache when possible, else from the server with bounded concurrency.
 
         Args:
             requests: `{"messages": [...], "temperature"?, "max_tokens"?, "logprobs"?, "top_logprobs"?, "n"?,
                 "seed"?}`; missing fields come from the endpoint config. Identical requests are sent once.
             desc: label of the progress bar and the final summary line.
+            report: show a progress bar and print the summary line (`summary`); False for a caller that calls
+                chat_many chunk by chunk under its own progress bar and prints `summary(desc)` once at the end.
 
         Returns:
             One LLMResult per request, in input order.
@@ -386,15 +396,15 @@ class LLMClient:
                 results[key] = _result_from_response(hit, cached=True)
             else:
                 todo[key] = canon
-        self._count(cache_hits=len(results))
         before = dict(self.stats)
+        self._count(requests=len(keys), distinct=len(results) + len(todo), cache_hits=len(results))
         stop = threading.Event()
         fatal: str | None = None
         if todo:
             self._openai()  # fail fast on a missing key before starting threads
             progress = LoggedProgress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-                TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False,
+                TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False, disable=not report,
             )
             with progress, ThreadPoolExecutor(max_workers=self.endpoint.concurrency) as pool:
                 task = progress.add_task(desc, total=len(todo))
@@ -416,14 +426,8 @@ class LLMClient:
                     stop.set()
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise
-        sent = self.stats["sent"] - before["sent"]
-        self.console.print(
-            f"{desc}: {len(keys)} requests ({len(set(keys))} distinct), sent {sent}, cache hits "
-            f"{len(set(keys)) - len(todo)}, failures {self.stats['failures'] - before['failures']}, retries "
-            f"{self.stats['retries'] - before['retries']}, tokens "
-            f"{self.stats['prompt_tokens'] - before['prompt_tokens']} prompt + "
-            f"{self.stats['completion_tokens'] - before['completion_tokens']} completion"
-        )
+        if report:
+            self.console.print(self.summary(desc, since=before))
         if fatal:
             raise PhasedIFTError(fatal)
         return [results[k] for k in keys]

@@ -386,11 +386,11 @@ def score_meta(examples: list[Example], ctx: ScoreContext) -> Iterator[dict[str,
 
 def _judge_fn():
     try:
-        from phased_ift.difficulty_judge import score_with_judge
+        from phased_ift.difficulty_judge import iter_judge_rows
     except ImportError as e:
         raise PhasedIFTError(f"scorer=judge needs phased_ift.difficulty_judge, which failed to import ({e}); "
                              "use another scorer (ifd, loss, length, learned, meta) meanwhile.") from None
-    return score_with_judge
+    return iter_judge_rows
 
 
 def _check_judge(cfg: Config) -> None:
@@ -402,14 +402,14 @@ def _check_judge(cfg: Config) -> None:
 
 @register_scorer("judge")
 def score_judge(examples: list[Example], ctx: ScoreContext) -> Iterator[dict[str, Any]]:
-    """The LLM judge (1-5), called in chunks so rows reach the scores file while it runs; every request is also
-    in the sqlite cache (<run_dir>/cache/llm.sqlite), so a re-run sends none twice."""
+    """The LLM judge (1-5), asked in chunks so rows reach the scores file while it runs (the score step's bar shows
+    the progress); every request is also in the sqlite cache (<run_dir>/cache/llm.sqlite), so a re-run sends none
+    twice."""
     _check_judge(ctx.cfg)
     fn = _judge_fn()
     sc = ctx.cfg.scoring
-    for chunk in _chunks(examples, max(64, 4 * sc.judge.concurrency)):
-        yield from fn(list(chunk), sc.judge, ctx.cache_dir / "llm.sqlite", template=sc.template,
-                      samples=sc.samples, use_logprobs=sc.use_logprobs, dry_run=False, console=ctx.console)
+    yield from fn(examples, sc.judge, ctx.cache_dir / "llm.sqlite", template=sc.template, samples=sc.samples,
+                  use_logprobs=sc.use_logprobs, chunk_size=max(64, 4 * sc.judge.concurrency), console=ctx.console)
 
 
 # ---------------------------------------------------------------------------------------------------------------
