@@ -297,16 +297,21 @@ def test_judge_scorer_passes_settings_and_writes_rows_dry_run_sends_nothing(tmp_
 
     calls = []
 
-    def fake(examples, endpoint, cache_path, template="difficulty", samples=1, use_logprobs=True, dry_run=False,
-             console=None):
+    def fake_dry_run(examples, endpoint, cache_path, template="difficulty", samples=1, use_logprobs=True,
+                     dry_run=False, console=None):
         calls.append({"n": len(examples), "cache": cache_path, "samples": samples, "dry_run": dry_run,
                       "model": endpoint.model})
-        if dry_run:
-            return []
-        return [{"id": e.id, "score": None if e.id == "e4" else 3.0, "error": "unparseable" if e.id == "e4" else None,
-                 "raw": ["3"]} for e in examples]
+        return []
 
-    monkeypatch.setattr(difficulty_judge, "score_with_judge", fake)
+    def fake_rows(examples, endpoint, cache_path, template="difficulty", samples=1, use_logprobs=True, chunk_size=0,
+                  console=None):
+        calls.append({"n": len(examples), "cache": cache_path, "samples": samples, "dry_run": False,
+                      "model": endpoint.model, "chunk_size": chunk_size})
+        yield from ({"id": e.id, "score": None if e.id == "e4" else 3.0,
+                     "error": "unparseable" if e.id == "e4" else None, "raw": ["3"]} for e in examples)
+
+    monkeypatch.setattr(difficulty_judge, "score_with_judge", fake_dry_run)
+    monkeypatch.setattr(difficulty_judge, "iter_judge_rows", fake_rows)
     cfg = load_config(None, [f"run_dir={tmp_path}", "scoring.scorer=judge", "scoring.samples=3",
                              "scoring.judge.base_url=http://127.0.0.1:9/v1", "scoring.judge.model=m"])
     scoring.dry_run_score(EXAMPLES, cfg, tmp_path / "cache")
@@ -315,6 +320,7 @@ def test_judge_scorer_passes_settings_and_writes_rows_dry_run_sends_nothing(tmp_
     s = scoring.score_examples(EXAMPLES, cfg, tmp_path / "scores" / "judge.jsonl")
     rows = list(read_jsonl(tmp_path / "scores" / "judge.jsonl"))
     assert calls[1]["dry_run"] is False and calls[1]["cache"] == tmp_path / "cache" / "llm.sqlite"
+    assert calls[1]["chunk_size"] == 64 and calls[1]["samples"] == 3
     assert [r["score"] for r in rows] == [3.0, 3.0, 3.0, 3.0, None, 3.0] and s.failed == 1
     s = scoring.score_examples(EXAMPLES, cfg, tmp_path / "scores" / "judge.jsonl")  # only the failed row again
     assert calls[2]["n"] == 1 and s.reused == 5

@@ -384,13 +384,13 @@ def score_meta(examples: list[Example], ctx: ScoreContext) -> Iterator[dict[str,
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _judge_fn():
+def _judge_module():
     try:
-        from phased_ift.difficulty_judge import iter_judge_rows
+        from phased_ift import difficulty_judge
     except ImportError as e:
         raise PhasedIFTError(f"scorer=judge needs phased_ift.difficulty_judge, which failed to import ({e}); "
                              "use another scorer (ifd, loss, length, learned, meta) meanwhile.") from None
-    return iter_judge_rows
+    return difficulty_judge
 
 
 def _check_judge(cfg: Config) -> None:
@@ -406,9 +406,8 @@ def score_judge(examples: list[Example], ctx: ScoreContext) -> Iterator[dict[str
     the progress); every request is also in the sqlite cache (<run_dir>/cache/llm.sqlite), so a re-run sends none
     twice."""
     _check_judge(ctx.cfg)
-    fn = _judge_fn()
     sc = ctx.cfg.scoring
-    yield from fn(examples, sc.judge, ctx.cache_dir / "llm.sqlite", template=sc.template, samples=sc.samples,
+    yield from _judge_module().iter_judge_rows(examples, sc.judge, ctx.cache_dir / "llm.sqlite", template=sc.template, samples=sc.samples,
                   use_logprobs=sc.use_logprobs, chunk_size=max(64, 4 * sc.judge.concurrency), console=ctx.console)
 
 
@@ -529,8 +528,9 @@ def score_examples(examples: Sequence[Example], cfg: Config, out_path: str | Pat
 
 def _dry_run_judge(examples: Sequence[Example], cfg: Config, cache_dir: Path, console=None) -> None:
     _check_judge(cfg)
-    _judge_fn()(list(examples), cfg.scoring.judge, cache_dir / "llm.sqlite", template=cfg.scoring.template,
-                samples=cfg.scoring.samples, use_logprobs=cfg.scoring.use_logprobs, dry_run=True, console=console)
+    _judge_module().score_with_judge(list(examples), cfg.scoring.judge, cache_dir / "llm.sqlite",
+                                     template=cfg.scoring.template, samples=cfg.scoring.samples,
+                                     use_logprobs=cfg.scoring.use_logprobs, dry_run=True, console=console)
 
 
 # Scorers with something to estimate before they run (only the judge costs money: requests and tokens).
