@@ -161,18 +161,24 @@ def test_score_step_asks_in_chunks_under_one_bar_and_one_summary(server, tmp_pat
     monkeypatch.setenv("PHASED_IFT_PROGRESS_INTERVAL", "0")
     exs = [_ex(i) for i in range(150)]  # chunks of 64: 64 + 64 + 22
     cfg = load_config(None, [f"run_dir={tmp_path}", "scoring.scorer=judge", f"scoring.judge.base_url={server.base_url}",
-                             "scoring.judge.model=fake", "scoring.judge.concurrency=4"])
+                             "scoring.judge.model=fake", "scoring.judge.concurrency=4", "scoring.samples=2",
+                             "scoring.judge.temperature=0.7"])
     out = io.StringIO()
     s = score_examples(exs, cfg, tmp_path / "judge.jsonl", cache_dir=tmp_path / "cache",
                        console=Console(file=out, width=200))
-    assert s.scored == 150 and server.count == 150
-    assert [r["score"] for r in read_jsonl(tmp_path / "judge.jsonl")] == [3.0] * 150
+    assert s.scored == 150 and server.count == 300
+    rows = list(read_jsonl(tmp_path / "judge.jsonl"))
+    assert [r["id"] for r in rows] == [e.id for e in exs] and [r["samples"] for r in rows] == [[3, 3]] * 150
+    # each row's two requests are its own instruction's (seeds 0 and 1)
+    asked = {(b["messages"][-1]["content"], b["seed"]) for b in server.bodies}
+    assert all(any(f"Instruction number {i}." in c and seed == k for c, seed in asked) for i in range(150)
+               for k in (0, 1))
     log = out.getvalue()
     assert "difficulty judge ━" not in log  # no bar per chunk: the score step's bar counts the examples
     assert "score judge" in log and "150/150" in log
     summaries = [ln for ln in log.splitlines() if ln.startswith("difficulty judge:")]
     assert len(summaries) == 1 and summaries[0].startswith(
-        "difficulty judge: 150 requests (150 distinct), sent 150, cache hits 0, failures 0, retries 0, tokens ")
+        "difficulty judge: 300 requests (300 distinct), sent 300, cache hits 0, failures 0, retries 0, tokens ")
 
 
 _KILL_SCRIPT = textwrap.dedent("""

@@ -227,14 +227,14 @@ def iter_judge_rows(examples: list[Example], endpoint: EndpointConfig, cache_pat
                       "(nearly) identical; set scoring.judge.temperature (e.g. 0.7) for a meaningful mean.")
     chunk_size = chunk_size if 0 < chunk_size < len(examples) else max(len(examples), 1)
     chunked = chunk_size < len(examples)
-    build_requests([], endpoint, template, samples, use_logprobs)  # a bad template or samples fails before a request
+    reqs = build_requests(examples, endpoint, template, samples, use_logprobs)  # example-major: samples per example
     client = LLMClient(endpoint, cache_path, console=console)
     bad = 0
     try:
         for start in range(0, len(examples), chunk_size):
             chunk = examples[start:start + chunk_size]
-            reqs = build_requests(chunk, endpoint, template, samples, use_logprobs)
-            results = client.chat_many(reqs, desc="difficulty judge", report=not chunked)
+            results = client.chat_many(reqs[start * samples:(start + len(chunk)) * samples], desc="difficulty judge",
+                                       report=not chunked)
             for i, ex in enumerate(chunk):
                 row = _row(ex, results[i * samples:(i + 1) * samples], use_logprobs)
                 bad += row["score"] is None

@@ -237,12 +237,12 @@ def load_scoring_model(name: str, autocast: str):
 
 
 def _loss_rows(examples: list[Example], ctx: ScoreContext, ifd: bool) -> Iterator[dict[str, Any]]:
+    from phased_ift.modeling import weights_fingerprint
+
     sc = ctx.cfg.scoring
     name = sc.model or ctx.cfg.model.name_or_path
     ctx.stats.setdefault("model", name)
     ctx.stats.setdefault("autocast", sc.autocast)
-    from phased_ift.modeling import weights_fingerprint
-
     settings = [name, ctx.cfg.model.template, sc.max_length, sc.autocast]
     fingerprint = weights_fingerprint(name)
     cache = LossCache(ctx.cache_dir / "losses.sqlite", settings + ([fingerprint] if fingerprint else []))
@@ -407,8 +407,9 @@ def score_judge(examples: list[Example], ctx: ScoreContext) -> Iterator[dict[str
     twice."""
     _check_judge(ctx.cfg)
     sc = ctx.cfg.scoring
-    yield from _judge_module().iter_judge_rows(examples, sc.judge, ctx.cache_dir / "llm.sqlite", template=sc.template, samples=sc.samples,
-                  use_logprobs=sc.use_logprobs, chunk_size=max(64, 4 * sc.judge.concurrency), console=ctx.console)
+    yield from _judge_module().iter_judge_rows(
+        examples, sc.judge, ctx.cache_dir / "llm.sqlite", template=sc.template, samples=sc.samples,
+        use_logprobs=sc.use_logprobs, chunk_size=max(64, 4 * sc.judge.concurrency), console=ctx.console)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -502,8 +503,8 @@ def score_examples(examples: Sequence[Example], cfg: Config, out_path: str | Pat
         from phased_ift.progress import LoggedProgress
 
         with LoggedProgress(TextColumn(f"score {name}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
-                      disable=console is None, transient=True) as bar:
+                            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
+                            disable=console is None, transient=True) as bar:
             task = bar.add_task("score", total=len(todo), rate="")
             for row in SCORERS[name](todo, ctx):
                 rid = str(row["id"])

@@ -266,9 +266,9 @@ def _progress_callback(label: str):
             from phased_ift.progress import LoggedProgress
 
             self.progress = LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[rate]}"),
-                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("loss {task.fields[loss]}"),
-                                     transient=True)
+                                           TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                           TimeRemainingColumn(), TextColumn("loss {task.fields[loss]}"),
+                                           transient=True)
             self.progress.start()
             self.task = self.progress.add_task(label, total=state.max_steps, completed=state.global_step,
                                                loss="-", rate="")
