@@ -170,6 +170,28 @@ def test_loss_cache_misses_after_a_local_models_weights_change_in_place(tiny_mod
     assert all(abs(a - b) > 1e-4 for a, b in zip(old, new))
 
 
+def test_weights_fingerprint_of_an_adapter_follows_its_local_base_model(tmp_path):
+    import os
+
+    from phased_ift.modeling import weights_fingerprint
+
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir()
+    adapter.mkdir()
+    (base / "config.json").write_text("{}")
+    (base / "model.safetensors").write_bytes(b"x" * 10)
+    (adapter / "adapter_model.safetensors").write_bytes(b"a" * 10)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    first = weights_fingerprint(str(adapter))
+    assert first is not None and weights_fingerprint(str(adapter)) == first
+    os.utime(base / "model.safetensors", ns=(1, 1))  # the base saved anew: same size, other mtime
+    assert weights_fingerprint(str(adapter)) != first
+    # a base that points back at the adapter does not loop; named models and hub ids have no fingerprint
+    (base / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(adapter)}))
+    assert weights_fingerprint(str(adapter)) is not None
+    assert weights_fingerprint("smollm2-135m-instruct") is None and weights_fingerprint("org/model") is None
+
+
 def test_bf16_autocast_scores_close_to_fp32_with_the_same_ranking(tiny_model_dir, tmp_path):
     import numpy as np
 

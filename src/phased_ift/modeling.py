@@ -196,16 +196,29 @@ def weights_fingerprint(name_or_path: str) -> str | None:
     """A cheap identity of a local checkpoint's weights, for caches of values computed with the model.
 
     For a local directory: sha256 over (file name, size in bytes, mtime in ns) of its *.safetensors, *.bin and
-    *.json files (weights, adapters, configs), so saving new weights in place changes it; no file is read. None for
-    named models (their converted checkpoint is fixed by the GGUF's digest) and hub ids (fixed by name).
+    *.json files (weights, adapters, configs), so saving new weights in place changes it; no file is read. A PEFT
+    adapter dir (adapter_config.json) also takes in its base model's fingerprint when `base_model_name_or_path` is
+    another local dir, so new base weights change it too. None for named models (their converted checkpoint is
+    fixed by the GGUF's digest) and hub ids (fixed by name).
     """
+    return _fingerprint(name_or_path, frozenset())
+
+
+def _fingerprint(name_or_path: str, seen: frozenset) -> str | None:
     if name_or_path in NAMED_MODELS:
         return None
     p = Path(name_or_path).expanduser()
-    if not p.is_dir():
+    if not p.is_dir() or p.resolve() in seen:  # seen: an adapter chain that loops back
         return None
-    stats = [(f.name, st.st_size, st.st_mtime_ns) for f in sorted(p.iterdir())
-             if f.suffix in {".safetensors", ".bin", ".json"} and f.is_file() for st in [f.stat()]]
+    stats: list = [(f.name, st.st_size, st.st_mtime_ns) for f in sorted(p.iterdir())
+                   if f.suffix in {".safetensors", ".bin", ".json"} and f.is_file() for st in [f.stat()]]
+    if (p / "adapter_config.json").is_file():
+        try:
+            base = json.loads((p / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            base = None
+        if isinstance(base, str) and base:
+            stats.append(["base", base, _fingerprint(base, seen | {p.resolve()})])
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
 
 
