@@ -10,6 +10,13 @@ Two servers:
             slowed to 100-400 ms/token between back-to-back requests (llama.cpp's worker threads wait on each
             other when the OS deschedules one), an artifact of the shared machine, not client-side concurrency.
 
+A third comparison, `--stream-n` requests to the fake server with a spread of latencies (log-normal, median
+`--stream-median` s, sigma `--stream-sigma`, fixed per request so both arms see the same ones) at `--concurrency`:
+    chunked   `LLMClient.chat_many` on 64 requests at a time, as the score step asked the judge before 2026-11-21
+              (every chunk waits for its slowest request while the other workers idle)
+    streamed  one `LLMClient.iter_chat` stream over all requests (what the score step does now)
+next to the ideal sum(latencies) / concurrency.
+
 Run (from the repo root; small check first, then the numbers for the README):
     python benchmarks/bench_judge.py --n 4 --fake-n 16 --repeats 1  # quick check, ~1 min
     python benchmarks/bench_judge.py --n 32 --fake-n 64 --concurrency 4
@@ -41,6 +48,7 @@ from fake_llm_server import FakeLLMServer  # noqa: E402
 from phased_ift.config import EndpointConfig  # noqa: E402
 from phased_ift.data import Example, data_home, read_file  # noqa: E402
 from phased_ift.difficulty_judge import score_with_judge  # noqa: E402
+from phased_ift.llm_client import LLMClient  # noqa: E402
 from phased_ift.modeling import gguf_path  # noqa: E402
 
 
@@ -53,6 +61,43 @@ def timed_run(examples: list[Example], base_url: str, concurrency: int, timeout:
         rows = score_with_judge(examples, ep, Path(d) / "llm.sqlite", console=Console(quiet=True))
         dt = time.perf_counter() - t0
     return dt, sum(r["score"] is not None for r in rows)
+
+
+def chunked_vs_streamed(n: int, concurrency: int, median: float, sigma: float, repeats: int) -> None:
+    """Time `n` requests asked 64 at a time (chat_many per chunk) and as one iter_chat stream, fresh caches, with
+    the same per-request latencies; prints one table row per arm and the ratio."""
+    import hashlib
+    import math
+    import statistics
+
+    def latency(body: dict) -> float:  # log-normal, fixed by the request's text
+        u = int(hashlib.sha256(body["messages"][0]["content"].encode()).hexdigest()[:12], 16) / 16**12
+        return median * math.exp(sigma * statistics.NormalDist().inv_cdf(min(max(u, 1e-9), 1 - 1e-9)))
+
+    reqs = [{"messages": [{"role": "user", "content": f"Instruction {i}."}]} for i in range(n)]
+    ideal = sum(latency(r) for r in reqs) / concurrency
+    times: dict[str, list[float]] = {"chunked": [], "streamed": []}
+    with FakeLLMServer(reply="3", latency=latency) as srv:
+        ep = EndpointConfig(base_url=srv.base_url, model="fake", concurrency=concurrency, max_tokens=4)
+        for r in range(repeats):
+            for arm in (("chunked", "streamed") if r % 2 == 0 else ("streamed", "chunked")):
+                with tempfile.TemporaryDirectory() as d:
+                    client = LLMClient(ep, Path(d) / "llm.sqlite", console=Console(quiet=True))
+                    t0 = time.perf_counter()
+                    if arm == "chunked":
+                        for i in range(0, n, 64):
+                            client.chat_many(reqs[i:i + 64], report=False)
+                    else:
+                        for _ in client.iter_chat(reqs, report=False):
+                            pass
+                    times[arm].append(time.perf_counter() - t0)
+                    client.close()
+    label = f"fake (log-normal, median {median * 1000:.0f} ms, sigma {sigma}), concurrency {concurrency}"
+    mean = {arm: sum(t) / len(t) for arm, t in times.items()}
+    for arm in ("chunked", "streamed"):
+        print(f"| {label} | {arm} | {n} | {n} | {mean[arm]:.2f} | {n / mean[arm]:.2f} |")
+    print(f"| {label} | ideal (sum of latencies / concurrency) | {n} | | {ideal:.2f} | {n / ideal:.2f} |")
+    print(f"| {label} | ratio streamed / chunked | | | | {mean['chunked'] / mean['streamed']:.2f}x |")
 
 
 def start_llama_server(threads: int) -> tuple[subprocess.Popen, str]:
@@ -109,6 +154,10 @@ def main() -> None:
                     help="llama.cpp server thread counts to run (one server each)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per setting, alternating the order (mean shown)")
     ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--stream-n", type=int, default=512, help="requests of the chunked-vs-streamed comparison (0: skip)")
+    ap.add_argument("--stream-concurrency", type=int, default=8)
+    ap.add_argument("--stream-median", type=float, default=0.2, help="median seconds per request")
+    ap.add_argument("--stream-sigma", type=float, default=0.8, help="log-normal sigma of the latencies")
     a = ap.parse_args()
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
@@ -120,6 +169,8 @@ def main() -> None:
     with FakeLLMServer(reply="3", latency=a.latency) as srv:
         seq, conc = alternate(fake_examples, srv.base_url, a.concurrency, 30, a.repeats)
     report(f"fake ({a.latency * 1000:.0f} ms/request)", a.fake_n, seq, conc, a.concurrency)
+    if a.stream_n:
+        chunked_vs_streamed(a.stream_n, a.stream_concurrency, a.stream_median, a.stream_sigma, a.repeats)
 
     if a.skip_llama:
         return

@@ -52,11 +52,11 @@ class Garbage:
 
 @dataclass
 class FakeLLMServer:
-    """See the module docstring. `reply` is the default text, or a callable body -> text; `latency` is added to
-    every request (to show client-side concurrency)."""
+    """See the module docstring. `reply` is the default text, or a callable body -> text; `latency` (seconds, or a
+    callable body -> seconds for a spread of latencies) is added to every request (to show client-side concurrency)."""
 
     reply: str | Callable[[dict], str] = "3"
-    latency: float = 0.0
+    latency: float | Callable[[dict], float] = 0.0
     port: int = 0
     bodies: list = field(default_factory=list)
     auth_headers: list = field(default_factory=list)
@@ -106,8 +106,9 @@ class FakeLLMServer:
                     fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
                     behaviour = fake._queue.popleft() if fake._queue else None
                 try:
-                    if fake.latency:
-                        time.sleep(fake.latency)
+                    latency = fake.latency(body) if callable(fake.latency) else fake.latency
+                    if latency:
+                        time.sleep(latency)
                     self._behave(behaviour, body)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): fine
                     pass

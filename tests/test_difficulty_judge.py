@@ -153,13 +153,13 @@ def test_dry_run_sends_nothing_and_prints_the_estimate(server, tmp_path):
     assert "6 requests" in out.getvalue() and "2 cached, 4 to send" in out.getvalue()
 
 
-def test_score_step_asks_in_chunks_under_one_bar_and_one_summary(server, tmp_path, monkeypatch):
+def test_score_step_streams_the_requests_under_one_bar_and_one_summary(server, tmp_path, monkeypatch):
     from phased_ift.config import load_config
     from phased_ift.data import read_jsonl
     from phased_ift.scoring import score_examples
 
     monkeypatch.setenv("PHASED_IFT_PROGRESS_INTERVAL", "0")
-    exs = [_ex(i) for i in range(150)]  # chunks of 64: 64 + 64 + 22
+    exs = [_ex(i) for i in range(150)]
     cfg = load_config(None, [f"run_dir={tmp_path}", "scoring.scorer=judge", f"scoring.judge.base_url={server.base_url}",
                              "scoring.judge.model=fake", "scoring.judge.concurrency=4", "scoring.samples=2",
                              "scoring.judge.temperature=0.7"])
@@ -174,7 +174,7 @@ def test_score_step_asks_in_chunks_under_one_bar_and_one_summary(server, tmp_pat
     assert all(any(f"Instruction number {i}." in c and seed == k for c, seed in asked) for i in range(150)
                for k in (0, 1))
     log = out.getvalue()
-    assert "difficulty judge ━" not in log  # no bar per chunk: the score step's bar counts the examples
+    assert "difficulty judge ━" not in log  # no request bar: the score step's bar counts the examples
     assert "score judge" in log and "150/150" in log
     summaries = [ln for ln in log.splitlines() if ln.startswith("difficulty judge:")]
     assert len(summaries) == 1 and summaries[0].startswith(

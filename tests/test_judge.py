@@ -179,6 +179,9 @@ class ScriptedClient:
             out.append(Result(True, reply))
         return out
 
+    def iter_chat(self, requests, desc=""):
+        yield from self.chat_many(requests, desc)
+
 
 def _gen(outputs):
     return [{"id": str(i), "testset": "t", "instruction": f"question {i}", "output": o, "output_tokens": 3,
@@ -190,10 +193,10 @@ def test_judge_pairs_writes_rows_resumes_and_rerun_sends_nothing(tmp_path):
     b = _gen(["meh", "good b", "good c", "meh", "meh x"])
     client, out = ScriptedClient(), tmp_path / "j" / "t.jsonl"
     t = load_template("pairwise")
-    res = judge_pairs(client, a[:3], b[:3], "phased", "one-off", out, t, "t", chunk=2)
+    res = judge_pairs(client, a[:3], b[:3], "phased", "one-off", out, t, "t")
     assert client.sent == 6 and res["judged"] == 3
     # Resume: the first 3 ids are done; only 2 new pairs (4 requests) are sent.
-    res = judge_pairs(client, a, b, "phased", "one-off", out, t, "t", chunk=2)
+    res = judge_pairs(client, a, b, "phased", "one-off", out, t, "t")
     assert client.sent == 10 and res["judged"] == 2 and res["skipped_done"] == 3
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["verdict"] for r in rows] == ["win", "loss", "tie", "unparseable", "tie"]
@@ -292,6 +295,10 @@ def test_step_generate_and_judge_end_to_end_rerun_sends_nothing(tmp_path, tiny_m
             assert rows[0]["ab"]["raw"].startswith("7 5") and rows[0]["ba"]["scores"] == [7.0, 5.0]
         # phase 2 is the final model: its requests equal the final comparison's, so only 2 x 4 distinct requests.
         assert srv.count == 8
+        console.file.flush()
+        summaries = [ln for ln in (tmp_path / "log.txt").read_text().splitlines()
+                     if ln.startswith("judge phased vs one-off / vicuna: ")]
+        assert len(summaries) == 3 and all(ln.split(": ")[1].startswith("4 requests") for ln in summaries)
         pipeline.step_judge(cfg, console=console)  # re-run: everything done
         for f in [final, *per_phase]:
             f.unlink()

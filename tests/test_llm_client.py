@@ -162,6 +162,49 @@ def test_concurrency_is_bounded(tmp_path, secret_env):
     assert srv.max_in_flight == 3
 
 
+def test_iter_chat_yields_in_order_and_a_slow_request_holds_back_only_the_output(server, tmp_path, secret_env):
+    server.reply = lambda body: body["messages"][0]["content"]
+    server.queue(Delay(1.5))  # whichever request arrives first takes 1.5 s
+    client, out = _client(server, tmp_path, concurrency=2)
+    sent_when_yielded = []
+    texts = []
+    for res in client.iter_chat([_req(f"q{i}") for i in range(12)], desc="stream"):
+        texts.append(res.text)
+        sent_when_yielded.append(server.count)
+    assert texts == [f"q{i}" for i in range(12)]
+    slow = int(server.bodies[0]["messages"][0]["content"][1:])  # q0 or q1, both start at once
+    # while the slow one was out, the other worker went on with every later request (no wait at a batch end)
+    assert sent_when_yielded[slow] == 12
+    assert "stream: 12 requests (12 distinct), sent 12" in out.getvalue()
+
+
+def test_iter_chat_stopped_early_sends_no_more_and_a_rerun_sends_only_the_rest(tmp_path, secret_env):
+    import time
+
+    with FakeLLMServer(reply="3", latency=0.05) as srv:
+        client, _ = _client(srv, tmp_path, concurrency=2)
+        stream = client.iter_chat([_req(f"q{i}") for i in range(40)])
+        assert [next(stream).ok for _ in range(3)] == [True] * 3
+        stream.close()  # the consumer stops (e.g. Ctrl-C in the score step)
+        time.sleep(0.3)
+        sent = srv.count
+        assert 3 <= sent < 12  # queued requests were cancelled, at most the two in flight finished
+        client.close()
+        client2, _ = _client(srv, tmp_path, concurrency=2)
+        assert all(r.ok for r in client2.chat_many([_req(f"q{i}") for i in range(40)]))
+        assert srv.count == 40 and client2.stats["cache_hits"] == sent  # nothing asked twice
+
+
+def test_iter_chat_yields_the_answers_before_a_fatal_error_then_stops(server, tmp_path, secret_env):
+    server.queue(Reply("2"), Status(401))
+    client, out = _client(server, tmp_path, concurrency=1)
+    stream = client.iter_chat([_req("a"), _req("b"), _req("c")], desc="d")
+    assert next(stream).text == "2"
+    with pytest.raises(PhasedIFTError, match=KEY_ENV):
+        next(stream)
+    assert server.count == 2 and SECRET not in out.getvalue()  # "c" was never sent
+
+
 def test_logprobs_are_returned_in_the_documented_shape(server, tmp_path, secret_env):
     server.queue(Reply("4", digits={"4": 0.75, "3": 0.25}))
     client, _ = _client(server, tmp_path)

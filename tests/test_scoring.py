@@ -325,10 +325,10 @@ def test_judge_scorer_passes_settings_and_writes_rows_dry_run_sends_nothing(tmp_
                       "model": endpoint.model})
         return []
 
-    def fake_rows(examples, endpoint, cache_path, template="difficulty", samples=1, use_logprobs=True, chunk_size=0,
+    def fake_rows(examples, endpoint, cache_path, template="difficulty", samples=1, use_logprobs=True, progress=True,
                   console=None):
         calls.append({"n": len(examples), "cache": cache_path, "samples": samples, "dry_run": False,
-                      "model": endpoint.model, "chunk_size": chunk_size})
+                      "model": endpoint.model, "progress": progress})
         yield from ({"id": e.id, "score": None if e.id == "e4" else 3.0,
                      "error": "unparseable" if e.id == "e4" else None, "raw": ["3"]} for e in examples)
 
@@ -342,7 +342,7 @@ def test_judge_scorer_passes_settings_and_writes_rows_dry_run_sends_nothing(tmp_
     s = scoring.score_examples(EXAMPLES, cfg, tmp_path / "scores" / "judge.jsonl")
     rows = list(read_jsonl(tmp_path / "scores" / "judge.jsonl"))
     assert calls[1]["dry_run"] is False and calls[1]["cache"] == tmp_path / "cache" / "llm.sqlite"
-    assert calls[1]["chunk_size"] == 64 and calls[1]["samples"] == 3
+    assert calls[1]["progress"] is False and calls[1]["samples"] == 3  # the score step's bar, not the client's
     assert [r["score"] for r in rows] == [3.0, 3.0, 3.0, 3.0, None, 3.0] and s.failed == 1
     s = scoring.score_examples(EXAMPLES, cfg, tmp_path / "scores" / "judge.jsonl")  # only the failed row again
     assert calls[2]["n"] == 1 and s.reused == 5

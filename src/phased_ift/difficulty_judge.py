@@ -209,13 +209,16 @@ def score_with_judge(examples: list[Example], endpoint: EndpointConfig, cache_pa
 
 def iter_judge_rows(examples: list[Example], endpoint: EndpointConfig, cache_path: Path | str,
                     template: str = "difficulty", samples: int = 1, use_logprobs: bool = True,
-                    chunk_size: int = 0, console: Console | None = None) -> Iterator[dict]:
-    """`score_with_judge`'s rows, yielded chunk by chunk through one client (for the score step, which writes each
-    chunk's rows to the scores file while the rest are still being asked).
+                    progress: bool = True, console: Console | None = None) -> Iterator[dict]:
+    """`score_with_judge`'s rows, yielded in order as each example's samples are answered (for the score step,
+    which writes rows to the scores file while the rest are still being asked).
+
+    All requests go through one `LLMClient.iter_chat` stream, so the workers stay busy across the whole run: a
+    slow or retried request delays only the rows from its example on, never the requests after it.
 
     Args:
-        chunk_size: examples per `chat_many` call; 0 = all in one. With several chunks the caller shows the progress
-            (no bar per chunk) and one summary line of requests, cache hits, failures and tokens ends the run.
+        progress: show the client's request bar; False for a caller with its own bar. Either way one summary
+            line of requests, cache hits, failures and tokens ends the run.
     Returns:
         An iterator over the rows of `score_with_judge`, in order.
     Raises:
@@ -225,23 +228,19 @@ def iter_judge_rows(examples: list[Example], endpoint: EndpointConfig, cache_pat
     if samples > 1 and endpoint.temperature == 0:
         console.print(f"[yellow]warning: scoring.samples={samples} with temperature 0: the samples will be "
                       "(nearly) identical; set scoring.judge.temperature (e.g. 0.7) for a meaningful mean.")
-    chunk_size = chunk_size if 0 < chunk_size < len(examples) else max(len(examples), 1)
-    chunked = chunk_size < len(examples)
     reqs = build_requests(examples, endpoint, template, samples, use_logprobs)  # example-major: samples per example
     client = LLMClient(endpoint, cache_path, console=console)
+    stream = client.iter_chat(reqs, desc="difficulty judge", report=progress)
     bad = 0
     try:
-        for start in range(0, len(examples), chunk_size):
-            chunk = examples[start:start + chunk_size]
-            results = client.chat_many(reqs[start * samples:(start + len(chunk)) * samples], desc="difficulty judge",
-                                       report=not chunked)
-            for i, ex in enumerate(chunk):
-                row = _row(ex, results[i * samples:(i + 1) * samples], use_logprobs)
-                bad += row["score"] is None
-                yield row
+        for ex in examples:
+            row = _row(ex, [next(stream) for _ in range(samples)], use_logprobs)
+            bad += row["score"] is None
+            yield row
     finally:
+        stream.close()  # a consumer that stops early: the stream stops its workers before the client closes
         client.close()
-    if chunked:
+    if not progress:
         console.print(client.summary("difficulty judge"))
     if bad:
         console.print(f"[yellow]difficulty judge: {bad} of {len(examples)} examples have no score "

@@ -260,14 +260,17 @@ def pair_answers(rows_a: Sequence[dict], rows_b: Sequence[dict], where: str) -> 
 def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm_a: str, arm_b: str,
                 out_path: str | Path, template: JudgeTemplate, testset: str,
                 references: dict[str, str] | None = None, temperature: float = 0.0, max_tokens: int = 32,
-                chunk: int = 32, console: Any = None) -> dict[str, Any]:
+                console: Any = None) -> dict[str, Any]:
     """Judge arm A's answers against arm B's, in both orders, appending one row per prompt to `out_path`.
 
-    Resumable: ids already in `out_path` are skipped, rows are appended per chunk of `chunk` pairs (survive kill
-    -9), and every request goes through the client's cache, so re-judging a deleted file sends nothing.
+    Resumable: ids already in `out_path` are skipped, each row is appended as soon as its two answers are in
+    (rows survive kill -9), and every request goes through the client's cache, so re-judging a deleted file sends
+    nothing. All requests of the test set go through one stream (`LLMClient.iter_chat`): one progress bar, one
+    summary line, and no worker waits for a slow request of another prompt.
 
     Args:
-        client: an `llm_client.LLMClient` (anything with `chat_many(requests, desc) -> [LLMResult]`).
+        client: an `llm_client.LLMClient` (anything with `iter_chat(requests, desc)` yielding `LLMResult`s in
+            request order).
         rows_a, rows_b: generation rows ({"id", "instruction", "output", ...}) of the two arms on one test set.
         template: a `JudgeTemplate`; a reference template judges only prompts present in `references`.
         references: normalised instruction -> reference answer (`data.load_reference_answers`), for reference
@@ -304,22 +307,19 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
             "(vicuna, oasst, helpful_base, alpaca_eval)."
         )
     failed: list[dict] = []
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
-        reqs = []
-        for ra, rb, ref in part:
-            reqs += build_requests(template, ra["instruction"], ra["output"], rb["output"], ref, temperature,
-                                   max_tokens)
-        results = client.chat_many(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")
-        for i, (ra, rb, _) in enumerate(part):
-            r_ab, r_ba = results[2 * i], results[2 * i + 1]
-            if not (r_ab.ok and r_ba.ok):
-                # A request that failed after the client's retries is not a verdict: no row is written, so the
-                # next run asks again (answers that did arrive are cached); the failures are counted and logged.
-                failed.append({"id": ra["id"], "errors": [r.error for r in (r_ab, r_ba) if not r.ok]})
-                continue
-            append_jsonl(out_path, make_row(ra["id"], testset, arm_a, arm_b, ra["output"], rb["output"],
-                                            r_ab.text, r_ba.text))
+    reqs = []
+    for ra, rb, ref in todo:  # two per prompt: A first, then B first
+        reqs += build_requests(template, ra["instruction"], ra["output"], rb["output"], ref, temperature, max_tokens)
+    stream = iter(client.iter_chat(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")) if todo else iter(())
+    for ra, rb, _ in todo:
+        r_ab, r_ba = next(stream), next(stream)
+        if not (r_ab.ok and r_ba.ok):
+            # A request that failed after the client's retries is not a verdict: no row is written, so the next
+            # run asks again (answers that did arrive are cached); the failures are counted and logged.
+            failed.append({"id": ra["id"], "errors": [r.error for r in (r_ab, r_ba) if not r.ok]})
+            continue
+        append_jsonl(out_path, make_row(ra["id"], testset, arm_a, arm_b, ra["output"], rb["output"],
+                                        r_ab.text, r_ba.text))
     all_rows = list(read_jsonl(out_path, tolerate_torn_tail=True)) if out_path.is_file() else []
     if failed and console is not None:
         console.print(f"judge {arm_a} vs {arm_b} / {testset}: {len(failed)} prompts not judged because a request "

@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from rich.console import Console
@@ -308,6 +308,7 @@ class LLMClient:
                     self.cache.put(key, canon, data)
                 return result
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+                stop.set()  # here, not in the consumer's thread: the other workers send nothing more from now on
                 raise _Fatal(self._fatal_message(e.status_code)) from None
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
                     openai.APIConnectionError) as e:
@@ -374,8 +375,8 @@ class LLMClient:
             requests: `{"messages": [...], "temperature"?, "max_tokens"?, "logprobs"?, "top_logprobs"?, "n"?,
                 "seed"?}`; missing fields come from the endpoint config. Identical requests are sent once.
             desc: label of the progress bar and the final summary line.
-            report: show a progress bar and print the summary line (`summary`); False for a caller that calls
-                chat_many chunk by chunk under its own progress bar and prints `summary(desc)` once at the end.
+            report: show a progress bar and print the summary line (`summary`); False for a caller with its own
+                progress display, which prints `summary(desc)` itself.
 
         Returns:
             One LLMResult per request, in input order.
@@ -383,6 +384,18 @@ class LLMClient:
         Raises:
             PhasedIFTError: 401/403 (names `endpoint.api_key_env`), 404 (wrong model or base_url), missing key for a
                 remote server, malformed request. Answers received before the stop stay cached.
+        """
+        return list(self.iter_chat(requests, desc, report))
+
+    def iter_chat(self, requests: list[dict], desc: str = "requests", report: bool = True) -> Iterator[LLMResult]:
+        """`chat_many` as a stream: each result is yielded, in input order, as soon as it and every one before it
+        is answered, while the workers go on with the requests after it.
+
+        A slow or retried request holds back only the output after it, never the other workers, so a caller that
+        writes rows as they come (the score step) keeps all `concurrency` workers busy for the whole run, with no
+        stall at the end of each batch. Same arguments, cache, retries and errors as `chat_many`; with `report`
+        the summary line is printed just before the last result is yielded (or when the stream stops early), so a
+        consumer that takes exactly one result per request need not exhaust it.
         """
         canons = [canonical_request(self.endpoint, r) for r in requests]
         keys = [request_key(c) for c in canons]
@@ -400,37 +413,54 @@ class LLMClient:
         self._count(requests=len(keys), distinct=len(results) + len(todo), cache_hits=len(results))
         stop = threading.Event()
         fatal: str | None = None
-        if todo:
-            self._openai()  # fail fast on a missing key before starting threads
-            progress = LoggedProgress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-                TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False, disable=not report,
-            )
-            with progress, ThreadPoolExecutor(max_workers=self.endpoint.concurrency) as pool:
-                task = progress.add_task(desc, total=len(todo))
-                futures = {pool.submit(self._send, canon, key, stop): key for key, canon in todo.items()}
-                try:
-                    for fut in as_completed(futures):
-                        key = futures[fut]
-                        try:
-                            res = fut.result()
-                        except _Fatal as e:
-                            fatal = fatal or str(e)
-                            stop.set()
-                            continue
-                        results[key] = res
-                        if not res.ok:
-                            self._count(failures=1)
-                        progress.advance(task)
-                except BaseException:  # Ctrl-C: stop the workers quickly; answers so far are cached
-                    stop.set()
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-        if report:
-            self.console.print(self.summary(desc, since=before))
+        done = 0  # results yielded so far
+        summarised = False
+
+        def ready() -> Iterator[LLMResult]:
+            """The answered results from `done` on, in order, up to the first one still missing."""
+            nonlocal done, summarised
+            while not fatal and done < len(keys) and keys[done] in results:
+                done += 1
+                if done == len(keys) and report:  # with the last result: a consumer need not exhaust the stream
+                    summarised = True
+                    self.console.print(self.summary(desc, since=before))
+                yield results[keys[done - 1]]
+
+        try:
+            if todo:
+                self._openai()  # fail fast on a missing key before starting threads
+                progress = LoggedProgress(
+                    TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False,
+                    disable=not report,
+                )
+                with progress, ThreadPoolExecutor(max_workers=self.endpoint.concurrency) as pool:
+                    task = progress.add_task(desc, total=len(todo))
+                    futures = {pool.submit(self._send, canon, key, stop): key for key, canon in todo.items()}
+                    try:
+                        for fut in as_completed(futures):
+                            key = futures[fut]
+                            try:
+                                res = fut.result()
+                            except _Fatal as e:
+                                fatal = fatal or str(e)
+                                stop.set()
+                                continue
+                            results[key] = res
+                            if not res.ok:
+                                self._count(failures=1)
+                            progress.advance(task)
+                            yield from ready()
+                    except BaseException:  # Ctrl-C or the consumer stopped early: stop the workers (answers are cached)
+                        stop.set()
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        raise
+            yield from ready()
+        finally:
+            if report and not summarised:
+                self.console.print(self.summary(desc, since=before))
         if fatal:
             raise PhasedIFTError(fatal)
-        return [results[k] for k in keys]
 
     def close(self) -> None:
         """Close the HTTP client and the cache connection."""

@@ -402,14 +402,14 @@ def _check_judge(cfg: Config) -> None:
 
 @register_scorer("judge")
 def score_judge(examples: list[Example], ctx: ScoreContext) -> Iterator[dict[str, Any]]:
-    """The LLM judge (1-5), asked in chunks so rows reach the scores file while it runs (the score step's bar shows
-    the progress); every request is also in the sqlite cache (<run_dir>/cache/llm.sqlite), so a re-run sends none
+    """The LLM judge (1-5), streamed so rows reach the scores file while it runs (the score step's bar shows the
+    progress); every request is also in the sqlite cache (<run_dir>/cache/llm.sqlite), so a re-run sends none
     twice."""
     _check_judge(ctx.cfg)
     sc = ctx.cfg.scoring
     yield from _judge_module().iter_judge_rows(
         examples, sc.judge, ctx.cache_dir / "llm.sqlite", template=sc.template, samples=sc.samples,
-        use_logprobs=sc.use_logprobs, chunk_size=max(64, 4 * sc.judge.concurrency), console=ctx.console)
+        use_logprobs=sc.use_logprobs, progress=False, console=ctx.console)
 
 
 # ---------------------------------------------------------------------------------------------------------------
