@@ -310,7 +310,7 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
     reqs = []
     for ra, rb, ref in todo:  # two per prompt: A first, then B first
         reqs += build_requests(template, ra["instruction"], ra["output"], rb["output"], ref, temperature, max_tokens)
-    stream = iter(client.iter_chat(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")) if todo else iter(())
+    stream = client.iter_chat(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")  # starts at the first next()
     for ra, rb, _ in todo:
         r_ab, r_ba = next(stream), next(stream)
         if not (r_ab.ok and r_ba.ok):
