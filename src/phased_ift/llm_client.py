@@ -413,16 +413,14 @@ class LLMClient:
         self._count(requests=len(keys), distinct=len(results) + len(todo), cache_hits=len(results))
         stop = threading.Event()
         fatal: str | None = None
-        done = 0  # results yielded so far
-        summarised = False
+        done = 0  # results yielded so far; the summary went out with the last one when 0 < done == len(keys)
 
         def ready() -> Iterator[LLMResult]:
             """The answered results from `done` on, in order, up to the first one still missing."""
-            nonlocal done, summarised
+            nonlocal done
             while not fatal and done < len(keys) and keys[done] in results:
                 done += 1
                 if done == len(keys) and report:  # with the last result: a consumer need not exhaust the stream
-                    summarised = True
                     self.console.print(self.summary(desc, since=before))
                 yield results[keys[done - 1]]
 
@@ -442,9 +440,8 @@ class LLMClient:
                             key = futures[fut]
                             try:
                                 res = fut.result()
-                            except _Fatal as e:
+                            except _Fatal as e:  # _send has already set `stop` for the other workers
                                 fatal = fatal or str(e)
-                                stop.set()
                                 continue
                             results[key] = res
                             if not res.ok:
@@ -457,7 +454,7 @@ class LLMClient:
                         raise
             yield from ready()
         finally:
-            if report and not summarised:
+            if report and not 0 < done == len(keys):
                 self.console.print(self.summary(desc, since=before))
         if fatal:
             raise PhasedIFTError(fatal)
