@@ -16,6 +16,7 @@ stage sizes but assigns examples to stages at random.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 from dataclasses import replace
@@ -249,3 +250,19 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
         console.print(f"split: {len(kept)} examples into {k} phases ({sizes}) by {method}{excluded} -> "
                       f"{run.phases_manifest}")
     return manifest
+
+
+def read_manifest(run) -> dict:
+    """phases/manifest.json of a run dir (format in docs/architecture.md): the one parser of the manifest.
+
+    Raises:
+        PhasedIFTError: the split has not run (no manifest) or the manifest is not JSON.
+    """
+    path = run.phases_manifest
+    if not path.is_file():
+        raise PhasedIFTError(f"{path} does not exist; run `phased-ift split CONFIG` first.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise PhasedIFTError(f"{path} is not valid JSON ({e}); delete it and re-run `phased-ift split CONFIG`."
+                             ) from None

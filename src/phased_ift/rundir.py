@@ -49,11 +49,11 @@ class RunDir:
     def phases_dir(self) -> Path:
         return self.root / "phases"
 
-    def phase_file(self, k: int, arm: str = "phased") -> Path:
-        """Data of phase k (1-based) for an arm. The phased arm's files are phases/phase_<k>.jsonl."""
-        if arm == "phased":
+    def phase_file(self, k: int, control: str | None = None) -> Path:
+        """Data of phase k (1-based): phases/phase_<k>.jsonl, or a control arm's phases/<control>/phase_<k>.jsonl."""
+        if control is None:
             return self.phases_dir / f"phase_{k}.jsonl"
-        return self.phases_dir / arm / f"phase_{k}.jsonl"
+        return self.phases_dir / control / f"phase_{k}.jsonl"
 
     @property
     def phases_manifest(self) -> Path:
