@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from phased_ift.config import load_config, save_config
@@ -60,3 +62,50 @@ def test_api_key_never_in_config(tmp_path):
 def test_missing_file():
     with pytest.raises(PhasedIFTError, match="does not exist"):
         load_config("nope.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.seeds=['x']", r"`train.seeds\[0\]` must be an integer, got 'x'"),
+    ("train.seeds=[1.5]", r"`train.seeds\[0\]` must be an integer"),
+    ("phases.thresholds=['a','b']", r"`phases.thresholds\[0\]` must be a number, got 'a'"),
+    ("train.phase_epochs=[1,x,2]", r"`train.phase_epochs\[1\]` must be a number"),
+    ("train.phase_learning_rates=[true,1,1]", r"`train.phase_learning_rates\[0\]` must be a number"),
+    ("train.arms=[phased,[one-off]]", r"`train.arms\[1\]` must be a string"),
+    ("generate.test_sets=[{a: 1}]", r"`generate.test_sets\[0\]` must be a string"),
+    ("judge.pairs=[phased]", r"`judge.pairs\[0\]` must be a list"),
+    ("train.lora.target_modules=[[q]]", r"`train.lora.target_modules\[0\]` must be a string"),
+])
+def test_list_element_types_are_checked_at_load_time(override, message):
+    with pytest.raises(PhasedIFTError, match=message):
+        load_config(None, [override])
+
+
+def test_typed_lists_coerce_numbers():
+    cfg = load_config(None, ["phases.method=thresholds", "phases.thresholds=[2,3.5]", "train.seeds=[0,1]",
+                             "train.phase_epochs=[1,2,3]", "train.phase_learning_rates=[1e-4,2e-4,3e-4]"])
+    assert cfg.phases.thresholds == [2.0, 3.5] and all(isinstance(t, float) for t in cfg.phases.thresholds)
+    assert cfg.train.seeds == [0, 1] and cfg.train.phase_learning_rates == [1e-4, 2e-4, 3e-4]
+
+
+@pytest.mark.parametrize("override, key, registry_kind", [
+    ("train.arms=[phased,sideways]", "train.arms[1]", "arm"),
+    ("scoring.scorer=vibes", "scoring.scorer", "scorer"),
+    ("phases.method=by_feel", "phases.method", "phase method"),
+    ("generate.backend=tgi", "generate.backend", "generate backend"),
+    ("data.train=[{path: x.json, format: csvish}]", "data.train[0].format", "data format"),
+])
+def test_choices_come_from_the_registries(override, key, registry_kind):
+    from phased_ift.config import registry_names
+
+    names = registry_names(registry_kind)
+    assert names  # the registry is not empty
+    with pytest.raises(PhasedIFTError, match=re.escape(f"{key} = ") + r".* is not one of " + re.escape(str(names))):
+        load_config(None, [override])
+
+
+def test_registry_names_follow_the_registries():
+    from phased_ift.config import registry_names
+    from phased_ift.design import ARMS
+    from phased_ift.scoring import SCORERS
+
+    assert registry_names("arm") == list(ARMS) and registry_names("scorer") == list(SCORERS)

@@ -37,6 +37,29 @@ def _check_choice(section: str, name: str, value: Any, choices: typing.Iterable[
         raise PhasedIFTError(f"config: {section}.{name} = {value!r} is not one of {choices}; set it to one of those.")
 
 
+def registry_names(kind: str) -> list[str]:
+    """The names registered for one kind of choice, read from the registry that owns it (never repeated here).
+
+    kind: "arm" (design.ARMS), "scorer" (scoring.SCORERS), "phase method" (phases.METHODS), "generate backend"
+    (generate.BACKENDS), "data format" (data.FORMAT_NAMES). A field declares its kind with `_f(..., registry=KIND)`
+    and `load_config` checks it (`_check_registry`). The registries' modules import this module for type checks
+    only (`if TYPE_CHECKING:`), so importing them here, at load time, makes no cycle.
+    """
+    if kind == "arm":
+        from phased_ift.design import ARMS as names
+    elif kind == "scorer":
+        from phased_ift.scoring import SCORERS as names
+    elif kind == "phase method":
+        from phased_ift.phases import METHODS as names
+    elif kind == "generate backend":
+        from phased_ift.generate import BACKENDS as names
+    elif kind == "data format":
+        from phased_ift.data import FORMAT_NAMES as names
+    else:
+        raise ValueError(f"unknown registry kind {kind!r}")
+    return list(names)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------------------------
@@ -48,7 +71,8 @@ class DataSource:
 
     name: str = _f("", "Named source, e.g. 'alpagasus/random_9k' (see `phased-ift data sources`). Set name or path.")
     path: str = _f("", "A file (json, jsonl, parquet, csv) or a Hugging Face dataset id/dir. Set name or path.")
-    format: str = _f("auto", "alpaca | phasedsft | sharegpt | messages | testset | hf | auto (detect).")
+    format: str = _f("auto", "alpaca | phasedsft | sharegpt | messages | testset | hf | auto (detect).",
+                     registry="data format")
     columns: dict = _f({}, "Column mapping for csv/parquet/hf data, e.g. {instruction: question, output: answer}.")
     split: str = _f("train", "Split of a Hugging Face dataset.")
     limit: int = _f(0, "Keep a seeded random sample of this many records (0 = all).")
@@ -125,7 +149,8 @@ class EndpointConfig:
 
 @dataclass
 class ScoringConfig:
-    scorer: str = _f("ifd", "Difficulty scorer: judge | ifd | loss | length | learned | meta (see `phased-ift score`).")
+    scorer: str = _f("ifd", "Difficulty scorer: judge | ifd | loss | length | learned | meta (see `phased-ift score`).",
+                     registry="scorer")
     judge: EndpointConfig = _f(EndpointConfig(), "LLM judge endpoint for scorer=judge.")
     template: str = _f("difficulty", "Judge prompt: a packaged template name or a path to a .txt template.")
     samples: int = _f(1, "Judge samples per instruction; the score is their mean.")
@@ -150,12 +175,13 @@ class ScoringConfig:
 @dataclass
 class PhasesConfig:
     k: int = _f(3, "Number of phases (stages).")
-    method: str = _f("quantiles", "thresholds (fixed score boundaries, the paper) or quantiles (equal-size phases).")
-    thresholds: list = _f([], "method=thresholds: K-1 increasing boundaries; phase k holds t[k-1] <= score < t[k].")
+    method: str = _f("quantiles", "thresholds (fixed score boundaries, the paper) or quantiles (equal-size phases).",
+                     registry="phase method")
+    thresholds: list[float] = _f([], "method=thresholds: K-1 increasing boundaries; phase k holds "
+                                 "t[k-1] <= score < t[k].")
     seed: int = _f(0, "Seed of the random control and of tie breaking.")
 
     def __post_init__(self) -> None:
-        _check_choice("phases", "method", self.method, ["thresholds", "quantiles"])
         if self.k < 1:
             raise PhasedIFTError(f"config: phases.k must be >= 1, got {self.k}.")
         if self.method == "thresholds":
@@ -168,15 +194,12 @@ class PhasesConfig:
                 raise PhasedIFTError(f"config: phases.thresholds must increase, got {self.thresholds}.")
 
 
-ARMS = ("phased", "one-off", "random", "reverse")
-
-
 @dataclass
 class LoraConfig:
     r: int = _f(16, "LoRA rank.")
     alpha: int = _f(32, "LoRA alpha.")
     dropout: float = _f(0.0, "LoRA dropout.")
-    target_modules: list = _f(["all-linear"], "Modules to adapt ('all-linear' = every linear layer but the head).")
+    target_modules: list[str] = _f(["all-linear"], "Modules to adapt ('all-linear' = every linear layer but the head).")
     across_phases: str = _f("continue", "continue (one adapter trained on through phases) or merge (merge each phase).")
 
     def __post_init__(self) -> None:
@@ -185,13 +208,14 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    arms: list = _f(["phased", "one-off", "random"], f"Arms to train: any of {list(ARMS)}.")
+    arms: list[str] = _f(["phased", "one-off", "random"], "Arms to train (the arms of `phased_ift.design`: phased, "
+                         "one-off, random, reverse).", registry="arm")
     method: str = _f("lora", "lora or full fine-tuning.")
     lora: LoraConfig = _f(LoraConfig(), "LoRA settings (method=lora).")
     epochs: float = _f(1.0, "Epochs per phase (one-off: epochs over the union, the same budget).")
     learning_rate: float = _f(2e-4, "Peak learning rate (the paper: 5e-6 full fine-tuning).")
-    phase_epochs: list = _f([], "Per-phase epochs, overrides `epochs` (length K).")
-    phase_learning_rates: list = _f([], "Per-phase learning rates, overrides `learning_rate` (length K).")
+    phase_epochs: list[float] = _f([], "Per-phase epochs, overrides `epochs` (length K).")
+    phase_learning_rates: list[float] = _f([], "Per-phase learning rates, overrides `learning_rate` (length K).")
     batch_size: int = _f(8, "Examples per device per step.")
     grad_accum: int = _f(1, "Gradient accumulation steps.")
     lr_scheduler: str = _f("cosine", "transformers scheduler name, restarted each phase.")
@@ -227,14 +251,12 @@ class TrainConfig:
         "fastest on CPU), fused (TRL's chunked fused LM head: never holds the logits, Triton kernel on GPU) or auto "
         "(fused on CUDA, response elsewhere).",
     )
-    seeds: list = _f([0], "Training seeds; each arm is trained once per seed.")
+    seeds: list[int] = _f([0], "Training seeds; each arm is trained once per seed.")
     deepspeed: str = _f("", "Path to a DeepSpeed config (GPU runs under `accelerate launch`).")
     threads: int = _f(0, "CPU threads for training (torch.set_num_threads; 0 = torch's default).")
     dataloader_workers: int = _f(0, "DataLoader worker processes (0 = load batches in the training process).")
 
     def __post_init__(self) -> None:
-        for arm in self.arms:
-            _check_choice("train", "arms[]", arm, ARMS)
         if len(set(self.arms)) != len(self.arms):
             raise PhasedIFTError(f"config: train.arms has duplicates: {self.arms}.")
         _check_choice("train", "method", self.method, ["lora", "full"])
@@ -260,7 +282,7 @@ class TrainConfig:
 
 @dataclass
 class GenerateConfig:
-    test_sets: list = _f(["vicuna"], "Named test sets (vicuna, koala, sinstruct, wizardlm, oasst, helpful_base, "
+    test_sets: list[str] = _f(["vicuna"], "Named test sets (vicuna, koala, sinstruct, wizardlm, oasst, helpful_base, "
                          "alpaca_eval) or paths to prompt files.")
     limit: int = _f(0, "Seeded sample of this many prompts per test set (0 = all).")
     seed: int = _f(0, "Seed of the `limit` sample.")
@@ -269,10 +291,7 @@ class GenerateConfig:
     max_batch_tokens: int = _f(4096, "Cap on padded prompt tokens per batch (rows x longest prompt): long prompts "
                                "run in smaller batches instead of padding the short ones (0 = no cap).")
     every_phase: bool = _f(False, "Also generate with each intermediate phase checkpoint (the win-rate trend).")
-    backend: str = _f("hf", "hf (transformers) or vllm (GPU, optional).")
-
-    def __post_init__(self) -> None:
-        _check_choice("generate", "backend", self.backend, ["hf", "vllm"])
+    backend: str = _f("hf", "hf (transformers) or vllm (GPU, optional).", registry="generate backend")
 
 
 @dataclass
@@ -280,7 +299,7 @@ class JudgeConfig:
     judge: EndpointConfig = _f(EndpointConfig(max_tokens=32), "Pairwise judge endpoint ('' base_url = no judging).")
     template: str = _f("pairwise", "pairwise (the paper's 1-10 's1 s2' prompt), reference (the same, with the GPT-4 "
                        "reference answer shown; AlpacaEval prompts only) or a path to a .txt judge template.")
-    pairs: list = _f([], "Arm pairs [a, b] to judge; [] = every arm against one-off (or the first arm).")
+    pairs: list[list[str]] = _f([], "Arm pairs [a, b] to judge; [] = every arm against one-off (or the first arm).")
 
     def __post_init__(self) -> None:
         for p in self.pairs:
@@ -410,10 +429,24 @@ def _build(cls: type, raw: dict, prefix: str, where: str) -> Any:
                 f"{where}: unknown key `{key}`.{hint} Known keys here: {', '.join(sorted(fields))}."
             )
         kwargs[k] = _coerce(v, hints[k], key, where)
+        _check_registry(fields[k], kwargs[k], key, where)
     try:
         return cls(**kwargs)
     except PhasedIFTError as e:
         raise PhasedIFTError(f"{where}: {e}".replace("config: ", "")) from None
+
+
+def _check_registry(f: dataclasses.Field, value: Any, key: str, where: str) -> None:
+    """A field declared with `registry=KIND` takes only names registered for KIND (each element of a list)."""
+    kind = f.metadata.get("registry")
+    if kind is None:
+        return
+    names = registry_names(kind)
+    items = enumerate(value) if isinstance(value, list) else [(None, value)]
+    for i, v in items:
+        if v not in names:
+            at = key if i is None else f"{key}[{i}]"
+            raise PhasedIFTError(f"{where}: {at} = {v!r} is not one of {names}; set it to one of those.")
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
