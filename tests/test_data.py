@@ -12,12 +12,14 @@ import pytest
 from rich.console import Console
 
 from phased_ift import data
-from phased_ift.cli import main
+from phased_ift.cli import main, print_check, print_sources
 from phased_ift.config import DataSource, load_config
 from phased_ift.data import (Example, check_file, combine_results, find_reference, load_reference_answers,
-                             load_source, load_test_set, normalize_text, read_examples, read_file, read_jsonl)
+                             load_source, load_test_set, normalize_text, read_examples, read_file)
+from phased_ift.data.formats import _register
 from phased_ift.errors import PhasedIFTError
 from phased_ift.pipeline import step_data
+from phased_ift.runio import read_jsonl
 
 
 def _console() -> tuple[Console, io.StringIO]:
@@ -26,12 +28,13 @@ def _console() -> tuple[Console, io.StringIO]:
 
 
 def _check(tmp_path, name: str, content: str | bytes, fmt: str = "auto") -> tuple[str, list[dict]]:
-    """Run `check_file` on a file; return its printed text and the rows of the rejects file it wrote."""
+    """Run `phased-ift data check` (`print_check`) on a file; return its printed text and the rows of the
+    rejects file it wrote."""
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     console, buf = _console()
     rejects = tmp_path / "rejects.jsonl"
-    assert check_file(str(path), fmt=fmt, rejects=str(rejects), console=console) == 0
+    assert print_check(str(path), fmt=fmt, rejects=str(rejects), console=console) == 0
     rows = list(read_jsonl(rejects)) if rejects.exists() else []
     return buf.getvalue(), rows
 
@@ -192,12 +195,12 @@ def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(PhasedIFTError, match=r"nope\.json: no such file\. Check the path"):
         read_file(tmp_path / "nope.json")
     with pytest.raises(PhasedIFTError, match=r"nope\.json: no such file"):
-        check_file(str(tmp_path / "nope.json"), console=_console()[0])
+        check_file(str(tmp_path / "nope.json"))
     with pytest.raises(PhasedIFTError, match=r"unknown format 'yaml'; use one of alpaca, phasedsft"):
         read_file(_write(tmp_path, "a.jsonl", _jsonl(GOOD)), fmt="yaml")
     with pytest.raises(PhasedIFTError, match=r"unknown file or named source 'alpagasus/random9k'.*Did you mean "
                                              r"alpagasus/random_9k"):
-        check_file("alpagasus/random9k", console=_console()[0])
+        check_file("alpagasus/random9k")
 
 
 def test_explicit_format_wins_over_detection(tmp_path):
@@ -422,12 +425,12 @@ def test_data_home_resolution(monkeypatch, tmp_path):
 
 def test_registries_refuse_duplicates():
     with pytest.raises(ValueError, match="duplicate registry entry 'vicuna'"):
-        data._register(data.TEST_SETS, "vicuna", data.TEST_SETS["vicuna"])
+        _register(data.TEST_SETS, "vicuna", data.TEST_SETS["vicuna"])
 
 
 def test_print_sources(data_home):
     console, buf = _console()
-    assert data.print_sources(console=console) == 0
+    assert print_sources(console=console) == 0
     out = buf.getvalue()
     assert "alpagasus/random_9k" in out and "9225" in out and "wizardlm" in out and "(dataset=oasst)" in out
 

@@ -8,10 +8,11 @@ from collections import Counter
 import pytest
 
 from phased_ift.config import config_from_dict
-from phased_ift.data import Example, read_examples, write_examples, write_jsonl
+from phased_ift.data import Example, read_examples, write_examples
 from phased_ift.errors import PhasedIFTError
 from phased_ift.phases import random_control, reverse_control, split_into_phases
 from phased_ift.rundir import RunDir
+from phased_ift.runio import write_jsonl
 
 
 def _examples(n: int) -> list[Example]:

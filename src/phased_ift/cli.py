@@ -42,15 +42,68 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from phased_ift.data import check_file
-
-    return check_file(args.path, fmt=args.format, rejects=args.rejects, console=console)
+    return print_check(args.path, fmt=args.format, rejects=args.rejects, console=console)
 
 
 def cmd_data_sources(args: argparse.Namespace) -> int:
-    from phased_ift.data import print_sources
-
     return print_sources(console=console)
+
+
+def print_check(path: str, fmt: str = "auto", rejects: str | None = None, console: Console | None = None) -> int:
+    """`phased-ift data check`: validate a data file (`data.check_file`) and print what was read: file, format,
+    records, read, rejected (+ reason histogram), kept duplicates, where the rejects were written.
+
+    Returns:
+        0 (rejected records are reported, not fatal).
+
+    Raises:
+        PhasedIFTError: unreadable file (the CLI prints it and exits with status 2).
+    """
+    from phased_ift.data import check_file
+
+    console = console or Console(stderr=True)
+    report = check_file(path, fmt=fmt, rejects=rejects)
+    result = report.result
+    console.print(f"file      {report.target}", highlight=False)
+    console.print(f"format    {result.format}", highlight=False)
+    console.print(f"records   {result.total}", highlight=False)
+    console.print(f"read      {len(result.examples)}", highlight=False)
+    console.print(f"rejected  {len(result.rejects)}", highlight=False)
+    for reason, n in result.reason_counts().items():
+        console.print(f"  {n:>6}  {reason}", highlight=False)
+    if result.duplicates:
+        pairs = ", ".join(f"{a} = {b}" for a, b in result.duplicates[:10])
+        console.print(f"kept {len(result.duplicates)} duplicate example(s) (not rejected: "
+                      f"{'test-set prompts' if result.format == 'testset' else 'dedupe off'}): {pairs}",
+                      highlight=False)
+    if report.rejects_path is not None:
+        console.print(f"rejects written to {report.rejects_path}", highlight=False)
+    if not result.examples:
+        console.print("[bold red]warning:[/] no usable record in this file.")
+    return 0
+
+
+def print_sources(console: Console | None = None) -> int:
+    """`phased-ift data sources`: a table of the named sources and test sets (`data.source_status`): format,
+    path under the data home, present?, records read/rejected.
+
+    Returns:
+        0. Raises PhasedIFTError only when there is no data home at all.
+    """
+    from rich.table import Table
+
+    from phased_ift.data import DATA_HOME_ENV, data_home, source_status
+
+    console = console or Console(stderr=True)
+    home = data_home()
+    table = Table("name", "kind", "format", "present", "read", "rejected", "file (under the data home)",
+                  title=f"data home: {home}  (set {DATA_HOME_ENV} to change)")
+    for row in source_status(home):
+        read = "-" if row.read is None else str(row.read)
+        rejected = "-" if row.rejected is None else str(row.rejected)
+        table.add_row(row.name, row.kind, row.format, "yes" if row.present else "NO", read, rejected, row.file)
+    console.print(table)
+    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -22,8 +22,9 @@ import random
 from dataclasses import replace
 from typing import Sequence
 
-from phased_ift.data import Example
+from phased_ift.data import Example, read_examples, write_examples
 from phased_ift.errors import PhasedIFTError
+from phased_ift.runio import atomic_write_json, read_jsonl
 
 METHODS = ("thresholds", "quantiles")
 
@@ -71,6 +72,28 @@ def split_into_phases(
         PhasedIFTError: unknown method, wrong number of thresholds, an example without a score, or an empty phase
             (the message names the phase, its score range and how to fix it).
     """
+    _check_split_args(examples, scores, k, method, thresholds)
+    scored = [replace(e, meta={**e.meta, "score": float(scores[e.id])}) for e in examples]
+    scored.sort(key=lambda e: (e.meta["score"], _tiebreak(seed, e.id)))
+    phases: list[list[Example]]
+    if method == "thresholds":
+        phases = [[] for _ in range(k)]
+        for e in scored:
+            phases[sum(e.meta["score"] >= x for x in thresholds or [])].append(e)
+    else:
+        n = len(scored)
+        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        phases, start = [], 0
+        for size in sizes:
+            phases.append(scored[start:start + size])
+            start += size
+    _check_no_empty_phase(phases, scored, k, method, thresholds)
+    return phases
+
+
+def _check_split_args(examples: Sequence[Example], scores: dict[str, float], k: int, method: str,
+                      thresholds: Sequence[float] | None) -> None:
+    """The PhasedIFTErrors of `split_into_phases` raised before splitting (method, k, thresholds, scores)."""
     if method not in METHODS:
         raise PhasedIFTError(f"phases: method {method!r} is not one of {list(METHODS)}.")
     if k < 1:
@@ -88,20 +111,11 @@ def split_into_phases(
             f"phases: {len(missing)} examples have no score (first: {missing[:3]}); score them first "
             f"(`phased-ift score`) or remove them from the data."
         )
-    scored = [replace(e, meta={**e.meta, "score": float(scores[e.id])}) for e in examples]
-    scored.sort(key=lambda e: (e.meta["score"], _tiebreak(seed, e.id)))
-    phases: list[list[Example]]
-    if method == "thresholds":
-        phases = [[] for _ in range(k)]
-        for e in scored:
-            phases[sum(e.meta["score"] >= x for x in thresholds or [])].append(e)
-    else:
-        n = len(scored)
-        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
-        phases, start = [], 0
-        for size in sizes:
-            phases.append(scored[start:start + size])
-            start += size
+
+
+def _check_no_empty_phase(phases: list[list[Example]], scored: list[Example], k: int, method: str,
+                          thresholds: Sequence[float] | None) -> None:
+    """Raise PhasedIFTError naming the first empty phase, its score range, the observed scores and the fix."""
     bounds = _phase_bounds(k, method, thresholds)
     for i, ph in enumerate(phases):
         if not ph:
@@ -118,7 +132,6 @@ def split_into_phases(
             raise PhasedIFTError(
                 f"phases: phase {i + 1} of {k} (scores {bounds[i]}) would be empty; {observed}. Fix: {fix}."
             )
-    return phases
 
 
 def random_control(phases: Sequence[Sequence[Example]], seed: int = 0) -> list[list[Example]]:
@@ -171,13 +184,57 @@ def phase_stats(phase: Sequence[Example]) -> dict[str, float]:
     }
 
 
+def _current_manifest(run, scorer: str, k: int, method: str, thresholds: Sequence[float] | None, seed: int,
+                      controls: Sequence[str]) -> dict | None:
+    """The existing manifest when it was written with the same settings and lists every requested control."""
+    if not run.phases_manifest.is_file():
+        return None
+    manifest = json.loads(run.phases_manifest.read_text(encoding="utf-8"))
+    same = (manifest.get("method"), manifest.get("k"), manifest.get("scorer"), manifest.get("seed")) == (
+        method, k, scorer, seed) and list(manifest.get("thresholds") or []) == list(thresholds or [])
+    if same and all(c in manifest.get("controls", {}) for c in controls):
+        return manifest
+    return None
+
+
+def _read_scores(scores_path) -> tuple[dict[str, float], list[str]]:
+    """(id -> score, ids whose score is null) of a scores file; a later row of an id wins (a torn last line
+    from kill -9 is skipped)."""
+    scores: dict[str, float] = {}
+    failed: list[str] = []
+    for i, row in enumerate(read_jsonl(scores_path, tolerate_torn_tail=True), 1):
+        if "id" not in row:
+            raise PhasedIFTError(f"phases: {scores_path} line {i} has no `id`; re-run the scorer.")
+        if row.get("score") is None:
+            failed.append(str(row["id"]))
+            scores.pop(str(row["id"]), None)
+        else:
+            scores[str(row["id"])] = float(row["score"])
+    return scores, failed
+
+
+def _write_phase_files(run, phases: list[list[Example]], controls: Sequence[str], seed: int,
+                       manifest: dict) -> None:
+    """The phase files and control files; their entries go into `manifest` ("phases", "controls")."""
+    for i, ph in enumerate(phases, 1):
+        path = write_examples(run.phase_file(i), ph)
+        manifest["phases"].append({"k": i, **phase_stats(ph), "file": str(path.relative_to(run.root))})
+    for c in controls:
+        ctl = CONTROLS[c](phases, seed)
+        manifest["controls"][c] = []
+        for i, ph in enumerate(ctl, 1):
+            path = write_examples(run.phase_file(i, c), ph)
+            manifest["controls"][c].append({"k": i, "count": len(ph), "file": str(path.relative_to(run.root))})
+
+
 def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[float] | None, seed: int,
                 controls: Sequence[str], console=None) -> dict:
     """Read data/train.jsonl + scores/<scorer>.jsonl, write the phase files, control files and manifest (last).
 
     Rows of the scores file whose score is null (scoring failures) are excluded from every phase, counted in the
     manifest (`n_failed_scores`) and reported in the log; examples absent from the scores file likewise
-    (`n_unscored`). Skips the work when the manifest exists and lists every requested control.
+    (`n_unscored`). Skips the work when the manifest exists and lists every requested control. Every file is
+    written atomically (`runio`), the manifest last.
 
     Args:
         run: the `RunDir`.
@@ -192,34 +249,18 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
     Raises:
         PhasedIFTError: missing train data or scores file, an unknown control, an empty phase.
     """
-    import json
-
-    from phased_ift.data import read_examples, read_jsonl, write_examples
-
     for c in controls:
         if c not in CONTROLS:
             raise PhasedIFTError(f"phases: unknown control arm {c!r}; known: {sorted(CONTROLS)}.")
-    if run.phases_manifest.is_file():
-        manifest = json.loads(run.phases_manifest.read_text(encoding="utf-8"))
-        same = (manifest.get("method"), manifest.get("k"), manifest.get("scorer"), manifest.get("seed")) == (
-            method, k, scorer, seed) and list(manifest.get("thresholds") or []) == list(thresholds or [])
-        if same and all(c in manifest.get("controls", {}) for c in controls):
-            return manifest
+    manifest = _current_manifest(run, scorer, k, method, thresholds, seed, controls)
+    if manifest is not None:
+        return manifest
     if not run.train_data.is_file():
         raise PhasedIFTError(f"phases: {run.train_data} does not exist; run `phased-ift score` (or `run`) first.")
     scores_path = run.scores(scorer)
     if not scores_path.is_file():
         raise PhasedIFTError(f"phases: {scores_path} does not exist; run `phased-ift score` first.")
-    scores: dict[str, float] = {}
-    failed: list[str] = []
-    for i, row in enumerate(read_jsonl(scores_path, tolerate_torn_tail=True), 1):
-        if "id" not in row:
-            raise PhasedIFTError(f"phases: {scores_path} line {i} has no `id`; re-run the scorer.")
-        if row.get("score") is None:
-            failed.append(str(row["id"]))
-            scores.pop(str(row["id"]), None)
-        else:
-            scores[str(row["id"])] = float(row["score"])
+    scores, failed = _read_scores(scores_path)
     examples = read_examples(run.train_data)
     failed_set = set(failed)
     kept = [e for e in examples if e.id in scores]
@@ -231,18 +272,8 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
         "n_examples": len(kept), "n_failed_scores": n_failed, "n_unscored": n_unscored, "phases": [],
         "controls": {},
     }
-    for i, ph in enumerate(phases, 1):
-        path = write_examples(run.phase_file(i), ph)
-        manifest["phases"].append({"k": i, **phase_stats(ph), "file": str(path.relative_to(run.root))})
-    for c in controls:
-        ctl = CONTROLS[c](phases, seed)
-        manifest["controls"][c] = []
-        for i, ph in enumerate(ctl, 1):
-            path = write_examples(run.phase_file(i, c), ph)
-            manifest["controls"][c].append({"k": i, "count": len(ph), "file": str(path.relative_to(run.root))})
-    tmp = run.phases_manifest.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    tmp.replace(run.phases_manifest)
+    _write_phase_files(run, phases, controls, seed, manifest)
+    atomic_write_json(run.phases_manifest, manifest, indent=2)
     if console is not None:
         sizes = ", ".join(str(p["count"]) for p in manifest["phases"])
         excluded = (f"; excluded {n_failed} examples whose scoring failed (score null) and {n_unscored} without a "

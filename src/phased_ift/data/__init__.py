@@ -1,0 +1,38 @@
+"""Instruction data: one internal record (`Example`), readers for the common formats, validation with rejects,
+named sources and test sets. Returns data; printing is the CLI's (`phased-ift data check` / `data sources`).
+
+    example.py   `Example`, `normalize_text`, `read_examples` / `write_examples` (data/train.jsonl rows)
+    loading.py   a file -> raw records with line numbers: text, JSON array, JSON lines, Hugging Face `datasets`
+    formats.py   one converter per format (`FORMATS`), detection, record checks, `read_file`, `ReadResult`
+    sources.py   `SOURCES`, `TEST_SETS`, `data_home`, `load_source`, `load_test_set`, reference answers,
+                 `combine_results`, `check_file`, `source_status`
+
+Formats (`read_file(path, fmt)`; `fmt="auto"` detects from the file, an explicit format wins): alpaca, phasedsft,
+sharegpt, messages, testset, hf (see `formats.py`). A record that cannot be used becomes a reject {"source",
+"line", "record", "reason"} (counted, written out, never dropped silently); a file that cannot be read at all
+raises `PhasedIFTError` naming the file, line and fix.
+
+Named sources (`SOURCES`) and test sets (`TEST_SETS`) resolve under the data home (`data_home()`:
+$PHASED_IFT_DATA_HOME, else ./data, else ../shared/data).
+
+Run `phased-ift data check PATH [--format F]` to validate a file, `phased-ift data sources` to list named sources.
+jsonl files of the run dir are read and written by `phased_ift.runio`.
+"""
+
+from phased_ift.data.example import Example, normalize_text, read_examples, write_examples
+from phased_ift.data.formats import FORMAT_NAMES, FORMATS, ReadResult, read_file
+from phased_ift.data.sources import (DATA_HOME_ENV, SOURCES, TEST_SETS, CheckReport, SourceInfo, SourceStatus,
+                                     TestSetInfo, check_file, combine_results, data_home, find_reference,
+                                     load_reference_answers, load_source, load_test_set, source_path, source_status)
+
+# transition: moved to phased_ift.runio; the lead removes these re-exports when the other branches are merged
+from phased_ift.runio import append_jsonl, read_jsonl, write_jsonl  # noqa: E402,F401
+
+__all__ = [
+    "CheckReport", "DATA_HOME_ENV", "Example", "FORMATS", "FORMAT_NAMES", "ReadResult", "SOURCES", "SourceInfo",
+    "SourceStatus", "TEST_SETS", "TestSetInfo", "check_file", "combine_results", "data_home", "find_reference",
+    "load_reference_answers", "load_source", "load_test_set", "normalize_text", "read_examples", "read_file",
+    "source_path", "source_status", "write_examples",
+    # transition: moved to phased_ift.runio; the lead removes these re-exports when the other branches are merged
+    "append_jsonl", "read_jsonl", "write_jsonl",
+]

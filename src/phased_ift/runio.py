@@ -1,0 +1,276 @@
+"""Run-dir file I/O: JSON lines, the one atomic write, the one append log.
+
+Every file a step writes goes through here, so that a reader (or a resumed run) never sees half a file:
+
+  atomic_write_text / atomic_write_json / atomic_write_bytes / write_jsonl
+      a whole file at once: written to a temp file in the same folder, then `os.replace`d over the target.
+      A writer that raises (or is killed) leaves the old file intact and no temp file behind (on kill -9 a
+      hidden ".<name>.*.tmp" may remain; it is never read).
+  AppendLog
+      a jsonl stream written one row at a time (per-item results: generations, judgements, scores). Each row is
+      flushed as it is written, so a run killed with kill -9 keeps every finished row; on reopening, a torn
+      (unterminated and unparseable) last line is cut off and the ids already done are known, so the run resumes.
+  read_jsonl
+      rows of a jsonl file this project wrote; a bad line is an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from phased_ift.errors import PhasedIFTError
+
+__all__ = ["AppendLog", "JsonlDecodeError", "append_jsonl", "atomic_write_bytes", "atomic_write_json",
+           "atomic_write_text", "drop_torn_tail", "read_jsonl", "write_jsonl"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Whole-file writes: temp file in the same folder + os.replace
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: str | os.PathLike, chunks: Iterable[bytes], *, fsync: bool = False,
+                  mode: int = 0o644) -> Path:
+    """The only temp-file + rename in the package: every `atomic_write_*` and `write_jsonl` end here.
+
+    The temp file is ".<name>.<random>.tmp" in the target's folder (same filesystem, so `os.replace` is atomic).
+    `mode` is set on it before the rename (mkstemp creates 0600; run-dir files and reports are meant to be
+    shared). `fsync=True` also forces the bytes to disk before the rename (survives power loss, not only kill -9).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:
+    """Write `data` to `path` atomically (parent folders are created; the old file stays intact on failure)."""
+    _atomic_write(path, [data], fsync=fsync)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> None:
+    """Write `text` as UTF-8 to `path` atomically (see `atomic_write_bytes`)."""
+    _atomic_write(path, [text.encode("utf-8")], fsync=fsync)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1, *, fsync: bool = False) -> None:
+    """Write `obj` as `json.dumps(obj, indent=indent)` (ASCII-escaped, as the run dir's JSON files have always
+    been) to `path` atomically. The object is serialised before the temp file is created, so an unserialisable
+    object leaves nothing behind."""
+    text = json.dumps(obj, indent=indent)
+    _atomic_write(path, [text.encode("utf-8")], fsync=fsync)
+
+
+def _dump_row(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]], *, fsync: bool = False) -> int:
+    """Write rows as JSON lines atomically: a reader never sees a half-written file.
+
+    `rows` may be a generator; it is consumed while the temp file is written, and if it raises the target is
+    left as it was.
+
+    Returns:
+        The number of rows written.
+    """
+    count = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal count
+        for row in rows:
+            yield _dump_row(row).encode("utf-8")
+            count += 1
+
+    _atomic_write(path, chunks(), fsync=fsync)
+    return count
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------------------
+
+
+class JsonlDecodeError(json.JSONDecodeError):
+    """A line of a jsonl file that is not JSON. A `json.JSONDecodeError` (callers that catch that keep working)
+    whose `lineno`/`colno` are the line and column in the file and whose message names the file."""
+
+    def __init__(self, path: Path, lineno: int, msg: str, line: str, pos: int) -> None:
+        super().__init__(msg, line, pos)
+        # the column on the line itself (an error "after" the line's own newline points at its end)
+        self.path, self.lineno, self.colno = path, lineno, min(pos, len(line.rstrip("\r\n"))) + 1
+        self.args = (f"{path}, line {lineno} column {self.colno}: not valid JSON ({msg})",)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def __reduce__(self):  # picklable although __init__ takes other arguments than args
+        return (JsonlDecodeError, (self.path, self.lineno, self.msg, self.doc, self.pos))
+
+
+def _numbered_rows(path: Path, tolerate_torn_tail: bool) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, parsed JSON) per non-blank line."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if tolerate_torn_tail and i == len(lines) - 1:
+                return
+            raise JsonlDecodeError(path, i + 1, e.msg, line, e.pos) from None
+        yield i + 1, row
+
+
+def read_jsonl(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield the JSON objects of a jsonl file written by this project, in file order; blank lines are skipped.
+
+    A generator: the file is opened at the first `next()` (a missing file raises FileNotFoundError there) and
+    read whole before the first row is yielded (invalid UTF-8 anywhere raises UnicodeDecodeError).
+
+    Args:
+        tolerate_torn_tail: skip an unparseable *last* line (an append interrupted by kill -9). Only the very
+            last line of the file qualifies; a bad line anywhere else is always an error.
+
+    Raises:
+        JsonlDecodeError (a json.JSONDecodeError): a line is not JSON; the message is
+            "<path>, line <n> column <c>: not valid JSON (<reason>)" and `lineno` is the line in the file.
+    """
+    for _, row in _numbered_rows(Path(path), tolerate_torn_tail):
+        yield row
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Appending, resumable
+# --------------------------------------------------------------------------------------------------------------
+
+
+def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
+    """Append one row and flush (opens and closes the file per call). Prefer `AppendLog` for a stream of rows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(_dump_row(row))
+        f.flush()
+
+
+def drop_torn_tail(path: str | os.PathLike) -> int:
+    """Repair the end of an append-only jsonl file so that rows appended next stay on their own lines.
+
+    The last non-blank line is checked: if it does not parse as JSON (an append cut by kill -9, or invalid
+    UTF-8) it is truncated away, together with any blank lines after it; if it parses but has no final newline,
+    the newline is added. Only the last line is ever removed; a bad line elsewhere is left for `read_jsonl` to
+    report. A missing file is left missing.
+
+    Returns:
+        The number of lines removed (0 or 1).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    body, _, last = data.rstrip(b"\n").rpartition(b"\n")
+    try:
+        json.loads(last) if last.strip() else None
+    except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+        with open(path, "r+b") as f:
+            f.truncate(len(body) + 1 if body else 0)
+        return 1
+    if data and not data.endswith(b"\n"):
+        with open(path, "ab") as f:
+            f.write(b"\n")
+    return 0
+
+
+class AppendLog:
+    """An append-only jsonl file of per-item rows that survives kill -9 and resumes.
+
+        with AppendLog(run.generations(arm, k, "vicuna")) as log:
+            for e in examples:
+                if e.id not in log.done:
+                    log.append({"id": e.id, "output": ...})
+
+    Opening repairs a torn last line (`drop_torn_tail`; `torn` says how many lines were cut: 0 or 1) and reads
+    the rows already there. Each `append` writes one line and flushes it to the OS, so every finished row
+    survives the process being killed. The file is created (with its folders) on the first append.
+
+    Attributes:
+        path: the file.
+        key: the row field that identifies an item ("id").
+        done: the `key` values of all rows, those found on opening and those appended since.
+        torn: lines cut off on opening (1 when the previous writer was killed mid-line).
+
+    Raises:
+        JsonlDecodeError: on opening, a line other than the last is not JSON (named by file and line).
+        PhasedIFTError: on opening, a row is not an object or lacks `key` (named by file and line).
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str = "id") -> None:
+        self.path = Path(path)
+        self.key = key
+        self.torn = drop_torn_tail(self.path)
+        self._rows: list[dict[str, Any]] = []
+        self.done: set[Any] = set()
+        self._file = None
+        if not self.path.is_file():
+            return
+        for lineno, row in _numbered_rows(self.path, tolerate_torn_tail=False):
+            if not isinstance(row, dict) or key not in row:
+                raise PhasedIFTError(f"{self.path}, line {lineno}: a row without the {key!r} field; this file is "
+                                     f"not an append log of this step. Delete it (or move it away) and re-run.")
+            self._rows.append(row)
+            self.done.add(row[key])
+
+    def rows(self) -> list[dict[str, Any]]:
+        """All rows in file order: those found on opening, then those appended since (a new list)."""
+        return list(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one row as a line and flush it.
+
+        Raises:
+            ValueError: the row has no `key` field (it could never be recognised as done).
+        """
+        if self.key not in row:
+            raise ValueError(f"AppendLog({self.path}): row without the {self.key!r} field: {sorted(row)}")
+        line = _dump_row(row)
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+        self._file.write(line)
+        self._file.flush()
+        self._rows.append(row)
+        self.done.add(row[self.key])
+
+    def close(self) -> None:
+        """Close the file (idempotent; a later `append` reopens it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "AppendLog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
