@@ -24,17 +24,16 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from phased_ift.data import Example, read_examples
 from phased_ift.errors import PhasedIFTError
-from phased_ift.phases import random_control, read_manifest, reverse_control
+from phased_ift.phases import ControlBuilder, random_control, read_manifest, reverse_control
 from phased_ift.rundir import RunDir
 
 if TYPE_CHECKING:
     from phased_ift.config import Config, TrainConfig
 
-ControlBuilder = Callable[[Sequence[Sequence[Example]], int], list[list[Example]]]
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,13 @@ import json
 import math
 import random
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 from phased_ift.data import Example, read_examples, write_examples
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import atomic_write_json, read_jsonl
+
+ControlBuilder = Callable[[Sequence[Sequence[Example]], int], "list[list[Example]]"]
 
 METHODS = ("thresholds", "quantiles")
 
@@ -158,21 +160,6 @@ def reverse_control(phases: Sequence[Sequence[Example]]) -> list[list[Example]]:
     return [list(reversed(ph)) for ph in reversed(phases)]
 
 
-# Controls in an explicit registry (arm name -> builder); refuse duplicates.
-CONTROLS: dict[str, object] = {}
-
-
-def register_control(name: str, builder) -> None:
-    """Add a control arm builder `(phases, seed) -> phases`; names are unique."""
-    if name in CONTROLS:
-        raise ValueError(f"control {name!r} is already registered")
-    CONTROLS[name] = builder
-
-
-register_control("random", lambda phases, seed: random_control(phases, seed))
-register_control("reverse", lambda phases, seed: reverse_control(phases))
-
-
 def phase_stats(phase: Sequence[Example]) -> dict[str, float]:
     """count, score_min, score_max, score_mean of a phase (its examples carry meta["score"])."""
     s = [e.meta["score"] for e in phase]
@@ -189,7 +176,7 @@ def _current_manifest(run, scorer: str, k: int, method: str, thresholds: Sequenc
     """The existing manifest when it was written with the same settings and lists every requested control."""
     if not run.phases_manifest.is_file():
         return None
-    manifest = json.loads(run.phases_manifest.read_text(encoding="utf-8"))
+    manifest = read_manifest(run)
     same = (manifest.get("method"), manifest.get("k"), manifest.get("scorer"), manifest.get("seed")) == (
         method, k, scorer, seed) and list(manifest.get("thresholds") or []) == list(thresholds or [])
     if same and all(c in manifest.get("controls", {}) for c in controls):
@@ -213,14 +200,14 @@ def _read_scores(scores_path) -> tuple[dict[str, float], list[str]]:
     return scores, failed
 
 
-def _write_phase_files(run, phases: list[list[Example]], controls: Sequence[str], seed: int,
+def _write_phase_files(run, phases: list[list[Example]], controls: Mapping[str, ControlBuilder], seed: int,
                        manifest: dict) -> None:
     """The phase files and control files; their entries go into `manifest` ("phases", "controls")."""
     for i, ph in enumerate(phases, 1):
         path = write_examples(run.phase_file(i), ph)
         manifest["phases"].append({"k": i, **phase_stats(ph), "file": str(path.relative_to(run.root))})
-    for c in controls:
-        ctl = CONTROLS[c](phases, seed)
+    for c, build in controls.items():
+        ctl = build(phases, seed)
         manifest["controls"][c] = []
         for i, ph in enumerate(ctl, 1):
             path = write_examples(run.phase_file(i, c), ph)
@@ -228,7 +215,7 @@ def _write_phase_files(run, phases: list[list[Example]], controls: Sequence[str]
 
 
 def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[float] | None, seed: int,
-                controls: Sequence[str], console=None) -> dict:
+                controls: Mapping[str, ControlBuilder], console=None) -> dict:
     """Read data/train.jsonl + scores/<scorer>.jsonl, write the phase files, control files and manifest (last).
 
     Rows of the scores file whose score is null (scoring failures) are excluded from every phase, counted in the
@@ -240,18 +227,16 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
         run: the `RunDir`.
         scorer: name of the scores file (scores/<scorer>.jsonl).
         k, method, thresholds, seed: see `split_into_phases`.
-        controls: control arms to write (names in `CONTROLS`, e.g. ["random", "reverse"]).
+        controls: the control arms to write, {arm name: builder `(phases, seed) -> phases`} (the arms own them:
+            `design.controls(arms)`); each goes to phases/<name>/phase_<k>.jsonl.
         console: a rich Console for the log line (optional).
 
     Returns:
         The manifest dict (format in docs/architecture.md).
 
     Raises:
-        PhasedIFTError: missing train data or scores file, an unknown control, an empty phase.
+        PhasedIFTError: missing train data or scores file, an empty phase.
     """
-    for c in controls:
-        if c not in CONTROLS:
-            raise PhasedIFTError(f"phases: unknown control arm {c!r}; known: {sorted(CONTROLS)}.")
     manifest = _current_manifest(run, scorer, k, method, thresholds, seed, controls)
     if manifest is not None:
         return manifest

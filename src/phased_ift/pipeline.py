@@ -90,7 +90,8 @@ def step_split(cfg: Config, console: Console | None = None) -> None:
     writes; the others wait (accelerate's `main_process_first`)."""
     from accelerate import PartialState
 
-    from phased_ift.phases import CONTROLS, write_split
+    from phased_ift.design import controls
+    from phased_ift.phases import write_split
 
     import torch
 
@@ -100,7 +101,7 @@ def step_split(cfg: Config, console: Console | None = None) -> None:
         if not run.scores(cfg.scoring.scorer).is_file():
             step_score(cfg, console=console)
         write_split(run, cfg.scoring.scorer, cfg.phases.k, cfg.phases.method, cfg.phases.thresholds,
-                    cfg.phases.seed, [a for a in cfg.train.arms if a in CONTROLS], console=console)
+                    cfg.phases.seed, controls(cfg.train.arms), console=console)
 
 
 def step_train(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
