@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from phased_ift.errors import PhasedIFTError
+from phased_ift.runio import atomic_write_text
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -528,8 +529,6 @@ def config_to_dict(cfg: Any) -> dict:
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved config as YAML (e.g. to <run_dir>/config.yaml)."""
-    from phased_ift.runio import atomic_write_text
-
     path = Path(path)
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
     return path
