@@ -146,13 +146,15 @@ def test_vllm_backend_without_vllm_says_how_to_fix(tiny):
 def test_adapter_checkpoint_loads_base_from_hparams(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
+    from phased_ift import modeling
+
     model, tok = gen.load_for_inference(tiny_model_dir)
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
     ck = tmp_path / "ck"
     peft_model.save_pretrained(ck)
     tok.save_pretrained(ck)
     (ck / "hparams.json").write_text(json.dumps({"base_model": str(tiny_model_dir)}))
-    assert gen.base_model_of(ck) == str(tiny_model_dir)
+    assert modeling.base_model_of(ck) == str(tiny_model_dir)
     merged, tok2 = gen.load_for_inference(ck)
     assert not hasattr(merged, "peft_config") and tok2.eos_token_id == tok.eos_token_id
     out = gen.generate_answers(ck, _prompts(["Hi"]), 3, 1, "chat", tmp_path / "g.jsonl")
@@ -167,3 +169,4 @@ def test_smollm2_stops_at_its_end_of_turn_token(smollm2_path, tmp_path):
     row = next(iter(read_jsonl(out)))
     assert row["finish_reason"] == "stop" and 0 < row["output_tokens"] < 48
     assert "<|im_end|>" not in row["output"] and row["output"]
+

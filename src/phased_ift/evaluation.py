@@ -10,6 +10,10 @@ win rate: it rewards GPT-4's style and length as much as its content.
 
 Per-example values are kept, so the report can bootstrap a confidence interval. Output:
 `evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json` (format in docs/architecture.md).
+
+Owns: matching prompts to reference answers (`attach_references`) and the reference loss of one checkpoint
+(`reference_loss`).
+The forward passes run in `modeling.sequence_losses`.
 """
 
 from __future__ import annotations
@@ -40,10 +44,8 @@ def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Exam
     Raises:
         PhasedIFTError: an example without a reference answer.
     """
-    import torch
-
     from phased_ift.generate import load_for_inference
-    from phased_ift.modeling import pad_batch, render, token_losses, tokenize_example
+    from phased_ift.modeling import sequence_losses
 
     for e in examples_with_reference:
         if not e.messages or e.messages[-1]["role"] != "assistant" or not e.messages[-1]["content"].strip():
@@ -53,24 +55,10 @@ def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Exam
         return {"mean_loss": None, "token_mean_loss": None, "n": 0, "per_example": [], "answer_tokens": [],
                 "truncated": 0, "ids": []}
     model, tok = loaded if loaded is not None else load_for_inference(model_dir)
-    feats, truncated = [], 0
-    for e in examples_with_reference:
-        prompt, response = render(tok, e.messages, template)
-        f = tokenize_example(tok, prompt, response, max_length)
-        full = len(tok(prompt, add_special_tokens=False)["input_ids"]) + len(
-            tok(response, add_special_tokens=False)["input_ids"])
-        truncated += full > len(f["input_ids"])
-        feats.append(f)
+    feats, truncated = _tokenize_references(tok, examples_with_reference, template, max_length)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    # Similar lengths per batch: less padding. Results are put back in input order.
-    order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
-    sums, counts = [0.0] * len(feats), [0] * len(feats)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            loss_sum, n_tok = token_losses(model, pad_batch([feats[i] for i in idx], pad_id, side="right"))
-            for j, i in enumerate(idx):
-                sums[i], counts[i] = float(loss_sum[j]), int(n_tok[j])
+    # Similar lengths per batch (less padding); the results come back in input order.
+    sums, counts = sequence_losses(model, feats, pad_id, batch_size)
     # Every example keeps answer tokens (tokenize_example gives the prompt at most half the budget).
     per = [s / max(c, 1) for s, c in zip(sums, counts)]
     return {
@@ -82,6 +70,21 @@ def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Exam
         "truncated": truncated,
         "ids": [str(e.id) for e in examples_with_reference],
     }
+
+
+def _tokenize_references(tok, examples: Sequence[Example], template: str, max_length: int) -> tuple[list[dict], int]:
+    """(`tokenize_example` rows of prompt + reference answer, how many were cut to max_length)."""
+    from phased_ift.modeling import render, tokenize_example
+
+    feats, truncated = [], 0
+    for e in examples:
+        prompt, response = render(tok, e.messages, template)
+        f = tokenize_example(tok, prompt, response, max_length)
+        full = len(tok(prompt, add_special_tokens=False)["input_ids"]) + len(
+            tok(response, add_special_tokens=False)["input_ids"])
+        truncated += full > len(f["input_ids"])
+        feats.append(f)
+    return feats, truncated
 
 
 def attach_references(examples: Sequence[Example], references: dict[str, str]) -> list[Example]:
@@ -99,3 +102,4 @@ def attach_references(examples: Sequence[Example], references: dict[str, str]) -
             out.append(Example(id=e.id, messages=list(e.prompt_messages) + [{"role": "assistant", "content": ref}],
                                meta=dict(e.meta)))
     return out
+
