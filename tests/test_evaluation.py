@@ -86,7 +86,8 @@ def test_attach_references_matches_normalised_instruction():
 
 
 @pytest.mark.slow  # saves three model copies and reads AlpacaEval (~8 s on a busy 2-core machine)
-def test_step_evaluate_writes_reference_loss_per_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+def test_evaluate_all_writes_reference_loss_per_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    """evaluation.evaluate_all writes one file per evaluation cell; the pipeline's evaluate step then skips them."""
     import json
     import sys
     from pathlib import Path
@@ -97,12 +98,13 @@ def test_step_evaluate_writes_reference_loss_per_checkpoint(tmp_path, tiny_model
     from test_judge import make_fake_run
 
     from phased_ift import pipeline
+    from phased_ift.evaluation import evaluate_all
 
     cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch,
                              ["generate.test_sets=[vicuna,wizardlm]", "generate.limit=3", "evaluation.batch_size=2",
                               "evaluation.max_length=128"])
     console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
-    pipeline.step_evaluate(cfg, console=console)
+    evaluate_all(cfg, run, console=console)
     for arm, k in [("phased", 1), ("phased", 2), ("one-off", 1)]:
         data = json.loads(run.evaluation(arm, k, 0).read_text())
         assert (data["arm"], data["phase"], data["seed"]) == (arm, k, 0)
@@ -116,3 +118,18 @@ def test_step_evaluate_writes_reference_loss_per_checkpoint(tmp_path, tiny_model
     before = run.evaluation("phased", 2, 0).stat().st_mtime_ns
     pipeline.step_evaluate(cfg, console=console)  # done: skipped
     assert run.evaluation("phased", 2, 0).stat().st_mtime_ns == before
+
+
+def test_evaluate_all_is_skipped_without_reference_loss(tmp_path):
+    from rich.console import Console
+
+    from phased_ift.config import load_config
+    from phased_ift.evaluation import evaluate_all
+    from phased_ift.rundir import RunDir
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "evaluation.reference_loss=false"])
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    evaluate_all(cfg, RunDir(cfg.run_dir), console=console)
+    console.file.flush()
+    assert "evaluate: evaluation.reference_loss is false; skipped" in (tmp_path / "log.txt").read_text()
+    assert not (tmp_path / "run" / "evaluation").exists()

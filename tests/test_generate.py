@@ -146,13 +146,15 @@ def test_vllm_backend_without_vllm_says_how_to_fix(tiny):
 def test_adapter_checkpoint_loads_base_from_hparams(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
+    from phased_ift import modeling
+
     model, tok = gen.load_for_inference(tiny_model_dir)
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
     ck = tmp_path / "ck"
     peft_model.save_pretrained(ck)
     tok.save_pretrained(ck)
     (ck / "hparams.json").write_text(json.dumps({"base_model": str(tiny_model_dir)}))
-    assert gen.base_model_of(ck) == str(tiny_model_dir)
+    assert modeling.base_model_of(ck) == str(tiny_model_dir)
     merged, tok2 = gen.load_for_inference(ck)
     assert not hasattr(merged, "peft_config") and tok2.eos_token_id == tok.eos_token_id
     out = gen.generate_answers(ck, _prompts(["Hi"]), 3, 1, "chat", tmp_path / "g.jsonl")
@@ -167,3 +169,32 @@ def test_smollm2_stops_at_its_end_of_turn_token(smollm2_path, tmp_path):
     row = next(iter(read_jsonl(out)))
     assert row["finish_reason"] == "stop" and 0 < row["output_tokens"] < 48
     assert "<|im_end|>" not in row["output"] and row["output"]
+
+
+@pytest.mark.slow  # saves three model copies (~10-20 s on a busy 2-core machine)
+def test_generate_all_covers_the_evaluation_cells_and_skips_finished_sets(tmp_path, tiny_model_dir, monkeypatch):
+    """generate_all: one generations file per evaluation cell (every phase with generate.every_phase), one log line
+    each; a second call loads no model."""
+    import sys
+    from pathlib import Path
+
+    from rich.console import Console
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_judge import make_fake_run
+
+    cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch)
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    gen.generate_all(cfg, run, console=console)
+    for arm, k in [("phased", 1), ("phased", 2), ("one-off", 1)]:
+        rows = gen.read_generations(run.generations(arm, k, "vicuna"))
+        assert len(rows) == 2 and all(r["output_tokens"] <= 4 for r in rows)
+    console.file.flush()
+    log = [ln for ln in (tmp_path / "log.txt").read_text().splitlines() if ln.startswith("generate: ")]
+    assert log == [f"generate: {a} seed 0 phase {k} vicuna (2 prompts) -> {run.generations(a, k, 'vicuna')}"
+                   for a, k in [("phased", 1), ("phased", 2), ("one-off", 1)]]
+    monkeypatch.setattr(gen, "load_for_inference", lambda *a, **k: pytest.fail("model loaded on a finished set"))
+    gen.generate_all(cfg, run, console=console)
+    (run.checkpoint("phased", 1, 0) / "DONE").unlink()
+    with pytest.raises(PhasedIFTError, match="has no DONE marker: arm 'phased' phase 1 seed 0"):
+        gen.generate_all(cfg, run, console=console)

@@ -24,7 +24,9 @@ from phased_ift.config import config_from_dict
 from phased_ift.data import Example, read_jsonl, write_examples, write_jsonl
 from phased_ift.pipeline import step_split
 from phased_ift.rundir import RunDir
-from phased_ift.train import arm_phases, plan_training, tokenize_examples, train_phases
+from phased_ift.design import ARMS
+from phased_ift.errors import PhasedIFTError
+from phased_ift.train import plan_training, tokenize_examples, train_phases
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +102,7 @@ def test_lora_phases_chain_from_previous_adapter_and_stay_trainable(tmp_path, ti
         assert [r["step"] for r in losses] == [1, 2] and all(r["loss"] > 0 for r in losses)
     # each phase trained on its own file's examples
     tok_rows = tokenize_examples(__import__("phased_ift.modeling", fromlist=["load_tokenizer"]).load_tokenizer(
-        str(tiny_model_dir)), arm_phases(run, "phased", 3)[1], "chat", 64)
+        str(tiny_model_dir)), ARMS["phased"].phase_data(run, 3)[1], "chat", 64)
     assert Counter(tuple(r["input_ids"]) for r in tok_rows) == Counter(tuple(x) for x in snap.datasets[1]["input_ids"])
     # a second call skips finished phases (no trainer starts)
     snap2 = Snapshot()
@@ -127,7 +129,7 @@ def test_full_finetuning_chain_and_one_off_sees_the_union(tmp_path, tiny_model_d
     assert not _close(snap.starts[3], saved[2], keys=saved[2].keys())  # one-off starts from the base model
     from phased_ift.modeling import load_tokenizer
 
-    union = [e for k in (1, 2, 3) for e in arm_phases(run, "phased", 3)[k - 1]]
+    union = [e for k in (1, 2, 3) for e in ARMS["phased"].phase_data(run, 3)[k - 1]]
     rows = tokenize_examples(load_tokenizer(str(tiny_model_dir)), union, "chat", 64)
     assert Counter(tuple(r["input_ids"]) for r in rows) == Counter(tuple(x) for x in snap.datasets[3]["input_ids"])
     assert json.loads((one_off[0] / "hparams.json").read_text())["examples"] == 24
@@ -267,7 +269,7 @@ def test_two_process_gloo_run_writes_one_set_of_checkpoints(tmp_path, tiny_model
         assert hp["world_size"] == 2
         # 16 examples, batch 2 per rank: 4 steps when both ranks take half the data (8 with one process)
         assert done["global_step"] == 4
-        tokens = sum(r["length"] for r in tokenize_examples(tok, arm_phases(run, "phased", 3)[k - 1], "chat", 64))
+        tokens = sum(r["length"] for r in tokenize_examples(tok, ARMS["phased"].phase_data(run, 3)[k - 1], "chat", 64))
         assert done["tokens"] == tokens  # tokens gathered from both ranks cover the phase exactly once
     assert sorted(p.name for p in (run.root / "checkpoints" / "phased" / "seed_0").iterdir()) == \
         ["phase_1", "phase_2", "phase_3"]
@@ -292,7 +294,7 @@ def test_sequential_order_keeps_the_phase_file_order_and_every_batching_trains(t
     assert (dirs[0] / "DONE").is_file()
     from phased_ift.modeling import load_tokenizer
 
-    rows = tokenize_examples(load_tokenizer(str(tiny_model_dir)), arm_phases(run, "phased", 1)[0][:4], "chat", 64)
+    rows = tokenize_examples(load_tokenizer(str(tiny_model_dir)), ARMS["phased"].phase_data(run, 1)[0][:4], "chat", 64)
     ids = first.batch["input_ids"]
     if batching == "packing":  # one row: the examples concatenated without padding (bfd may reorder them)
         assert ids.shape[0] == 1 and ids.shape[1] <= 4 * 64
@@ -304,18 +306,19 @@ def test_sequential_order_keeps_the_phase_file_order_and_every_batching_trains(t
 
 
 def test_trainer_arguments_carry_the_phase_hyperparameters(tmp_path, tiny_model_dir):
-    from phased_ift.train import _sft_config, phase_hparams
+    from phased_ift.train import phase_hparams
+    from phased_ift.train.trainer import sft_config
 
     raw = _setup(tmp_path, tiny_model_dir, weight_decay=0.1, adam_beta2=0.95, warmup_ratio=0.1, max_grad_norm=0.5,
                  phase_epochs=[1, 2, 3], phase_learning_rates=[1e-4, 2e-4, 3e-4], order="shuffle", max_steps=-1)
     cfg = config_from_dict(raw)
     hp = phase_hparams(cfg, "phased", 2)
-    args = _sft_config(cfg, hp, tmp_path / "t", seed=7, save_steps=5)
+    args = sft_config(cfg, hp, tmp_path / "t", seed=7, save_steps=5)
     assert (args.num_train_epochs, args.learning_rate, args.weight_decay, args.adam_beta2, args.max_grad_norm,
             args.warmup_steps, args.seed) == (2.0, 2e-4, 0.1, 0.95, 0.5, 0.1, 7)
     assert args.train_sampling_strategy == "group_by_length" and args.bf16
     one_off = phase_hparams(cfg, "one-off", 1)
-    assert (one_off["epochs"], one_off["learning_rate"]) == (cfg.train.epochs, cfg.train.learning_rate)
+    assert (one_off.epochs, one_off.learning_rate) == (cfg.train.epochs, cfg.train.learning_rate)
 
 
 def test_resume_skips_a_checkpoint_torn_by_kill9(tmp_path):
@@ -364,7 +367,7 @@ def test_response_head_loss_equals_the_full_logit_loss_and_its_gradients(tiny_mo
     """The LM head on response positions only gives transformers' causal-LM loss and the same gradients."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from phased_ift.train import response_head_loss
+    from phased_ift.train.trainer import response_head_loss
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -390,7 +393,7 @@ def test_short_cpu_passes_use_the_math_attention_backend_with_the_same_loss_and_
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from phased_ift.train import response_head_loss, short_pass_attention
+    from phased_ift.train.trainer import response_head_loss, short_pass_attention
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -433,7 +436,8 @@ def test_bf16_frozen_base_weights_give_the_same_loss_and_lora_gradients_under_au
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from phased_ift.train import frozen_base_to_bf16, response_head_loss
+    from phased_ift.modeling import frozen_base_to_bf16
+    from phased_ift.train.trainer import response_head_loss
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     batch = _padded_batch(tok)
@@ -459,7 +463,7 @@ def test_bf16_frozen_base_weights_give_the_same_loss_and_lora_gradients_under_au
 def test_split_batch_respects_the_token_budget_and_trims_padding(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from phased_ift.train import split_batch
+    from phased_ift.train.trainer import split_batch
 
     batch = _padded_batch(AutoTokenizer.from_pretrained(tiny_model_dir), n_rows=3)  # rows of 9, 15, 21 tokens; T=23
     assert split_batch(batch, 0) == [batch] and split_batch(batch, 69) == [batch]
@@ -489,7 +493,7 @@ def test_capped_micro_batches_train_the_same_weights_as_whole_batches(tmp_path, 
 def test_bucket_order_groups_similar_lengths_in_a_random_batch_order():
     import random as _random
 
-    from phased_ift.train import bucket_order
+    from phased_ift.train.trainer import bucket_order
 
     lengths = [_random.Random(i).randint(10, 400) for i in range(200)]
     order = bucket_order(lengths, 8, seed=3)
@@ -501,3 +505,56 @@ def test_bucket_order_groups_similar_lengths_in_a_random_batch_order():
     tops = [max(lengths[i] for i in b) for b in batches[1:]]
     assert tops != sorted(tops, reverse=True) and tops != sorted(tops)  # no length curriculum
     assert bucket_order(lengths, 8, seed=3) == order and bucket_order(lengths, 8, seed=4) != order
+
+
+HPARAMS_KEYS = ["arm", "phase", "epochs", "learning_rate", "method", "lora", "batch_size", "grad_accum", "lr_scheduler",
+                "warmup_ratio", "weight_decay", "adam_beta2", "max_grad_norm", "carry_optimizer", "order", "batching",
+                "max_steps", "model", "template", "max_length", "dtype", "autocast", "lm_head", "max_batch_tokens",
+                "math_attention_max_len"]
+
+
+def test_phase_hparams_keep_the_hparams_json_keys_in_order(tmp_path, tiny_model_dir):
+    """`PhaseHparams` as a dict is the start of hparams.json: the same 25 keys, in the same order, as before it was
+    a dataclass; the schedule comes from the arm."""
+    from dataclasses import asdict
+
+    from phased_ift.train import phase_hparams
+
+    cfg = config_from_dict(_setup(tmp_path, tiny_model_dir, phase_epochs=[1, 2, 3],
+                                  phase_learning_rates=[3e-4, 2e-4, 1e-4]))
+    hp = asdict(phase_hparams(cfg, "reverse", 3))
+    assert list(hp) == HPARAMS_KEYS
+    assert (hp["arm"], hp["phase"], hp["epochs"], hp["learning_rate"]) == ("reverse", 3, 3.0, 1e-4)
+    assert hp["lora"] == asdict(cfg.train.lora) and hp["model"] == str(tiny_model_dir)
+    full = config_from_dict(_setup(tmp_path, tiny_model_dir, method="full"))
+    assert asdict(phase_hparams(full, "one-off", 1))["lora"] is None
+
+
+def test_plan_says_when_the_one_phase_budget_differs(tmp_path, tiny_model_dir):
+    """The budget note names every arm without a phase schedule when train.phase_epochs differ from train.epochs."""
+    cfg = config_from_dict(_setup(tmp_path, tiny_model_dir, arms=["phased", "one-off"], phase_epochs=[1, 1, 2],
+                                  max_steps=-1))
+    step_split(cfg)
+    plan = plan_training(cfg, RunDir(cfg.run_dir), world_size=1)
+    assert "differ from train.epochs=1, which one-off uses: compare tokens_trained" in plan["note"]
+    assert [r["epochs"] for r in plan["arms"]["phased"]] == [1.0, 1.0, 2.0] and plan["arms"]["one-off"][0]["epochs"] == 1
+    same = config_from_dict(_setup(tmp_path, tiny_model_dir, arms=["phased", "one-off"], phase_epochs=[1, 1, 1]))
+    assert "differ" not in plan_training(same, RunDir(same.run_dir))["note"]
+
+
+def test_importing_the_train_package_loads_no_torch_until_a_trainer_name_is_used():
+    code = ("import sys; import phased_ift.train; heavy = ('torch', 'transformers', 'trl', 'peft'); "
+            "assert not [m for m in heavy if m in sys.modules], sys.modules.keys()")
+    subprocess.run([sys.executable, "-c", code], check=True, env=_env(), cwd=REPO, timeout=300)
+    import phased_ift.train as t
+    from phased_ift.train import trainer
+
+    assert t.split_batch is trainer.split_batch and t.PhaseSFTTrainer is trainer.PhaseSFTTrainer
+    with pytest.raises(AttributeError):
+        t.no_such_name
+
+
+def test_train_without_a_split_says_to_run_split(tmp_path, tiny_model_dir):
+    cfg = config_from_dict(_setup(tmp_path, tiny_model_dir))
+    with pytest.raises(PhasedIFTError, match=r"train: .*manifest.json does not exist; run `phased-ift split CONFIG`"):
+        train_phases(cfg, RunDir(cfg.run_dir))

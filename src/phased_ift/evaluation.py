@@ -10,10 +10,15 @@ win rate: it rewards GPT-4's style and length as much as its content.
 
 Per-example values are kept, so the report can bootstrap a confidence interval. Output:
 `evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json` (format in docs/architecture.md).
+
+Owns: matching prompts to reference answers (`attach_references`), the reference loss of one checkpoint
+(`reference_loss`) and the evaluate step's body (`evaluate_all`: every checkpoint of `design.evaluation_cells`).
+The forward passes run in `modeling.sequence_losses`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,10 +45,8 @@ def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Exam
     Raises:
         PhasedIFTError: an example without a reference answer.
     """
-    import torch
-
     from phased_ift.generate import load_for_inference
-    from phased_ift.modeling import pad_batch, render, token_losses, tokenize_example
+    from phased_ift.modeling import sequence_losses
 
     for e in examples_with_reference:
         if not e.messages or e.messages[-1]["role"] != "assistant" or not e.messages[-1]["content"].strip():
@@ -53,24 +56,10 @@ def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Exam
         return {"mean_loss": None, "token_mean_loss": None, "n": 0, "per_example": [], "answer_tokens": [],
                 "truncated": 0, "ids": []}
     model, tok = loaded if loaded is not None else load_for_inference(model_dir)
-    feats, truncated = [], 0
-    for e in examples_with_reference:
-        prompt, response = render(tok, e.messages, template)
-        f = tokenize_example(tok, prompt, response, max_length)
-        full = len(tok(prompt, add_special_tokens=False)["input_ids"]) + len(
-            tok(response, add_special_tokens=False)["input_ids"])
-        truncated += full > len(f["input_ids"])
-        feats.append(f)
+    feats, truncated = _tokenize_references(tok, examples_with_reference, template, max_length)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    # Similar lengths per batch: less padding. Results are put back in input order.
-    order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
-    sums, counts = [0.0] * len(feats), [0] * len(feats)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            loss_sum, n_tok = token_losses(model, pad_batch([feats[i] for i in idx], pad_id, side="right"))
-            for j, i in enumerate(idx):
-                sums[i], counts[i] = float(loss_sum[j]), int(n_tok[j])
+    # Similar lengths per batch (less padding); the results come back in input order.
+    sums, counts = sequence_losses(model, feats, pad_id, batch_size)
     # Every example keeps answer tokens (tokenize_example gives the prompt at most half the budget).
     per = [s / max(c, 1) for s, c in zip(sums, counts)]
     return {
@@ -82,6 +71,21 @@ def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Exam
         "truncated": truncated,
         "ids": [str(e.id) for e in examples_with_reference],
     }
+
+
+def _tokenize_references(tok, examples: Sequence[Example], template: str, max_length: int) -> tuple[list[dict], int]:
+    """(`tokenize_example` rows of prompt + reference answer, how many were cut to max_length)."""
+    from phased_ift.modeling import render, tokenize_example
+
+    feats, truncated = [], 0
+    for e in examples:
+        prompt, response = render(tok, e.messages, template)
+        f = tokenize_example(tok, prompt, response, max_length)
+        full = len(tok(prompt, add_special_tokens=False)["input_ids"]) + len(
+            tok(response, add_special_tokens=False)["input_ids"])
+        truncated += full > len(f["input_ids"])
+        feats.append(f)
+    return feats, truncated
 
 
 def attach_references(examples: Sequence[Example], references: dict[str, str]) -> list[Example]:
@@ -99,3 +103,73 @@ def attach_references(examples: Sequence[Example], references: dict[str, str]) -
             out.append(Example(id=e.id, messages=list(e.prompt_messages) + [{"role": "assistant", "content": ref}],
                                meta=dict(e.meta)))
     return out
+
+
+def evaluate_all(cfg: Any, run: Any, console: Any = None) -> None:
+    """Offline evaluation: loss of the reference answers (`evaluation.reference`) under every checkpoint of
+    `design.evaluation_cells` -> evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json.
+
+    Prompts: those of generate.test_sets that have a reference (matched by normalised instruction, counts
+    logged), or a seeded evaluation.limit sample of alpaca_eval. Existing files are skipped; with
+    evaluation.reference_loss false nothing runs (logged).
+
+    Args:
+        cfg: the config (`evaluation`, `generate`, `model`, `train` sections); run: the `RunDir`.
+    Raises:
+        PhasedIFTError: no prompt has a reference answer; a checkpoint has not finished training.
+    """
+    from rich.console import Console
+
+    from phased_ift.design import evaluation_cells
+    from phased_ift.generate import checkpoint_dir, load_for_inference
+
+    console = console or Console(stderr=True)
+    ev = cfg.evaluation
+    if not ev.reference_loss:
+        console.print("evaluate: evaluation.reference_loss is false; skipped", highlight=False)
+        return
+    sets, matched = _reference_prompts(cfg, console)
+    for c in evaluation_cells(cfg, run):
+        out = run.evaluation(c.arm, c.phase, c.seed)
+        if out.is_file():
+            continue
+        ckpt = checkpoint_dir(run, c.arm, c.phase, c.seed)
+        loaded = load_for_inference(ckpt, dtype=cfg.model.dtype)
+        result = {"arm": c.arm, "phase": c.phase, "seed": c.seed, "reference": ev.reference, "testsets": {}}
+        for name, ex in matched.items():
+            r = reference_loss(ckpt, ex, cfg.model.template, ev.batch_size, ev.max_length, loaded=loaded)
+            result["testsets"][name] = {**r, "n_prompts": len(sets[name])}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
+        tmp.replace(out)
+        means = ", ".join(f"{n} {t['mean_loss']:.3f}" for n, t in result["testsets"].items() if t["n"])
+        console.print(f"evaluate: {c.arm} seed {c.seed} phase {c.phase}: reference loss {means} -> {out}",
+                      highlight=False)
+
+
+def _reference_prompts(cfg: Any, console: Any) -> tuple[dict[str, list[Example]], dict[str, list[Example]]]:
+    """({test set: prompts}, {test set: the prompts that have a reference answer, with it attached}); logs the
+    counts per test set.
+
+    Raises:
+        PhasedIFTError: no prompt of any test set has a reference answer.
+    """
+    from phased_ift.data import load_reference_answers, load_test_set
+    from phased_ift.generate import testset_key
+
+    ev, g = cfg.evaluation, cfg.generate
+    refs = load_reference_answers(ev.reference)
+    if ev.limit:
+        sets = {"alpaca_eval": load_test_set("alpaca_eval", limit=ev.limit, seed=cfg.seed)}
+    else:
+        sets = {testset_key(n): load_test_set(n, limit=g.limit, seed=g.seed) for n in g.test_sets}
+    matched = {name: attach_references(ex, refs) for name, ex in sets.items()}
+    for name, ex in sets.items():
+        console.print(f"evaluate: {name}: {len(matched[name])} of {len(ex)} prompts have a reference answer "
+                      f"({ev.reference})", highlight=False)
+    if not any(matched.values()):
+        raise PhasedIFTError(f"evaluate: none of the prompts of {list(sets)} has a reference answer in "
+                             f"{ev.reference}; add vicuna/oasst/helpful_base/alpaca_eval to generate.test_sets or "
+                             "set evaluation.limit=N to use a sample of alpaca_eval.")
+    return sets, matched

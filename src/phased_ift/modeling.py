@@ -1,4 +1,9 @@
-"""The only module that touches Hugging Face models: loading, prompt rendering, tokenisation, per-token loss.
+"""The one module outside `train/` that touches torch / transformers / peft / accelerate.
+
+Owns: named offline models and their conversion, loading a tokenizer and a model, loading a checkpoint (full model
+or PEFT adapter) for training and for inference (`load_checkpoint`, the one place that knows the checkpoint kinds),
+the device of inference passes and the main-process-first barrier, prompt rendering and tokenisation, padding, and
+the inference passes other modules run (`generate_greedy`, `sequence_losses`, `token_losses`).
 
 Training, IFD/loss scoring, generation and the reference-answer loss all render prompts through `render` and
 tokenise through `tokenize_example`, so a model sees the same text at training and evaluation time.
@@ -255,6 +260,15 @@ def inference_device():
     return PartialState().device
 
 
+def main_process_first():
+    """A context manager: under `accelerate launch` the main process runs the block first, then the others (they
+    find its outputs); a no-op in one process. `cpu=True` without CUDA, else accelerate misses a gloo launch."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).main_process_first()
+
+
 def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = "sdpa",
                trust_remote_code: bool = False, **kwargs: Any):
     """Load a causal LM (named offline model, local dir or hub id) on CPU in the given weight dtype (callers that
@@ -272,6 +286,123 @@ def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: s
         raise PhasedIFTError(f"cannot load model {name_or_path!r}: {e}. Use a local path or a named model "
                              f"({', '.join(NAMED_MODELS)}).") from None
     return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints: full models and PEFT adapters, for training and for inference
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def is_adapter(path: str | Path) -> bool:
+    """Whether a checkpoint dir holds a PEFT adapter (adapter_config.json) rather than a full model."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def base_model_of(adapter_dir: Path) -> str:
+    """The base model of an adapter checkpoint: hparams.json `base_model` (set by training), else the adapter's
+    `base_model_name_or_path`.
+
+    Raises:
+        PhasedIFTError: neither names a base model.
+    """
+    adapter_dir = Path(adapter_dir)
+    hp = adapter_dir / "hparams.json"
+    if hp.is_file():
+        base = json.loads(hp.read_text(encoding="utf-8")).get("base_model")
+        if base:
+            return str(base)
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    base = cfg.get("base_model_name_or_path")
+    if not base:
+        raise PhasedIFTError(f"{adapter_dir}: an adapter without hparams.json `base_model` or adapter_config.json "
+                             "`base_model_name_or_path`; cannot tell which base model it adapts.")
+    return str(base)
+
+
+def load_checkpoint(path: str | Path, *, trainable: bool, dtype: str = "float32",
+                    attn_implementation: str | None = "sdpa", trust_remote_code: bool = False,
+                    base: str | None = None, lora: Any = None, bf16_frozen_base: bool = False):
+    """Load a model to train or to run: a named model, a hub id, a full checkpoint dir or a PEFT adapter dir.
+
+    Args:
+        path: a dir with adapter_config.json is an adapter (`is_adapter`); anything else goes to `load_model`.
+        trainable: True (training): an adapter continues via `PeftModel.from_pretrained(..., is_trainable=True)`
+            (else PEFT loads it frozen); the model stays on the CPU (the Trainer places it). False (generation,
+            evaluation): an adapter is merged into its base (`merge_and_unload`, for speed); the model goes to
+            `inference_device()` in eval mode.
+        dtype, attn_implementation, trust_remote_code: as `load_model`, for the model or the adapter's base.
+        base: the base model of an adapter (default `base_model_of(path)`).
+        lora: a new LoRA adapter (`config.LoraConfig`) for a full model (phase 1, or after lora.across_phases=merge
+            saved a merged model); unused when `path` is an adapter (that one is continued).
+        bf16_frozen_base: store the frozen LoRA base weights in bf16 (`frozen_base_to_bf16`).
+    Returns:
+        The model (a `PeftModel` when training an adapter).
+    Raises:
+        PhasedIFTError: the checkpoint or its base model cannot be found.
+    """
+    kw = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    if is_adapter(path):
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_model(base or base_model_of(Path(path)), **kw), str(path),
+                                          is_trainable=trainable)
+        if not trainable:
+            model = model.merge_and_unload()
+    else:
+        model = load_model(str(path), **kw)
+        if lora is not None:
+            model = add_lora(model, lora)
+    if bf16_frozen_base:
+        frozen_base_to_bf16(model)
+    if not trainable:
+        model.to(inference_device()).eval()
+    return model
+
+
+def load_checkpoint_tokenizer(path: str | Path):
+    """The tokenizer of a checkpoint (`load_tokenizer`): an adapter dir without tokenizer files uses its base's."""
+    p = Path(path)
+    if is_adapter(p) and not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return load_tokenizer(base_model_of(p))
+    return load_tokenizer(str(path))
+
+
+def add_lora(model, lora: Any):
+    """Wrap a model with a new trainable LoRA adapter (`peft.get_peft_model`, task CAUSAL_LM).
+
+    Args:
+        lora: r, alpha, dropout, target_modules (`config.LoraConfig`); target_modules ["all-linear"] is PEFT's
+            "all-linear" shorthand, else a list of module names.
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    target = lora.target_modules
+    cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+                         target_modules=target[0] if target == ["all-linear"] else list(target))
+    return get_peft_model(model, cfg)
+
+
+def frozen_base_to_bf16(model) -> int:
+    """Store the frozen base weights of LoRA-wrapped linear layers in bfloat16; returns how many were cast.
+
+    Under bf16 autocast every such matmul runs in bf16 anyway, and autocast rounds an fp32 weight to bf16 the same
+    way on every forward, so the results are identical while the per-step weight casts and the fp32 copies are
+    saved (SmolLM2-135M LoRA r16, 8x256: see benchmarks/bench_train.py). Embeddings, norms, the LM head and the
+    trainable LoRA matrices stay as loaded (fp32): the residual stream and the optimizer state keep full precision.
+    Not used with lora.across_phases=merge, which adds the adapter into these weights after each phase.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and isinstance(module.get_base_layer(), torch.nn.Linear):
+            base = module.get_base_layer()
+            if base.weight.dtype == torch.float32 and not base.weight.requires_grad:
+                base.to(torch.bfloat16)
+                n += 1
+    return n
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -378,6 +509,54 @@ def pad_batch(features: Sequence[dict[str, list[int]]], pad_id: int, side: str =
             row = f.get(k, f["input_ids"] if k == "labels" else None)
             out[k].append(pads[k] + list(row) if side == "left" else list(row) + pads[k])
     return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+
+
+def generate_greedy(model, prompts: Sequence[list[int]], max_new_tokens: int, stop_ids: Sequence[int],
+                    pad_id: int) -> list[list[int]]:
+    """Greedy decoding of a batch with transformers `generate`: prompts left-padded, each row stops at any stop id.
+
+    Args: prompts (B token-id lists), max_new_tokens (budget), stop_ids (end a row), pad_id (left padding).
+    Returns:
+        B lists of the ids generated after the prompt (<= max_new_tokens; a stopped row has its stop id, then
+        possibly pad_id).
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    feats = [{"input_ids": p, "attention_mask": [1] * len(p)} for p in prompts]
+    batch = pad_batch(feats, pad_id, side="left")
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                               eos_token_id=list(stop_ids), pad_token_id=pad_id)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model.generate(input_ids=batch["input_ids"].to(device),
+                             attention_mask=batch["attention_mask"].to(device), generation_config=gen_cfg)
+    return out[:, batch["input_ids"].shape[1]:].tolist()
+
+
+def sequence_losses(model, features: Sequence[dict[str, list[int]]], pad_id: int,
+                    batch_size: int = 8) -> tuple[list[float], list[int]]:
+    """Summed loss and labelled-token count of every tokenised example (`token_losses`, no gradients).
+
+    Examples are sorted by length so a batch holds similar lengths (less padding), right-padded (padding does not
+    change the loss), and the results put back in input order.
+
+    Args: features (`tokenize_example` rows: input_ids, labels -100 = no loss, attention_mask), pad_id, batch_size
+        (examples per forward pass).
+    Returns:
+        (loss_sum per example in nats, labelled tokens per example), lists in input order.
+    """
+    import torch
+
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    sums, counts = [0.0] * len(features), [0] * len(features)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            loss_sum, n_tok = token_losses(model, pad_batch([features[i] for i in idx], pad_id, side="right"))
+            for j, i in enumerate(idx):
+                sums[i], counts[i] = float(loss_sum[j]), int(n_tok[j])
+    return sums, counts
 
 
 def token_losses(model, batch: dict[str, Any]) -> tuple[Any, Any]:

@@ -1,0 +1,212 @@
+"""The phase loop: every arm x seed, phase after phase, each phase from the previous phase's saved weights.
+
+Owns the files of a phase dir `checkpoints/<arm>/seed_<s>/phase_<k>/` and their protocol: `hparams.json`
+(`PhaseHparams` + seed, examples, init_from, base_model, checkpoint_kind, world_size), `losses.jsonl`
+({"step", "loss", "learning_rate", "epoch"} per logged step), `DONE` (the train metrics, written last: a phase with
+DONE is finished and skipped), and the Trainer checkpoints in `trainer/` that an interrupted phase resumes from
+(`last_complete_checkpoint`; deleted once the phase is DONE). What each arm trains on comes from `design.ARMS`.
+
+No torch / transformers / trl at module level: `train.trainer` and `train.callbacks` are imported when a phase
+trains.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from phased_ift.config import Config
+from phased_ift.data import Example
+from phased_ift.design import ARMS, phase_count
+from phased_ift.errors import PhasedIFTError
+from phased_ift.rundir import RunDir
+from phased_ift.train.plan import PhaseHparams, phase_hparams, tokenize_examples
+
+TRAINER_SUBDIR = "trainer"
+
+
+def train_phases(cfg: Config, run: RunDir, console=None, callbacks: Sequence = ()) -> dict[str, dict[int, list[Path]]]:
+    """Train every arm in cfg.train.arms for every seed in cfg.train.seeds (see `train_arm`).
+
+    Args:
+        callbacks: extra transformers TrainerCallbacks added to every phase's trainer (e.g. for inspection).
+
+    Returns:
+        {arm: {seed: [phase dirs]}}.
+    Raises:
+        PhasedIFTError: see `train_arm`.
+    """
+    import torch
+
+    from phased_ift.modeling import load_tokenizer
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    out: dict[str, dict[int, list[Path]]] = {}
+    for arm in cfg.train.arms:
+        for seed in cfg.train.seeds:
+            out.setdefault(arm, {})[seed] = train_arm(cfg, run, arm, seed, tokenizer, console, callbacks)
+    return out
+
+
+def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, console=None,
+              callbacks: Sequence = ()) -> list[Path]:
+    """Train one arm for one seed: a plain loop over its phases (`ARMS[arm].phase_data`), each from the previous
+    phase's saved weights.
+
+    Finished phases (DONE) are skipped; an unfinished phase resumes from its last Trainer checkpoint.
+
+    Returns:
+        The phase dirs, in order.
+    Raises:
+        PhasedIFTError: the split has not run (no phases/manifest.json); a phase file of the arm is missing.
+    """
+    from phased_ift.modeling import load_tokenizer
+
+    if not run.phases_manifest.is_file():
+        raise PhasedIFTError(f"train: {run.phases_manifest} does not exist; run `phased-ift split CONFIG` first.")
+    phases = ARMS[arm].phase_data(run, phase_count(cfg, run), seed)
+    tokenizer = tokenizer or load_tokenizer(cfg.model.name_or_path)
+    dirs: list[Path] = []
+    prev = None
+    for i, examples in enumerate(phases, 1):
+        phase_dir = run.checkpoint(arm, i, seed)
+        dirs.append(phase_dir)
+        if not is_done(phase_dir):
+            _train_and_log(cfg, arm, seed, i, len(phases), examples, tokenizer, phase_dir, prev, console, callbacks)
+        prev = phase_dir
+    return dirs
+
+
+def _train_and_log(cfg: Config, arm: str, seed: int, i: int, n: int, examples: list[Example], tokenizer,
+                   phase_dir: Path, prev: Path | None, console, callbacks: Sequence) -> None:
+    """Tokenise and train phase i of n of an arm from `prev` (None = the base model); print its summary line."""
+    hp = phase_hparams(cfg, arm, i)
+    rows = tokenize_examples(tokenizer, examples, cfg.model.template, cfg.model.max_length)
+    prev_opt = prev / "optimizer.pt" if (prev is not None and cfg.train.carry_optimizer) else None
+    m = train_phase(cfg, rows, tokenizer, phase_dir, str(prev) if prev else None, hp, seed,
+                    f"{arm} seed {seed} phase {i}/{n}", prev_opt, callbacks)
+    gc.collect()  # the Trainer holds reference cycles: free the phase's model before loading the next
+    if console is not None and _is_main():
+        console.print(f"train: {arm} seed {seed} phase {i}/{n}: {len(rows)} examples, "
+                      f"{m['global_step']} steps, loss {m.get('train_loss', float('nan')):.4f}, "
+                      f"{m['tokens'] / max(m['wall_seconds'], 1e-9):.0f} tokens/s -> {phase_dir}")
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_dir: str | None, hp: PhaseHparams,
+                seed: int, label: str, prev_optimizer: Path | None = None, callbacks: Sequence = ()) -> dict:
+    """Train one phase: a fresh SFTTrainer run from `init_dir` (None = the base model) on pre-tokenised rows.
+
+    Resumes from the last Trainer checkpoint in `phase_dir/trainer/` when one exists (an interrupted phase); else
+    with `prev_optimizer` (train.carry_optimizer) the previous phase's AdamW state continues. Writes the
+    model/adapter + tokenizer, hparams.json, losses.jsonl (and optimizer.pt with carry_optimizer) and finally DONE
+    into `phase_dir` (main process only), then waits for all ranks.
+
+    Returns:
+        The train metrics written to DONE (train_loss: mean per-step loss of the whole phase, also after a resume;
+        train_runtime, tokens (non-padding, all ranks), wall_seconds, global_step, resumed_from).
+    """
+    from phased_ift.modeling import resolve_model_path
+    from phased_ift.train import trainer as tr
+    from phased_ift.train.callbacks import RichProgress
+
+    base = resolve_model_path(cfg.model.name_or_path)
+    trainer_dir = phase_dir / TRAINER_SUBDIR
+    trainer = tr.build_trainer(cfg, rows, tokenizer, init_dir, base, hp, seed, trainer_dir,
+                               [RichProgress(label), *callbacks])
+    resume = last_complete_checkpoint(trainer_dir)
+    if resume is None and prev_optimizer is not None and prev_optimizer.is_file():
+        tr.load_optimizer_state(trainer, prev_optimizer, hp.learning_rate)
+    metrics = _run(trainer, resume)
+    merge = cfg.train.method == "lora" and cfg.train.lora.across_phases == "merge"
+    tr.save_phase_weights(trainer, tokenizer, phase_dir, merge, cfg.train.carry_optimizer)
+    if trainer.is_world_process_zero():
+        kind = "full" if cfg.train.method == "full" or merge else "adapter"
+        hparams = {**asdict(hp), "seed": seed, "examples": len(rows), "init_from": init_dir or base,
+                   "base_model": base, "checkpoint_kind": kind, "world_size": trainer.args.world_size}
+        write_phase_files(phase_dir, hparams, trainer.state.log_history, metrics)
+        shutil.rmtree(trainer_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+def _run(trainer, resume: str | None) -> dict[str, Any]:
+    """`trainer.train` (from `resume` when given) and the phase's metrics for DONE."""
+    t0 = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=resume)
+    metrics = dict(out.metrics)
+    metrics["tokens"] = int(trainer.state.num_input_tokens_seen)
+    metrics["wall_seconds"] = time.perf_counter() - t0
+    metrics["resumed_from"] = resume
+    metrics["global_step"] = trainer.state.global_step
+    if resume is not None and (mean := logged_mean_loss(trainer.state.log_history)) is not None:
+        # transformers 5 averages train_loss over the steps of this call only (0.0 when the checkpoint was the
+        # phase's last step); the restored log history covers the whole phase.
+        metrics["train_loss"] = mean
+    return metrics
+
+
+def write_phase_files(phase_dir: Path, hparams: dict, log_history: Iterable[dict], metrics: dict) -> None:
+    """hparams.json, losses.jsonl (the logged losses of `log_history`) and last DONE (`metrics`, atomically).
+
+    log_history is restored from the Trainer checkpoint on resume, so the losses equal an uninterrupted run's.
+    """
+    from phased_ift.data import write_jsonl
+
+    (phase_dir / "hparams.json").write_text(json.dumps(hparams, indent=2), encoding="utf-8")
+    write_jsonl(phase_dir / "losses.jsonl",
+                ({"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate"),
+                  "epoch": h.get("epoch")} for h in log_history if "loss" in h))
+    tmp = phase_dir / "DONE.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    tmp.replace(phase_dir / "DONE")
+
+
+def logged_mean_loss(log_history: Sequence[dict]) -> float | None:
+    """Step-weighted mean of the logged training losses: an entry at step s averages the steps after the previous
+    entry up to s. Over every step when logging_steps divides the phase's steps (the default logging_steps=1 always
+    does); None when nothing was logged."""
+    prev, total, steps = 0, 0.0, 0
+    for h in log_history:
+        if "loss" in h:
+            total += h["loss"] * (h["step"] - prev)
+            steps += h["step"] - prev
+            prev = h["step"]
+    return total / steps if steps else None
+
+
+def last_complete_checkpoint(trainer_dir: Path) -> str | None:
+    """The newest Trainer checkpoint that was written to the end, or None.
+
+    A kill -9 while Trainer saves leaves a `checkpoint-N` dir without `trainer_state.json` (Trainer writes it after
+    the weights, optimizer and RNG state, with a plain non-atomic `open(..., "w")`, so it can also be empty or cut
+    short); transformers' `get_last_checkpoint` would pick such a dir and `train()` would then fail, so incomplete
+    dirs are removed here and the previous complete one is used.
+    """
+    if not trainer_dir.is_dir():
+        return None
+    ckpts = sorted((d for d in trainer_dir.glob("checkpoint-*") if d.name.split("-")[-1].isdigit()),
+                   key=lambda d: int(d.name.split("-")[-1]), reverse=True)
+    for d in ckpts:
+        try:
+            json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+            return str(d)
+        except (OSError, ValueError):  # missing, empty or truncated: the save was interrupted
+            shutil.rmtree(d, ignore_errors=True)
+    return None
+
+
+def is_done(phase_dir: Path) -> bool:
+    """Whether a phase finished (its DONE marker exists)."""
+    return (phase_dir / "DONE").is_file()

@@ -1,0 +1,211 @@
+"""What a training run will do, before any weights load: per-phase hyperparameters, tokenisation, the plan.
+
+Owns:
+  * `PhaseHparams`: the resolved hyperparameters of one phase of one arm, built from the config and the arm's
+    `design.Arm.schedule`; `dataclasses.asdict` of it opens every checkpoint's `hparams.json`.
+  * `tokenize_examples` (the rows a phase trains on), `steps_per_phase` (optimizer steps as transformers counts
+    them), the token counter, and the dry-run plan (`plan_training`, `print_plan`).
+
+Imports no torch / transformers at module level: a plan loads a tokenizer at most.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+from phased_ift.config import Config
+from phased_ift.data import Example, read_examples
+from phased_ift.design import ARMS, assumed_phases, phase_count
+from phased_ift.errors import PhasedIFTError
+from phased_ift.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class PhaseHparams:
+    """Resolved hyperparameters of phase `phase` (1-based) of `arm`; the field order is hparams.json's key order.
+
+    `epochs` and `learning_rate` come from `ARMS[arm].schedule` (train.phase_epochs / phase_learning_rates by
+    position for arms with a phase schedule, else train.epochs / train.learning_rate: the equal budget when the
+    per-phase values are not set). `lora` is `asdict(train.lora)` with method=lora, else None; the other fields are
+    copied from the `train` and `model` sections under the same names (`model` = model.name_or_path).
+    """
+
+    arm: str
+    phase: int
+    epochs: float
+    learning_rate: float
+    method: str
+    lora: dict | None
+    batch_size: int
+    grad_accum: int
+    lr_scheduler: str
+    warmup_ratio: float
+    weight_decay: float
+    adam_beta2: float
+    max_grad_norm: float
+    carry_optimizer: bool
+    order: str
+    batching: str
+    max_steps: int
+    model: str
+    template: str
+    max_length: int
+    dtype: str
+    autocast: str
+    lm_head: str
+    max_batch_tokens: int
+    math_attention_max_len: int
+
+
+def phase_hparams(cfg: Config, arm: str, k: int) -> PhaseHparams:
+    """The hyperparameters of phase k (1-based) of an arm under the config (see `PhaseHparams`)."""
+    t, m = cfg.train, cfg.model
+    epochs, lr = ARMS[arm].schedule(t, k)
+    return PhaseHparams(
+        arm=arm, phase=k, epochs=epochs, learning_rate=lr, method=t.method,
+        lora=asdict(t.lora) if t.method == "lora" else None, batch_size=t.batch_size, grad_accum=t.grad_accum,
+        lr_scheduler=t.lr_scheduler, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
+        adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm, carry_optimizer=t.carry_optimizer, order=t.order,
+        batching=t.batching, max_steps=t.max_steps, model=m.name_or_path, template=m.template,
+        max_length=m.max_length, dtype=m.dtype, autocast=m.autocast, lm_head=t.lm_head,
+        max_batch_tokens=t.max_batch_tokens, math_attention_max_len=t.math_attention_max_len,
+    )
+
+
+def tokenize_examples(tokenizer, examples: Sequence[Example], template: str, max_length: int) -> list[dict]:
+    """Render and tokenise examples with `modeling.render` + `tokenize_example` (labels -100 on the prompt).
+
+    Returns:
+        One dict per example: input_ids [T], labels [T], attention_mask [T] (T <= max_length), length (= T).
+    """
+    from phased_ift.modeling import render, tokenize_example
+
+    rows = []
+    for e in examples:
+        prompt, response = render(tokenizer, e.messages, template)
+        row = tokenize_example(tokenizer, prompt, response, max_length)
+        row["length"] = len(row["input_ids"])
+        rows.append(row)
+    return rows
+
+
+def steps_per_phase(n_examples: int, epochs: float, batch_size: int, grad_accum: int, world_size: int = 1,
+                    max_steps: int = -1) -> int:
+    """Optimizer steps of one phase as transformers' Trainer counts them (ceil batches, floor-ish accumulation)."""
+    import math
+
+    if max_steps > 0:
+        return max_steps
+    batches = math.ceil(n_examples / (batch_size * world_size))
+    per_epoch = max(batches // grad_accum, 1)
+    return math.ceil(per_epoch * epochs)
+
+
+def token_counter(cfg: Config) -> tuple[Callable[[Sequence[Example]], int], str]:
+    """(count(examples) -> tokens, note). Uses the tokenizer when it loads offline, else chars/4 (said so)."""
+    from phased_ift.modeling import load_tokenizer
+
+    try:
+        tok = load_tokenizer(cfg.model.name_or_path)
+    except Exception as e:  # offline / unknown hub id: estimate, and say so
+        def estimate(examples):
+            return sum((len(e.instruction) + len(e.response)) // 4 + 1 for e in examples)
+
+        return estimate, f"tokens estimated as characters/4 (tokenizer of {cfg.model.name_or_path!r} not " \
+                         f"available offline: {type(e).__name__})"
+
+    def count(examples):
+        return sum(r["length"] for r in tokenize_examples(tok, examples, cfg.model.template, cfg.model.max_length))
+
+    return count, f"tokens counted with the {cfg.model.name_or_path} tokenizer, truncated to {cfg.model.max_length}"
+
+
+def _planned_phases(cfg: Config, run: RunDir) -> tuple[dict[str, list[list[Example]]], str]:
+    """({arm: its phases}, note): the split's phases (`Arm.phase_data`, seed 0) once `phases/` exists, else K
+    equal-size phases of data/train.jsonl (`design.assumed_phases`; single-phase arms: the whole data).
+
+    Raises:
+        PhasedIFTError: neither the split nor data/train.jsonl exists; a control arm's files are missing.
+    """
+    if run.phases_manifest.is_file():
+        k = phase_count(cfg, run)
+        return {arm: ARMS[arm].phase_data(run, k) for arm in cfg.train.arms}, ""
+    if not run.train_data.is_file():
+        raise PhasedIFTError(f"train --dry-run: neither {run.phases_manifest} nor {run.train_data} exists; run "
+                             f"`phased-ift score CONFIG` (or at least the data step) first.")
+    data = read_examples(run.train_data)
+    k = cfg.phases.k
+    eq = assumed_phases(data, k)
+    phases_of = {arm: ([data] if ARMS[arm].single_phase else eq) for arm in cfg.train.arms}
+    return phases_of, f"; phases not split yet: assumed {k} equal-size phases of data/train.jsonl"
+
+
+def _budget_note(cfg: Config) -> str:
+    """Says when train.phase_epochs differ from train.epochs, which arms without a phase schedule use."""
+    t = cfg.train
+    plain = [a for a in t.arms if not ARMS[a].phase_schedule]
+    if not plain or all(float(e) == t.epochs for e in t.phase_epochs):
+        return ""
+    return (f"; train.phase_epochs {t.phase_epochs} differ from train.epochs={t.epochs:g}, which "
+            f"{', '.join(plain)} use{'s' if len(plain) == 1 else ''}: compare tokens_trained, the budgets are not "
+            f"equal")
+
+
+def plan_training(cfg: Config, run: RunDir, world_size: int | None = None) -> dict:
+    """Examples, tokens and optimizer steps per phase per arm, without loading model weights.
+
+    Args:
+        cfg: the config (train, model, phases sections).
+        run: the run dir; phases come from phases/ when split, else the data is assumed cut into K equal phases
+            (said in the returned note).
+        world_size: data-parallel processes (default: $WORLD_SIZE or 1).
+
+    Returns:
+        {"note": str, "world_size": int, "arms": {arm: [{"phase", "examples", "tokens", "epochs", "learning_rate",
+        "steps", "tokens_trained"}]}, "total_steps": {arm: int}}.
+    Raises:
+        PhasedIFTError: see `_planned_phases`.
+    """
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    count, note = token_counter(cfg)
+    phases_of, split_note = _planned_phases(cfg, run)
+    note += split_note + _budget_note(cfg)
+    plan: dict[str, Any] = {"note": note, "world_size": world_size, "arms": {}, "total_steps": {}}
+    tokens_cache: dict[int, int] = {}
+    for arm, phases in phases_of.items():
+        rows = []
+        for i, ph in enumerate(phases, 1):
+            hp = phase_hparams(cfg, arm, i)
+            key = hash(tuple(e.id for e in ph))
+            if key not in tokens_cache:
+                tokens_cache[key] = count(ph)
+            steps = steps_per_phase(len(ph), hp.epochs, cfg.train.batch_size, cfg.train.grad_accum, world_size,
+                                    cfg.train.max_steps)
+            rows.append({"phase": i, "examples": len(ph), "tokens": tokens_cache[key], "epochs": hp.epochs,
+                         "learning_rate": hp.learning_rate, "steps": steps,
+                         "tokens_trained": int(tokens_cache[key] * hp.epochs)})
+        plan["arms"][arm] = rows
+        plan["total_steps"][arm] = sum(r["steps"] for r in rows)
+    return plan
+
+
+def print_plan(cfg: Config, run: RunDir, console=None) -> dict:
+    """Print `plan_training` as a rich table (to the console) and return it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(stderr=True)
+    plan = plan_training(cfg, run)
+    table = Table("arm", "phase", "examples", "tokens", "epochs", "lr", "optimizer steps",
+                  title=f"training plan ({cfg.train.method}, batch {cfg.train.batch_size} x accum "
+                        f"{cfg.train.grad_accum} x {plan['world_size']} processes, seeds {cfg.train.seeds})")
+    for arm, rows in plan["arms"].items():
+        for r in rows:
+            table.add_row(arm, str(r["phase"]), str(r["examples"]), str(r["tokens"]), f"{r['epochs']:g}",
+                          f"{r['learning_rate']:g}", str(r["steps"]))
+    console.print(table)
+    console.print(plan["note"] + f"; steps for {plan['world_size']} data-parallel process(es): under "
+                  f"N processes use `WORLD_SIZE=N phased-ift train CONFIG --dry-run`")
+    return plan
