@@ -51,8 +51,9 @@ def main() -> None:
     import torch
     from scipy.stats import spearmanr
 
-    from phased_ift.agreement import build_reference_set
-    from phased_ift.scoring import SORT_CHUNK_BATCHES, load_scoring_model, response_losses
+    from phased_ift.modeling import load_scoring_model, response_losses
+    from phased_ift.scoring.losses import SORT_CHUNK_BATCHES
+    from phased_ift.scoring.reference import build_reference_set
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,7 +72,7 @@ def main() -> None:
 
     def ours(batch_size: int, autocast: str, stats: dict | None = None) -> list[dict]:
         m = model_bf16 if autocast == "bf16" else model
-        chunk = SORT_CHUNK_BATCHES * batch_size  # the chunks scoring.score_ifd sorts within
+        chunk = SORT_CHUNK_BATCHES * batch_size  # the chunks scoring.losses.score_ifd sorts within
         res: list[dict] = []
         for i in range(0, len(examples), chunk):
             res += response_losses(m, tok, examples[i: i + chunk], max_length=args.max_length,
@@ -132,7 +133,7 @@ def reference_losses(model, tokenizer, example, max_length: int) -> dict:
     """
     import torch
 
-    from phased_ift.scoring import tokenize_for_ifd
+    from phased_ift.modeling import tokenize_for_ifd
 
     t = tokenize_for_ifd(tokenizer, example, "chat", max_length)
     if isinstance(t, str):
