@@ -36,7 +36,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -45,14 +45,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="", help="write the results as JSON here")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     import numpy as np
     import torch
-    from scipy.stats import spearmanr
 
-    from phased_ift.agreement import build_reference_set
-    from phased_ift.scoring import SORT_CHUNK_BATCHES, load_scoring_model, response_losses
+    from phased_ift.modeling import load_scoring_model, response_losses
+    from phased_ift.scoring.losses import SORT_CHUNK_BATCHES
+    from phased_ift.scoring.reference import build_reference_set
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,7 +75,7 @@ def main() -> None:
 
     def ours(batch_size: int, autocast: str, stats: dict | None = None) -> list[dict]:
         m = model_bf16 if autocast == "bf16" else model
-        chunk = SORT_CHUNK_BATCHES * batch_size  # the chunks scoring.score_ifd sorts within
+        chunk = SORT_CHUNK_BATCHES * batch_size  # the chunks scoring.losses.score_ifd sorts within
         res: list[dict] = []
         for i in range(0, len(examples), chunk):
             res += response_losses(m, tok, examples[i: i + chunk], max_length=args.max_length,
@@ -91,6 +95,29 @@ def main() -> None:
     ours(2, "bf16")  # warm-up (both precisions' kernels)
     response_losses(model, tok, examples[:2], max_length=args.max_length, batch_size=1)
     out: dict = {"setup": {**vars(args), "machine": machine}}
+    out.update(run_arms(arms, labels, args.n))
+    t = {k: out[k]["seconds"] for k in arms}
+    out["speedup_vs_reference"] = {k: t["reference"] / t[k] for k in ("loop", "batched", "default")}
+    out["speedup_vs_loop"] = {k: t["loop"] / t[k] for k in ("batched", "default")}
+    print("speed-up vs reference loop: " + ", ".join(f"{k} {v:.2f}x" for k, v in out["speedup_vs_reference"].items())
+          + ";  vs batch size 1: " + ", ".join(f"{k} {v:.2f}x" for k, v in out["speedup_vs_loop"].items()))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+
+
+def run_arms(arms: dict, labels: dict, n: int) -> dict:
+    """Time each arm (the first is the reference) and compare its IFD values with the reference's; returns
+    {arm: {"seconds", "examples_per_s", "max_rel_ifd_diff", "spearman", "mean_ifd", "padding_fraction"?}}.
+
+    Raises:
+        AssertionError: an fp32 arm differs from the reference by 1e-3 (relative) or more, or the bf16 arm ranks
+            the examples differently (Spearman < 0.99, checked from n >= 64).
+    """
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    out: dict = {}
     ifd_ref = None
     for name, fn in arms.items():
         stats: dict = {}
@@ -102,25 +129,18 @@ def main() -> None:
         assert len(ifd) == len(ifd_ref), "the arms failed on different examples"
         max_rel = float(np.max(np.abs(ifd - ifd_ref) / np.abs(ifd_ref)))
         rho = float(spearmanr(ifd, ifd_ref)[0])
-        out[name] = {"seconds": sec, "examples_per_s": args.n / sec, "max_rel_ifd_diff": max_rel, "spearman": rho,
+        out[name] = {"seconds": sec, "examples_per_s": n / sec, "max_rel_ifd_diff": max_rel, "spearman": rho,
                      "mean_ifd": float(ifd.mean())}
         if stats.get("tokens"):
             out[name]["padding_fraction"] = stats["pad_tokens"] / stats["tokens"]
         pad = f", padding {out[name]['padding_fraction']:.1%}" if "padding_fraction" in out[name] else ""
-        print(f"{labels[name]:<48}: {args.n / sec:6.2f} examples/s ({sec:.1f} s){pad}; vs reference: max rel. "
+        print(f"{labels[name]:<48}: {n / sec:6.2f} examples/s ({sec:.1f} s){pad}; vs reference: max rel. "
               f"IFD diff {max_rel:.1e}, Spearman {rho:.4f}", flush=True)
         if name == "default":  # a rank correlation says little on a handful of examples: checked from 64 on
-            assert rho >= 0.99 or args.n < 64, f"bf16 IFD ranks the examples differently from fp32 (Spearman {rho:.4f})"
+            assert rho >= 0.99 or n < 64, f"bf16 IFD ranks the examples differently from fp32 (Spearman {rho:.4f})"
         else:
             assert max_rel < 1e-3, f"{name}: IFD values differ from the reference loop's by {max_rel:.2e}"
-    t = {k: out[k]["seconds"] for k in arms}
-    out["speedup_vs_reference"] = {k: t["reference"] / t[k] for k in ("loop", "batched", "default")}
-    out["speedup_vs_loop"] = {k: t["loop"] / t[k] for k in ("batched", "default")}
-    print("speed-up vs reference loop: " + ", ".join(f"{k} {v:.2f}x" for k, v in out["speedup_vs_reference"].items())
-          + ";  vs batch size 1: " + ", ".join(f"{k} {v:.2f}x" for k, v in out["speedup_vs_loop"].items()))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return out
 
 
 def reference_losses(model, tokenizer, example, max_length: int) -> dict:
@@ -132,7 +152,7 @@ def reference_losses(model, tokenizer, example, max_length: int) -> dict:
     """
     import torch
 
-    from phased_ift.scoring import tokenize_for_ifd
+    from phased_ift.modeling import tokenize_for_ifd
 
     t = tokenize_for_ifd(tokenizer, example, "chat", max_length)
     if isinstance(t, str):

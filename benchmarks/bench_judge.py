@@ -47,9 +47,9 @@ from rich.console import Console  # noqa: E402
 from fake_llm_server import FakeLLMServer  # noqa: E402
 from phased_ift.config import EndpointConfig  # noqa: E402
 from phased_ift.data import Example, data_home, read_file  # noqa: E402
-from phased_ift.difficulty_judge import score_with_judge  # noqa: E402
 from phased_ift.llm_client import LLMClient  # noqa: E402
 from phased_ift.modeling import gguf_path  # noqa: E402
+from phased_ift.scoring.judge import score_with_judge  # noqa: E402
 
 
 def timed_run(examples: list[Example], base_url: str, concurrency: int, timeout: float) -> tuple[float, int]:

@@ -9,6 +9,8 @@ import pytest
 
 from phased_ift import agreement
 from phased_ift.data import Example
+from phased_ift.errors import PhasedIFTError
+from phased_ift.scoring import learned
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +85,21 @@ def test_learned_cv_is_seeded_grouped_and_reproducible():
     X = rng.normal(size=(200, 5))
     y = (X[:, 0] + 0.5 * rng.normal(size=200) > 0).astype(float)
     groups = np.arange(200) // 4  # groups of 4 rows must never be split across folds
-    oof1, fold1, new1 = agreement.fit_predict_learned(X, y, groups, X[:10], seed=1)
-    oof2, fold2, new2 = agreement.fit_predict_learned(X, y, groups, X[:10], seed=1)
+    oof1, fold1, new1 = learned.fit_predict_learned(X, y, groups, X[:10], seed=1)
+    oof2, fold2, new2 = learned.fit_predict_learned(X, y, groups, X[:10], seed=1)
     assert np.array_equal(oof1, oof2) and np.array_equal(fold1, fold2) and np.array_equal(new1, new2)
     for g in np.unique(groups):
         assert len(set(fold1[groups == g])) == 1
     assert sorted(set(fold1)) == [0, 1, 2, 3, 4]
     assert agreement.roc_auc(y > 0.5, oof1) > 0.8
-    _, fold3, _ = agreement.fit_predict_learned(X, y, groups, seed=2)
+    _, fold3, _ = learned.fit_predict_learned(X, y, groups, seed=2)
     assert not np.array_equal(fold1, fold3)
 
 
 def test_learned_refuses_too_few_labels():
     X = np.zeros((3, 2))
-    with pytest.raises(agreement.PhasedIFTError, match="at least 5 labelled examples"):
-        agreement.fit_predict_learned(X, np.array([0.0, 1.0, 0.0]), np.arange(3))
+    with pytest.raises(PhasedIFTError, match="at least 5 labelled examples"):
+        learned.fit_predict_learned(X, np.array([0.0, 1.0, 0.0]), np.arange(3))
 
 
 def test_near_duplicate_groups_keep_reworded_instructions_together():
@@ -107,7 +109,7 @@ def test_near_duplicate_groups_keep_reworded_instructions_together():
     base = ["Write a poem about the sea", "Convert 5 kilometres to miles", "Name the capital of Peru",
             "Sort these numbers in ascending order", "Explain how photosynthesis works"]
     exs = [e(i, t) for i, t in enumerate(base)] + [e(10 + i, t + ".") for i, t in enumerate(base)]
-    groups = agreement.near_duplicate_groups(exs, seed=0, min_groups=5)
+    groups = learned.near_duplicate_groups(exs, seed=0, min_groups=5)
     assert all(groups[i] == groups[5 + i] for i in range(5))
     assert len(set(groups)) == 5
 
@@ -118,37 +120,37 @@ def test_learned_ensemble_with_dense_features_is_seeded_grouped_and_uses_the_tre
     X = rng.normal(size=(300, 6))
     y = ((X[:, 0] > 0) ^ (X[:, 1] > 0)).astype(float)  # XOR: trees can learn it, a linear model cannot
     groups = np.arange(300) // 5
-    lin, fold_lin, _ = agreement.fit_predict_learned(X, y, groups, seed=0)
-    ens, fold_ens, new = agreement.fit_predict_learned(X, y, groups, X[:7], seed=0, dense=X, dense_new=X[:7])
-    ens2, _, new2 = agreement.fit_predict_learned(X, y, groups, X[:7], seed=0, dense=X, dense_new=X[:7])
+    lin, fold_lin, _ = learned.fit_predict_learned(X, y, groups, seed=0)
+    ens, fold_ens, new = learned.fit_predict_learned(X, y, groups, X[:7], seed=0, dense=X, dense_new=X[:7])
+    ens2, _, new2 = learned.fit_predict_learned(X, y, groups, X[:7], seed=0, dense=X, dense_new=X[:7])
     assert np.array_equal(ens, ens2) and np.array_equal(new, new2) and new.shape == (7,)
     assert np.array_equal(fold_lin, fold_ens)  # same grouped folds with or without the trees
     assert ((ens >= 0) & (ens <= 1)).all()  # a mix of probabilities stays a probability
     assert agreement.roc_auc(y > 0.5, ens) > agreement.roc_auc(y > 0.5, lin) + 0.1
     # graded labels: ridge regression only, the dense block is ignored
     g = X[:, 0] + 0.1 * rng.normal(size=300)
-    r1, _, _ = agreement.fit_predict_learned(X, g, groups, seed=0)
-    r2, _, _ = agreement.fit_predict_learned(X, g, groups, seed=0, dense=X)
+    r1, _, _ = learned.fit_predict_learned(X, g, groups, seed=0)
+    r2, _, _ = learned.fit_predict_learned(X, g, groups, seed=0, dense=X)
     assert np.array_equal(r1, r2)
 
 
 def test_split_prompt_separates_the_alpaca_input():
-    assert agreement.split_prompt("Summarise the text.\nThe cat sat.\nIt slept.") == \
+    assert learned.split_prompt("Summarise the text.\nThe cat sat.\nIt slept.") == \
         ("Summarise the text.", "The cat sat.\nIt slept.")
-    assert agreement.split_prompt("Name a colour. ") == ("Name a colour.", "")
+    assert learned.split_prompt("Name a colour. ") == ("Name a colour.", "")
 
 
 def test_learned_features_without_embeddings_or_inputs(tmp_path):
     """No example has an input (an empty TF-IDF block) and embeddings are off: still features, 8 dense columns."""
     exs = [Example(str(i), [{"role": "user", "content": f"write item {i} now"},
                             {"role": "assistant", "content": "word " * (i + 1)}]) for i in range(12)]
-    X, D = agreement.learned_features(exs, tmp_path, embeddings=False)
+    X, D = learned.learned_features(exs, tmp_path, embeddings=False)
     assert X.shape[0] == 12 and D.shape == (12, 8)
     assert np.allclose(D[:, 6:], 0)  # has-input and input-length columns are constant (standardised to 0)
     assert not (tmp_path / "embeddings.sqlite").exists()
     with_input = exs[:6] + [Example("x", [{"role": "user", "content": "Summarise.\nA long input text"},
                                           {"role": "assistant", "content": "ok"}])]
-    _, D2 = agreement.learned_features(with_input, tmp_path, embeddings=False)
+    _, D2 = learned.learned_features(with_input, tmp_path, embeddings=False)
     assert D2[-1, 6] > 0 and D2[-1, 7] > 0 and (D2[:-1, 6] < 0).all()
 
 
@@ -157,14 +159,14 @@ def test_learned_with_paper_labels_on_a_small_subset_of_the_reference_set(ref, t
     """Real features (MiniLM embeddings of instruction and response) on 300 examples: seeded, reproducible, better
     than chance, with the trees' ensemble."""
     sub = ref.stratified_sample(300, seed=0)
-    X, D = agreement.learned_features(sub.examples, tmp_path)
+    X, D = learned.learned_features(sub.examples, tmp_path)
     assert X.shape[0] == 300 and X.shape[1] > 2 * 384 + 8
     assert D.shape == (300, 8 + 2 * 384)  # length/input features, instruction and response embeddings
-    groups = agreement.near_duplicate_groups(sub.examples, seed=0)
+    groups = learned.near_duplicate_groups(sub.examples, seed=0)
     assert len(np.unique(groups)) == 12  # 300 // 25
-    oof, _, _ = agreement.fit_predict_learned(X, sub.positive.astype(float), groups, seed=0, dense=D)
-    X2, D2 = agreement.learned_features(sub.examples, tmp_path)
-    oof2, _, _ = agreement.fit_predict_learned(X2, sub.positive.astype(float), groups, seed=0, dense=D2)
+    oof, _, _ = learned.fit_predict_learned(X, sub.positive.astype(float), groups, seed=0, dense=D)
+    X2, D2 = learned.learned_features(sub.examples, tmp_path)
+    oof2, _, _ = learned.fit_predict_learned(X2, sub.positive.astype(float), groups, seed=0, dense=D2)
     assert np.array_equal(oof, oof2)  # the second call read the embedding cache
     assert agreement.roc_auc(sub.positive, oof) > 0.6  # 300 examples are few; the full set reaches ~0.906
 

@@ -22,10 +22,10 @@ from fake_llm_server import FakeLLMServer, Reply, Status  # noqa: E402
 
 from phased_ift.config import EndpointConfig  # noqa: E402
 from phased_ift.data import Example  # noqa: E402
-from phased_ift.difficulty_judge import (  # noqa: E402
+from phased_ift.errors import PhasedIFTError  # noqa: E402
+from phased_ift.scoring.judge import (  # noqa: E402
     estimate_judge, expected_score, load_difficulty_template, parse_score, score_with_judge,
 )
-from phased_ift.errors import PhasedIFTError  # noqa: E402
 
 
 def _ex(i: int, text: str | None = None) -> Example:
@@ -186,7 +186,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     from rich.console import Console
     from phased_ift.config import EndpointConfig
     from phased_ift.data import Example
-    from phased_ift.difficulty_judge import score_with_judge
+    from phased_ift.scoring.judge import score_with_judge
     exs = [Example(str(i), [{"role": "user", "content": f"Instruction number {i}."},
                             {"role": "assistant", "content": f"Answer {i}."}]) for i in range(int(sys.argv[3]))]
     ep = EndpointConfig(base_url=sys.argv[1], model="fake", concurrency=2, max_retries=2, timeout=5.0)

@@ -4,6 +4,7 @@ fatal auth/404 stops that never show the key, the sqlite cache, bounded concurre
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -221,3 +222,28 @@ def test_estimate_counts_cached_and_tokens(server, tmp_path, secret_env):
     est = client.estimate([_req("a" * 40), _req("b" * 400), _req("b" * 400)])
     assert est == {"requests": 2, "cached": 1, "to_send": 1, "prompt_tokens": 400 // 4 + 4, "completion_tokens": 10}
     assert server.count == 1  # estimating sends nothing
+
+
+def test_a_cache_file_written_before_kvcache_is_still_read(server, tmp_path, secret_env):
+    """The table layout of older runs' cache/llm.sqlite: same table, same keys, so their answers are cache hits."""
+    probe, _ = _client(server, tmp_path / "probe")
+    canon = canonical_request(probe.endpoint, _req("asked by an old run"))
+    probe.close()
+    path = tmp_path / "cache" / "llm.sqlite"
+    path.parent.mkdir(parents=True)
+    con = sqlite3.connect(path)  # the DDL and row format of the ResponseCache this replaced
+    con.execute("CREATE TABLE responses (key TEXT PRIMARY KEY, request TEXT NOT NULL, response TEXT NOT NULL, "
+                "created REAL NOT NULL)")
+    answer = {"choices": [{"message": {"role": "assistant", "content": "5"}}],
+              "usage": {"prompt_tokens": 9, "completion_tokens": 1}}
+    con.execute("INSERT INTO responses VALUES (?, ?, ?, 0.0)",
+                (request_key(canon), json.dumps(canon, sort_keys=True), json.dumps(answer)))
+    con.commit()
+    con.close()
+    client, _ = _client(server, tmp_path)
+    old, new = client.chat_many([_req("asked by an old run"), _req("new question")])
+    assert old.cached and old.text == "5" and not new.cached and server.count == 1
+    client.close()
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 2
+    con.close()

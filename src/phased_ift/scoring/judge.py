@@ -1,11 +1,12 @@
-"""The LLM-judge difficulty scorer: ask an OpenAI-compatible model for a 1-5 difficulty score per instruction.
+"""The `judge` scorer: ask an OpenAI-compatible model (`llm_client.LLMClient`) for a 1-5 difficulty score per
+instruction; its requests are cached in <run_dir>/cache/llm.sqlite, and its dry run estimates their cost.
 
 Pang et al. 2024 (Phased IFT, arXiv 2406.04371, Sec. 3.1) had gpt-4-0613 rate each Alpaca instruction from 1 (easy)
 to 5 (hard) by the complexity of the task, of its input and of the output it requires. Their prompt is not in the
 released code (xubuvd/PhasedSFT), so `templates/difficulty.txt` is written from that description: the same three
 criteria, the same scale, an answer that is a single number. A custom template is a .txt file in the format of
-`judge.load_template` (`<<system>>` text, `<<user>>` text) whose user text contains `{instruction}` (the first user
-turn: Alpaca instruction + input) and optionally `{response}` (the example's reference response).
+`phased_ift.judge.load_template` (`<<system>>` text, `<<user>>` text) whose user text contains `{instruction}` (the
+first user turn: Alpaca instruction + input) and optionally `{response}` (the example's reference response).
 
 Scores:
   * one sample (default, temperature from the endpoint, 0 in the paper): the parsed number; with
@@ -18,6 +19,7 @@ A reply with no parseable 1-5 number never becomes a score: the row keeps the ra
 
 Run it through the pipeline (`phased-ift score CONFIG scoring.scorer=judge scoring.judge.base_url=...`) or directly:
 
+    from phased_ift.scoring.judge import score_with_judge
     rows = score_with_judge(examples, cfg.scoring.judge, "runs/x/cache/llm.sqlite")
 """
 
@@ -26,14 +28,15 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from rich.console import Console
 
-from phased_ift.config import EndpointConfig
+from phased_ift.config import Config, EndpointConfig
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError
 from phased_ift.llm_client import LLMClient, LLMResult
+from phased_ift.scoring.registry import ScoreContext
 
 SCALE = (1, 5)
 TOP_LOGPROBS = 5  # the answer digit's top-5 alternatives cover the five scale tokens for a well-behaved judge
@@ -47,7 +50,8 @@ def load_difficulty_template(name_or_path: str = "difficulty") -> Any:
     """Load the packaged difficulty template (by name) or a .txt template file.
 
     Returns:
-        `judge.JudgeTemplate`-like object with `.system` and `.user` (user text contains `{instruction}`).
+        `phased_ift.judge.JudgeTemplate`-like object with `.system` and `.user` (user text contains
+        `{instruction}`).
 
     Raises:
         PhasedIFTError: unknown name, missing file, missing `<<user>>` marker or `{instruction}` placeholder.
@@ -245,3 +249,35 @@ def iter_judge_rows(examples: list[Example], endpoint: EndpointConfig, cache_pat
     if bad:
         console.print(f"[yellow]difficulty judge: {bad} of {len(examples)} examples have no score "
                       "(unparseable reply or failed request; raw text and error kept in their rows)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The scorer and its dry run (registered in phased_ift/scoring/__init__.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_judge(cfg: Config) -> None:
+    if not cfg.scoring.judge.enabled:
+        raise PhasedIFTError("scorer=judge needs an endpoint: set scoring.judge.base_url and scoring.judge.model "
+                             "(e.g. scoring.judge.base_url=http://127.0.0.1:8000/v1), or pick an offline scorer "
+                             "(scoring.scorer=ifd).")
+
+
+def score_judge(examples: list[Example], ctx: ScoreContext) -> Iterator[dict]:
+    """The LLM judge (1-5), streamed so rows reach the scores file while it runs (the score step's bar shows the
+    progress); every request is also in the sqlite cache (<cache_dir>/llm.sqlite), so a re-run sends none twice.
+
+    Raises:
+        PhasedIFTError: no endpoint configured (scoring.judge.base_url / model), or as `score_with_judge`.
+    """
+    _check_judge(ctx.cfg)
+    sc = ctx.cfg.scoring
+    yield from iter_judge_rows(examples, sc.judge, ctx.cache_dir / "llm.sqlite", template=sc.template,
+                               samples=sc.samples, use_logprobs=sc.use_logprobs, progress=False, console=ctx.console)
+
+
+def dry_run_judge(examples: Sequence[Example], cfg: Config, cache_dir: Path, console=None) -> None:
+    """Print the judge's request/token estimate for `examples` (`score_with_judge(..., dry_run=True)`)."""
+    _check_judge(cfg)
+    score_with_judge(list(examples), cfg.scoring.judge, cache_dir / "llm.sqlite", template=cfg.scoring.template,
+                     samples=cfg.scoring.samples, use_logprobs=cfg.scoring.use_logprobs, dry_run=True, console=console)
