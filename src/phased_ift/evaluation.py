@@ -99,3 +99,59 @@ def attach_references(examples: Sequence[Example], references: dict[str, str]) -
             out.append(Example(id=e.id, messages=list(e.prompt_messages) + [{"role": "assistant", "content": ref}],
                                meta=dict(e.meta)))
     return out
+
+
+def evaluate_all(cfg: Any, run: Any, console: Any = None) -> None:
+    """Offline evaluation: loss of the GPT-4 reference answers per checkpoint ->
+    evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json. Prompts: those of generate.test_sets that have a
+    reference (matched by normalised instruction, counts logged), or a seeded evaluation.limit sample of
+    alpaca_eval. Existing files are skipped; with evaluation.reference_loss false it logs that and returns.
+
+    Raises:
+        PhasedIFTError: no prompt has a reference answer; a checkpoint without its DONE marker.
+    """
+    import json
+
+    from rich.console import Console
+
+    from phased_ift.data import load_reference_answers, load_test_set
+    from phased_ift.generate import checkpoint_dir, checkpoint_phases, load_for_inference, testset_key
+
+    console = console or Console(stderr=True)
+    ev = cfg.evaluation
+    if not ev.reference_loss:
+        console.print("evaluate: evaluation.reference_loss is false; skipped", highlight=False)
+        return
+    g = cfg.generate
+    refs = load_reference_answers(ev.reference)
+    if ev.limit:
+        sets = {"alpaca_eval": load_test_set("alpaca_eval", limit=ev.limit, seed=cfg.seed)}
+    else:
+        sets = {testset_key(n): load_test_set(n, limit=g.limit, seed=g.seed) for n in g.test_sets}
+    matched = {name: attach_references(ex, refs) for name, ex in sets.items()}
+    for name, ex in sets.items():
+        console.print(f"evaluate: {name}: {len(matched[name])} of {len(ex)} prompts have a reference answer "
+                      f"({ev.reference})", highlight=False)
+    if not any(matched.values()):
+        raise PhasedIFTError(f"evaluate: none of the prompts of {list(sets)} has a reference answer in "
+                             f"{ev.reference}; add vicuna/oasst/helpful_base/alpaca_eval to generate.test_sets or "
+                             "set evaluation.limit=N to use a sample of alpaca_eval.")
+    for arm in cfg.train.arms:
+        for seed in cfg.train.seeds:
+            for k in checkpoint_phases(cfg, arm):
+                out = run.evaluation(arm, k, seed)
+                if out.is_file():
+                    continue
+                ckpt = checkpoint_dir(run, arm, k, seed)
+                loaded = load_for_inference(ckpt, dtype=cfg.model.dtype)
+                result = {"arm": arm, "phase": k, "seed": seed, "reference": ev.reference, "testsets": {}}
+                for name, ex in matched.items():
+                    r = reference_loss(ckpt, ex, cfg.model.template, ev.batch_size, ev.max_length, loaded=loaded)
+                    result["testsets"][name] = {**r, "n_prompts": len(sets[name])}
+                out.parent.mkdir(parents=True, exist_ok=True)
+                tmp = out.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
+                tmp.replace(out)
+                means = ", ".join(f"{n} {t['mean_loss']:.3f}" for n, t in result["testsets"].items() if t["n"])
+                console.print(f"evaluate: {arm} seed {seed} phase {k}: reference loss {means} -> {out}",
+                              highlight=False)
