@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from phased_ift.errors import PhasedIFTError
 
@@ -282,13 +282,35 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
     Raises:
         PhasedIFTError: mismatched generations; a reference template without any matching reference.
     """
-    from phased_ift.data import append_jsonl, read_jsonl
+    from phased_ift.data import read_jsonl
     from phased_ift.generate import drop_torn_tail
 
     out_path = Path(out_path)
     drop_torn_tail(out_path)
     pairs = pair_answers(rows_a, rows_b, where=f"judging {arm_a} vs {arm_b} on {testset}")
     done = {r["id"] for r in read_jsonl(out_path, tolerate_torn_tail=True)} if out_path.is_file() else set()
+    todo, no_ref = _pairs_to_judge(pairs, done, template, references, testset)
+    reqs = []
+    for ra, rb, ref in todo:  # two per prompt: A first, then B first
+        reqs += build_requests(template, ra["instruction"], ra["output"], rb["output"], ref, temperature, max_tokens)
+    stream = client.iter_chat(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")  # starts at the first next()
+    failed = _append_rows(stream, todo, out_path, testset, arm_a, arm_b)
+    all_rows = list(read_jsonl(out_path, tolerate_torn_tail=True)) if out_path.is_file() else []
+    if failed and console is not None:
+        console.print(f"judge {arm_a} vs {arm_b} / {testset}: {len(failed)} prompts not judged because a request "
+                      f"failed (first: {failed[0]['errors'][0]}); run the command again to retry them.",
+                      highlight=False)
+    return {"path": str(out_path), "judged": len(todo) - len(failed), "failed": len(failed),
+            "skipped_done": len(done), "no_reference": no_ref, **aggregate(all_rows)}
+
+
+def _pairs_to_judge(pairs: Sequence[tuple[dict, dict]], done: set, template: JudgeTemplate,
+                    references: dict[str, str] | None, testset: str) -> tuple[list[tuple[dict, dict, Any]], int]:
+    """The (row A, row B, reference or None) not judged yet, and how many prompts lack a needed reference.
+
+    Raises:
+        PhasedIFTError: a reference template and none of the prompts has a reference answer.
+    """
     todo, no_ref = [], 0
     for ra, rb in pairs:
         if ra["id"] in done:
@@ -306,11 +328,16 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
             f"{testset} has one in the reference set; use judge.template=pairwise or a test set from AlpacaEval "
             "(vicuna, oasst, helpful_base, alpaca_eval)."
         )
+    return todo, no_ref
+
+
+def _append_rows(stream: Iterator[Any], todo: Sequence[tuple[dict, dict, Any]], out_path: Path, testset: str,
+                 arm_a: str, arm_b: str) -> list[dict]:
+    """Append one row per prompt of `todo` as its two results (order ab, then ba) arrive from `stream`; returns
+    the prompts whose requests failed, [{"id", "errors"}] (no row written for them)."""
+    from phased_ift.data import append_jsonl
+
     failed: list[dict] = []
-    reqs = []
-    for ra, rb, ref in todo:  # two per prompt: A first, then B first
-        reqs += build_requests(template, ra["instruction"], ra["output"], rb["output"], ref, temperature, max_tokens)
-    stream = client.iter_chat(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")  # starts at the first next()
     for ra, rb, _ in todo:
         r_ab, r_ba = next(stream), next(stream)
         if not (r_ab.ok and r_ba.ok):
@@ -320,13 +347,7 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
             continue
         append_jsonl(out_path, make_row(ra["id"], testset, arm_a, arm_b, ra["output"], rb["output"],
                                         r_ab.text, r_ba.text))
-    all_rows = list(read_jsonl(out_path, tolerate_torn_tail=True)) if out_path.is_file() else []
-    if failed and console is not None:
-        console.print(f"judge {arm_a} vs {arm_b} / {testset}: {len(failed)} prompts not judged because a request "
-                      f"failed (first: {failed[0]['errors'][0]}); run the command again to retry them.",
-                      highlight=False)
-    return {"path": str(out_path), "judged": len(todo) - len(failed), "failed": len(failed),
-            "skipped_done": len(done), "no_reference": no_ref, **aggregate(all_rows)}
+    return failed
 
 
 def plan_requests(rows_a: Sequence[dict], rows_b: Sequence[dict], template: JudgeTemplate,
