@@ -10,6 +10,7 @@
       judgements/<a>__vs__<b>/seed_<s>/<testset>.jsonl   raw verdicts of both orders
       evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json
       report/report.md, report.html, *.png, summary.json
+      agreement/<tag>/agreement.json   scorer agreement with the paper's labels (`phased-ift score --against paper`)
       cache/llm.sqlite                 every LLM request/response, keyed by the canonical request JSON
 
 A step is done when its output exists (files are written atomically, DONE markers last), so re-running a
