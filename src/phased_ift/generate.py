@@ -369,33 +369,3 @@ def checkpoint_dir(run: Any, arm: str, k: int, seed: int) -> Path:
         raise PhasedIFTError(f"{d} has no DONE marker: arm {arm!r} phase {k} seed {seed} has not finished "
                              "training; run `phased-ift train` (it resumes) before generating.")
     return d
-
-
-def generate_all(cfg: Any, run: Any, console: Any = None) -> None:
-    """Generate answers on the test sets for every arm x seed x final phase (every phase when
-    generate.every_phase) -> generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl. Finished test sets (settings
-    file present) are skipped without loading the model; the checkpoints must be trained (DONE markers).
-
-    Raises:
-        PhasedIFTError: a checkpoint without its DONE marker (see `checkpoint_dir`), an unknown test set.
-    """
-    from rich.console import Console
-
-    from phased_ift.data import load_test_set
-
-    console = console or Console(stderr=True)
-    g = cfg.generate
-    testsets = {testset_key(n): load_test_set(n, limit=g.limit, seed=g.seed) for n in g.test_sets}
-    for arm in cfg.train.arms:
-        for seed in cfg.train.seeds:
-            for k in checkpoint_phases(cfg, arm):
-                ckpt, loaded = checkpoint_dir(run, arm, k, seed), None
-                for name, examples in testsets.items():
-                    out = run.generations(arm, k, name, seed)
-                    if not settings_path(out).is_file() and loaded is None:
-                        loaded = load_for_inference(ckpt, dtype=cfg.model.dtype)  # once per checkpoint
-                    generate_answers(ckpt, examples, g.max_new_tokens, g.batch_size, cfg.model.template, out,
-                                     console=console, backend=g.backend, dtype=cfg.model.dtype, loaded=loaded,
-                                     max_batch_tokens=g.max_batch_tokens)
-                    console.print(f"generate: {arm} seed {seed} phase {k} {name} ({len(examples)} prompts) -> {out}",
-                                  highlight=False)

@@ -408,14 +408,3 @@ def token_losses(model, batch: dict[str, Any]) -> tuple[Any, Any]:
     labels, mask = labels[:, first:].to(dev), mask[:, first:].to(dev)
     loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
     return (loss * mask).sum(1), mask.sum(1)
-
-
-def main_process_first():
-    """A context manager: accelerate's `PartialState().main_process_first()`. Under `accelerate launch` the main
-    process runs the block first and the other processes wait, then run it (finding the main process's outputs
-    on disk); in a single process it only runs the block. Imports torch and accelerate when called."""
-    import torch
-    from accelerate import PartialState
-
-    # cpu=True on a machine without CUDA, else accelerate does not see a gloo multi-process launch.
-    return PartialState(cpu=not torch.cuda.is_available()).main_process_first()
