@@ -234,7 +234,7 @@ def test_judge_pairs_mismatched_generations(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# step_generate -> step_judge through the real LLMClient and the in-process fake server
+# step_generate -> step_judge through the real LLMClient and the in-process fake server (training stubbed)
 # ---------------------------------------------------------------------------------------------------------------
 def make_fake_run(tmp_path, tiny_model_dir, monkeypatch, extra=()):
     """A run dir whose checkpoints are perturbed copies of the tiny model (phased: 2 phases, one-off: 1), with
@@ -261,8 +261,19 @@ def make_fake_run(tmp_path, tiny_model_dir, monkeypatch, extra=()):
         model.save_pretrained(d)
         tok.save_pretrained(d)
         (d / "DONE").write_text("{}")
-    monkeypatch.setattr(pipeline, "step_train", lambda cfg, dry_run=False, console=None: None)
+    stub_train(monkeypatch)
     return cfg, run
+
+
+def stub_train(monkeypatch):
+    """Replace the train step of `pipeline.STEPS` by one that trains nothing and needs no earlier step."""
+    import dataclasses
+
+    from phased_ift import pipeline
+
+    monkeypatch.setattr(pipeline, "STEPS", [
+        dataclasses.replace(s, run=lambda *a: None, needs=lambda *a: ()) if s.name == "train" else s
+        for s in pipeline.STEPS])
 
 
 def test_step_generate_and_judge_end_to_end_rerun_sends_nothing(tmp_path, tiny_model_dir, monkeypatch):
@@ -323,19 +334,23 @@ def test_step_judge_not_configured_logs_and_returns(tmp_path, tiny_model_dir, mo
 
 
 def test_judge_jobs_pairs_and_errors():
+    """The jobs `judge_all` runs: `design.judge_jobs` (judge.judge_jobs, which returned dicts, is gone)."""
     from phased_ift.config import load_config
-    from phased_ift.judge import judge_jobs
+    from phased_ift.design import judge_jobs
 
     cfg = load_config(None, ["train.arms=[phased,one-off,random]", "phases.k=3", "train.seeds=[0,1]"])
     jobs = judge_jobs(cfg)
-    assert {(j["arm_a"], j["arm_b"], j["seed"], j["phase_a"], j["phase_b"], j["phase"]) for j in jobs} == {
+    assert {(j.arm_a, j.arm_b, j.seed, j.phase_a, j.phase_b, j.phase) for j in jobs} == {
         ("phased", "one-off", s, 3, 1, None) for s in (0, 1)} | {("random", "one-off", s, 3, 1, None) for s in (0, 1)}
     cfg = load_config(None, ["train.arms=[phased,random]", "phases.k=2", "generate.every_phase=true"])
-    got = [(j["arm_a"], j["arm_b"], j["phase_a"], j["phase_b"], j["phase"]) for j in judge_jobs(cfg)]
+    got = [(j.arm_a, j.arm_b, j.phase_a, j.phase_b, j.phase) for j in judge_jobs(cfg)]
     assert got == [("random", "phased", 2, 2, None), ("random", "phased", 1, 2, 1), ("random", "phased", 2, 2, 2)]
     bad = load_config(None, ["train.arms=[phased,one-off]", "judge.pairs=[[phased,reverse]]"])
     with pytest.raises(PhasedIFTError, match="not in train.arms"):
         judge_jobs(bad)
+    import phased_ift.judge
+
+    assert not hasattr(phased_ift.judge, "judge_jobs")
 
 
 # ---------------------------------------------------------------------------------------------------------------

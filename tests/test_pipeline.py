@@ -240,3 +240,102 @@ def test_out_of_memory_and_ctrl_c_give_hints(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(pipeline, "run_pipeline", interrupted)
     rc, err = run_cli(["configs/quickstart.yaml", f"run_dir={tmp_path / 'r'}"], capsys)
     assert rc == 130 and "run the same command again to resume" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# STEPS: each step once per command, in order
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def recording_steps(monkeypatch, called: list, log_context: bool = False):
+    """Replace every step body of `pipeline.STEPS` by one that records its name (and dry_run flag)."""
+    import contextlib
+    import dataclasses
+
+    from phased_ift import modeling, pipeline
+
+    def record(name):
+        def body(cfg, run, dry_run, console):
+            called.append(f"{name} (dry run)" if dry_run else name)
+            return {} if name == "report" else None
+        return body
+
+    monkeypatch.setattr(pipeline, "STEPS", [dataclasses.replace(s, run=record(s.name)) for s in pipeline.STEPS])
+
+    @contextlib.contextmanager
+    def main_first():
+        called.append("<main process first>")
+        yield
+        called.append("</main process first>")
+
+    monkeypatch.setattr(modeling, "main_process_first", main_first)
+
+
+def test_one_run_enters_each_step_exactly_once_in_order(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from phased_ift import pipeline
+    from phased_ift.config import load_config
+
+    called: list = []
+    recording_steps(monkeypatch, called)
+    monkeypatch.setattr(pipeline, "preflight", lambda cfg, dry_run=False: [])
+    monkeypatch.setattr(pipeline, "plan_run", lambda cfg, console, missing=(): called.append("plan"))
+    cfg = load_config("configs/quickstart.yaml", [f"run_dir={tmp_path / 'r'}"])
+    assert pipeline.run_pipeline(cfg, console=Console(file=open(tmp_path / "log.txt", "w"))) == {}
+    assert called == ["data", "plan", "<main process first>", "score", "split", "</main process first>", "train",
+                      "generate", "judge", "evaluate", "report"]
+    assert [s.name for s in pipeline.STEPS] == ["data", "score", "split", "train", "generate", "judge", "evaluate",
+                                                "report"]
+
+
+def test_a_subcommand_runs_the_steps_it_needs_once_each(tmp_path, monkeypatch):
+    from phased_ift import pipeline
+    from phased_ift.config import load_config
+    from phased_ift.rundir import RunDir
+
+    def names(step, *overrides, dry_run=False):
+        cfg = load_config("configs/quickstart.yaml", [f"run_dir={tmp_path / 'r'}", *overrides])
+        return [s.name for s in pipeline.steps_for(step, cfg, dry_run)]
+
+    judge = ["judge.judge.base_url=http://127.0.0.1:9/v1", "judge.judge.model=x"]
+    # a fresh run dir: every earlier step is needed
+    assert names("score") == ["data", "score"]
+    assert names("generate") == ["data", "score", "split", "train", "generate"]
+    assert names("report") == ["data", "score", "split", "train", "generate", "judge", "evaluate", "report"]
+    assert names("report", "evaluation.reference_loss=false") == names("report")  # generate still needs train
+    assert names("evaluate", "evaluation.reference_loss=false") == ["evaluate"]  # it logs "skipped" and returns
+    assert names("judge") == ["judge"]  # no judge configured: it logs how to set one, trains nothing
+    assert names("judge", *judge) == ["data", "score", "split", "train", "generate", "judge"]
+    assert names("judge", *judge, dry_run=True) == ["judge"]  # a dry run neither trains nor generates
+    assert names("train", dry_run=True) == ["data", "train"]  # the plan reads the data, scores nothing
+    run, scorer = RunDir(tmp_path / "r"), load_config("configs/quickstart.yaml").scoring.scorer
+    run.train_data.parent.mkdir(parents=True)
+    run.train_data.write_text("")
+    assert names("train", dry_run=True) == ["train"]
+    # scores exist: the split does not ask the score (and data) step again
+    run.scores(scorer).parent.mkdir(parents=True)
+    run.scores(scorer).write_text("")
+    assert names("generate") == ["split", "train", "generate"]
+    assert names("score") == ["data", "score"]  # the score step itself resumes the file
+    assert names("train", dry_run=True) == ["split", "train"]
+    with pytest.raises(ValueError, match="no pipeline step 'evaluation'"):
+        names("evaluation")
+
+
+def test_step_functions_run_their_steps_once_with_dry_run_on_their_own_step(tmp_path, monkeypatch):
+    from phased_ift import pipeline
+    from phased_ift.config import load_config
+
+    called: list = []
+    recording_steps(monkeypatch, called)
+    cfg = load_config("configs/quickstart.yaml", [f"run_dir={tmp_path / 'r'}"])
+    pipeline.step_generate(cfg)
+    assert called == ["<main process first>", "data", "score", "split", "</main process first>", "train",
+                      "generate"]
+    called.clear()
+    pipeline.step_score(cfg, dry_run=True)
+    assert called == ["data", "score (dry run)"]  # no split: no main_process_first, no torch import
+    called.clear()
+    assert pipeline.step_report(cfg) == {}
+    assert called[-4:] == ["generate", "judge", "evaluate", "report"] and len(called) == len(set(called))

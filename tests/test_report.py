@@ -290,16 +290,24 @@ def test_bad_verdict_names_file_and_line(tmp_path):
         build_report(run, make_cfg(run.root))
 
 
-def test_step_report_runs_judge_first_and_writes_report(tmp_path, monkeypatch):
+def test_step_report_runs_the_earlier_steps_once_then_writes_report(tmp_path, monkeypatch):
+    """`phased-ift report`: the steps it needs (here: split, train, then generate, judge, evaluate), each once and
+    in STEPS order, then the report."""
+    import dataclasses
+
     from phased_ift import pipeline
 
     run = write_full_run(tmp_path / "run", every_phase=False)
     called = []
-    monkeypatch.setattr(pipeline, "step_generate", lambda cfg, console=None: called.append("generate"))
-    monkeypatch.setattr(pipeline, "step_judge", lambda cfg, dry_run=False, console=None: called.append("judge"))
-    monkeypatch.setattr(pipeline, "step_evaluate", lambda cfg, console=None: called.append("evaluate"))
+
+    def record(name):
+        return lambda cfg, run, dry_run, console: called.append(name)
+
+    monkeypatch.setattr(pipeline, "STEPS", [s if s.name == "report" else dataclasses.replace(s, run=record(s.name))
+                                            for s in pipeline.STEPS])
     s = pipeline.step_report(make_cfg(run.root))
-    assert called == ["generate", "judge", "evaluate"] and (run.report_dir / "report.html").is_file()
+    # scores/ifd.jsonl exists, so the split does not need the score step; no judge configured: judge needs nothing
+    assert called == ["split", "train", "generate", "judge", "evaluate"] and (run.report_dir / "report.html").is_file()
     assert s["comparisons"][0]["wins"] == 24
 
 

@@ -16,6 +16,11 @@ Rows go to `judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl` with b
 recomputed without paying again; every request also goes through the LLM cache, so a re-run sends nothing.
 
 `aggregate(rows)` gives counts, the plain win rate over parsed pairs and the paper's centred number.
+
+Owns: judge templates, the score parser, the reconciliation rule, judgement rows and their aggregation, judging
+one test set (`judge_pairs`) and the judge step (`judge_all`: every comparison of `design.judge_jobs` on every
+test set, or its dry-run estimate). Which arms are compared is the design's (`design.judge_jobs`), not this
+module's.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from phased_ift.errors import PhasedIFTError
 
@@ -117,7 +122,7 @@ def load_template(name_or_path: str) -> JudgeTemplate:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Parsing, reconciliation, aggregation (pure functions; report.py imports aggregate)
+# Parsing, reconciliation, aggregation (pure functions; the report imports aggregate)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -282,13 +287,35 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
     Raises:
         PhasedIFTError: mismatched generations; a reference template without any matching reference.
     """
-    from phased_ift.data import append_jsonl, read_jsonl
+    from phased_ift.data import read_jsonl
     from phased_ift.generate import drop_torn_tail
 
     out_path = Path(out_path)
     drop_torn_tail(out_path)
     pairs = pair_answers(rows_a, rows_b, where=f"judging {arm_a} vs {arm_b} on {testset}")
     done = {r["id"] for r in read_jsonl(out_path, tolerate_torn_tail=True)} if out_path.is_file() else set()
+    todo, no_ref = _pairs_to_judge(pairs, done, template, references, testset)
+    reqs = []
+    for ra, rb, ref in todo:  # two per prompt: A first, then B first
+        reqs += build_requests(template, ra["instruction"], ra["output"], rb["output"], ref, temperature, max_tokens)
+    stream = client.iter_chat(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")  # starts at the first next()
+    failed = _append_rows(stream, todo, out_path, testset, arm_a, arm_b)
+    all_rows = list(read_jsonl(out_path, tolerate_torn_tail=True)) if out_path.is_file() else []
+    if failed and console is not None:
+        console.print(f"judge {arm_a} vs {arm_b} / {testset}: {len(failed)} prompts not judged because a request "
+                      f"failed (first: {failed[0]['errors'][0]}); run the command again to retry them.",
+                      highlight=False)
+    return {"path": str(out_path), "judged": len(todo) - len(failed), "failed": len(failed),
+            "skipped_done": len(done), "no_reference": no_ref, **aggregate(all_rows)}
+
+
+def _pairs_to_judge(pairs: Sequence[tuple[dict, dict]], done: set, template: JudgeTemplate,
+                    references: dict[str, str] | None, testset: str) -> tuple[list[tuple[dict, dict, Any]], int]:
+    """The (row A, row B, reference or None) not judged yet, and how many prompts lack a needed reference.
+
+    Raises:
+        PhasedIFTError: a reference template and none of the prompts has a reference answer.
+    """
     todo, no_ref = [], 0
     for ra, rb in pairs:
         if ra["id"] in done:
@@ -306,11 +333,16 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
             f"{testset} has one in the reference set; use judge.template=pairwise or a test set from AlpacaEval "
             "(vicuna, oasst, helpful_base, alpaca_eval)."
         )
+    return todo, no_ref
+
+
+def _append_rows(stream: Iterator[Any], todo: Sequence[tuple[dict, dict, Any]], out_path: Path, testset: str,
+                 arm_a: str, arm_b: str) -> list[dict]:
+    """Append one row per prompt of `todo` as its two results (order ab, then ba) arrive from `stream`; returns
+    the prompts whose requests failed, [{"id", "errors"}] (no row written for them)."""
+    from phased_ift.data import append_jsonl
+
     failed: list[dict] = []
-    reqs = []
-    for ra, rb, ref in todo:  # two per prompt: A first, then B first
-        reqs += build_requests(template, ra["instruction"], ra["output"], rb["output"], ref, temperature, max_tokens)
-    stream = client.iter_chat(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")  # starts at the first next()
     for ra, rb, _ in todo:
         r_ab, r_ba = next(stream), next(stream)
         if not (r_ab.ok and r_ba.ok):
@@ -320,13 +352,7 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
             continue
         append_jsonl(out_path, make_row(ra["id"], testset, arm_a, arm_b, ra["output"], rb["output"],
                                         r_ab.text, r_ba.text))
-    all_rows = list(read_jsonl(out_path, tolerate_torn_tail=True)) if out_path.is_file() else []
-    if failed and console is not None:
-        console.print(f"judge {arm_a} vs {arm_b} / {testset}: {len(failed)} prompts not judged because a request "
-                      f"failed (first: {failed[0]['errors'][0]}); run the command again to retry them.",
-                      highlight=False)
-    return {"path": str(out_path), "judged": len(todo) - len(failed), "failed": len(failed),
-            "skipped_done": len(done), "no_reference": no_ref, **aggregate(all_rows)}
+    return failed
 
 
 def plan_requests(rows_a: Sequence[dict], rows_b: Sequence[dict], template: JudgeTemplate,
@@ -349,39 +375,98 @@ def _lookup_reference(references: dict[str, str], instruction: str) -> str | Non
     return references.get(normalize_text(instruction))
 
 
-def judge_jobs(cfg: Any) -> list[dict[str, Any]]:
-    """Which generations to compare for a config.
+# ---------------------------------------------------------------------------------------------------------------
+# The judge step: every job of the design, every test set
+# ---------------------------------------------------------------------------------------------------------------
 
-    Pairs: `judge.pairs`, or every trained arm against the baseline (one-off when trained, else the first arm).
-    For each pair and seed: the final models (phase None in the output path); with generate.every_phase also
-    phase k of arm A against the baseline's *final* model for every k (the paper's Figure 1 trend).
 
-    Returns:
-        [{"arm_a", "arm_b", "seed", "phase_a", "phase_b", "phase" (None = final comparison, else k)}].
+def judge_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) -> None:
+    """Judge every `design.judge_jobs` comparison on every test set of generate.test_sets, in both answer orders
+    -> judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl (rows: `make_row`), one log line per file.
+
+    Reads the generations (generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl) and, for reference templates,
+    the reference answers of evaluation.reference. No judge endpoint (judge.judge.base_url/model): logs how to set
+    one and returns. dry_run prints the distinct request count, cache hits and estimated tokens and sends
+    nothing (test sets not generated yet are counted apart). Ends with sent / cache hits / failures / tokens.
+
+    Args:
+        cfg: the resolved `Config`; run: its `RunDir`; console: a rich Console (default: stderr).
     Raises:
-        PhasedIFTError: a pair names an arm that is not in train.arms, or an arm against itself.
+        PhasedIFTError: see `judge_pairs` and `design.judge_jobs`; missing generations (not in dry_run).
     """
-    from phased_ift.generate import checkpoint_phases, final_phase
+    from rich.console import Console
 
-    arms = list(cfg.train.arms)
-    if cfg.judge.pairs:
-        pairs = [tuple(p) for p in cfg.judge.pairs]
-    else:
-        base = "one-off" if "one-off" in arms else arms[0]
-        pairs = [(a, base) for a in arms if a != base]
-    jobs = []
-    for a, b in pairs:
-        for arm in (a, b):
-            if arm not in arms:
-                raise PhasedIFTError(f"config: judge.pairs names arm {arm!r}, which is not in train.arms {arms}; "
-                                     "add it to train.arms or fix the pair.")
-        if a == b:
-            raise PhasedIFTError(f"config: judge.pairs has [{a}, {b}]: an arm cannot be judged against itself.")
-        for seed in cfg.train.seeds:
-            jobs.append({"arm_a": a, "arm_b": b, "seed": seed, "phase_a": final_phase(cfg, a),
-                         "phase_b": final_phase(cfg, b), "phase": None})
-            if cfg.generate.every_phase:
-                for k in checkpoint_phases(cfg, a):
-                    jobs.append({"arm_a": a, "arm_b": b, "seed": seed, "phase_a": k, "phase_b": final_phase(cfg, b),
-                                 "phase": k})
-    return jobs
+    from phased_ift.data import load_reference_answers
+    from phased_ift.llm_client import LLMClient
+
+    console = console or Console(stderr=True)
+    if not cfg.judge.judge.enabled:
+        console.print("judge: not configured (set judge.judge.base_url and judge.judge.model, e.g. "
+                      "judge.judge.base_url=https://api.openai.com/v1 judge.judge.model=gpt-4-0613)", highlight=False)
+        return
+    j = cfg.judge
+    template = load_template(j.template)
+    refs = load_reference_answers(cfg.evaluation.reference) if template.needs_reference else None
+    client = LLMClient(j.judge, run.llm_cache, console=console)
+    try:
+        if dry_run:
+            _plan_all(cfg, run, client, template, refs, console)
+            return
+        _judge_files(cfg, run, client, template, refs, console)
+        s = client.stats
+        console.print(f"judge: sent {s['sent']}, cache hits {s['cache_hits']}, failures {s['failures']}, tokens "
+                      f"{s['prompt_tokens']} prompt + {s['completion_tokens']} completion", highlight=False)
+    finally:
+        client.close()
+
+
+def _job_files(cfg: Any, run: Any) -> list[tuple[Any, str, Path, Path, Path]]:
+    """(job, test set, generations of arm A, generations of arm B, judgements out) for every job and test set."""
+    from phased_ift.design import judge_jobs
+    from phased_ift.generate import testset_key
+
+    out = []
+    for job in judge_jobs(cfg, run):
+        for name in (testset_key(n) for n in cfg.generate.test_sets):
+            out.append((job, name, run.generations(job.arm_a, job.phase_a, name, job.seed),
+                        run.generations(job.arm_b, job.phase_b, name, job.seed),
+                        run.judgements(job.arm_a, job.arm_b, name, job.seed, job.phase)))
+    return out
+
+
+def _judge_files(cfg: Any, run: Any, client: Any, template: JudgeTemplate, refs: dict | None, console: Any) -> None:
+    """Judge every (job, test set) and log its counts and win rate."""
+    from phased_ift.generate import read_generations
+
+    j = cfg.judge.judge
+    for job, name, ga, gb, out in _job_files(cfg, run):
+        res = judge_pairs(client, read_generations(ga), read_generations(gb), job.arm_a, job.arm_b, out, template,
+                          name, references=refs, temperature=j.temperature, max_tokens=j.max_tokens, console=console)
+        wr = "n/a" if res["win_rate"] is None else f"{res['win_rate']:.3f}"
+        console.print(
+            f"judge: {job.arm_a} vs {job.arm_b} seed {job.seed}"
+            f"{'' if job.phase is None else ' phase ' + str(job.phase)} {name}: {res['wins']}W "
+            f"{res['ties']}T {res['losses']}L {res['unparseable']} unparseable"
+            f"{', ' + str(res['no_reference']) + ' without reference' if res['no_reference'] else ''}"
+            f"{', ' + str(res['failed']) + ' FAILED (re-run to retry)' if res['failed'] else ''}, "
+            f"win rate {wr} -> {out}", highlight=False)
+
+
+def _plan_all(cfg: Any, run: Any, client: Any, template: JudgeTemplate, refs: dict | None, console: Any) -> None:
+    """The dry run: count the requests of every generated (job, test set) and log the estimate."""
+    from phased_ift.generate import read_generations, settings_path
+
+    j = cfg.judge.judge
+    planned: list[dict] = []
+    missing = 0
+    for _job, _name, ga, gb, _out in _job_files(cfg, run):
+        if settings_path(ga).is_file() and settings_path(gb).is_file():
+            planned += plan_requests(read_generations(ga), read_generations(gb), template, refs, j.temperature,
+                                     j.max_tokens)
+        else:
+            missing += 1
+    est = client.estimate(planned)
+    console.print(
+        f"judge (dry run): {est['requests']} distinct requests, {est['cached']} cached, {est['to_send']} to "
+        f"send, ~{est['prompt_tokens']} prompt + <= {est['completion_tokens']} completion tokens"
+        f"{f'; {missing} test sets not generated yet (not counted)' if missing else ''}", highlight=False)

@@ -1,14 +1,25 @@
-"""The pipeline: data -> score -> split -> train -> generate -> judge -> report, in one run dir.
+"""The pipeline: data -> score -> split -> train -> generate -> judge -> evaluate -> report, in one run dir.
 
-Each `step_*` reads its inputs from the run dir, skips work whose outputs already exist, and writes its outputs
-atomically, so `phased-ift run CONFIG` after kill -9 or Ctrl-C resumes where it stopped.
+Owns the order of the steps and nothing else: `STEPS` is the ordered list of `Step`s, each with its body (in
+the module it belongs to: `judge.judge_all`, `generate.generate_all`, `evaluation.evaluate_all`,
+`report.build_report`, ...; the data, score, split and train bodies are the short functions below) and its row of
+the plan. `phased-ift run` runs every step once, in that order (`run_pipeline`). A subcommand (`phased-ift
+generate CONFIG`, or `step_generate(cfg)` from Python) runs its own step and the earlier steps it needs
+(`steps_for`: e.g. generate needs train, train needs split, split needs score only while
+scores/<scorer>.jsonl is missing), each once, in STEPS order (`run_command`).
+
+Each step reads its inputs from the run dir, skips work whose outputs already exist, and writes its outputs
+atomically, so `phased-ift run CONFIG` after kill -9 or Ctrl-C resumes where it stopped. The steps up to and
+including split run inside `modeling.main_process_first()`: under `accelerate launch` the main process prepares
+data, scores and phases and the other processes then find them done.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from rich.console import Console
 
@@ -16,12 +27,42 @@ from phased_ift.config import Config, save_config
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 
+# (cfg, run, dry_run, console) -> the step's result (the data step: the RunDir; report: the summary dict)
+StepBody = Callable[[Config, RunDir, bool, "Console | None"], Any]
+# (cfg, run, dry_run) -> names of the earlier steps this step needs run first when it is the command's step
+StepNeeds = Callable[[Config, RunDir, bool], Sequence[str]]
+# (cfg, plan inputs of `_plan_inputs`) -> the step's plan row: (what, size, output)
+StepPlan = Callable[[Config, dict], tuple[str, str, str]]
 
-def _not_yet(step: str) -> None:
-    raise PhasedIFTError(f"`{step}` is not yet available in this version of phased-ift.")
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the pipeline.
+
+    Attributes:
+        name: the step's name (and its subcommand's, where it has one).
+        run: the body, `(cfg, run, dry_run, console) -> result`; it runs this step only, never another step.
+            dry_run is True only for the command's own step of a `--dry-run` command (score, train, judge).
+        plan: the step's row of the plan table, `(cfg, plan inputs) -> (what, size, output)`.
+        needs: the earlier steps a command of this step runs first, `(cfg, run, dry_run) -> names`, as the
+            step's inputs require (they are asked in turn: `steps_for`).
+        main_process_first: this step and the steps before it in one invocation run inside
+            `modeling.main_process_first()` (the split: the run dir is prepared by the main process first).
+    """
+
+    name: str
+    run: StepBody
+    plan: StepPlan
+    needs: StepNeeds = lambda cfg, run, dry_run: ()
+    main_process_first: bool = False
 
 
-def step_data(cfg: Config, console: Console | None = None) -> RunDir:
+# ---------------------------------------------------------------------------------------------------------------
+# Step bodies that have no module of their own (each runs its step only)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _data(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> RunDir:
     """Read every configured source into data/train.jsonl (+ data/rejects.jsonl); skipped when train.jsonl exists.
 
     Sources are concatenated in config order; with cfg.data.dedupe, duplicate examples (within and across sources)
@@ -33,7 +74,6 @@ def step_data(cfg: Config, console: Console | None = None) -> RunDir:
     """
     from phased_ift.data import combine_results, load_source, write_examples, write_jsonl
 
-    run = RunDir(cfg.run_dir)
     if run.train_data.is_file():
         return run
     if not cfg.data.train:
@@ -57,17 +97,18 @@ def step_data(cfg: Config, console: Console | None = None) -> RunDir:
     return run
 
 
-def step_score(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
+def _score(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
     """Score difficulty with cfg.scoring.scorer -> scores/<scorer>.jsonl (resumes: scored ids are skipped).
 
     dry_run prints what would be scored (for the judge: requests and estimated tokens) and sends nothing.
     Failed examples get a row with score null and the reason; they are counted, never given a made-up score.
+
+    Raises:
+        PhasedIFTError: data/train.jsonl is missing; see `scoring.score_examples`.
     """
     from phased_ift.data import read_examples
     from phased_ift.scoring import dry_run_score, score_examples
 
-    step_data(cfg, console=console)
-    run = RunDir(cfg.run_dir)
     if not run.train_data.is_file():
         raise PhasedIFTError(f"{run.train_data} is missing; run `phased-ift data` / the data step first.")
     examples = read_examples(run.train_data)
@@ -83,199 +124,230 @@ def step_score(cfg: Config, dry_run: bool = False, console: Console | None = Non
                       f"({s.examples_per_s:.1f} ex/s), {s.failed} failed{extra} -> {s.path}", highlight=False)
 
 
-def step_split(cfg: Config, console: Console | None = None) -> None:
-    """Split scored data into phases (+ random/reverse controls) -> phases/ (manifest.json written last).
-
-    Calls `step_score` first unless scores/<scorer>.jsonl exists. Under `accelerate launch` only the main process
-    writes; the others wait (accelerate's `main_process_first`)."""
-    from accelerate import PartialState
-
+def _split(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
+    """Split scored data into phases (+ the control arms' phase files of `design.controls`) -> phases/
+    (manifest.json written last; skipped when the manifest matches). See `phases.write_split`."""
     from phased_ift.design import controls
     from phased_ift.phases import write_split
 
-    import torch
-
-    run = RunDir(cfg.run_dir)
-    # cpu=True on a machine without CUDA, else accelerate does not see a gloo multi-process launch.
-    with PartialState(cpu=not torch.cuda.is_available()).main_process_first():
-        if not run.scores(cfg.scoring.scorer).is_file():
-            step_score(cfg, console=console)
-        write_split(run, cfg.scoring.scorer, cfg.phases.k, cfg.phases.method, cfg.phases.thresholds,
-                    cfg.phases.seed, controls(cfg.train.arms), console=console)
+    write_split(run, cfg.scoring.scorer, cfg.phases.k, cfg.phases.method, cfg.phases.thresholds,
+                cfg.phases.seed, controls(cfg.train.arms), console=console)
 
 
-def step_train(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
-    """Train every configured arm and seed, phase by phase -> checkpoints/ (or print the plan with dry_run)."""
+def _train(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
+    """Train every configured arm and seed, phase by phase -> checkpoints/ (dry_run: print the training plan)."""
     from phased_ift.train import print_plan, train_phases
 
-    run = RunDir(cfg.run_dir)
-    if dry_run and not run.phases_manifest.is_file() and not run.scores(cfg.scoring.scorer).is_file():
-        # A plan must not start scoring (API calls, model loads): it assumes K equal phases of the data instead.
-        if not run.train_data.is_file():
-            step_data(cfg, console=console)
-    else:
-        step_split(cfg, console=console)
     if dry_run:
         print_plan(cfg, run, console=console)
         return
     train_phases(cfg, run, console=console)
 
 
-def step_generate(cfg: Config, console: Console | None = None) -> None:
-    """Generate answers on the test sets for every arm x seed x final phase (every phase when
-    generate.every_phase) -> generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl. Calls `step_train` first;
-    finished test sets (settings file present) are skipped without loading the model."""
-    from phased_ift.data import load_test_set
-    from phased_ift.generate import (checkpoint_dir, checkpoint_phases, generate_answers, load_for_inference,
-                                     settings_path, testset_key)
+def _generate(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
+    from phased_ift.generate import generate_all
 
-    step_train(cfg, console=console)
-    console = console or Console(stderr=True)
-    run, g = RunDir(cfg.run_dir), cfg.generate
-    testsets = {testset_key(n): load_test_set(n, limit=g.limit, seed=g.seed) for n in g.test_sets}
-    for arm in cfg.train.arms:
-        for seed in cfg.train.seeds:
-            for k in checkpoint_phases(cfg, arm):
-                ckpt, loaded = checkpoint_dir(run, arm, k, seed), None
-                for name, examples in testsets.items():
-                    out = run.generations(arm, k, name, seed)
-                    if not settings_path(out).is_file() and loaded is None:
-                        loaded = load_for_inference(ckpt, dtype=cfg.model.dtype)  # once per checkpoint
-                    generate_answers(ckpt, examples, g.max_new_tokens, g.batch_size, cfg.model.template, out,
-                                     console=console, backend=g.backend, dtype=cfg.model.dtype, loaded=loaded,
-                                     max_batch_tokens=g.max_batch_tokens)
-                    console.print(f"generate: {arm} seed {seed} phase {k} {name} ({len(examples)} prompts) -> {out}",
-                                  highlight=False)
+    generate_all(cfg, run, console=console)
+
+
+def _judge(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
+    from phased_ift.judge import judge_all
+
+    judge_all(cfg, run, dry_run=dry_run, console=console)
+
+
+def _evaluate(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
+    from phased_ift.evaluation import evaluate_all
+
+    evaluate_all(cfg, run, console=console)
+
+
+def _report(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> dict:
+    from phased_ift.report import build_report
+
+    return build_report(run, cfg, console=console)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What each step needs first (only asked when the step is a command's step or needed by one)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _split_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
+    """The score step, while scores/<scorer>.jsonl is missing."""
+    return [] if run.scores(cfg.scoring.scorer).is_file() else ["score"]
+
+
+def _train_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
+    """The split; a training plan (dry_run) before anything is scored needs only the data: a plan must not start
+    scoring (API calls, model loads), it assumes K equal phases of the data instead."""
+    if dry_run and not run.phases_manifest.is_file() and not run.scores(cfg.scoring.scorer).is_file():
+        return [] if run.train_data.is_file() else ["data"]
+    return ["split"]
+
+
+def _judge_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
+    """The generations, when a judge is configured (a dry run must not train or generate)."""
+    return ["generate"] if cfg.judge.judge.enabled and not dry_run else []
+
+
+def _evaluate_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
+    """The checkpoints, when evaluation.reference_loss is on."""
+    return ["train"] if cfg.evaluation.reference_loss else []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plan rows (inputs from `_plan_inputs`)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _score_row(cfg: Config, p: dict) -> tuple[str, str, str]:
+    return (cfg.scoring.scorer, f"{p['score_requests']:,} judge requests" if p["score_requests"] else
+            "offline, no requests", f"scores/{cfg.scoring.scorer}.jsonl")
+
+
+def _train_row(cfg: Config, p: dict) -> tuple[str, str, str]:
+    seeds = len(cfg.train.seeds)
+    return (f"{', '.join(cfg.train.arms)} x seeds {cfg.train.seeds} ({cfg.train.method})",
+            f"~{sum(p['training_tokens'].values()) * seeds:,} tokens, "
+            f"{sum(p['steps'].values()) * seeds:,} optimizer steps", "checkpoints/")
+
+
+def _generate_row(cfg: Config, p: dict) -> tuple[str, str, str]:
+    return (", ".join(f"{k} ({v})" for k, v in p["prompts"].items()),
+            f"{p['answers']:,} answers x <= {cfg.generate.max_new_tokens} new tokens", "generations/")
+
+
+def _evaluate_row(cfg: Config, p: dict) -> tuple[str, str, str]:
+    on = cfg.evaluation.reference_loss
+    return ("reference-answer loss" if on else "off", f"{p['checkpoints']} checkpoints" if on else "", "evaluation/")
+
+
+STEPS: list[Step] = [
+    Step("data", _data, lambda cfg, p: (", ".join(d.name or d.path for d in cfg.data.train),
+                                        f"{p['examples']:,} examples", "data/train.jsonl")),
+    Step("score", _score, _score_row, needs=lambda cfg, run, dry_run: ["data"]),
+    Step("split", _split, lambda cfg, p: (f"{cfg.phases.k} phases by {cfg.phases.method}", "", "phases/"),
+         needs=_split_needs, main_process_first=True),
+    Step("train", _train, _train_row, needs=_train_needs),
+    Step("generate", _generate, _generate_row, needs=lambda cfg, run, dry_run: ["train"]),
+    Step("judge", _judge, lambda cfg, p: (cfg.judge.judge.model or "not configured (judge.judge.base_url)",
+                                          f"{p['judge_requests']:,} requests (both orders)" if p["judge_requests"]
+                                          else "", "judgements/"), needs=_judge_needs),
+    Step("evaluate", _evaluate, _evaluate_row, needs=_evaluate_needs),
+    Step("report", _report, lambda cfg, p: ("win rates, CIs, lengths, plots", "", "report/"),
+         needs=lambda cfg, run, dry_run: ["generate", "judge", "evaluate"]),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running steps
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def get_step(name: str) -> Step:
+    """The step called `name` in `STEPS`.
+
+    Raises:
+        ValueError: no such step (a programming error).
+    """
+    for step in STEPS:
+        if step.name == name:
+            return step
+    raise ValueError(f"no pipeline step {name!r}; steps: {', '.join(s.name for s in STEPS)}")
+
+
+def steps_for(name: str, cfg: Config, dry_run: bool = False) -> list[Step]:
+    """The steps the command of step `name` runs, in STEPS order: the step itself and, transitively, the earlier
+    steps it needs (`Step.needs`, asked before anything runs; dry_run is passed to the step itself only).
+
+    Raises:
+        ValueError: no such step.
+    """
+    run = RunDir(cfg.run_dir)
+    target = get_step(name)
+    needed = {name}
+    for step in reversed(STEPS[:STEPS.index(target) + 1]):
+        if step.name in needed:
+            needed.update(step.needs(cfg, run, dry_run and step is target))
+    return [s for s in STEPS if s.name in needed]
+
+
+def run_steps(cfg: Config, steps: Sequence[Step], dry_run_step: str | None = None,
+              console: Console | None = None) -> dict[str, Any]:
+    """Run `steps` once each, in the given order; the step named `dry_run_step` gets dry_run=True. The steps up to
+    and including the last one with `main_process_first` run inside `modeling.main_process_first()`.
+
+    Returns:
+        {step name: the body's result}.
+    """
+    run = RunDir(cfg.run_dir)
+    first = max((i + 1 for i, s in enumerate(steps) if s.main_process_first), default=0)
+    results: dict[str, Any] = {}
+
+    def _run(group: Sequence[Step]) -> None:
+        for step in group:
+            results[step.name] = step.run(cfg, run, step.name == dry_run_step, console)
+
+    if first:
+        from phased_ift.modeling import main_process_first
+
+        with main_process_first():
+            _run(steps[:first])
+    _run(steps[first:])
+    return results
+
+
+def run_command(name: str, cfg: Config, dry_run: bool = False, console: Console | None = None) -> Any:
+    """`phased-ift <name> CONFIG [--dry-run]`: run `steps_for(name)` once each; returns step `name`'s result."""
+    return run_steps(cfg, steps_for(name, cfg, dry_run), name if dry_run else None, console)[name]
+
+
+def step_data(cfg: Config, console: Console | None = None) -> RunDir:
+    """The data step (see `_data`): data/train.jsonl + data/rejects.jsonl. Returns the run dir."""
+    return run_command("data", cfg, console=console)
+
+
+def step_score(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
+    """The score step and the data step first (see `_score`): scores/<scorer>.jsonl."""
+    run_command("score", cfg, dry_run=dry_run, console=console)
+
+
+def step_split(cfg: Config, console: Console | None = None) -> None:
+    """The split step (see `_split`), after data and score while scores/<scorer>.jsonl is missing, inside
+    `modeling.main_process_first()` (under `accelerate launch` only the main process writes; the others wait)."""
+    run_command("split", cfg, console=console)
+
+
+def step_train(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
+    """The train step after the split (see `_train`; dry_run prints the plan without scoring): checkpoints/."""
+    run_command("train", cfg, dry_run=dry_run, console=console)
+
+
+def step_generate(cfg: Config, console: Console | None = None) -> None:
+    """The generate step after training (`generate.generate_all`): generations/."""
+    run_command("generate", cfg, console=console)
 
 
 def step_judge(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
-    """Judge arm pairs in both answer orders -> judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl.
-
-    Calls `step_generate` first (not in dry_run: a plan must not train or generate). No judge endpoint → logs how
-    to set one and returns. Pairs: judge.pairs, or every arm against one-off (the first arm when one-off is not
-    trained); with generate.every_phase also phase k of each arm against the baseline's final model (the trend).
-    dry_run prints the request count and estimated tokens and sends nothing. Ends with sent / cache hits /
-    failures / tokens."""
-    from phased_ift.data import load_reference_answers
-    from phased_ift.generate import read_generations, settings_path, testset_key
-    from phased_ift.judge import judge_jobs, judge_pairs, load_template, plan_requests
-    from phased_ift.llm_client import LLMClient
-
-    console = console or Console(stderr=True)
-    if not cfg.judge.judge.enabled:
-        console.print("judge: not configured (set judge.judge.base_url and judge.judge.model, e.g. "
-                      "judge.judge.base_url=https://api.openai.com/v1 judge.judge.model=gpt-4-0613)", highlight=False)
-        return
-    if not dry_run:
-        step_generate(cfg, console=console)
-    run, j = RunDir(cfg.run_dir), cfg.judge
-    template = load_template(j.template)
-    refs = load_reference_answers(cfg.evaluation.reference) if template.needs_reference else None
-    client = LLMClient(j.judge, run.llm_cache, console=console)
-    planned: list[dict] = []
-    missing = 0
-    try:
-        for job in judge_jobs(cfg):
-            for name in (testset_key(n) for n in cfg.generate.test_sets):
-                ga = run.generations(job["arm_a"], job["phase_a"], name, job["seed"])
-                gb = run.generations(job["arm_b"], job["phase_b"], name, job["seed"])
-                out = run.judgements(job["arm_a"], job["arm_b"], name, job["seed"], job["phase"])
-                if dry_run:
-                    if settings_path(ga).is_file() and settings_path(gb).is_file():
-                        planned += plan_requests(read_generations(ga), read_generations(gb), template, refs,
-                                                 j.judge.temperature, j.judge.max_tokens)
-                    else:
-                        missing += 1
-                    continue
-                res = judge_pairs(client, read_generations(ga), read_generations(gb), job["arm_a"], job["arm_b"],
-                                  out, template, name, references=refs, temperature=j.judge.temperature,
-                                  max_tokens=j.judge.max_tokens, console=console)
-                wr = "n/a" if res["win_rate"] is None else f"{res['win_rate']:.3f}"
-                console.print(
-                    f"judge: {job['arm_a']} vs {job['arm_b']} seed {job['seed']}"
-                    f"{'' if job['phase'] is None else ' phase ' + str(job['phase'])} {name}: {res['wins']}W "
-                    f"{res['ties']}T {res['losses']}L {res['unparseable']} unparseable"
-                    f"{', ' + str(res['no_reference']) + ' without reference' if res['no_reference'] else ''}"
-                    f"{', ' + str(res['failed']) + ' FAILED (re-run to retry)' if res['failed'] else ''}, "
-                    f"win rate {wr} -> {out}", highlight=False)
-        if dry_run:
-            est = client.estimate(planned)
-            console.print(
-                f"judge (dry run): {est['requests']} distinct requests, {est['cached']} cached, {est['to_send']} to "
-                f"send, ~{est['prompt_tokens']} prompt + <= {est['completion_tokens']} completion tokens"
-                f"{f'; {missing} test sets not generated yet (not counted)' if missing else ''}", highlight=False)
-            return
-        s = client.stats
-        console.print(f"judge: sent {s['sent']}, cache hits {s['cache_hits']}, failures {s['failures']}, tokens "
-                      f"{s['prompt_tokens']} prompt + {s['completion_tokens']} completion", highlight=False)
-    finally:
-        client.close()
+    """The judge step (`judge.judge_all`), after generate when a judge is configured and not dry_run: judgements/."""
+    run_command("judge", cfg, dry_run=dry_run, console=console)
 
 
 def step_evaluate(cfg: Config, console: Console | None = None) -> None:
-    """Offline evaluation: loss of the GPT-4 reference answers per checkpoint ->
-    evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json. Prompts: those of generate.test_sets that have a
-    reference (matched by normalised instruction, counts logged), or a seeded evaluation.limit sample of
-    alpaca_eval. Calls `step_train` first; existing files are skipped."""
-    import json
-
-    from phased_ift.data import load_reference_answers, load_test_set
-    from phased_ift.evaluation import attach_references, reference_loss
-    from phased_ift.generate import checkpoint_dir, checkpoint_phases, load_for_inference, testset_key
-
-    console = console or Console(stderr=True)
-    ev = cfg.evaluation
-    if not ev.reference_loss:
-        console.print("evaluate: evaluation.reference_loss is false; skipped", highlight=False)
-        return
-    step_train(cfg, console=console)
-    run, g = RunDir(cfg.run_dir), cfg.generate
-    refs = load_reference_answers(ev.reference)
-    if ev.limit:
-        sets = {"alpaca_eval": load_test_set("alpaca_eval", limit=ev.limit, seed=cfg.seed)}
-    else:
-        sets = {testset_key(n): load_test_set(n, limit=g.limit, seed=g.seed) for n in g.test_sets}
-    matched = {name: attach_references(ex, refs) for name, ex in sets.items()}
-    for name, ex in sets.items():
-        console.print(f"evaluate: {name}: {len(matched[name])} of {len(ex)} prompts have a reference answer "
-                      f"({ev.reference})", highlight=False)
-    if not any(matched.values()):
-        raise PhasedIFTError(f"evaluate: none of the prompts of {list(sets)} has a reference answer in "
-                             f"{ev.reference}; add vicuna/oasst/helpful_base/alpaca_eval to generate.test_sets or "
-                             "set evaluation.limit=N to use a sample of alpaca_eval.")
-    for arm in cfg.train.arms:
-        for seed in cfg.train.seeds:
-            for k in checkpoint_phases(cfg, arm):
-                out = run.evaluation(arm, k, seed)
-                if out.is_file():
-                    continue
-                ckpt = checkpoint_dir(run, arm, k, seed)
-                loaded = load_for_inference(ckpt, dtype=cfg.model.dtype)
-                result = {"arm": arm, "phase": k, "seed": seed, "reference": ev.reference, "testsets": {}}
-                for name, ex in matched.items():
-                    r = reference_loss(ckpt, ex, cfg.model.template, ev.batch_size, ev.max_length, loaded=loaded)
-                    result["testsets"][name] = {**r, "n_prompts": len(sets[name])}
-                out.parent.mkdir(parents=True, exist_ok=True)
-                tmp = out.with_suffix(".json.tmp")
-                tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
-                tmp.replace(out)
-                means = ", ".join(f"{n} {t['mean_loss']:.3f}" for n, t in result["testsets"].items() if t["n"])
-                console.print(f"evaluate: {arm} seed {seed} phase {k}: reference loss {means} -> {out}",
-                              highlight=False)
+    """The evaluate step (`evaluation.evaluate_all`), after training when evaluation.reference_loss: evaluation/."""
+    run_command("evaluate", cfg, console=console)
 
 
 def step_report(cfg: Config, console: Console | None = None) -> dict:
-    """Write report/report.md, report.html, PNGs and summary.json; returns the summary dict.
+    """The report step after generate, judge and evaluate (each skips finished work): report/report.md,
+    report.html, PNGs and summary.json, always rebuilt. Returns the summary dict (`report.build_report`)."""
+    return run_command("report", cfg, console=console)
 
-    Runs the generation, judge and offline-evaluation steps first (each skips finished work); the report itself is
-    always rebuilt, as it is cheap and must reflect the latest files.
-    """
-    from phased_ift.report import build_report
 
-    step_generate(cfg, console=console)  # answer lengths are reported even without a judge
-    step_judge(cfg, console=console)
-    step_evaluate(cfg, console=console)
-    return build_report(RunDir(cfg.run_dir), cfg, console=console)
+# ---------------------------------------------------------------------------------------------------------------
+# Checks, plan, the whole run
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def preflight(cfg: Config, dry_run: bool = False) -> list[str]:
@@ -344,63 +416,59 @@ def _check_reachable(what: str, base_url: str) -> None:
 
 
 def plan_run(cfg: Config, console: Console, missing: Sequence[str] = ()) -> dict:
-    """Print the plan: steps, examples, estimated training tokens, generation and judge requests. Reads the data
-    (cheap) but trains, scores and sends nothing; named sources in `missing` (see `preflight`) are planned with
-    stand-in examples of their upstream size. Returns the plan as a dict."""
+    """Print the plan: one row per step of `STEPS` (examples, estimated training tokens, generation and judge
+    requests). Reads the data (running the data step while data/train.jsonl is missing) but trains, scores and
+    sends nothing; named sources in `missing` (see `preflight`) are planned with stand-in examples of their
+    upstream size.
+
+    Returns:
+        {"examples", "training_tokens": {arm: tokens}, "steps": {arm: optimizer steps}, "prompts": {test set: n},
+         "answers", "judge_requests", "score_requests"}.
+    """
     from rich.table import Table
 
-    from phased_ift.data import load_test_set
-    from phased_ift.generate import checkpoint_phases, testset_key
-    from phased_ift.judge import judge_jobs
-    from phased_ift.train import plan_training
-
-    run = RunDir(cfg.run_dir)
     from phased_ift.data import SOURCES, data_home
 
+    run = RunDir(cfg.run_dir)
     for name in missing:
         console.print(f"[yellow]note:[/] {name} ({SOURCES[name].path}) is not in the data home {data_home()}; the "
                       f"plan assumes its {SOURCES[name].records:,} upstream records. Put the file there before a real "
                       f"run.", highlight=False)
-    stand_in = None
-    if missing:
-        stand_in = _stand_in_run(cfg)
-        train_run = stand_in
-    else:
-        step_data(cfg, console=console)
-        train_run = run
+    stand_in = _stand_in_run(cfg) if missing else None
+    if stand_in is None and not run.train_data.is_file():
+        run_steps(cfg, [get_step("data")], console=console)
+    try:
+        p = _plan_inputs(cfg, stand_in or run)
+        table = Table("step", "what", "size", "output", title=f"plan for {run.root}", title_justify="left")
+        for step in STEPS:
+            table.add_row(step.name, *step.plan(cfg, p))
+        console.print(table)
+        console.print(p.pop("note"), highlight=False)
+        del p["checkpoints"]
+    finally:
+        if stand_in is not None:
+            shutil.rmtree(stand_in.root, ignore_errors=True)
+    return p
+
+
+def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
+    """The numbers of the plan, from the data in `train_run` (`train.plan_training`) and the test sets."""
+    from phased_ift.data import load_test_set
+    from phased_ift.design import evaluation_cells, judge_jobs
+    from phased_ift.generate import testset_key
+    from phased_ift.train import plan_training
+
     tplan = plan_training(cfg, train_run)
     n_examples = max((sum(r["examples"] for r in rows) for rows in tplan["arms"].values()), default=0)
     tokens = {arm: sum(r["tokens_trained"] for r in rows) for arm, rows in tplan["arms"].items()}
     g = cfg.generate
     prompts = {testset_key(n): len(load_test_set(n, limit=g.limit, seed=g.seed)) for n in g.test_sets}
-    n_ckpt = sum(len(checkpoint_phases(cfg, arm)) for arm in cfg.train.arms) * len(cfg.train.seeds)
-    gen_answers = n_ckpt * sum(prompts.values())
-    n_judge = 0
-    if cfg.judge.judge.enabled:
-        n_judge = 2 * sum(prompts.values()) * len(list(judge_jobs(cfg)))
+    n_ckpt = len(evaluation_cells(cfg))
+    n_judge = 2 * sum(prompts.values()) * len(judge_jobs(cfg)) if cfg.judge.judge.enabled else 0
     score_req = n_examples * cfg.scoring.samples if cfg.scoring.scorer == "judge" else 0
-    table = Table("step", "what", "size", "output", title=f"plan for {run.root}", title_justify="left")
-    table.add_row("data", ", ".join(d.name or d.path for d in cfg.data.train), f"{n_examples:,} examples",
-                  "data/train.jsonl")
-    table.add_row("score", cfg.scoring.scorer, f"{score_req:,} judge requests" if score_req else "offline, no requests",
-                  f"scores/{cfg.scoring.scorer}.jsonl")
-    table.add_row("split", f"{cfg.phases.k} phases by {cfg.phases.method}", "", "phases/")
-    table.add_row("train", f"{', '.join(cfg.train.arms)} x seeds {cfg.train.seeds} ({cfg.train.method})",
-                  f"~{sum(tokens.values()) * len(cfg.train.seeds):,} tokens, "
-                  f"{sum(tplan['total_steps'].values()) * len(cfg.train.seeds):,} optimizer steps", "checkpoints/")
-    table.add_row("generate", ", ".join(f"{k} ({v})" for k, v in prompts.items()),
-                  f"{gen_answers:,} answers x <= {g.max_new_tokens} new tokens", "generations/")
-    table.add_row("evaluate", "reference-answer loss" if cfg.evaluation.reference_loss else "off",
-                  f"{n_ckpt} checkpoints" if cfg.evaluation.reference_loss else "", "evaluation/")
-    table.add_row("judge", cfg.judge.judge.model or "not configured (judge.judge.base_url)",
-                  f"{n_judge:,} requests (both orders)" if n_judge else "", "judgements/")
-    table.add_row("report", "win rates, CIs, lengths, plots", "", "report/")
-    console.print(table)
-    console.print(tplan["note"], highlight=False)
-    if stand_in is not None:
-        shutil.rmtree(stand_in.root, ignore_errors=True)
     return {"examples": n_examples, "training_tokens": tokens, "steps": tplan["total_steps"], "prompts": prompts,
-            "answers": gen_answers, "judge_requests": n_judge, "score_requests": score_req}
+            "answers": n_ckpt * sum(prompts.values()), "judge_requests": n_judge, "score_requests": score_req,
+            "checkpoints": n_ckpt, "note": tplan["note"]}
 
 
 def _stand_in_run(cfg: Config) -> RunDir:
@@ -438,17 +506,17 @@ def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = None) -> dict | None:
-    """data -> score -> split -> train -> generate -> judge -> evaluate -> report; each step skips finished work,
-    so the same command resumes after kill -9 or Ctrl-C. Prints the plan first; `dry_run` stops there.
+    """data -> score -> split -> train -> generate -> judge -> evaluate -> report: every step of `STEPS` once, in
+    order; each skips finished work, so the same command resumes after kill -9 or Ctrl-C. Prints the plan after
+    the data step (it reads the data); `dry_run` prints the plan and stops.
 
     Returns:
         The report summary (see `report.build_report`), or the plan dict in a dry run.
+    Raises:
+        PhasedIFTError: see `preflight` and the steps.
     """
     import time
 
-    import yaml
-
-    from phased_ift.config import config_to_dict
     from phased_ift.report import verdict_lines
 
     console = console or Console(stderr=True)
@@ -456,23 +524,30 @@ def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = N
     run = RunDir(cfg.run_dir)
     if dry_run:
         return plan_run(cfg, console, missing)
-    if run.config.is_file():
-        changed = _config_changes(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}, config_to_dict(cfg))
-        if changed:
-            console.print(f"[yellow]warning:[/] {run.config} differs in {', '.join(changed)}; outputs already in "
-                          f"the run dir were made with the old values and are kept. Use a new run_dir to redo them.",
-                          highlight=False)
+    _warn_changed_config(cfg, run, console)
     save_config(cfg, run.config)
+    results = run_steps(cfg, STEPS[:1], console=console)  # the plan reads the data
     plan_run(cfg, console)
     t0 = time.time()
-    step_data(cfg, console=console)
-    step_score(cfg, console=console)
-    step_split(cfg, console=console)
-    step_train(cfg, console=console)
-    summary = step_report(cfg, console=console)  # runs generate, judge and evaluate first
+    results.update(run_steps(cfg, STEPS[1:], console=console))
+    summary = results["report"]
     console.rule(f"done in {time.time() - t0:.0f} s")
     for line in verdict_lines(summary):
         console.print(line, highlight=False)
     rd = run.report_dir
     console.print(f"report: {rd / 'report.md'}  {rd / 'report.html'}  {rd / 'summary.json'}", highlight=False)
     return summary
+
+
+def _warn_changed_config(cfg: Config, run: RunDir, console: Console) -> None:
+    """Warn when the run dir's config.yaml differs from `cfg` (outputs made with the old values are kept)."""
+    import yaml
+
+    from phased_ift.config import config_to_dict
+
+    if run.config.is_file():
+        changed = _config_changes(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}, config_to_dict(cfg))
+        if changed:
+            console.print(f"[yellow]warning:[/] {run.config} differs in {', '.join(changed)}; outputs already in "
+                          f"the run dir were made with the old values and are kept. Use a new run_dir to redo them.",
+                          highlight=False)

@@ -10,20 +10,61 @@
       judgements/<a>__vs__<b>/seed_<s>/<testset>.jsonl   raw verdicts of both orders
       evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json
       report/report.md, report.html, *.png, summary.json
+      agreement/<tag>/agreement.json   scorer agreement with the paper's labels (`phased-ift score --against paper`)
       cache/llm.sqlite                 every LLM request/response, keyed by the canonical request JSON
 
 A step is done when its output exists (files are written atomically, DONE markers last), so re-running a
 command resumes where it stopped.
+
+Owns the layout in both directions: `RunDir.<part>(arm, seed, phase, ...)` gives a path; `RunDir.locate(path)`
+and the iterators `checkpoint_cells`, `generation_files`, `judgement_files`, `evaluation_files`,
+`agreement_files` read (arm, seed, phase, test set) back from the paths on disk, so no other module parses
+the layout.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+
+_SEED = re.compile(r"seed_(-?\d+)$")
+_PHASE = re.compile(r"phase_(\d+)$")
+_PAIR = "__vs__"
+KINDS = ("checkpoint", "generation", "judgement", "evaluation")
+
+
+@dataclass(frozen=True)
+class Location:
+    """What a run-dir path holds: `kind` ("checkpoint", "generation", "judgement" or "evaluation") of `arm`
+    (for a judgement: arm A, judged against `arm_b`) trained with `seed`, after `phase` (1-based; for a
+    judgement None = the final comparison, else phase k of arm A against arm B's final model), on `testset`
+    (the file stem; None for checkpoints and evaluations). `path` is the path located."""
+
+    kind: str
+    arm: str
+    seed: int
+    phase: int | None
+    testset: str | None = None
+    arm_b: str | None = None
+    path: Path | None = None
+
+
+def _seed(name: str) -> int | None:
+    m = _SEED.match(name)
+    return int(m.group(1)) if m else None
+
+
+def _phase(name: str) -> int | None:
+    m = _PHASE.match(name)
+    return int(m.group(1)) if m else None
 
 
 @dataclass(frozen=True)
 class RunDir:
+    """The paths of one run dir (`root`), to and from (arm, seed, phase, test set); creates nothing."""
+
     root: Path
 
     def __init__(self, root: str | Path) -> None:
@@ -80,3 +121,91 @@ class RunDir:
     @property
     def llm_cache(self) -> Path:
         return self.root / "cache" / "llm.sqlite"
+
+    @property
+    def agreement_dir(self) -> Path:
+        """agreement/: scorer-agreement runs, agreement/<tag>/agreement.json (written by `agreement.run_agreement`)."""
+        return self.root / "agreement"
+
+    # the reverse direction: paths on disk -> (arm, seed, phase, test set)
+    def locate(self, path: str | Path) -> Location:
+        """What `path` holds, read from the layout above (the inverse of `checkpoint`, `generations`, `judgements`
+        and `evaluation`); a path inside a checkpoint dir (e.g. its losses.jsonl) locates as that checkpoint.
+
+        Seed and phase dirs are read as `seed_<int>` and `phase_<int>`; the test set is the file stem. Nothing is
+        read from disk.
+
+        Raises:
+            ValueError: the path is not under `root` or not one of those four kinds of path.
+        """
+        p = Path(path)
+        try:
+            parts = p.relative_to(self.root).parts
+        except ValueError:
+            raise ValueError(f"{p} is not inside the run dir {self.root}") from None
+        loc = _locate_parts(parts, p)
+        if loc is None:
+            raise ValueError(f"{p} is not a checkpoint, generation, judgement or evaluation path of {self.root}")
+        return loc
+
+    def _find(self, pattern: str, keep=lambda p: True) -> Iterator[tuple[Path, Location]]:
+        for p in self.root.glob(pattern):
+            if keep(p):
+                loc = _locate_parts(p.relative_to(self.root).parts, p)
+                if loc is not None:
+                    yield p, loc
+
+    def checkpoint_cells(self) -> list[Location]:
+        """Every checkpoints/<arm>/seed_<s>/phase_<k>/ dir on disk (finished or not: check its DONE marker), by arm
+        name, then seed dir name (as `sorted` orders them: seed_10 before seed_2), then phase number."""
+        found = self._find("checkpoints/*/seed_*/phase_*", Path.is_dir)
+        return [loc for p, loc in sorted(found, key=lambda t: (t[0].parts[-3], t[0].parts[-2], t[1].phase))]
+
+    def generation_files(self) -> list[Location]:
+        """Every generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl on disk, in `checkpoint_cells` order, then by
+        file name."""
+        found = self._find("generations/*/seed_*/phase_*/*.jsonl", Path.is_file)
+        key = lambda t: (t[0].parts[-4], t[0].parts[-3], t[1].phase, t[0].name)  # noqa: E731
+        return [loc for p, loc in sorted(found, key=key)]
+
+    def judgement_files(self) -> list[Location]:
+        """Every judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl on disk: by pair dir name, then seed
+        dir name, then final comparisons before phase 1, 2, ..., then path."""
+        found = list(self._find("judgements/*/seed_*/*.jsonl", Path.is_file))
+        found += self._find("judgements/*/seed_*/phase_*/*.jsonl", Path.is_file)
+        seed_dir = lambda t: t[0].parent if t[1].phase is None else t[0].parent.parent  # noqa: E731
+        key = lambda t: (seed_dir(t).parent.name, seed_dir(t).name, t[1].phase or 0, str(t[0]))  # noqa: E731
+        return [loc for p, loc in sorted(found, key=key)]
+
+    def evaluation_files(self) -> list[Location]:
+        """Every evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json on disk, in `checkpoint_cells` order."""
+        found = self._find("evaluation/*/seed_*/phase_*/reference_loss.json", Path.is_file)
+        return [loc for p, loc in sorted(found, key=lambda t: (t[0].parts[-4], t[0].parts[-3], t[1].phase))]
+
+    def agreement_files(self) -> list[Path]:
+        """Scorer-agreement tables on disk: agreement/<tag>/agreement.json (sorted), then scores/agreement*.json
+        (sorted)."""
+        return sorted(self.agreement_dir.glob("*/agreement.json")) + sorted(
+            (self.root / "scores").glob("agreement*.json"))
+
+
+def _locate_parts(parts: tuple[str, ...], path: Path) -> Location | None:
+    """The Location of a path given as parts relative to the run dir, or None when it is not in the layout."""
+    if len(parts) < 4 or _seed(parts[2]) is None:
+        return None
+    top, arm, seed = parts[0], parts[1], _seed(parts[2])
+    if top == "checkpoints" and _phase(parts[3]) is not None:
+        return Location("checkpoint", arm, seed, _phase(parts[3]), path=path)
+    if top in ("generations", "evaluation") and len(parts) == 5 and _phase(parts[3]) is not None:
+        if top == "evaluation" and parts[4] == "reference_loss.json":
+            return Location("evaluation", arm, seed, _phase(parts[3]), path=path)
+        if top == "generations" and parts[4].endswith(".jsonl"):
+            return Location("generation", arm, seed, _phase(parts[3]), Path(parts[4]).stem, path=path)
+        return None
+    if top == "judgements" and _PAIR in arm and parts[-1].endswith(".jsonl"):
+        arm_a, arm_b = arm.split(_PAIR, 1)
+        if len(parts) == 4:
+            return Location("judgement", arm_a, seed, None, Path(parts[3]).stem, arm_b, path)
+        if len(parts) == 5 and _phase(parts[3]) is not None:
+            return Location("judgement", arm_a, seed, _phase(parts[3]), Path(parts[4]).stem, arm_b, path)
+    return None

@@ -1,6 +1,6 @@
 """Statistics of the evaluation: win rates, bootstrap confidence intervals, length statistics, length control.
 
-Pure functions over plain lists/arrays (no files, no plotting); `report.py` feeds them the judgements,
+Pure functions over plain lists/arrays (no files, no plotting); `report.summary` feeds them the judgements,
 generations and reference losses of a run dir. Every interval is a seeded percentile bootstrap that resamples
 *prompts* (the unit the test sets sample), so the same inputs and seed always give the same interval.
 

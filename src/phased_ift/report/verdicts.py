@@ -1,0 +1,112 @@
+"""Verdicts: the honest one-sentence reading of each comparison, and the number formats the report shares.
+
+Owns `comparison_verdict` (one comparison of the summary -> one sentence), `verdict_lines` (the lines printed at the
+end of `phased-ift run` / `phased-ift report`, also the report's "Verdicts" section) and `fmt_num` / `fmt_ci` (how
+every number and interval of report.md/html is written). Reads only the summary dict of `summary.summarize_run`
+(or summary.json loaded back); no files.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def fmt_ci(ci: list | None) -> str:
+    """An interval as "[lo, hi]" with 3 decimals, "[n/a]" when there is none."""
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "[n/a]"
+
+
+def fmt_num(x: Any, nd: int = 3) -> str:
+    """A table cell: "n/a" for None/NaN, floats with `nd` decimals (significant digits when tiny), else str."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{nd}g}" if x != 0 and abs(x) < 10 ** -nd else f"{x:.{nd}f}"
+    return str(x)
+
+
+def comparison_verdict(c: dict, length_warning_ratio: float = 1.2, several_seeds: bool = False) -> str:
+    """One honest sentence for one comparison (arm A vs arm B on a test set), from its summary entry.
+
+    Says the win rate with its CI, whether the CI excludes 0.5, the length-controlled rate, and warns when the
+    preferred arm's answers are much longer (LLM judges favour longer answers; Dubois et al. 2024).
+    """
+    a, b = c["arm_a"], c["arm_b"]
+    head = f"{a} vs {b} on {c['testset']}" + (f" (seed {c['seed']})" if several_seeds else "")
+    if c["win_rate"] is None:
+        return f"{head}: no parsed verdict among {c['n']} prompts ({c['unparseable']} unparseable), no win rate."
+    ci = c["win_rate_ci"]
+    text = f"{head}: win rate {c['win_rate']:.3f} {fmt_ci(ci)} over {c['n_parsed']} prompts"
+    if c["unparseable"]:
+        text += f" ({c['unparseable']} unparseable)"
+    if ci and ci[0] > 0.5:
+        text += f"; the CI lies above 0.5, so {a} is preferred"
+    elif ci and ci[1] < 0.5:
+        text += f"; the CI lies below 0.5, so {b} is preferred"
+    else:
+        text += "; the CI includes 0.5, so no significant difference"
+    if c.get("lc_win_rate") is not None:
+        text += f"; length-controlled {c['lc_win_rate']:.3f} {fmt_ci(c['lc_ci'])}"
+    la, lb = c.get("mean_len_a"), c.get("mean_len_b")
+    if la and lb and c["win_rate"] != 0.5:
+        (w, lw), (o, lo) = ((a, la), (b, lb)) if c["win_rate"] > 0.5 else ((b, lb), (a, la))
+        if lw >= length_warning_ratio * lo:
+            text += (f". Warning: the preferred arm {w} answers {lw / lo:.1f}x longer ({lw:.0f} vs {lo:.0f} words); "
+                     f"judges favour long answers, trust the length-controlled rate more")
+    return text + "."
+
+
+def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> list[str]:
+    """Short verdicts for the CLI's final printout: one per final comparison (with the reference loss of both
+    arms when the offline evaluation covered that test set), the spread across seeds, other reference losses.
+
+    Args:
+        summary: the dict of `summarize_run` (or summary.json loaded back).
+        length_warning_ratio: default: the run's report.length_warning_ratio from the summary (else 1.2).
+
+    Returns:
+        lines such as "phased vs one-off on vicuna: win rate 0.540 [0.460, 0.620] over 80 prompts; the CI
+        includes 0.5, so no significant difference; ...; reference loss phased 1.234 [1.201, 1.266] vs one-off
+        1.250 [1.219, 1.281] (lower = closer to the reference answers)." and, for test sets without a judged
+        comparison, "reference loss on alpaca_eval (final checkpoints; ...): phased 1.234 [...] vs one-off ...".
+    """
+    ratio = length_warning_ratio or summary.get("length_warning_ratio") or 1.2
+    lines = []
+    comps = summary.get("comparisons", [])
+    refs = _final_reference_losses(summary)
+    several = len({c["seed"] for c in comps} | {seed for _, _, seed in refs}) > 1
+    covered = set()
+    for c in comps:
+        line = comparison_verdict(c, ratio, several)
+        ra, rb = refs.get((c["testset"], c["arm_a"], c["seed"])), refs.get((c["testset"], c["arm_b"], c["seed"]))
+        if ra and rb and ra["mean"] is not None and rb["mean"] is not None:
+            covered.add((c["testset"], c["seed"]))
+            line = (line[:-1] + f"; reference loss {c['arm_a']} {ra['mean']:.3f} {fmt_ci(ra['ci'])} vs {c['arm_b']} "
+                    f"{rb['mean']:.3f} {fmt_ci(rb['ci'])} (lower = closer to the reference answers).")
+        lines.append(line)
+    for sp in summary.get("seed_spread", []):
+        w = sp["win_rate"]
+        if w["mean"] is not None:
+            lines.append(f"{sp['arm_a']} vs {sp['arm_b']} on {sp['testset']}: mean win rate {w['mean']:.3f} across "
+                         f"{w['n_seeds']} seeds (std {fmt_num(w['std'])}, min {w['min']:.3f}, max {w['max']:.3f}).")
+    if not comps and summary.get("notes", {}).get("judge"):
+        lines.append(summary["notes"]["judge"])
+    order = summary.get("run", {}).get("config", {}).get("arms", [])
+    rank = lambda arm: (order.index(arm) if arm in order else len(order), arm)  # noqa: E731
+    for ts, seed in sorted({(ts, seed) for ts, _, seed in refs} - covered):
+        entries = sorted((e for (t, _, sd), e in refs.items() if (t, sd) == (ts, seed)), key=lambda e: rank(e["arm"]))
+        parts = [f"{e['arm']} {fmt_num(e['mean'])} {fmt_ci(e['ci'])}" for e in entries]
+        lines.append(f"reference loss on {ts} (final checkpoints{f', seed {seed}' if several else ''}; lower = "
+                     "closer to the reference answers): " + " vs ".join(parts) + ".")
+    return lines
+
+
+def _final_reference_losses(summary: dict) -> dict[tuple, dict]:
+    """{(testset, arm, seed): the reference-loss entry of that arm's last phase}."""
+    last: dict = {}
+    for e in summary.get("reference_loss", []):
+        key = (e["testset"], e["arm"], e["seed"])
+        if key not in last or e["phase"] > last[key]["phase"]:
+            last[key] = e
+    return last
