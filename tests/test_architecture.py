@@ -68,8 +68,8 @@ def _imports(name: str, path: Path) -> list[str]:
                 anchor = name.split(".")
                 anchor = anchor[: len(anchor) - node.level + (1 if is_pkg else 0)]
                 base = ".".join(anchor + ([base] if base else []))
-            out.append(base)
-            out += [f"{base}.{a.name}" for a in node.names]  # `from pkg import submodule`
+            subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
+            out += subs or [base]  # `from pkg import submodule` depends on the submodule
     return out
 
 

@@ -31,17 +31,19 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urlparse
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from phased_ift.config import EndpointConfig
 from phased_ift.errors import PhasedIFTError
 from phased_ift.kvcache import KVCache
 from phased_ift.progress import LoggedProgress
+
+if TYPE_CHECKING:
+    from phased_ift.config import EndpointConfig
 
 # Request fields a caller may set per request; anything missing comes from the endpoint config.
 REQUEST_FIELDS = ("messages", "temperature", "max_tokens", "logprobs", "top_logprobs", "n", "seed")
