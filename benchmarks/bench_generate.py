@@ -25,7 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from phased_ift.data import load_test_set, read_jsonl
+    from phased_ift.data import load_test_set
+    from phased_ift.runio import read_jsonl
     from phased_ift.generate import generate_answers, load_for_inference
     from phased_ift.modeling import resolve_model_path
 

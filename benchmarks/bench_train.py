@@ -87,7 +87,8 @@ def run_trl_default(args, workdir: Path) -> dict:
 def _run_phased_ift(args, workdir: Path, arm: str, overrides: list[str]) -> dict:
     from phased_ift.config import config_from_dict
     from phased_ift.config import apply_overrides
-    from phased_ift.data import write_examples, write_jsonl
+    from phased_ift.data import write_examples
+    from phased_ift.runio import write_jsonl
     from phased_ift.pipeline import step_split
     from phased_ift.rundir import RunDir
     from phased_ift.train import train_phases

@@ -176,7 +176,7 @@ def test_score_against_paper_writes_the_table_and_loss_reuses_the_ifd_passes(dat
     """`phased-ift score --against paper` on a 24-example sample with a tiny model: score files, agreement.md/json,
     anchors first; `loss` after `ifd` is read from the loss cache (no examples/s), equal to ifd's loss_cond."""
     from phased_ift.cli import main
-    from phased_ift.data import read_jsonl
+    from phased_ift.runio import read_jsonl
 
     monkeypatch.setenv("PHASED_IFT_DATA_HOME", str(data_home))
     run = tmp_path / "run"

@@ -155,7 +155,7 @@ def test_dry_run_sends_nothing_and_prints_the_estimate(server, tmp_path):
 
 def test_score_step_streams_the_requests_under_one_bar_and_one_summary(server, tmp_path, monkeypatch):
     from phased_ift.config import load_config
-    from phased_ift.data import read_jsonl
+    from phased_ift.runio import read_jsonl
     from phased_ift.scoring import score_examples
 
     monkeypatch.setenv("PHASED_IFT_PROGRESS_INTERVAL", "0")

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from phased_ift import generate as gen
-from phased_ift.data import Example, read_jsonl
+from phased_ift.data import Example
+from phased_ift.runio import read_jsonl
 from phased_ift.errors import PhasedIFTError
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from phased_ift.config import config_from_dict
-from phased_ift.data import write_jsonl
+from phased_ift.runio import write_jsonl
 from phased_ift.errors import PhasedIFTError
 from phased_ift.report import build_report, comparison_verdict, verdict_lines
 from phased_ift.rundir import RunDir

@@ -10,7 +10,8 @@ import pytest
 
 from phased_ift import pipeline, scoring
 from phased_ift.config import load_config
-from phased_ift.data import Example, read_jsonl, write_examples
+from phased_ift.data import Example, write_examples
+from phased_ift.runio import read_jsonl
 from phased_ift.errors import PhasedIFTError
 
 

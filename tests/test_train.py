@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from phased_ift.config import config_from_dict
-from phased_ift.data import Example, read_jsonl, write_examples, write_jsonl
+from phased_ift.data import Example, write_examples
+from phased_ift.runio import read_jsonl, write_jsonl
 from phased_ift.pipeline import step_split
 from phased_ift.rundir import RunDir
 from phased_ift.design import ARMS

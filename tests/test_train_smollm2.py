@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from phased_ift.config import config_from_dict
-from phased_ift.data import Example, read_jsonl, write_examples, write_jsonl
+from phased_ift.data import Example, write_examples
+from phased_ift.runio import read_jsonl, write_jsonl
 from phased_ift.pipeline import step_train
 from phased_ift.rundir import RunDir
 

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from phased_ift.data import normalize_text, write_jsonl
+from phased_ift.data import normalize_text
+from phased_ift.runio import atomic_write_text, write_jsonl
 from phased_ift.errors import PhasedIFTError
 from phased_ift.scoring import SCORERS, read_scores, score_examples
 from phased_ift.scoring.metrics import roc_auc, spearman
@@ -149,6 +150,6 @@ def run_agreement(cfg, scorers: Sequence[str], limit: int = 0, seed: int = 0, an
         rows.append(row)
         if console is not None:
             console.print(format_table([row]).splitlines()[-1], highlight=False)
-    (out / "agreement.md").write_text(format_table(rows) + "\n", encoding="utf-8")
+    atomic_write_text(out / "agreement.md", format_table(rows) + "\n")
     write_jsonl(out / "agreement.json", [{**r, "counts": full.counts if i == 0 else None} for i, r in enumerate(rows)])
     return rows

@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phased-ift",
         description="Phased Instruction Fine-Tuning: score difficulty, split into phases, train phase by phase "
-        "against one-off and control arms, judge pairwise in both orders, report honestly.",
+        "against the one-off IFT baseline and control arms, judge pairwise in both orders, report honestly.",
     )
     parser.add_argument("--version", action="version", version=f"phased-ift {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands: list[tuple[str, str, Callable, bool]] = [
         ("score", "score instruction difficulty (judge, ifd, loss, length, learned, meta)", cmd_score, True),
         ("split", "split scored data into phases of increasing difficulty (+ controls)", cmd_split, False),
-        ("train", "train every arm phase by phase (phased, one-off, random, reverse)", cmd_train, True),
+        ("train", "train every configured arm (train.arms) phase by phase", cmd_train, True),
         ("generate", "generate answers on the test sets for every arm", cmd_generate, False),
         ("judge", "judge arm pairs in both answer orders", cmd_judge, True),
         ("report", "write report.md/html, plots and summary.json", cmd_report, False),

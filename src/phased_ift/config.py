@@ -38,6 +38,13 @@ def _check_choice(section: str, name: str, value: Any, choices: typing.Iterable[
         raise PhasedIFTError(f"config: {section}.{name} = {value!r} is not one of {choices}; set it to one of those.")
 
 
+def _default_arms() -> list[str]:
+    """The arms trained when `train.arms` is not set (`Arm.default` in `phased_ift.design`)."""
+    from phased_ift.design import ARMS
+
+    return [name for name, arm in ARMS.items() if arm.default]
+
+
 def registry_names(kind: str) -> list[str]:
     """The names registered for one kind of choice, read from the registry that owns it (never repeated here).
 
@@ -209,11 +216,13 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    arms: list[str] = _f(["phased", "one-off", "random"], "Arms to train (the arms of `phased_ift.design`: phased, "
-                         "one-off, random, reverse).", registry="arm")
+    arms: list[str] = field(default_factory=_default_arms, metadata={
+        "help": "Arms to train: names in `phased_ift.design.ARMS` (docs/architecture.md lists them); default: the "
+                "arms the design marks as default (the method, its baseline and the paper's control).",
+        "registry": "arm"})
     method: str = _f("lora", "lora or full fine-tuning.")
     lora: LoraConfig = _f(LoraConfig(), "LoRA settings (method=lora).")
-    epochs: float = _f(1.0, "Epochs per phase (one-off: epochs over the union, the same budget).")
+    epochs: float = _f(1.0, "Epochs per phase (a single-phase arm: epochs over the union, the same budget).")
     learning_rate: float = _f(2e-4, "Peak learning rate (the paper: 5e-6 full fine-tuning).")
     phase_epochs: list[float] = _f([], "Per-phase epochs, overrides `epochs` (length K).")
     phase_learning_rates: list[float] = _f([], "Per-phase learning rates, overrides `learning_rate` (length K).")
@@ -300,7 +309,8 @@ class JudgeConfig:
     judge: EndpointConfig = _f(EndpointConfig(max_tokens=32), "Pairwise judge endpoint ('' base_url = no judging).")
     template: str = _f("pairwise", "pairwise (the paper's 1-10 's1 s2' prompt), reference (the same, with the GPT-4 "
                        "reference answer shown; AlpacaEval prompts only) or a path to a .txt judge template.")
-    pairs: list[list[str]] = _f([], "Arm pairs [a, b] to judge; [] = every arm against one-off (or the first arm).")
+    pairs: list[list[str]] = _f([], "Arm pairs [a, b] to judge; [] = every arm against the baseline arm (or the "
+                                "first arm).")
 
     def __post_init__(self) -> None:
         for p in self.pairs:

@@ -50,6 +50,7 @@ class Arm:
         phase_schedule: `train.phase_epochs` / `train.phase_learning_rates` apply by phase position (False: the
             arm uses `train.epochs` and `train.learning_rate`).
         baseline: the arm other arms are judged against by default (at most one).
+        default: trained when `train.arms` is not set.
     """
 
     name: str
@@ -59,6 +60,7 @@ class Arm:
     control: ControlBuilder | None = field(default=None, compare=False)
     phase_schedule: bool = True
     baseline: bool = False
+    default: bool = False
 
     def n_phases(self, k: int) -> int:
         """Phases this arm trains when the split has k phases."""
@@ -117,13 +119,13 @@ def register_arm(arm: Arm) -> Arm:
 
 
 register_arm(Arm("phased", "phases of increasing difficulty, each from the previous phase's weights",
-                 "Pang et al. 2024, Phased IFT (section 3)"))
+                 "Pang et al. 2024, Phased IFT (section 3)", default=True))
 register_arm(Arm("one-off", "all the data at once, shuffled, one phase (the same budget)",
                  "Pang et al. 2024, One-off IFT baseline (section 4)", single_phase=True, phase_schedule=False,
-                 baseline=True))
+                 baseline=True, default=True))
 register_arm(Arm("random", "phases of the same sizes with random difficulty",
                  "Pang et al. 2024, random-phase control (section 5)",
-                 control=lambda phases, seed: random_control(phases, seed)))
+                 control=lambda phases, seed: random_control(phases, seed), default=True))
 register_arm(Arm("reverse", "phases hard -> easy, each phase in descending difficulty",
                  "the order ablation of Pang et al. 2024 (section 5)",
                  control=lambda phases, seed: reverse_control(phases)))

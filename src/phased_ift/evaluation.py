@@ -18,12 +18,12 @@ The forward passes run in `modeling.sequence_losses`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError
+from phased_ift.runio import atomic_write_json
 
 
 def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Example], template: str,
@@ -139,10 +139,7 @@ def evaluate_all(cfg: Any, run: Any, console: Any = None) -> None:
         for name, ex in matched.items():
             r = reference_loss(ckpt, ex, cfg.model.template, ev.batch_size, ev.max_length, loaded=loaded)
             result["testsets"][name] = {**r, "n_prompts": len(sets[name])}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
-        tmp.replace(out)
+        atomic_write_json(out, result, indent=1)
         means = ", ".join(f"{n} {t['mean_loss']:.3f}" for n, t in result["testsets"].items() if t["n"])
         console.print(f"evaluate: {c.arm} seed {c.seed} phase {c.phase}: reference loss {means} -> {out}",
                       highlight=False)

@@ -20,13 +20,13 @@ the vllm package is installed). Both receive the same token ids and stop ids and
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from phased_ift.errors import PhasedIFTError
+from phased_ift.runio import AppendLog, atomic_write_json, read_jsonl
 
 # Longest prompt kept (its end, like tokenize_example); longer test prompts are rare (koala has a few).
 MAX_PROMPT_TOKENS = 2048
@@ -155,23 +155,6 @@ register_backend("vllm", VLLMBackend)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def drop_torn_tail(path: Path) -> None:
-    """Truncate an unparseable last line (an append cut by kill -9), so rows appended next stay on their own
-    lines. Only the last line is ever removed; a bad line elsewhere is left for `read_jsonl` to report."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    body, _, last = data.rstrip(b"\n").rpartition(b"\n")
-    try:
-        json.loads(last) if last.strip() else None
-        if data and not data.endswith(b"\n"):
-            with open(path, "ab") as f:
-                f.write(b"\n")
-    except ValueError:
-        with open(path, "r+b") as f:
-            f.truncate(len(body) + 1 if body else 0)
-
-
 def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int = 0) -> list[list[int]]:
     """Group prompt indices into batches, longest first, so similar lengths share a batch.
 
@@ -247,7 +230,7 @@ def generate_answers(model_dir_or_name: str | Path, examples: Sequence[Any], max
         _generate_rows(engine, tok, todo, template, stops, max_new_tokens, batch_size, max_batch_tokens, out_path,
                        testset, console)
     if not sp.is_file():
-        _write_json_atomic(sp, {**settings, "batch_size": batch_size})
+        atomic_write_json(sp, {**settings, "batch_size": batch_size})
     return out_path
 
 
@@ -266,11 +249,9 @@ def _check_settings(sp: Path, settings: dict, out_path: Path) -> None:
 
 
 def _pending(out_path: Path, examples: Sequence[Any]) -> list[Any]:
-    """The examples whose ids are not in `out_path` yet (a torn last line is dropped first)."""
-    from phased_ift.data import read_jsonl
-
-    drop_torn_tail(out_path)
-    done = {r["id"] for r in read_jsonl(out_path)} if out_path.is_file() else set()
+    """The examples whose ids are not in `out_path` yet (a torn last line is dropped first: `runio.AppendLog`)."""
+    with AppendLog(out_path) as log:
+        done = log.done
     return [e for e in examples if str(e.id) not in done]
 
 
@@ -280,7 +261,6 @@ def _generate_rows(engine: Backend, tok, todo: Sequence[Any], template: str, sto
     """Render, tokenise and batch the prompts (`plan_batches`), complete each batch and append its rows."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    from phased_ift.data import append_jsonl
     from phased_ift.modeling import render, tokenize_example
     from phased_ift.progress import LoggedProgress
 
@@ -288,26 +268,18 @@ def _generate_rows(engine: Backend, tok, todo: Sequence[Any], template: str, sto
            for e in todo]
     batches = plan_batches([len(x) for x in enc], batch_size, max_batch_tokens)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with LoggedProgress(*columns, console=console, transient=True) as progress:
+    with LoggedProgress(*columns, console=console, transient=True) as progress, AppendLog(out_path) as log:
         task = progress.add_task(f"generate {testset}", total=len(todo))
         for idx in batches:
             outs = engine.complete([enc[i] for i in idx], max_new_tokens, stops)
             for i, c in zip(idx, outs):
                 e = todo[i]
-                append_jsonl(out_path, {
+                log.append({
                     "id": str(e.id), "testset": e.meta.get("testset", testset), "instruction": e.instruction,
                     "output": tok.decode(c.token_ids, skip_special_tokens=True).strip(),
                     "output_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
                 })
             progress.advance(task, len(idx))
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def read_generations(path: str | Path) -> list[dict]:
@@ -316,8 +288,6 @@ def read_generations(path: str | Path) -> list[dict]:
     Raises:
         PhasedIFTError: the file is missing or incomplete (no settings file yet).
     """
-    from phased_ift.data import read_jsonl
-
     path = Path(path)
     if not path.is_file() or not settings_path(path).is_file():
         raise PhasedIFTError(f"{path} is missing or incomplete; run `phased-ift generate` first.")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from phased_ift.errors import PhasedIFTError
+from phased_ift.runio import AppendLog
 
 VERDICTS = ("win", "tie", "loss", "unparseable")
 SCORE_MIN, SCORE_MAX = 1.0, 10.0
@@ -287,20 +288,18 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
     Raises:
         PhasedIFTError: mismatched generations; a reference template without any matching reference.
     """
-    from phased_ift.data import read_jsonl
-    from phased_ift.generate import drop_torn_tail
-
     out_path = Path(out_path)
-    drop_torn_tail(out_path)
     pairs = pair_answers(rows_a, rows_b, where=f"judging {arm_a} vs {arm_b} on {testset}")
-    done = {r["id"] for r in read_jsonl(out_path, tolerate_torn_tail=True)} if out_path.is_file() else set()
-    todo, no_ref = _pairs_to_judge(pairs, done, template, references, testset)
-    reqs = []
-    for ra, rb, ref in todo:  # two per prompt: A first, then B first
-        reqs += build_requests(template, ra["instruction"], ra["output"], rb["output"], ref, temperature, max_tokens)
-    stream = client.iter_chat(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")  # starts at the first next()
-    failed = _append_rows(stream, todo, out_path, testset, arm_a, arm_b)
-    all_rows = list(read_jsonl(out_path, tolerate_torn_tail=True)) if out_path.is_file() else []
+    with AppendLog(out_path) as log:  # a torn last line (kill -9) is cut off; ids already judged are known
+        done = set(log.done)
+        todo, no_ref = _pairs_to_judge(pairs, done, template, references, testset)
+        reqs = []
+        for ra, rb, ref in todo:  # two per prompt: A first, then B first
+            reqs += build_requests(template, ra["instruction"], ra["output"], rb["output"], ref, temperature,
+                                   max_tokens)
+        stream = client.iter_chat(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")  # starts at the first next()
+        failed = _append_rows(stream, todo, log, testset, arm_a, arm_b)
+        all_rows = log.rows()
     if failed and console is not None:
         console.print(f"judge {arm_a} vs {arm_b} / {testset}: {len(failed)} prompts not judged because a request "
                       f"failed (first: {failed[0]['errors'][0]}); run the command again to retry them.",
@@ -336,12 +335,10 @@ def _pairs_to_judge(pairs: Sequence[tuple[dict, dict]], done: set, template: Jud
     return todo, no_ref
 
 
-def _append_rows(stream: Iterator[Any], todo: Sequence[tuple[dict, dict, Any]], out_path: Path, testset: str,
+def _append_rows(stream: Iterator[Any], todo: Sequence[tuple[dict, dict, Any]], log: AppendLog, testset: str,
                  arm_a: str, arm_b: str) -> list[dict]:
     """Append one row per prompt of `todo` as its two results (order ab, then ba) arrive from `stream`; returns
     the prompts whose requests failed, [{"id", "errors"}] (no row written for them)."""
-    from phased_ift.data import append_jsonl
-
     failed: list[dict] = []
     for ra, rb, _ in todo:
         r_ab, r_ba = next(stream), next(stream)
@@ -350,7 +347,7 @@ def _append_rows(stream: Iterator[Any], todo: Sequence[tuple[dict, dict, Any]], 
             # run asks again (answers that did arrive are cached); the failures are counted and logged.
             failed.append({"id": ra["id"], "errors": [r.error for r in (r_ab, r_ba) if not r.ok]})
             continue
-        append_jsonl(out_path, make_row(ra["id"], testset, arm_a, arm_b, ra["output"], rb["output"],
+        log.append(make_row(ra["id"], testset, arm_a, arm_b, ra["output"], rb["output"],
                                         r_ab.text, r_ba.text))
     return failed
 

@@ -72,7 +72,8 @@ def _data(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | No
     Raises:
         PhasedIFTError: no sources configured, an unreadable source, or every record rejected.
     """
-    from phased_ift.data import combine_results, load_source, write_examples, write_jsonl
+    from phased_ift.data import combine_results, load_source, write_examples
+    from phased_ift.runio import write_jsonl
 
     if run.train_data.is_file():
         return run

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator
 from phased_ift.errors import PhasedIFTError
 
 __all__ = ["AppendLog", "JsonlDecodeError", "append_jsonl", "atomic_write_bytes", "atomic_write_json",
-           "atomic_write_text", "drop_torn_tail", "read_jsonl", "write_jsonl"]
+           "atomic_write_text", "atomic_write_chunks", "drop_torn_tail", "read_jsonl", "write_jsonl"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -57,6 +57,12 @@ def _atomic_write(path: str | os.PathLike, chunks: Iterable[bytes], *, fsync: bo
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_chunks(path: str | os.PathLike, chunks: Iterable[bytes], *, fsync: bool = False) -> None:
+    """Write a stream of byte chunks atomically (large files assembled piece by piece, e.g. a split GGUF).
+    An exception raised by the iterator (e.g. a checksum that does not match) leaves no file behind."""
+    _atomic_write(path, chunks, fsync=fsync)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:

@@ -25,14 +25,9 @@ from phased_ift.data.sources import (DATA_HOME_ENV, SOURCES, TEST_SETS, CheckRep
                                      TestSetInfo, check_file, combine_results, data_home, find_reference,
                                      load_reference_answers, load_source, load_test_set, source_path, source_status)
 
-# transition: moved to phased_ift.runio; the lead removes these re-exports when the other branches are merged
-from phased_ift.runio import append_jsonl, read_jsonl, write_jsonl  # noqa: E402,F401
-
 __all__ = [
     "CheckReport", "DATA_HOME_ENV", "Example", "FORMATS", "FORMAT_NAMES", "ReadResult", "SOURCES", "SourceInfo",
     "SourceStatus", "TEST_SETS", "TestSetInfo", "check_file", "combine_results", "data_home", "find_reference",
     "load_reference_answers", "load_source", "load_test_set", "normalize_text", "read_examples", "read_file",
     "source_path", "source_status", "write_examples",
-    # transition: moved to phased_ift.runio; the lead removes these re-exports when the other branches are merged
-    "append_jsonl", "read_jsonl", "write_jsonl",
 ]

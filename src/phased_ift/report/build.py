@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,31 +16,17 @@ from phased_ift.report.plots import plot_difficulty, plot_training, plot_trend
 from phased_ift.report.render import render_html, render_markdown, report_blocks
 from phased_ift.report.summary import summarize_run
 from phased_ift.rundir import RunDir
+from phased_ift.runio import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from phased_ift.config import Config
-
-
-def _write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same dir and a rename (mode 0644)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _save_plot(plot, out: Path, *args) -> None:
     """Render `plot(*args, file)` into memory, then write the PNG atomically."""
     buf = io.BytesIO()
     plot(*args, buf)
-    _write_atomic(out, buf.getvalue())
+    atomic_write_bytes(out, buf.getvalue())
 
 
 def build_report(run: RunDir, cfg: Config, console: Any = None) -> dict:
@@ -68,9 +52,9 @@ def build_report(run: RunDir, cfg: Config, console: Any = None) -> dict:
     plots = _write_plots(s, out, cfg.report.confidence)
     s["plots"] = plots
     blocks = report_blocks(s, plots)
-    _write_atomic(out / "report.md", render_markdown(blocks))
-    _write_atomic(out / "report.html", render_html(blocks, out))
-    _write_atomic(out / "summary.json", json.dumps(s, indent=1, ensure_ascii=False, default=str))
+    atomic_write_text(out / "report.md", render_markdown(blocks))
+    atomic_write_text(out / "report.html", render_html(blocks, out))
+    atomic_write_text(out / "summary.json", json.dumps(s, indent=1, ensure_ascii=False, default=str))
     if console is not None:
         console.print(f"report: {out / 'report.html'} ({len(s['comparisons'])} comparisons, {len(plots)} plots)")
     return s

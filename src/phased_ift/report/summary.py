@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from phased_ift import stats
-from phased_ift.data import read_jsonl
+from phased_ift.runio import read_jsonl
 from phased_ift.errors import PhasedIFTError
 from phased_ift.judge import VERDICTS, aggregate
 from phased_ift.phases import read_manifest

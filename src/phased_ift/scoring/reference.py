@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from phased_ift.data import Example, data_home, normalize_text, read_jsonl
+from phased_ift.data import Example, data_home, normalize_text
+from phased_ift.runio import read_jsonl
 from phased_ift.errors import PhasedIFTError
 from phased_ift.scoring.meta import parse_score
 

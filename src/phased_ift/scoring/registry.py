@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from phased_ift.data import Example, append_jsonl, read_jsonl, write_jsonl
+from phased_ift.data import Example
+from phased_ift.runio import AppendLog, read_jsonl, write_jsonl
 from phased_ift.errors import PhasedIFTError
 
 if TYPE_CHECKING:
@@ -157,13 +158,13 @@ def _append_rows(name: str, todo: list[Example], ctx: ScoreContext, out_path: Pa
     t0 = time.perf_counter()
     with LoggedProgress(TextColumn(f"score {name}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=ctx.console,
-                        disable=ctx.console is None, transient=True) as bar:
+                        disable=ctx.console is None, transient=True) as bar, AppendLog(out_path) as log:
         task = bar.add_task("score", total=len(todo), rate="")
         for row in SCORERS[name](todo, ctx):
             rid = str(row["id"])
             if rid not in wanted or rid in done or rid in new:
                 raise RuntimeError(f"scorer {name} returned an unexpected or repeated id {rid!r}")
-            append_jsonl(out_path, row)
+            log.append(row)
             new[rid] = row
             dt = time.perf_counter() - t0
             bar.update(task, advance=1, rate=f"{len(new) / dt:.1f} ex/s" if dt > 0 else "")

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from phased_ift.runio import atomic_write_json, write_jsonl
 from phased_ift.config import Config
 from phased_ift.data import Example
 from phased_ift.design import ARMS, phase_count
@@ -162,15 +163,11 @@ def write_phase_files(phase_dir: Path, hparams: dict, log_history: Iterable[dict
 
     log_history is restored from the Trainer checkpoint on resume, so the losses equal an uninterrupted run's.
     """
-    from phased_ift.data import write_jsonl
-
-    (phase_dir / "hparams.json").write_text(json.dumps(hparams, indent=2), encoding="utf-8")
+    atomic_write_json(phase_dir / "hparams.json", hparams, indent=2)
     write_jsonl(phase_dir / "losses.jsonl",
                 ({"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate"),
                   "epoch": h.get("epoch")} for h in log_history if "loss" in h))
-    tmp = phase_dir / "DONE.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    tmp.replace(phase_dir / "DONE")
+    atomic_write_json(phase_dir / "DONE", metrics, indent=2)
 
 
 def logged_mean_loss(log_history: Sequence[dict]) -> float | None:
