@@ -1,8 +1,9 @@
 """phased-ift: Phased Instruction Fine-Tuning (Pang et al., ACL Findings 2024, arXiv 2406.04371).
 
 Pipeline (each step reads and writes files in one run dir, each step is idempotent):
-score difficulty -> split into phases -> train phase by phase (and control arms) -> generate -> judge -> report.
-See README.md for the run-dir layout and `phased-ift --help` for the CLI.
+data -> score difficulty -> split into phases -> train phase by phase (and control arms) -> generate -> judge /
+evaluate -> report (`phased_ift.pipeline.STEPS`). See README.md for the run-dir layout, docs/architecture.md for
+the package layout, and `phased-ift --help` for the CLI.
 """
 
 __version__ = "0.1.0"

@@ -353,15 +353,3 @@ def generate_all(cfg: Any, run: Any, console: Any = None) -> None:
 # Kept importable for pipeline.py and judge.py until they read the grid from `design` (the lead migrates them).
 
 
-def final_phase(cfg: Any, arm: str) -> int:
-    """Deprecated: `design.final_phase` (the phase whose checkpoint is an arm's final model)."""
-    from phased_ift import design
-
-    return design.final_phase(cfg, arm)
-
-
-def checkpoint_phases(cfg: Any, arm: str) -> list[int]:
-    """Deprecated: `design.evaluation_cells` (phases to evaluate for an arm: the final one, or every phase when
-    generate.every_phase)."""
-    last = final_phase(cfg, arm)
-    return list(range(1, last + 1)) if cfg.generate.every_phase else [last]

@@ -1,6 +1,7 @@
 """The pipeline: data -> score -> split -> train -> generate -> judge -> evaluate -> report, in one run dir.
 
-Owns the order of the steps and nothing else: `STEPS` is the ordered list of `Step`s, each with its body (in
+Owns the order of the steps, the cheap checks before them (`preflight`) and the plan (`plan_run`): `STEPS` is the
+ordered list of `Step`s, each with its body (in
 the module it belongs to: `judge.judge_all`, `generate.generate_all`, `evaluation.evaluate_all`,
 `report.build_report`, ...; the data, score, split and train bodies are the short functions below) and its row of
 the plan. `phased-ift run` runs every step once, in that order (`run_pipeline`). A subcommand (`phased-ift

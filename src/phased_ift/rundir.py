@@ -2,12 +2,12 @@
 
     runs/<name>/
       config.yaml                      resolved config (no secrets)
-      data/train.jsonl                 normalised Examples; data/rejects.jsonl ({"record", "reason", "source"})
+      data/train.jsonl                 normalised Examples; data/rejects.jsonl ({"source", "line", "record", "reason"})
       scores/<scorer>.jsonl            {"id", "score", ...raw judge replies / features}
       phases/phase_<k>.jsonl           Examples of phase k (1-based) per arm-defining method; phases/manifest.json
       checkpoints/<arm>/seed_<s>/phase_<k>/   model or adapter, tokenizer, hparams.json, losses.jsonl, DONE
       generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl
-      judgements/<a>__vs__<b>/seed_<s>/<testset>.jsonl   raw verdicts of both orders
+      judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl   raw verdicts of both orders
       evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json
       report/report.md, report.html, *.png, summary.json
       agreement/<tag>/agreement.json   scorer agreement with the paper's labels (`phased-ift score --against paper`)

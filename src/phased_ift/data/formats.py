@@ -396,11 +396,6 @@ def read_file(path: str | os.PathLike, fmt: str = "auto", columns: dict[str, str
     if fmt not in FORMAT_NAMES:
         raise PhasedIFTError(f"{path}: unknown format {fmt!r}; use one of {', '.join(FORMAT_NAMES)}.")
     path_str = str(path)
-    p = Path(path_str)
-    label = source or path_str
-    if fmt not in FORMAT_NAMES:
-        raise PhasedIFTError(f"{path}: unknown format {fmt!r}; use one of {', '.join(FORMAT_NAMES)}.")
-    path_str = str(path)
     label = source or path_str
     if columns and fmt not in ("auto", "hf"):
         raise PhasedIFTError(f"{path_str}: a columns mapping applies to format hf (read through `datasets`), not to "
