@@ -219,16 +219,18 @@ def generate_answers(model_dir_or_name: str | Path, examples: Sequence[Any], max
                 "backend": backend, "greedy": True, "n": len(examples)}
     sp = settings_path(out_path)
     _check_settings(sp, settings, out_path)
-    todo = _pending(out_path, examples)
     console = console or Console(stderr=True)
-    if todo:
-        model, tok = loaded if loaded is not None else load_for_inference(model_dir_or_name, dtype=dtype)
-        engine = BACKENDS[backend](model, tok, str(model_dir_or_name))
-        stops = stop_token_ids(tok, template)
-        if not stops:
-            raise PhasedIFTError(f"the tokenizer of {model_dir_or_name} has no EOS token; generation cannot stop.")
-        _generate_rows(engine, tok, todo, template, stops, max_new_tokens, batch_size, max_batch_tokens, out_path,
-                       testset, console)
+    with AppendLog(out_path) as log:  # a torn last line (kill -9) is cut off; the ids already answered are known
+        todo = [e for e in examples if str(e.id) not in log.done]
+        if todo:
+            model, tok = loaded if loaded is not None else load_for_inference(model_dir_or_name, dtype=dtype)
+            engine = BACKENDS[backend](model, tok, str(model_dir_or_name))
+            stops = stop_token_ids(tok, template)
+            if not stops:
+                raise PhasedIFTError(f"the tokenizer of {model_dir_or_name} has no EOS token; generation cannot "
+                                     "stop.")
+            _generate_rows(engine, tok, todo, template, stops, max_new_tokens, batch_size, max_batch_tokens, log,
+                           testset, console)
     if not sp.is_file():
         atomic_write_json(sp, {**settings, "batch_size": batch_size})
     return out_path
@@ -248,17 +250,10 @@ def _check_settings(sp: Path, settings: dict, out_path: Path) -> None:
         )
 
 
-def _pending(out_path: Path, examples: Sequence[Any]) -> list[Any]:
-    """The examples whose ids are not in `out_path` yet (a torn last line is dropped first: `runio.AppendLog`)."""
-    with AppendLog(out_path) as log:
-        done = log.done
-    return [e for e in examples if str(e.id) not in done]
-
-
 def _generate_rows(engine: Backend, tok, todo: Sequence[Any], template: str, stops: Sequence[int],
-                   max_new_tokens: int, batch_size: int, max_batch_tokens: int, out_path: Path, testset: str,
+                   max_new_tokens: int, batch_size: int, max_batch_tokens: int, log: AppendLog, testset: str,
                    console: Any) -> None:
-    """Render, tokenise and batch the prompts (`plan_batches`), complete each batch and append its rows."""
+    """Render, tokenise and batch the prompts (`plan_batches`), complete each batch and append its rows to `log`."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from phased_ift.modeling import render, tokenize_example
@@ -268,7 +263,7 @@ def _generate_rows(engine: Backend, tok, todo: Sequence[Any], template: str, sto
            for e in todo]
     batches = plan_batches([len(x) for x in enc], batch_size, max_batch_tokens)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with LoggedProgress(*columns, console=console, transient=True) as progress, AppendLog(out_path) as log:
+    with LoggedProgress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(f"generate {testset}", total=len(todo))
         for idx in batches:
             outs = engine.complete([enc[i] for i in idx], max_new_tokens, stops)
