@@ -38,9 +38,14 @@ def run(args: argparse.Namespace) -> dict:
     path = resolve_model_path(args.model)
     loaded = load_for_inference(path)
     loaded[0].to(args.device)
+    from machine import machine_facts
+
+    # Generation runs in the weights' dtype (fp32 on a CPU: `modeling.inference_dtype`), no autocast.
     out: dict = {"model": args.model, "n_prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
                  "batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens,
-                 "threads": torch.get_num_threads(), "device": args.device}
+                 "threads": torch.get_num_threads(), "device": args.device, "machine": machine_facts(),
+                 "precision": {"dtype": str(next(loaded[0].parameters()).dtype).removeprefix("torch."),
+                               "autocast": "none"}}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, bs in (("single", 1), ("batched", args.batch_size)):

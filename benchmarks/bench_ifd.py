@@ -9,11 +9,15 @@ ids) with the same model (SmolLM2-135M-Instruct, float32 weights) in one process
                per-token losses it also saves, one log-softmax per position in a Python loop; fp32
     loop       phased-ift's scorer with batch size 1, fp32 (what batching and bf16 add on top of it)
     batched    phased-ift's scorer in fp32: length-bucketed batches, the LM head only from the first response token
-    default    phased-ift's scorer with its defaults (scoring.batch_size=8, scoring.autocast=bf16: bf16 autocast,
-               Linear weights stored in bf16)
-The fp32 arms must agree with the reference within 1e-3 (relative); the bf16 arm's largest relative difference
+    default    phased-ift's scorer with its defaults (scoring.batch_size=8, scoring.autocast=auto: bf16 autocast
+               with the Linear weights stored in bf16 where the hardware runs bf16 natively, else fp32 -- then it
+               is the batched arm again; --autocast sets it)
+The fp32 arms must agree with the reference within 1e-3 (relative); a bf16 arm's largest relative difference
 and its Spearman correlation with the reference are printed (it must rank the examples alike: rho >= 0.99 when
-n >= 64).
+n >= 64). The JSON carries the machine facts (CPU capability string, native bf16), the default arm's precision
+with its reason, this machine's matrix-product rate (`machine.compute_limits`) and each arm's fraction of it:
+2 x the model's Linear weights x the non-padding tokens of both passes per second (LM head not counted: a lower
+bound).
 
     PHASED_IFT_DATA_HOME=../shared/data python benchmarks/bench_ifd.py --n 512 \
         --out benchmarks/results/ifd_n512.json                                          # the full benchmark
@@ -29,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -44,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--autocast", default="auto", help="the default arm's scoring.autocast (auto | bf16 | none)")
     ap.add_argument("--out", default="", help="write the results as JSON here")
     return ap.parse_args()
 
@@ -64,17 +68,19 @@ def main() -> None:
     pool = np.flatnonzero(ref.random9k)
     idx = np.random.default_rng(args.seed).choice(pool, args.n, replace=False)
     examples = [ref.examples[i] for i in idx]
-    model, tok = load_scoring_model(args.model, "none")
-    machine = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, device {model.device}"
-               + (f" ({torch.cuda.get_device_name(model.device)})" if model.device.type == "cuda" else ""))
-    print(f"{args.n} examples of alpagasus/random_9k, model {args.model}, max_length {args.max_length}, {machine}")
+    from machine import compute_limits, limit_for, linear_params, machine_facts, precision_facts
 
-    # The default arm runs as `phased-ift score` does: its own copy with the Linear weights stored in bf16.
-    model_bf16, _ = load_scoring_model(args.model, "bf16")
+    model, tok = load_scoring_model(args.model, "none")
+    precision, facts, limits = precision_facts(args.autocast), machine_facts(), compute_limits()
+    default_autocast = precision["autocast"]
+    print(f"{args.n} examples of alpagasus/random_9k, model {args.model}, max_length {args.max_length}, {facts}; "
+          f"default arm {default_autocast} ({precision['reason']}); matmul limits {limits}")
+
+    # The default arm runs as `phased-ift score` does: its own copy (the Linear weights stored in bf16 under bf16).
+    model_default, _ = load_scoring_model(args.model, default_autocast)
 
     def ours(batch_size: int, autocast: str, stats: dict | None = None) -> list[dict]:
-        m = model_bf16 if autocast == "bf16" else model
+        m = model_default if autocast == default_autocast else model
         chunk = SORT_CHUNK_BATCHES * batch_size  # the chunks scoring.losses.score_ifd sorts within
         res: list[dict] = []
         for i in range(0, len(examples), chunk):
@@ -87,15 +93,20 @@ def main() -> None:
         "loop": lambda st: [response_losses(model, tok, [e], max_length=args.max_length, batch_size=1)[0]
                             for e in examples],
         "batched": lambda st: ours(args.batch_size, "none", st),
-        "default": lambda st: ours(args.batch_size, "bf16", st),
+        "default": lambda st: ours(args.batch_size, default_autocast, st),
     }
     labels = {"reference": "reference loop (Cherry LLM), fp32", "loop": "phased-ift, batch size 1, fp32",
               "batched": f"phased-ift, batch {args.batch_size}, fp32", "default": f"phased-ift, batch "
-              f"{args.batch_size}, bf16 autocast (defaults)"}
-    ours(2, "bf16")  # warm-up (both precisions' kernels)
+              f"{args.batch_size}, autocast {default_autocast} (defaults)"}
+    ours(2, default_autocast)  # warm-up (both precisions' kernels)
     response_losses(model, tok, examples[:2], max_length=args.max_length, batch_size=1)
-    out: dict = {"setup": {**vars(args), "machine": machine}}
-    out.update(run_arms(arms, labels, args.n))
+    out: dict = {"setup": vars(args), "machine": facts, "precision": precision, "limits": limits}
+    out.update(run_arms(arms, labels, args.n, low_precision=default_autocast != "none"))
+    flops = 2 * linear_params(args.model) * ifd_tokens(tok, examples, args.max_length)
+    for arm in arms:
+        rate = limit_for(default_autocast if arm == "default" else "none", limits)
+        out[arm]["fraction_of_limit"] = flops / out[arm]["seconds"] / 1e9 / rate
+    print("fraction of the matmul limit: " + ", ".join(f"{k} {out[k]['fraction_of_limit']:.0%}" for k in arms))
     t = {k: out[k]["seconds"] for k in arms}
     out["speedup_vs_reference"] = {k: t["reference"] / t[k] for k in ("loop", "batched", "default")}
     out["speedup_vs_loop"] = {k: t["loop"] / t[k] for k in ("batched", "default")}
@@ -106,13 +117,25 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
 
 
-def run_arms(arms: dict, labels: dict, n: int) -> dict:
+def ifd_tokens(tokenizer, examples, max_length: int) -> int:
+    """Tokens of both IFD passes (response after the instruction, response alone) over the examples."""
+    from phased_ift.modeling import tokenize_for_ifd
+
+    total = 0
+    for e in examples:
+        t = tokenize_for_ifd(tokenizer, e, "chat", max_length)
+        if not isinstance(t, str):
+            total += sum(len(f["input_ids"]) for f in t)
+    return total
+
+
+def run_arms(arms: dict, labels: dict, n: int, low_precision: bool = True) -> dict:
     """Time each arm (the first is the reference) and compare its IFD values with the reference's; returns
     {arm: {"seconds", "examples_per_s", "max_rel_ifd_diff", "spearman", "mean_ifd", "padding_fraction"?}}.
 
     Raises:
-        AssertionError: an fp32 arm differs from the reference by 1e-3 (relative) or more, or the bf16 arm ranks
-            the examples differently (Spearman < 0.99, checked from n >= 64).
+        AssertionError: an fp32 arm differs from the reference by 1e-3 (relative) or more, or the default arm in
+            bf16 (`low_precision`) ranks the examples differently (Spearman < 0.99, checked from n >= 64).
     """
     import numpy as np
     from scipy.stats import spearmanr
@@ -136,7 +159,7 @@ def run_arms(arms: dict, labels: dict, n: int) -> dict:
         pad = f", padding {out[name]['padding_fraction']:.1%}" if "padding_fraction" in out[name] else ""
         print(f"{labels[name]:<48}: {n / sec:6.2f} examples/s ({sec:.1f} s){pad}; vs reference: max rel. "
               f"IFD diff {max_rel:.1e}, Spearman {rho:.4f}", flush=True)
-        if name == "default":  # a rank correlation says little on a handful of examples: checked from 64 on
+        if name == "default" and low_precision:  # a rank correlation says little on a few examples: from 64 on
             assert rho >= 0.99 or n < 64, f"bf16 IFD ranks the examples differently from fp32 (Spearman {rho:.4f})"
         else:
             assert max_rel < 1e-3, f"{name}: IFD values differ from the reference loop's by {max_rel:.2e}"

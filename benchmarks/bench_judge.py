@@ -160,8 +160,11 @@ def main() -> None:
     ap.add_argument("--stream-sigma", type=float, default=0.8, help="log-normal sigma of the latencies")
     a = ap.parse_args()
 
+    from machine import machine_facts
+
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-          f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} (other processes share the CPUs)")
+          f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} (other processes share the CPUs);"
+          f" {machine_facts()['hardware']} (the llama.cpp server picks its own kernels: no torch precision here)")
     print("| server | concurrency | requests | scored | seconds | requests/s |")
     print("|---|---|---|---|---|---|")
     fake_examples = [Example(f"f{i}", [{"role": "user", "content": f"Instruction {i}."},

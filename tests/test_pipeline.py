@@ -213,7 +213,7 @@ def test_empty_phase_errors_before_training(tmp_path, capsys):
 def test_dry_run_prints_plan_and_trains_nothing(tmp_path, capsys):
     rc, err = run_cli(["configs/quickstart.yaml", "--dry-run", f"run_dir={tmp_path / 'r'}"], capsys)
     assert rc == 0
-    assert "180 examples" in err and "optimizer steps" in err and "vicuna (80)" in err
+    assert "150 examples" in err and "optimizer steps" in err and "vicuna (80)" in err
     assert not (tmp_path / "r" / "scores").exists() and not (tmp_path / "r" / "checkpoints").exists()
 
 
@@ -280,7 +280,7 @@ def test_one_run_enters_each_step_exactly_once_in_order(tmp_path, monkeypatch):
     called: list = []
     recording_steps(monkeypatch, called)
     monkeypatch.setattr(pipeline, "preflight", lambda cfg, dry_run=False: [])
-    monkeypatch.setattr(pipeline, "plan_run", lambda cfg, console, missing=(): called.append("plan"))
+    monkeypatch.setattr(pipeline, "plan_run", lambda cfg, console, missing=(), precision=None: called.append("plan"))
     cfg = load_config("configs/quickstart.yaml", [f"run_dir={tmp_path / 'r'}"])
     assert pipeline.run_pipeline(cfg, console=Console(file=open(tmp_path / "log.txt", "w"))) == {}
     assert called == ["data", "plan", "<main process first>", "score", "split", "</main process first>", "train",

@@ -111,14 +111,16 @@ class ModelConfig:
     template: str = _f("chat", "Prompt rendering: 'chat' (tokenizer chat template) or 'paper' (PhasedSFT template).")
     max_length: int = _f(512, "Max tokens per training example (prompt + response); longer ones are truncated.")
     dtype: str = _f("float32", "Weight dtype: float32 (recommended on CPU), bfloat16 or float16.")
-    autocast: str = _f("bf16", "Mixed precision compute: bf16, fp16 or none.")
+    autocast: str = _f("auto", "Mixed precision of training, generation and the reference loss: auto (bf16 where the "
+                       "hardware runs it natively: CUDA with bf16, a CPU with AVX512-BF16/AMX; fp16 on an older "
+                       "GPU; fp32 otherwise), bf16, fp16 or none (fp32).")
     attn_implementation: str = _f("sdpa", "Attention kernel: sdpa, eager or flash_attention_2 (GPU).")
     trust_remote_code: bool = _f(False, "Allow custom modelling code from a hub repo.")
 
     def __post_init__(self) -> None:
         _check_choice("model", "template", self.template, ["chat", "paper"])
         _check_choice("model", "dtype", self.dtype, ["float32", "bfloat16", "float16"])
-        _check_choice("model", "autocast", self.autocast, ["bf16", "fp16", "none"])
+        _check_choice("model", "autocast", self.autocast, ["auto", "bf16", "fp16", "none"])
         if self.max_length < 16:
             raise PhasedIFTError(f"config: model.max_length must be >= 16, got {self.max_length}.")
 
@@ -166,8 +168,9 @@ class ScoringConfig:
     model: str = _f("", "Scoring model for ifd/loss ('' = model.name_or_path).")
     batch_size: int = _f(8, "Sequences per forward pass for ifd/loss (8: fastest measured on a 2-core CPU).")
     max_length: int = _f(512, "Max tokens per example for ifd/loss.")
-    autocast: str = _f("bf16", "ifd/loss compute: bf16 (autocast, Linear weights in bf16; 1.5x fp32 on a CPU with "
-                       "bf16 support, IFD values within ~6%, same ranking) or none (fp32, as the Cherry LLM code).")
+    autocast: str = _f("auto", "ifd/loss compute: auto (as model.autocast), bf16 (autocast, Linear weights in bf16; "
+                       "1.5x fp32 on a CPU with native bf16, IFD values within ~6%, same ranking; ~100x slower "
+                       "than fp32 on a CPU without it), fp16 (GPU) or none (fp32, as the Cherry LLM code).")
     meta_key: str = _f("score", "scorer=meta: take this numeric field from each record's meta (e.g. the paper's).")
     labels: str = _f("", "scorer=learned: a scores jsonl (id, score) or 'paper' (the released GPT-4 scores).")
     learned_embeddings: bool = _f(True, "scorer=learned: add MiniLM sentence embeddings of the instruction and the "
@@ -177,7 +180,7 @@ class ScoringConfig:
     def __post_init__(self) -> None:
         if self.samples < 1 or self.batch_size < 1:
             raise PhasedIFTError("config: scoring.samples and scoring.batch_size must be >= 1.")
-        _check_choice("scoring", "autocast", self.autocast, ["bf16", "none"])
+        _check_choice("scoring", "autocast", self.autocast, ["auto", "bf16", "fp16", "none"])
 
 
 @dataclass
@@ -537,10 +540,12 @@ def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write the resolved config as YAML (e.g. to <run_dir>/config.yaml)."""
+def save_config(cfg: Config, path: str | Path, header: str = "") -> Path:
+    """Write the resolved config as YAML (e.g. to <run_dir>/config.yaml), `header` first as `#` comment lines
+    (e.g. how autocast "auto" was resolved); the file loads back as the same config."""
     path = Path(path)
-    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    atomic_write_text(path, comment + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
     return path
 
 

@@ -122,6 +122,7 @@ def evaluate_all(cfg: Any, run: Any, console: Any = None) -> None:
 
     from phased_ift.design import evaluation_cells
     from phased_ift.generate import checkpoint_dir, load_for_inference
+    from phased_ift.modeling import inference_dtype
 
     console = console or Console(stderr=True)
     ev = cfg.evaluation
@@ -134,7 +135,7 @@ def evaluate_all(cfg: Any, run: Any, console: Any = None) -> None:
         if out.is_file():
             continue
         ckpt = checkpoint_dir(run, c.arm, c.phase, c.seed)
-        loaded = load_for_inference(ckpt, dtype=cfg.model.dtype)
+        loaded = load_for_inference(ckpt, dtype=inference_dtype(cfg.model.dtype, cfg.model.autocast))
         result = {"arm": c.arm, "phase": c.phase, "seed": c.seed, "reference": ev.reference, "testsets": {}}
         for name, ex in matched.items():
             r = reference_loss(ckpt, ex, cfg.model.template, ev.batch_size, ev.max_length, loaded=loaded)

@@ -328,18 +328,20 @@ def generate_all(cfg: Any, run: Any, console: Any = None) -> None:
 
     from phased_ift.data import load_test_set
     from phased_ift.design import evaluation_cells
+    from phased_ift.modeling import inference_dtype
 
     console = console or Console(stderr=True)
     g = cfg.generate
     testsets = {testset_key(n): load_test_set(n, limit=g.limit, seed=g.seed) for n in g.test_sets}
+    dtype = inference_dtype(cfg.model.dtype, cfg.model.autocast)
     for c in evaluation_cells(cfg, run):
         ckpt, loaded = checkpoint_dir(run, c.arm, c.phase, c.seed), None
         for name, examples in testsets.items():
             out = run.generations(c.arm, c.phase, name, c.seed)
             if not settings_path(out).is_file() and loaded is None:
-                loaded = load_for_inference(ckpt, dtype=cfg.model.dtype)  # once per checkpoint
+                loaded = load_for_inference(ckpt, dtype=dtype)  # once per checkpoint
             generate_answers(ckpt, examples, g.max_new_tokens, g.batch_size, cfg.model.template, out,
-                             console=console, backend=g.backend, dtype=cfg.model.dtype, loaded=loaded,
+                             console=console, backend=g.backend, dtype=dtype, loaded=loaded,
                              max_batch_tokens=g.max_batch_tokens)
             console.print(f"generate: {c.arm} seed {c.seed} phase {c.phase} {name} ({len(examples)} prompts) "
                           f"-> {out}", highlight=False)

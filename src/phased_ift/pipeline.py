@@ -26,6 +26,7 @@ from rich.console import Console
 
 from phased_ift.config import Config, save_config
 from phased_ift.errors import PhasedIFTError
+from phased_ift.modeling.precision import describe_precision, resolve_config_precision
 from phased_ift.rundir import RunDir
 
 # (cfg, run, dry_run, console) -> the step's result (the data step: the RunDir; report: the summary dict)
@@ -283,13 +284,17 @@ def run_steps(cfg: Config, steps: Sequence[Step], dry_run_step: str | None = Non
     Returns:
         {step name: the body's result}.
     """
+    cfg = resolve_config_precision(cfg)[0]  # "auto" -> the concrete autocast (a no-op when already resolved)
     run = RunDir(cfg.run_dir)
     first = max((i + 1 for i, s in enumerate(steps) if s.main_process_first), default=0)
     results: dict[str, Any] = {}
 
     def _run(group: Sequence[Step]) -> None:
+        from phased_ift.modeling import release_memory
+
         for step in group:
             results[step.name] = step.run(cfg, run, step.name == dry_run_step, console)
+            release_memory()  # the next step's peak does not stack on this one's freed heap
 
     if first:
         from phased_ift.modeling import main_process_first
@@ -417,9 +422,10 @@ def _check_reachable(what: str, base_url: str) -> None:
                              f"or remove the endpoint to run without it.") from None
 
 
-def plan_run(cfg: Config, console: Console, missing: Sequence[str] = ()) -> dict:
+def plan_run(cfg: Config, console: Console, missing: Sequence[str] = (), precision: dict | None = None) -> dict:
     """Print the plan: one row per step of `STEPS` (examples, estimated training tokens, generation and judge
-    requests). Reads the data (running the data step while data/train.jsonl is missing) but trains, scores and
+    requests) and the precision (`precision`: the record of `modeling.resolve_config_precision`; made here when
+    None). Reads the data (running the data step while data/train.jsonl is missing) but trains, scores and
     sends nothing; named sources in `missing` (see `preflight`) are planned with stand-in examples of their
     upstream size.
 
@@ -446,6 +452,7 @@ def plan_run(cfg: Config, console: Console, missing: Sequence[str] = ()) -> dict
             table.add_row(step.name, *step.plan(cfg, p))
         console.print(table)
         console.print(p.pop("note"), highlight=False)
+        console.print(describe_precision(precision or resolve_config_precision(cfg)[1]), highlight=False)
         del p["checkpoints"]
     finally:
         if stand_in is not None:
@@ -523,13 +530,14 @@ def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = N
 
     console = console or Console(stderr=True)
     missing = preflight(cfg, dry_run=dry_run)
+    cfg, precision = resolve_config_precision(cfg)
     run = RunDir(cfg.run_dir)
     if dry_run:
-        return plan_run(cfg, console, missing)
+        return plan_run(cfg, console, missing, precision)
     _warn_changed_config(cfg, run, console)
-    save_config(cfg, run.config)
+    save_config(cfg, run.config, header=describe_precision(precision))
     results = run_steps(cfg, STEPS[:1], console=console)  # the plan reads the data
-    plan_run(cfg, console)
+    plan_run(cfg, console, precision=precision)
     t0 = time.time()
     results.update(run_steps(cfg, STEPS[1:], console=console))
     summary = results["report"]

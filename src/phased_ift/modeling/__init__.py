@@ -1,7 +1,7 @@
 """The one package outside `train/` that touches torch / transformers / peft / accelerate.
 
 Layout: `hub` (named offline models, GGUF conversion, model paths, weight fingerprints), `loading` (tokenizers,
-models, checkpoints, devices), `text` (rendering, tokenisation, padding), `passes` (generation, losses,
+models, checkpoints, devices), `precision` (the hardware probe and what autocast="auto" means), `text` (rendering, tokenisation, padding), `passes` (generation, losses,
 embeddings). Callers import from `phased_ift.modeling`; the submodules are its layout, not its API.
 
 Owns: named offline models and their conversion, loading a tokenizer and a model, loading a checkpoint (full model
@@ -25,16 +25,19 @@ from phased_ift.modeling.hub import (NAMED_MODELS, NamedModel, cache_home, conve
 from phased_ift.modeling.loading import (add_lora, base_model_of, frozen_base_to_bf16, inference_device, is_adapter,
                                          linear_weights_to_bf16, load_checkpoint, load_checkpoint_tokenizer,
                                          load_model, load_scoring_model, load_sentence_encoder, load_tokenizer,
-                                         main_process_first)
+                                         main_process_first, release_memory)
 from phased_ift.modeling.passes import (encode_sentences, generate_greedy, response_losses, sequence_losses,
                                         token_losses)
+from phased_ift.modeling.precision import (Hardware, describe_precision, inference_dtype, probe_hardware,
+                                           resolve_autocast, resolve_config_precision)
 from phased_ift.modeling.text import PAPER_PROMPT, PAPER_RESPONSE, pad_batch, render, tokenize_example, tokenize_for_ifd
 
 __all__ = [
     "NAMED_MODELS", "NamedModel", "cache_home", "convert_gguf", "gguf_path", "register_model", "resolve_model_path",
     "weights_fingerprint", "add_lora", "base_model_of", "frozen_base_to_bf16", "inference_device", "is_adapter",
     "linear_weights_to_bf16", "load_checkpoint", "load_checkpoint_tokenizer", "load_model", "load_scoring_model",
-    "load_sentence_encoder", "load_tokenizer", "main_process_first", "encode_sentences", "generate_greedy",
+    "load_sentence_encoder", "load_tokenizer", "main_process_first", "release_memory", "encode_sentences", "generate_greedy",
     "response_losses", "sequence_losses", "token_losses", "PAPER_PROMPT", "PAPER_RESPONSE", "pad_batch", "render",
-    "tokenize_example", "tokenize_for_ifd",
+    "tokenize_example", "tokenize_for_ifd", "Hardware", "describe_precision", "inference_dtype", "probe_hardware",
+    "resolve_autocast", "resolve_config_precision",
 ]

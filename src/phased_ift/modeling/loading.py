@@ -2,7 +2,7 @@
 
 Owns: `load_tokenizer`, `load_model`, `load_checkpoint` (a full model or a PEFT adapter, for training or for
 inference: the one place that knows the checkpoint kinds), `load_checkpoint_tokenizer`, `add_lora`, the bf16
-storage of frozen weights, `inference_device`, `main_process_first`, and the models of the scorers
+storage of frozen weights, `inference_device`, `main_process_first`, `release_memory`, and the models of the scorers
 (`load_scoring_model`, `load_sentence_encoder`).
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 from phased_ift.errors import PhasedIFTError
 
 from phased_ift.modeling.hub import NAMED_MODELS, resolve_model_path
+from phased_ift.modeling.precision import resolve_autocast
 
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -48,6 +49,30 @@ def inference_device():
     from accelerate import PartialState
 
     return PartialState().device
+
+
+def release_memory() -> None:
+    """Give freed memory back to the OS between phases and steps: `gc.collect()`, the CUDA cache when there is a
+    GPU, and glibc's `malloc_trim(0)` (a no-op without glibc).
+
+    Why: glibc keeps freed tensor memory in its heap (its mmap threshold grows after large frees), so RSS after a
+    training phase stays near the phase's peak and the next step's allocations add to it. Measured on the
+    quickstart's one-off arm (2-core CPU, fp32): 5.87 GB resident after training, 0.53 GB after the trim, at no
+    cost in speed. (A fixed mmap threshold would cut the peak inside a phase too, 7.41 -> 5.02 GB, but made
+    training 55% slower by page-faulting every large tensor.)
+    """
+    import ctypes
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def main_process_first():
@@ -229,7 +254,7 @@ def load_scoring_model(name: str, autocast: str):
         PhasedIFTError: the model or tokenizer cannot be loaded (`load_model`, `load_tokenizer`).
     """
     model = load_model(name, dtype="float32")
-    if autocast == "bf16":
+    if resolve_autocast(autocast)[0] == "bf16":
         linear_weights_to_bf16(model)
     return model.to(inference_device()), load_tokenizer(name)
 

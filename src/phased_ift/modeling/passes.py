@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 
+from phased_ift.modeling.precision import resolve_autocast
 from phased_ift.modeling.text import pad_batch, tokenize_for_ifd
 
 
@@ -105,14 +106,17 @@ def response_losses(model, tokenizer, examples: Sequence[Any], *, template: str 
         batch_size: sequences per forward pass; 1 gives the reference one-at-a-time loop (Cherry LLM).
         unconditioned: also compute the loss of the response alone (for IFD).
         stats: if given, "tokens" and "pad_tokens" are added to it (padding fraction = pad_tokens / tokens).
-        autocast: "bf16" runs the forward passes under bf16 autocast (the weights stay as loaded, the losses are
-            computed from fp32 logits); "none" computes in the model's dtype.
+        autocast: "bf16" / "fp16" run the forward passes under that autocast (the weights stay as loaded, the
+            losses are computed from fp32 logits); "none" computes in the model's dtype; "auto" as
+            `precision.resolve_autocast`.
     Returns:
         One dict per example, in order: {"loss_cond": float nats, "loss_uncond": float|None, "n_tokens": int} or
         {"error": str}.
     """
     import torch
 
+    autocast = resolve_autocast(autocast)[0]
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast)
     feats: list[tuple[int, str, dict]] = []  # (example index, "cond"|"uncond", features)
     out: list[dict[str, Any]] = [{} for _ in examples]
     for i, ex in enumerate(examples):
@@ -129,7 +133,7 @@ def response_losses(model, tokenizer, examples: Sequence[Any], *, template: str 
     for b in range(0, len(feats), batch_size):
         chunk = feats[b: b + batch_size]
         batch = pad_batch([f[2] for f in chunk], pad_id)
-        with torch.inference_mode(), torch.autocast(model.device.type, torch.bfloat16, enabled=autocast == "bf16"):
+        with torch.inference_mode(), torch.autocast(model.device.type, amp or torch.bfloat16, enabled=amp is not None):
             loss_sum, n_tok = token_losses(model, batch)
         if stats is not None:
             stats["tokens"] = stats.get("tokens", 0) + batch["input_ids"].numel()

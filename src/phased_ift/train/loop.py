@@ -12,7 +12,6 @@ trains.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from phased_ift.config import Config
 from phased_ift.data import Example
 from phased_ift.design import ARMS, phase_count
 from phased_ift.errors import PhasedIFTError
+from phased_ift.modeling import release_memory
 from phased_ift.rundir import RunDir
 from phased_ift.train.plan import PhaseHparams, phase_hparams, tokenize_examples
 
@@ -94,7 +94,7 @@ def _train_and_log(cfg: Config, arm: str, seed: int, i: int, n: int, examples: l
     prev_opt = prev / "optimizer.pt" if (prev is not None and cfg.train.carry_optimizer) else None
     m = train_phase(cfg, rows, tokenizer, phase_dir, str(prev) if prev else None, hp, seed,
                     f"{arm} seed {seed} phase {i}/{n}", prev_opt, callbacks)
-    gc.collect()  # the Trainer holds reference cycles: free the phase's model before loading the next
+    release_memory()  # the Trainer holds reference cycles, glibc keeps freed memory: free both before the next
     if console is not None and _is_main():
         console.print(f"train: {arm} seed {seed} phase {i}/{n}: {len(rows)} examples, "
                       f"{m['global_step']} steps, loss {m.get('train_loss', float('nan')):.4f}, "

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from trl import SFTConfig, SFTTrainer
 
 from phased_ift.config import Config
+from phased_ift.modeling import resolve_autocast
 from phased_ift.train.plan import PhaseHparams
 
 # TRL 1.16 calls a transformers 5 property deprecated in favour of is_activation_checkpointing once per phase.
@@ -39,6 +40,7 @@ def sft_config(cfg: Config, hp: PhaseHparams, out_dir: Path, seed: int, save_ste
     """
     t, m = cfg.train, cfg.model
     on_cpu = not torch.cuda.is_available()
+    autocast = resolve_autocast(m.autocast)[0]
     sampling = "sequential" if t.order == "sequential" else ("group_by_length" if t.batching == "bucket" else "random")
     return SFTConfig(
         output_dir=str(out_dir), seed=seed, data_seed=seed,
@@ -48,7 +50,7 @@ def sft_config(cfg: Config, hp: PhaseHparams, out_dir: Path, seed: int, save_ste
         lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm,
         # fp32 weights + bf16 autocast: Trainer refuses bf16 on a machine without a bf16 GPU unless use_cpu is set.
-        bf16=m.autocast == "bf16", fp16=m.autocast == "fp16", use_cpu=on_cpu,
+        bf16=autocast == "bf16", fp16=autocast == "fp16", use_cpu=on_cpu,
         train_sampling_strategy=sampling, length_column_name="length",
         packing=t.batching == "packing", padding_free=t.batching == "packing", max_length=m.max_length,
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
@@ -258,7 +260,7 @@ def model_for_phase(cfg: Config, init_dir: str | None, base: str):
     lora = t.lora if t.method == "lora" else None
     return load_checkpoint(init_dir or base, trainable=True, dtype=m.dtype, attn_implementation=m.attn_implementation,
                            trust_remote_code=m.trust_remote_code, base=base, lora=lora,
-                           bf16_frozen_base=lora is not None and m.autocast == "bf16"
+                           bf16_frozen_base=lora is not None and resolve_autocast(m.autocast)[0] == "bf16"
                            and t.lora.across_phases == "continue")
 
 
