@@ -213,7 +213,8 @@ def test_empty_phase_errors_before_training(tmp_path, capsys):
 def test_dry_run_prints_plan_and_trains_nothing(tmp_path, capsys):
     rc, err = run_cli(["configs/quickstart.yaml", "--dry-run", f"run_dir={tmp_path / 'r'}"], capsys)
     assert rc == 0
-    assert "150 examples" in err and "optimizer steps" in err and "vicuna (80)" in err
+    assert "120 examples" in err and "optimizer steps" in err and "vicuna (48)" in err
+    assert "precision: model.autocast=" in err  # the resolved autocast and why (issue 12)
     assert not (tmp_path / "r" / "scores").exists() and not (tmp_path / "r" / "checkpoints").exists()
 
 
@@ -339,3 +340,21 @@ def test_step_functions_run_their_steps_once_with_dry_run_on_their_own_step(tmp_
     called.clear()
     assert pipeline.step_report(cfg) == {}
     assert called[-4:] == ["generate", "judge", "evaluate", "report"] and len(called) == len(set(called))
+
+
+def test_memory_is_released_after_every_step(tmp_path, monkeypatch):
+    """run_steps hands freed memory back (modeling.release_memory) after each step, so peaks do not stack."""
+    from rich.console import Console
+
+    from phased_ift import modeling, pipeline
+    from phased_ift.config import load_config
+
+    called: list = []
+    recording_steps(monkeypatch, called)
+    monkeypatch.setattr(modeling, "release_memory", lambda: called.append("release"))
+    monkeypatch.setattr(pipeline, "preflight", lambda cfg, dry_run=False: [])
+    monkeypatch.setattr(pipeline, "plan_run", lambda cfg, console, missing=(), precision=None: None)
+    cfg = load_config("configs/quickstart.yaml", [f"run_dir={tmp_path / 'r'}"])
+    pipeline.run_pipeline(cfg, console=Console(file=open(tmp_path / "log.txt", "w")))
+    steps = [c for c in called if not c.startswith("<") and not c.startswith("</")]
+    assert steps == [x for s in pipeline.STEPS for x in (s.name, "release")]

@@ -102,3 +102,27 @@ def test_the_run_dir_config_and_the_trainer_get_the_resolved_value(tmp_path, mon
     hp = phase_hparams(reloaded, "phased", 1)
     assert hp.autocast == expected  # hparams.json records the concrete value
     assert sft_config(reloaded, hp, tmp_path / "t", 0, 10).bf16 is (expected == "bf16")
+
+
+def test_release_memory_hands_freed_heap_back_to_the_os():
+    """glibc keeps freed tensors in its heap when a live block sits above them; release_memory (malloc_trim)
+    returns those pages, which is what keeps one step's freed memory from adding to the next step's peak."""
+    import torch
+
+    from phased_ift.modeling import release_memory
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+    first = torch.ones(1 << 20)  # 4 MB, mmapped; freeing it raises glibc's mmap threshold above 4 MB
+    del first
+    blocks = [torch.ones(1 << 20) for _ in range(150)]  # 600 MB from the heap now
+    last = blocks.pop()  # stays alive above the others, so free() alone cannot shrink the heap
+    before = rss_mb()
+    del blocks
+    kept = rss_mb()
+    release_memory()
+    after = rss_mb()
+    assert before - after > 400, (before, kept, after)
+    assert last.sum() == 1 << 20
