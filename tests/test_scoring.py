@@ -258,6 +258,20 @@ def test_bf16_autocast_scores_close_to_fp32_with_the_same_ranking(tiny_model_dir
     assert list(np.argsort(a)) == list(np.argsort(b))
 
 
+def test_auto_scores_and_caches_under_the_resolved_precision(tiny_model_dir, tmp_path, monkeypatch):
+    """scoring.autocast=auto on a CPU without native bf16 is fp32: the same cache keys as "none", so no pass runs
+    again, and the stats say what ran."""
+    from phased_ift.modeling import precision
+
+    monkeypatch.setattr(precision, "probe_hardware", lambda: precision.Hardware("cpu", "test", "AVX2", False, False))
+    scoring.score_examples(EXAMPLES, cfg_for(tmp_path, tiny_model_dir), tmp_path / "a.jsonl", scorer="ifd",
+                           cache_dir=tmp_path / "c")
+    s = scoring.score_examples(EXAMPLES, cfg_for(tmp_path, tiny_model_dir, autocast="auto"), tmp_path / "b.jsonl",
+                               scorer="ifd", cache_dir=tmp_path / "c")
+    assert s.stats["autocast"] == "none" and s.stats["loss_cache_hits"] == len(EXAMPLES)
+    assert [r["score"] for r in read_jsonl(tmp_path / "b.jsonl")] == [r["score"] for r in read_jsonl(tmp_path / "a.jsonl")]
+
+
 def test_bf16_linear_weights_give_the_same_losses_as_autocast_over_fp32(tiny_model_dir):
     import torch
 

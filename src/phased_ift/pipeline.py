@@ -26,7 +26,7 @@ from rich.console import Console
 
 from phased_ift.config import Config, save_config
 from phased_ift.errors import PhasedIFTError
-from phased_ift.modeling.precision import describe_precision, resolve_config_precision
+from phased_ift.modeling import describe_precision, resolve_config_precision
 from phased_ift.rundir import RunDir
 
 # (cfg, run, dry_run, console) -> the step's result (the data step: the RunDir; report: the summary dict)

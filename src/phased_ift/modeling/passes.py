@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-
 from phased_ift.modeling.precision import resolve_autocast
 from phased_ift.modeling.text import pad_batch, tokenize_for_ifd
 

@@ -92,8 +92,9 @@ def _loss_rows(examples: list[Example], ctx: ScoreContext, ifd: bool) -> Iterato
     sc = ctx.cfg.scoring
     name = sc.model or ctx.cfg.model.name_or_path
     ctx.stats.setdefault("model", name)
-    ctx.stats.setdefault("autocast", sc.autocast)
-    settings = [name, ctx.cfg.model.template, sc.max_length, sc.autocast]
+    autocast = modeling.resolve_autocast(sc.autocast)[0]  # the key holds what ran: "auto" differs by machine
+    ctx.stats.setdefault("autocast", autocast)
+    settings = [name, ctx.cfg.model.template, sc.max_length, autocast]
     fingerprint = modeling.weights_fingerprint(name)
     cache = LossCache(ctx.cache_dir / "losses.sqlite", settings + ([fingerprint] if fingerprint else []))
     model = tok = None  # loaded on the first example the cache does not hold
@@ -105,10 +106,10 @@ def _loss_rows(examples: list[Example], ctx: ScoreContext, ifd: bool) -> Iterato
             res = [have.get(k) for k in keys]
             if todo:
                 if model is None:
-                    model, tok = modeling.load_scoring_model(name, sc.autocast)
+                    model, tok = modeling.load_scoring_model(name, autocast)
                 new = modeling.response_losses(model, tok, [chunk[i] for i in todo], template=ctx.cfg.model.template,
                                                max_length=sc.max_length, batch_size=sc.batch_size, unconditioned=ifd,
-                                               stats=ctx.stats, autocast=sc.autocast)
+                                               stats=ctx.stats, autocast=autocast)
                 for i, r in zip(todo, new):
                     res[i] = r
                 cache.put([(keys[i], r) for i, r in zip(todo, new) if "error" not in r])
