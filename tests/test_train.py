@@ -307,6 +307,7 @@ def test_sequential_order_keeps_the_phase_file_order_and_every_batching_trains(t
 
 
 def test_trainer_arguments_carry_the_phase_hyperparameters(tmp_path, tiny_model_dir):
+    from phased_ift.modeling import resolve_autocast
     from phased_ift.train import phase_hparams
     from phased_ift.train.trainer import sft_config
 
@@ -317,7 +318,8 @@ def test_trainer_arguments_carry_the_phase_hyperparameters(tmp_path, tiny_model_
     args = sft_config(cfg, hp, tmp_path / "t", seed=7, save_steps=5)
     assert (args.num_train_epochs, args.learning_rate, args.weight_decay, args.adam_beta2, args.max_grad_norm,
             args.warmup_steps, args.seed) == (2.0, 2e-4, 0.1, 0.95, 0.5, 0.1, 7)
-    assert args.train_sampling_strategy == "group_by_length" and args.bf16
+    assert args.train_sampling_strategy == "group_by_length"
+    assert args.bf16 is (resolve_autocast("auto")[0] == "bf16")  # model.autocast=auto: bf16 where native only
     one_off = phase_hparams(cfg, "one-off", 1)
     assert (one_off.epochs, one_off.learning_rate) == (cfg.train.epochs, cfg.train.learning_rate)
 
