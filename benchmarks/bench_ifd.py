@@ -102,7 +102,7 @@ def main() -> None:
     response_losses(model, tok, examples[:2], max_length=args.max_length, batch_size=1)
     out: dict = {"setup": vars(args), "machine": facts, "precision": precision, "limits": limits}
     out.update(run_arms(arms, labels, args.n, low_precision=default_autocast != "none"))
-    flops = 2 * linear_params(args.model) * ifd_tokens(tok, examples, args.max_length)
+    flops = 2 * linear_params(args.model) * out["batched"]["tokens"]  # the same sequences in every arm
     for arm in arms:
         rate = limit_for(default_autocast if arm == "default" else "none", limits)
         out[arm]["fraction_of_limit"] = flops / out[arm]["seconds"] / 1e9 / rate
@@ -117,21 +117,10 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
 
 
-def ifd_tokens(tokenizer, examples, max_length: int) -> int:
-    """Tokens of both IFD passes (response after the instruction, response alone) over the examples."""
-    from phased_ift.modeling import tokenize_for_ifd
-
-    total = 0
-    for e in examples:
-        t = tokenize_for_ifd(tokenizer, e, "chat", max_length)
-        if not isinstance(t, str):
-            total += sum(len(f["input_ids"]) for f in t)
-    return total
-
-
 def run_arms(arms: dict, labels: dict, n: int, low_precision: bool = True) -> dict:
     """Time each arm (the first is the reference) and compare its IFD values with the reference's; returns
-    {arm: {"seconds", "examples_per_s", "max_rel_ifd_diff", "spearman", "mean_ifd", "padding_fraction"?}}.
+    {arm: {"seconds", "examples_per_s", "max_rel_ifd_diff", "spearman", "mean_ifd", "padding_fraction"?,
+    "tokens"? (non-padding tokens of both passes, for the batched arms)}}.
 
     Raises:
         AssertionError: an fp32 arm differs from the reference by 1e-3 (relative) or more, or the default arm in
@@ -156,6 +145,7 @@ def run_arms(arms: dict, labels: dict, n: int, low_precision: bool = True) -> di
                      "mean_ifd": float(ifd.mean())}
         if stats.get("tokens"):
             out[name]["padding_fraction"] = stats["pad_tokens"] / stats["tokens"]
+            out[name]["tokens"] = stats["tokens"] - stats["pad_tokens"]  # non-padding, both IFD passes
         pad = f", padding {out[name]['padding_fraction']:.1%}" if "padding_fraction" in out[name] else ""
         print(f"{labels[name]:<48}: {n / sec:6.2f} examples/s ({sec:.1f} s){pad}; vs reference: max rel. "
               f"IFD diff {max_rel:.1e}, Spearman {rho:.4f}", flush=True)

@@ -69,9 +69,9 @@ def _peft_config():
     return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def run_trl(args, workdir: Path) -> dict:
-    """TRL SFTTrainer on the union: its defaults (trl_default, the baseline of the issue) or with gradient
-    checkpointing off and length-grouped batches (trl_tuned)."""
+def run_trl(args, workdir: Path, tuned: bool = False) -> dict:
+    """TRL SFTTrainer on the union: its defaults (trl_default, the baseline of the issue) or, `tuned`, with
+    gradient checkpointing off and length-grouped batches (trl_tuned)."""
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -82,13 +82,12 @@ def run_trl(args, workdir: Path) -> dict:
     tok = load_tokenizer("smollm2-135m-instruct")
     model = load_model("smollm2-135m-instruct", dtype="float32")
     ds = Dataset.from_list([{"messages": e.messages} for e in examples])
-    tuned = {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"} if args.child == \
-        "trl_tuned" else {}
+    extra = {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"} if tuned else {}
     cfg = SFTConfig(output_dir=str(workdir / "trl"), per_device_train_batch_size=8, max_length=1024,
                     num_train_epochs=1, bf16=args.autocast == "bf16", fp16=args.autocast == "fp16",
                     use_cpu=not torch.cuda.is_available(), report_to="none",
                     save_strategy="no", logging_steps=10, disable_tqdm=True, seed=args.seed,
-                    include_num_input_tokens_seen="non_padding", **tuned)
+                    include_num_input_tokens_seen="non_padding", **extra)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=_peft_config())
     t0 = time.perf_counter()
     trainer.train()
@@ -137,7 +136,7 @@ def register_mode(name: str, fn) -> None:
 
 
 register_mode("trl_default", run_trl)
-register_mode("trl_tuned", run_trl)
+register_mode("trl_tuned", lambda a, w: run_trl(a, w, tuned=True))
 register_mode("phased", lambda a, w: _run_phased_ift(a, w, "phased", []))
 register_mode("one_off", lambda a, w: _run_phased_ift(a, w, "one-off", []))
 register_mode("phased_pad", lambda a, w: _run_phased_ift(a, w, "phased", ["train.batching=pad"]))

@@ -126,3 +126,9 @@ def test_release_memory_hands_freed_heap_back_to_the_os():
     after = rss_mb()
     assert before - after > 400, (before, kept, after)
     assert last.sum() == 1 << 20
+
+
+def test_config_accepts_exactly_what_the_rule_resolves():
+    from phased_ift import config
+
+    assert config.AUTOCAST_CHOICES == precision.AUTOCAST_CHOICES

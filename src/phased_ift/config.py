@@ -22,6 +22,9 @@ import yaml
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import atomic_write_text
 
+# model.autocast / scoring.autocast: "auto" is resolved from the hardware by `modeling.precision`.
+AUTOCAST_CHOICES = ("auto", "bf16", "fp16", "none")
+
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with help text; mutable defaults are copied per instance."""
@@ -120,7 +123,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_choice("model", "template", self.template, ["chat", "paper"])
         _check_choice("model", "dtype", self.dtype, ["float32", "bfloat16", "float16"])
-        _check_choice("model", "autocast", self.autocast, ["auto", "bf16", "fp16", "none"])
+        _check_choice("model", "autocast", self.autocast, list(AUTOCAST_CHOICES))
         if self.max_length < 16:
             raise PhasedIFTError(f"config: model.max_length must be >= 16, got {self.max_length}.")
 
@@ -180,7 +183,7 @@ class ScoringConfig:
     def __post_init__(self) -> None:
         if self.samples < 1 or self.batch_size < 1:
             raise PhasedIFTError("config: scoring.samples and scoring.batch_size must be >= 1.")
-        _check_choice("scoring", "autocast", self.autocast, ["auto", "bf16", "fp16", "none"])
+        _check_choice("scoring", "autocast", self.autocast, list(AUTOCAST_CHOICES))
 
 
 @dataclass

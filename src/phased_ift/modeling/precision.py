@@ -17,6 +17,7 @@ from __future__ import annotations
 import platform
 from dataclasses import asdict, dataclass
 
+# The values config.AUTOCAST_CHOICES accepts (config is not imported here: it imports the steps, which import this).
 AUTOCAST_CHOICES = ("auto", "bf16", "fp16", "none")
 
 
