@@ -303,11 +303,26 @@ class GenerateConfig:
     limit: int = _f(0, "Seeded sample of this many prompts per test set (0 = all).")
     seed: int = _f(0, "Seed of the `limit` sample.")
     max_new_tokens: int = _f(256, "Max new tokens per answer (greedy decoding, stops at EOS).")
+    max_new_tokens_per_set: dict[str, int] = _f(
+        {"ifeval": 1280, "mt_bench": 1024},
+        "Answer budget per test set, overriding max_new_tokens (defaults: IFEval 1280 as lm-eval's ifeval task and "
+        "google-research's harness; MT-Bench 1024 per turn as FastChat's gen_model_answer).")
     batch_size: int = _f(16, "Prompts per generation batch (left padding).")
     max_batch_tokens: int = _f(4096, "Cap on padded prompt tokens per batch (rows x longest prompt): long prompts "
                                "run in smaller batches instead of padding the short ones (0 = no cap).")
     every_phase: bool = _f(False, "Also generate with each intermediate phase checkpoint (the win-rate trend).")
     backend: str = _f("hf", "hf (transformers) or vllm (GPU, optional).", registry="generate backend")
+
+    def __post_init__(self) -> None:
+        for name, n in self.max_new_tokens_per_set.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise PhasedIFTError(f"config: generate.max_new_tokens_per_set.{name} must be a positive integer "
+                                     f"(new tokens per answer), got {n!r}.")
+
+    def budget(self, testset: str) -> int:
+        """The answer budget (new tokens) of a test set key: its `max_new_tokens_per_set` entry, else
+        `max_new_tokens`."""
+        return int(self.max_new_tokens_per_set.get(testset, self.max_new_tokens))
 
 
 @dataclass

@@ -200,7 +200,8 @@ def generate_answers(model_dir_or_name: str | Path, examples: Sequence[Any], max
         backend: a name in `BACKENDS` ("hf", "vllm").
         loaded: an already loaded (model, tokenizer) to reuse across test sets (skips loading).
     Returns:
-        out_path. Rows: {"id", "testset", "instruction", "output", "output_tokens", "finish_reason"};
+        out_path. Rows: {"id", "testset", "instruction" (the first user turn), "output", "output_tokens",
+        "finish_reason"}, plus "turn" and "question" (that turn's user message) for a later turn;
         `<testset>.settings.json` (model, template, max_new_tokens, batch_size, backend, n) is written last.
     Raises:
         PhasedIFTError: unknown backend; existing settings that differ (stale answers would be mixed in);
@@ -269,11 +270,14 @@ def _generate_rows(engine: Backend, tok, todo: Sequence[Any], template: str, sto
             outs = engine.complete([enc[i] for i in idx], max_new_tokens, stops)
             for i, c in zip(idx, outs):
                 e = todo[i]
-                log.append({
+                row = {
                     "id": str(e.id), "testset": e.meta.get("testset", testset), "instruction": e.instruction,
                     "output": tok.decode(c.token_ids, skip_special_tokens=True).strip(),
                     "output_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
-                })
+                }
+                if e.meta.get("turn"):  # a later turn of a multi-turn test set: its own question
+                    row.update(turn=e.meta["turn"], question=e.prompt_messages[-1]["content"])
+                log.append(row)
             progress.advance(task, len(idx))
 
 
@@ -313,11 +317,55 @@ def checkpoint_dir(run: Any, arm: str, k: int, seed: int) -> Path:
     return d
 
 
+def turn_key(testset: str, turn: int) -> str:
+    """File key of turn `turn` (1-based) of a multi-turn test set: the test set's own key for turn 1,
+    "<testset>_turn<t>" after it (mt_bench.jsonl, mt_bench_turn2.jsonl)."""
+    return testset if turn == 1 else f"{testset}_turn{turn}"
+
+
+def turn_count(examples: Sequence[Any]) -> int:
+    """Turns of a test set: 1 + the longest meta["later_turns"] (MT-Bench: 2)."""
+    return 1 + max((len(e.meta.get("later_turns") or ()) for e in examples), default=0)
+
+
+def next_turn_examples(examples: Sequence[Any], rows: Sequence[dict], turn: int) -> list[Any]:
+    """The prompts of turn `turn` (>= 2) of a multi-turn test set: each example's conversation so far, the
+    model's own answer to the previous turn (`rows`, matched by id), then the next question
+    (meta["later_turns"][turn - 2]), as FastChat's gen_model_answer asks MT-Bench's second turn.
+
+    Args:
+        examples: the prompts of turn - 1 (for turn 2: the test set's prompt-only Examples).
+        rows: the generation rows of turn - 1.
+        turn: the turn to build (2-based).
+    Returns:
+        Examples (same ids, meta["turn"] = turn) for the examples that have that many turns.
+    Raises:
+        PhasedIFTError: an example has no answer for the previous turn (the previous file is incomplete).
+    """
+    from phased_ift.data import Example
+
+    answers = {str(r["id"]): r["output"] for r in rows}
+    out = []
+    for e in examples:
+        later = e.meta.get("later_turns") or []
+        if len(later) < turn - 1:
+            continue
+        if str(e.id) not in answers:
+            raise PhasedIFTError(f"turn {turn} of {e.meta.get('testset')}: prompt {e.id!r} has no answer for turn "
+                                 f"{turn - 1}; re-run `phased-ift generate` to finish that turn first.")
+        messages = [*e.prompt_messages, {"role": "assistant", "content": answers[str(e.id)]},
+                    {"role": "user", "content": later[turn - 2]}]
+        out.append(Example(e.id, messages, {**e.meta, "turn": turn}))
+    return out
+
+
 def generate_all(cfg: Any, run: Any, console: Any = None) -> None:
     """Generate answers on every test set of `generate.test_sets` for every checkpoint of
     `design.evaluation_cells` (each arm x seed's final phase, every phase with generate.every_phase)
-    -> generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl. A checkpoint's model is loaded once, and only when
-    one of its test sets is unfinished (no settings file); finished test sets are skipped.
+    -> generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl. A multi-turn test set (MT-Bench) gets one file per
+    turn (`turn_key`), each turn asked after the model's own earlier answers (`next_turn_examples`). A
+    checkpoint's model is loaded once, and only when one of its files is unfinished (no settings file);
+    finished files are skipped. The answer budget of a test set is `generate.budget(name)`.
 
     Args:
         cfg: the config (`generate`, `model`, `train` sections); run: the `RunDir`.
@@ -337,14 +385,18 @@ def generate_all(cfg: Any, run: Any, console: Any = None) -> None:
     for c in evaluation_cells(cfg, run):
         ckpt, loaded = checkpoint_dir(run, c.arm, c.phase, c.seed), None
         for name, examples in testsets.items():
-            out = run.generations(c.arm, c.phase, name, c.seed)
-            if not settings_path(out).is_file() and loaded is None:
-                loaded = load_for_inference(ckpt, dtype=dtype)  # once per checkpoint
-            generate_answers(ckpt, examples, g.max_new_tokens, g.batch_size, cfg.model.template, out,
-                             console=console, backend=g.backend, dtype=dtype, loaded=loaded,
-                             max_batch_tokens=g.max_batch_tokens)
-            console.print(f"generate: {c.arm} seed {c.seed} phase {c.phase} {name} ({len(examples)} prompts) "
-                          f"-> {out}", highlight=False)
+            prompts = examples
+            for turn in range(1, turn_count(examples) + 1):
+                if turn > 1:
+                    prompts = next_turn_examples(prompts, read_generations(out), turn)
+                out = run.generations(c.arm, c.phase, turn_key(name, turn), c.seed)
+                if not settings_path(out).is_file() and loaded is None:
+                    loaded = load_for_inference(ckpt, dtype=dtype)  # once per checkpoint
+                generate_answers(ckpt, prompts, g.budget(name), g.batch_size, cfg.model.template, out,
+                                 console=console, backend=g.backend, dtype=dtype, loaded=loaded,
+                                 max_batch_tokens=g.max_batch_tokens)
+                console.print(f"generate: {c.arm} seed {c.seed} phase {c.phase} {turn_key(name, turn)} "
+                              f"({len(prompts)} prompts) -> {out}", highlight=False)
 
 
 # Kept importable for pipeline.py and judge.py until they read the grid from `design` (the lead migrates them).

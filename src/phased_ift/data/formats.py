@@ -253,7 +253,8 @@ def _from_messages(rec: dict[str, Any], ctx: _Ctx) -> tuple[str | None, list[dic
 
 
 # Prompt fields of the standard test sets, first match wins: sinstruct/AlpacaEval "instruction", WizardLM
-# "Instruction", koala "prompt", vicuna "text", FastChat "turns", LIMA "conversations" (a string or list).
+# "Instruction", koala and IFEval "prompt", vicuna "text", FastChat/MT-Bench "turns", LIMA "conversations" (a string
+# or list).
 _PROMPT_KEYS = ("instruction", "Instruction", "prompt", "text", "turns", "conversations")
 
 
@@ -264,7 +265,7 @@ def _from_testset(rec: dict[str, Any], ctx: _Ctx) -> tuple[str | None, list[dict
     key = next((k for k in _PROMPT_KEYS if k in rec), None)
     if key is None:
         raise _Reject(f"missing field: no prompt field (one of {list(_PROMPT_KEYS)}) among {sorted(rec)}")
-    used = {key, "id", "question_id", "idx"}
+    used = {key, "id", "question_id", "idx", "key"}
     meta: dict[str, Any] = {}
     value = rec[key]
     if key in ("turns", "conversations") and isinstance(value, list):
@@ -292,7 +293,7 @@ def _from_testset(rec: dict[str, Any], ctx: _Ctx) -> tuple[str | None, list[dict
     meta.update(_extras(rec, used))
     if reference is not None:
         meta["reference"] = reference
-    rid = _record_id(rec, "id", "question_id", "idx")
+    rid = _record_id(rec, "id", "question_id", "idx", "key")  # IFEval's prompts are keyed by "key"
     if rid is None and isinstance(rec.get("dataset"), str):
         rid = f"{rec['dataset']}_{ctx.index}"  # AlpacaEval has no ids: subset + position in the 805
     content = prompt + "\n\n" + inp if inp.strip() else prompt

@@ -90,6 +90,10 @@ for _name, _ts in [
                                  "Anthropic helpful-base 129 (AlpacaEval subset)")),
     ("alpaca_eval", TestSetInfo("alpaca_eval/gpt4/model_outputs.json", "testset", None, "all 805 AlpacaEval prompts")),
     ("lima", TestSetInfo("cherry_llm/lima_test_set.jsonl", "testset", None, "LIMA 300 test prompts")),
+    ("ifeval", TestSetInfo("ifeval/input_data.jsonl", "testset", None,
+                           "IFEval 541 prompts with verifiable instructions (meta: instruction_id_list, kwargs)")),
+    ("mt_bench", TestSetInfo("fastchat/mt_bench/question.jsonl", "testset", None,
+                             "MT-Bench 80 two-turn questions (meta: category, later_turns)")),
 ]:
     _register(TEST_SETS, _name, _ts)
 
@@ -196,7 +200,8 @@ def load_test_set(name_or_path: str, limit: int = 0, seed: int = 0) -> list[Exam
 
     Args:
         name_or_path: vicuna (80), koala (180), sinstruct (252), wizardlm (218), oasst (188), helpful_base (129),
-            alpaca_eval (805), lima (300), or a file path in any readable format.
+            alpaca_eval (805), lima (300), ifeval (541), mt_bench (80; turn 2 in meta["later_turns"]), or a file path
+            in any readable format.
         limit: keep a seeded random sample of this many prompts (0 = all), in file order.
         seed: seed of that sample.
 
