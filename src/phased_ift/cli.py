@@ -10,6 +10,7 @@
     phased-ift judge CONFIG [key=value ...]        pairwise judging in both orders
     phased-ift report CONFIG [key=value ...]       report.md/html, plots, summary.json
     phased-ift run CONFIG [key=value ...]          all of the above, resumable
+    phased-ift ifeval RESPONSES.jsonl [--inputs F] IFEval's four numbers and per-group table of any response file
 
 User errors print one paragraph (no traceback) and exit with status 2; Ctrl-C exits with 130 and the same
 command resumes.
@@ -47,6 +48,21 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def cmd_data_sources(args: argparse.Namespace) -> int:
     return print_sources(console=console)
+
+
+def cmd_ifeval(args: argparse.Namespace) -> int:
+    """`phased-ift ifeval FILE`: score {prompt, response} records as google-research's evaluation_main does
+    (`ifeval.score_file`), print the four numbers and the per-group table, write the per-prompt JSON."""
+    from phased_ift.ifeval import format_table, score_file
+
+    metrics, out = score_file(args.responses, args.inputs, args.out, seed=args.seed)
+    for line in format_table(metrics):
+        console.print(line, highlight=False)
+    if metrics["rejects"]:
+        console.print(f"{metrics['rejects']} records were not scored (no matching IFEval prompt or a repeated one); "
+                      f"they are listed with their reasons under \"rejects\" in {out}", highlight=False)
+    console.print(f"per-prompt results -> {out}", highlight=False)
+    return 0
 
 
 def print_check(path: str, fmt: str = "auto", rejects: str | None = None, console: Console | None = None) -> int:
@@ -244,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scorers", default="", help="with --against: comma-separated scorers (default scoring.scorer)")
     p.add_argument("--limit", type=int, default=0, help="with --against: stratified sample size (0 = all ~23k)")
     p.add_argument("--seed", type=int, default=0, help="with --against: seed of the sample and CV folds")
+    p = sub.add_parser("ifeval", help="score a {prompt, response} file with IFEval's checks (no judge)",
+                       description="IFEval (Zhou et al. 2023): prompt- and instruction-level accuracy, strict and "
+                       "loose, with 95%% bootstrap CIs over prompts, and the per-group table.")
+    p.add_argument("responses", help="JSON lines of {prompt, response} (google-research's format; {instruction, "
+                   "output} rows of phased-ift's generations also work)")
+    p.add_argument("--inputs", default=None, help="IFEval's input_data.jsonl (default: the data home's "
+                   "ifeval/input_data.jsonl)")
+    p.add_argument("--out", default=None, help="results JSON (default: <responses>.ifeval.json beside the file)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=cmd_ifeval)
     return parser
 
 

@@ -12,8 +12,9 @@ Per-example values are kept, so the report can bootstrap a confidence interval. 
 `evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json` (format in docs/architecture.md).
 
 Owns: matching prompts to reference answers (`attach_references`), the reference loss of one checkpoint
-(`reference_loss`) and the evaluate step's body (`evaluate_all`: every checkpoint of `design.evaluation_cells`).
-The forward passes run in `modeling.sequence_losses`.
+(`reference_loss`, all checkpoints: `reference_loss_all`) and the evaluate step's body (`evaluate_all`: every
+metric of the `METRICS` registry over every checkpoint of `design.evaluation_cells`; IFEval's scoring is
+`ifeval.py`'s). The forward passes run in `modeling.sequence_losses`.
 """
 
 from __future__ import annotations
@@ -106,6 +107,27 @@ def attach_references(examples: Sequence[Example], references: dict[str, str]) -
 
 
 def evaluate_all(cfg: Any, run: Any, console: Any = None) -> None:
+    """The evaluate step: every judge-free metric of `METRICS`, in order (each skips finished files and logs what
+    it does or why it is off): the reference-answer loss (`reference_loss_all`) and IFEval (`ifeval.ifeval_all`,
+    when `ifeval` is among generate.test_sets).
+
+    Args:
+        cfg: the config; run: the `RunDir`; console: a rich Console (default: stderr).
+    """
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    for metric in METRICS.values():
+        metric(cfg, run, console)
+
+
+def _ifeval(cfg: Any, run: Any, console: Any) -> None:
+    from phased_ift.ifeval import ifeval_all
+
+    ifeval_all(cfg, run, console)
+
+
+def reference_loss_all(cfg: Any, run: Any, console: Any = None) -> None:
     """Offline evaluation: loss of the reference answers (`evaluation.reference`) under every checkpoint of
     `design.evaluation_cells` -> evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json.
 
@@ -144,6 +166,10 @@ def evaluate_all(cfg: Any, run: Any, console: Any = None) -> None:
         means = ", ".join(f"{n} {t['mean_loss']:.3f}" for n, t in result["testsets"].items() if t["n"])
         console.print(f"evaluate: {c.arm} seed {c.seed} phase {c.phase}: reference loss {means} -> {out}",
                       highlight=False)
+
+
+# The judge-free metrics of the evaluate step, in the order they run: name -> body(cfg, run, console).
+METRICS: dict[str, Any] = {"reference_loss": reference_loss_all, "ifeval": _ifeval}
 
 
 def _reference_prompts(cfg: Any, console: Any) -> tuple[dict[str, list[Example]], dict[str, list[Example]]]:

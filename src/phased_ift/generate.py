@@ -385,11 +385,11 @@ def generate_all(cfg: Any, run: Any, console: Any = None) -> None:
     for c in evaluation_cells(cfg, run):
         ckpt, loaded = checkpoint_dir(run, c.arm, c.phase, c.seed), None
         for name, examples in testsets.items():
-            prompts = examples
+            prompts, previous = examples, None
             for turn in range(1, turn_count(examples) + 1):
-                if turn > 1:
-                    prompts = next_turn_examples(prompts, read_generations(out), turn)
-                out = run.generations(c.arm, c.phase, turn_key(name, turn), c.seed)
+                if previous is not None:  # a later turn: asked after this model's answers to the turn before
+                    prompts = next_turn_examples(prompts, read_generations(previous), turn)
+                out = previous = run.generations(c.arm, c.phase, turn_key(name, turn), c.seed)
                 if not settings_path(out).is_file() and loaded is None:
                     loaded = load_for_inference(ckpt, dtype=dtype)  # once per checkpoint
                 generate_answers(ckpt, prompts, g.budget(name), g.batch_size, cfg.model.template, out,

@@ -195,8 +195,11 @@ def _judge_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
 
 
 def _evaluate_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
-    """The checkpoints, when evaluation.reference_loss is on."""
-    return ["train"] if cfg.evaluation.reference_loss else []
+    """The checkpoints, when evaluation.reference_loss is on; the generations, when IFEval is a test set."""
+    from phased_ift.generate import testset_key
+
+    ifeval = "ifeval" in {testset_key(n) for n in cfg.generate.test_sets} and not dry_run
+    return (["train"] if cfg.evaluation.reference_loss else []) + (["generate"] if ifeval else [])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -217,13 +220,16 @@ def _train_row(cfg: Config, p: dict) -> tuple[str, str, str]:
 
 
 def _generate_row(cfg: Config, p: dict) -> tuple[str, str, str]:
+    g = cfg.generate
+    budgets = ", ".join(f"{k} <= {g.budget(k)}" for k in p["prompts"])
     return (", ".join(f"{k} ({v})" for k, v in p["prompts"].items()),
-            f"{p['answers']:,} answers x <= {cfg.generate.max_new_tokens} new tokens", "generations/")
+            f"{p['answers']:,} answers; new tokens: {budgets}", "generations/")
 
 
 def _evaluate_row(cfg: Config, p: dict) -> tuple[str, str, str]:
-    on = cfg.evaluation.reference_loss
-    return ("reference-answer loss" if on else "off", f"{p['checkpoints']} checkpoints" if on else "", "evaluation/")
+    what = (["reference-answer loss"] if cfg.evaluation.reference_loss else []) + (
+        [f"IFEval ({p['prompts']['ifeval']} prompts)"] if "ifeval" in p["prompts"] else [])
+    return (", ".join(what) or "off", f"{p['checkpoints']} checkpoints" if what else "", "evaluation/")
 
 
 STEPS: list[Step] = [
@@ -471,12 +477,14 @@ def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
     n_examples = max((sum(r["examples"] for r in rows) for rows in tplan["arms"].values()), default=0)
     tokens = {arm: sum(r["tokens_trained"] for r in rows) for arm, rows in tplan["arms"].items()}
     g = cfg.generate
-    prompts = {testset_key(n): len(load_test_set(n, limit=g.limit, seed=g.seed)) for n in g.test_sets}
+    sets = {testset_key(n): load_test_set(n, limit=g.limit, seed=g.seed) for n in g.test_sets}
+    prompts = {k: len(v) for k, v in sets.items()}
+    turns = sum(len(v) + sum(len(e.meta.get("later_turns") or ()) for e in v) for v in sets.values())
     n_ckpt = len(evaluation_cells(cfg))
     n_judge = 2 * sum(prompts.values()) * len(judge_jobs(cfg)) if cfg.judge.judge.enabled else 0
     score_req = n_examples * cfg.scoring.samples if cfg.scoring.scorer == "judge" else 0
     return {"examples": n_examples, "training_tokens": tokens, "steps": tplan["total_steps"], "prompts": prompts,
-            "answers": n_ckpt * sum(prompts.values()), "judge_requests": n_judge, "score_requests": score_req,
+            "answers": n_ckpt * turns, "judge_requests": n_judge, "score_requests": score_req,
             "checkpoints": n_ckpt, "note": tplan["note"]}
 
 

@@ -8,7 +8,7 @@
       checkpoints/<arm>/seed_<s>/phase_<k>/   model or adapter, tokenizer, hparams.json, losses.jsonl, DONE
       generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl
       judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl   raw verdicts of both orders
-      evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json
+      evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json, ifeval.json (IFEval per prompt + metrics)
       report/report.md, report.html, *.png, summary.json
       agreement/<tag>/agreement.json   scorer agreement with the paper's labels (`phased-ift score --against paper`)
       cache/llm.sqlite                 every LLM request/response, keyed by the canonical request JSON
@@ -33,6 +33,7 @@ _SEED = re.compile(r"seed_(-?\d+)$")
 _PHASE = re.compile(r"phase_(\d+)$")
 _PAIR = "__vs__"
 KINDS = ("checkpoint", "generation", "judgement", "evaluation")
+_TESTSET_METRICS = ("ifeval.json",)  # evaluation/<arm>/seed_<s>/phase_<k>/<testset>.json
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ class RunDir:
     def evaluation(self, arm: str, k: int, seed: int = 0) -> Path:
         return self.root / "evaluation" / arm / f"seed_{seed}" / f"phase_{k}" / "reference_loss.json"
 
+    def ifeval(self, arm: str, k: int, seed: int = 0) -> Path:
+        return self.root / "evaluation" / arm / f"seed_{seed}" / f"phase_{k}" / "ifeval.json"
+
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
@@ -177,9 +181,10 @@ class RunDir:
         key = lambda t: (seed_dir(t).parent.name, seed_dir(t).name, t[1].phase or 0, str(t[0]))  # noqa: E731
         return [loc for p, loc in sorted(found, key=key)]
 
-    def evaluation_files(self) -> list[Location]:
-        """Every evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json on disk, in `checkpoint_cells` order."""
-        found = self._find("evaluation/*/seed_*/phase_*/reference_loss.json", Path.is_file)
+    def evaluation_files(self, name: str = "reference_loss.json") -> list[Location]:
+        """Every evaluation/<arm>/seed_<s>/phase_<k>/<name> on disk (reference_loss.json, ifeval.json), in
+        `checkpoint_cells` order."""
+        found = self._find(f"evaluation/*/seed_*/phase_*/{name}", Path.is_file)
         return [loc for p, loc in sorted(found, key=lambda t: (t[0].parts[-4], t[0].parts[-3], t[1].phase))]
 
     def agreement_files(self) -> list[Path]:
@@ -199,6 +204,8 @@ def _locate_parts(parts: tuple[str, ...], path: Path) -> Location | None:
     if top in ("generations", "evaluation") and len(parts) == 5 and _phase(parts[3]) is not None:
         if top == "evaluation" and parts[4] == "reference_loss.json":
             return Location("evaluation", arm, seed, _phase(parts[3]), path=path)
+        if top == "evaluation" and parts[4] in _TESTSET_METRICS:  # a judge-free metric of one test set
+            return Location("evaluation", arm, seed, _phase(parts[3]), Path(parts[4]).stem, path=path)
         if top == "generations" and parts[4].endswith(".jsonl"):
             return Location("generation", arm, seed, _phase(parts[3]), Path(parts[4]).stem, path=path)
         return None

