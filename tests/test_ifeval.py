@@ -232,3 +232,56 @@ def test_evaluate_step_scores_each_checkpoints_ifeval_answers(tmp_path, data_hom
     ifeval_all(cfg, run, console=console)
     assert path.stat().st_mtime_ns == mtime
     assert [loc.testset for loc in run.evaluation_files("ifeval.json")] == ["ifeval", "ifeval"]
+
+
+def _rows(flags: list[bool]) -> list[dict]:
+    return [{"key": i, "prompt": f"p{i}", "answered": True, "instruction_id_list": ["keywords:existence",
+             "punctuation:no_comma"], "strict": [f, True], "loose": [f, True], "prompt_strict": f, "prompt_loose": f}
+            for i, f in enumerate(flags)]
+
+
+def test_report_shows_ifeval_per_arm_paired_difference_and_trend(tmp_path):
+    """Constructed ifeval.json files: the report's tables, verdict line and trend plot carry their numbers."""
+    from phased_ift.config import config_from_dict
+    from phased_ift.ifeval import ifeval_metrics
+    from phased_ift.report import build_report
+    from phased_ift.rundir import RunDir
+    from phased_ift.runio import atomic_write_json
+
+    cfg = config_from_dict({"run_dir": str(tmp_path), "report": {"bootstrap": 200},
+                            "train": {"arms": ["phased", "one-off"]}, "generate": {"every_phase": True}})
+    run = RunDir(tmp_path)
+    oneoff = [True] * 5 + [False] * 15
+    flags = {("phased", 1): [False] * 20, ("phased", 2): [True] * 3 + [False] * 17,
+             ("phased", 3): [True] * 5 + [True] * 8 + [False] * 7, ("one-off", 1): oneoff}
+    for (arm, k), f in flags.items():
+        rows = _rows(f)
+        atomic_write_json(run.ifeval(arm, k, 0), {"arm": arm, "phase": k, "seed": 0, "per_prompt": rows,
+                                                   "metrics": ifeval_metrics(rows, 200)})
+    s = build_report(run, cfg)
+    assert [(e["arm"], e["phase"], e["final"]) for e in s["ifeval"]] == [
+        ("one-off", 1, True), ("phased", 1, False), ("phased", 2, False), ("phased", 3, True)]
+    (c,) = s["ifeval_comparisons"]
+    assert (c["arm_a"], c["arm_b"], c["n"]) == ("phased", "one-off", 20)
+    assert c["difference"] == pytest.approx(13 / 20 - 5 / 20)
+    assert (c["mcnemar"]["a_only"], c["mcnemar"]["b_only"]) == (8, 0)
+    assert c["mcnemar"]["p_value"] == pytest.approx(2 / 2 ** 8)
+    line = next(v for v in s["verdicts"] if v.startswith("IFEval"))
+    assert "one-off 0.250" in line and "phased 0.650" in line and "phased - one-off +0.400" in line
+    assert "significant at 0.05" in line and "not significant" not in line
+    md = (run.report_dir / "report.md").read_text()
+    assert "## Instruction following on unseen instructions: IFEval" in md and "| phased vs one-off | 0 | 20 |" in md
+    assert (run.report_dir / "ifeval_trend.png").stat().st_size > 1000
+    assert s["plots"]["ifeval_trend"] == "ifeval_trend.png"
+    summary = json.loads((run.report_dir / "summary.json").read_text())
+    assert summary["ifeval"][3]["groups"]["keywords"]["strict"] == pytest.approx(13 / 20)
+
+
+def test_report_without_ifeval_says_how_to_get_it(tmp_path):
+    from phased_ift.config import config_from_dict
+    from phased_ift.report import build_report
+    from phased_ift.rundir import RunDir
+
+    s = build_report(RunDir(tmp_path), config_from_dict({"run_dir": str(tmp_path)}))
+    assert s["ifeval"] == [] and "generate.test_sets" in s["notes"]["ifeval"]
+    assert "add ifeval to generate.test_sets" in (tmp_path / "report" / "report.md").read_text()

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from phased_ift.report.plots import plot_difficulty, plot_training, plot_trend
+from phased_ift.report.plots import plot_difficulty, plot_ifeval_trend, plot_training, plot_trend
 from phased_ift.report.render import render_html, render_markdown, report_blocks
 from phased_ift.report.summary import summarize_run
 from phased_ift.rundir import RunDir
@@ -73,4 +73,7 @@ def _write_plots(s: dict, out: Path, confidence: float) -> dict[str, str]:
         ci_label = f"{round(confidence * 100)}% CI"
         _save_plot(plot_trend, out / "win_rate_trend.png", s["trend"], ci_label)
         plots["trend"] = "win_rate_trend.png"
+    if any(not e["final"] for e in s.get("ifeval") or []):
+        _save_plot(plot_ifeval_trend, out / "ifeval_trend.png", s["ifeval"], f"{round(confidence * 100)}% CI")
+        plots["ifeval_trend"] = "ifeval_trend.png"
     return plots

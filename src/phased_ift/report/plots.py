@@ -1,8 +1,8 @@
 """Plots of the report: matplotlib Figure objects on the Agg canvas (no display, no global pyplot state).
 
-Owns the three PNGs of report/: `plot_difficulty` (difficulty.png), `plot_training` (training_loss.png) and
-`plot_trend` (win_rate_trend.png). Each takes parts of the summary dict (`summary.summarize_run`) and a path or
-binary file object to write the PNG to; nothing else is read.
+Owns the PNGs of report/: `plot_difficulty` (difficulty.png), `plot_training` (training_loss.png), `plot_trend`
+(win_rate_trend.png) and `plot_ifeval_trend` (ifeval_trend.png). Each takes parts of the summary dict
+(`summary.summarize_run`) and a path or binary file object to write the PNG to; nothing else is read.
 """
 
 from __future__ import annotations
@@ -78,5 +78,30 @@ def plot_trend(trend: list[dict], ci_label: str, path: Path) -> Path:
         ax.set(title=f"{ts}: win rate after each phase", xlabel="phase", ylabel=f"win rate ({ci_label})", ylim=(0, 1))
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, format="png")
+    return path
+
+
+def plot_ifeval_trend(entries: list[dict], ci_label: str, path: Path) -> Path:
+    """IFEval prompt-level strict accuracy after each phase, one line per arm and seed, CI error bars (the paper's
+    Figure 1 view with a judge-free measure)."""
+    fig, (ax,) = _figure()
+    lines = collections.defaultdict(list)
+    for e in entries:
+        if e["prompt_level_strict"]["mean"] is not None:
+            lines[(e["arm"], e["seed"])].append(e)
+    for i, ((arm, seed), es) in enumerate(sorted(lines.items())):
+        es.sort(key=lambda e: e["phase"])
+        shift = 0.06 * (i - (len(lines) - 1) / 2)
+        m = [e["prompt_level_strict"] for e in es]
+        y = [x["mean"] for x in m]
+        lo = [x["mean"] - (x["ci"] or [x["mean"]] * 2)[0] for x in m]
+        hi = [(x["ci"] or [x["mean"]] * 2)[1] - x["mean"] for x in m]
+        ax.errorbar([e["phase"] + shift for e in es], y, yerr=[lo, hi], marker="o", capsize=3,
+                    label=f"{arm} (seed {seed})")
+    ax.set(title="IFEval after each phase", xlabel="phase", ylabel=f"prompt-level strict accuracy ({ci_label})",
+           ylim=(0, 1))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
     fig.savefig(path, dpi=110, format="png")
     return path

@@ -30,7 +30,8 @@ def report_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:
     """
     cl = f"{int(round(s['run']['config']['confidence'] * 100))}% CI"
     return (_run_blocks(s) + _difficulty_blocks(s, plots) + _training_blocks(s, plots) + _win_rate_blocks(s, cl)
-            + _trend_blocks(s, plots, cl) + _length_blocks(s) + _reference_loss_blocks(s, cl) + _agreement_blocks(s))
+            + _trend_blocks(s, plots, cl) + _length_blocks(s) + _reference_loss_blocks(s, cl) + _ifeval_blocks(s, plots, cl)
+            + _agreement_blocks(s))
 
 
 def _run_blocks(s: dict) -> list[tuple]:
@@ -158,6 +159,43 @@ def _reference_loss_blocks(s: dict, cl: str) -> list[tuple]:
                          for x in s["reference_loss"]]))
     else:
         B.append(("p", s["notes"]["reference_loss"]))
+    return B
+
+
+def _ifeval_blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
+    """IFEval: the four numbers per checkpoint, the paired comparison with the baseline, the per-group table and the
+    trend over phases."""
+    B: list[tuple] = [("h2", "Instruction following on unseen instructions: IFEval")]
+    entries = s.get("ifeval") or []
+    if not entries:
+        return B + [("p", s["notes"].get("ifeval", ""))]
+    B.append(("p", "Verifiable instructions checked by program (lm-eval's IFEval checkers, no judge). Prompt-level: all "
+                   "instructions of a prompt followed; instruction-level: instructions followed / given; loose also "
+                   f"accepts the answer without its first/last line or markdown stars. {cl}: bootstrap over prompts. "
+                   "Unanswered prompts count as not followed."))
+    pct = lambda m, k: f"{fmt_num(m[k])} {fmt_ci(m['ci'])}"  # noqa: E731
+    B.append(_table(["arm", "seed", "phase", "prompts", "unanswered", f"prompt strict [{cl}]", f"inst strict [{cl}]",
+                     f"prompt loose [{cl}]", f"inst loose [{cl}]"],
+                    [[e["arm"], e["seed"], e["phase"], e["n_prompts"], e["unanswered"],
+                      pct(e["prompt_level_strict"], "mean"), pct(e["inst_level_strict"], "value"),
+                      pct(e["prompt_level_loose"], "mean"), pct(e["inst_level_loose"], "value")] for e in entries]))
+    if s.get("ifeval_comparisons"):
+        B.append(("p", f"Paired on the same prompts (final checkpoints): difference in prompt-level strict accuracy "
+                       f"with its {cl} (bootstrap over prompts) and the exact McNemar test on the discordant prompts."))
+        B.append(_table(["comparison", "seed", "prompts", "accuracy A", "accuracy B", f"A - B [{cl}]",
+                         "only A follows", "only B follows", "McNemar p"],
+                        [[f"{c['arm_a']} vs {c['arm_b']}", c["seed"], c["n"], c["mean_a"], c["mean_b"],
+                          f"{fmt_num(c['difference'])} {fmt_ci(c['ci'])}", c["mcnemar"]["a_only"],
+                          c["mcnemar"]["b_only"], c["mcnemar"]["p_value"]] for c in s["ifeval_comparisons"]]))
+    finals = [e for e in entries if e["final"]]
+    groups = sorted({g for e in finals for g in e["groups"]})
+    if finals and groups:
+        B.append(("p", "Instruction-level strict accuracy per instruction group (final checkpoints; n = instructions)."))
+        B.append(_table(["group", "n"] + [f"{e['arm']} s{e['seed']}" for e in finals],
+                        [[g, finals[0]["groups"].get(g, {}).get("n_instructions")]
+                         + [e["groups"].get(g, {}).get("strict") for e in finals] for g in groups]))
+    if "ifeval_trend" in plots:
+        B.append(("img", plots["ifeval_trend"], "IFEval prompt-level strict accuracy after each phase"))
     return B
 
 

@@ -182,6 +182,35 @@ def _summarize_reference_loss(run: RunDir, rc: Any) -> list[dict]:
     return out
 
 
+def _summarize_ifeval(run: RunDir, cfg: Config) -> tuple[list[dict], list[dict]]:
+    """(one entry per ifeval.json: {"arm", "seed", "phase", "final", **`ifeval.ifeval_metrics`}, the paired
+    comparison of each arm's final checkpoint with the baseline arm's on the same prompts per seed:
+    {"arm_a", "arm_b", "seed", **`ifeval.compare_ifeval`})."""
+    from phased_ift.design import ARMS, baseline_arm, final_phase
+    from phased_ift.ifeval import compare_ifeval
+
+    entries, per_prompt = [], {}
+    for e in run.evaluation_files("ifeval.json"):
+        try:
+            data = json.loads(e.path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise PhasedIFTError(f"{e.path}: not valid JSON ({err}); delete it and re-run the evaluate step.") from None
+        final = e.arm in ARMS and e.phase == final_phase(cfg, e.arm, run)
+        entries.append({"arm": e.arm, "seed": e.seed, "phase": e.phase, "final": final, **data["metrics"]})
+        if final:
+            per_prompt[(e.arm, e.seed)] = data["per_prompt"]
+    arms = [a for a in cfg.train.arms if any(arm == a for arm, _ in per_prompt)]
+    comps = []
+    if arms:
+        base = baseline_arm(arms)
+        rc = cfg.report
+        for (arm, seed), rows in sorted(per_prompt.items()):
+            if arm != base and (base, seed) in per_prompt:
+                comps.append({"arm_a": arm, "arm_b": base, "seed": seed, **compare_ifeval(
+                    rows, per_prompt[(base, seed)], rc.bootstrap, rc.confidence, rc.seed)})
+    return entries, comps
+
+
 def _agreement(run: RunDir) -> dict:
     """Scorer-agreement tables found in the run dir, keyed by path: agreement/<tag>/agreement.json (jsonl rows,
     written by `agreement.run_agreement`) and any scores/agreement*.json (JSON or jsonl)."""
@@ -199,7 +228,8 @@ def summarize_run(run: RunDir, cfg: Config) -> dict:
     """Every number of the report, as a JSON-serialisable dict (written to report/summary.json).
 
     Keys: run, data, difficulty, phases, training, lengths, comparisons (final: phase None), trend (phase k),
-    seed_spread, reference_loss, agreement, notes (what is missing and how to get it), verdicts.
+    seed_spread, reference_loss, ifeval (per checkpoint), ifeval_comparisons (final checkpoints, paired), agreement,
+    notes (what is missing and how to get it), verdicts.
 
     Raises:
         PhasedIFTError: an input file that exists but is malformed (names the file and line).
@@ -215,6 +245,10 @@ def summarize_run(run: RunDir, cfg: Config) -> dict:
     if not s["reference_loss"]:
         notes["reference_loss"] = ("No offline evaluation (evaluation/*/reference_loss.json): enable "
                                    "evaluation.reference_loss and run the evaluation step.")
+    s["ifeval"], s["ifeval_comparisons"] = _summarize_ifeval(run, cfg)
+    if not s["ifeval"]:
+        notes["ifeval"] = ("No IFEval results (evaluation/*/ifeval.json): add ifeval to generate.test_sets (e.g. "
+                           "generate.test_sets=[vicuna,ifeval]) and run `phased-ift run CONFIG`.")
     s["agreement"] = _agreement(run)
     s["notes"] = notes
     s["verdicts"] = verdict_lines(s, rc.length_warning_ratio)

@@ -99,6 +99,28 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
         parts = [f"{e['arm']} {fmt_num(e['mean'])} {fmt_ci(e['ci'])}" for e in entries]
         lines.append(f"reference loss on {ts} (final checkpoints{f', seed {seed}' if several else ''}; lower = "
                      "closer to the reference answers): " + " vs ".join(parts) + ".")
+    return lines + ifeval_verdicts(summary, rank)
+
+
+def ifeval_verdicts(summary: dict, rank: Any = None) -> list[str]:
+    """One line per seed: IFEval prompt-level strict accuracy of every arm's final checkpoint with its CI, then each
+    paired difference against the baseline with its CI and the exact McNemar p-value."""
+    finals = [e for e in summary.get("ifeval", []) if e.get("final")]
+    lines = []
+    for seed in sorted({e["seed"] for e in finals}):
+        es = sorted((e for e in finals if e["seed"] == seed), key=lambda e: rank(e["arm"]) if rank else e["arm"])
+        m = lambda e: e["prompt_level_strict"]  # noqa: E731
+        parts = [f"{e['arm']} {fmt_num(m(e)['mean'])} {fmt_ci(m(e)['ci'])}" for e in es]
+        line = (f"IFEval prompt-level strict accuracy (final checkpoints, seed {seed}, {es[0]['n_prompts']} prompts): "
+                + ", ".join(parts))
+        for c in (c for c in summary.get("ifeval_comparisons", []) if c["seed"] == seed):
+            if c["difference"] is None:
+                continue
+            mc = c["mcnemar"]
+            sig = "significant" if mc["p_value"] < 0.05 else "not significant"
+            line += (f"; {c['arm_a']} - {c['arm_b']} {c['difference']:+.3f} {fmt_ci(c['ci'])}, exact McNemar p = "
+                     f"{mc['p_value']:.3g} ({mc['a_only']} vs {mc['b_only']} discordant prompts, {sig} at 0.05)")
+        lines.append(line + ".")
     return lines
 
 
