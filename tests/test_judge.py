@@ -242,7 +242,6 @@ def make_fake_run(tmp_path, tiny_model_dir, monkeypatch, extra=()):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from phased_ift import pipeline
     from phased_ift.config import load_config
     from phased_ift.rundir import RunDir
 

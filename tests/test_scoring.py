@@ -369,7 +369,7 @@ def test_learned_scorer_with_a_labels_file_is_seeded_and_held_out(tmp_path):
                               for i, e in enumerate(exs[:40])))
     cfg = load_config(None, [f"run_dir={tmp_path}", "scoring.scorer=learned", f"scoring.labels={labels}"])
     s1 = scoring.score_examples(exs, cfg, tmp_path / "a.jsonl", cache_dir=tmp_path / "cache")
-    s2 = scoring.score_examples(exs, cfg, tmp_path / "b.jsonl", cache_dir=tmp_path / "cache")
+    scoring.score_examples(exs, cfg, tmp_path / "b.jsonl", cache_dir=tmp_path / "cache")
     a, b = list(read_jsonl(tmp_path / "a.jsonl")), list(read_jsonl(tmp_path / "b.jsonl"))
     assert [r["score"] for r in a] == [r["score"] for r in b]
     assert all(r["fold"] is not None for r in a[:40]) and all(r["fold"] is None for r in a[40:])

@@ -385,7 +385,7 @@ def generate_all(cfg: Any, run: Any, console: Any = None) -> None:
     for c in evaluation_cells(cfg, run):
         ckpt, loaded = checkpoint_dir(run, c.arm, c.phase, c.seed), None
         for name, examples in testsets.items():
-            prompts = examples
+            prompts, out = examples, None  # out: the previous turn's file
             for turn in range(1, turn_count(examples) + 1):
                 if turn > 1:
                     prompts = next_turn_examples(prompts, read_generations(out), turn)
