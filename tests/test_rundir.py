@@ -27,6 +27,9 @@ def test_locate_inverts_every_path_builder(tmp_path):
     assert run.locate(trend) == Location("judgement", "reverse", 1, 2, "oasst", "phased", trend)
     ev = run.evaluation("random", 2, seed=4)
     assert run.locate(ev) == Location("evaluation", "random", 4, 2, path=ev)
+    gr = run.grades("phased", 3, "mt_bench", seed=1)
+    assert gr == run.root / "grades" / "phased" / "seed_1" / "phase_3" / "mt_bench.jsonl"
+    assert run.locate(gr) == Location("grade", "phased", 1, 3, "mt_bench", path=gr)
     # and back: the located fields rebuild the same path
     for p in (g, final, trend):
         loc = run.locate(p)
@@ -39,10 +42,11 @@ def test_locate_inverts_every_path_builder(tmp_path):
 @pytest.mark.parametrize("rel", ["config.yaml", "phases/phase_1.jsonl", "checkpoints/phased/seed_x/phase_1",
                                  "checkpoints/phased/seed_0", "generations/phased/seed_0/phase_1/v.json",
                                  "judgements/phased-one-off/seed_0/v.jsonl", "evaluation/phased/seed_0/phase_1/x.json",
+                                 "grades/phased/seed_0/phase_1/mt_bench.json", "grades/phased/seed_0/mt_bench.jsonl",
                                  "report/summary.json"])
 def test_locate_refuses_paths_outside_the_layout(tmp_path, rel):
     run = RunDir(tmp_path)
-    with pytest.raises(ValueError, match="is not a checkpoint, generation, judgement or evaluation path"):
+    with pytest.raises(ValueError, match="is not a checkpoint, generation, judgement, evaluation or grade path"):
         run.locate(tmp_path / rel)
     with pytest.raises(ValueError, match="not inside the run dir"):
         run.locate(tmp_path.parent / "elsewhere" / "checkpoints" / "a" / "seed_0" / "phase_1")
@@ -71,6 +75,11 @@ def test_iterators_list_what_is_on_disk_in_report_order(tmp_path):
                for g in run.generation_files())
     evs = [(e.arm, e.seed, e.phase) for e in run.evaluation_files()]
     assert evs == [c for c in cells if c != ("phased", 0, 1)]
+    for arm, seed, k in [("phased", 2, 10), ("phased", 2, 1), ("one-off", 0, 1)]:
+        touch(run.grades(arm, k, "mt_bench", seed))
+    grades = [(g.kind, g.arm, g.seed, g.phase, g.testset) for g in run.grade_files()]
+    assert grades == [("grade", "one-off", 0, 1, "mt_bench"), ("grade", "phased", 2, 1, "mt_bench"),
+                      ("grade", "phased", 2, 10, "mt_bench")]
 
 
 def test_judgement_files_final_first_then_phases(tmp_path):

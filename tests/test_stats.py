@@ -63,6 +63,13 @@ def test_win_rate_cis_all_unparseable_and_unknown_verdict():
         stats.verdict_values(["win", "maybe"])
 
 
+def test_verdict_names_are_the_judges():
+    # stats keeps its own copy (importing judge would close judge -> mtbench -> stats into a cycle).
+    from phased_ift.judge import VERDICTS
+
+    assert tuple(stats._VALUE) == VERDICTS
+
+
 def test_length_stats_and_bins_by_hand():
     s = stats.length_stats([10, 20, 60], [12, None, 70])
     assert s == {"n": 3, "mean_words": 30.0, "median_words": 20.0, "mean_tokens": 41.0, "median_tokens": 41.0}

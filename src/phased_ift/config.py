@@ -332,11 +332,15 @@ class JudgeConfig:
                        "reference answer shown; AlpacaEval prompts only) or a path to a .txt judge template.")
     pairs: list[list[str]] = _f([], "Arm pairs [a, b] to judge; [] = every arm against the baseline arm (or the "
                                 "first arm).")
+    grade_max_tokens: int = _f(2048, "Max completion tokens of an MT-Bench grading reply (FastChat's judge: 2048); "
+                               "grading asks judge.judge at temperature 0.")
 
     def __post_init__(self) -> None:
         for p in self.pairs:
             if not (isinstance(p, list) and len(p) == 2):
                 raise PhasedIFTError(f"config: judge.pairs entries must be [arm_a, arm_b], got {p!r}.")
+        if self.grade_max_tokens < 1:
+            raise PhasedIFTError(f"config: judge.grade_max_tokens must be >= 1, got {self.grade_max_tokens}.")
 
 
 @dataclass

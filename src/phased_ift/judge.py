@@ -19,7 +19,7 @@ recomputed without paying again; every request also goes through the LLM cache, 
 
 Owns: judge templates, the score parser, the reconciliation rule, judgement rows and their aggregation, judging
 one test set (`judge_pairs`) and the judge step (`judge_all`: every comparison of `design.judge_jobs` on every
-test set, or its dry-run estimate). Which arms are compared is the design's (`design.judge_jobs`), not this
+test set, or its dry-run estimate; then MT-Bench's single-answer grades, which `mtbench` owns). Which arms are compared is the design's (`design.judge_jobs`), not this
 module's.
 """
 
@@ -382,8 +382,9 @@ def judge_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) ->
     -> judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl (rows: `make_row`), one log line per file.
 
     Reads the generations (generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl) and, for reference templates,
-    the reference answers of evaluation.reference. No judge endpoint (judge.judge.base_url/model): logs how to set
-    one and returns. dry_run prints the distinct request count, cache hits and estimated tokens and sends
+    the reference answers of evaluation.reference. With mt_bench among the test sets, then also grades its answers
+    (`mtbench.grade_all`, FastChat's single-answer grading). No judge endpoint (judge.judge.base_url/model): logs
+    how to set one and returns. dry_run prints the distinct request count, cache hits and estimated tokens and sends
     nothing (test sets not generated yet are counted apart). Ends with sent / cache hits / failures / tokens.
 
     Args:
@@ -408,13 +409,17 @@ def judge_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) ->
     try:
         if dry_run:
             _plan_all(cfg, run, client, template, refs, console)
-            return
-        _judge_files(cfg, run, client, template, refs, console)
-        s = client.stats
-        console.print(f"judge: sent {s['sent']}, cache hits {s['cache_hits']}, failures {s['failures']}, tokens "
-                      f"{s['prompt_tokens']} prompt + {s['completion_tokens']} completion", highlight=False)
+        else:
+            _judge_files(cfg, run, client, template, refs, console)
+            s = client.stats
+            console.print(f"judge: sent {s['sent']}, cache hits {s['cache_hits']}, failures {s['failures']}, "
+                          f"tokens {s['prompt_tokens']} prompt + {s['completion_tokens']} completion", highlight=False)
     finally:
         client.close()
+    if "mt_bench" in cfg.generate.test_sets:  # MT-Bench also gets FastChat's single-answer grades
+        from phased_ift.mtbench import grade_all
+
+        grade_all(cfg, run, dry_run=dry_run, console=console)
 
 
 def _job_files(cfg: Any, run: Any) -> list[tuple[Any, str, Path, Path, Path]]:

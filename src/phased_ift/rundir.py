@@ -8,6 +8,7 @@
       checkpoints/<arm>/seed_<s>/phase_<k>/   model or adapter, tokenizer, hparams.json, losses.jsonl, DONE
       generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl
       judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl   raw verdicts of both orders
+      grades/<arm>/seed_<s>/phase_<k>/<testset>.jsonl   single-answer grades (MT-Bench: one row per question x turn)
       evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json, ifeval.json (IFEval per prompt + metrics)
       report/report.md, report.html, *.png, summary.json
       agreement/<tag>/agreement.json   scorer agreement with the paper's labels (`phased-ift score --against paper`)
@@ -17,7 +18,7 @@ A step is done when its output exists (files are written atomically, DONE marker
 command resumes where it stopped.
 
 Owns the layout in both directions: `RunDir.<part>(arm, seed, phase, ...)` gives a path; `RunDir.locate(path)`
-and the iterators `checkpoint_cells`, `generation_files`, `judgement_files`, `evaluation_files`,
+and the iterators `checkpoint_cells`, `generation_files`, `judgement_files`, `evaluation_files`, `grade_files`,
 `agreement_files` read (arm, seed, phase, test set) back from the paths on disk, so no other module parses
 the layout.
 """
@@ -32,14 +33,14 @@ from typing import Iterator
 _SEED = re.compile(r"seed_(-?\d+)$")
 _PHASE = re.compile(r"phase_(\d+)$")
 _PAIR = "__vs__"
-KINDS = ("checkpoint", "generation", "judgement", "evaluation")
+KINDS = ("checkpoint", "generation", "judgement", "evaluation", "grade")
 _TESTSET_METRICS = ("ifeval.json",)  # evaluation/<arm>/seed_<s>/phase_<k>/<testset>.json
 
 
 @dataclass(frozen=True)
 class Location:
-    """What a run-dir path holds: `kind` ("checkpoint", "generation", "judgement" or "evaluation") of `arm`
-    (for a judgement: arm A, judged against `arm_b`) trained with `seed`, after `phase` (1-based; for a
+    """What a run-dir path holds: `kind` ("checkpoint", "generation", "judgement", "evaluation" or "grade") of
+    `arm` (for a judgement: arm A, judged against `arm_b`) trained with `seed`, after `phase` (1-based; for a
     judgement None = the final comparison, else phase k of arm A against arm B's final model), on `testset`
     (the file stem; None for checkpoints and evaluations). `path` is the path located."""
 
@@ -118,6 +119,10 @@ class RunDir:
     def ifeval(self, arm: str, k: int, seed: int = 0) -> Path:
         return self.root / "evaluation" / arm / f"seed_{seed}" / f"phase_{k}" / "ifeval.json"
 
+    def grades(self, arm: str, k: int, testset: str, seed: int = 0) -> Path:
+        """Single-answer grades of phase k's answers on `testset` (MT-Bench: both turns in one file)."""
+        return self.root / "grades" / arm / f"seed_{seed}" / f"phase_{k}" / f"{testset}.jsonl"
+
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
@@ -133,14 +138,14 @@ class RunDir:
 
     # the reverse direction: paths on disk -> (arm, seed, phase, test set)
     def locate(self, path: str | Path) -> Location:
-        """What `path` holds, read from the layout above (the inverse of `checkpoint`, `generations`, `judgements`
-        and `evaluation`); a path inside a checkpoint dir (e.g. its losses.jsonl) locates as that checkpoint.
+        """What `path` holds, read from the layout above (the inverse of `checkpoint`, `generations`, `judgements`,
+        `evaluation` and `grades`); a path inside a checkpoint dir (e.g. its losses.jsonl) locates as that checkpoint.
 
         Seed and phase dirs are read as `seed_<int>` and `phase_<int>`; the test set is the file stem. Nothing is
         read from disk.
 
         Raises:
-            ValueError: the path is not under `root` or not one of those four kinds of path.
+            ValueError: the path is not under `root` or not one of those five kinds of path.
         """
         p = Path(path)
         try:
@@ -149,7 +154,7 @@ class RunDir:
             raise ValueError(f"{p} is not inside the run dir {self.root}") from None
         loc = _locate_parts(parts, p)
         if loc is None:
-            raise ValueError(f"{p} is not a checkpoint, generation, judgement or evaluation path of {self.root}")
+            raise ValueError(f"{p} is not a checkpoint, generation, judgement, evaluation or grade path of {self.root}")
         return loc
 
     def _find(self, pattern: str, keep=lambda p: True) -> Iterator[tuple[Path, Location]]:
@@ -187,6 +192,12 @@ class RunDir:
         found = self._find(f"evaluation/*/seed_*/phase_*/{name}", Path.is_file)
         return [loc for p, loc in sorted(found, key=lambda t: (t[0].parts[-4], t[0].parts[-3], t[1].phase))]
 
+    def grade_files(self) -> list[Location]:
+        """Every grades/<arm>/seed_<s>/phase_<k>/<testset>.jsonl on disk, in `generation_files` order."""
+        found = self._find("grades/*/seed_*/phase_*/*.jsonl", Path.is_file)
+        key = lambda t: (t[0].parts[-4], t[0].parts[-3], t[1].phase, t[0].name)  # noqa: E731
+        return [loc for p, loc in sorted(found, key=key)]
+
     def agreement_files(self) -> list[Path]:
         """Scorer-agreement tables on disk: agreement/<tag>/agreement.json (sorted), then scores/agreement*.json
         (sorted)."""
@@ -201,13 +212,14 @@ def _locate_parts(parts: tuple[str, ...], path: Path) -> Location | None:
     top, arm, seed = parts[0], parts[1], _seed(parts[2])
     if top == "checkpoints" and _phase(parts[3]) is not None:
         return Location("checkpoint", arm, seed, _phase(parts[3]), path=path)
-    if top in ("generations", "evaluation") and len(parts) == 5 and _phase(parts[3]) is not None:
+    if top in ("generations", "evaluation", "grades") and len(parts) == 5 and _phase(parts[3]) is not None:
         if top == "evaluation" and parts[4] == "reference_loss.json":
             return Location("evaluation", arm, seed, _phase(parts[3]), path=path)
         if top == "evaluation" and parts[4] in _TESTSET_METRICS:  # a judge-free metric of one test set
             return Location("evaluation", arm, seed, _phase(parts[3]), Path(parts[4]).stem, path=path)
-        if top == "generations" and parts[4].endswith(".jsonl"):
-            return Location("generation", arm, seed, _phase(parts[3]), Path(parts[4]).stem, path=path)
+        if top in ("generations", "grades") and parts[4].endswith(".jsonl"):
+            kind = "generation" if top == "generations" else "grade"
+            return Location(kind, arm, seed, _phase(parts[3]), Path(parts[4]).stem, path=path)
         return None
     if top == "judgements" and _PAIR in arm and parts[-1].endswith(".jsonl"):
         arm_a, arm_b = arm.split(_PAIR, 1)

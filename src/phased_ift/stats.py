@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from phased_ift.judge import VERDICTS
-
+# The verdict names of `judge.VERDICTS`, with their values (a test keeps them equal). stats imports nothing of the
+# package: judge -> mtbench -> stats would otherwise be an import cycle.
 _VALUE = {"win": 1.0, "tie": 0.5, "loss": 0.0, "unparseable": np.nan}
 
 
@@ -36,12 +36,12 @@ def verdict_values(verdicts: Sequence[str]) -> np.ndarray:
         float array of shape (N,).
 
     Raises:
-        ValueError: a verdict that is not one of `VERDICTS` (names the value and its index).
+        ValueError: a verdict that is not one of `judge.VERDICTS` (names the value and its index).
     """
     out = np.empty(len(verdicts), dtype=float)
     for i, v in enumerate(verdicts):
         if v not in _VALUE:
-            raise ValueError(f"verdict #{i} is {v!r}; expected one of {list(VERDICTS)}")
+            raise ValueError(f"verdict #{i} is {v!r}; expected one of {list(_VALUE)}")
         out[i] = _VALUE[v]
     return out
 
