@@ -280,6 +280,15 @@ def test_judge_step_grades_both_turns_resumes_and_retries_failures(tmp_path, mt_
     (row,) = mt_bench_table(part)
     assert (row["arm"], row["seed"], row["phase"], row["overall"], row["graded"]) == ("one-off", 0, 1, 6.9, 5)
     assert row["turn_1_ci"] == s["turn_1"]["ci"] and row["categories"]["writing"] == 7.5
+    # The report: the MT-Bench table, the per-category table and the verdict line carry the same numbers.
+    from phased_ift.report import build_report
+
+    rep = build_report(run, cfg)
+    assert rep["mt_bench"][0]["final"] and rep["mt_bench"][0]["overall"] == pytest.approx(6.9)
+    assert any(v.startswith("MT-Bench mean rating (final checkpoints, seed 0; 1-10, single-answer grading): one-off "
+                            "6.90 [") and "(1 unparsed)" in v for v in rep["verdicts"])
+    md = (run.report_dir / "report.md").read_text()
+    assert "## Multi-turn chat: MT-Bench (single-answer grading)" in md and "| writing | 7.500 |" in md
 
 
 def test_grade_file_resume_skips_graded_rows_and_refuses_another_judge(tmp_path, prompts, mt_bench):

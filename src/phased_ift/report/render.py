@@ -31,7 +31,7 @@ def report_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:
     cl = f"{int(round(s['run']['config']['confidence'] * 100))}% CI"
     return (_run_blocks(s) + _difficulty_blocks(s, plots) + _training_blocks(s, plots) + _win_rate_blocks(s, cl)
             + _trend_blocks(s, plots, cl) + _length_blocks(s) + _reference_loss_blocks(s, cl) + _ifeval_blocks(s, plots, cl)
-            + _agreement_blocks(s))
+            + _mt_bench_blocks(s, cl) + _agreement_blocks(s))
 
 
 def _run_blocks(s: dict) -> list[tuple]:
@@ -196,6 +196,29 @@ def _ifeval_blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
                          + [e["groups"].get(g, {}).get("strict") for e in finals] for g in groups]))
     if "ifeval_trend" in plots:
         B.append(("img", plots["ifeval_trend"], "IFEval prompt-level strict accuracy after each phase"))
+    return B
+
+
+def _mt_bench_blocks(s: dict, cl: str) -> list[tuple]:
+    """MT-Bench: mean single-answer rating per turn and overall with CIs, counts, and the per-category means."""
+    B: list[tuple] = [("h2", "Multi-turn chat: MT-Bench (single-answer grading)")]
+    rows = s.get("mt_bench") or []
+    if not rows:
+        return B + [("p", s["notes"].get("mt_bench", ""))]
+    B.append(("p", "FastChat's single-answer prompts (single-v1; single-math-v1 with GPT-4's reference answer for "
+                   "math, reasoning and coding; the multi-turn variants for turn 2), ratings 1-10 parsed as FastChat "
+                   f"does. Unparsed and failed grades are counted, never scored. {cl}: bootstrap over questions."))
+    ci = lambda r, k: f"{fmt_num(r[k])} {fmt_ci(r[k + '_ci'])}"  # noqa: E731
+    B.append(_table(["arm", "seed", "phase", f"turn 1 [{cl}]", f"turn 2 [{cl}]", f"overall [{cl}]", "graded",
+                     "unparsed", "failed", "missing"],
+                    [[r["arm"], r["seed"], r["phase"], ci(r, "turn_1"), ci(r, "turn_2"), ci(r, "overall"), r["graded"],
+                      r["unparsed"], r["failed"], r["missing"]] for r in rows]))
+    cats = sorted({c for r in rows for c in r["categories"]})
+    finals = [r for r in rows if r.get("final")]
+    if cats and finals:
+        B.append(("p", "Mean rating per category (final checkpoints, both turns)."))
+        B.append(_table(["category"] + [f"{r['arm']} s{r['seed']}" for r in finals],
+                        [[c] + [r["categories"].get(c) for r in finals] for c in cats]))
     return B
 
 

@@ -3,8 +3,8 @@
 Owns `summarize_run` (the dict written to report/summary.json, from which report.md/html are rendered) and the
 readers of each part of the run dir: data/ (counts, reject reasons), scores/ and phases/manifest.json (difficulty
 statistics, phase boundaries), checkpoints/*/seed_*/phase_*/losses.jsonl (training loss), generations/ (answer
-lengths), judgements/ (`read_judgements`: win rates, CIs, length control), evaluation/ (reference loss) and
-agreement tables. Paths are found and read back into (arm, seed, phase, test set) by `RunDir`; the manifest is
+lengths), judgements/ (`read_judgements`: win rates, CIs, length control), evaluation/ (reference loss, IFEval:
+`ifeval.compare_ifeval` pairs arms), grades/ (MT-Bench: `mtbench.read_grades`) and agreement tables. Paths are found and read back into (arm, seed, phase, test set) by `RunDir`; the manifest is
 read by `phases.read_manifest`. Statistics come from `stats.py`, win-rate counts from `judge.aggregate`.
 
 Each part is optional: a missing part gives a note saying what is missing and how to get it, never an error.
@@ -211,6 +211,18 @@ def _summarize_ifeval(run: RunDir, cfg: Config) -> tuple[list[dict], list[dict]]
     return entries, comps
 
 
+def _summarize_mt_bench(run: RunDir, cfg: Config) -> list[dict]:
+    """One row per graded checkpoint (`mtbench.mt_bench_table`: mean rating per turn and overall with CIs, counts,
+    per-category means) plus "final" (the arm's last phase)."""
+    from phased_ift.design import ARMS, final_phase
+    from phased_ift.mtbench import mt_bench_table, read_grades
+
+    rows = mt_bench_table(read_grades(run, cfg))
+    for r in rows:
+        r["final"] = r["arm"] in ARMS and r["phase"] == final_phase(cfg, r["arm"], run)
+    return rows
+
+
 def _agreement(run: RunDir) -> dict:
     """Scorer-agreement tables found in the run dir, keyed by path: agreement/<tag>/agreement.json (jsonl rows,
     written by `agreement.run_agreement`) and any scores/agreement*.json (JSON or jsonl)."""
@@ -228,8 +240,8 @@ def summarize_run(run: RunDir, cfg: Config) -> dict:
     """Every number of the report, as a JSON-serialisable dict (written to report/summary.json).
 
     Keys: run, data, difficulty, phases, training, lengths, comparisons (final: phase None), trend (phase k),
-    seed_spread, reference_loss, ifeval (per checkpoint), ifeval_comparisons (final checkpoints, paired), agreement,
-    notes (what is missing and how to get it), verdicts.
+    seed_spread, reference_loss, ifeval (per checkpoint), ifeval_comparisons (final checkpoints, paired), mt_bench
+    (per checkpoint), agreement, notes (what is missing and how to get it), verdicts.
 
     Raises:
         PhasedIFTError: an input file that exists but is malformed (names the file and line).
@@ -249,6 +261,11 @@ def summarize_run(run: RunDir, cfg: Config) -> dict:
     if not s["ifeval"]:
         notes["ifeval"] = ("No IFEval results (evaluation/*/ifeval.json): add ifeval to generate.test_sets (e.g. "
                            "generate.test_sets=[vicuna,ifeval]) and run `phased-ift run CONFIG`.")
+    s["mt_bench"] = _summarize_mt_bench(run, cfg)
+    if not s["mt_bench"]:
+        notes["mt_bench"] = ("No MT-Bench grades (grades/*/seed_*/phase_*/mt_bench.jsonl): add mt_bench to "
+                             "generate.test_sets, configure judge.judge (an OpenAI-compatible endpoint) and run "
+                             "`phased-ift judge CONFIG`.")
     s["agreement"] = _agreement(run)
     s["notes"] = notes
     s["verdicts"] = verdict_lines(s, rc.length_warning_ratio)

@@ -99,7 +99,20 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
         parts = [f"{e['arm']} {fmt_num(e['mean'])} {fmt_ci(e['ci'])}" for e in entries]
         lines.append(f"reference loss on {ts} (final checkpoints{f', seed {seed}' if several else ''}; lower = "
                      "closer to the reference answers): " + " vs ".join(parts) + ".")
-    return lines + ifeval_verdicts(summary, rank)
+    return lines + ifeval_verdicts(summary, rank) + mt_bench_verdicts(summary, rank)
+
+
+def mt_bench_verdicts(summary: dict, rank: Any = None) -> list[str]:
+    """One line per seed: the MT-Bench mean rating (1-10, both turns) of every arm's final checkpoint with its CI."""
+    finals = [r for r in summary.get("mt_bench", []) if r.get("final") and r["overall"] is not None]
+    lines = []
+    for seed in sorted({r["seed"] for r in finals}):
+        rs = sorted((r for r in finals if r["seed"] == seed), key=lambda r: rank(r["arm"]) if rank else r["arm"])
+        parts = [f"{r['arm']} {r['overall']:.2f} {fmt_ci(r['overall_ci'])}"
+                 + (f" ({r['unparsed']} unparsed)" if r["unparsed"] else "") for r in rs]
+        lines.append(f"MT-Bench mean rating (final checkpoints, seed {seed}; 1-10, single-answer grading): "
+                     + ", ".join(parts) + ".")
+    return lines
 
 
 def ifeval_verdicts(summary: dict, rank: Any = None) -> list[str]:
