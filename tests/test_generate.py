@@ -199,3 +199,47 @@ def test_generate_all_covers_the_evaluation_cells_and_skips_finished_sets(tmp_pa
     (run.checkpoint("phased", 1, 0) / "DONE").unlink()
     with pytest.raises(PhasedIFTError, match="has no DONE marker: arm 'phased' phase 1 seed 0"):
         gen.generate_all(cfg, run, console=console)
+
+
+def test_two_turn_generation_asks_turn_2_after_the_models_own_turn_1_answer(tmp_path, tiny_model_dir, monkeypatch):
+    """MT-Bench: turn 1 -> mt_bench.jsonl, then turn 2's prompt holds question 1, the model's answer 1 and question 2
+    in the chat template (FastChat's gen_model_answer), -> mt_bench_turn2.jsonl; budgets per test set."""
+    import sys
+    from pathlib import Path
+
+    from rich.console import Console
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_judge import make_fake_run
+
+    cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch, extra=[
+        "generate.test_sets=[mt_bench]", "generate.every_phase=false", "generate.max_new_tokens_per_set={mt_bench: 5}"])
+    seen: list[list[int]] = []
+    real = gen.HFBackend.complete
+
+    def spy(self, prompts, max_new_tokens, stop_ids):
+        assert max_new_tokens == 5
+        seen.extend(prompts)
+        return real(self, prompts, max_new_tokens, stop_ids)
+
+    monkeypatch.setattr(gen.HFBackend, "complete", spy)
+    gen.generate_all(cfg, run, console=Console(file=open(tmp_path / "log.txt", "w")))
+    t1 = gen.read_generations(run.generations("one-off", 1, "mt_bench"))
+    t2 = gen.read_generations(run.generations("one-off", 1, "mt_bench_turn2"))
+    assert [r["id"] for r in t1] == [r["id"] for r in t2] and len(t1) == 2
+    from phased_ift.data import load_test_set
+
+    questions = {str(e.id): e for e in load_test_set("mt_bench", limit=2, seed=0)}
+    from phased_ift.modeling import render, tokenize_example
+
+    _, tok = gen.load_for_inference(run.checkpoint("one-off", 1, 0))
+    for r1, r2 in zip(t1, t2):
+        q = questions[r1["id"]]
+        assert r2["turn"] == 2 and r2["question"] == q.meta["later_turns"][0] and r2["instruction"] == q.instruction
+        messages = [{"role": "user", "content": q.instruction}, {"role": "assistant", "content": r1["output"]},
+                    {"role": "user", "content": q.meta["later_turns"][0]}]
+        expected = tokenize_example(tok, render(tok, messages, "chat")[0], "", gen.MAX_PROMPT_TOKENS)["input_ids"]
+        assert expected in seen  # exactly this conversation was the turn-2 prompt
+        assert tok.decode(expected).count("<|im_start|>assistant") == 2
+    assert json.loads(gen.settings_path(run.generations("one-off", 1, "mt_bench_turn2")).read_text())[
+        "max_new_tokens"] == 5
