@@ -351,3 +351,17 @@ def test_report_renders_from_a_real_small_run(tmp_path, tiny_model_dir, monkeypa
         str(c[k]) for k in ("n", "wins", "ties", "losses", "unparseable")]
     if c["win_rate"] is not None:
         assert row["win rate [95% CI]"].startswith(f"{c['win_rate']:.3f}")
+
+
+def test_a_test_set_without_reference_answers_gets_no_reference_loss_line(tmp_path):
+    """IFEval has no AlpacaEval reference answers: its n = 0 entry stays in the file but not in the report."""
+    run = RunDir(tmp_path / "run")
+    write_reference_loss(run)
+    for arm, k in (("phased", 3), ("one-off", 1)):
+        p = run.evaluation(arm, k, 0)
+        data = json.loads(p.read_text())
+        data["testsets"]["ifeval"] = {"mean_loss": None, "n": 0, "per_example": [], "n_prompts": 48}
+        p.write_text(json.dumps(data))
+    s = build_report(run, make_cfg(run.root))
+    assert {e["testset"] for e in s["reference_loss"]} == {"alpaca_eval", "vicuna"}
+    assert not any("ifeval" in v for v in s["verdicts"])

@@ -165,7 +165,8 @@ def _summarize_comparison(j: dict, rc: Any) -> dict:
 
 
 def _summarize_reference_loss(run: RunDir, rc: Any) -> list[dict]:
-    """Mean reference-answer loss with a bootstrap CI per evaluation file and test set."""
+    """Mean reference-answer loss with a bootstrap CI per evaluation file and test set (test sets without any
+    reference answer, n = 0, are left out; their count stays in the file)."""
     out = []
     for e in run.evaluation_files():
         arm, seed, phase, f = e.arm, e.seed, e.phase, e.path
@@ -174,6 +175,8 @@ def _summarize_reference_loss(run: RunDir, rc: Any) -> list[dict]:
         except json.JSONDecodeError as e:
             raise PhasedIFTError(f"{f}: not valid JSON ({e}); delete it and re-run the evaluation step.") from None
         for name, t in sorted((data.get("testsets") or {}).items()):
+            if not t.get("n"):  # no prompt of this test set has a reference answer (IFEval): nothing to show
+                continue
             per = t.get("per_example") or []
             m = stats.mean_with_ci(per, rc.bootstrap, rc.confidence, rc.seed)
             if not per:  # no per-example losses: keep the stored mean, no interval
