@@ -109,3 +109,14 @@ def test_registry_names_follow_the_registries():
     from phased_ift.scoring import SCORERS
 
     assert registry_names("arm") == list(ARMS) and registry_names("scorer") == list(SCORERS)
+
+
+def test_answer_budget_per_test_set_merges_over_the_defaults():
+    from phased_ift.config import load_config
+
+    cfg = load_config(None, ["generate.max_new_tokens=64", "generate.max_new_tokens_per_set={ifeval: 96}"])
+    g = cfg.generate
+    assert (g.budget("ifeval"), g.budget("mt_bench"), g.budget("vicuna")) == (96, 1024, 64)
+    assert load_config(None, []).generate.budget("ifeval") == 1280
+    with pytest.raises(PhasedIFTError, match="max_new_tokens_per_set.ifeval must be a positive integer"):
+        load_config(None, ["generate.max_new_tokens_per_set={ifeval: 0}"])

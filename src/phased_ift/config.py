@@ -296,6 +296,10 @@ class TrainConfig:
             raise PhasedIFTError("config: train.threads and train.dataloader_workers must be >= 0.")
 
 
+# Answer budgets of the test sets whose harnesses fix one (new tokens per answer, per turn).
+_DEFAULT_BUDGETS = {"ifeval": 1280, "mt_bench": 1024}
+
+
 @dataclass
 class GenerateConfig:
     test_sets: list[str] = _f(["vicuna"], "Named test sets (vicuna, koala, sinstruct, wizardlm, oasst, helpful_base, "
@@ -304,9 +308,9 @@ class GenerateConfig:
     seed: int = _f(0, "Seed of the `limit` sample.")
     max_new_tokens: int = _f(256, "Max new tokens per answer (greedy decoding, stops at EOS).")
     max_new_tokens_per_set: dict[str, int] = _f(
-        {"ifeval": 1280, "mt_bench": 1024},
-        "Answer budget per test set, overriding max_new_tokens (defaults: IFEval 1280 as lm-eval's ifeval task and "
-        "google-research's harness; MT-Bench 1024 per turn as FastChat's gen_model_answer).")
+        dict(_DEFAULT_BUDGETS),
+        "Answer budget per test set, overriding max_new_tokens; entries given here are merged over the defaults "
+        "(IFEval 1280 as lm-eval's ifeval task; MT-Bench 1024 per turn as FastChat's gen_model_answer).")
     batch_size: int = _f(16, "Prompts per generation batch (left padding).")
     max_batch_tokens: int = _f(4096, "Cap on padded prompt tokens per batch (rows x longest prompt): long prompts "
                                "run in smaller batches instead of padding the short ones (0 = no cap).")
@@ -314,6 +318,7 @@ class GenerateConfig:
     backend: str = _f("hf", "hf (transformers) or vllm (GPU, optional).", registry="generate backend")
 
     def __post_init__(self) -> None:
+        self.max_new_tokens_per_set = {**_DEFAULT_BUDGETS, **self.max_new_tokens_per_set}
         for name, n in self.max_new_tokens_per_set.items():
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise PhasedIFTError(f"config: generate.max_new_tokens_per_set.{name} must be a positive integer "
