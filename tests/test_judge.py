@@ -414,3 +414,16 @@ def test_integration_generate_and_judge_with_llama_cpp(tmp_path, smollm2_path, t
     print(f"llama.cpp SmolLM2 judge: {total['parsed']} of {total['n']} pairs parsed in both orders; "
           f"generation {t_gen:.0f} s, judging {t_judge:.0f} s ({first_sent} requests)")
     assert 0 <= total["parsed"] <= total["n"] == 2 * len(NAMED_TEST_SETS)
+
+
+def test_pairwise_test_sets_leave_out_ifeval_unless_asked():
+    from phased_ift.config import load_config
+    from phased_ift.judge import pairwise_test_sets
+
+    cfg = load_config(None, ["generate.test_sets=[vicuna,ifeval,mt_bench]"])
+    assert pairwise_test_sets(cfg) == ["vicuna", "mt_bench"]
+    cfg = load_config(None, ["generate.test_sets=[vicuna,ifeval]", "judge.test_sets=[ifeval]"])
+    assert pairwise_test_sets(cfg) == ["ifeval"]
+    cfg = load_config(None, ["generate.test_sets=[vicuna]", "judge.test_sets=[koala]"])
+    with pytest.raises(PhasedIFTError, match=r"judge.test_sets \['koala'\] are not among generate.test_sets"):
+        pairwise_test_sets(cfg)

@@ -221,7 +221,8 @@ def test_dry_run_prints_plan_and_trains_nothing(tmp_path, capsys):
 def test_paper_dry_run_plans_without_the_data(tmp_path, capsys):
     rc, err = run_cli(["configs/paper.yaml", "--dry-run", f"run_dir={tmp_path / 'r'}"], capsys)
     assert rc == 0
-    assert "52,002" in err and "gpt-4-0613" in err and "16,752 requests" in err
+    # 8 comparisons x both orders x the 1,127 prompts of the six test sets and MT-Bench (IFEval needs no judge)
+    assert "52,002" in err and "gpt-4-0613" in err and "18,032 requests" in err
     assert not (tmp_path / "r").exists()
 
 

@@ -337,6 +337,8 @@ class JudgeConfig:
                        "reference answer shown; AlpacaEval prompts only) or a path to a .txt judge template.")
     pairs: list[list[str]] = _f([], "Arm pairs [a, b] to judge; [] = every arm against the baseline arm (or the "
                                 "first arm).")
+    test_sets: list[str] = _f([], "Test sets to judge pairwise (keys of generate.test_sets); [] = all of them but "
+                              "ifeval, which is verified by program without a judge.")
     grade_max_tokens: int = _f(2048, "Max completion tokens of an MT-Bench grading reply (FastChat's judge: 2048); "
                                "grading asks judge.judge at temperature 0.")
 

@@ -19,8 +19,8 @@ recomputed without paying again; every request also goes through the LLM cache, 
 
 Owns: judge templates, the score parser, the reconciliation rule, judgement rows and their aggregation, judging
 one test set (`judge_pairs`) and the judge step (`judge_all`: every comparison of `design.judge_jobs` on every
-test set, or its dry-run estimate; then MT-Bench's single-answer grades, which `mtbench` owns). Which arms are compared is the design's (`design.judge_jobs`), not this
-module's.
+test set, or its dry-run estimate; then MT-Bench's single-answer grades, which `mtbench` owns). Which arms are
+compared is the design's (`design.judge_jobs`), not this module's.
 """
 
 from __future__ import annotations
@@ -378,7 +378,7 @@ def _lookup_reference(references: dict[str, str], instruction: str) -> str | Non
 
 
 def judge_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) -> None:
-    """Judge every `design.judge_jobs` comparison on every test set of generate.test_sets, in both answer orders
+    """Judge every `design.judge_jobs` comparison on every `pairwise_test_sets` test set, in both answer orders
     -> judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl (rows: `make_row`), one log line per file.
 
     Reads the generations (generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl) and, for reference templates,
@@ -422,14 +422,37 @@ def judge_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) ->
         grade_all(cfg, run, dry_run=dry_run, console=console)
 
 
-def _job_files(cfg: Any, run: Any) -> list[tuple[Any, str, Path, Path, Path]]:
-    """(job, test set, generations of arm A, generations of arm B, judgements out) for every job and test set."""
-    from phased_ift.design import judge_jobs
+# Test sets scored by program, not judged pairwise unless judge.test_sets names them.
+JUDGE_FREE = ("ifeval",)
+
+
+def pairwise_test_sets(cfg: Any) -> list[str]:
+    """The test-set keys the judge step compares pairwise: judge.test_sets, else every generate.test_sets key but
+    the judge-free ones (`JUDGE_FREE`: IFEval is verified by `ifeval.py`).
+
+    Raises:
+        PhasedIFTError: judge.test_sets names a test set that is not generated.
+    """
     from phased_ift.generate import testset_key
+
+    generated = [testset_key(n) for n in cfg.generate.test_sets]
+    if not cfg.judge.test_sets:
+        return [n for n in generated if n not in JUDGE_FREE]
+    unknown = [n for n in cfg.judge.test_sets if n not in generated]
+    if unknown:
+        raise PhasedIFTError(f"config: judge.test_sets {unknown} are not among generate.test_sets {generated}; "
+                             "judge only test sets that are generated.")
+    return list(cfg.judge.test_sets)
+
+
+def _job_files(cfg: Any, run: Any) -> list[tuple[Any, str, Path, Path, Path]]:
+    """(job, test set, generations of arm A, generations of arm B, judgements out) for every job and pairwise test
+    set (`pairwise_test_sets`)."""
+    from phased_ift.design import judge_jobs
 
     out = []
     for job in judge_jobs(cfg, run):
-        for name in (testset_key(n) for n in cfg.generate.test_sets):
+        for name in pairwise_test_sets(cfg):
             out.append((job, name, run.generations(job.arm_a, job.phase_a, name, job.seed),
                         run.generations(job.arm_b, job.phase_b, name, job.seed),
                         run.judgements(job.arm_a, job.arm_b, name, job.seed, job.phase)))

@@ -471,6 +471,7 @@ def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
     from phased_ift.data import load_test_set
     from phased_ift.design import evaluation_cells, judge_jobs
     from phased_ift.generate import testset_key
+    from phased_ift.judge import pairwise_test_sets
     from phased_ift.train import plan_training
 
     tplan = plan_training(cfg, train_run)
@@ -481,7 +482,8 @@ def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
     prompts = {k: len(v) for k, v in sets.items()}
     turns = sum(len(v) + sum(len(e.meta.get("later_turns") or ()) for e in v) for v in sets.values())
     n_ckpt = len(evaluation_cells(cfg))
-    n_judge = 2 * sum(prompts.values()) * len(judge_jobs(cfg)) if cfg.judge.judge.enabled else 0
+    pairwise = sum(prompts[k] for k in pairwise_test_sets(cfg))
+    n_judge = 2 * pairwise * len(judge_jobs(cfg)) if cfg.judge.judge.enabled else 0
     score_req = n_examples * cfg.scoring.samples if cfg.scoring.scorer == "judge" else 0
     return {"examples": n_examples, "training_tokens": tokens, "steps": tplan["total_steps"], "prompts": prompts,
             "answers": n_ckpt * turns, "judge_requests": n_judge, "score_requests": score_req,
