@@ -285,3 +285,24 @@ def test_report_without_ifeval_says_how_to_get_it(tmp_path):
     s = build_report(RunDir(tmp_path), config_from_dict({"run_dir": str(tmp_path)}))
     assert s["ifeval"] == [] and "generate.test_sets" in s["notes"]["ifeval"]
     assert "add ifeval to generate.test_sets" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_default_output_goes_to_the_current_directory(tmp_path, monkeypatch, data_home):
+    """The responses may sit in a read-only data folder: the results JSON goes to ./<stem>.ifeval.json."""
+    from phased_ift.ifeval import load_inputs, score_file
+
+    inputs = load_inputs()[:2]
+    src = tmp_path / "ro"
+    src.mkdir()
+    resp = src / "answers.jsonl"
+    resp.write_text("".join(json.dumps({"prompt": i["prompt"], "response": "ok"}) + "\n" for i in inputs))
+    src.chmod(0o555)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    try:
+        metrics, out = score_file(resp)
+    finally:
+        src.chmod(0o755)
+    assert out == work / "answers.ifeval.json" and out.is_file() and metrics["n_prompts"] == 541
+    assert metrics["unanswered"] == 539

@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "output} rows of phased-ift's generations also work)")
     p.add_argument("--inputs", default=None, help="IFEval's input_data.jsonl (default: the data home's "
                    "ifeval/input_data.jsonl)")
-    p.add_argument("--out", default=None, help="results JSON (default: <responses>.ifeval.json beside the file)")
+    p.add_argument("--out", default=None, help="results JSON (default: ./<responses stem>.ifeval.json in the current "
+                   "directory)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.set_defaults(func=cmd_ifeval)
     return parser

@@ -323,7 +323,8 @@ def score_file(responses_path: str | Path, inputs_path: str | Path | None = None
     Args:
         responses_path: JSON lines of {prompt, response} (see `read_responses`).
         inputs_path: IFEval inputs (default: the data home's ifeval/input_data.jsonl).
-        out: the JSON to write (default: <responses stem>.ifeval.json next to the responses file).
+        out: the JSON to write (default: ./<responses stem>.ifeval.json in the current directory: the responses
+            may sit in a read-only data folder).
     Returns:
         (metrics + {"rejects": count}, the path written). The JSON holds {"inputs", "responses", "metrics",
         "per_prompt": `check_response` rows with the response, "rejects": rejected records with their reasons}.
@@ -336,7 +337,7 @@ def score_file(responses_path: str | Path, inputs_path: str | Path | None = None
         r["response"] = responses.get(str(r["key"]))
     metrics = {**ifeval_metrics(results, n_resamples, seed=seed), "rejects": len(rejects)}
     rp = Path(responses_path)
-    out = Path(out) if out else rp.with_name(rp.name.removesuffix(".jsonl") + ".ifeval.json")
+    out = Path(out) if out else Path.cwd() / (rp.name.removesuffix(".jsonl") + ".ifeval.json")
     atomic_write_json(out, {"inputs": str(inputs_file), "responses": str(rp), "metrics": metrics,
                             "per_prompt": results, "rejects": rejects}, indent=1)
     return metrics, out
