@@ -13,7 +13,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("PHASED_IFT_DATA_HOME", str(REPO.parent / "shared" / "data"))
+# Absolute, so tests that chdir (monkeypatch.chdir) still find it when the README's relative ../shared/data is given.
+os.environ["PHASED_IFT_DATA_HOME"] = str(Path(os.environ.get("PHASED_IFT_DATA_HOME",
+                                                             REPO.parent / "shared" / "data")).resolve())
 DATA_HOME = Path(os.environ["PHASED_IFT_DATA_HOME"])
 
 

@@ -306,7 +306,11 @@ def test_a_subcommand_runs_the_steps_it_needs_once_each(tmp_path, monkeypatch):
     assert names("generate") == ["data", "score", "split", "train", "generate"]
     assert names("report") == ["data", "score", "split", "train", "generate", "judge", "evaluate", "report"]
     assert names("report", "evaluation.reference_loss=false") == names("report")  # generate still needs train
-    assert names("evaluate", "evaluation.reference_loss=false") == ["evaluate"]  # it logs "skipped" and returns
+    # without the reference loss and IFEval the step logs "skipped" and returns: nothing before it is needed
+    assert names("evaluate", "evaluation.reference_loss=false", "generate.test_sets=[vicuna]") == ["evaluate"]
+    # IFEval is scored from the generations
+    assert names("evaluate", "evaluation.reference_loss=false") == ["data", "score", "split", "train", "generate",
+                                                                     "evaluate"]
     assert names("judge") == ["judge"]  # no judge configured: it logs how to set one, trains nothing
     assert names("judge", *judge) == ["data", "score", "split", "train", "generate", "judge"]
     assert names("judge", *judge, dry_run=True) == ["judge"]  # a dry run neither trains nor generates
