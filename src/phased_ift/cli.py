@@ -11,6 +11,7 @@
     phased-ift report CONFIG [key=value ...]       report.md/html, plots, summary.json
     phased-ift run CONFIG [key=value ...]          all of the above, resumable
     phased-ift ifeval RESPONSES.jsonl [--inputs F] IFEval's four numbers and per-group table of any response file
+    phased-ift judge-check CONFIG [--annotations F] [--limit N]   the configured judge against GPT-4's preferences
 
 User errors print one paragraph (no traceback) and exit with status 2; Ctrl-C exits with 130 and the same
 command resumes.
@@ -62,6 +63,17 @@ def cmd_ifeval(args: argparse.Namespace) -> int:
         console.print(f"{metrics['rejects']} records were not scored (no matching IFEval prompt or a repeated one); "
                       f"they are listed with their reasons under \"rejects\" in {out}", highlight=False)
     console.print(f"per-prompt results -> {out}", highlight=False)
+    return 0
+
+
+def cmd_judge_check(args: argparse.Namespace) -> int:
+    """`phased-ift judge-check CONFIG`: the configured pairwise judge on pairs with known GPT-4 preferences
+    (`judgecheck.run_judge_check`); prints agreement, kappa, position and length bias with CIs, anchor and cost."""
+    from phased_ift.judgecheck import format_check, run_judge_check
+
+    result = run_judge_check(_load(args), args.annotations, args.limit, args.seed, console=console)
+    for line in format_check(result):
+        console.print(line, highlight=False)
     return 0
 
 
@@ -271,6 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "directory)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.set_defaults(func=cmd_ifeval)
+    p = sub.add_parser("judge-check", help="check the configured pairwise judge against GPT-4's preferences",
+                       description="Judge AlpacaEval answer pairs whose GPT-4 preference is known, in both orders: "
+                       "agreement, Cohen's kappa, position consistency, first-position and longer-answer win rates, "
+                       "unparseable rate, each with a bootstrap CI; alpaca-7b's win rate as a published anchor.")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--annotations", default=None, help="AlpacaEval annotations.json (default: the data home's "
+                   "alpaca_eval/alpaca-7b/alpaca_eval_gpt4/annotations.json, 805 pairs)")
+    p.add_argument("--limit", type=int, default=0, help="a seeded sample of this many pairs (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    p.set_defaults(func=cmd_judge_check)
     return parser
 
 

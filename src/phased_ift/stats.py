@@ -335,3 +335,26 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
     p = 1.0 if n_disc == 0 else float(binomtest(a_only, n_disc, 0.5).pvalue)
     return {"n": int(x.size), "a_only": a_only, "b_only": b_only, "both": int((x & y).sum()),
             "neither": int((~x & ~y).sum()), "p_value": p}
+
+
+def preference_win_rate(preferences: Sequence[float]) -> dict:
+    """AlpacaEval's head-to-head numbers of pairwise preferences (1 = the baseline's answer preferred, 2 = the
+    model's, 1.5 or 0 = a draw): win rate = mean(preference - 1) in %, i.e. (wins + draws/2) / n, and its standard
+    error = the sample standard error of the mean (ddof 1) in %, as `alpaca_eval.metrics.pairwise_to_winrate`
+    (AbsoluteScoringRule.describe_head2head) computes them; a test checks the equality.
+
+    Returns:
+        {"win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total"} (rates None for n = 0).
+    Raises:
+        ValueError: a preference that is not 0, 1, 1.5 or 2.
+    """
+    p = np.asarray(preferences, dtype=float)
+    bad = [x for x in p if x not in (0.0, 1.0, 1.5, 2.0)]
+    if bad:
+        raise ValueError(f"preference_win_rate: preferences must be 0, 1, 1.5 or 2, got {bad[0]}")
+    x = np.where(p == 0, 1.5, p) - 1
+    n = int(x.size)
+    return {"win_rate": float(x.mean() * 100) if n else None,
+            "standard_error": float(x.std(ddof=1) / np.sqrt(n) * 100) if n > 1 else None,
+            "n_wins": int((x > 0.5).sum()), "n_wins_base": int((x < 0.5).sum()), "n_draws": int((x == 0.5).sum()),
+            "n_total": n}
