@@ -272,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scorers", default="", help="with --against: comma-separated scorers (default scoring.scorer)")
     p.add_argument("--limit", type=int, default=0, help="with --against: stratified sample size (0 = all ~23k)")
     p.add_argument("--seed", type=int, default=0, help="with --against: seed of the sample and CV folds")
+    _add_check_commands(sub)
+    return parser
+
+
+def _add_check_commands(sub: argparse._SubParsersAction) -> None:
+    """`phased-ift ifeval FILE` and `phased-ift judge-check CONFIG`: checks that need no pipeline run."""
     p = sub.add_parser("ifeval", help="score a {prompt, response} file with IFEval's checks (no judge)",
                        description="IFEval (Zhou et al. 2023): prompt- and instruction-level accuracy, strict and "
                        "loose, with 95%% bootstrap CIs over prompts, and the per-group table.")
@@ -294,7 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="a seeded sample of this many pairs (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
     p.set_defaults(func=cmd_judge_check)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,7 +220,7 @@ def run_judge_check(cfg: Any, annotations_path: str | None = None, limit: int = 
     tag = f"{Path(annotations_path or DEFAULT_ANNOTATIONS).parent.parent.name}_{j.template}" + (
         f"_n{limit}_seed{seed}" if limit else "")
     run = RunDir(cfg.run_dir)
-    out_dir = run.root / "judge_check" / tag
+    out_dir = run.judge_check(tag)
     rows_a = [{"id": a["id"], "instruction": a["instruction"], "output": a["output_1"]} for a in annotations]
     rows_b = [{"id": a["id"], "instruction": a["instruction"], "output": a["output_2"]} for a in annotations]
     t0 = time.perf_counter()

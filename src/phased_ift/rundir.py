@@ -12,6 +12,7 @@
       evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json, ifeval.json (IFEval per prompt + metrics)
       report/report.md, report.html, *.png, summary.json
       agreement/<tag>/agreement.json   scorer agreement with the paper's labels (`phased-ift score --against paper`)
+      judge_check/<tag>/judge_check.json   the judge against GPT-4's preferences (`phased-ift judge-check`)
       cache/llm.sqlite                 every LLM request/response, keyed by the canonical request JSON
 
 A step is done when its output exists (files are written atomically, DONE markers last), so re-running a
@@ -115,6 +116,10 @@ class RunDir:
 
     def evaluation(self, arm: str, k: int, seed: int = 0) -> Path:
         return self.root / "evaluation" / arm / f"seed_{seed}" / f"phase_{k}" / "reference_loss.json"
+
+    def judge_check(self, tag: str) -> Path:
+        """The folder of one judge check (`judgecheck`): judgements.jsonl and judge_check.json."""
+        return self.root / "judge_check" / tag
 
     def ifeval(self, arm: str, k: int, seed: int = 0) -> Path:
         return self.root / "evaluation" / arm / f"seed_{seed}" / f"phase_{k}" / "ifeval.json"
