@@ -114,3 +114,28 @@ def test_win_rate_and_standard_error_equal_alpaca_evals(data_home, name):
         assert ours["standard_error"] == pytest.approx(PUBLISHED["alpaca-7b"]["standard_error"])
     with pytest.raises(ValueError, match="must be 0, 1, 1.5 or 2"):
         preference_win_rate([1, 3])
+
+
+def test_report_names_the_judge_and_its_check(tmp_path):
+    """Win rates come with the judge's check (matched by model and template), or a warning that it has none."""
+    from test_report import make_cfg, write_full_run
+
+    from phased_ift.report import build_report
+    from phased_ift.runio import atomic_write_json
+
+    run = write_full_run(tmp_path / "run")
+    cfg = make_cfg(run.root, judge={"judge": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}})
+    s = build_report(run, cfg)
+    assert any("judge m (template pairwise) has not been checked" in v for v in s["verdicts"])
+    check = {"judge": "m", "template": "pairwise", "annotations": "a.json", "n_pairs": 100,
+             "agreement": {"n": 90, "mean": 0.62, "ci": [0.52, 0.72]}, "kappa": {"n": 95, "value": 0.2, "ci": None},
+             "position_consistency": {"n": 95, "mean": 0.81, "ci": [0.73, 0.88]},
+             "length_rule_agreement": {"n": 90, "mean": 0.66, "ci": None}, "unparseable_rate": {"n": 100, "mean": 0.05}}
+    atomic_write_json(run.judge_check("x") / "judge_check.json", check)
+    atomic_write_json(run.judge_check("other") / "judge_check.json", {**check, "judge": "other-model"})
+    s = build_report(run, cfg)
+    assert s["judge_check"]["matched"]["agreement"]["mean"] == 0.62 and len(s["judge_check"]["checks"]) == 2
+    line = next(v for v in s["verdicts"] if v.startswith("judge m"))
+    assert "agreement with GPT-4 0.620 [0.520, 0.720]" in line and "position consistency 0.810" in line
+    assert "below 0.7, so the win rates above say little" in line
+    assert "agreement with GPT-4 0.620" in (run.report_dir / "report.md").read_text()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phased_ift import stats
-from phased_ift.report.verdicts import fmt_ci, fmt_num
+from phased_ift.report.verdicts import fmt_ci, fmt_num, judge_check_line
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> tuple:
@@ -100,6 +100,7 @@ def _win_rate_blocks(s: dict, cl: str) -> list[tuple]:
                        f"({s['run']['config']['bootstrap']} resamples, seed {s['run']['config']['bootstrap_seed']}); "
                        "LC = length-controlled win rate, the rate a logistic regression on the length difference "
                        "predicts at equal length (AlpacaEval 2's idea)."))
+        B.append(("p", judge_check_line(s.get("judge_check") or {})))
         B.append(_final_table(s["comparisons"], cl))
     else:
         B.append(("p", notes["judge"]))

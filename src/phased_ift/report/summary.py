@@ -226,6 +226,25 @@ def _summarize_mt_bench(run: RunDir, cfg: Config) -> list[dict]:
     return rows
 
 
+def _summarize_judge_check(run: RunDir, cfg: Config) -> dict:
+    """The configured judge and template, and the judge checks of the run dir (judge_check/*/judge_check.json)
+    that match them (same endpoint model and template): {"judge", "template", "checks": [...], "matched": the
+    largest matching check or None}."""
+    j = cfg.judge
+    checks = []
+    for f in sorted((run.root / "judge_check").glob("*/judge_check.json")):
+        try:
+            checks.append(json.loads(f.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as e:
+            raise PhasedIFTError(f"{f}: not valid JSON ({e}); delete it and re-run `phased-ift judge-check`.") from None
+    keep = ("judge", "template", "annotations", "n_pairs", "agreement", "kappa", "position_consistency",
+            "length_rule_agreement", "unparseable_rate")
+    checks = [{k: c.get(k) for k in keep} for c in checks]
+    matched = [c for c in checks if c["judge"] == j.judge.model and c["template"] == j.template]
+    return {"judge": j.judge.model if j.judge.enabled else None, "template": j.template, "checks": checks,
+            "matched": max(matched, key=lambda c: c["n_pairs"] or 0) if matched else None}
+
+
 def _agreement(run: RunDir) -> dict:
     """Scorer-agreement tables found in the run dir, keyed by path: agreement/<tag>/agreement.json (jsonl rows,
     written by `agreement.run_agreement`) and any scores/agreement*.json (JSON or jsonl)."""
@@ -269,6 +288,7 @@ def summarize_run(run: RunDir, cfg: Config) -> dict:
         notes["mt_bench"] = ("No MT-Bench grades (grades/*/seed_*/phase_*/mt_bench.jsonl): add mt_bench to "
                              "generate.test_sets, configure judge.judge (an OpenAI-compatible endpoint) and run "
                              "`phased-ift judge CONFIG`.")
+    s["judge_check"] = _summarize_judge_check(run, cfg)
     s["agreement"] = _agreement(run)
     s["notes"] = notes
     s["verdicts"] = verdict_lines(s, rc.length_warning_ratio)

@@ -92,6 +92,8 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
                          f"{w['n_seeds']} seeds (std {fmt_num(w['std'])}, min {w['min']:.3f}, max {w['max']:.3f}).")
     if not comps and summary.get("notes", {}).get("judge"):
         lines.append(summary["notes"]["judge"])
+    if comps:
+        lines.append(judge_check_line(summary.get("judge_check") or {}))
     order = summary.get("run", {}).get("config", {}).get("arms", [])
     rank = lambda arm: (order.index(arm) if arm in order else len(order), arm)  # noqa: E731
     for ts, seed in sorted({(ts, seed) for ts, _, seed in refs} - covered):
@@ -113,6 +115,22 @@ def mt_bench_verdicts(summary: dict, rank: Any = None) -> list[str]:
         lines.append(f"MT-Bench mean rating (final checkpoints, seed {seed}; 1-10, single-answer grading): "
                      + ", ".join(parts) + ".")
     return lines
+
+
+def judge_check_line(jc: dict) -> str:
+    """How far the win rates' judge can be trusted: its judge-check agreement and position consistency with CIs,
+    or a warning that it was never checked (`judgecheck`)."""
+    who = f"judge {jc.get('judge')} (template {jc.get('template')})"
+    c = jc.get("matched")
+    if not c:
+        return (f"{who} has not been checked against GPT-4's preferences: run `phased-ift judge-check CONFIG "
+                "--limit 100` before trusting the win rates above.")
+    ag, pc = c["agreement"], c["position_consistency"]
+    text = (f"{who}: agreement with GPT-4 {fmt_num(ag['mean'])} {fmt_ci(ag['ci'])} (the 'longer answer wins' rule: "
+            f"{fmt_num(c['length_rule_agreement']['mean'])}), position consistency {fmt_num(pc['mean'])} "
+            f"{fmt_ci(pc['ci'])}, on {c['n_pairs']} pairs of {c['annotations']}")
+    weak = ag["mean"] is None or pc["mean"] is None or ag["mean"] < 0.7 or pc["mean"] < 0.7
+    return text + ("; below 0.7, so the win rates above say little." if weak else ".")
 
 
 def ifeval_verdicts(summary: dict, rank: Any = None) -> list[str]:
