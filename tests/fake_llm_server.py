@@ -12,6 +12,8 @@ Behaviours (queued per request; when the queue is empty the default reply is use
     Status(code)              an OpenAI-style error body with that HTTP status (429, 500, 401, 404, ...)
     Delay(seconds, then)      sleep, then behave as `then` (default: the default reply); beyond the client timeout
     Garbage()                 200 with a body that is not JSON
+    Raw(body, content_type)   200 with exactly `body` (str), e.g. truncated JSON or `{"foo": 1}`; content_type
+                              defaults to application/json
 Run as a script (`python tests/fake_llm_server.py --port 8765 --latency 0.2`) for benchmarks by hand.
 """
 
@@ -48,6 +50,12 @@ class Delay:
 @dataclass
 class Garbage:
     pass
+
+
+@dataclass
+class Raw:
+    body: str
+    content_type: str = "application/json"
 
 
 @dataclass
@@ -127,19 +135,18 @@ class FakeLLMServer:
                     self._json(behaviour.code, {"error": {"message": f"fake error {behaviour.code}",
                                                           "type": "fake", "code": behaviour.code}})
                 elif isinstance(behaviour, Garbage):
-                    raw = b"<html>this is not json"
-                    self.send_response(200)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(raw)))
-                    self.end_headers()
-                    self.wfile.write(raw)
+                    self._raw(b"<html>this is not json", "application/json")
+                elif isinstance(behaviour, Raw):
+                    self._raw(behaviour.body.encode(), behaviour.content_type)
                 else:
                     self._json(200, completion(body, behaviour))
 
             def _json(self, code: int, obj: dict) -> None:
-                raw = json.dumps(obj).encode()
+                self._raw(json.dumps(obj).encode(), "application/json", code)
+
+            def _raw(self, raw: bytes, content_type: str, code: int = 200) -> None:
                 self.send_response(code)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", content_type)
                 self.send_header("content-length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_llm_server import Delay, FakeLLMServer, Garbage, Reply, Status  # noqa: E402
+from fake_llm_server import Delay, FakeLLMServer, Garbage, Raw, Reply, Status  # noqa: E402
 
 from phased_ift.config import EndpointConfig  # noqa: E402
 from phased_ift.errors import PhasedIFTError  # noqa: E402
@@ -87,6 +87,77 @@ def test_garbage_body_is_a_failure_marker_and_other_items_succeed(server, tmp_pa
     assert [r.ok for r in res] == [False, True, True]
     assert "not JSON" in res[0].error
     assert [r.text for r in res[1:]] == ["3", "3"]
+
+
+def _cached_rows(tmp_path) -> list[dict]:
+    con = sqlite3.connect(tmp_path / "cache" / "llm.sqlite")
+    try:
+        return [json.loads(r[0]) for r in con.execute("SELECT response FROM responses")]
+    except sqlite3.OperationalError:  # no table yet: nothing was ever cached
+        return []
+    finally:
+        con.close()
+
+
+# 200 replies that are no chat completion, each a transient server fault. What the openai SDK (non-strict, its
+# default) makes of them differs: truncated JSON raises json.JSONDecodeError; with a non-JSON content type it returns
+# the text as a str; `{"foo": 1}` becomes a ChatCompletion whose `choices` is None; `[1, 2]` comes back as a list.
+MALFORMED = {
+    "truncated-json": Raw('{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"index": 0, "mess'),
+    "truncated-json-text-html": Raw('{"id": "chatcmpl-x", "choices": [{"in', content_type="text/html"),
+    "json-not-a-completion": Raw('{"foo": 1}'),
+    "json-list": Raw("[1, 2]"),
+    "choices-null": Raw('{"id": "chatcmpl-x", "choices": null}'),
+    "choices-empty": Raw('{"id": "chatcmpl-x", "choices": []}'),
+    "choice-without-message": Raw('{"choices": [{"index": 0, "finish_reason": "stop"}]}'),
+    "choices-not-objects": Raw('{"choices": ["3"]}'),
+    "content-not-a-string": Raw('{"choices": [{"index": 0, "message": {"role": "assistant", "content": 3}}]}'),
+}
+
+
+@pytest.mark.parametrize("bad", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_200_body_is_retried_and_never_cached(server, tmp_path, secret_env, bad):
+    server.queue(bad, Reply("4"))
+    client, out = _client(server, tmp_path, concurrency=1)
+    [res] = client.chat_many([_req("q")])
+    assert res.ok and res.text == "4" and res.error is None
+    assert server.count == 2 and client.stats["retries"] == 1 and client.stats["failures"] == 0
+    assert "failures 0, retries 1" in out.getvalue()
+    [row] = _cached_rows(tmp_path)  # the good reply only
+    assert row["choices"][0]["message"]["content"] == "4"
+    client.close()
+    client2, _ = _client(server, tmp_path, concurrency=1)
+    [again] = client2.chat_many([_req("q")])
+    assert again.cached and again.text == "4" and server.count == 2
+
+
+@pytest.mark.parametrize("bad", [MALFORMED["truncated-json"], MALFORMED["json-not-a-completion"]],
+                         ids=["truncated-json", "json-not-a-completion"])
+def test_malformed_200_body_without_retries_fails_the_item_and_caches_nothing(server, tmp_path, secret_env, bad):
+    server.queue(bad)
+    client, _ = _client(server, tmp_path, concurrency=1, max_retries=0)
+    res = client.chat_many([_req("q"), _req("other")])
+    assert not res[0].ok and res[0].text is None and "malformed response body" in res[0].error
+    assert "gave up after 1 attempts" in res[0].error
+    assert res[1].ok and res[1].text == "3"  # the other item is unaffected
+    assert client.stats["failures"] == 1 and client.stats["retries"] == 0 and server.count == 2
+    assert [r["choices"][0]["message"]["content"] for r in _cached_rows(tmp_path)] == ["3"]
+    [res2] = client.chat_many([_req("q")])  # not cached: asked again (now the default reply)
+    assert res2.ok and not res2.cached and server.count == 3
+
+
+def test_empty_content_is_a_normal_answer_cached_as_is_never_retried(server, tmp_path, secret_env):
+    server.queue(Reply(""))
+    client, _ = _client(server, tmp_path, concurrency=1)
+    [res] = client.chat_many([_req("q")])
+    assert res.ok and res.text == "" and res.error is None  # no verdict in it: the caller counts it unparseable
+    assert server.count == 1 and client.stats["retries"] == 0 and client.stats["failures"] == 0
+    [row] = _cached_rows(tmp_path)
+    assert row["choices"][0]["message"]["content"] == ""
+    client.close()
+    client2, _ = _client(server, tmp_path, concurrency=1)
+    [again] = client2.chat_many([_req("q")])
+    assert again.cached and again.ok and again.text == "" and server.count == 1
 
 
 @pytest.mark.parametrize("status", [401, 403])

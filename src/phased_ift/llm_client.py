@@ -9,11 +9,20 @@ Works with any server that speaks `/v1/chat/completions` (OpenAI, vLLM, llama.cp
     client.close()
 
 Guarantees:
-  * Every successful response is written to the sqlite cache (WAL mode) the moment it arrives, keyed by the sha256
-    of the canonical request (base_url, model, messages, sampling parameters; never the API key). A run killed with
-    kill -9 loses only the requests in flight; running it again sends only the requests not yet answered.
+  * Every successful response (the ChatCompletion JSON as the server sent it) is written to the sqlite cache (WAL
+    mode) the moment it arrives, keyed by the sha256 of the canonical request (base_url, model, messages, sampling
+    parameters; never the API key). A run killed with kill -9 loses only the requests in flight; running it again
+    sends only the requests not yet answered.
   * At most `endpoint.concurrency` requests are in flight. 429, 5xx, timeouts and connection errors are retried up
     to `endpoint.max_retries` times with exponential backoff and jitter (honouring a short `Retry-After`).
+  * A 200 reply that is not a chat completion is a transient server fault, retried the same way: a body that is
+    not JSON (truncated, a proxy's HTML page) or JSON without a non-empty `choices` list whose first item holds a
+    `message` object (with string or null content). It is never cached, each retry is counted in
+    `stats["retries"]`, and it is a failure only when the retries run out. The body is parsed here, not by the
+    SDK, whose non-strict parse lets such bodies through in several shapes (see `_parse_completion`).
+  * A reply that IS a chat completion is a result as it is, even when it holds no usable verdict (empty content,
+    text without a score): cached, never retried or coerced; the caller counts it as unparseable (re-asking at
+    temperature 0 would give the same text).
   * One bad item never stops a batch: it comes back as `LLMResult(ok=False, error=...)`. Only errors that would
     fail every request stop the run with `PhasedIFTError`: 401/403 (wrong or missing key; the message names the
     environment variable, never the key) and 404 (wrong model or base_url).
@@ -78,6 +87,11 @@ class _Fatal(Exception):
     """Raised inside a worker for errors that would fail every request (401/403/404)."""
 
 
+class _Malformed(ValueError):
+    """A 200 reply that is not a chat completion (not JSON, or JSON without a `choices` list holding a `message`):
+    a transient server fault, retried like a 5xx and never cached."""
+
+
 class _RateColumn(ProgressColumn):
     """Requests per second (rich has a transfer-speed column for bytes only)."""
 
@@ -125,27 +139,64 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
-def _result_from_response(resp: dict, cached: bool) -> LLMResult:
-    """Turn a stored ChatCompletion JSON into an LLMResult."""
-    choices = resp.get("choices") or []
-    if not choices:
-        return LLMResult(False, None, None, "server returned no choices", cached)
+def _completion_problem(data: Any) -> str | None:
+    """Why a parsed 200 body is not a chat completion, or None when it is one: a JSON object whose `choices` is a
+    non-empty list whose first item holds a `message` object with a string (or null) `content`."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return "no `choices` list" if not isinstance(choices, list) else "an empty `choices` list"
     choice = choices[0]
-    text = (choice.get("message") or {}).get("content")
-    logprobs = None
-    content = (choice.get("logprobs") or {}).get("content")
-    if content:
-        logprobs = [
-            {
-                "token": t.get("token"),
-                "logprob": t.get("logprob"),
-                "top_logprobs": [
-                    {"token": a.get("token"), "logprob": a.get("logprob")} for a in (t.get("top_logprobs") or [])
-                ],
-            }
-            for t in content
-        ]
-    usage = resp.get("usage") or {}
+    if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+        return "the first choice holds no `message` object"
+    content = choice["message"].get("content")
+    if content is not None and not isinstance(content, str):
+        return f"the message content is a {type(content).__name__}, not a string"
+    return None
+
+
+def _parse_completion(body: str) -> dict:
+    """A 200 body as a ChatCompletion dict. Raises `_Malformed` when it is not JSON or not a chat completion
+    (`_completion_problem`): a transient server fault that `LLMClient` retries."""
+    try:
+        data = json.loads(body)
+    except ValueError as e:
+        raise _Malformed(f"malformed response body (not JSON: {e}): {body[:60]!r}") from None
+    problem = _completion_problem(data)
+    if problem:
+        raise _Malformed(f"malformed response body (not a chat completion: {problem}): {body[:60]!r}")
+    return data
+
+
+def _logprobs_of(choice: dict) -> list | None:
+    """The first choice's per-token logprobs in `LLMResult.logprobs`'s shape, or None."""
+    content = choice.get("logprobs")
+    content = content.get("content") if isinstance(content, dict) else None
+    if not content or not isinstance(content, list):
+        return None
+    return [
+        {
+            "token": t.get("token"),
+            "logprob": t.get("logprob"),
+            "top_logprobs": [
+                {"token": a.get("token"), "logprob": a.get("logprob")} for a in (t.get("top_logprobs") or [])
+            ],
+        }
+        for t in content
+    ]
+
+
+def _result_from_response(resp: Any, cached: bool) -> LLMResult:
+    """Turn a ChatCompletion JSON (just received and checked by `_parse_completion`, or from the cache) into an
+    LLMResult. A reply that is a chat completion is a result as it is, even with empty content."""
+    problem = _completion_problem(resp)
+    if problem:  # only a cache entry written by hand gets here: received bodies were checked
+        return LLMResult(False, None, None, f"not a chat completion: {problem}", cached)
+    choice = resp["choices"][0]
+    text = choice["message"].get("content")
+    logprobs = _logprobs_of(choice)
+    usage = resp.get("usage") if isinstance(resp.get("usage"), dict) else {}
     usage = {"prompt_tokens": usage.get("prompt_tokens") or 0, "completion_tokens": usage.get("completion_tokens") or 0}
     if text is None:
         return LLMResult(False, None, logprobs, "server returned a choice without message content", cached, usage)
@@ -265,8 +316,10 @@ class LLMClient:
                 self._count(retries=1)
             retry_after = None
             try:
-                resp = client.chat.completions.create(**params)
-                data = resp.model_dump(mode="json")
+                # The raw body, parsed here: the SDK's parse of a bad body varies (JSONDecodeError, a str, a list, a
+                # ChatCompletion whose choices is None), see `_parse_completion`.
+                raw = client.chat.completions.with_raw_response.create(**params)
+                data = _parse_completion(raw.text)
                 result = _result_from_response(data, cached=False)
                 self._count(sent=1, prompt_tokens=result.usage["prompt_tokens"],
                             completion_tokens=result.usage["completion_tokens"])
@@ -284,12 +337,14 @@ class LLMClient:
                     retry_after = float(headers.get("retry-after", ""))
                 except ValueError:
                     retry_after = None
-            except json.JSONDecodeError as e:  # a body that is not JSON (e.g. a proxy's HTML page): may be transient
-                last = f"malformed response body (not JSON): {e}"
+            except _Malformed as e:  # truncated JSON, a proxy's HTML page, `{"foo": 1}`: transient
+                last = self._scrub(str(e))
+            except openai.APIResponseValidationError as e:  # the same fault (raised only with strict validation)
+                last = f"malformed response body (not a chat completion): {self._scrub(str(e))}"
             except openai.APIStatusError as e:  # other 4xx (e.g. 400 context too long): retrying cannot help
                 self._count(sent=1)
                 return LLMResult(False, None, None, f"HTTP {e.status_code}: {self._scrub(str(e))}", False)
-            except (openai.APIError, ValueError, TypeError, KeyError) as e:  # a body that is not a ChatCompletion
+            except (openai.APIError, ValueError, TypeError) as e:  # e.g. a request the SDK refuses: not transient
                 self._count(sent=1)
                 return LLMResult(False, None, None, f"{type(e).__name__}: {self._scrub(str(e))}", False)
             if attempt < self.endpoint.max_retries:
