@@ -115,9 +115,9 @@ def test_pair_v2_loads_without_the_data_home(tmp_path, monkeypatch):
 
 def test_pair_v2_messages_show_the_first_answer_as_assistant_a():
     t = load_template("pair-v2")
-    m = t.messages("Q?", "first {answer_a}", "second")
+    m = t.messages("Q {answer_b}?", "first {answer_a}", "second")
     assert [x["role"] for x in m] == ["system", "user"] and m[0]["content"] == t.system
-    assert m[1]["content"] == ("[User Question]\nQ?\n\n[The Start of Assistant A's Answer]\n"
+    assert m[1]["content"] == ("[User Question]\nQ {answer_b}?\n\n[The Start of Assistant A's Answer]\n"
                                "first {answer_a}\n[The End of Assistant A's Answer]\n\n[The Start of Assistant B's "
                                "Answer]\nsecond\n[The End of Assistant B's Answer]")
 

@@ -73,16 +73,13 @@ class JudgeTemplate:
 
     def messages(self, question: str, answer_1: str, answer_2: str, reference: str | None = None) -> list[dict]:
         """Chat messages for one order (`answer_1` is shown first: Assistant 1 / Assistant A). Placeholders are
-        replaced literally (answers may contain braces)."""
+        replaced literally, in one pass over the template, so inserted text (a question or answer that contains
+        "{answer_2}" or other braces) is never re-scanned."""
         if self.needs_reference and reference is None:
             raise ValueError(f"judge template {self.name!r} needs a reference answer")
-        user = self.user
-        # Replace the reference first: answers are inserted last so their text is never re-scanned.
-        for key, value in (("{question}", question), ("{reference}", reference or "")):
-            user = user.replace(key, value)
         key_1, key_2 = ANSWER_KEYS[self.kind]
-        user = user.replace(key_1, "\0A1\0").replace(key_2, "\0A2\0")
-        user = user.replace("\0A1\0", answer_1).replace("\0A2\0", answer_2)
+        values = {"{question}": question, "{reference}": reference or "", key_1: answer_1, key_2: answer_2}
+        user = re.sub("|".join(map(re.escape, values)), lambda m: values[m.group(0)], self.user)
         msgs = [{"role": "system", "content": self.system}] if self.system else []
         return msgs + [{"role": "user", "content": user}]
 
