@@ -217,3 +217,31 @@ def test_judge_pairs_with_pair_v2_against_the_fake_server(tmp_path):
         assert body["messages"][1]["role"] == "user" and body["max_tokens"] == 2048
     shown = {_answers(body["messages"][1]["content"]) for body in bodies}
     assert ("strong one", "weak") in shown and ("weak", "strong one") in shown
+
+
+def test_step_judge_with_pair_v2_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
+    """The judge step reads judge.template=pair-v2 from the config: FastChat's system prompt, the verdict budget
+    (judge.grade_max_tokens) and verdict rows, for every judgement file of the run."""
+    from rich.console import Console
+
+    from test_judge import make_fake_run
+
+    from phased_ift import pipeline
+
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
+    with FakeLLMServer(reply="Assistant A is better.\n[[A]]") as srv:  # always the first shown: position bias
+        cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch,
+                                 [f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake",
+                                  "judge.template=pair-v2", "judge.grade_max_tokens=300"])
+        pipeline.step_judge(cfg, console=console)
+        bodies = list(srv.bodies)
+    system = load_template("pair-v2").system
+    assert bodies and all(b["max_tokens"] == 300 and b["messages"][0]["content"] == system for b in bodies)
+    for f in [run.judgements("phased", "one-off", "vicuna", 0),
+              *[run.judgements("phased", "one-off", "vicuna", 0, phase=k) for k in (1, 2)]]:
+        rows = [json.loads(x) for x in f.read_text().splitlines()]
+        # [[A]] in both orders: arm A wins as Assistant A and loses as Assistant B -> tie.
+        assert len(rows) == 2 and all(r["verdict"] == "tie" and r["ab"]["winner"] == r["ba"]["winner"] == "A"
+                                      for r in rows)
+    console.file.flush()
+    assert "0W 2T 0L 0 unparseable" in (tmp_path / "log.txt").read_text()
