@@ -126,6 +126,10 @@ def test_packaged_templates_render_both_orders():
     r = load_template("reference")
     assert r.needs_reference
     assert "REF" in r.messages("q", "a", "b", reference="REF")[1]["content"]
+    # Inserted text is never re-scanned: a question or reference naming a placeholder stays as written.
+    u = r.messages("Q {answer_2} {reference}", "one", "two", reference="R {answer_1}")[1]["content"]
+    assert "[Question]\nQ {answer_2} {reference}\n" in u and "R {answer_1}\n" in u
+    assert u.index("one") < u.index("two") and u.count("one") == 1
 
 
 def test_template_errors(tmp_path):

@@ -334,13 +334,15 @@ class GenerateConfig:
 class JudgeConfig:
     judge: EndpointConfig = _f(EndpointConfig(max_tokens=32), "Pairwise judge endpoint ('' base_url = no judging).")
     template: str = _f("pairwise", "pairwise (the paper's 1-10 's1 s2' prompt), reference (the same, with the GPT-4 "
-                       "reference answer shown; AlpacaEval prompts only) or a path to a .txt judge template.")
+                       "reference answer shown; AlpacaEval prompts only), pair-v2 (FastChat's [[A]]/[[B]]/[[C]] "
+                       "verdict prompt, replies of up to judge.grade_max_tokens) or a path to a .txt judge template.")
     pairs: list[list[str]] = _f([], "Arm pairs [a, b] to judge; [] = every arm against the baseline arm (or the "
                                 "first arm).")
     test_sets: list[str] = _f([], "Test sets to judge pairwise (keys of generate.test_sets); [] = all of them but "
                               "ifeval, which is verified by program without a judge.")
-    grade_max_tokens: int = _f(2048, "Max completion tokens of an MT-Bench grading reply (FastChat's judge: 2048); "
-                               "grading asks judge.judge at temperature 0.")
+    grade_max_tokens: int = _f(2048, "Max completion tokens of a FastChat-style judge reply, which explains before its "
+                               "rating or verdict: MT-Bench grading (at temperature 0) and judge.template=pair-v2 "
+                               "(FastChat's judge: 2048).")
 
     def __post_init__(self) -> None:
         for p in self.pairs:

@@ -2,25 +2,29 @@
 
     phased-ift judge configs/quickstart.yaml judge.judge.base_url=http://127.0.0.1:8080/v1 judge.judge.model=x
 
-A judge is data: a prompt template (`templates/pairwise.txt`, `templates/reference.txt`, or a path to a .txt
-file) plus the score parser below. Each prompt is judged twice, once with arm A's answer as "Assistant 1" (order
-"ab") and once with arm B's answer first (order "ba"), because LLM judges favour one position. The two orders are
-reconciled with the rule of the paper's code (xubuvd/PhasedSFT, evaluation/win_tie_loss_stat.py):
+A judge is data: a prompt template (`templates/pairwise.txt`, `templates/reference.txt`, `templates/pair-v2.txt`,
+or a path to a .txt file) plus its parser. A template's answer placeholders choose its kind: {answer_1}/{answer_2}
+is the paper's kind ("scores": the reply's first line is "s1 s2", `parse_scores`), {answer_a}/{answer_b} is
+FastChat's ("verdict": the reply holds "[[A]]", "[[B]]" or "[[C]]", `parse_verdict`; pair-v2, Zheng et al. 2023).
+Each prompt is judged twice, once with arm A's answer shown first, as "Assistant 1" / "Assistant A" (order "ab"),
+and once with arm B's answer first (order "ba"), because LLM judges favour one position. Both kinds give each order
+an outcome from arm A's side (win / tie / loss / unparseable), and the two orders are reconciled with the rule of
+the paper's code (xubuvd/PhasedSFT, evaluation/win_tie_loss_stat.py):
 
     win  = A wins both orders, or wins one and ties one
     tie  = ties both, or wins one and loses one
     loss = the mirror of win
-    unparseable = either order's reply has no valid "s1 s2" first line (counted apart, never turned into a result)
+    unparseable = either order's reply does not parse (counted apart, never turned into a result)
 
 Rows go to `judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl` with both raw replies, so numbers can be
 recomputed without paying again; every request also goes through the LLM cache, so a re-run sends nothing.
 
 `aggregate(rows)` gives counts, the plain win rate over parsed pairs and the paper's centred number.
 
-Owns: judge templates, the score parser, the reconciliation rule, judgement rows and their aggregation, judging
-one test set (`judge_pairs`) and the judge step (`judge_all`: every comparison of `design.judge_jobs` on every
-test set, or its dry-run estimate; then MT-Bench's single-answer grades, which `mtbench` owns). Which arms are
-compared is the design's (`design.judge_jobs`), not this module's.
+Owns: judge templates, the score and verdict parsers, the reconciliation rule, judgement rows and their
+aggregation, judging one test set (`judge_pairs`) and the judge step (`judge_all`: every comparison of
+`design.judge_jobs` on every test set, or its dry-run estimate; then MT-Bench's single-answer grades, which
+`mtbench` owns). Which arms are compared is the design's (`design.judge_jobs`), not this module's.
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ SCORE_MIN, SCORE_MAX = 1.0, 10.0
 # The first non-empty line must hold exactly two numbers, separated by whitespace and/or one comma (the paper's
 # parser replaces commas by spaces and splits). A trailing period is tolerated; anything else is not a score line.
 _SCORE_LINE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:,\s*|\s+)(\d+(?:\.\d+)?)\s*\.?\s*$")
+# Template kinds and their answer placeholders (first shown, second shown).
+SCORES, VERDICT = "scores", "verdict"
+ANSWER_KEYS = {SCORES: ("{answer_1}", "{answer_2}"), VERDICT: ("{answer_a}", "{answer_b}")}
+PACKAGED = "pairwise, reference, pair-v2"
+# FastChat's verdict tags (output_format "[[A]]") and the winner each names.
+_VERDICT_TAGS = {"[[A]]": "A", "[[B]]": "B", "[[C]]": "tie"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -48,27 +58,28 @@ _SCORE_LINE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:,\s*|\s+)(\d+(?:\.\d+)?)\s*\
 
 @dataclass(frozen=True)
 class JudgeTemplate:
-    """A pairwise judge prompt: system text and user text with {question}, {answer_1}, {answer_2}
-    (and {reference} for reference templates) placeholders."""
+    """A pairwise judge prompt: system text and user text with {question} and the answer placeholders of its kind
+    (`ANSWER_KEYS`: {answer_1}, {answer_2} for SCORES; {answer_a}, {answer_b} for VERDICT), and {reference} for
+    reference templates."""
 
     name: str
     system: str
     user: str
+    kind: str = SCORES
 
     @property
     def needs_reference(self) -> bool:
         return "{reference}" in self.user
 
     def messages(self, question: str, answer_1: str, answer_2: str, reference: str | None = None) -> list[dict]:
-        """Chat messages for one order. Placeholders are replaced literally (answers may contain braces)."""
+        """Chat messages for one order (`answer_1` is shown first: Assistant 1 / Assistant A). Placeholders are
+        replaced literally, in one pass over the template, so inserted text (a question or answer that contains
+        "{answer_2}" or other braces) is never re-scanned."""
         if self.needs_reference and reference is None:
             raise ValueError(f"judge template {self.name!r} needs a reference answer")
-        user = self.user
-        # Replace the reference first: answers are inserted last so their text is never re-scanned.
-        for key, value in (("{question}", question), ("{reference}", reference or "")):
-            user = user.replace(key, value)
-        user = user.replace("{answer_1}", "\0A1\0").replace("{answer_2}", "\0A2\0")
-        user = user.replace("\0A1\0", answer_1).replace("\0A2\0", answer_2)
+        key_1, key_2 = ANSWER_KEYS[self.kind]
+        values = {"{question}": question, "{reference}": reference or "", key_1: answer_1, key_2: answer_2}
+        user = re.sub("|".join(map(re.escape, values)), lambda m: values[m.group(0)], self.user)
         msgs = [{"role": "system", "content": self.system}] if self.system else []
         return msgs + [{"role": "user", "content": user}]
 
@@ -78,7 +89,8 @@ def read_template(name_or_path: str, setting: str, packaged: str, placeholders: 
     and the difficulty judge.
 
     File format: a line `<<system>>`, the system text, a line `<<user>>`, the user text (trailing blank lines
-    dropped). The user text must contain every placeholder.
+    dropped). Text before `<<system>>` is a comment (e.g. where the prompt comes from). The user text must contain
+    every placeholder.
 
     Args:
         setting: the config key that names the template, for error messages (e.g. "judge.template").
@@ -111,15 +123,29 @@ def read_template(name_or_path: str, setting: str, packaged: str, placeholders: 
 
 
 def load_template(name_or_path: str) -> JudgeTemplate:
-    """Load a packaged judge template by name ("pairwise", "reference") or a .txt file (format: `read_template`;
-    the user text must contain {question}, {answer_1} and {answer_2}).
+    """Load a packaged judge template by name ("pairwise", "reference", "pair-v2") or a .txt file (format:
+    `read_template`; the user text must contain {question} and the answer placeholders of one kind).
+
+    The kind follows the answer placeholders: {answer_a} / {answer_b} make a VERDICT template (FastChat's
+    "[[A]]" / "[[B]]" / "[[C]]" replies), {answer_1} / {answer_2} a SCORES template (the paper's "s1 s2" line).
+    Packaged templates are read from the package, never from the data home.
 
     Raises:
-        PhasedIFTError: unknown name, missing file, or a file without the markers/placeholders.
+        PhasedIFTError: unknown name, missing file, a file without the markers/placeholders, or one that mixes
+            both kinds' placeholders.
     """
-    system, user = read_template(name_or_path, "judge.template", "pairwise, reference",
-                                 ("{question}", "{answer_1}", "{answer_2}"))
-    return JudgeTemplate(name=str(name_or_path), system=system, user=user)
+    system, user = read_template(name_or_path, "judge.template", PACKAGED, ("{question}",))
+    kind = VERDICT if any(k in user for k in ANSWER_KEYS[VERDICT]) else SCORES
+    other = ANSWER_KEYS[SCORES if kind == VERDICT else VERDICT]
+    for key in ANSWER_KEYS[kind]:
+        if key not in user:
+            raise PhasedIFTError(f"judge template {name_or_path}: the user prompt lacks the placeholder {key}; "
+                                 f"add it where the {key.strip('{}')} should go.")
+    if any(k in user for k in other):
+        raise PhasedIFTError(f"judge template {name_or_path}: the user prompt mixes {' '.join(ANSWER_KEYS[kind])} "
+                             f"with {' '.join(other)}; use {{answer_1}}/{{answer_2}} for a 's1 s2' score reply or "
+                             "{answer_a}/{answer_b} for a [[A]]/[[B]]/[[C]] verdict reply, not both.")
+    return JudgeTemplate(name=str(name_or_path), system=system, user=user, kind=kind)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -147,6 +173,34 @@ def parse_scores(reply: str | None) -> list[float] | None:
     if not (SCORE_MIN <= s1 <= SCORE_MAX and SCORE_MIN <= s2 <= SCORE_MAX):
         return None
     return [s1, s2]
+
+
+def parse_verdict(reply: str | None) -> str | None:
+    """Parse a FastChat pair-v2 reply into the winner it names: "A" ("[[A]]"), "B" ("[[B]]") or "tie" ("[[C]]").
+
+    Follows FastChat's `run_judge_pair` (fastchat/llm_judge/common.py, output_format "[[A]]"): the tag may stand
+    anywhere in the reply (after the explanation), matched exactly as written (case-sensitive, no inner spaces), and
+    a reply without any tag is an error there and None here. One deviation: FastChat checks `"[[A]]" in judgment`,
+    then "[[B]]", then "[[C]]", so a reply holding both "[[A]]" and "[[B]]" becomes A. Here a reply that holds more
+    than one distinct tag is None (unparseable): it is ambiguous (e.g. a judge that restates the format, or changes
+    its mind), and an ambiguous reply must not become a result, least of all one chosen by the order of the checks.
+    The same tag repeated is not ambiguous.
+
+    Returns:
+        "A", "B", "tie", or None when the reply is empty / None, has no tag (e.g. "[A]"), or has two distinct tags.
+    """
+    if not reply:
+        return None
+    found = {winner for tag, winner in _VERDICT_TAGS.items() if tag in reply}
+    return found.pop() if len(found) == 1 else None
+
+
+def verdict_outcome(winner: str | None, letter_a: str) -> str:
+    """Outcome of one order from arm A's side, from a parsed verdict ("A" / "B" / "tie" / None) and the letter arm
+    A was shown as in that order ("A" in order ab, "B" in order ba); the same values as `order_outcome`."""
+    if winner is None:
+        return "unparseable"
+    return "tie" if winner == "tie" else "win" if winner == letter_a else "loss"
 
 
 def order_outcome(score_a: float | None, score_b: float | None) -> str:
@@ -231,17 +285,23 @@ def build_requests(template: JudgeTemplate, question: str, answer_a: str, answer
 
 
 def make_row(item_id: str, testset: str, arm_a: str, arm_b: str, answer_a: str, answer_b: str,
-             reply_ab: str | None, reply_ba: str | None) -> dict[str, Any]:
+             reply_ab: str | None, reply_ba: str | None, kind: str = SCORES) -> dict[str, Any]:
     """One judgement row (docs/architecture.md format) from the raw replies of both orders.
 
-    ab scores are [s_a, s_b]; ba scores are [s_b, s_a] (Assistant 1 is arm B there).
+    kind SCORES: ab scores are [s_a, s_b]; ba scores are [s_b, s_a] (Assistant 1 is arm B there). kind VERDICT:
+    each order records the winner as the judge named it ("A" / "B" / "tie" / None); in order ba "A" is arm B.
     """
-    ab, ba = parse_scores(reply_ab), parse_scores(reply_ba)
-    o1 = order_outcome(*(ab or (None, None)))
-    o2 = order_outcome(*((ba[1], ba[0]) if ba else (None, None)))
+    if kind == VERDICT:
+        w_ab, w_ba = parse_verdict(reply_ab), parse_verdict(reply_ba)
+        ab, ba = {"raw": reply_ab, "winner": w_ab}, {"raw": reply_ba, "winner": w_ba}
+        o1, o2 = verdict_outcome(w_ab, "A"), verdict_outcome(w_ba, "B")
+    else:
+        s_ab, s_ba = parse_scores(reply_ab), parse_scores(reply_ba)
+        ab, ba = {"raw": reply_ab, "scores": s_ab}, {"raw": reply_ba, "scores": s_ba}
+        o1 = order_outcome(*(s_ab or (None, None)))
+        o2 = order_outcome(*((s_ba[1], s_ba[0]) if s_ba else (None, None)))
     return {
-        "id": item_id, "testset": testset, "arm_a": arm_a, "arm_b": arm_b,
-        "ab": {"raw": reply_ab, "scores": ab}, "ba": {"raw": reply_ba, "scores": ba},
+        "id": item_id, "testset": testset, "arm_a": arm_a, "arm_b": arm_b, "ab": ab, "ba": ba,
         "verdict": reconcile(o1, o2), "len_a": word_count(answer_a), "len_b": word_count(answer_b),
     }
 
@@ -278,7 +338,9 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
         client: an `llm_client.LLMClient` (anything with `iter_chat(requests, desc)` yielding `LLMResult`s in
             request order).
         rows_a, rows_b: generation rows ({"id", "instruction", "output", ...}) of the two arms on one test set.
-        template: a `JudgeTemplate`; a reference template judges only prompts present in `references`.
+        template: a `JudgeTemplate` (its kind picks the reply parser and the row fields, see `make_row`); a
+            reference template judges only prompts present in `references`.
+        max_tokens: the reply budget; the judge step passes `reply_tokens` (a VERDICT reply needs room to explain).
         references: normalised instruction -> reference answer (`data.load_reference_answers`), for reference
             templates.
     Returns:
@@ -298,7 +360,7 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
             reqs += build_requests(template, ra["instruction"], ra["output"], rb["output"], ref, temperature,
                                    max_tokens)
         stream = client.iter_chat(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")  # starts at the first next()
-        failed = _append_rows(stream, todo, log, testset, arm_a, arm_b)
+        failed = _append_rows(stream, todo, log, testset, arm_a, arm_b, template.kind)
         all_rows = log.rows()
     if failed and console is not None:
         console.print(f"judge {arm_a} vs {arm_b} / {testset}: {len(failed)} prompts not judged because a request "
@@ -336,7 +398,7 @@ def _pairs_to_judge(pairs: Sequence[tuple[dict, dict]], done: set, template: Jud
 
 
 def _append_rows(stream: Iterator[Any], todo: Sequence[tuple[dict, dict, Any]], log: AppendLog, testset: str,
-                 arm_a: str, arm_b: str) -> list[dict]:
+                 arm_a: str, arm_b: str, kind: str = SCORES) -> list[dict]:
     """Append one row per prompt of `todo` as its two results (order ab, then ba) arrive from `stream`; returns
     the prompts whose requests failed, [{"id", "errors"}] (no row written for them)."""
     failed: list[dict] = []
@@ -347,8 +409,8 @@ def _append_rows(stream: Iterator[Any], todo: Sequence[tuple[dict, dict, Any]], 
             # run asks again (answers that did arrive are cached); the failures are counted and logged.
             failed.append({"id": ra["id"], "errors": [r.error for r in (r_ab, r_ba) if not r.ok]})
             continue
-        log.append(make_row(ra["id"], testset, arm_a, arm_b, ra["output"], rb["output"],
-                                        r_ab.text, r_ba.text))
+        log.append(make_row(ra["id"], testset, arm_a, arm_b, ra["output"], rb["output"], r_ab.text, r_ba.text,
+                            kind))
     return failed
 
 
@@ -445,6 +507,13 @@ def pairwise_test_sets(cfg: Any) -> list[str]:
     return list(cfg.judge.test_sets)
 
 
+def reply_tokens(cfg: Any, template: JudgeTemplate) -> int:
+    """Max completion tokens of one pairwise judge reply: judge.judge.max_tokens for a SCORES template (only the
+    first line is parsed, so the explanation may be cut), judge.grade_max_tokens for a VERDICT template (FastChat's
+    judge explains first and gives its verdict last; FastChat asks for 2048 tokens)."""
+    return cfg.judge.grade_max_tokens if template.kind == VERDICT else cfg.judge.judge.max_tokens
+
+
 def _job_files(cfg: Any, run: Any) -> list[tuple[Any, str, Path, Path, Path]]:
     """(job, test set, generations of arm A, generations of arm B, judgements out) for every job and pairwise test
     set (`pairwise_test_sets`)."""
@@ -466,7 +535,8 @@ def _judge_files(cfg: Any, run: Any, client: Any, template: JudgeTemplate, refs:
     j = cfg.judge.judge
     for job, name, ga, gb, out in _job_files(cfg, run):
         res = judge_pairs(client, read_generations(ga), read_generations(gb), job.arm_a, job.arm_b, out, template,
-                          name, references=refs, temperature=j.temperature, max_tokens=j.max_tokens, console=console)
+                          name, references=refs, temperature=j.temperature, max_tokens=reply_tokens(cfg, template),
+                          console=console)
         wr = "n/a" if res["win_rate"] is None else f"{res['win_rate']:.3f}"
         console.print(
             f"judge: {job.arm_a} vs {job.arm_b} seed {job.seed}"
@@ -487,7 +557,7 @@ def _plan_all(cfg: Any, run: Any, client: Any, template: JudgeTemplate, refs: di
     for _job, _name, ga, gb, _out in _job_files(cfg, run):
         if settings_path(ga).is_file() and settings_path(gb).is_file():
             planned += plan_requests(read_generations(ga), read_generations(gb), template, refs, j.temperature,
-                                     j.max_tokens)
+                                     reply_tokens(cfg, template))
         else:
             missing += 1
     est = client.estimate(planned)
