@@ -34,23 +34,34 @@ def annotations_file(tmp_path):
     return path
 
 
-def reply(body):
-    text = body["messages"][-1]["content"]
-    i = int(re.search(r"ANS1-(\d+)", text).group(1))
-    first_is_1 = text.index(f"ANS1-{i}") < text.index(f"ANS2-{i}")
-    return PAIRS[i][3] if first_is_1 else PAIRS[i][4]
+# The same verdicts as FastChat's pair-v2 replies: [[A]] = Assistant A (shown first) better, [[C]] = tie.
+AS_PAIR_V2 = {"8 4": "[[A]]", "7 3": "[[A]]", "6 2": "[[A]]", "4 8": "[[B]]", "3 7": "[[B]]", "3 9": "[[B]]",
+              "9 3": "[[A]]", "5 5": "[[C]]", "garbage": "Both are fine."}
 
 
-def test_judge_check_numbers_equal_the_hand_computed_ones(tmp_path, capsys):
+def reply_for(template):
+    def reply(body):
+        text = body["messages"][-1]["content"]
+        i = int(re.search(r"ANS1-(\d+)", text).group(1))
+        first_is_1 = text.index(f"ANS1-{i}") < text.index(f"ANS2-{i}")
+        scores = PAIRS[i][3] if first_is_1 else PAIRS[i][4]
+        return scores if template == "pairwise" else f"Explanation. {AS_PAIR_V2[scores]}"
+    return reply
+
+
+@pytest.mark.parametrize("template", ["pairwise", "pair-v2"])
+def test_judge_check_numbers_equal_the_hand_computed_ones(tmp_path, capsys, template):
     from phased_ift.cli import main
 
     ann = annotations_file(tmp_path)
+    reply = reply_for(template)
     with FakeLLMServer(reply=reply) as srv:
         rc = main(["judge-check", "configs/quickstart.yaml", f"run_dir={tmp_path / 'run'}", "--annotations", str(ann),
-                   f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake", "report.bootstrap=200"])
+                   f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake", "report.bootstrap=200",
+                   f"judge.template={template}"])
         assert rc == 0 and srv.count == 12
     out = json.loads(next((tmp_path / "run" / "judge_check").glob("*/judge_check.json")).read_text())
-    assert out["n_pairs"] == 6 and out["judge"] == "fake" and out["template"] == "pairwise"
+    assert out["n_pairs"] == 6 and out["judge"] == "fake" and out["template"] == template
     assert out["agreement"]["mean"] == pytest.approx(2 / 3) and out["agreement"]["n"] == 3
     assert out["length_rule_agreement"]["mean"] == pytest.approx(2 / 3)
     # kappa over (GPT-4, judge) = (1,1) (2,tie) (2,2) (tie,tie) (tie,1): p_o = 3/5, p_e = (1*2 + 2*1 + 2*2)/25
@@ -71,7 +82,8 @@ def test_judge_check_numbers_equal_the_hand_computed_ones(tmp_path, capsys):
     # Resume: a second run sends nothing (rows and cache).
     with FakeLLMServer(reply=reply) as srv:
         assert main(["judge-check", "configs/quickstart.yaml", f"run_dir={tmp_path / 'run'}", "--annotations",
-                     str(ann), f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake"]) == 0
+                     str(ann), f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake",
+                     f"judge.template={template}"]) == 0
         assert srv.count == 0
 
 

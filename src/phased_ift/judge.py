@@ -291,19 +291,21 @@ def make_row(item_id: str, testset: str, arm_a: str, arm_b: str, answer_a: str, 
     kind SCORES: ab scores are [s_a, s_b]; ba scores are [s_b, s_a] (Assistant 1 is arm B there). kind VERDICT:
     each order records the winner as the judge named it ("A" / "B" / "tie" / None); in order ba "A" is arm B.
     """
-    if kind == VERDICT:
-        w_ab, w_ba = parse_verdict(reply_ab), parse_verdict(reply_ba)
-        ab, ba = {"raw": reply_ab, "winner": w_ab}, {"raw": reply_ba, "winner": w_ba}
-        o1, o2 = verdict_outcome(w_ab, "A"), verdict_outcome(w_ba, "B")
-    else:
-        s_ab, s_ba = parse_scores(reply_ab), parse_scores(reply_ba)
-        ab, ba = {"raw": reply_ab, "scores": s_ab}, {"raw": reply_ba, "scores": s_ba}
-        o1 = order_outcome(*(s_ab or (None, None)))
-        o2 = order_outcome(*((s_ba[1], s_ba[0]) if s_ba else (None, None)))
-    return {
-        "id": item_id, "testset": testset, "arm_a": arm_a, "arm_b": arm_b, "ab": ab, "ba": ba,
-        "verdict": reconcile(o1, o2), "len_a": word_count(answer_a), "len_b": word_count(answer_b),
-    }
+    key, parse = ("winner", parse_verdict) if kind == VERDICT else ("scores", parse_scores)
+    ab, ba = {"raw": reply_ab, key: parse(reply_ab)}, {"raw": reply_ba, key: parse(reply_ba)}
+    row = {"id": item_id, "testset": testset, "arm_a": arm_a, "arm_b": arm_b, "ab": ab, "ba": ba}
+    return {**row, "verdict": reconcile(*order_outcomes(row)), "len_a": word_count(answer_a),
+            "len_b": word_count(answer_b)}
+
+
+def order_outcomes(row: dict[str, Any]) -> tuple[str, str]:
+    """The outcome of each answer order of a judgement row, from arm A's side (order ab shows arm A first):
+    from the parsed scores of a SCORES row or the named winner of a VERDICT row; "unparseable" where missing."""
+    ab, ba = row["ab"], row["ba"]
+    if "winner" in ab:
+        return verdict_outcome(ab["winner"], "A"), verdict_outcome(ba["winner"], "B")
+    s_ab, s_ba = ab.get("scores"), ba.get("scores")
+    return (order_outcome(*(s_ab or (None, None))), order_outcome(*((s_ba[1], s_ba[0]) if s_ba else (None, None))))
 
 
 def pair_answers(rows_a: Sequence[dict], rows_b: Sequence[dict], where: str) -> list[tuple[dict, dict]]:

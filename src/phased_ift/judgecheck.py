@@ -95,14 +95,6 @@ def gpt4_choice(preference: float) -> str:
     return {1: "1", 2: "2"}.get(preference, "tie")  # type: ignore[call-overload]
 
 
-def _order_outcomes(row: dict) -> tuple[str, str]:
-    """The outcome of each order from output_1's side (`judge.order_outcome`): order 1 shows output_1 first."""
-    from phased_ift.judge import order_outcome
-
-    ab, ba = row["ab"]["scores"], row["ba"]["scores"]
-    return (order_outcome(*(ab or (None, None))), order_outcome(*((ba[1], ba[0]) if ba else (None, None))))
-
-
 def check_metrics(rows: Sequence[dict], annotations: Sequence[dict], n_resamples: int = 2000,
                   confidence: float = 0.95, seed: int = 0) -> dict:
     """The check's numbers (module docstring) from judgement rows (arm_a = output_1) and their annotations.
@@ -112,6 +104,7 @@ def check_metrics(rows: Sequence[dict], annotations: Sequence[dict], n_resamples
          "longer_win_rate", "gpt4_longer_win_rate", "unparseable_rate"}: each a `stats.mean_with_ci` dict {"n",
         "mean", "ci"} over its pairs (kappa: {"n", "value", "ci"}); "mean" None when no pair qualifies.
     """
+    from phased_ift.judge import order_outcomes
     from phased_ift.stats import mean_with_ci
 
     kw = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
@@ -123,7 +116,7 @@ def check_metrics(rows: Sequence[dict], annotations: Sequence[dict], n_resamples
         g, v = gpt4_choice(a["preference"]), r["verdict"]
         la, lb = r["len_a"], r["len_b"]
         unparsed.append(float(v == "unparseable"))
-        o1, o2 = _order_outcomes(r)
+        o1, o2 = order_outcomes(r)  # order 1 shows output_1 first
         first += [{"win": 1.0, "tie": 0.5, "loss": 0.0}[o1]] if o1 != "unparseable" else []
         first += [{"loss": 1.0, "tie": 0.5, "win": 0.0}[o2]] if o2 != "unparseable" else []
         if "unparseable" not in (o1, o2):
@@ -207,7 +200,7 @@ def run_judge_check(cfg: Any, annotations_path: str | None = None, limit: int = 
     """
     from rich.console import Console
 
-    from phased_ift.judge import judge_pairs, load_template
+    from phased_ift.judge import judge_pairs, load_template, reply_tokens
     from phased_ift.llm_client import LLMClient
     from phased_ift.rundir import RunDir
 
@@ -225,9 +218,10 @@ def run_judge_check(cfg: Any, annotations_path: str | None = None, limit: int = 
     rows_b = [{"id": a["id"], "instruction": a["instruction"], "output": a["output_2"]} for a in annotations]
     t0 = time.perf_counter()
     with LLMClient(j.judge, run.llm_cache, console=console) as client:
-        res = judge_pairs(client, rows_a, rows_b, "output_1", "output_2", out_dir / "judgements.jsonl",
-                          load_template(j.template), tag, temperature=j.judge.temperature,
-                          max_tokens=j.judge.max_tokens, console=console)
+        template = load_template(j.template)
+        res = judge_pairs(client, rows_a, rows_b, "output_1", "output_2", out_dir / "judgements.jsonl", template,
+                          tag, temperature=j.judge.temperature, max_tokens=reply_tokens(cfg, template),
+                          console=console)
         cost = {**client.stats, "seconds": time.perf_counter() - t0}
     rows = list(read_jsonl(out_dir / "judgements.jsonl"))
     rc = cfg.report
