@@ -1,7 +1,8 @@
 """Verdicts: the honest one-sentence reading of each comparison, and the number formats the report shares.
 
 Owns `comparison_verdict` (one comparison of the summary -> one sentence), `verdict_lines` (the lines printed at the
-end of `phased-ift run` / `phased-ift report`, also the report's "Verdicts" section) and `fmt_num` / `fmt_ci` (how
+end of `phased-ift run` / `phased-ift report`, also the report's "Verdicts" section, with the IFEval, MT-Bench and
+judge-check lines) and `fmt_num` / `fmt_ci` (how
 every number and interval of report.md/html is written). Reads only the summary dict of `summary.summarize_run`
 (or summary.json loaded back); no files.
 """
@@ -59,7 +60,9 @@ def comparison_verdict(c: dict, length_warning_ratio: float = 1.2, several_seeds
 
 def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> list[str]:
     """Short verdicts for the CLI's final printout: one per final comparison (with the reference loss of both
-    arms when the offline evaluation covered that test set), the spread across seeds, other reference losses.
+    arms when the offline evaluation covered that test set), the spread across seeds, the judge's check
+    (`judge_check_line`) when there are win rates, other reference losses, then IFEval (`ifeval_verdicts`) and
+    MT-Bench (`mt_bench_verdicts`) per seed.
 
     Args:
         summary: the dict of `summarize_run` (or summary.json loaded back).
