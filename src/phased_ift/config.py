@@ -303,7 +303,8 @@ _DEFAULT_BUDGETS = {"ifeval": 1280, "mt_bench": 1024}
 @dataclass
 class GenerateConfig:
     test_sets: list[str] = _f(["vicuna"], "Named test sets (vicuna, koala, sinstruct, wizardlm, oasst, helpful_base, "
-                         "alpaca_eval) or paths to prompt files.")
+                         "alpaca_eval, lima; ifeval: scored without a judge; mt_bench: two turns, graded by the "
+                         "judge) or paths to prompt files.")
     limit: int = _f(0, "Seeded sample of this many prompts per test set (0 = all).")
     seed: int = _f(0, "Seed of the `limit` sample.")
     max_new_tokens: int = _f(256, "Max new tokens per answer (greedy decoding, stops at EOS).")
