@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from phased_ift.errors import PhasedIFTError
-from phased_ift.runio import atomic_write_json, atomic_write_text
+from phased_ift.runio import JsonlDecodeError, atomic_write_json, atomic_write_text, numbered_rows
 
 TESTSET = "ifeval"
 INPUT_FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
@@ -116,6 +116,18 @@ def input_path() -> Path:
     return data_home() / TEST_SETS[TESTSET].path
 
 
+def _numbered(path: Path) -> list[tuple[int, Any]]:
+    """(line number, JSON value) per non-blank line (`runio.numbered_rows`).
+
+    Raises:
+        PhasedIFTError: a line is not JSON (names file and line).
+    """
+    try:
+        return list(numbered_rows(path))
+    except JsonlDecodeError as e:
+        raise PhasedIFTError(f"{path}:{e.lineno}: not JSON ({e.msg}); fix or remove the line.") from None
+
+
 def load_inputs(path: str | Path | None = None) -> list[dict]:
     """IFEval's input records {key, prompt, instruction_id_list, kwargs}, in file order.
 
@@ -128,13 +140,7 @@ def load_inputs(path: str | Path | None = None) -> list[dict]:
         raise PhasedIFTError(f"IFEval inputs {path} do not exist; put google-research's input_data.jsonl there (data "
                              "home: $PHASED_IFT_DATA_HOME/ifeval/input_data.jsonl).")
     out = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PhasedIFTError(f"{path}:{line_no}: not JSON ({e.msg}); fix or remove the line.") from None
+    for line_no, rec in _numbered(path):
         missing = [f for f in INPUT_FIELDS if f not in rec] if isinstance(rec, dict) else list(INPUT_FIELDS)
         if missing or len(rec["kwargs"]) != len(rec["instruction_id_list"]):
             raise PhasedIFTError(f"{path}:{line_no}: an IFEval input needs {list(INPUT_FIELDS)} with one kwargs "
@@ -282,13 +288,7 @@ def read_responses(path: str | Path, inputs: Sequence[dict]) -> tuple[dict[str, 
     keys = {str(inp["key"]) for inp in inputs}
     responses: dict[str, str] = {}
     rejects: list[dict] = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PhasedIFTError(f"{path}:{line_no}: not JSON ({e.msg}); fix or remove the line.") from None
+    for line_no, rec in _numbered(path):
         reason, key = _match(rec, by_prompt, keys)
         if key is not None and key in responses:
             reason = f"a second response for prompt key {key} (the first is kept)"

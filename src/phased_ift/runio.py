@@ -130,8 +130,14 @@ class JsonlDecodeError(json.JSONDecodeError):
         return (JsonlDecodeError, (self.path, self.lineno, self.msg, self.doc, self.pos))
 
 
-def _numbered_rows(path: Path, tolerate_torn_tail: bool) -> Iterator[tuple[int, Any]]:
-    """(1-based line number, parsed JSON) per non-blank line."""
+def numbered_rows(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, parsed JSON value) per non-blank line of a JSON-lines file, in file order; the value
+    may be any JSON (callers that take files from users check it is an object and say which line is not).
+
+    Raises:
+        JsonlDecodeError: a line is not JSON (see `read_jsonl`; `tolerate_torn_tail` as there).
+    """
+    path = Path(path)
     with open(path, encoding="utf-8") as f:
         lines = f.readlines()
     for i, line in enumerate(lines):
@@ -160,7 +166,7 @@ def read_jsonl(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Ite
         JsonlDecodeError (a json.JSONDecodeError): a line is not JSON; the message is
             "<path>, line <n> column <c>: not valid JSON (<reason>)" and `lineno` is the line in the file.
     """
-    for _, row in _numbered_rows(Path(path), tolerate_torn_tail):
+    for _, row in numbered_rows(Path(path), tolerate_torn_tail):
         yield row
 
 
@@ -238,7 +244,7 @@ class AppendLog:
         self._file = None
         if not self.path.is_file():
             return
-        for lineno, row in _numbered_rows(self.path, tolerate_torn_tail=False):
+        for lineno, row in numbered_rows(self.path, tolerate_torn_tail=False):
             if not isinstance(row, dict) or key not in row:
                 raise PhasedIFTError(f"{self.path}, line {lineno}: a row without the {key!r} field; this file is "
                                      f"not an append log of this step. Delete it (or move it away) and re-run.")
