@@ -480,10 +480,9 @@ def judge_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) ->
                           f"tokens {s['prompt_tokens']} prompt + {s['completion_tokens']} completion", highlight=False)
     finally:
         client.close()
-    if "mt_bench" in cfg.generate.test_sets:  # MT-Bench also gets FastChat's single-answer grades
-        from phased_ift.mtbench import grade_all
+    from phased_ift.mtbench import grade_all
 
-        grade_all(cfg, run, dry_run=dry_run, console=console)
+    grade_all(cfg, run, dry_run=dry_run, console=console)  # MT-Bench's single-answer grades; nothing without it
 
 
 # Test sets scored by program, not judged pairwise unless judge.test_sets names them.

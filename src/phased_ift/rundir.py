@@ -203,6 +203,10 @@ class RunDir:
         key = lambda t: (t[0].parts[-4], t[0].parts[-3], t[1].phase, t[0].name)  # noqa: E731
         return [loc for p, loc in sorted(found, key=key)]
 
+    def judge_check_files(self) -> list[Path]:
+        """Every judge_check/<tag>/judge_check.json on disk, sorted."""
+        return sorted((self.root / "judge_check").glob("*/judge_check.json"))
+
     def agreement_files(self) -> list[Path]:
         """Scorer-agreement tables on disk: agreement/<tag>/agreement.json (sorted), then scores/agreement*.json
         (sorted)."""

@@ -232,7 +232,7 @@ def _summarize_judge_check(run: RunDir, cfg: Config) -> dict:
     largest matching check or None}."""
     j = cfg.judge
     checks = []
-    for f in sorted((run.root / "judge_check").glob("*/judge_check.json")):
+    for f in run.judge_check_files():
         try:
             checks.append(json.loads(f.read_text(encoding="utf-8")))
         except json.JSONDecodeError as e:
