@@ -383,27 +383,17 @@ def _plan_all(cfg: Any, run: Any, client: Any, prompts: dict, refs: References, 
 
 def _clustered_mean(pairs: Sequence[tuple[str, float]], n_boot: int, confidence: float, seed: int) -> dict:
     """Mean of ratings pooled over turns, with a bootstrap CI that resamples *questions* (a question's two
-    ratings stay together): {"n" (ratings), "n_questions", "mean", "ci": [lo, hi] | None}."""
-    import numpy as np
+    ratings stay together; `stats.ratio_with_ci` of rating sums over rating counts per question):
+    {"n" (ratings), "n_questions", "mean", "ci": [lo, hi] | None}."""
+    from phased_ift.stats import ratio_with_ci
 
-    from phased_ift.stats import bootstrap_ci
-
-    qids = sorted({q for q, _ in pairs})
-    if not qids:
-        return {"n": 0, "n_questions": 0, "mean": None, "ci": None}
-    index = {q: i for i, q in enumerate(qids)}
-    sums, counts = np.zeros(len(qids)), np.zeros(len(qids))
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     for q, rating in pairs:
-        sums[index[q]] += rating
-        counts[index[q]] += 1
-
-    def stat(a: np.ndarray) -> np.ndarray:  # a: (B, N) resampled question indices
-        i = a.astype(int)
-        return sums[i].sum(axis=1) / counts[i].sum(axis=1)
-
-    ci = bootstrap_ci(np.arange(len(qids), dtype=float), stat, n_boot, confidence, seed)
-    return {"n": len(pairs), "n_questions": len(qids), "mean": float(sums.sum() / counts.sum()),
-            "ci": list(ci) if ci else None}
+        sums[q], counts[q] = sums.get(q, 0.0) + rating, counts.get(q, 0) + 1
+    qids = sorted(sums)
+    r = ratio_with_ci([sums[q] for q in qids], [counts[q] for q in qids], n_boot, confidence, seed)
+    return {"n": len(pairs), "n_questions": len(qids), "mean": r["value"], "ci": r["ci"]}
 
 
 def summarize_grades(rows: Iterable[dict], n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,
