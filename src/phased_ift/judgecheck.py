@@ -146,6 +146,8 @@ def kappa_with_ci(pairs: Sequence[tuple[str, str]], n_resamples: int = 2000, con
     {"n", "value", "ci"} (value None for no pairs, or when both raters use one category only)."""
     from sklearn.metrics import cohen_kappa_score
 
+    from phased_ift.stats import bootstrap_ci
+
     if not pairs:
         return {"n": 0, "value": None, "ci": None}
     g, j = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -157,16 +159,12 @@ def kappa_with_ci(pairs: Sequence[tuple[str, str]], n_resamples: int = 2000, con
             return float(cohen_kappa_score(a, b, labels=["1", "2", "tie"]))
 
     value = kappa(g, j)
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(n_resamples):
-        idx = rng.integers(0, len(pairs), len(pairs))
-        boot.append(kappa([g[i] for i in idx], [j[i] for i in idx]))
-    b = np.asarray(boot)
-    b = b[~np.isnan(b)]
-    alpha = (1 - confidence) / 2
-    ci = [float(x) for x in np.quantile(b, [alpha, 1 - alpha])] if b.size else None
-    return {"n": len(pairs), "value": None if np.isnan(value) else value, "ci": ci}
+    def resampled(idx: np.ndarray) -> np.ndarray:  # (B, N) resampled pair indices -> B kappas (scikit-learn)
+        return np.array([kappa([g[i] for i in row], [j[i] for i in row]) for row in idx.astype(int)])
+
+    # The shared percentile bootstrap over pairs; resamples where kappa is undefined (NaN) are dropped there.
+    ci = bootstrap_ci(np.arange(len(pairs), dtype=float), resampled, n_resamples, confidence, seed)
+    return {"n": len(pairs), "value": None if np.isnan(value) else value, "ci": list(ci) if ci else None}
 
 
 def anchor(rows: Sequence[dict], annotations: Sequence[dict]) -> dict:
