@@ -92,7 +92,7 @@ def test_missing_and_empty_responses_are_not_followed(tmp_path, data_home):
                          + json.dumps({"prompt": inputs[1]["prompt"], "response": "   "}) + "\n")
     inp_file = tmp_path / "in.jsonl"
     inp_file.write_text("".join(json.dumps(r) + "\n" for r in inputs))
-    metrics, out = score_file(responses, inp_file)
+    metrics, out = score_file(responses, inp_file, out=tmp_path / "r.ifeval.json")
     rows = json.loads(out.read_text())["per_prompt"]
     assert [r["answered"] for r in rows] == [False, False, False]
     assert all(not any(r["strict"]) and not any(r["loose"]) for r in rows)
