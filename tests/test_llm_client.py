@@ -318,3 +318,43 @@ def test_a_cache_file_written_before_kvcache_is_still_read(server, tmp_path, sec
     con = sqlite3.connect(path)
     assert con.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 2
     con.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_server_that_never_answers_stops_the_run_after_one_request(tmp_path, secret_env):
+    """Connection refused on every attempt of the first request: a PhasedIFTError naming base_url, not one retry
+    budget per item (20 items against a dead server used to take 20 x ~30 s)."""
+    ep = EndpointConfig(base_url=f"http://127.0.0.1:{_free_port()}/v1", model="m", api_key_env=KEY_ENV,
+                        concurrency=1, max_retries=2, timeout=2.0)
+    client = LLMClient(ep, tmp_path / "c.sqlite", console=Console(file=io.StringIO()), backoff=0.01)
+    with pytest.raises(PhasedIFTError, match=r"cannot be reached .*is the server running") as e:
+        client.chat_many([_req(f"q{i}") for i in range(20)])
+    assert ep.base_url in str(e.value) and SECRET not in str(e.value)
+    assert client.stats["retries"] == 2  # one request's retries (max_retries=2), then the stop
+
+
+def test_a_server_that_dies_mid_run_stops_after_three_requests_and_a_rerun_resumes(tmp_path, secret_env):
+    srv = FakeLLMServer(reply="3").start()
+    port = srv._server.server_address[1]
+    client, _ = _client(srv, tmp_path, concurrency=1, max_retries=1, timeout=2.0)
+    reqs = [_req(f"q{i}") for i in range(10)]
+    got = []
+    with pytest.raises(PhasedIFTError, match="cannot be reached"):
+        for i, res in enumerate(client.iter_chat(reqs)):
+            got.append(res)
+            if i == 3:
+                srv.stop()  # the server dies after answering 4 requests
+    assert [r.text for r in got[:4]] == ["3"] * 4
+    assert sum(1 for r in got if not r.ok) <= 2  # give-ups before the stop, never the whole rest
+    client.close()
+    with FakeLLMServer(reply="3", port=port) as again:  # back on the same URL: only the unanswered are sent
+        client2, _ = _client(again, tmp_path, concurrency=1)
+        out = client2.chat_many(reqs)
+        assert all(r.ok for r in out) and again.count == 6 and client2.stats["cache_hits"] == 4

@@ -25,7 +25,11 @@ Guarantees:
     temperature 0 would give the same text).
   * One bad item never stops a batch: it comes back as `LLMResult(ok=False, error=...)`. Only errors that would
     fail every request stop the run with `PhasedIFTError`: 401/403 (wrong or missing key; the message names the
-    environment variable, never the key) and 404 (wrong model or base_url).
+    environment variable, never the key), 404 (wrong model or base_url), and a server that cannot be reached:
+    a request whose every attempt failed to connect (not a timeout) when no request of this client has reached
+    the server yet, or `CONNECT_GIVEUPS_IN_ROW` such requests in a row (the server died mid-run). Without that
+    stop, a dead server costs every item its full retry budget (~30 s each with the defaults); with it, the
+    answers so far are cached and the same command resumes once the server is back.
   * The API key is read from `os.environ[endpoint.api_key_env]` and is scrubbed from every error text. A local
     server (127.0.0.1, localhost) may run without the variable: a dummy key is sent.
 """
@@ -59,6 +63,7 @@ REQUEST_FIELDS = ("messages", "temperature", "max_tokens", "logprobs", "top_logp
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 DUMMY_KEY = "sk-no-key-required"  # sent to local servers when the key variable is unset; they ignore it
 BACKOFF_CAP_S = 60.0
+CONNECT_GIVEUPS_IN_ROW = 3  # requests in a row that never connected: the server is gone, stop the run
 
 
 @dataclass
@@ -248,6 +253,7 @@ class LLMClient:
         self.stats = {"requests": 0, "distinct": 0, "sent": 0, "cache_hits": 0, "failures": 0, "retries": 0,
                       "prompt_tokens": 0, "completion_tokens": 0}
         self._stats_lock = threading.Lock()
+        self._reached, self._connect_giveups = False, 0  # see _note_connection
         self._client: Any = None
         self._key: str | None = None
 
@@ -288,6 +294,21 @@ class LLMClient:
             for k, v in inc.items():
                 self.stats[k] += v
 
+    def _note_connection(self, reached: bool) -> bool:
+        """Record whether a request reached the server (any HTTP answer) or gave up without ever connecting;
+        True when the run must stop because the server cannot be reached (see the module docstring)."""
+        with self._stats_lock:
+            if reached:
+                self._reached, self._connect_giveups = True, 0
+                return False
+            self._connect_giveups += 1
+            return not self._reached or self._connect_giveups >= CONNECT_GIVEUPS_IN_ROW
+
+    def _unreachable_message(self, last: str) -> str:
+        return (f"{self.endpoint.base_url} cannot be reached ({last}): is the server running? Start it (e.g. "
+                f"`python -m llama_cpp.server --model FILE.gguf --port 8000`) or fix base_url, then run the same "
+                f"command again: answers received so far are cached and are not asked again.")
+
     def _fatal_message(self, status: int) -> str:
         ep = self.endpoint
         if status in (401, 403):
@@ -303,12 +324,13 @@ class LLMClient:
         )
 
     def _send(self, canon: dict, key: str, stop: threading.Event) -> LLMResult:
-        """One request with retries; caches the answer. Raises _Fatal on 401/403/404."""
+        """One request with retries; caches the answer. Raises _Fatal on 401/403/404 and an unreachable server."""
         import openai
 
         client = self._openai()
         params = {k: v for k, v in canon.items() if k != "base_url"}
         last = "not sent"
+        connected = False  # whether any attempt reached the server (a timeout or an HTTP error counts)
         for attempt in range(self.endpoint.max_retries + 1):
             if stop.is_set():
                 return LLMResult(False, None, None, "not sent: the run stopped on a fatal error", False)
@@ -319,6 +341,8 @@ class LLMClient:
                 # The raw body, parsed here: the SDK's parse of a bad body varies (JSONDecodeError, a str, a list, a
                 # ChatCompletion whose choices is None), see `_parse_completion`.
                 raw = client.chat.completions.with_raw_response.create(**params)
+                connected = True
+                self._note_connection(True)
                 data = _parse_completion(raw.text)
                 result = _result_from_response(data, cached=False)
                 self._count(sent=1, prompt_tokens=result.usage["prompt_tokens"],
@@ -332,6 +356,10 @@ class LLMClient:
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
                     openai.APIConnectionError) as e:
                 last = f"{type(e).__name__}: {self._scrub(str(e))}"
+                connected = connected or not (isinstance(e, openai.APIConnectionError)
+                                              and not isinstance(e, openai.APITimeoutError))
+                if connected:
+                    self._note_connection(True)
                 headers = getattr(getattr(e, "response", None), "headers", None) or {}
                 try:
                     retry_after = float(headers.get("retry-after", ""))
@@ -342,6 +370,7 @@ class LLMClient:
             except openai.APIResponseValidationError as e:  # the same fault (raised only with strict validation)
                 last = f"malformed response body (not a chat completion): {self._scrub(str(e))}"
             except openai.APIStatusError as e:  # other 4xx (e.g. 400 context too long): retrying cannot help
+                self._note_connection(True)
                 self._count(sent=1)
                 return LLMResult(False, None, None, f"HTTP {e.status_code}: {self._scrub(str(e))}", False)
             except (openai.APIError, ValueError, TypeError) as e:  # e.g. a request the SDK refuses: not transient
@@ -352,6 +381,9 @@ class LLMClient:
                 if retry_after is not None and 0 <= retry_after <= BACKOFF_CAP_S:
                     wait = max(wait, retry_after)
                 stop.wait(wait)
+        if not connected and self._note_connection(False):
+            stop.set()
+            raise _Fatal(self._unreachable_message(last))
         self._count(sent=1)
         return LLMResult(False, None, None, f"gave up after {self.endpoint.max_retries + 1} attempts: {last}", False)
 
