@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Set up phased-ift in ./.venv on a fresh machine (CPU). Usage: scripts/install.sh [--test]
 #   torch==2.13.0 goes in first (the CPU wheel), so the project's torch range installs nothing more.
-#   --test also installs pytest and llama-cpp-python[server] (built from source once, ~7 min; pip caches the wheel).
+#   --test also installs pytest and llama-cpp-python[server]: built from source once (~10 min on 2 cores) with
+#   portable AVX2 flags into ~/.cache/phased_ift/wheels/, then installed from there. A native build (pip's default,
+#   -march=native) uses AMX tile instructions on Intel Sapphire Rapids, which crash with a general protection
+#   fault (ldtilecfg in libggml-cpu.so) on VMs that do not enable AMX state, and a wheel cached on one CPU kind
+#   can crash on another; AVX2 runs on every x86-64 machine this project has met.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,6 +14,15 @@ PY=${PYTHON:-python3}
 pip install -q --upgrade pip
 pip install -q torch==2.13.0
 if [ "${1:-}" = "--test" ]; then
+  LLAMA_VERSION=0.3.36
+  WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/phased_ift/wheels/llama-cpp-$LLAMA_VERSION-avx2"
+  if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
+    mkdir -p "$WHEELS"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
+-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+      pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
+  fi
+  pip install -q --no-deps "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl
   pip install -q -e ".[test,embed,gemma]"
 else
   pip install -q -e ".[embed]"

@@ -222,7 +222,9 @@ def test_paper_dry_run_plans_without_the_data(tmp_path, capsys):
     rc, err = run_cli(["configs/paper.yaml", "--dry-run", f"run_dir={tmp_path / 'r'}"], capsys)
     assert rc == 0
     # 8 comparisons x both orders x the 1,127 prompts of the six test sets and MT-Bench (IFEval needs no judge)
-    assert "52,002" in err and "gpt-4-0613" in err and "18,032 requests" in err
+    assert "52,002" in err and "gpt-4-0613" in err and "18,032 pairwise" in err
+    # MT-Bench single-answer grading: 80 questions x 2 turns x the 7 evaluated checkpoints
+    assert "1,120 MT-Bench grading" in " ".join(err.split())
     assert not (tmp_path / "r").exists()
 
 

@@ -241,8 +241,7 @@ STEPS: list[Step] = [
     Step("train", _train, _train_row, needs=_train_needs),
     Step("generate", _generate, _generate_row, needs=lambda cfg, run, dry_run: ["train"]),
     Step("judge", _judge, lambda cfg, p: (cfg.judge.judge.model or "not configured (judge.judge.base_url)",
-                                          f"{p['judge_requests']:,} requests (both orders)" if p["judge_requests"]
-                                          else "", "judgements/"), needs=_judge_needs),
+                                          _judge_size(p), "judgements/, grades/"), needs=_judge_needs),
     Step("evaluate", _evaluate, _evaluate_row, needs=_evaluate_needs),
     Step("report", _report, lambda cfg, p: ("win rates, CIs, lengths, plots", "", "report/"),
          needs=lambda cfg, run, dry_run: ["generate", "judge", "evaluate"]),
@@ -437,7 +436,8 @@ def plan_run(cfg: Config, console: Console, missing: Sequence[str] = (), precisi
 
     Returns:
         {"examples", "training_tokens": {arm: tokens}, "steps": {arm: optimizer steps}, "prompts": {test set: n},
-         "answers", "judge_requests", "score_requests"}.
+         "answers", "judge_requests" (pairwise, both orders), "grade_requests" (MT-Bench single-answer grading,
+         one per turn per checkpoint), "score_requests"}.
     """
     from rich.table import Table
 
@@ -484,10 +484,23 @@ def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
     n_ckpt = len(evaluation_cells(cfg))
     pairwise = sum(prompts[k] for k in pairwise_test_sets(cfg))
     n_judge = 2 * pairwise * len(judge_jobs(cfg)) if cfg.judge.judge.enabled else 0
+    # MT-Bench single-answer grading (mtbench.grade_all): one request per turn per evaluated checkpoint
+    mt = sets.get("mt_bench")
+    n_grade = (n_ckpt * (len(mt) + sum(len(e.meta.get("later_turns") or ()) for e in mt))
+               if mt is not None and cfg.judge.judge.enabled else 0)
     score_req = n_examples * cfg.scoring.samples if cfg.scoring.scorer == "judge" else 0
     return {"examples": n_examples, "training_tokens": tokens, "steps": tplan["total_steps"], "prompts": prompts,
-            "answers": n_ckpt * turns, "judge_requests": n_judge, "score_requests": score_req,
+            "answers": n_ckpt * turns, "judge_requests": n_judge, "grade_requests": n_grade,
+            "score_requests": score_req,
             "checkpoints": n_ckpt, "note": tplan["note"]}
+
+
+def _judge_size(p: dict) -> str:
+    """The judge row's size: pairwise requests and, with mt_bench, MT-Bench grading requests."""
+    parts = [f"{p['judge_requests']:,} pairwise requests (both orders)"] if p["judge_requests"] else []
+    if p.get("grade_requests"):
+        parts.append(f"{p['grade_requests']:,} MT-Bench grading requests")
+    return " + ".join(parts)
 
 
 def _stand_in_run(cfg: Config) -> RunDir:
