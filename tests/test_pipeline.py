@@ -218,7 +218,8 @@ def test_dry_run_prints_plan_and_trains_nothing(tmp_path, capsys):
     assert not (tmp_path / "r" / "scores").exists() and not (tmp_path / "r" / "checkpoints").exists()
 
 
-def test_paper_dry_run_plans_without_the_data(tmp_path, capsys):
+def test_paper_dry_run_plans_without_the_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # one line per plan row: the numbers below are not wrapped across cells
     rc, err = run_cli(["configs/paper.yaml", "--dry-run", f"run_dir={tmp_path / 'r'}"], capsys)
     assert rc == 0
     # 8 comparisons x both orders x the 1,127 prompts of the six test sets and MT-Bench (IFEval needs no judge)

@@ -428,10 +428,14 @@ def test_response_head_and_trl_fused_head_train_the_same_weights(tmp_path, tiny_
         saved[head] = _saved(dirs[-1])
         assert json.loads((dirs[-1] / "hparams.json").read_text())["lm_head"] == head
     assert saved["response"].keys() == saved["fused"].keys()
-    # Adam's first steps move each weight by about +-lr (2e-4) whatever the gradient's size, so float rounding in
-    # near-zero gradients shows up as differences far below one step.
+    # Adam's first steps move each weight by about +-lr (2e-4) whatever the gradient's size, so float rounding that
+    # flips the sign of a near-zero gradient moves that one weight by up to 2 lr per step (6 steps here), and which
+    # weights that hits depends on the CPU's kernels. A wrong loss or mask would move most weights apart.
+    lr, steps = 2e-4, 6
     for k in saved["response"]:
-        assert torch.allclose(saved["response"][k], saved["fused"][k], rtol=0, atol=2e-5), k
+        diff = (saved["response"][k] - saved["fused"][k]).abs()
+        assert float((diff <= 2e-5).float().mean()) >= 0.99, k
+        assert float(diff.max()) <= 2 * lr * steps, k
 
 
 def test_bf16_frozen_base_weights_give_the_same_loss_and_lora_gradients_under_autocast(tiny_model_dir):

@@ -161,6 +161,15 @@ def _completion_problem(data: Any) -> str | None:
     return None
 
 
+def _retry_after(error: Exception) -> float | None:
+    """The Retry-After header of a failed response in seconds, None when absent or not a number."""
+    headers = getattr(getattr(error, "response", None), "headers", None) or {}
+    try:
+        return float(headers.get("retry-after", ""))
+    except ValueError:
+        return None
+
+
 def _parse_completion(body: str) -> dict:
     """A 200 body as a ChatCompletion dict. Raises `_Malformed` when it is not JSON or not a chat completion
     (`_completion_problem`): a transient server fault that `LLMClient` retries."""
@@ -323,6 +332,14 @@ class LLMClient:
             f"that base_url ends with the API prefix, usually /v1."
         )
 
+    def _backoff_s(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before retry `attempt + 1`: jittered exponential backoff, at least the server's
+        Retry-After when that is within BACKOFF_CAP_S."""
+        wait = min(BACKOFF_CAP_S, self.backoff * 2**attempt) * random.uniform(0.5, 1.5)
+        if retry_after is not None and 0 <= retry_after <= BACKOFF_CAP_S:
+            wait = max(wait, retry_after)
+        return wait
+
     def _send(self, canon: dict, key: str, stop: threading.Event) -> LLMResult:
         """One request with retries; caches the answer. Raises _Fatal on 401/403/404 and an unreachable server."""
         import openai
@@ -355,16 +372,12 @@ class LLMClient:
                 raise _Fatal(self._fatal_message(e.status_code)) from None
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
                     openai.APIConnectionError) as e:
-                last = f"{type(e).__name__}: {self._scrub(str(e))}"
+                last, retry_after = f"{type(e).__name__}: {self._scrub(str(e))}", _retry_after(e)
+                # a timeout or an HTTP error means the server was reached; a refused connection does not
                 connected = connected or not (isinstance(e, openai.APIConnectionError)
                                               and not isinstance(e, openai.APITimeoutError))
                 if connected:
                     self._note_connection(True)
-                headers = getattr(getattr(e, "response", None), "headers", None) or {}
-                try:
-                    retry_after = float(headers.get("retry-after", ""))
-                except ValueError:
-                    retry_after = None
             except _Malformed as e:  # truncated JSON, a proxy's HTML page, `{"foo": 1}`: transient
                 last = self._scrub(str(e))
             except openai.APIResponseValidationError as e:  # the same fault (raised only with strict validation)
@@ -377,10 +390,7 @@ class LLMClient:
                 self._count(sent=1)
                 return LLMResult(False, None, None, f"{type(e).__name__}: {self._scrub(str(e))}", False)
             if attempt < self.endpoint.max_retries:
-                wait = min(BACKOFF_CAP_S, self.backoff * 2**attempt) * random.uniform(0.5, 1.5)
-                if retry_after is not None and 0 <= retry_after <= BACKOFF_CAP_S:
-                    wait = max(wait, retry_after)
-                stop.wait(wait)
+                stop.wait(self._backoff_s(attempt, retry_after))
         if not connected and self._note_connection(False):
             stop.set()
             raise _Fatal(self._unreachable_message(last))
