@@ -205,6 +205,11 @@ def test_verdict_lines_name_significance_lc_and_reference_loss(tmp_path):
     run = write_full_run(tmp_path / "run")
     s = build_report(run, make_cfg(run.root))
     lines = verdict_lines(s)
+    # the answer first (tests/test_effects.py), one sentence per arm and metric: reference loss, win rate
+    assert [e["metric"] for e in s["effects"]] == ["reference loss", "win rate"]
+    assert lines[:2] == [e["sentence"] for e in s["effects"]]
+    assert lines == s["verdicts"]
+    lines = lines[2:]
     wr = ci_text(27 / 38, s["comparisons"][0]["win_rate_ci"])
     assert lines[0].startswith(f"phased vs one-off on vicuna: win rate {wr} over 38 prompts (2 unparseable)")
     assert "the CI lies above 0.5, so phased is preferred" in lines[0]
@@ -214,13 +219,13 @@ def test_verdict_lines_name_significance_lc_and_reference_loss(tmp_path):
     ref = [l for l in lines if l.startswith("reference loss on")]
     assert len(ref) == 1 and ref[0].startswith("reference loss on alpaca_eval (final checkpoints; lower")
     assert "phased 1.595 [" in ref[0] and "one-off 1.695 [" in ref[0]
-    assert lines == s["verdicts"]
 
 
 def test_length_warning_when_the_preferred_arm_is_much_longer(tmp_path):
     run = write_full_run(tmp_path / "run", len_a=90, len_b=30)
     s = build_report(run, make_cfg(run.root))
-    assert "Warning: the preferred arm phased answers 2.9x longer (91 vs 31 words)" in s["verdicts"][0]
+    line = next(v for v in s["verdicts"] if v.startswith("phased vs one-off on vicuna"))
+    assert "Warning: the preferred arm phased answers 2.9x longer (91 vs 31 words)" in line
     assert "Warning" in (run.report_dir / "report.md").read_text()
 
 

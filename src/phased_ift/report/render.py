@@ -29,23 +29,53 @@ def report_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:
     the PNG file names written next to the report (a missing key: that plot is left out).
     """
     cl = f"{int(round(s['run']['config']['confidence'] * 100))}% CI"
-    return (_run_blocks(s) + _difficulty_blocks(s, plots) + _training_blocks(s, plots) + _win_rate_blocks(s, cl)
-            + _trend_blocks(s, plots, cl) + _length_blocks(s) + _reference_loss_blocks(s, cl) + _ifeval_blocks(s, plots, cl)
+    return (_verdict_blocks(s) + _answer_blocks(s, cl) + _run_blocks(s) + _difficulty_blocks(s, plots)
+            + _training_blocks(s, plots) + _win_rate_blocks(s, cl) + _trend_blocks(s, plots, cl) + _length_blocks(s) + _reference_loss_blocks(s, cl) + _ifeval_blocks(s, plots, cl)
             + _mt_bench_blocks(s, cl) + _agreement_blocks(s))
 
 
+def _verdict_blocks(s: dict) -> list[tuple]:
+    """Title and verdicts."""
+    return [("h1", "Phased instruction fine-tuning: report"), ("h2", "Verdicts"),
+            ("list", s["verdicts"] or ["Nothing to compare yet."])]
+
+
 def _run_blocks(s: dict) -> list[tuple]:
-    """Title, verdicts, the config summary and the data counts."""
-    B: list[tuple] = [("h1", "Phased instruction fine-tuning: report")]
-    B.append(("h2", "Verdicts"))
-    B.append(("list", s["verdicts"] or ["Nothing to compare yet."]))
-    B.append(("h2", "The run"))
+    """The config summary and the data counts."""
+    B: list[tuple] = [("h2", "The run")]
     B.append(_table(["setting", "value"], [[k, json.dumps(v) if isinstance(v, list) else str(v)]
                                            for k, v in s["run"]["config"].items()]))
     d = s["data"]
     B.append(_table(["data", "count"], [["training examples", d["n_train"]], ["rejected records", d["n_rejects"]]]
                     + [[f"rejected: {r}", n] for r, n in d["reject_reasons"].items()]))
     return B
+
+
+def _answer_blocks(s: dict, cl: str) -> list[tuple]:
+    """Did it help? Each arm against the baseline per metric, paired on the same prompts, pooled over seeds."""
+    B: list[tuple] = [("h2", "Did it help? Each arm against the baseline")]
+    eff = s.get("effects") or []
+    if not eff:
+        B.append(("p", "No metric with per-prompt values for an arm and the baseline yet (reference loss, IFEval or "
+                       "judged win rates of the final checkpoints)."))
+        return B
+    B.append(("p", f"Difference arm - baseline on the same prompts (the win rate's: over 0.5), pooled over seeds; "
+                   f"{cl} and p-value by a bootstrap that resamples seeds, then prompts (Owen 2007). MDE: the "
+                   f"smallest difference this run detects with 80% power; 'for half the MDE': prompts at the run's "
+                   f"seeds, or seeds at the run's prompts, that a difference of half the MDE needs."))
+    B.append(_table(["arm", "baseline", "metric", "seeds x prompts", "difference", cl, "p", "MDE",
+                     "for half the MDE"],
+                    [[e["arm"], e["baseline"], e["metric"] + (" (lower is better)" if e["lower_is_better"] else ""),
+                      f"{e['n_seeds']} x {e['n_prompts']}", e["difference"], fmt_ci(e["ci"]), e["p_value"],
+                      e["mde"]["mde"], _advice(e["mde"])] for e in eff]))
+    B.append(("list", [e["sentence"] for e in eff]))
+    return B
+
+
+def _advice(m: dict) -> str:
+    parts = ([f"{m['prompts_for_target']:,} prompts"] if m["prompts_for_target"] else []) + (
+        [f"{m['seeds_for_target']} seeds"] if m["seeds_for_target"] else [])
+    return " or ".join(parts) or "n/a"
 
 
 def _difficulty_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:

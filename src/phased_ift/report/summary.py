@@ -24,6 +24,7 @@ from phased_ift.runio import read_jsonl
 from phased_ift.errors import PhasedIFTError
 from phased_ift.judge import VERDICTS, aggregate
 from phased_ift.phases import read_manifest
+from phased_ift.report.answer import summarize_effects
 from phased_ift.report.verdicts import verdict_lines
 from phased_ift.rundir import RunDir
 
@@ -263,7 +264,8 @@ def summarize_run(run: RunDir, cfg: Config) -> dict:
 
     Keys: run, data, difficulty, phases, training, lengths, comparisons (final: phase None), trend (phase k),
     seed_spread, reference_loss, ifeval (per checkpoint), ifeval_comparisons (final checkpoints, paired), mt_bench
-    (per checkpoint), agreement, notes (what is missing and how to get it), verdicts.
+    (per checkpoint), agreement, effects (each arm against the baseline per metric, paired and pooled over seeds:
+    `report.answer.summarize_effects`), notes (what is missing and how to get it), verdicts.
 
     Raises:
         PhasedIFTError: an input file that exists but is malformed (names the file and line).
@@ -290,6 +292,7 @@ def summarize_run(run: RunDir, cfg: Config) -> dict:
                              "`phased-ift judge CONFIG`.")
     s["judge_check"] = _summarize_judge_check(run, cfg)
     s["agreement"] = _agreement(run)
+    s["effects"] = summarize_effects(run, cfg, read_judgements(run))
     s["notes"] = notes
     s["verdicts"] = verdict_lines(s, rc.length_warning_ratio)
     return s

@@ -59,7 +59,8 @@ def comparison_verdict(c: dict, length_warning_ratio: float = 1.2, several_seeds
 
 
 def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> list[str]:
-    """Short verdicts for the CLI's final printout: one per final comparison (with the reference loss of both
+    """Short verdicts for the CLI's final printout: first the answer (`report.answer`: each arm against the
+    baseline per metric, paired, pooled over seeds, with the minimum detectable effect), then one per final comparison (with the reference loss of both
     arms when the offline evaluation covered that test set), the spread across seeds, the judge's check
     (`judge_check_line`) when there are win rates, other reference losses, then IFEval (`ifeval_verdicts`) and
     MT-Bench (`mt_bench_verdicts`) per seed.
@@ -75,7 +76,7 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
         comparison, "reference loss on alpaca_eval (final checkpoints; ...): phased 1.234 [...] vs one-off ...".
     """
     ratio = length_warning_ratio or summary.get("length_warning_ratio") or 1.2
-    lines = []
+    lines = [e["sentence"] for e in summary.get("effects", [])]
     comps = summary.get("comparisons", [])
     refs = _final_reference_losses(summary)
     several = len({c["seed"] for c in comps} | {seed for _, _, seed in refs}) > 1

@@ -1,0 +1,168 @@
+"""The summary's "did it help?" part: each arm against the baseline on every metric the run has, paired on the
+same prompts and pooled over seeds (`effects.paired_effect`), with the minimum detectable effect and one verdict
+sentence per comparison.
+
+Owns the registry `EFFECT_METRICS` (one `EffectMetric` per metric: how to read its per-prompt values of a final
+checkpoint from the run dir, which direction is better) and `summarize_effects`, which turns them into
+summary["effects"]. Adding a metric is one `EffectMetric` here plus its test. The statistics are `effects.py`'s;
+the files are found through `RunDir` and read as `report.summary` reads them.
+
+Metrics (per prompt, final checkpoints only):
+  reference loss  mean token loss of the reference answer (nats, lower is better), prompts = (test set, index);
+  IFEval          prompt-level strict accuracy, 1 or 0 per prompt (Zhou et al. 2023), prompts = IFEval keys;
+  win rate        the pairwise verdict against the baseline (win 1, tie 0.5, loss 0; unparseable missing), minus
+                  0.5, so the difference is the win rate over 0.5 (Pang et al. 2024, section 4), prompts = (test
+                  set, id).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from phased_ift import effects
+from phased_ift.errors import PhasedIFTError
+from phased_ift.rundir import RunDir
+
+if TYPE_CHECKING:
+    from phased_ift.config import Config
+
+# {(arm, seed): {prompt key: value}} of the final checkpoints
+PerPrompt = dict[tuple[str, int], dict[tuple, float]]
+
+
+@dataclass(frozen=True)
+class EffectMetric:
+    """One metric of the answer.
+
+    Attributes:
+        name: the metric in sentences and tables.
+        read: (run, cfg, judgements) -> per-prompt values of each final (arm, seed); for `paired=False` the values are
+            already differences against the baseline, keyed by the other arm.
+        lower_is_better: the metric improves downwards.
+        paired: the values are per arm, paired here as arm - baseline; False: already a comparison.
+        offset: added to the difference when shown (0.5 for a win rate).
+    """
+
+    name: str
+    read: Callable[[RunDir, "Config", list[dict]], PerPrompt]
+    lower_is_better: bool = False
+    paired: bool = True
+    offset: float = 0.0
+
+
+def _load(path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PhasedIFTError(f"{path}: not valid JSON ({e}); delete it and re-run the evaluate step.") from None
+
+
+def _is_final(cfg: "Config", run: RunDir, arm: str, phase: int) -> bool:
+    from phased_ift.design import ARMS, final_phase
+
+    return arm in ARMS and phase == final_phase(cfg, arm, run)
+
+
+def _reference_losses(run: RunDir, cfg: "Config", judgements: list[dict]) -> PerPrompt:
+    out: PerPrompt = {}
+    for e in run.evaluation_files():
+        if not _is_final(cfg, run, e.arm, e.phase):
+            continue
+        for name, t in (_load(e.path).get("testsets") or {}).items():
+            for i, loss in enumerate(t.get("per_example") or []):
+                if loss is not None:
+                    out.setdefault((e.arm, e.seed), {})[(name, i)] = float(loss)
+    return out
+
+
+def _ifeval(run: RunDir, cfg: "Config", judgements: list[dict]) -> PerPrompt:
+    out: PerPrompt = {}
+    for e in run.evaluation_files("ifeval.json"):
+        if _is_final(cfg, run, e.arm, e.phase):
+            out[(e.arm, e.seed)] = {(str(r["key"]),): float(r["prompt_strict"])
+                                    for r in _load(e.path).get("per_prompt") or []}
+    return out
+
+
+def _win_rates(run: RunDir, cfg: "Config", judgements: list[dict]) -> PerPrompt:
+    from phased_ift.design import baseline_arm
+    from phased_ift.stats import verdict_values
+
+    base = baseline_arm(list(cfg.train.arms))
+    out: PerPrompt = {}
+    for j in judgements:
+        if j["phase"] is not None or base not in (j["arm_a"], j["arm_b"]) or j["arm_a"] == j["arm_b"]:
+            continue
+        arm, flip = (j["arm_a"], False) if j["arm_b"] == base else (j["arm_b"], True)
+        values = verdict_values([r["verdict"] for r in j["rows"]])
+        cell = out.setdefault((arm, j["seed"]), {})
+        for r, v in zip(j["rows"], values):
+            cell[(j["testset"], str(r["id"]))] = (0.5 - v) if flip else (v - 0.5)
+    return out
+
+
+EFFECT_METRICS: list[EffectMetric] = [
+    EffectMetric("reference loss", _reference_losses, lower_is_better=True),
+    EffectMetric("IFEval prompt-level strict accuracy", _ifeval),
+    EffectMetric("win rate", _win_rates, paired=False, offset=0.5),
+]
+
+
+def _matrix(values: PerPrompt, arm: str, base: str | None) -> tuple[list[int], np.ndarray, int] | None:
+    """(seeds, the (S, N) differences on the prompts every seed has, prompts left out) or None."""
+    seeds = sorted(sd for a, sd in values if a == arm and (base is None or (base, sd) in values))
+    if not seeds:
+        return None
+    cells = [values[(arm, sd)] for sd in seeds]
+    bases = [values[(base, sd)] for sd in seeds] if base else [{}] * len(seeds)
+    keys = set.intersection(*(set(c) & set(b) if base else set(c) for c, b in zip(cells, bases)))
+    union = set.union(*(set(c) | set(b) for c, b in zip(cells, bases)))
+    if not keys:
+        return None
+    order = sorted(keys)
+    d = np.array([[c[k] - (b[k] if base else 0.0) for k in order] for c, b in zip(cells, bases)], dtype=float)
+    if np.isnan(d).all(axis=1).any():
+        return None
+    return seeds, d, len(union) - len(keys)
+
+
+def summarize_effects(run: RunDir, cfg: "Config", judgements: list[dict]) -> list[dict]:
+    """summary["effects"]: for each metric of `EFFECT_METRICS` with data and each arm other than the baseline,
+    {"metric", "arm", "baseline", "seeds", "unpaired" (prompts not answered under every seed and both arms,
+    left out), **`effects.paired_effect`, "mde": `effects.minimum_detectable_effect`, "variance": the
+    components, "lower_is_better", "offset", "sentence": `effects.effect_sentence`}.
+
+    Args:
+        judgements: `report.summary.read_judgements(run)` (read once by the summary).
+
+    Raises:
+        PhasedIFTError: an input file that exists but is malformed (names the file).
+    """
+    from phased_ift.design import baseline_arm
+
+    rc = cfg.report
+    arms = list(cfg.train.arms)
+    base = baseline_arm(arms)
+    out = []
+    for metric in EFFECT_METRICS:
+        values = metric.read(run, cfg, judgements)
+        for arm in arms:
+            if arm == base:
+                continue
+            m = _matrix(values, arm, base if metric.paired else None)
+            if m is None:
+                continue
+            seeds, d, unpaired = m
+            eff = effects.paired_effect(d, rc.bootstrap, rc.confidence, rc.seed)
+            vc = effects.variance_components(d)
+            mde = effects.minimum_detectable_effect(eff, vc, rc.confidence)
+            out.append({"metric": metric.name, "arm": arm, "baseline": base, "seeds": seeds, "unpaired": unpaired,
+                        **eff, "mde": mde, "variance": vc, "lower_is_better": metric.lower_is_better,
+                        "offset": metric.offset,
+                        "sentence": effects.effect_sentence(arm, base, metric.name, eff, mde,
+                                                            metric.lower_is_better, metric.offset)})
+    return out
