@@ -32,7 +32,7 @@ def competence(t: float, total: int, c0: float) -> float:
     Source: Platanios et al. 2019, "Competence-based Curriculum Learning for Neural Machine Translation" (NAACL),
     eq. 7 (c_sqrt).
     """
-    if total <= 0:
+    if total <= 0 or t >= total:  # exactly 1 from T on (the formula gives 1 - 1e-16 there)
         return 1.0
     return min(1.0, math.sqrt(t * (1.0 - c0 * c0) / total + c0 * c0))
 
