@@ -221,8 +221,9 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     arms: list[str] = field(default_factory=_default_arms, metadata={
-        "help": "Arms to train: names in `phased_ift.design.ARMS` (docs/architecture.md lists them); default: the "
-                "arms the design marks as default (the method, its baseline and the paper's control).",
+        "help": "Arms to train: names in `phased_ift.design.ARMS` (docs/training.md lists them; a family such as "
+                "`permutations` expands into its arms, e.g. order-2-1-3); default: the arms the design marks as "
+                "default (the method, its baseline and the paper's control).",
         "registry": "arm"})
     method: str = _f("lora", "lora or full fine-tuning.")
     lora: LoraConfig = _f(LoraConfig(), "LoRA settings (method=lora).")

@@ -3,6 +3,8 @@
     phases = split_into_phases(examples, scores, k=3, method="thresholds", thresholds=[2.5, 3.5])
     rand = random_control(phases, seed=0)      # same phase sizes, examples assigned at random
     rev = reverse_control(phases)               # hard -> easy
+    union = difficulty_sorted(phases)           # one list, easy -> hard (the `sorted` / `competence` arms)
+    rep = replay_phases(phases, 0.1, seed=0)    # phase k + 10% of phases < k (the `replay` arm)
 
 From the command line, `phased-ift split CONFIG` reads `data/train.jsonl` and `scores/<scorer>.jsonl` from the run
 dir and writes `phases/phase_<k>.jsonl`, the control files of the configured arms (`phases/random/...`,
