@@ -182,3 +182,20 @@ def test_plan_reports_each_arms_budget_in_example_epochs(tmp_path, tiny_model_di
     unsplit = config_from_dict(_setup(tmp_path / "u", tiny_model_dir, arms=arms, epochs=2.0))
     uplan = plan_training(unsplit, RunDir(unsplit.run_dir), world_size=1)
     assert uplan["example_epochs"] == budget and "equal-size phases" in uplan["note"]
+
+
+@pytest.mark.slow
+def test_replay_and_an_order_arm_train_through_the_real_step(tmp_path, tiny_model_dir):
+    """replay trains phases of 8, 8 + 1, 8 + 2 examples and records its ratio; order-3-1-2 trains the hardest
+    phase file first, each phase from the previous weights."""
+    cfg = config_from_dict(_setup(tmp_path, tiny_model_dir, arms=["replay", "order-3-1-2"], max_steps=1))
+    run = RunDir(cfg.run_dir)
+    step_split(cfg)
+    out = train_phases(cfg, run)
+    hps = [json.loads((d / "hparams.json").read_text()) for d in out["replay"][0]]
+    assert [h["examples"] for h in hps] == [8, 9, 10] and hps[2]["arm_params"] == {"replay_ratio": 0.1}
+    order = [json.loads((d / "hparams.json").read_text()) for d in out["order-3-1-2"][0]]
+    assert [d.name for d in out["order-3-1-2"][0]] == ["phase_1", "phase_2", "phase_3"]
+    assert order[1]["init_from"] == str(out["order-3-1-2"][0][0]) and order[0]["sampler"] == ""
+    assert [p.name for p in get_arm("order-3-1-2").phase_files(run, 3)] == ["phase_3.jsonl", "phase_1.jsonl",
+                                                                            "phase_2.jsonl"]
