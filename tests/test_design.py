@@ -100,3 +100,115 @@ def test_controls_and_assumed_phases():
     assert set(controls(["phased", "one-off", "random", "reverse"])) == {"random", "reverse"}
     data = [_ex(i) for i in range(10)]
     assert [len(p) for p in assumed_phases(data, 3)] == [4, 4, 2]
+
+
+# ---- the arms that separate the causes: permutations, sorted, replay --------------------------------------------
+
+
+def _scored(i: int, score: float) -> Example:
+    e = _ex(i)
+    return Example(e.id, e.messages, {"score": score})
+
+
+def _write_scored_split(run: RunDir, k: int = 3, per: int = 4) -> list[list[Example]]:
+    """Phase i holds examples 10i..10i+per-1 with scores i + j/10 (ties across phases: none; in-phase: sorted)."""
+    phases = [[_scored(10 * i + j, i + (j // 2) / 10) for j in range(per)] for i in range(1, k + 1)]
+    for i, ph in enumerate(phases, 1):
+        write_examples(run.phase_file(i), ph)
+    run.phases_manifest.write_text(f'{{"k": {k}}}', encoding="utf-8")
+    return phases
+
+
+def test_permutations_expand_to_every_order_of_three_phases_exactly_once(tmp_path):
+    import itertools
+    import re
+
+    cfg = _cfg(tmp_path, train={"arms": ["one-off", "permutations"]})
+    arms = cfg.train.arms
+    assert arms[0] == "one-off" and len(arms) == 1 + 6 and arms[1] == "phased"  # identity order = phased
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", a) and "__" not in a for a in arms)
+    run = RunDir(cfg.run_dir)
+    phases = _write_scored_split(run)
+    origin = {e.id: k for k, ph in enumerate(phases, 1) for e in ph}
+    orders = []
+    for arm in arms[1:]:
+        data = get_arm(arm).phase_data(run, 3, seed=0, train=cfg.train)
+        assert [[e.id for e in ph] for ph in data] == [[e.id for e in phases[origin[ph[0].id] - 1]] for ph in data]
+        orders.append(tuple(origin[ph[0].id] for ph in data))
+        assert [p.name for p in get_arm(arm).phase_files(run, 3)] == [f"phase_{i}.jsonl" for i in orders[-1]]
+        assert training_cells(cfg, run)[-1].phase == 3
+    assert sorted(orders) == sorted(itertools.permutations((1, 2, 3))) and len(set(orders)) == 6
+    assert "order-2-1-3" in arms and get_arm("order-2-1-3").phase_order == (2, 1, 3)
+    assert controls(arms) == {}  # the order arms read the phased files
+
+
+def test_permutations_refuse_more_than_four_phases_and_order_arms_are_checked(tmp_path):
+    with pytest.raises(PhasedIFTError, match=r"`permutations`.*120 arms for phases.k=5.*refused above phases.k=4 "
+                                             r"\(24 arms\)\. Fix: set phases.k <= 4, or list the orders"):
+        _cfg(tmp_path, phases={"k": 5}, train={"arms": ["permutations"]})
+    assert len(_cfg(tmp_path, phases={"k": 4}, train={"arms": ["permutations"]}).train.arms) == 24
+    five = _cfg(tmp_path, phases={"k": 5}, train={"arms": ["phased", "order-5-4-3-2-1"]})  # named orders: fine
+    assert five.train.arms == ["phased", "order-5-4-3-2-1"]
+    with pytest.raises(PhasedIFTError, match=r"'order-2-1-3' orders 3 phases but the split has 4"):
+        _cfg(tmp_path, phases={"k": 4}, train={"arms": ["order-2-1-3"]})
+    with pytest.raises(PhasedIFTError, match=r"'order-1-2-3' is the phases in their own order.*name `phased`"):
+        _cfg(tmp_path, train={"arms": ["order-1-2-3"]})
+    with pytest.raises(PhasedIFTError, match=r"train.arms\[0\] = 'order-1-1-3' is not one of"):
+        _cfg(tmp_path, train={"arms": ["order-1-1-3"]})
+    with pytest.raises(ValueError, match="not path-safe"):
+        register_arm(Arm("a/b", "x", "y"))
+
+
+def test_expanded_arms_round_trip_through_the_saved_config(tmp_path):
+    import yaml
+
+    from phased_ift.config import config_to_dict
+
+    cfg = _cfg(tmp_path, train={"arms": ["phased", "permutations", "sorted"]})
+    again = config_from_dict(yaml.safe_load(yaml.safe_dump(config_to_dict(cfg))))
+    assert again.train.arms == cfg.train.arms and len(cfg.train.arms) == 7  # phased once, then 5 orders, sorted
+
+
+def test_sorted_arm_is_one_phase_monotone_in_difficulty_with_the_split_ties(tmp_path):
+    cfg = _cfg(tmp_path, train={"arms": ["sorted"]})
+    run = RunDir(cfg.run_dir)
+    phases = _write_scored_split(run, per=4)
+    (data,) = get_arm("sorted").phase_data(run, 3, seed=7, train=cfg.train)
+    scores = [e.meta["score"] for e in data]
+    assert scores == sorted(scores) and len(data) == 12
+    assert [e.id for e in data] == [e.id for ph in phases for e in ph]  # ties keep the split's (file) order
+    assert get_arm("sorted").phase_data(run, 3, seed=1, train=cfg.train)[0] == data  # no seed: never shuffled
+    arm = get_arm("sorted")
+    assert arm.sampler == "sequential" and arm.n_phases(3) == 1 and arm.schedule(cfg.train, 1) == (1.0, 2e-4)
+    with pytest.raises(PhasedIFTError, match=r"train.batching=packing .* \['sorted'\].*use train.batching=bucket"):
+        _cfg(tmp_path, train={"arms": ["sorted"], "batching": "packing"})
+
+
+def test_replay_adds_a_seeded_fraction_of_the_earlier_phases(tmp_path):
+    from phased_ift.phases import replay_count
+
+    cfg = _cfg(tmp_path, train={"arms": ["replay"], "replay_ratio": 0.3})
+    run = RunDir(cfg.run_dir)
+    phases = _write_scored_split(run, per=5)
+    data = get_arm("replay").phase_data(run, 3, seed=0, train=cfg.train)
+    assert replay_count(0.3, 5) == 2 and replay_count(0.3, 10) == 3 and replay_count(0.25, 2) == 1  # halves up
+    assert [len(ph) for ph in data] == [5, 5 + 2, 5 + 3]
+    for k, ph in enumerate(data):
+        own = [e.id for e in phases[k]]
+        assert [e.id for e in ph[:5]] == own
+        extra = [e.id for e in ph[5:]]
+        earlier = {e.id for p in phases[:k] for e in p}
+        assert set(extra) <= earlier and len(set(extra)) == len(extra)  # from phases < k, none duplicated
+        assert len({e.id for e in ph}) == len(ph)
+    same = get_arm("replay").phase_data(run, 3, seed=0, train=cfg.train)
+    assert [[e.id for e in ph] for ph in same] == [[e.id for e in ph] for ph in data]
+    draws = {tuple(e.id for ph in get_arm("replay").phase_data(run, 3, seed=s, train=cfg.train) for e in ph)
+             for s in range(5)}
+    assert len(draws) > 1  # another seed, another draw
+    zero = _cfg(tmp_path, train={"arms": ["replay"], "replay_ratio": 0.0})
+    assert [len(p) for p in get_arm("replay").phase_data(run, 3, 0, zero.train)] == [5, 5, 5]
+    for bad in (1.0, -0.1):
+        with pytest.raises(PhasedIFTError, match=r"train.replay_ratio must be in \[0, 1\)"):
+            _cfg(tmp_path, train={"replay_ratio": bad})
+    with pytest.raises(PhasedIFTError, match=r"train.competence_c0 in \(0, 1\]"):
+        _cfg(tmp_path, train={"competence_c0": 0.0})

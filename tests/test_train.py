@@ -517,12 +517,12 @@ def test_bucket_order_groups_similar_lengths_in_a_random_batch_order():
 HPARAMS_KEYS = ["arm", "phase", "epochs", "learning_rate", "method", "lora", "batch_size", "grad_accum", "lr_scheduler",
                 "warmup_ratio", "weight_decay", "adam_beta2", "max_grad_norm", "carry_optimizer", "order", "batching",
                 "max_steps", "model", "template", "max_length", "dtype", "autocast", "lm_head", "max_batch_tokens",
-                "math_attention_max_len"]
+                "math_attention_max_len", "sampler", "arm_params"]
 
 
 def test_phase_hparams_keep_the_hparams_json_keys_in_order(tmp_path, tiny_model_dir):
-    """`PhaseHparams` as a dict is the start of hparams.json: the same 25 keys, in the same order, as before it was
-    a dataclass; the schedule comes from the arm."""
+    """`PhaseHparams` as a dict is the start of hparams.json: the 25 keys of before it was a dataclass, in the same
+    order, then the arm's sampler and parameters; the schedule comes from the arm."""
     from dataclasses import asdict
 
     from phased_ift.train import phase_hparams

@@ -107,10 +107,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _f(
-        "smollm2-135m-instruct",
-        "Named offline model (smollm2-135m-instruct, gemma-3-270m), a local path or a hub id.",
-    )
+    name_or_path: str = _f("smollm2-135m-instruct", "Named offline model (smollm2-135m-instruct, gemma-3-270m), a "
+                           "local path or a hub id.")
     template: str = _f("chat", "Prompt rendering: 'chat' (tokenizer chat template) or 'paper' (PhasedSFT template).")
     max_length: int = _f(512, "Max tokens per training example (prompt + response); longer ones are truncated.")
     dtype: str = _f("float32", "Weight dtype: float32 (recommended on CPU), bfloat16 or float16.")
@@ -223,8 +221,9 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     arms: list[str] = field(default_factory=_default_arms, metadata={
-        "help": "Arms to train: names in `phased_ift.design.ARMS` (docs/architecture.md lists them); default: the "
-                "arms the design marks as default (the method, its baseline and the paper's control).",
+        "help": "Arms to train: names in `phased_ift.design.ARMS` (docs/training.md lists them; a family such as "
+                "`permutations` expands into its arms, e.g. order-2-1-3); default: the arms the design marks as "
+                "default (the method, its baseline and the paper's control).",
         "registry": "arm"})
     method: str = _f("lora", "lora or full fine-tuning.")
     lora: LoraConfig = _f(LoraConfig(), "LoRA settings (method=lora).")
@@ -241,32 +240,26 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "Gradient clipping.")
     carry_optimizer: bool = _f(False, "Carry the AdamW state from phase k-1 into phase k (default: restart).")
     order: str = _f("shuffle", "Order inside a phase: shuffle or sequential (keeps the file order).")
-    batching: str = _f(
-        "bucket",
-        "bucket (length-grouped batches, little padding: best on CPU), pad (TRL default) or packing (padding-free; "
-        "needs flash attention on GPU).",
-    )
+    batching: str = _f("bucket", "bucket (length-grouped batches, little padding: best on CPU), pad (TRL default) "
+                       "or packing (padding-free; needs flash attention on GPU).")
     max_steps: int = _f(-1, "Stop each phase after this many steps (-1 = epochs decide; for quick checks).")
     save_steps: int = _f(50, "Save a Trainer checkpoint every N steps (resume inside a phase).")
     logging_steps: int = _f(1, "Log the loss every N steps.")
     gradient_checkpointing: bool = _f(False, "Trade compute for memory.")
-    max_batch_tokens: int = _f(
-        2048,
-        "Cap on padded tokens (rows x longest row) per forward pass: a batch above it runs as several passes "
-        "whose gradients add up to the same optimizer step (same examples per step, less peak memory; 0 = no cap).",
-    )
-    math_attention_max_len: int = _f(
-        256,
-        "On CPU, forward passes of at most this many (padded) positions use SDPA's math backend instead of its "
-        "flash kernel, whose backward is slow for short sequences on CPU (same values; 0 = always the default "
-        "kernel). No effect on GPU, with attention other than sdpa or with gradient checkpointing.",
-    )
-    lm_head: str = _f(
-        "auto",
-        "How the loss applies the LM head: response (logits only at positions that predict a response token: "
-        "fastest on CPU), fused (TRL's chunked fused LM head: never holds the logits, Triton kernel on GPU) or auto "
-        "(fused on CUDA, response elsewhere).",
-    )
+    max_batch_tokens: int = _f(2048, "Cap on padded tokens (rows x longest row) per forward pass: a batch above it "
+                               "runs as several passes whose gradients add up to the same optimizer step (same "
+                               "examples per step, less peak memory; 0 = no cap).")
+    math_attention_max_len: int = _f(256, "On CPU, forward passes of at most this many (padded) positions use "
+                                     "SDPA's math backend instead of its flash kernel, whose backward is slow for "
+                                     "short sequences on CPU (same values; 0 = always the default kernel). No effect "
+                                     "on GPU, with attention other than sdpa or with gradient checkpointing.")
+    lm_head: str = _f("auto", "How the loss applies the LM head: response (logits only at positions that predict "
+                      "a response token: fastest on CPU), fused (TRL's chunked fused LM head: never holds the "
+                      "logits, Triton kernel on GPU) or auto (fused on CUDA, response elsewhere).")
+    replay_ratio: float = _f(0.1, "Arm replay: phase k also trains on this fraction of the examples of phases < k "
+                             "(round half up, seeded by the training seed; 0 <= r < 1).")
+    competence_c0: float = _f(0.01, "Arm competence: the initial competence c0 in (0, 1], the easiest fraction "
+                              "admitted at step 0 (Platanios et al. 2019: 0.01).")
     seeds: list[int] = _f([0], "Training seeds; each arm is trained once per seed.")
     deepspeed: str = _f("", "Path to a DeepSpeed config (GPU runs under `accelerate launch`).")
     threads: int = _f(0, "CPU threads for training (torch.set_num_threads; 0 = torch's default).")
@@ -294,6 +287,9 @@ class TrainConfig:
             raise PhasedIFTError("config: train.max_batch_tokens must be >= 0 (0 = no cap).")
         if self.threads < 0 or self.dataloader_workers < 0:
             raise PhasedIFTError("config: train.threads and train.dataloader_workers must be >= 0.")
+        if not 0 <= self.replay_ratio < 1 or not 0 < self.competence_c0 <= 1:
+            raise PhasedIFTError(f"config: train.replay_ratio must be in [0, 1) (e.g. 0.1) and train.competence_c0 in "
+                                 f"(0, 1] (e.g. 0.01); got {self.replay_ratio} and {self.competence_c0}.")
 
 
 # Answer budgets of the test sets whose harnesses fix one (new tokens per answer, per turn).
@@ -403,7 +399,11 @@ class Config:
     report: ReportConfig = _f(ReportConfig(), "Report statistics.")
 
     def __post_init__(self) -> None:
+        from phased_ift.design import check_batching, expand_arms
+
         n = self.phases.k
+        self.train.arms = expand_arms(self.train.arms, n)  # families (permutations) -> their arms
+        check_batching(self.train.arms, self.train.batching)
         for key in ("phase_epochs", "phase_learning_rates"):
             v = getattr(self.train, key)
             if v and len(v) != n:
@@ -484,13 +484,16 @@ def _build(cls: type, raw: dict, prefix: str, where: str) -> Any:
 
 def _check_registry(f: dataclasses.Field, value: Any, key: str, where: str) -> None:
     """A field declared with `registry=KIND` takes only names registered for KIND (each element of a list)."""
+    from phased_ift.design import resolve_arm
+
     kind = f.metadata.get("registry")
     if kind is None:
         return
     names = registry_names(kind)
     items = enumerate(value) if isinstance(value, list) else [(None, value)]
     for i, v in items:
-        if v not in names:
+        # an arm family's members (order-2-1-3 of `permutations`) are registered when first named
+        if v not in names and not (kind == "arm" and isinstance(v, str) and resolve_arm(v) is not None):
             at = key if i is None else f"{key}[{i}]"
             raise PhasedIFTError(f"{where}: {at} = {v!r} is not one of {names}; set it to one of those.")
 

@@ -1,9 +1,13 @@
 """The experiment design: the arms, what each one trains on, and the grid arm x seed x phase.
 
 Owns:
-  * `Arm` and the registry `ARMS` (refuses duplicate names). An arm says which phase files it trains on, how many
-    phases it has, and whether the per-phase schedule (`train.phase_epochs`, `train.phase_learning_rates`)
-    applies to it. Adding an arm is one `register_arm(Arm(...))` here plus its tests; no other module names an arm.
+  * `Arm` and the registry `ARMS` (refuses duplicate and path-unsafe names). An arm says which phase files it
+    trains on and in which order (`phase_order`), how many phases it has, how its phases are built from them at
+    training time (`arrange`, with the train fields it reads: `params`), the order of examples inside a phase
+    (`sampler`, a name in `train.samplers.SAMPLERS`), and whether the per-phase schedule (`train.phase_epochs`,
+    `train.phase_learning_rates`) applies to it. A family (`expand`, `member`) stands for several arms in
+    train.arms (config expands it, `expand_arms`). Adding an arm is one `register_arm(Arm(...))` here plus its
+    tests; no other module names an arm.
   * The phase count of a run (`phase_count`: the manifest's K once the split exists, else `phases.k`).
   * The grid: `training_cells` (every phase of every arm and seed), `evaluation_cells` (the final phase, or every
     phase with `generate.every_phase`) and `judge_jobs` (which generations are compared).
@@ -14,26 +18,52 @@ Arms (Pang et al. 2024, arXiv 2406.04371, section 3-4):
   random   the paper's control: K phases of the same sizes with random difficulty (phases/random/).
   reverse  hard -> easy: the phases in reverse order (phases/reverse/), the order ablation.
 
+Arms that separate the causes of the gain (order, phase boundaries, forgetting, pacing):
+  permutations  a family: every order of the K phases as its own arm `order-<i>-<j>-...` reading the phased files
+                in that order (the paper's stage-order ablation, section 5); the identity order is `phased` itself,
+                so it expands to K! arms. Refused above K = 4 (K! = 120 at K = 5); single orders can be named.
+  sorted        one phase: the union sorted easy -> hard (ascending score, ties as in the split), fed in that order
+                (sequential sampler, no bucketing), one LR schedule: ordering without phase boundaries (the
+                curriculum of Bengio et al. 2009, ICML, "Curriculum Learning", without stages).
+  replay        phased, and phase k also trains on round(train.replay_ratio x |phases < k|) examples (halves up)
+                drawn without replacement from phases < k, seeded by the training seed (experience replay against
+                forgetting: Robins 1995, Connection Science; de Masson d'Autume et al. 2019, NeurIPS). It ADDS
+                examples: its budget exceeds one-off's, the plan says by how much.
+  competence    one phase over the sorted union; batch of step t drawn uniformly from the ranks <= c(t) N,
+                c(t) = min(1, sqrt(t (1 - c0^2) / T + c0^2)), c0 = train.competence_c0 (Platanios et al. 2019,
+                NAACL, "Competence-based Curriculum Learning for Neural Machine Translation", the sqrt competence).
+
+Every arm but replay sees the one-off budget, N examples x train.epochs example-epochs (with train.phase_epochs the
+phased arms follow those; the plan reports each arm's example-epochs).
+
 Reads only `phases/` through `RunDir`; the config is passed in (typed as `Config`, imported for type checks only,
 so `config` can derive its choices from `ARMS`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from phased_ift.data import Example, read_examples
 from phased_ift.errors import PhasedIFTError
-from phased_ift.phases import ControlBuilder, random_control, read_manifest, reverse_control
+from phased_ift.phases import (ControlBuilder, difficulty_sorted, random_control, read_manifest, replay_phases,
+                               reverse_control)
 from phased_ift.rundir import RunDir
 
 if TYPE_CHECKING:
     from phased_ift.config import Config, TrainConfig
 
+# (phases in training order, training seed, {train field: value} of Arm.params) -> the arm's phases
+Arranger = Callable[[list[list[Example]], int, dict[str, Any]], list[list[Example]]]
+
+# Arm names become path parts (checkpoints/<arm>/, judgements/<a>__vs__<b>/): letters, digits, '.', '_', '-'.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -51,6 +81,17 @@ class Arm:
             arm uses `train.epochs` and `train.learning_rate`).
         baseline: the arm other arms are judged against by default (at most one).
         default: trained when `train.arms` is not set.
+        phase_order: the phased files to train on, in this order (1-based, a permutation of 1..K); () = 1..K.
+        arrange: builds the arm's phases at training time from the phase data in training order, `(phases, seed,
+            params) -> phases` (seed: the training seed; params: the `params` fields of train); None = as read (a
+            single-phase arm: their union, shuffled with the seed).
+        sampler: the order inside a phase, a name in `phased_ift.train.samplers.SAMPLERS` ("sequential": the phase
+            data's order, no shuffling or length bucketing; "competence": a competence-based curriculum); "" =
+            train.order and train.batching decide. An arm with a sampler refuses train.batching=packing.
+        params: train config fields the arm reads (`arrange`, its sampler); recorded in hparams.json `arm_params`.
+        expand: a family of arms: in train.arms this name stands for the arm names `expand(K)` returns (config
+            expands it; may raise PhasedIFTError for an unsupported K). A family is never trained itself.
+        member: a family's arm of a name (e.g. "order-2-1-3"), built on demand by `resolve_arm`; None = no match.
     """
 
     name: str
@@ -61,17 +102,40 @@ class Arm:
     phase_schedule: bool = True
     baseline: bool = False
     default: bool = False
+    phase_order: tuple[int, ...] = ()
+    arrange: Arranger | None = field(default=None, compare=False)
+    sampler: str = ""
+    params: tuple[str, ...] = ()
+    expand: Callable[[int], list[str]] | None = field(default=None, compare=False)
+    member: Callable[[str], "Arm | None"] | None = field(default=None, compare=False)
 
     def n_phases(self, k: int) -> int:
         """Phases this arm trains when the split has k phases."""
         return 1 if self.single_phase else k
 
+    def file_order(self, k: int) -> list[int]:
+        """The phase numbers (1-based) read, in training order: `phase_order`, else 1..k.
+
+        Raises:
+            PhasedIFTError: `phase_order` is not an order of the k phases.
+        """
+        if not self.phase_order:
+            return list(range(1, k + 1))
+        if sorted(self.phase_order) != list(range(1, k + 1)):
+            raise PhasedIFTError(f"arm {self.name!r} orders {len(self.phase_order)} phases but the split has {k} "
+                                 f"(phases.k); use an arm with one number per phase, or `permutations`.")
+        return list(self.phase_order)
+
     def phase_files(self, run: RunDir, k: int) -> list[Path]:
         """The files this arm's phases are read from, in training order (one-off: all phased files, one phase)."""
-        return [run.phase_file(i, self.name if self.control else None) for i in range(1, k + 1)]
+        return [run.phase_file(i, self.name if self.control else None) for i in self.file_order(k)]
 
-    def phase_data(self, run: RunDir, k: int, seed: int = 0) -> list[list[Example]]:
-        """The examples of each phase, in training order of phases (a list of phases, each in file order).
+    def phase_data(self, run: RunDir, k: int, seed: int = 0, train: "TrainConfig | None" = None
+                   ) -> list[list[Example]]:
+        """The examples of each phase, in training order of phases (a list of phases, each in training order).
+
+        Args:
+            train: the train config, needed by arms with `params` (e.g. replay reads train.replay_ratio).
 
         Raises:
             PhasedIFTError: a phase file of the arm is missing (the split was made without this control).
@@ -82,10 +146,24 @@ class Arm:
                 raise PhasedIFTError(f"train: {path} does not exist; re-run `phased-ift split` with `{self.name}` "
                                      f"in train.arms so the control files are written.")
         phases = [read_examples(p) for p in files]
-        return self.assemble(phases, seed)
+        return self.assemble(phases, seed, train)
 
-    def assemble(self, phases: list[list[Example]], seed: int) -> list[list[Example]]:
-        """This arm's phases from phase-ordered data (a single-phase arm joins them, shuffled with `seed`)."""
+    def arm_params(self, train: "TrainConfig | None") -> dict[str, Any]:
+        """{field: value} of the train fields in `params` (hparams.json `arm_params`).
+
+        Raises:
+            ValueError: the arm has params and no train config was given (a programming error).
+        """
+        if self.params and train is None:
+            raise ValueError(f"arm {self.name!r} reads train.{', train.'.join(self.params)}: pass the train config")
+        return {p: getattr(train, p) for p in self.params}
+
+    def assemble(self, phases: list[list[Example]], seed: int, train: "TrainConfig | None" = None
+                 ) -> list[list[Example]]:
+        """This arm's phases from data in training order: `arrange` when set, else as given (a single-phase arm
+        joins them, shuffled with `seed`)."""
+        if self.arrange is not None:
+            return self.arrange(phases, seed, self.arm_params(train))
         if not self.single_phase:
             return phases
         union = [e for ph in phases for e in ph]
@@ -108,8 +186,11 @@ def register_arm(arm: Arm) -> Arm:
     """Add an arm to `ARMS`; names are unique and at most one arm is the baseline.
 
     Raises:
-        ValueError: a duplicate name or a second baseline (a programming error, not a user error).
+        ValueError: a duplicate name, a second baseline or a name that is not path-safe (a programming error, not a
+            user error).
     """
+    if not _NAME.fullmatch(arm.name) or "__" in arm.name:
+        raise ValueError(f"arm name {arm.name!r} is not path-safe (letters, digits, '.', '_', '-'; no '__')")
     if arm.name in ARMS:
         raise ValueError(f"arm {arm.name!r} is already registered")
     if arm.baseline and any(a.baseline for a in ARMS.values()):
@@ -130,27 +211,129 @@ register_arm(Arm("reverse", "phases hard -> easy, each phase in descending diffi
                  "the order ablation of Pang et al. 2024 (section 5)",
                  control=lambda phases, seed: reverse_control(phases)))
 
+# ---- arms that separate the causes of Phased IFT's gain (order, boundaries, forgetting, pacing) --------------
+
+MAX_PERMUTED_PHASES = 4  # `permutations` trains K! arms: 24 at K=4, 120 at K=5
+
+
+def order_name(order: Sequence[int]) -> str:
+    """The arm name of a phase order, e.g. (2, 1, 3) -> "order-2-1-3" (path-safe)."""
+    return "order-" + "-".join(str(i) for i in order)
+
+
+def _order_arm(name: str) -> Arm | None:
+    """The `permutations` member `name` ("order-<i>-<j>-...", a non-identity permutation of 1..K), else None.
+
+    Raises:
+        PhasedIFTError: the identity order (order-1-2-3), which is the `phased` arm.
+    """
+    m = re.fullmatch(r"order-(\d+(?:-\d+)*)", name)
+    order = tuple(int(x) for x in m.group(1).split("-")) if m else ()
+    if not order or order_name(order) != name or sorted(order) != list(range(1, len(order) + 1)):
+        return None
+    if list(order) == sorted(order):
+        raise PhasedIFTError(f"arm {name!r} is the phases in their own order, i.e. the `phased` arm; name `phased` "
+                             f"instead (`permutations` includes it as `phased`).")
+    return Arm(name, f"the phased files in the order {' -> '.join(map(str, order))}, each phase from the previous "
+                     f"weights", "the stage-order ablation of Pang et al. 2024 (section 5)", phase_order=order)
+
+
+def _permutation_names(k: int) -> list[str]:
+    """Every order of the k phases as an arm name, in lexicographic order; the identity order is `phased`.
+
+    Raises:
+        PhasedIFTError: k > MAX_PERMUTED_PHASES.
+    """
+    if k > MAX_PERMUTED_PHASES:
+        raise PhasedIFTError(
+            f"config: train.arms has `permutations`, one arm per order of the phases: {math.factorial(k)} arms for "
+            f"phases.k={k}, each trained for every seed, generated and judged; refused above phases.k="
+            f"{MAX_PERMUTED_PHASES} ({math.factorial(MAX_PERMUTED_PHASES)} arms). Fix: set phases.k <= "
+            f"{MAX_PERMUTED_PHASES}, or list the orders to train in train.arms, e.g. "
+            f"[phased, {order_name(range(k, 0, -1))}].")
+    return ["phased" if list(p) == sorted(p) else order_name(p) for p in itertools.permutations(range(1, k + 1))]
+
+
+register_arm(Arm("permutations", "every order of the K phases as its own arm (order-2-1-3, ...; the identity "
+                 "order is phased), K <= 4", "the stage-order ablation of Pang et al. 2024 (section 5)",
+                 expand=_permutation_names, member=_order_arm))
+register_arm(Arm("sorted", "one phase: the union sorted easy -> hard, fed in that order (no phase boundaries, one "
+                 "LR schedule)", "curriculum ordering without stages (Bengio et al. 2009, Curriculum Learning)",
+                 single_phase=True, phase_schedule=False, arrange=lambda phases, seed, p: [difficulty_sorted(phases)],
+                 sampler="sequential"))
+register_arm(Arm("replay", "phased, and phase k also trains on a seeded train.replay_ratio of the examples of "
+                 "phases < k (adds examples)", "experience replay against forgetting (Robins 1995; de Masson "
+                 "d'Autume et al. 2019)", arrange=lambda phases, seed, p: replay_phases(phases, p["replay_ratio"],
+                                                                                       seed),
+                 params=("replay_ratio",)))
+register_arm(Arm("competence", "one phase: batches drawn from the easiest c(t) fraction, c(t) = min(1, sqrt(t(1 - "
+                 "c0^2)/T + c0^2))", "Platanios et al. 2019, Competence-based Curriculum Learning (NAACL), the "
+                 "sqrt competence", single_phase=True, phase_schedule=False,
+                 arrange=lambda phases, seed, p: [difficulty_sorted(phases)], sampler="competence",
+                 params=("competence_c0",)))
+
+
+def resolve_arm(name: str) -> Arm | None:
+    """The arm `name`: a registered one, else a family's member (`Arm.member`, registered now), else None."""
+    if name in ARMS:
+        return ARMS[name]
+    for family in list(ARMS.values()):
+        if family.member is not None and (arm := family.member(name)) is not None:
+            return register_arm(arm)
+    return None
+
 
 def get_arm(name: str) -> Arm:
-    """The registered arm `name`.
+    """The arm `name` (`resolve_arm`: registered, or a member of a family such as order-2-1-3).
 
     Raises:
         PhasedIFTError: an unknown arm (names the known ones).
     """
-    try:
-        return ARMS[name]
-    except KeyError:
-        raise PhasedIFTError(f"unknown arm {name!r}; known arms: {', '.join(ARMS)}.") from None
+    arm = resolve_arm(name)
+    if arm is None:
+        families = [f"{a.name} ({a.description})" for a in ARMS.values() if a.member is not None]
+        raise PhasedIFTError(f"unknown arm {name!r}; known arms: {', '.join(ARMS)}"
+                             + (f"; and the members of {'; '.join(families)}" if families else "") + ".")
+    return arm
+
+
+def expand_arms(names: Sequence[str], k: int) -> list[str]:
+    """train.arms with every family replaced by its members for k phases (`Arm.expand`), first occurrence kept.
+
+    Raises:
+        PhasedIFTError: an unknown arm; a family refuses k (`permutations`: k > 4); an order arm does not order k
+            phases.
+    """
+    out: list[str] = []
+    for name in names:
+        arm = get_arm(name)
+        out += [n for n in (arm.expand(k) if arm.expand else [name]) if n not in out]
+    for name in out:
+        get_arm(name).file_order(k)
+    return out
+
+
+def check_batching(arms: Sequence[str], batching: str) -> None:
+    """Arms with their own sampler need one row per example; packing concatenates and reorders them.
+
+    Raises:
+        PhasedIFTError: train.batching=packing with such an arm (names the arms and the fix).
+    """
+    own = [a for a in arms if get_arm(a).sampler]
+    if own and batching == "packing":
+        raise PhasedIFTError(f"config: train.batching=packing packs several examples per row and reorders them, but "
+                             f"the arms {own} set the order of single examples (Arm.sampler); use train.batching="
+                             f"bucket or pad, or train these arms in a separate config.")
 
 
 def controls(arms: Sequence[str]) -> dict[str, ControlBuilder]:
     """The control builders of the given arms, {name: builder}, for the split step (arms without one left out)."""
-    return {a: ARMS[a].control for a in arms if ARMS[a].control is not None}
+    return {a: get_arm(a).control for a in arms if get_arm(a).control is not None}
 
 
 def baseline_arm(arms: Sequence[str]) -> str:
     """The arm others are judged against by default: the registered baseline when trained, else the first arm."""
-    return next((a for a in arms if ARMS[a].baseline), arms[0])
+    return next((a for a in arms if get_arm(a).baseline), arms[0])
 
 
 def phase_count(cfg: "Config", run: RunDir | None = None) -> int:
@@ -184,7 +367,7 @@ def training_cells(cfg: "Config", run: RunDir | None = None) -> list[Cell]:
     k = phase_count(cfg, run)
     out = []
     for arm in cfg.train.arms:
-        n = ARMS[arm].n_phases(k)
+        n = get_arm(arm).n_phases(k)
         out += [Cell(arm, seed, p, p == n) for seed in cfg.train.seeds for p in range(1, n + 1)]
     return out
 
@@ -197,7 +380,7 @@ def evaluation_cells(cfg: "Config", run: RunDir | None = None) -> list[Cell]:
 
 def final_phase(cfg: "Config", arm: str, run: RunDir | None = None) -> int:
     """The phase whose checkpoint is the arm's final model."""
-    return ARMS[arm].n_phases(phase_count(cfg, run))
+    return get_arm(arm).n_phases(phase_count(cfg, run))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
     phases = split_into_phases(examples, scores, k=3, method="thresholds", thresholds=[2.5, 3.5])
     rand = random_control(phases, seed=0)      # same phase sizes, examples assigned at random
     rev = reverse_control(phases)               # hard -> easy
+    union = difficulty_sorted(phases)           # one list, easy -> hard (the `sorted` / `competence` arms)
+    rep = replay_phases(phases, 0.1, seed=0)    # phase k + 10% of phases < k (the `replay` arm)
 
 From the command line, `phased-ift split CONFIG` reads `data/train.jsonl` and `scores/<scorer>.jsonl` from the run
 dir and writes `phases/phase_<k>.jsonl`, the control files of the configured arms (`phases/random/...`,
@@ -158,6 +160,58 @@ def random_control(phases: Sequence[Sequence[Example]], seed: int = 0) -> list[l
 def reverse_control(phases: Sequence[Sequence[Example]]) -> list[list[Example]]:
     """Hard -> easy: the phases in reverse order, each phase's examples in descending difficulty."""
     return [list(reversed(ph)) for ph in reversed(phases)]
+
+
+def difficulty_sorted(phases: Sequence[Sequence[Example]]) -> list[Example]:
+    """The union of the phases sorted easy -> hard: ascending `meta["score"]`, ties in the split's order.
+
+    The sort is stable over the phases joined in order, so equal scores keep the split's seeded tie-break (each
+    phase file is sorted by (score, tie-break) and the phases cover increasing score ranges). An example without
+    `meta["score"]` (data not split yet, as in a plan) counts as score 0.
+
+    Returns:
+        One list of all examples, monotone non-decreasing in score. Source: the `sorted` arm (design.py).
+    """
+    union = [e for ph in phases for e in ph]
+    return sorted(union, key=lambda e: float(e.meta.get("score", 0.0)))
+
+
+def replay_count(ratio: float, n_earlier: int) -> int:
+    """Examples replayed into a phase: round(ratio x n_earlier), halves rounded up (floor(r * n + 0.5))."""
+    return int(math.floor(ratio * n_earlier + 0.5))
+
+
+def replay_phases(phases: Sequence[Sequence[Example]], ratio: float, seed: int) -> list[list[Example]]:
+    """Experience replay across phases: phase k keeps its examples and gets `replay_count(ratio, n_<k)` more,
+    drawn without replacement from the union of phases 1..k-1 (n_<k examples), appended after its own.
+
+    The draw of phase k is seeded by (seed, k): the same seed gives the same examples, another seed others.
+    Phase 1 is unchanged. The examples are not copied: a replayed example is the same Example as in its phase.
+
+    Args:
+        phases: the phases in training order (easy -> hard for `replay`).
+        ratio: the replayed fraction of the earlier phases, 0 <= ratio < 1 (train.replay_ratio).
+        seed: the training seed.
+
+    Returns:
+        K lists; len(result[k]) = len(phases[k]) + replay_count(ratio, sum(len(p) for p in phases[:k])).
+
+    Raises:
+        PhasedIFTError: ratio outside [0, 1).
+
+    Source: replay of earlier data against forgetting in sequential training (e.g. Robins 1995, "Catastrophic
+    forgetting, rehearsal and pseudorehearsal"; de Masson d'Autume et al. 2019, "Episodic memory in lifelong
+    language learning").
+    """
+    if not 0 <= ratio < 1:
+        raise PhasedIFTError(f"replay: train.replay_ratio must be in [0, 1), got {ratio}; e.g. 0.1 replays 10% of "
+                             f"the earlier phases' examples.")
+    out, earlier = [], []
+    for k, ph in enumerate(phases, 1):
+        m = replay_count(ratio, len(earlier))
+        out.append(list(ph) + random.Random(f"replay:{seed}:{k}").sample(earlier, m))
+        earlier += list(ph)
+    return out
 
 
 def phase_stats(phase: Sequence[Example]) -> dict[str, float]:

@@ -475,7 +475,7 @@ def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
     from phased_ift.train import plan_training
 
     tplan = plan_training(cfg, train_run)
-    n_examples = max((sum(r["examples"] for r in rows) for rows in tplan["arms"].values()), default=0)
+    n_examples = tplan["examples"]  # the data once (an arm such as replay trains some examples twice)
     tokens = {arm: sum(r["tokens_trained"] for r in rows) for arm, rows in tplan["arms"].items()}
     g = cfg.generate
     sets = {testset_key(n): load_test_set(n, limit=g.limit, seed=g.seed) for n in g.test_sets}

@@ -21,6 +21,7 @@ Batching (train.batching) and what it does to the order inside a phase:
              example so attention never crosses examples with flash-attention varlen kernels (GPU). bfd reorders
              examples longest-first. Slow on CPU (one long sequence per batch with an O(L^2) mask).
     train.order=sequential keeps the phase file's order (easy -> hard within a phase) with any batching.
+    An arm with its own sampler (`design.Arm.sampler`: sorted, competence) overrides order and batching.
 
 The package, one concern per module:
     plan       `PhaseHparams` (a phase's resolved hyperparameters, hparams.json), tokenisation, steps, the dry-run
@@ -29,6 +30,8 @@ The package, one concern per module:
                and resume (`last_complete_checkpoint`, `logged_mean_loss`); no torch at import
     trainer    `PhaseSFTTrainer`, `sft_config`, `response_head_loss`, `split_batch`, `bucket_order`,
                `short_pass_attention`, building and saving a phase's trainer (imports torch / trl)
+    samplers   `SAMPLERS`: the orders an arm can choose inside a phase (`design.Arm.sampler`: sequential, the
+               competence curriculum `CompetenceSampler`), used by `PhaseSFTTrainer` (imports torch)
     callbacks  the rich progress bar of a phase (imports transformers)
 
 `import phased_ift.train` loads no torch / transformers / trl: the names of `trainer` below are imported on first

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 from phased_ift.runio import atomic_write_json, write_jsonl
 from phased_ift.config import Config
 from phased_ift.data import Example
-from phased_ift.design import ARMS, phase_count
+from phased_ift.design import get_arm, phase_count
 from phased_ift.errors import PhasedIFTError
 from phased_ift.modeling import release_memory
 from phased_ift.rundir import RunDir
@@ -59,7 +59,7 @@ def train_phases(cfg: Config, run: RunDir, console=None, callbacks: Sequence = (
 
 def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, console=None,
               callbacks: Sequence = ()) -> list[Path]:
-    """Train one arm for one seed: a plain loop over its phases (`ARMS[arm].phase_data`), each from the previous
+    """Train one arm for one seed: a plain loop over its phases (`Arm.phase_data`), each from the previous
     phase's saved weights.
 
     Finished phases (DONE) are skipped; an unfinished phase resumes from its last Trainer checkpoint.
@@ -73,7 +73,7 @@ def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, con
 
     if not run.phases_manifest.is_file():
         raise PhasedIFTError(f"train: {run.phases_manifest} does not exist; run `phased-ift split CONFIG` first.")
-    phases = ARMS[arm].phase_data(run, phase_count(cfg, run), seed)
+    phases = get_arm(arm).phase_data(run, phase_count(cfg, run), seed, cfg.train)
     tokenizer = tokenizer or load_tokenizer(cfg.model.name_or_path)
     dirs: list[Path] = []
     prev = None

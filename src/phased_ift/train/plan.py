@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from phased_ift.config import Config
 from phased_ift.data import Example, read_examples
-from phased_ift.design import ARMS, assumed_phases, phase_count
+from phased_ift.design import assumed_phases, get_arm, phase_count
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 
@@ -26,10 +26,12 @@ from phased_ift.rundir import RunDir
 class PhaseHparams:
     """Resolved hyperparameters of phase `phase` (1-based) of `arm`; the field order is hparams.json's key order.
 
-    `epochs` and `learning_rate` come from `ARMS[arm].schedule` (train.phase_epochs / phase_learning_rates by
+    `epochs` and `learning_rate` come from the arm's `Arm.schedule` (train.phase_epochs / phase_learning_rates by
     position for arms with a phase schedule, else train.epochs / train.learning_rate: the equal budget when the
     per-phase values are not set). `lora` is `asdict(train.lora)` with method=lora, else None; the other fields are
-    copied from the `train` and `model` sections under the same names (`model` = model.name_or_path).
+    copied from the `train` and `model` sections under the same names (`model` = model.name_or_path); `sampler`
+    is the arm's (`Arm.sampler`: "" = train.order / train.batching decide) and `arm_params` the train fields the arm
+    reads (`Arm.params`, e.g. {"replay_ratio": 0.1}).
     """
 
     arm: str
@@ -57,12 +59,15 @@ class PhaseHparams:
     lm_head: str
     max_batch_tokens: int
     math_attention_max_len: int
+    sampler: str
+    arm_params: dict
 
 
 def phase_hparams(cfg: Config, arm: str, k: int) -> PhaseHparams:
     """The hyperparameters of phase k (1-based) of an arm under the config (see `PhaseHparams`)."""
     t, m = cfg.train, cfg.model
-    epochs, lr = ARMS[arm].schedule(t, k)
+    a = get_arm(arm)
+    epochs, lr = a.schedule(t, k)
     return PhaseHparams(
         arm=arm, phase=k, epochs=epochs, learning_rate=lr, method=t.method,
         lora=asdict(t.lora) if t.method == "lora" else None, batch_size=t.batch_size, grad_accum=t.grad_accum,
@@ -70,7 +75,8 @@ def phase_hparams(cfg: Config, arm: str, k: int) -> PhaseHparams:
         adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm, carry_optimizer=t.carry_optimizer, order=t.order,
         batching=t.batching, max_steps=t.max_steps, model=m.name_or_path, template=m.template,
         max_length=m.max_length, dtype=m.dtype, autocast=m.autocast, lm_head=t.lm_head,
-        max_batch_tokens=t.max_batch_tokens, math_attention_max_len=t.math_attention_max_len,
+        max_batch_tokens=t.max_batch_tokens, math_attention_max_len=t.math_attention_max_len, sampler=a.sampler,
+        arm_params=a.arm_params(t),
     )
 
 
@@ -93,13 +99,15 @@ def tokenize_examples(tokenizer, examples: Sequence[Example], template: str, max
 
 def steps_per_phase(n_examples: int, epochs: float, batch_size: int, grad_accum: int, world_size: int = 1,
                     max_steps: int = -1) -> int:
-    """Optimizer steps of one phase as transformers' Trainer counts them (ceil batches, floor-ish accumulation)."""
+    """Optimizer steps of one phase as transformers' (5.x) Trainer counts them: ceil(n / (batch x processes))
+    batches per process and epoch, ceil(batches / grad_accum) steps per epoch (the last one takes the remainder),
+    ceil(epochs x steps per epoch) in all; `max_steps` > 0 instead when given."""
     import math
 
     if max_steps > 0:
         return max_steps
     batches = math.ceil(n_examples / (batch_size * world_size))
-    per_epoch = max(batches // grad_accum, 1)
+    per_epoch = max(math.ceil(batches / grad_accum), 1)
     return math.ceil(per_epoch * epochs)
 
 
@@ -122,30 +130,34 @@ def token_counter(cfg: Config) -> tuple[Callable[[Sequence[Example]], int], str]
     return count, f"tokens counted with the {cfg.model.name_or_path} tokenizer, truncated to {cfg.model.max_length}"
 
 
-def _planned_phases(cfg: Config, run: RunDir) -> tuple[dict[str, list[list[Example]]], str]:
-    """({arm: its phases}, note): the split's phases (`Arm.phase_data`, seed 0) once `phases/` exists, else K
-    equal-size phases of data/train.jsonl (`design.assumed_phases`; single-phase arms: the whole data).
+def _planned_phases(cfg: Config, run: RunDir) -> tuple[dict[str, list[list[Example]]], int, str]:
+    """({arm: its phases}, N examples of the split, note): the split's phases (`Arm.phase_data`, seed 0) once
+    `phases/` exists, else K equal-size phases of data/train.jsonl (`design.assumed_phases`, in the arm's file
+    order, through `Arm.assemble`: single-phase arms get the whole data, replay its extra examples).
 
     Raises:
         PhasedIFTError: neither the split nor data/train.jsonl exists; a control arm's files are missing.
     """
     if run.phases_manifest.is_file():
         k = phase_count(cfg, run)
-        return {arm: ARMS[arm].phase_data(run, k) for arm in cfg.train.arms}, ""
+        phases_of = {arm: get_arm(arm).phase_data(run, k, 0, cfg.train) for arm in cfg.train.arms}
+        n = sum(len(read_examples(run.phase_file(i))) for i in range(1, k + 1))
+        return phases_of, n, ""
     if not run.train_data.is_file():
         raise PhasedIFTError(f"train --dry-run: neither {run.phases_manifest} nor {run.train_data} exists; run "
                              f"`phased-ift score CONFIG` (or at least the data step) first.")
     data = read_examples(run.train_data)
     k = cfg.phases.k
     eq = assumed_phases(data, k)
-    phases_of = {arm: ([data] if ARMS[arm].single_phase else eq) for arm in cfg.train.arms}
-    return phases_of, f"; phases not split yet: assumed {k} equal-size phases of data/train.jsonl"
+    phases_of = {arm: get_arm(arm).assemble([eq[i - 1] for i in get_arm(arm).file_order(k)], 0, cfg.train)
+                 for arm in cfg.train.arms}
+    return phases_of, len(data), f"; phases not split yet: assumed {k} equal-size phases of data/train.jsonl"
 
 
 def _budget_note(cfg: Config) -> str:
     """Says when train.phase_epochs differ from train.epochs, which arms without a phase schedule use."""
     t = cfg.train
-    plain = [a for a in t.arms if not ARMS[a].phase_schedule]
+    plain = [a for a in t.arms if not get_arm(a).phase_schedule]
     if not plain or all(float(e) == t.epochs for e in t.phase_epochs):
         return ""
     return (f"; train.phase_epochs {t.phase_epochs} differ from train.epochs={t.epochs:g}, which "
@@ -153,8 +165,25 @@ def _budget_note(cfg: Config) -> str:
             f"equal")
 
 
+def _example_epochs_note(cfg: Config, budget: dict[str, float], n: int) -> str:
+    """Each arm's budget in example-epochs against one-off's (N x train.epochs), with what makes it differ."""
+    ref = n * cfg.train.epochs
+    parts = []
+    for arm, b in budget.items():
+        part = f"{arm} {b:g}"
+        if ref and abs(b - ref) > 1e-9:
+            params = get_arm(arm).arm_params(cfg.train)
+            why = ", ".join(f"train.{k}={v}" for k, v in params.items()) or "train.phase_epochs"
+            part += f" ({b - ref:+g}, {(b - ref) / ref:+.1%}: {why})"
+        parts.append(part)
+    capped = f"; train.max_steps={cfg.train.max_steps} stops every phase early, so fewer are seen" \
+        if cfg.train.max_steps > 0 else ""
+    return (f"; budget in example-epochs (examples x epochs; one-off's: {n} x {cfg.train.epochs:g} = {ref:g}): "
+            + ", ".join(parts) + capped)
+
+
 def plan_training(cfg: Config, run: RunDir, world_size: int | None = None) -> dict:
-    """Examples, tokens and optimizer steps per phase per arm, without loading model weights.
+    """Examples, tokens, example-epochs and optimizer steps per phase per arm, without loading model weights.
 
     Args:
         cfg: the config (train, model, phases sections).
@@ -163,31 +192,36 @@ def plan_training(cfg: Config, run: RunDir, world_size: int | None = None) -> di
         world_size: data-parallel processes (default: $WORLD_SIZE or 1).
 
     Returns:
-        {"note": str, "world_size": int, "arms": {arm: [{"phase", "examples", "tokens", "epochs", "learning_rate",
-        "steps", "tokens_trained"}]}, "total_steps": {arm: int}}.
+        {"note": str, "world_size": int, "examples": N (examples of the split, the one-off union), "arms": {arm:
+        [{"phase", "examples", "tokens", "epochs", "learning_rate", "steps", "tokens_trained", "example_epochs"}]},
+        "total_steps": {arm: int}, "example_epochs": {arm: float}}. example_epochs = examples x epochs (a phase's
+        nominal budget; one-off: N x train.epochs); the note lists every arm's total against one-off's.
     Raises:
         PhasedIFTError: see `_planned_phases`.
     """
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     count, note = token_counter(cfg)
-    phases_of, split_note = _planned_phases(cfg, run)
+    phases_of, n, split_note = _planned_phases(cfg, run)
     note += split_note + _budget_note(cfg)
-    plan: dict[str, Any] = {"note": note, "world_size": world_size, "arms": {}, "total_steps": {}}
+    plan: dict[str, Any] = {"note": note, "world_size": world_size, "examples": n, "arms": {}, "total_steps": {},
+                            "example_epochs": {}}
     tokens_cache: dict[int, int] = {}
     for arm, phases in phases_of.items():
         rows = []
         for i, ph in enumerate(phases, 1):
             hp = phase_hparams(cfg, arm, i)
-            key = hash(tuple(e.id for e in ph))
+            key = hash(tuple(sorted(e.id for e in ph)))
             if key not in tokens_cache:
                 tokens_cache[key] = count(ph)
             steps = steps_per_phase(len(ph), hp.epochs, cfg.train.batch_size, cfg.train.grad_accum, world_size,
                                     cfg.train.max_steps)
             rows.append({"phase": i, "examples": len(ph), "tokens": tokens_cache[key], "epochs": hp.epochs,
                          "learning_rate": hp.learning_rate, "steps": steps,
-                         "tokens_trained": int(tokens_cache[key] * hp.epochs)})
+                         "tokens_trained": int(tokens_cache[key] * hp.epochs), "example_epochs": len(ph) * hp.epochs})
         plan["arms"][arm] = rows
         plan["total_steps"][arm] = sum(r["steps"] for r in rows)
+        plan["example_epochs"][arm] = sum(r["example_epochs"] for r in rows)
+    plan["note"] += _example_epochs_note(cfg, plan["example_epochs"], n)
     return plan
 
 
@@ -198,13 +232,13 @@ def print_plan(cfg: Config, run: RunDir, console=None) -> dict:
 
     console = console or Console(stderr=True)
     plan = plan_training(cfg, run)
-    table = Table("arm", "phase", "examples", "tokens", "epochs", "lr", "optimizer steps",
+    table = Table("arm", "phase", "examples", "tokens", "epochs", "example-epochs", "lr", "optimizer steps",
                   title=f"training plan ({cfg.train.method}, batch {cfg.train.batch_size} x accum "
                         f"{cfg.train.grad_accum} x {plan['world_size']} processes, seeds {cfg.train.seeds})")
     for arm, rows in plan["arms"].items():
         for r in rows:
             table.add_row(arm, str(r["phase"]), str(r["examples"]), str(r["tokens"]), f"{r['epochs']:g}",
-                          f"{r['learning_rate']:g}", str(r["steps"]))
+                          f"{r['example_epochs']:g}", f"{r['learning_rate']:g}", str(r["steps"]))
     console.print(table)
     console.print(plan["note"] + f"; steps for {plan['world_size']} data-parallel process(es): under "
                   f"N processes use `WORLD_SIZE=N phased-ift train CONFIG --dry-run`")

@@ -4,7 +4,8 @@ Owns:
   * `sft_config`: the `SFTConfig` of a phase (from the config and the phase's `PhaseHparams`).
   * `PhaseSFTTrainer`: TRL's `SFTTrainer` with the response-only LM head (`response_head_loss`), batches above
     train.max_batch_tokens run as several passes of one optimizer step (`split_batch`), the `bucket_order` sampler
-    (`BucketSampler`) and SDPA's math backend for short CPU passes (`short_pass_attention`).
+    (`BucketSampler`) or an arm's sampler (`samplers.SAMPLERS`) and SDPA's math backend for short CPU passes
+    (`short_pass_attention`).
   * `build_trainer` (model, dataset, trainer of a phase), `load_optimizer_state` (train.carry_optimizer),
     `save_phase_weights` (the model / adapter / merged model and optimizer.pt).
 
@@ -27,6 +28,7 @@ from trl import SFTConfig, SFTTrainer
 from phased_ift.config import Config
 from phased_ift.modeling import resolve_autocast
 from phased_ift.train.plan import PhaseHparams
+from phased_ift.train.samplers import SAMPLERS
 
 # TRL 1.16 calls a transformers 5 property deprecated in favour of is_activation_checkpointing once per phase.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
@@ -36,12 +38,14 @@ def sft_config(cfg: Config, hp: PhaseHparams, out_dir: Path, seed: int, save_ste
     """The Trainer arguments of a phase: hp's epochs / learning rate, the train section's optimiser, batching,
     precision and logging settings; Trainer checkpoints in `out_dir` every `save_steps` steps (one kept).
 
-    train.batching=bucket asks for `group_by_length`, which `PhaseSFTTrainer` replaces by `BucketSampler`.
+    train.batching=bucket asks for `group_by_length`, which `PhaseSFTTrainer` replaces by `BucketSampler`. An arm
+    with its own sampler (hp.sampler) gets "sequential" (no bucketing), which its sampler then replaces.
     """
     t, m = cfg.train, cfg.model
     on_cpu = not torch.cuda.is_available()
     autocast = resolve_autocast(m.autocast)[0]
-    sampling = "sequential" if t.order == "sequential" else ("group_by_length" if t.batching == "bucket" else "random")
+    sampling = "sequential" if t.order == "sequential" or hp.sampler else (
+        "group_by_length" if t.batching == "bucket" else "random")
     return SFTConfig(
         output_dir=str(out_dir), seed=seed, data_seed=seed,
         num_train_epochs=hp.epochs, max_steps=t.max_steps, learning_rate=hp.learning_rate,
@@ -201,19 +205,21 @@ class PhaseSFTTrainer(SFTTrainer):
     """SFTTrainer with the response-only LM head (logs the loss only: no entropy / token accuracy metrics) and
     batches above train.max_batch_tokens run as several forward/backward passes of one optimizer step; short CPU
     passes use SDPA's math backend (`short_pass_attention`); `bucket` replaces the length-grouped sampler by
-    `BucketSampler`. With every option off it behaves as `SFTTrainer`.
+    `BucketSampler`, and `sampler` (an arm's, `samplers.SAMPLERS`) replaces any sampler. With every option off it
+    behaves as `SFTTrainer`.
 
     Args (keyword, besides SFTTrainer's):
         response_head: use `response_head_loss` instead of TRL's loss.
         max_batch_tokens: padded-token cap per forward pass (`split_batch`; <= 0 = none).
         bucket: sample with `BucketSampler` (needs a "length" column).
         math_attention_max_len: `short_pass_attention`'s limit (0 = never).
+        sampler: `(n rows, training args) -> torch Sampler` of the training set, used instead of any other.
     """
 
     def __init__(self, *args, response_head: bool = False, max_batch_tokens: int = 0, bucket: bool = False,
-                 math_attention_max_len: int = 0, **kwargs) -> None:
+                 math_attention_max_len: int = 0, sampler=None, **kwargs) -> None:
         self.response_head, self.max_batch_tokens = response_head, max_batch_tokens
-        self.bucket, self.math_attention_max_len = bucket, math_attention_max_len
+        self.bucket, self.math_attention_max_len, self.sampler_factory = bucket, math_attention_max_len, sampler
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -227,6 +233,8 @@ class PhaseSFTTrainer(SFTTrainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.sampler_factory is not None:
+            return self.sampler_factory(len(dataset), self.args)
         if not self.bucket or "length" not in dataset.column_names:
             return super()._get_train_sampler(train_dataset)
         return BucketSampler(dataset["length"], self.args.per_device_train_batch_size, self.args.data_seed
@@ -267,7 +275,8 @@ def model_for_phase(cfg: Config, init_dir: str | None, base: str):
 def build_trainer(cfg: Config, rows: list[dict], tokenizer, init_dir: str | None, base: str, hp: PhaseHparams,
                   seed: int, trainer_dir: Path, callbacks: Sequence = ()) -> PhaseSFTTrainer:
     """The trainer of one phase on pre-tokenised rows, from `init_dir` (None = the base model), with Trainer
-    checkpoints in `trainer_dir` every train.save_steps steps (never when save_steps <= 0).
+    checkpoints in `trainer_dir` every train.save_steps steps (never when save_steps <= 0); an arm's sampler
+    (hp.sampler, `samplers.SAMPLERS`) orders the examples.
 
     The training arguments come first: under DeepSpeed ZeRO-3 they make from_pretrained load the weights sharded.
     Transformers' PrinterCallback is removed: with disable_tqdm it prints every log dict to stdout, which the rich
@@ -287,11 +296,12 @@ def build_trainer(cfg: Config, rows: list[dict], tokenizer, init_dir: str | None
     # Not with activation checkpointing: its recomputation runs outside compute_loss, and torch's checkpoint
     # refuses a recomputed forward that saves other tensors than the first one did.
     math_len = 0 if cfg.train.gradient_checkpointing else cfg.train.math_attention_max_len
+    sampler = (lambda n, a: SAMPLERS[hp.sampler](n, a, cfg.train)) if hp.sampler else None
     trainer = PhaseSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                               callbacks=list(callbacks), response_head=uses_response_head(cfg.train.lm_head),
                               max_batch_tokens=cfg.train.max_batch_tokens,
                               bucket=args.train_sampling_strategy == "group_by_length",  # sft_config's choice
-                              math_attention_max_len=math_len)
+                              math_attention_max_len=math_len, sampler=sampler)
     trainer.remove_callback(PrinterCallback)
     return trainer
 
