@@ -207,6 +207,8 @@ def test_judge_pairs_writes_rows_resumes_and_rerun_sends_nothing(tmp_path):
     assert rows[3]["ab"]["raw"] == "I cannot decide." and rows[3]["ab"]["scores"] is None
     assert rows[0]["ab"]["scores"] == [8.0, 5.0] and rows[0]["ba"]["scores"] == [5.0, 8.0]
     assert set(rows[0]) >= {"id", "testset", "arm_a", "arm_b", "ab", "ba", "verdict", "len_a", "len_b"}
+    # each row names its template and judge model (None: this scripted client has no endpoint)
+    assert {(r["template"], r["judge"]) for r in rows} == {("pairwise", None)}
     assert (res["wins"], res["ties"], res["losses"], res["unparseable"]) == (1, 2, 1, 1)
     # A re-run after deleting the judgements sends zero requests: every request is a cache hit.
     out.unlink()
@@ -431,3 +433,16 @@ def test_pairwise_test_sets_leave_out_ifeval_unless_asked():
     cfg = load_config(None, ["generate.test_sets=[vicuna]", "judge.test_sets=[koala]"])
     with pytest.raises(PhasedIFTError, match=r"judge.test_sets \['koala'\] are not among generate.test_sets"):
         pairwise_test_sets(cfg)
+
+
+def test_rows_record_the_endpoint_model_and_the_template(tmp_path):
+    from types import SimpleNamespace
+
+    class EndpointClient(ScriptedClient):
+        endpoint = SimpleNamespace(model="qwen05")
+
+    out = tmp_path / "t.jsonl"
+    judge_pairs(EndpointClient(), _gen(["good", "meh"]), _gen(["meh", "good"]), "x", "y", out, load_template("pairwise"),
+                "t")
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["judge"], r["template"]) for r in rows] == [("qwen05", "pairwise")] * 2

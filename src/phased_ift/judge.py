@@ -362,7 +362,9 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
             reqs += build_requests(template, ra["instruction"], ra["output"], rb["output"], ref, temperature,
                                    max_tokens)
         stream = client.iter_chat(reqs, desc=f"judge {arm_a} vs {arm_b} / {testset}")  # starts at the first next()
-        failed = _append_rows(stream, todo, log, testset, arm_a, arm_b, template.kind)
+        # which judge and template made each verdict, so rows from different judges are never pooled unawares
+        source = {"judge": getattr(getattr(client, "endpoint", None), "model", None), "template": template.name}
+        failed = _append_rows(stream, todo, log, testset, arm_a, arm_b, template.kind, source)
         all_rows = log.rows()
     if failed and console is not None:
         console.print(f"judge {arm_a} vs {arm_b} / {testset}: {len(failed)} prompts not judged because a request "
@@ -400,9 +402,10 @@ def _pairs_to_judge(pairs: Sequence[tuple[dict, dict]], done: set, template: Jud
 
 
 def _append_rows(stream: Iterator[Any], todo: Sequence[tuple[dict, dict, Any]], log: AppendLog, testset: str,
-                 arm_a: str, arm_b: str, kind: str = SCORES) -> list[dict]:
-    """Append one row per prompt of `todo` as its two results (order ab, then ba) arrive from `stream`; returns
-    the prompts whose requests failed, [{"id", "errors"}] (no row written for them)."""
+                 arm_a: str, arm_b: str, kind: str = SCORES, source: dict | None = None) -> list[dict]:
+    """Append one row per prompt of `todo` (with the `source` fields: judge model, template name) as its two
+    results (order ab, then ba) arrive from `stream`; returns the prompts whose requests failed,
+    [{"id", "errors"}] (no row written for them)."""
     failed: list[dict] = []
     for ra, rb, _ in todo:
         r_ab, r_ba = next(stream), next(stream)
@@ -411,8 +414,8 @@ def _append_rows(stream: Iterator[Any], todo: Sequence[tuple[dict, dict, Any]], 
             # run asks again (answers that did arrive are cached); the failures are counted and logged.
             failed.append({"id": ra["id"], "errors": [r.error for r in (r_ab, r_ba) if not r.ok]})
             continue
-        log.append(make_row(ra["id"], testset, arm_a, arm_b, ra["output"], rb["output"], r_ab.text, r_ba.text,
-                            kind))
+        log.append({**make_row(ra["id"], testset, arm_a, arm_b, ra["output"], rb["output"], r_ab.text, r_ba.text,
+                               kind), **(source or {})})
     return failed
 
 
