@@ -91,10 +91,8 @@ class DataSource:
 
     def __post_init__(self) -> None:
         if bool(self.name) == bool(self.path):
-            raise PhasedIFTError(
-                f"config: a data source needs exactly one of `name` or `path` (got name={self.name!r}, "
-                f"path={self.path!r})."
-            )
+            raise PhasedIFTError(f"config: a data source needs exactly one of `name` or `path` (got name="
+                                 f"{self.name!r}, path={self.path!r}).")
         if self.limit < 0:
             raise PhasedIFTError(f"config: data source limit must be >= 0, got {self.limit}.")
 
@@ -245,6 +243,9 @@ class TrainConfig:
     max_steps: int = _f(-1, "Stop each phase after this many steps (-1 = epochs decide; for quick checks).")
     save_steps: int = _f(50, "Save a Trainer checkpoint every N steps (resume inside a phase).")
     logging_steps: int = _f(1, "Log the loss every N steps.")
+    report_to: str = _f("none", "Experiment tracking, one run per arm x seed whose steps continue across phases: "
+                        "tensorboard (<run_dir>/tracking/<arm>/seed_<s>/; pip install tensorboard), wandb (offline "
+                        "unless WANDB_MODE is set; pip install wandb) or none (docs/training.md).")
     gradient_checkpointing: bool = _f(False, "Trade compute for memory.")
     max_batch_tokens: int = _f(2048, "Cap on padded tokens (rows x longest row) per forward pass: a batch above it "
                                "runs as several passes whose gradients add up to the same optimizer step (same "
@@ -268,10 +269,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if len(set(self.arms)) != len(self.arms):
             raise PhasedIFTError(f"config: train.arms has duplicates: {self.arms}.")
-        _check_choice("train", "method", self.method, ["lora", "full"])
-        _check_choice("train", "order", self.order, ["shuffle", "sequential"])
-        _check_choice("train", "batching", self.batching, ["bucket", "pad", "packing"])
-        _check_choice("train", "lm_head", self.lm_head, ["auto", "response", "fused"])
+        for name, choices in (("method", ["lora", "full"]), ("order", ["shuffle", "sequential"]),
+                              ("batching", ["bucket", "pad", "packing"]), ("lm_head", ["auto", "response", "fused"]),
+                              ("report_to", ["none", "tensorboard", "wandb"])):
+            _check_choice("train", name, getattr(self, name), choices)
         if self.epochs <= 0 or self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise PhasedIFTError("config: train.epochs, learning_rate > 0 and batch_size, grad_accum >= 1 required.")
         if not self.seeds:
@@ -367,9 +368,8 @@ class ReportConfig:
     bootstrap: int = _f(2000, "Bootstrap resamples for confidence intervals.")
     confidence: float = _f(0.95, "Confidence level.")
     seed: int = _f(0, "Bootstrap seed.")
-    length_warning_ratio: float = _f(
-        1.2, "Warn when the preferred arm's answers are this many times longer on average (judges favour length)."
-    )
+    length_warning_ratio: float = _f(1.2, "Warn when the preferred arm's answers are this many times longer on "
+                                     "average (judges favour length).")
 
     def __post_init__(self) -> None:
         if self.bootstrap < 100:
@@ -377,9 +377,7 @@ class ReportConfig:
         if not 0 < self.confidence < 1:
             raise PhasedIFTError(f"config: report.confidence must be in (0, 1), e.g. 0.95; got {self.confidence}.")
         if self.length_warning_ratio < 1:
-            raise PhasedIFTError(
-                f"config: report.length_warning_ratio must be >= 1, got {self.length_warning_ratio}."
-            )
+            raise PhasedIFTError(f"config: report.length_warning_ratio must be >= 1, got {self.length_warning_ratio}.")
 
 
 @dataclass

@@ -6,6 +6,7 @@
       scores/<scorer>.jsonl            {"id", "score", ...raw judge replies / features}
       phases/phase_<k>.jsonl           Examples of phase k (1-based) per arm-defining method; phases/manifest.json
       checkpoints/<arm>/seed_<s>/phase_<k>/   model or adapter, tokenizer, hparams.json, losses.jsonl, DONE
+      tracking/<arm>/seed_<s>/         TensorBoard events of all phases of an arm x seed (train.report_to); wandb/
       generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl
       judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl   raw verdicts of both orders
       grades/<arm>/seed_<s>/phase_<k>/<testset>.jsonl   single-answer grades (MT-Bench: one row per question x turn)
@@ -106,6 +107,15 @@ class RunDir:
     # training / generation / judging
     def checkpoint(self, arm: str, k: int, seed: int = 0) -> Path:
         return self.root / "checkpoints" / arm / f"seed_{seed}" / f"phase_{k}"
+
+    @property
+    def tracking_dir(self) -> Path:
+        """Experiment tracking (train.report_to): `tensorboard --logdir` this; wandb's offline runs in wandb/."""
+        return self.root / "tracking"
+
+    def tracking(self, arm: str, seed: int = 0) -> Path:
+        """The TensorBoard run of one arm x seed: every phase's events on one step axis."""
+        return self.tracking_dir / arm / f"seed_{seed}"
 
     def generations(self, arm: str, k: int, testset: str, seed: int = 0) -> Path:
         return self.root / "generations" / arm / f"seed_{seed}" / f"phase_{k}" / f"{testset}.jsonl"

@@ -5,6 +5,8 @@ Owns the files of a phase dir `checkpoints/<arm>/seed_<s>/phase_<k>/` and their 
 ({"step", "loss", "learning_rate", "epoch"} per logged step), `DONE` (the train metrics, written last: a phase with
 DONE is finished and skipped), and the Trainer checkpoints in `trainer/` that an interrupted phase resumes from
 (`last_complete_checkpoint`; deleted once the phase is DONE). What each arm trains on comes from `design.ARMS`.
+With train.report_to, `train_arm` opens one tracking run per arm x seed (`tracking.ArmTracker`) and gives each phase
+it trains the step offset of the phases before it (their DONE global_step).
 
 No torch / transformers / trl at module level: `train.trainer` and `train.callbacks` are imported when a phase
 trains.
@@ -62,28 +64,60 @@ def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, con
     """Train one arm for one seed: a plain loop over its phases (`Arm.phase_data`), each from the previous
     phase's saved weights.
 
-    Finished phases (DONE) are skipped; an unfinished phase resumes from its last Trainer checkpoint.
+    Finished phases (DONE) are skipped; an unfinished phase resumes from its last Trainer checkpoint. With
+    train.report_to, phase k reports at the steps after those of phases 1..k-1 (`tracking.PhaseReporter`).
 
     Returns:
         The phase dirs, in order.
     Raises:
-        PhasedIFTError: the split has not run (no phases/manifest.json); a phase file of the arm is missing.
+        PhasedIFTError: the split has not run (no phases/manifest.json); a phase file of the arm is missing; the
+            package of train.report_to is not installed.
     """
     from phased_ift.modeling import load_tokenizer
 
     if not run.phases_manifest.is_file():
         raise PhasedIFTError(f"train: {run.phases_manifest} does not exist; run `phased-ift split CONFIG` first.")
+    tracker = _tracker(cfg, run, arm, seed)
     phases = get_arm(arm).phase_data(run, phase_count(cfg, run), seed, cfg.train)
     tokenizer = tokenizer or load_tokenizer(cfg.model.name_or_path)
     dirs: list[Path] = []
-    prev = None
-    for i, examples in enumerate(phases, 1):
-        phase_dir = run.checkpoint(arm, i, seed)
-        dirs.append(phase_dir)
-        if not is_done(phase_dir):
-            _train_and_log(cfg, arm, seed, i, len(phases), examples, tokenizer, phase_dir, prev, console, callbacks)
-        prev = phase_dir
+    prev, offset = None, 0
+    try:
+        for i, examples in enumerate(phases, 1):
+            phase_dir = run.checkpoint(arm, i, seed)
+            dirs.append(phase_dir)
+            if not is_done(phase_dir):
+                cbs = [*callbacks, tracker.reporter(i, offset)] if tracker is not None else callbacks
+                _train_and_log(cfg, arm, seed, i, len(phases), examples, tokenizer, phase_dir, prev, console, cbs)
+            offset += done_steps(phase_dir)
+            prev = phase_dir
+    finally:
+        if tracker is not None:
+            tracker.close()
     return dirs
+
+
+def _tracker(cfg: Config, run: RunDir, arm: str, seed: int):
+    """The `tracking.ArmTracker` of an arm x seed, or None with train.report_to=none.
+
+    Raises:
+        PhasedIFTError: the tracking package is missing (names the `pip install`).
+    """
+    if cfg.train.report_to == "none":
+        return None
+    from phased_ift.train import tracking
+
+    tracking.require(cfg.train.report_to)
+    return tracking.ArmTracker(cfg.train.report_to, run.tracking(arm, seed), f"{arm}-seed{seed}",
+                               run.tracking_dir / "wandb", {"arm": arm, "seed": seed, "run_dir": str(run.root)})
+
+
+def done_steps(phase_dir: Path) -> int:
+    """The optimizer steps a finished phase took (its DONE global_step; 0 when DONE is missing or unreadable)."""
+    try:
+        return int(json.loads((phase_dir / "DONE").read_text(encoding="utf-8")).get("global_step", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def _train_and_log(cfg: Config, arm: str, seed: int, i: int, n: int, examples: list[Example], tokenizer,

@@ -59,7 +59,7 @@ def sft_config(cfg: Config, hp: PhaseHparams, out_dir: Path, seed: int, save_ste
         packing=t.batching == "packing", padding_free=t.batching == "packing", max_length=m.max_length,
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=save_steps, save_total_limit=1,
-        report_to="none", disable_tqdm=True, include_num_input_tokens_seen="non_padding",
+        report_to=t.report_to, disable_tqdm=True, include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=t.dataloader_workers, deepspeed=t.deepspeed or None,
         # The labels column from tokenize_example is used as is (loss on the response only).
         dataset_kwargs={"skip_prepare_dataset": t.batching != "packing"}, remove_unused_columns=False,
@@ -280,10 +280,12 @@ def build_trainer(cfg: Config, rows: list[dict], tokenizer, init_dir: str | None
 
     The training arguments come first: under DeepSpeed ZeRO-3 they make from_pretrained load the weights sharded.
     Transformers' PrinterCallback is removed: with disable_tqdm it prints every log dict to stdout, which the rich
-    bar and losses.jsonl replace.
+    bar and losses.jsonl replace. So are the reporting callbacks that train.report_to adds (they log each phase
+    from step 0): `tracking.PhaseReporter`, which `train_arm` passes in `callbacks`, drives them with a step offset.
     """
     from datasets import Dataset
     from transformers import set_seed
+    from transformers.integrations import get_reporting_integration_callbacks
     from transformers.trainer_callback import PrinterCallback
 
     save_steps = cfg.train.save_steps if cfg.train.save_steps > 0 else 10**9
@@ -302,7 +304,8 @@ def build_trainer(cfg: Config, rows: list[dict], tokenizer, init_dir: str | None
                               max_batch_tokens=cfg.train.max_batch_tokens,
                               bucket=args.train_sampling_strategy == "group_by_length",  # sft_config's choice
                               math_attention_max_len=math_len, sampler=sampler)
-    trainer.remove_callback(PrinterCallback)
+    for cls in [PrinterCallback, *get_reporting_integration_callbacks(args.report_to)]:
+        trainer.remove_callback(cls)
     return trainer
 
 
