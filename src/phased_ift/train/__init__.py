@@ -33,6 +33,8 @@ The package, one concern per module:
     samplers   `SAMPLERS`: the orders an arm can choose inside a phase (`design.Arm.sampler`: sequential, the
                competence curriculum `CompetenceSampler`), used by `PhaseSFTTrainer` (imports torch)
     callbacks  the rich progress bar of a phase (imports transformers)
+    tracking   train.report_to: one TensorBoard / wandb run per arm x seed, each phase at its step offset
+               (`ArmTracker`, `PhaseReporter`; imports transformers, loaded only when report_to is not none)
 
 `import phased_ift.train` loads no torch / transformers / trl: the names of `trainer` below are imported on first
 use (PEP 562 `__getattr__`).
