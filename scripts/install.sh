@@ -23,7 +23,7 @@ if [ "${1:-}" = "--test" ]; then
       pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
   fi
   pip install -q --no-deps "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl
-  pip install -q -e ".[test,embed,gemma]"
+  pip install -q -e ".[test,embed,gemma,track]"
 else
   pip install -q -e ".[embed]"
 fi
