@@ -11,31 +11,18 @@ from pathlib import Path
 import pytest
 
 from phased_ift.config import config_from_dict
-from phased_ift.data import Example, write_examples
 from phased_ift.design import get_arm
 from phased_ift.pipeline import step_split
 from phased_ift.rundir import RunDir
-from phased_ift.runio import write_jsonl
 from phased_ift.train import plan_training, train_phases
 from phased_ift.train.samplers import CompetenceSampler, admitted, competence, step_competence
-
-
-def _examples(n: int) -> list[Example]:
-    return [Example(f"e{i}", [{"role": "user", "content": f"Question number {i}? " * (1 + i % 4)},
-                              {"role": "assistant", "content": f"Answer {i}. " * (1 + i % 5)}])
-            for i in range(n)]
+from test_train import _setup as _train_setup
 
 
 def _setup(tmp_path: Path, model_dir: Path, n: int = 24, **train) -> dict:
-    """A run dir with data/train.jsonl + scores/meta.jsonl (score = i % 5 + 1: ties); returns the raw config."""
-    run = RunDir(tmp_path / "run")
-    ex = _examples(n)
-    write_examples(run.train_data, ex)
-    write_jsonl(run.scores("meta"), [{"id": e.id, "score": float(i % 5) + 1, "error": None} for i, e in enumerate(ex)])
-    return {"run_dir": str(run.root), "scoring": {"scorer": "meta"},
-            "model": {"name_or_path": str(model_dir), "max_length": 64},
-            "phases": {"k": 3, "method": "quantiles"},
-            "train": {"arms": ["phased"], "batch_size": 4, "save_steps": 1000, **train}}
+    """test_train's run dir (scores/meta.jsonl: score = i % 5 + 1, so ties), with the epochs deciding the steps
+    unless max_steps is given."""
+    return _train_setup(tmp_path, model_dir, n, **{"max_steps": -1, **train})
 
 
 def test_competence_follows_platanios_sqrt_schedule():
