@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 from phased_ift.config import Config
 from phased_ift.data import Example, read_examples
 from phased_ift.design import assumed_phases, get_arm, phase_count
+from phased_ift.phases import read_manifest
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 
@@ -141,7 +142,7 @@ def _planned_phases(cfg: Config, run: RunDir) -> tuple[dict[str, list[list[Examp
     if run.phases_manifest.is_file():
         k = phase_count(cfg, run)
         phases_of = {arm: get_arm(arm).phase_data(run, k, 0, cfg.train) for arm in cfg.train.arms}
-        n = sum(len(read_examples(run.phase_file(i))) for i in range(1, k + 1))
+        n = sum(int(p["count"]) for p in read_manifest(run)["phases"])  # the split's sizes, not a second read
         return phases_of, n, ""
     if not run.train_data.is_file():
         raise PhasedIFTError(f"train --dry-run: neither {run.phases_manifest} nor {run.train_data} exists; run "
