@@ -10,7 +10,6 @@ Cross-field checks live in `__post_init__`. API keys never appear here: endpoint
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from phased_ift.config_loading import _build, apply_overrides, registry_names  # noqa: F401 (re-exported)
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import atomic_write_text
 
@@ -46,29 +46,6 @@ def _default_arms() -> list[str]:
     from phased_ift.design import ARMS
 
     return [name for name, arm in ARMS.items() if arm.default]
-
-
-def registry_names(kind: str) -> list[str]:
-    """The names registered for one kind of choice, read from the registry that owns it (never repeated here).
-
-    kind: "arm" (design.ARMS), "scorer" (scoring.SCORERS), "phase method" (phases.METHODS), "generate backend"
-    (generate.BACKENDS), "data format" (data.FORMAT_NAMES). A field declares its kind with `_f(..., registry=KIND)`
-    and `load_config` checks it (`_check_registry`). The registries' modules import this module for type checks
-    only (`if TYPE_CHECKING:`), so importing them here, at load time, makes no cycle.
-    """
-    if kind == "arm":
-        from phased_ift.design import ARMS as names
-    elif kind == "scorer":
-        from phased_ift.scoring import SCORERS as names
-    elif kind == "phase method":
-        from phased_ift.phases import METHODS as names
-    elif kind == "generate backend":
-        from phased_ift.generate import BACKENDS as names
-    elif kind == "data format":
-        from phased_ift.data import FORMAT_NAMES as names
-    else:
-        raise ValueError(f"unknown registry kind {kind!r}")
-    return list(names)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -411,129 +388,6 @@ class Config:
 # --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise PhasedIFTError(f"{where}: `{key}` must be a mapping (section {_type_name(tp)}), got {value!r}.")
-        return _build(tp, value, key, where)
-    if origin is list or tp is list:
-        if not isinstance(value, list):
-            raise PhasedIFTError(f"{where}: `{key}` must be a list, got {value!r}; write e.g. {key}=[a,b].")
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise PhasedIFTError(f"{where}: `{key}` must be a mapping, got {value!r}.")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise PhasedIFTError(f"{where}: `{key}` must be true or false, got {value!r}.")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise PhasedIFTError(f"{where}: `{key}` must be an integer, got {value!r}.")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise PhasedIFTError(f"{where}: `{key}` must be a number, got {value!r}.")
-        return float(value)
-    if tp is str:
-        if value is None:
-            return ""
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise PhasedIFTError(f"{where}: `{key}` must be a string, got {value!r}.")
-        return str(value)
-    return value
-
-
-def _build(cls: type, raw: dict, prefix: str, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for k, v in raw.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if k not in fields:
-            close = difflib.get_close_matches(str(k), list(fields), n=1)
-            hint = f" Did you mean `{(prefix + '.') if prefix else ''}{close[0]}`?" if close else ""
-            raise PhasedIFTError(
-                f"{where}: unknown key `{key}`.{hint} Known keys here: {', '.join(sorted(fields))}."
-            )
-        kwargs[k] = _coerce(v, hints[k], key, where)
-        _check_registry(fields[k], kwargs[k], key, where)
-    try:
-        return cls(**kwargs)
-    except PhasedIFTError as e:
-        raise PhasedIFTError(f"{where}: {e}".replace("config: ", "")) from None
-
-
-def _check_registry(f: dataclasses.Field, value: Any, key: str, where: str) -> None:
-    """A field declared with `registry=KIND` takes only names registered for KIND (each element of a list)."""
-    from phased_ift.design import resolve_arm
-
-    kind = f.metadata.get("registry")
-    if kind is None:
-        return
-    names = registry_names(kind)
-    items = enumerate(value) if isinstance(value, list) else [(None, value)]
-    for i, v in items:
-        # an arm family's members (order-2-1-3 of `permutations`) are registered when first named
-        if v not in names and not (kind == "arm" and isinstance(v, str) and resolve_arm(v) is not None):
-            at = key if i is None else f"{key}[{i}]"
-            raise PhasedIFTError(f"{where}: {at} = {v!r} is not one of {names}; set it to one of those.")
-
-
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise PhasedIFTError(f"override {item!r} is not key=value; write e.g. train.epochs=2.")
-    key, _, text = item.partition("=")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
-    return key.strip().split("."), value
-
-
-def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
-    """Apply dotted `key=value` overrides (values parsed as YAML) to a raw config dict, in place.
-
-    `data.train.0.limit=100` indexes into lists. Returns `raw`.
-    """
-    for item in overrides:
-        path, value = _parse_override(item)
-        node: Any = raw
-        for i, part in enumerate(path[:-1]):
-            if isinstance(node, list):
-                try:
-                    node = node[int(part)]
-                except (ValueError, IndexError):
-                    raise PhasedIFTError(f"override {item!r}: `{part}` is not a valid list index.") from None
-            else:
-                node = node.setdefault(part, {})
-                if not isinstance(node, (dict, list)):
-                    raise PhasedIFTError(f"override {item!r}: `{'.'.join(path[: i + 1])}` is not a section.")
-        last = path[-1]
-        if isinstance(node, list):
-            try:
-                node[int(last)] = value
-            except (ValueError, IndexError):
-                raise PhasedIFTError(f"override {item!r}: `{last}` is not a valid list index.") from None
-        else:
-            node[last] = value
-    return raw
 
 
 def config_from_dict(raw: dict, where: str = "config") -> Config:
