@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from phased_ift import agreement
 from phased_ift.data import Example
@@ -194,3 +196,12 @@ def test_score_against_paper_writes_the_table_and_loss_reuses_the_ifd_passes(dat
     assert len(loss) == 24 and all(r["score"] == ifd[r["id"]].get("loss_cond") for r in loss if r["score"] is not None)
     table = (out / "agreement.md").read_text()
     assert "| ifd | " in table and "| loss | " in table
+    # --dry-run: counts what is scored and what remains per scorer, computes nothing, writes no new score file
+    console_out = io.StringIO()
+    monkeypatch.setattr("phased_ift.cli.console", Console(file=console_out, width=200))
+    rc = main(["score", "configs/quickstart.yaml", f"run_dir={run}", "--against", "paper", "--scorers",
+               "ifd,judge", "--limit", "24", "--dry-run"])
+    assert rc in (0, None)
+    text = console_out.getvalue()
+    assert f"ifd: {by['ifd']['n']} of 24 scored, {24 - by['ifd']['n']} to go" in text
+    assert "judge: 0 of 24 scored, 24 to go" in text and not (out / "scores" / "judge.jsonl").exists()

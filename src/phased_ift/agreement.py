@@ -108,7 +108,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def run_agreement(cfg, scorers: Sequence[str], limit: int = 0, seed: int = 0, anchors: bool = True,
-                  console=None) -> list[dict[str, Any]]:
+                  console=None, dry_run: bool = False) -> list[dict[str, Any]]:
     """Score the (sub-sampled) reference set with each scorer and compare with the paper's scores.
 
     Scores go to <run_dir>/agreement/<tag>/scores/<scorer>.jsonl (resumable like the score step; tag names the
@@ -118,8 +118,10 @@ def run_agreement(cfg, scorers: Sequence[str], limit: int = 0, seed: int = 0, an
         cfg: the config (scorer settings; cfg.scoring.labels is set to "paper" for the learned scorer).
         scorers: registry names, e.g. ["length", "ifd", "loss", "learned"].
         limit: stratified seeded sample size (0 = the full reference set, ~23k examples).
+        dry_run: print, per scorer, how many examples are already scored in the output and how many remain, and
+            stop (no model, no request).
     Returns:
-        The table rows (anchors first).
+        The table rows (anchors first); [] for a dry run.
     """
     import dataclasses
 
@@ -132,6 +134,13 @@ def run_agreement(cfg, scorers: Sequence[str], limit: int = 0, seed: int = 0, an
     if console is not None:
         console.print(f"reference set: {full.counts['stage3']} stage-3 + {full.counts['below_3.5']} below 3.5; "
                       f"evaluating {len(ref.examples)} -> {out}", highlight=False)
+    if dry_run:
+        for name in scorers:
+            done = sum(r.get("score") is not None for r in read_scores(out / "scores" / f"{name}.jsonl").values())
+            if console is not None:
+                console.print(f"{name}: {done} of {len(ref.examples)} scored, {len(ref.examples) - done} to go "
+                              "(dry run: nothing computed)", highlight=False)
+        return []
     rows = anchor_rows(ref, seed) if anchors else []
     # The learned scorer is cross-validated on the evaluated set itself (binary "paper score >= 3.5"), so a
     # sample needs no features of the other ~23k examples and every prediction is held out.

@@ -161,8 +161,9 @@ def cmd_score(args: argparse.Namespace) -> int:
                                  "from PHASED_IFT_DATA_HOME) is supported.")
         cfg = _load(args)
         scorers = [s for s in (args.scorers or cfg.scoring.scorer).split(",") if s]
-        rows = run_agreement(cfg, scorers, limit=args.limit, seed=args.seed, console=console)
-        print(format_table(rows))
+        rows = run_agreement(cfg, scorers, limit=args.limit, seed=args.seed, console=console, dry_run=args.dry_run)
+        if rows:
+            print(format_table(rows))
         return 0
     from phased_ift.pipeline import step_score
 
