@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from phased_ift.effects import (effect_sentence, minimum_detectable_effect, paired_effect,
+from phased_ift.effects import (effect_sentence, holm_adjust, minimum_detectable_effect, paired_effect,
                                 variance_components)
 
 
@@ -100,6 +100,30 @@ def test_effect_sentence_states_the_verdict_the_mde_and_the_advice():
     assert "one seed" in text1 and text1.startswith(f"random vs one-off, win rate: {0.5 + one['difference']:.3f}, ")
 
 
+def test_holm_adjustment_on_hand_computed_cases():
+    # sorted 0.005, 0.01, 0.03, 0.04 of m = 4: 4 x 0.005 = 0.02; 3 x 0.01 = 0.03; 2 x 0.03 = 0.06; 0.04 -> max 0.06
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    got = holm_adjust([0.2, float("nan"), 0.6])  # NaN stays NaN and is not counted: m = 2
+    assert got[0] == pytest.approx(0.4) and np.isnan(got[1]) and got[2] == pytest.approx(0.6)
+    assert holm_adjust([0.5, 0.6]) == [1.0, 1.0] and holm_adjust([0.02]) == [0.02]
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        holm_adjust([0.1, 1.2])
+
+
+def test_a_finding_that_does_not_survive_holm_is_called_so():
+    rng = np.random.default_rng(8)
+    d = _crossed(rng, effect=-0.3, n=300)
+    e = paired_effect(d)
+    m = minimum_detectable_effect(e, variance_components(d))
+    assert e["significant"]
+    kept = effect_sentence("phased", "one-off", "reference loss", e, m, True, holm=(0.01, 6))
+    assert "significant, phased is better (also after Holm's correction for 6 comparisons, p = 0.01)" in kept
+    lost = effect_sentence("phased", "one-off", "reference loss", e, m, True, holm=(0.2, 6))
+    assert "but not after Holm's correction for 6 comparisons (p = 0.2)" in lost and "phased is better" not in lost
+    alone = effect_sentence("phased", "one-off", "reference loss", e, m, True, holm=(e["p_value"], 1))
+    assert "Holm" not in alone
+
+
 # --- the summary's answer on a constructed run dir ------------------------------------------------------------
 
 def _answer_run(tmp_path, n=60, shift=-0.2, ifeval=True):
@@ -155,6 +179,12 @@ def test_summarize_effects_pairs_final_checkpoints_pooled_over_seeds(tmp_path):
     assert wr["n_prompts"] == 38 and wr["unpaired"] == 4
     assert wr["difference"] + 0.5 == pytest.approx(np.mean([22 / 36, 22 / 38]))
     assert wr["sentence"].startswith(f"phased vs one-off, win rate: {0.5 + wr['difference']:.3f}")
+    # the three comparisons are one family: Holm's adjusted p-values, in the summary and the sentences
+    got = [eff[k]["p_holm"] for k in ("reference loss", "IFEval prompt-level strict accuracy", "win rate")]
+    assert got == pytest.approx(holm_adjust([eff[k]["p_value"] for k in ("reference loss",
+                                "IFEval prompt-level strict accuracy", "win rate")]))
+    assert all(e["n_comparisons"] == 3 for e in eff.values())
+    assert "after Holm's correction for 3 comparisons" in ref["sentence"]
 
 
 def test_the_answer_leads_the_verdicts_and_has_its_report_section(tmp_path):

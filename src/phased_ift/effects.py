@@ -5,6 +5,8 @@ Owns the statistics that turn a run into a statement (issue 16, item 2):
     its 95% CI and a two-sided p-value from a hierarchical bootstrap that resamples seeds, then prompts;
   * `variance_components` and `minimum_detectable_effect`: how large an effect the run's number of prompts and
     seeds could detect at 80% power, and how many prompts or seeds a smaller effect needs;
+  * `holm_adjust`: Holm's step-down adjustment of the run's p-values (every arm x metric is one comparison), so a
+    run with many arms and metrics does not call its luckiest comparison a finding;
   * `effect_sentence`: the verdict, e.g. "phased vs one-off, reference loss: -0.019 [-0.050, +0.010], p = 0.21,
     not significant; this run could detect ±0.040 (80% power); for ±0.020 use about 3,200 prompts or 8 seeds".
 
@@ -62,8 +64,8 @@ def paired_effect(diffs: Sequence[Sequence[float]] | np.ndarray, n_resamples: in
     Returns:
         {"n_seeds": S, "n_prompts": N, "difference": mean over seeds of the per-seed mean, "ci": [lo, hi],
          "se": the bootstrap standard error, "p_value": two-sided, 2 x the smaller share of draws on either side of
-         0 (at least 1/B: a p-value of 1/B means "below 1/B"), "n_resamples": B, "significant": 0 outside the
-         CI}.
+         0 (at least 1/B: a p-value of 1/B means "below 1/B"), "n_resamples": B, "confidence", "significant": 0
+         outside the CI}.
 
     Raises:
         ValueError: not a non-empty 2-D matrix, or a seed whose values are all missing.
@@ -87,7 +89,7 @@ def paired_effect(diffs: Sequence[Sequence[float]] | np.ndarray, n_resamples: in
     p = min(1.0, 2 * min(float((boot <= 0).mean()), float((boot >= 0).mean())))
     return {"n_seeds": s, "n_prompts": n, "difference": float(_pooled_mean(d)), "ci": [float(lo), float(hi)],
             "se": float(boot.std(ddof=1)), "p_value": max(p, 1 / n_resamples), "n_resamples": n_resamples,
-            "significant": bool(lo > 0 or hi < 0)}
+            "confidence": confidence, "significant": bool(lo > 0 or hi < 0)}
 
 
 def variance_components(diffs: Sequence[Sequence[float]] | np.ndarray) -> dict:
@@ -166,12 +168,36 @@ def minimum_detectable_effect(effect: dict, vc: dict, confidence: float = 0.95, 
     return out
 
 
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979, Scand. J. Statist. 6(2)), in the input order.
+
+    Sorted ascending, the i-th smallest (0-based) of m becomes max over j <= i of min(1, (m - j) p_(j)); rejecting
+    adjusted p < alpha controls the family-wise error rate at alpha for any dependence between the tests.
+    NaN p-values are left NaN and do not count in m.
+
+    Raises:
+        ValueError: a p-value outside [0, 1].
+    """
+    p = np.asarray(p_values, dtype=float)
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError(f"p-values must lie in [0, 1], got {p[(p < 0) | (p > 1)].tolist()}")
+    ok = np.flatnonzero(~np.isnan(p))
+    out = np.full(p.shape, np.nan)
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (m - j) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
 def _signed(x: float, nd: int) -> str:
     return f"{x:+.{nd}f}".replace("-", "\u2212")
 
 
 def effect_sentence(arm: str, baseline: str, metric: str, effect: dict, mde: dict, lower_is_better: bool = False,
-                    offset: float = 0.0, nd: int = 3) -> str:
+                    offset: float = 0.0, nd: int = 3, holm: tuple[float, int] | None = None) -> str:
     """One verdict sentence for an arm against the baseline on one metric.
 
     Args:
@@ -179,6 +205,8 @@ def effect_sentence(arm: str, baseline: str, metric: str, effect: dict, mde: dic
         effect, mde: `paired_effect` and `minimum_detectable_effect` of the same comparison.
         lower_is_better: the metric improves downwards (a loss); the sentence says which arm is better.
         offset: shown next to the difference (0.5 for a win rate: "win rate 0.540, +0.040 over 0.5").
+        holm: (Holm-adjusted p, number of comparisons) when the run made more than one; a comparison significant
+            alone but not after the adjustment is called so ("not significant after Holm's correction for 6").
 
     Returns:
         e.g. "phased vs one-off, reference loss: −0.019 [−0.050, +0.010] (lower is better; 2 seeds x 805 prompts,
@@ -198,6 +226,12 @@ def effect_sentence(arm: str, baseline: str, metric: str, effect: dict, mde: dic
     if effect["significant"]:
         better = arm if (d < 0) == lower_is_better else baseline
         verdict = f"significant, {better} is better"
+        if holm is not None and holm[1] > 1:
+            alpha = 1 - effect.get("confidence", 0.95)
+            kept = holm[0] < alpha
+            verdict = (f"{verdict} (also after Holm's correction for {holm[1]} comparisons, p = {holm[0]:.2g})"
+                       if kept else f"significant alone but not after Holm's correction for "
+                                    f"{holm[1]} comparisons (p = {holm[0]:.2g})")
     else:
         verdict = "not significant"
     text = f"{head}: {verdict}; this run could detect ±{mde['mde']:.{nd}f} at {int(mde['power'] * 100)}% power"

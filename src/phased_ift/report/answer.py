@@ -134,7 +134,8 @@ def summarize_effects(run: RunDir, cfg: "Config", judgements: list[dict]) -> lis
     """summary["effects"]: for each metric of `EFFECT_METRICS` with data and each arm other than the baseline,
     {"metric", "arm", "baseline", "seeds", "unpaired" (prompts not answered under every seed and both arms,
     left out), **`effects.paired_effect`, "mde": `effects.minimum_detectable_effect`, "variance": the
-    components, "lower_is_better", "offset", "sentence": `effects.effect_sentence`}.
+    components, "lower_is_better", "offset", "p_holm" (Holm-adjusted over all the run's comparisons),
+    "n_comparisons", "sentence": `effects.effect_sentence`}.
 
     Args:
         judgements: `report.summary.read_judgements(run)` (read once by the summary).
@@ -162,7 +163,10 @@ def summarize_effects(run: RunDir, cfg: "Config", judgements: list[dict]) -> lis
             mde = effects.minimum_detectable_effect(eff, vc, rc.confidence)
             out.append({"metric": metric.name, "arm": arm, "baseline": base, "seeds": seeds, "unpaired": unpaired,
                         **eff, "mde": mde, "variance": vc, "lower_is_better": metric.lower_is_better,
-                        "offset": metric.offset,
-                        "sentence": effects.effect_sentence(arm, base, metric.name, eff, mde,
-                                                            metric.lower_is_better, metric.offset)})
+                        "offset": metric.offset})
+    # every arm x metric of the run is one comparison of the family Holm's correction controls
+    for e, p_holm in zip(out, effects.holm_adjust([e["p_value"] for e in out])):
+        e["p_holm"], e["n_comparisons"] = p_holm, len(out)
+        e["sentence"] = effects.effect_sentence(e["arm"], e["baseline"], e["metric"], e, e["mde"],
+                                                e["lower_is_better"], e["offset"], holm=(p_holm, len(out)))
     return out

@@ -62,12 +62,14 @@ def _answer_blocks(s: dict, cl: str) -> list[tuple]:
     B.append(("p", f"Difference arm - baseline on the same prompts (the win rate's: over 0.5), pooled over seeds; "
                    f"{cl} and p-value by a bootstrap that resamples seeds, then prompts (Owen 2007). MDE: the "
                    f"smallest difference this run detects with 80% power; 'for half the MDE': prompts at the run's "
-                   f"seeds, or seeds at the run's prompts, that a difference of half the MDE needs."))
-    B.append(_table(["arm", "baseline", "metric", "seeds x prompts", "difference", cl, "p", "MDE",
+                   f"seeds, or seeds at the run's prompts, that a difference of half the MDE needs. p (Holm): adjusted "
+                   f"for all {len(eff)} comparisons of this table (Holm 1979), which keeps the chance of any false "
+                   f"finding in the table at the nominal level."))
+    B.append(_table(["arm", "baseline", "metric", "seeds x prompts", "difference", cl, "p", "p (Holm)", "MDE",
                      "for half the MDE"],
                     [[e["arm"], e["baseline"], e["metric"] + (" (lower is better)" if e["lower_is_better"] else ""),
                       f"{e['n_seeds']} x {e['n_prompts']}", e["difference"], fmt_ci(e["ci"]), e["p_value"],
-                      e["mde"]["mde"], _advice(e["mde"])] for e in eff]))
+                      e.get("p_holm"), e["mde"]["mde"], _advice(e["mde"])] for e in eff]))
     B.append(("list", [e["sentence"] for e in eff]))
     return B
 
