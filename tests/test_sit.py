@@ -353,3 +353,39 @@ def test_real_llama_cpp_server_on_real_alpaca_instructions(llama_server, data_ho
     console, out = _console()
     generate_step(cfg, run, console=console)
     assert "sent 0" in out.getvalue() and _files(run)[:3] == (seq, kept, rejects)
+
+
+def test_sequential_examples_are_split_like_the_rest_and_the_manifest_plan_and_report_show_their_share(
+        tmp_path, data_home):
+    from phased_ift.design import controls
+    from phased_ift.phases import read_manifest, write_split
+    from phased_ift.pipeline import _data
+    from phased_ift.report.render import _difficulty_blocks
+    from phased_ift.runio import write_jsonl
+    from phased_ift.train import plan_training
+
+    cfg = config_from_dict({"run_dir": str(tmp_path / "r"), "data": {"train": [
+        {"name": "alpagasus/random_9k", "limit": 60}]}, "model": {"name_or_path": "no-such/model"},
+        "scoring": {"scorer": "meta"}, "phases": {"k": 3, "method": "quantiles"},
+        "train": {"arms": ["one-off", "sit", "sit-phased", "random"]}, "sit": {"source": "offline", "ratio": 0.25}})
+    run = RunDir(cfg.run_dir)
+    _data(cfg, run)
+    data = read_examples(run.train_data)
+    # a length score: the chains (two tasks, two answers) are longer, so most land in the hardest phase
+    write_jsonl(run.scores("meta"), [{"id": e.id, "score": float(len(e.instruction) + len(e.response)),
+                                      "error": None} for e in data])
+    write_split(run, "meta", 3, "quantiles", [], 0, controls(cfg.train.arms))
+    phases = read_manifest(run)["phases"]
+    assert sum(p["count"] for p in phases) == 75 and sum(p["sequential"] for p in phases) == 15
+    assert sum(p["replaced"] for p in phases) == 15 and phases[-1]["sequential"] > phases[0]["sequential"]
+    plan = plan_training(cfg, run)
+    assert plan["examples"] == 60 and set(plan["example_epochs"].values()) == {60.0}  # replace, not add
+    assert [sum(r["sequential"] for r in plan["arms"][a]) for a in ("one-off", "sit", "sit-phased", "random")] == [
+        0, 15, 15, 0]
+    assert [r["sequential"] for r in plan["arms"]["sit-phased"]] == [p["sequential"] for p in phases]
+    assert [r["examples"] for r in plan["arms"]["sit-phased"]] == [p["count"] - p["replaced"] for p in phases]
+    from phased_ift.report.summary import summarize_run
+
+    blocks = _difficulty_blocks(summarize_run(run, cfg), {})
+    table = next(b for b in blocks if b[0] == "table" and "sequential" in b[1])
+    assert table[1][-2:] == ["sequential", "share in sit-phased"]
