@@ -344,9 +344,11 @@ def test_real_llama_cpp_server_on_real_alpaca_instructions(llama_server, data_ho
     c = summary["counts"]
     assert c["sources"] == 4 and c["sequential"] + c["kept"] + c["sources_without_output"] == 4
     assert len(seq) == c["sequential"] and len(kept) == c["kept"] and len(rejects) == c["rejects"]
-    assert all(r["reason"].split(":")[0] in {"unparsed classification", "unparsed rewrite", "unchanged instruction",
-                                             "dropped original task", "trivial added task", "empty response"}
-               for r in rejects)
+    reasons = [r["reason"] for r in rejects]
+    print("llama.cpp SmolLM2-135M:", c, reasons)  # for the record (pytest -s)
+    assert all(r.split(":")[0] in {"unparsed separation", "unparsed classification", "unparsed rewrite",
+                                   "unchanged instruction", "dropped original task", "trivial added task",
+                                   "empty response"} for r in reasons), reasons
     for e in seq.values():
         assert e.meta["sequential"] == "llm" and e.meta["iteration"] == 1 and e.response.strip()
     run.sit("summary.json").unlink()
@@ -389,3 +391,21 @@ def test_sequential_examples_are_split_like_the_rest_and_the_manifest_plan_and_r
     blocks = _difficulty_blocks(summarize_run(run, cfg), {})
     table = next(b for b in blocks if b[0] == "table" and "sequential" in b[1])
     assert table[1][-2:] == ["sequential", "share in sit-phased"]
+
+
+def test_the_cli_command_runs_the_step_and_refuses_other_sources(tmp_path, capsys):
+    import yaml
+
+    from phased_ift.cli import main
+
+    with FakeLLMServer(reply=scripted) as srv:
+        cfg = _config(tmp_path, srv)
+        from phased_ift.config import config_to_dict
+
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+        assert main(["sit-generate", str(path), "--dry-run"]) == 0 and srv.count == 0
+        assert main(["sit-generate", str(path)]) == 0 and srv.count == 26
+        assert RunDir(cfg.run_dir).sit("summary.json").is_file()
+        assert main(["sit-generate", str(path), "sit.source=offline"]) == 2
+    assert "sit-generate writes <run_dir>/sit/sequential.jsonl for sit.source=generated" in capsys.readouterr().err
