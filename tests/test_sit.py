@@ -332,17 +332,18 @@ def test_config_ties_the_mix_arms_to_sit_source():
 @pytest.mark.server
 def test_real_llama_cpp_server_on_real_alpaca_instructions(llama_server, data_home, tmp_path):
     cfg = config_from_dict({
-        "run_dir": str(tmp_path / "run"), "data": {"train": [{"name": "alpagasus/random_9k", "limit": 4, "seed": 3}]},
-        "train": {"arms": ["sit"]},
-        "sit": {"source": "generated", "iterations": 1, "response_max_tokens": 48,
-                "generator": {"base_url": llama_server, "model": "smollm2", "max_tokens": 96, "concurrency": 2,
-                              "timeout": 300.0}}})
+        "run_dir": str(tmp_path / "run"), "data": {"train": [{"name": "alpagasus/random_9k", "limit": 3, "seed": 3}]},
+        "train": {"arms": ["sit"]},  # separate: never, so classify, rewrite and respond meet the real server
+        "sit": {"source": "generated", "iterations": 1, "separate": "never", "max_tokens": 64,
+                "response_max_tokens": 32,
+                "generator": {"base_url": llama_server, "model": "smollm2", "concurrency": 2, "timeout": 600.0}}})
     run = RunDir(cfg.run_dir)
     console, out = _console()
     summary = generate_step(cfg, run, console=console)
     seq, kept, rejects, _ = _files(run)
     c = summary["counts"]
-    assert c["sources"] == 4 and c["sequential"] + c["kept"] + c["sources_without_output"] == 4
+    assert c["sources"] == 3 and c["sequential"] + c["kept"] + c["sources_without_output"] == 3
+    assert c["rounds"][0]["asked"] == 3  # every instruction reached the classifier
     assert len(seq) == c["sequential"] and len(kept) == c["kept"] and len(rejects) == c["rejects"]
     reasons = [r["reason"] for r in rejects]
     print("llama.cpp SmolLM2-135M:", c, reasons)  # for the record (pytest -s)
