@@ -288,10 +288,10 @@ def test_one_run_enters_each_step_exactly_once_in_order(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "plan_run", lambda cfg, console, missing=(), precision=None: called.append("plan"))
     cfg = load_config("configs/quickstart.yaml", [f"run_dir={tmp_path / 'r'}"])
     assert pipeline.run_pipeline(cfg, console=Console(file=open(tmp_path / "log.txt", "w"))) == {}
-    assert called == ["data", "plan", "<main process first>", "score", "split", "</main process first>", "train",
-                      "generate", "judge", "evaluate", "report"]
-    assert [s.name for s in pipeline.STEPS] == ["data", "score", "split", "train", "generate", "judge", "evaluate",
-                                                "report"]
+    assert called == ["sit", "data", "plan", "<main process first>", "score", "split", "</main process first>",
+                      "train", "generate", "judge", "evaluate", "report"]
+    assert [s.name for s in pipeline.STEPS] == ["sit", "data", "score", "split", "train", "generate", "judge",
+                                                "evaluate", "report"]
 
 
 def test_a_subcommand_runs_the_steps_it_needs_once_each(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
     phased-ift data check PATH [--format F]        validate a data file, count records read and rejected
     phased-ift data sources                        list the named data sources and where they resolve
     phased-ift config [CONFIG] [key=value ...]     print every config key with its default and help
+    phased-ift sit-generate CONFIG [key=value ...] Seq-Instruct data (sit.source=generated) -> <run_dir>/sit/
     phased-ift score CONFIG [key=value ...]        difficulty scores -> <run_dir>/scores/<scorer>.jsonl
     phased-ift split CONFIG [key=value ...]        phases -> <run_dir>/phases/
     phased-ift train CONFIG [key=value ...]        train every configured arm, phase by phase
@@ -171,6 +172,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sit_generate(args: argparse.Namespace) -> int:
+    """`phased-ift sit-generate CONFIG [--dry-run]`: the Seq-Instruct pipeline (`sit.generation.generate_step`)."""
+    from phased_ift.pipeline import run_command
+
+    cfg = _load(args)
+    if cfg.sit.source != "generated":
+        raise PhasedIFTError(f"sit-generate writes <run_dir>/sit/sequential.jsonl for sit.source=generated, but "
+                             f"sit.source is {cfg.sit.source!r}; run it with sit.source=generated (and "
+                             f"sit.generator.base_url / sit.generator.model set).")
+    run_command("sit", cfg, dry_run=args.dry_run, console=console)
+    return 0
+
+
 def cmd_split(args: argparse.Namespace) -> int:
     from phased_ift.pipeline import step_split
 
@@ -254,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     commands: list[tuple[str, str, Callable, bool]] = [
+        ("sit-generate", "write sequential instructions with an LLM (Seq-Instruct; sit.source=generated)",
+         cmd_sit_generate, True),
         ("score", "score instruction difficulty (judge, ifd, loss, length, learned, meta)", cmd_score, True),
         ("split", "split scored data into phases of increasing difficulty (+ controls)", cmd_split, False),
         ("train", "train every configured arm (train.arms) phase by phase", cmd_train, True),

@@ -358,8 +358,61 @@ class ReportConfig:
 
 
 @dataclass
+class SitConfig:
+    """Sequential instructions (SIT, Hu et al. 2024): the data that `phased_ift.sit` makes and mixes in."""
+
+    source: str = _f("none", "Sequential examples mixed into the training set (docs/sit.md): none, offline (seeded "
+                     "compositions of the data, no LLM: sit.kind), generated (<run_dir>/sit/sequential.jsonl of "
+                     "`phased-ift sit-generate`) or the path of a file of sequential examples.")
+    ratio: float = _f(0.2, "Share of sequential examples in the mix of the arms that train on it (sit, sit-phased): "
+                      "round(ratio x N) of them, each replacing one original, so the budget stays one-off's.")
+    kind: str = _f("chain", "sit.source=offline: chain (iterations + 1 examples as 'First, ... Then, ...', responses "
+                   "numbered in order) or repeat-input (the SIT paper's early 'repeat the input, then answer').")
+    iterations: int = _f(1, "Rounds: an offline chain adds this many tasks; the LLM pipeline classifies and rewrites "
+                         "an instruction up to this many times (SeqEval's depths are 1-4).")
+    seed: int = _f(0, "Seed of the compositions, the few-shot shuffles, the pool sample and the replaced originals.")
+    generator: EndpointConfig = _f(EndpointConfig(), "The LLM that rewrites instructions and answers them "
+                                   "(sit-generate); its max_tokens is not used: see sit.max_tokens.")
+    max_tokens: int = _f(512, "Max tokens of a separate / classify / rewrite reply (they reason before answering).")
+    response_max_tokens: int = _f(1024, "Max tokens of the generator's response to a new instruction (step d).")
+    limit: int = _f(0, "sit-generate: a seeded sample of this many instructions of data.train (0 = all).")
+    separate: str = _f("auto", "Step (a), separating instruction and input with the LLM: auto (only records without "
+                       "a separate input field), always or never.")
+    min_keep: float = _f(0.6, "A rewrite must keep this share of its instruction's content words, else it is "
+                         "rejected as 'dropped original task'.")
+    templates: dict = _f({}, "Prompt template per step (separate, classify, rewrite_a, rewrite_b, rewrite_c, "
+                         "respond): a packaged name or a .txt path; unset steps use the packaged templates/sit-*.txt.")
+
+    def __post_init__(self) -> None:
+        _check_choice("sit", "kind", self.kind, ["chain", "repeat-input"])
+        _check_choice("sit", "separate", self.separate, ["auto", "always", "never"])
+        if not 0 < self.ratio <= 1 or not 0 <= self.min_keep <= 1:
+            raise PhasedIFTError(f"config: sit.ratio must be in (0, 1] and sit.min_keep in [0, 1]; got {self.ratio} "
+                                 f"and {self.min_keep}.")
+        if not 1 <= self.iterations <= 8 or self.limit < 0 or min(self.max_tokens, self.response_max_tokens) < 1:
+            raise PhasedIFTError("config: sit.iterations must be in 1..8, sit.limit >= 0 and sit.max_tokens, "
+                                 "sit.response_max_tokens >= 1.")
+        if self.source == "generated" and not self.generator.enabled:
+            raise PhasedIFTError("config: sit.source=generated needs sit.generator.base_url and sit.generator.model "
+                                 "(the LLM of `phased-ift sit-generate`); or set sit.source=offline (no LLM).")
+
+
+def _check_sit_arms(cfg: "Config") -> None:
+    """The arms that train on the sequential mix (`Arm.mix`) and sit.source go together."""
+    from phased_ift.design import get_arm
+
+    mix = [a for a in cfg.train.arms if get_arm(a).mix]
+    if mix and cfg.sit.source == "none":
+        raise PhasedIFTError(f"config: train.arms has {mix}, which train on the sequential mix, but sit.source is "
+                             f"none; set sit.source=offline (no LLM), generated or a file (docs/sit.md).")
+    if cfg.sit.source != "none" and not mix:
+        raise PhasedIFTError(f"config: sit.source={cfg.sit.source} mixes sequential examples into the data, but no "
+                             f"arm of train.arms trains on them; add sit and/or sit-phased to train.arms.")
+
+
+@dataclass
 class Config:
-    """The whole pipeline. Sections: data, model, scoring, phases, train, generate, judge, evaluation, report."""
+    """The whole pipeline. Sections: data, model, scoring, phases, train, generate, judge, evaluation, report, sit."""
 
     run_dir: str = _f("runs/default", "Run directory; every step reads and writes files here.")
     seed: int = _f(0, "Global seed (data sampling, splits, training).")
@@ -372,6 +425,7 @@ class Config:
     judge: JudgeConfig = _f(JudgeConfig(), "Pairwise LLM judging.")
     evaluation: EvaluationConfig = _f(EvaluationConfig(), "Offline evaluation (no judge needed).")
     report: ReportConfig = _f(ReportConfig(), "Report statistics.")
+    sit: SitConfig = _f(SitConfig(), "Sequential instructions: Seq-Instruct generation and the sequential mix.")
 
     def __post_init__(self) -> None:
         from phased_ift.design import check_batching, expand_arms
@@ -379,6 +433,7 @@ class Config:
         n = self.phases.k
         self.train.arms = expand_arms(self.train.arms, n)  # families (permutations) -> their arms
         check_batching(self.train.arms, self.train.batching)
+        _check_sit_arms(self)
         for key in ("phase_epochs", "phase_learning_rates"):
             v = getattr(self.train, key)
             if v and len(v) != n:

@@ -33,6 +33,11 @@ Arms that separate the causes of the gain (order, phase boundaries, forgetting, 
                 c(t) = min(1, sqrt(t (1 - c0^2) / T + c0^2)), c0 = train.competence_c0 (Platanios et al. 2019,
                 NAACL, "Competence-based Curriculum Learning for Neural Machine Translation", the sqrt competence).
 
+Arms on the sequential mix (sit.source; Hu et al. 2024, SIT, arXiv 2403.07794; `sit.mix`):
+  sit           one-off on the mix: round(sit.ratio x N) sequential examples, each in place of one original.
+  sit-phased    phased on the mix: the sequential examples are scored and split like every other example.
+Every other arm drops the sequential examples, so it trains on exactly the originals of a run without them.
+
 Every arm but replay sees the one-off budget, N examples x train.epochs example-epochs (with train.phase_epochs the
 phased arms follow those; the plan reports each arm's example-epochs).
 
@@ -55,6 +60,7 @@ from phased_ift.errors import PhasedIFTError
 from phased_ift.phases import (ControlBuilder, difficulty_sorted, random_control, read_manifest, replay_phases,
                                reverse_control)
 from phased_ift.rundir import RunDir
+from phased_ift.sit.mix import arm_phases
 
 if TYPE_CHECKING:
     from phased_ift.config import Config, TrainConfig
@@ -92,6 +98,8 @@ class Arm:
         expand: a family of arms: in train.arms this name stands for the arm names `expand(K)` returns (config
             expands it; may raise PhasedIFTError for an unsupported K). A family is never trained itself.
         member: a family's arm of a name (e.g. "order-2-1-3"), built on demand by `resolve_arm`; None = no match.
+        mix: trains on the sequential mix (`sit.mix.arm_phases`): the sequential examples of the split in place of
+            the originals they replace; False = the originals only (a run's sequential examples are dropped).
     """
 
     name: str
@@ -108,6 +116,7 @@ class Arm:
     params: tuple[str, ...] = ()
     expand: Callable[[int], list[str]] | None = field(default=None, compare=False)
     member: Callable[[str], "Arm | None"] | None = field(default=None, compare=False)
+    mix: bool = False
 
     def n_phases(self, k: int) -> int:
         """Phases this arm trains when the split has k phases."""
@@ -160,8 +169,9 @@ class Arm:
 
     def assemble(self, phases: list[list[Example]], seed: int, train: "TrainConfig | None" = None
                  ) -> list[list[Example]]:
-        """This arm's phases from data in training order: `arrange` when set, else as given (a single-phase arm
-        joins them, shuffled with `seed`)."""
+        """This arm's phases from data in training order: its view of the sequential mix (`mix`), then `arrange`
+        when set, else as given (a single-phase arm joins them, shuffled with `seed`)."""
+        phases = arm_phases(phases, self.mix)
         if self.arrange is not None:
             return self.arrange(phases, seed, self.arm_params(train))
         if not self.single_phase:
@@ -271,6 +281,15 @@ register_arm(Arm("competence", "one phase: batches drawn from the easiest c(t) f
                  "sqrt competence", single_phase=True, phase_schedule=False,
                  arrange=lambda phases, seed, p: [difficulty_sorted(phases)], sampler="competence",
                  params=("competence_c0",)))
+
+
+# ---- Sequential Instruction Tuning (Hu et al. 2024): the arms that train on the sequential mix (sit.source) -------
+
+register_arm(Arm("sit", "one-off on the sequential mix: sit.ratio of the examples are sequential, each in place of "
+                 "an original (the same budget)", "Hu et al. 2024, Sequential Instruction Tuning (arXiv 2403.07794)",
+                 single_phase=True, phase_schedule=False, mix=True))
+register_arm(Arm("sit-phased", "phased on the sequential mix: sequential examples scored and split by difficulty like "
+                 "every other example", "Pang et al. 2024 Phased IFT with Hu et al. 2024 SIT data", mix=True))
 
 
 def resolve_arm(name: str) -> Arm | None:

@@ -443,6 +443,13 @@ class LLMClient:
         return {"requests": len(seen), "cached": cached, "to_send": to_send, "prompt_tokens": prompt,
                 "completion_tokens": completion}
 
+    def cached(self, requests: list[dict]) -> list[LLMResult | None]:
+        """The cached answer of each request, None where `chat_many` would send it; sends nothing (a dry run of a
+        multi-step pipeline walks its cached steps with it)."""
+        keys = [request_key(canonical_request(self.endpoint, r)) for r in requests]
+        hits = self.cache.get_many(keys)
+        return [_result_from_response(hits[k], cached=True) if k in hits else None for k in keys]
+
     def summary(self, desc: str, since: dict[str, int] | None = None) -> str:
         """One line of counts: requests (distinct), sent, cache hits, failures, retries, tokens; since a copy of
         `self.stats` taken earlier, else over the client's life."""

@@ -27,6 +27,7 @@ from typing import Callable, Mapping, Sequence
 from phased_ift.data import Example, read_examples, write_examples
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import atomic_write_json, read_jsonl
+from phased_ift.sit.mix import phase_mix_counts
 
 ControlBuilder = Callable[[Sequence[Sequence[Example]], int], "list[list[Example]]"]
 
@@ -256,10 +257,11 @@ def _read_scores(scores_path) -> tuple[dict[str, float], list[str]]:
 
 def _write_phase_files(run, phases: list[list[Example]], controls: Mapping[str, ControlBuilder], seed: int,
                        manifest: dict) -> None:
-    """The phase files and control files; their entries go into `manifest` ("phases", "controls")."""
-    for i, ph in enumerate(phases, 1):
+    """The phase files and control files; their entries go into `manifest` ("phases", "controls"), with the
+    sequential examples of each phase and the originals they replace (`sit.mix.phase_mix_counts`)."""
+    for i, (ph, mix) in enumerate(zip(phases, phase_mix_counts(phases)), 1):
         path = write_examples(run.phase_file(i), ph)
-        manifest["phases"].append({"k": i, **phase_stats(ph), "file": str(path.relative_to(run.root))})
+        manifest["phases"].append({"k": i, **phase_stats(ph), **mix, "file": str(path.relative_to(run.root))})
     for c, build in controls.items():
         ctl = build(phases, seed)
         manifest["controls"][c] = []

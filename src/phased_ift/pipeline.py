@@ -1,4 +1,4 @@
-"""The pipeline: data -> score -> split -> train -> generate -> judge -> evaluate -> report, in one run dir.
+"""The pipeline: [sit ->] data -> score -> split -> train -> generate -> judge -> evaluate -> report, in one run dir.
 
 Owns the order of the steps, the cheap checks before them (`preflight`) and the plan (`plan_run`): `STEPS` is the
 ordered list of `Step`s, each with its body (in
@@ -28,6 +28,7 @@ from phased_ift.config import Config, save_config
 from phased_ift.errors import PhasedIFTError
 from phased_ift.modeling import describe_precision, resolve_config_precision
 from phased_ift.rundir import RunDir
+from phased_ift.sit.generation import generate_step, plan_row
 
 # (cfg, run, dry_run, console) -> the step's result (the data step: the RunDir; report: the summary dict)
 StepBody = Callable[[Config, RunDir, bool, "Console | None"], Any]
@@ -76,6 +77,7 @@ def _data(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | No
     """
     from phased_ift.data import combine_results, load_source, write_examples
     from phased_ift.runio import write_jsonl
+    from phased_ift.sit.mix import mix_into
 
     if run.train_data.is_file():
         return run
@@ -85,6 +87,8 @@ def _data(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | No
                              "a file with `path:`.")
     results = [load_source(ds, dedupe=cfg.data.dedupe) for ds in cfg.data.train]
     examples, rejects = combine_results(results, dedupe=cfg.data.dedupe)
+    examples, sit_rejects, sit_note = mix_into(examples, cfg.sit, run) if examples else (examples, [], "")
+    rejects += sit_rejects  # sit.source: the sequential mix (`sit.mix`), none: nothing added
     if not examples:
         reasons = sorted({r["reason"].split(":", 1)[0] for r in rejects})
         raise PhasedIFTError(f"data: every record of the configured sources was rejected ({len(rejects)} rejects; "
@@ -96,7 +100,7 @@ def _data(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | No
         sampled = "".join(f"; {d.name or d.path}: a seeded sample of {d.limit} of {r.total - len(r.rejects)} "
                           f"usable records" for d, r in zip(cfg.data.train, results) if d.limit)
         console.print(f"data: {len(examples)} examples from {len(results)} source(s){sampled}; {len(rejects)} "
-                      f"records rejected (reasons in {run.rejects}) -> {run.train_data}", highlight=False)
+                      f"records rejected (reasons in {run.rejects}) -> {run.train_data}" + sit_note, highlight=False)
     return run
 
 
@@ -233,8 +237,10 @@ def _evaluate_row(cfg: Config, p: dict) -> tuple[str, str, str]:
 
 
 STEPS: list[Step] = [
+    Step("sit", generate_step, plan_row),  # Seq-Instruct generation, a no-op unless sit.source=generated
     Step("data", _data, lambda cfg, p: (", ".join(d.name or d.path for d in cfg.data.train),
-                                        f"{p['examples']:,} examples", "data/train.jsonl")),
+                                        f"{p['examples']:,} examples", "data/train.jsonl"),
+         needs=lambda cfg, run, dry_run: ["sit"] if cfg.sit.source == "generated" else []),
     Step("score", _score, _score_row, needs=lambda cfg, run, dry_run: ["data"]),
     Step("split", _split, lambda cfg, p: (f"{cfg.phases.k} phases by {cfg.phases.method}", "", "phases/"),
          needs=_split_needs, main_process_first=True),
@@ -559,10 +565,11 @@ def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = N
         return plan_run(cfg, console, missing, precision)
     _warn_changed_config(cfg, run, console)
     save_config(cfg, run.config, header=describe_precision(precision))
-    results = run_steps(cfg, STEPS[:1], console=console)  # the plan reads the data
+    n_first = STEPS.index(get_step("data")) + 1  # the plan reads the data (and sit/, with sit.source=generated)
+    results = run_steps(cfg, STEPS[:n_first], console=console)
     plan_run(cfg, console, precision=precision)
     t0 = time.time()
-    results.update(run_steps(cfg, STEPS[1:], console=console))
+    results.update(run_steps(cfg, STEPS[n_first:], console=console))
     summary = results["report"]
     console.rule(f"done in {time.time() - t0:.0f} s")
     for line in verdict_lines(summary):

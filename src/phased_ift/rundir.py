@@ -3,6 +3,7 @@
     runs/<name>/
       config.yaml                      resolved config (no secrets)
       data/train.jsonl                 normalised Examples; data/rejects.jsonl ({"source", "line", "record", "reason"})
+      sit/sequential.jsonl             Seq-Instruct examples (sit-generate); kept.jsonl, rejects.jsonl, summary.json
       scores/<scorer>.jsonl            {"id", "score", ...raw judge replies / features}
       phases/phase_<k>.jsonl           Examples of phase k (1-based) per arm-defining method; phases/manifest.json
       checkpoints/<arm>/seed_<s>/phase_<k>/   model or adapter, tokenizer, hparams.json, losses.jsonl, DONE
@@ -86,6 +87,11 @@ class RunDir:
     @property
     def rejects(self) -> Path:
         return self.root / "data" / "rejects.jsonl"
+
+    def sit(self, name: str) -> Path:
+        """sit/<name>: the Seq-Instruct generation's files (`sit.generation`): sequential.jsonl (the examples),
+        kept.jsonl (option D at the first round), rejects.jsonl (with reasons), summary.json (counts)."""
+        return self.root / "sit" / name
 
     def scores(self, scorer: str) -> Path:
         return self.root / "scores" / f"{scorer}.jsonl"

@@ -97,9 +97,12 @@ def _difficulty_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:
         ph = s["phases"]
         B.append(("p", f"Split: {ph['method']}, k = {ph['k']}" + (f", thresholds {ph['thresholds']}"
                                                                     if ph.get("thresholds") else "") + "."))
-        B.append(_table(["phase", "examples", "score min", "score max", "score mean"],
+        seq = any(p.get("sequential") for p in ph["phases"])  # sit.source: the sequential share per phase
+        B.append(_table(["phase", "examples", "score min", "score max", "score mean"]
+                        + (["sequential", "share in sit-phased"] if seq else []),
                         [[p.get("k"), p.get("count"), p.get("score_min"), p.get("score_max"), p.get("score_mean")]
-                         for p in ph["phases"]]))
+                         + ([p["sequential"], f"{p['sequential'] / max(p['count'] - p.get('replaced', 0), 1):.1%}"]
+                            if seq else []) for p in ph["phases"]]))
         for arm, cphases in ph["controls"].items():
             B.append(("p", f"Control arm {arm}: phase sizes " + ", ".join(str(p.get("count")) for p in cphases) + "."))
     else:

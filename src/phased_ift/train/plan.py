@@ -21,6 +21,7 @@ from phased_ift.design import assumed_phases, get_arm, phase_count
 from phased_ift.phases import read_manifest
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
+from phased_ift.sit.mix import is_sequential
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ def _planned_phases(cfg: Config, run: RunDir) -> tuple[dict[str, list[list[Examp
     if run.phases_manifest.is_file():
         k = phase_count(cfg, run)
         phases_of = {arm: get_arm(arm).phase_data(run, k, 0, cfg.train) for arm in cfg.train.arms}
-        n = sum(int(p["count"]) for p in read_manifest(run)["phases"])  # the split's sizes, not a second read
+        # the split's sizes, not a second read; its sequential examples (sit.source) are no part of one-off's N
+        n = sum(int(p["count"]) - int(p.get("sequential", 0)) for p in read_manifest(run)["phases"])
         return phases_of, n, ""
     if not run.train_data.is_file():
         raise PhasedIFTError(f"train --dry-run: neither {run.phases_manifest} nor {run.train_data} exists; run "
@@ -152,7 +154,8 @@ def _planned_phases(cfg: Config, run: RunDir) -> tuple[dict[str, list[list[Examp
     eq = assumed_phases(data, k)
     phases_of = {arm: get_arm(arm).assemble([eq[i - 1] for i in get_arm(arm).file_order(k)], 0, cfg.train)
                  for arm in cfg.train.arms}
-    return phases_of, len(data), f"; phases not split yet: assumed {k} equal-size phases of data/train.jsonl"
+    n = sum(not is_sequential(e) for e in data)
+    return phases_of, n, f"; phases not split yet: assumed {k} equal-size phases of data/train.jsonl"
 
 
 def _budget_note(cfg: Config) -> str:
@@ -194,7 +197,8 @@ def plan_training(cfg: Config, run: RunDir, world_size: int | None = None) -> di
 
     Returns:
         {"note": str, "world_size": int, "examples": N (examples of the split, the one-off union), "arms": {arm:
-        [{"phase", "examples", "tokens", "epochs", "learning_rate", "steps", "tokens_trained", "example_epochs"}]},
+        [{"phase", "examples", "sequential", "tokens", "epochs", "learning_rate", "steps", "tokens_trained",
+        "example_epochs"}]},
         "total_steps": {arm: int}, "example_epochs": {arm: float}}. example_epochs = examples x epochs (a phase's
         nominal budget; one-off: N x train.epochs); the note lists every arm's total against one-off's.
     Raises:
@@ -216,7 +220,8 @@ def plan_training(cfg: Config, run: RunDir, world_size: int | None = None) -> di
                 tokens_cache[key] = count(ph)
             steps = steps_per_phase(len(ph), hp.epochs, cfg.train.batch_size, cfg.train.grad_accum, world_size,
                                     cfg.train.max_steps)
-            rows.append({"phase": i, "examples": len(ph), "tokens": tokens_cache[key], "epochs": hp.epochs,
+            rows.append({"phase": i, "examples": len(ph), "sequential": sum(is_sequential(e) for e in ph),
+                         "tokens": tokens_cache[key], "epochs": hp.epochs,
                          "learning_rate": hp.learning_rate, "steps": steps,
                          "tokens_trained": int(tokens_cache[key] * hp.epochs), "example_epochs": len(ph) * hp.epochs})
         plan["arms"][arm] = rows
@@ -233,12 +238,15 @@ def print_plan(cfg: Config, run: RunDir, console=None) -> dict:
 
     console = console or Console(stderr=True)
     plan = plan_training(cfg, run)
-    table = Table("arm", "phase", "examples", "tokens", "epochs", "example-epochs", "lr", "optimizer steps",
+    seq = any(r["sequential"] for rows in plan["arms"].values() for r in rows)
+    table = Table("arm", "phase", "examples", *(["sequential"] if seq else []), "tokens", "epochs", "example-epochs",
+                  "lr", "optimizer steps",
                   title=f"training plan ({cfg.train.method}, batch {cfg.train.batch_size} x accum "
                         f"{cfg.train.grad_accum} x {plan['world_size']} processes, seeds {cfg.train.seeds})")
     for arm, rows in plan["arms"].items():
         for r in rows:
-            table.add_row(arm, str(r["phase"]), str(r["examples"]), str(r["tokens"]), f"{r['epochs']:g}",
+            share = [f"{r['sequential']} ({r['sequential'] / max(r['examples'], 1):.0%})"] if seq else []
+            table.add_row(arm, str(r["phase"]), str(r["examples"]), *share, str(r["tokens"]), f"{r['epochs']:g}",
                           f"{r['example_epochs']:g}", f"{r['learning_rate']:g}", str(r["steps"]))
     console.print(table)
     console.print(plan["note"] + f"; steps for {plan['world_size']} data-parallel process(es): under "

@@ -1,0 +1,148 @@
+"""The sequential mix: which sequential examples join the training set, which original each one replaces, and
+what each arm trains on.
+
+With `sit.source` set, the data step writes data/train.jsonl = the N originals + S = round(sit.ratio x N)
+sequential examples (`mix_into`). Each sequential example carries `meta["sequential"]` ("offline", "llm" or
+"file") and `meta["replaces"]`: the id of the one original it stands in for (its first source when that is an
+original of the run not taken yet, else a seeded pick among the rest). Everything after the data step sees all
+N + S: the score step scores the sequential examples like every other example and the split places them by
+difficulty (the manifest counts them per phase, `phase_mix_counts`).
+
+At training time each arm takes its view of the phases (`arm_phases`, called by `design.Arm.assemble`):
+  * an arm with `Arm.mix` (`sit`, `sit-phased`): every sequential example, and every original except the replaced
+    ones: N examples, of which S are sequential, so its budget in example-epochs is one-off's (replace, not add);
+  * every other arm: the originals only, exactly the examples (and, for one-off, the order) of a run without SIT.
+A sequential example whose scoring failed is left out of the split, and then its original is not replaced.
+
+Sources of the pool (`sit.source`): "offline" (`sit.compose`), "generated" (<run_dir>/sit/sequential.jsonl of
+`phased-ift sit-generate`) or a file in any readable format (e.g. an earlier run's sit/sequential.jsonl, or the
+SIT data in Alpaca format); a pool larger than S is sampled (seeded, data order kept), a smaller one is used whole
+and the shortfall is said.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Sequence
+
+from phased_ift.data import Example, read_examples, read_file
+from phased_ift.errors import PhasedIFTError
+from phased_ift.rundir import RunDir
+from phased_ift.sit.compose import compose
+
+if TYPE_CHECKING:
+    from phased_ift.config import SitConfig
+
+SOURCES = ("none", "offline", "generated")  # or a file path
+
+
+def is_sequential(e: Example) -> bool:
+    """Whether an example is a sequential one of the mix (`meta["sequential"]` set)."""
+    return bool(e.meta.get("sequential"))
+
+
+def mix_size(n_original: int, ratio: float) -> int:
+    """S, the sequential examples in a mix of n originals: round(ratio x n), halves up."""
+    return int(math.floor(ratio * n_original + 0.5))
+
+
+def sequential_pool(sit: "SitConfig", originals: Sequence[Example], run: RunDir
+                    ) -> tuple[list[Example], list[dict[str, Any]]]:
+    """(candidate sequential examples, rejects of a pool file) for `sit.source`.
+
+    Raises:
+        PhasedIFTError: source "generated" before `phased-ift sit-generate` wrote sit/sequential.jsonl; an
+            unreadable pool file.
+    """
+    if sit.source == "offline":
+        return compose(originals, mix_size(len(originals), sit.ratio), sit.kind, sit.iterations, sit.seed), []
+    if sit.source == "generated":
+        path = run.sit("sequential.jsonl")
+        if not path.is_file():
+            raise PhasedIFTError(f"sit.source=generated but {path} does not exist; run `phased-ift sit-generate "
+                                 f"CONFIG` first (it needs sit.generator.base_url and sit.generator.model).")
+        return read_examples(path), []
+    result = read_file(sit.source, "auto", source=sit.source)
+    pool = [e if is_sequential(e) else replace(e, meta={**e.meta, "sequential": "file"}) for e in result.examples]
+    return pool, result.rejects
+
+
+def _unique_ids(pool: list[Example], taken: set[str]) -> list[Example]:
+    """Pool examples with ids that clash with the originals' (or each other's) prefixed "sit:" (then "#2", ...)."""
+    out = []
+    for e in pool:
+        rid, n = e.id if e.id not in taken else f"sit:{e.id}", 2
+        while rid in taken:
+            rid, n = f"sit:{e.id}#{n}", n + 1
+        taken.add(rid)
+        out.append(e if rid == e.id else replace(e, id=rid))
+    return out
+
+
+def assign_replacements(originals: Sequence[Example], chosen: Sequence[Example], seed: int) -> list[Example]:
+    """Copies of `chosen` with `meta["replaces"]`: one distinct original each (see the module docstring).
+
+    Raises:
+        ValueError: more sequential examples than originals (the caller caps S at N).
+    """
+    ids = [e.id for e in originals]
+    known, taken = set(ids), set()
+    picks: list[str | None] = []
+    for e in chosen:
+        first = next((s for s in e.meta.get("source_ids") or [] if s in known and s not in taken), None)
+        picks.append(first)
+        if first is not None:
+            taken.add(first)
+    free = [i for i in ids if i not in taken]
+    random.Random(f"sit-mix:{seed}").shuffle(free)
+    if sum(p is None for p in picks) > len(free):
+        raise ValueError("more sequential examples than originals to replace")
+    return [replace(e, meta={**e.meta, "replaces": p if p is not None else free.pop()}) for e, p in zip(chosen, picks)]
+
+
+def mix_into(originals: list[Example], sit: "SitConfig", run: RunDir
+             ) -> tuple[list[Example], list[dict[str, Any]], str]:
+    """The data step's training set with the sequential mix: (originals + S sequential examples, rejects of the
+    pool file, one line saying what was mixed in).
+
+    sit.source = none: the originals, no rejects, no line.
+
+    Raises:
+        PhasedIFTError: see `sequential_pool`; a pool without any usable example.
+    """
+    if sit.source == "none":
+        return list(originals), [], ""
+    pool, rejects = sequential_pool(sit, originals, run)
+    target = min(mix_size(len(originals), sit.ratio), len(originals))
+    if not pool:
+        raise PhasedIFTError(f"sit.source={sit.source}: no sequential example to mix in ({len(rejects)} records "
+                             f"rejected). Check the source, or set sit.source=offline.")
+    if len(pool) > target:
+        keep = sorted(random.Random(f"sit-pool:{sit.seed}").sample(range(len(pool)), target))
+        pool = [pool[i] for i in keep]
+    chosen = assign_replacements(originals, _unique_ids(pool, {e.id for e in originals}), sit.seed)
+    short = (f"; the pool had only {len(chosen)} of the {target} asked for (share "
+             f"{len(chosen) / max(len(originals), 1):.1%})") if len(chosen) < target else ""
+    note = (f"\nsit: {len(chosen)} sequential examples ({sit.source}) mixed into {len(originals)} originals, ratio "
+            f"{sit.ratio:g}{short}; each replaces one original for the arms that train on the mix (sit, "
+            f"sit-phased), the other arms drop them")
+    return list(originals) + chosen, rejects, note
+
+
+def arm_phases(phases: Sequence[Sequence[Example]], mix: bool) -> list[list[Example]]:
+    """An arm's view of phase data (see the module docstring): with `mix`, the sequential examples and the
+    originals they do not replace; without, the originals only. Phase order and order inside phases are kept."""
+    if not mix:
+        return [[e for e in ph if not is_sequential(e)] for ph in phases]
+    replaced = {e.meta.get("replaces") for ph in phases for e in ph if is_sequential(e)}
+    return [[e for e in ph if e.id not in replaced] for ph in phases]
+
+
+def phase_mix_counts(phases: Sequence[Sequence[Example]]) -> list[dict[str, int]]:
+    """Per phase: {"sequential": sequential examples in it, "replaced": its originals that a sequential example of
+    the split replaces}. A mix arm's phase k has count - replaced examples, `sequential` of them sequential."""
+    replaced = {e.meta.get("replaces") for ph in phases for e in ph if is_sequential(e)}
+    return [{"sequential": sum(is_sequential(e) for e in ph), "replaced": sum(e.id in replaced for e in ph)}
+            for ph in phases]
