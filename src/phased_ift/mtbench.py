@@ -23,22 +23,24 @@ Rows go to `grades/<arm>/seed_<s>/phase_<k>/mt_bench.jsonl` (`RunDir.grades`), o
      "unparsed": bool, "failed": bool, "error": str|null}
 
 A request that failed after the client's retries is written with `failed: true` (no rating) and is asked again
-by the next run; the last row of an (id, turn) counts. Every request also goes through the LLM cache.
+by the next run; the last row of an (id, turn) counts. Every request also goes through the LLM cache. The grade
+file, its resume and the step's loop are `grading.py`'s, shared with SeqEval's grader.
 
-Owns: the MT-Bench judge prompts and reference answers, the grading prompts, the rating parser, grade rows, the
-grading of one checkpoint's answers (`grade_file`), the grading step (`grade_all`, called by `judge.judge_all`),
-and the aggregation (`summarize_grades`, `read_grades`, `mt_bench_table`) that the report reads.
+Owns: the MT-Bench judge prompts and reference answers, the grading prompts, grade rows, the grader `GRADER`
+(registered in `judge.GRADERS`; `grade_file` and `grade_all` are its entry points) and the aggregation
+(`summarize_grades`, `read_grades`, `mt_bench_table`) that the report reads.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from phased_ift import grading
 from phased_ift.errors import PhasedIFTError
-from phased_ift.runio import AppendLog, read_jsonl
+from phased_ift.grading import parse_rating, requests_of  # noqa: F401  (FastChat's parser, part of this API)
+from phased_ift.runio import read_jsonl
 
 TESTSET = "mt_bench"
 TURNS = (1, 2)
@@ -47,9 +49,6 @@ PROMPTS_FILE = "fastchat/judge_prompts.jsonl"
 REFERENCE_FILE = "fastchat/mt_bench/reference_answer/gpt-4.jsonl"
 TEMPLATE_NAMES = {(False, 1): "single-v1", (True, 1): "single-math-v1",
                   (False, 2): "single-v1-multi-turn", (True, 2): "single-math-v1-multi-turn"}
-# FastChat common.one_score_pattern and one_score_pattern_backup
-_RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
-_RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,15 +161,6 @@ def grade_messages(template: GradeTemplate, questions: Sequence[str], answers: S
                              answer_2=answers[1], **refs)
 
 
-def parse_rating(reply: str | None) -> float | None:
-    """The rating in a judge reply, as FastChat's `run_judge_single`: the first `[[x]]` (x an unsigned number,
-    e.g. 8 or 7.5), else the first `[x]`; None (unparsed) when neither matches. No range check, as in FastChat."""
-    if not reply:
-        return None
-    m = _RATING.search(reply) or _RATING_BACKUP.search(reply)
-    return float(m.group(1)) if m else None
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Grading one checkpoint's answers
 # ---------------------------------------------------------------------------------------------------------------
@@ -185,6 +175,11 @@ class GradeItem:
     category: str
     template: str
     messages: list = field(hash=False, compare=False)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """(id, turn): the key of its grade row (`grading.grade_file`)."""
+        return (self.id, self.turn)
 
 
 def grade_items(turn1_rows: Sequence[dict], turn2_rows: Sequence[dict], categories: dict[str, str],
@@ -218,34 +213,23 @@ def grade_items(turn1_rows: Sequence[dict], turn2_rows: Sequence[dict], categori
     return items
 
 
-def requests_of(items: Sequence[GradeItem], max_tokens: int = 2048) -> list[dict]:
-    """The chat requests of `items`: temperature 0 and `max_tokens`, as FastChat's judge asks."""
-    return [{"messages": it.messages, "temperature": 0.0, "max_tokens": max_tokens} for it in items]
-
-
 def make_grade_row(item: GradeItem, result: Any, judge: str) -> dict[str, Any]:
     """The grade row of one answer from its `LLMResult` (`ok`, `text`, `error`); see the module docstring."""
-    ok = bool(result.ok)
-    rating = parse_rating(result.text) if ok else None
-    return {"id": item.id, "turn": item.turn, "category": item.category, "template": item.template,
-            "rating": rating, "reply": result.text if ok else None, "judge": judge,
-            "unparsed": ok and rating is None, "failed": not ok, "error": None if ok else result.error}
+    head = {"id": item.id, "turn": item.turn, "category": item.category, "template": item.template}
+    return grading.grade_row(head, result, judge, parse_rating)
 
 
 def latest_rows(rows: Iterable[dict]) -> dict[tuple[str, int], dict]:
     """The last row of each (id, turn), in order of first appearance (a retry supersedes a failed row)."""
-    out: dict[tuple[str, int], dict] = {}
-    for r in rows:
-        out[(str(r["id"]), int(r["turn"]))] = r
-    return out
+    return {(k[0], int(k[1])): r for k, r in grading.latest_rows(rows, "turn").items()}
 
 
 def grade_file(client: Any, items: Sequence[GradeItem], out_path: str | Path, judge: str,
                max_tokens: int = 2048, desc: str = "grade mt_bench") -> dict[str, Any]:
-    """Grade `items`, appending one row per (id, turn) to `out_path` as each reply arrives (resumable).
+    """Grade `items`, appending one row per (id, turn) to `out_path` as each reply arrives (resumable):
+    `grading.grade_file` with MT-Bench's rows.
 
-    (id, turn) pairs with a row that is not `failed` are skipped; failed ones are asked again. All requests go
-    through one stream (`client.iter_chat`) and the client's cache.
+    (id, turn) pairs with a row that is not `failed` are skipped; failed ones are asked again.
 
     Args:
         client: an `llm_client.LLMClient` (anything with `iter_chat(requests, desc)` yielding results in order).
@@ -255,21 +239,7 @@ def grade_file(client: Any, items: Sequence[GradeItem], out_path: str | Path, ju
     Raises:
         PhasedIFTError: the file holds grades of another judge model (they would be mixed).
     """
-    out_path = Path(out_path)
-    with AppendLog(out_path) as log:
-        latest = latest_rows(log.rows())
-        others = sorted({str(r.get("judge")) for r in latest.values()} - {judge})
-        if others:
-            raise PhasedIFTError(f"{out_path} holds grades of judge {others[0]!r}, not {judge!r}; delete the file "
-                                 "to grade again with this judge, or set judge.judge.model back.")
-        done = {k for k, r in latest.items() if not r.get("failed")}
-        todo = [it for it in items if (it.id, it.turn) not in done]
-        counts = {"graded": 0, "unparsed": 0, "failed": 0}
-        for it, res in zip(todo, client.iter_chat(requests_of(todo, max_tokens), desc=desc)):
-            row = make_grade_row(it, res, judge)
-            log.append(row)
-            counts["failed" if row["failed"] else "unparsed" if row["unparsed"] else "graded"] += 1
-    return {"path": str(out_path), **counts, "skipped_done": len(items) - len(todo)}
+    return grading.grade_file(client, items, out_path, judge, make_grade_row, "turn", max_tokens, desc)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -277,103 +247,54 @@ def grade_file(client: Any, items: Sequence[GradeItem], out_path: str | Path, ju
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _cell_files(cfg: Any, run: Any) -> list[tuple[Any, Path, Path, Path]]:
-    """(cell, turn-1 generations, turn-2 generations, grades out) of every `design.evaluation_cells` cell."""
-    from phased_ift.design import evaluation_cells
-    from phased_ift.generate import turn_key
-
-    return [(c, run.generations(c.arm, c.phase, turn_key(TESTSET, 1), c.seed),
-             run.generations(c.arm, c.phase, turn_key(TESTSET, 2), c.seed),
-             run.grades(c.arm, c.phase, TESTSET, c.seed)) for c in evaluation_cells(cfg, run)]
-
-
-def _categories() -> dict[str, str]:
+def _prepare(cfg: Any) -> tuple[dict[str, GradeTemplate], References, dict[str, str]]:
+    """(the judge prompts, the reference answers, question id -> category), loaded once per step."""
     from phased_ift.data import load_test_set
 
-    return {str(e.id): str(e.meta.get("category", "")) for e in load_test_set(TESTSET)}
+    prompts, refs = load_judge_prompts(), load_references()
+    return prompts, refs, {str(e.id): str(e.meta.get("category", "")) for e in load_test_set(TESTSET)}
 
 
-def grade_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) -> None:
-    """Grade both turns of every `design.evaluation_cells` checkpoint's MT-Bench answers
-    -> grades/<arm>/seed_<s>/phase_<k>/mt_bench.jsonl, one log line per file, then sent / cache hits / tokens.
+def _cell_items(cfg: Any, run: Any, cell: Any, prepared: tuple, dry_run: bool) -> tuple[list[GradeItem], int]:
+    """(both turns' grade items of one checkpoint, answer files not generated yet: counted in a dry run only; a
+    missing turn-2 file grades turn 1 alone there)."""
+    from phased_ift.generate import read_generations, settings_path, turn_key
 
-    Nothing to do unless "mt_bench" is in generate.test_sets. No judge endpoint (judge.judge.base_url/model):
-    logs how to set one and returns. dry_run prints the distinct request count, cache hits and estimated tokens
-    and sends nothing (answer files not generated yet are counted apart).
-
-    Args:
-        cfg: the resolved `Config`; run: its `RunDir`; console: a rich Console (default: stderr).
-    Raises:
-        PhasedIFTError: missing judge prompts or a needed reference answer; missing generations (not in dry_run).
-    """
-    from rich.console import Console
-
-    from phased_ift.llm_client import LLMClient
-
-    console = console or Console(stderr=True)
-    if TESTSET not in cfg.generate.test_sets:
-        return
-    if not cfg.judge.judge.enabled:
-        console.print("grade (MT-Bench): not configured (set judge.judge.base_url and judge.judge.model, e.g. "
-                      "judge.judge.base_url=https://api.openai.com/v1 judge.judge.model=gpt-4-0613)", highlight=False)
-        return
-    prompts, refs, cats = load_judge_prompts(), load_references(), _categories()
-    client = LLMClient(cfg.judge.judge, run.llm_cache, console=console)
-    try:
-        if dry_run:
-            _plan_all(cfg, run, client, prompts, refs, cats, console)
-            return
-        for cell, g1, g2, out in _cell_files(cfg, run):
-            _grade_cell(cfg, client, cell, g1, g2, out, prompts, refs, cats, console)
-        s = client.stats
-        console.print(f"grade (MT-Bench): sent {s['sent']}, cache hits {s['cache_hits']}, failures "
-                      f"{s['failures']}, tokens {s['prompt_tokens']} prompt + {s['completion_tokens']} completion",
-                      highlight=False)
-    finally:
-        client.close()
+    prompts, refs, cats = prepared
+    g1, g2 = (run.generations(cell.arm, cell.phase, turn_key(TESTSET, t), cell.seed) for t in TURNS)
+    if dry_run and not settings_path(g1).is_file():
+        return [], 2
+    rows2 = read_generations(g2) if not dry_run or settings_path(g2).is_file() else []
+    return grade_items(read_generations(g1), rows2, cats, prompts, refs), int(dry_run and not rows2)
 
 
-def _grade_cell(cfg: Any, client: Any, cell: Any, g1: Path, g2: Path, out: Path, prompts: dict,
-                refs: References, cats: dict, console: Any) -> None:
-    """Grade one checkpoint's two answer files and log its means and counts."""
-    from phased_ift.generate import read_generations
-
-    rows1, rows2 = read_generations(g1), read_generations(g2)
-    items = grade_items(rows1, rows2, cats, prompts, refs)
-    where = f"{cell.arm} seed {cell.seed} phase {cell.phase}"
-    grade_file(client, items, out, cfg.judge.judge.model, cfg.judge.grade_max_tokens,
-               desc=f"grade {where} / {TESTSET}")
-    rows = read_jsonl(out, tolerate_torn_tail=True) if out.is_file() else []
-    s = summarize_grades(rows, n_boot=100, expected=[(it.id, it.turn) for it in items])
+def _describe(rows: list[dict], items: list[GradeItem]) -> str:
+    """The numbers of one checkpoint's log line: graded (means per turn and overall), unparsed."""
+    s = summarize_grades(rows, n_boot=100, expected=[it.key for it in items])
     means = ", ".join(f"turn {t} {_fmt(s[f'turn_{t}']['mean'])}" for t in TURNS)
-    failed = f", {s['failed']} FAILED (re-run to retry)" if s["failed"] else ""
-    console.print(f"grade: {where} {TESTSET}: {s['graded']} graded ({means}, overall "
-                  f"{_fmt(s['overall']['mean'])}), {s['unparsed']} unparsed{failed} -> {out}", highlight=False)
+    return f"{s['graded']} graded ({means}, overall {_fmt(s['overall']['mean'])}), {s['unparsed']} unparsed"
 
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def _plan_all(cfg: Any, run: Any, client: Any, prompts: dict, refs: References, cats: dict, console: Any) -> None:
-    """The dry run: the requests of every generated answer file, and the estimate."""
-    from phased_ift.generate import read_generations, settings_path
+GRADER = grading.Grader(testset=TESTSET, label="MT-Bench", part="turn", prepare=_prepare, cell_items=_cell_items,
+                        make_row=make_grade_row, describe=_describe)
 
-    planned: list[dict] = []
-    missing = 0
-    for _cell, g1, g2, _out in _cell_files(cfg, run):
-        if not settings_path(g1).is_file():
-            missing += 2
-            continue
-        rows2 = read_generations(g2) if settings_path(g2).is_file() else []
-        missing += 0 if rows2 else 1
-        planned += requests_of(grade_items(read_generations(g1), rows2, cats, prompts, refs),
-                               cfg.judge.grade_max_tokens)
-    est = client.estimate(planned)
-    console.print(
-        f"grade (MT-Bench, dry run): {est['requests']} distinct requests, {est['cached']} cached, {est['to_send']} "
-        f"to send, ~{est['prompt_tokens']} prompt + <= {est['completion_tokens']} completion tokens"
-        f"{f'; {missing} answer files not generated yet (not counted)' if missing else ''}", highlight=False)
+
+def grade_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) -> None:
+    """Grade both turns of every `design.evaluation_cells` checkpoint's MT-Bench answers
+    -> grades/<arm>/seed_<s>/phase_<k>/mt_bench.jsonl (`grading.grade_all` with `GRADER`; `judge.judge_all` runs
+    it through `judge.GRADERS`).
+
+    Nothing to do unless "mt_bench" is in generate.test_sets. No judge endpoint: logs how to set one and returns.
+    dry_run prints the distinct request count, cache hits and estimated tokens and sends nothing.
+
+    Raises:
+        PhasedIFTError: missing judge prompts or a needed reference answer; missing generations (not in dry_run).
+    """
+    grading.grade_all(GRADER, cfg, run, dry_run, console)
 
 
 # ---------------------------------------------------------------------------------------------------------------
