@@ -316,8 +316,13 @@ class JudgeConfig:
     test_sets: list[str] = _f([], "Test sets to judge pairwise (keys of generate.test_sets); [] = all of them but "
                               "ifeval, which is verified by program without a judge.")
     grade_max_tokens: int = _f(2048, "Max completion tokens of a FastChat-style judge reply, which explains before its "
-                               "rating or verdict: MT-Bench grading (at temperature 0) and judge.template=pair-v2 "
-                               "(FastChat's judge: 2048).")
+                               "rating or verdict: MT-Bench and SeqEval grading (at temperature 0) and "
+                               "judge.template=pair-v2 (FastChat's judge: 2048).")
+    seqeval_following_template: str = _f("seqeval-following", "SeqEval following-rate prompt (a binary [[YES]]/[[NO]] "
+                                         "verdict: every task attempted?): the packaged one or a .txt template path "
+                                         "with {instruction} and {answer}.")
+    seqeval_quality_template: str = _f("seqeval-quality", "SeqEval quality prompt (a [[1-5]] rating): the packaged one "
+                                       "or a .txt template path with {instruction} and {answer}.")
 
     def __post_init__(self) -> None:
         for p in self.pairs:

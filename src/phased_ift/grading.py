@@ -21,7 +21,8 @@ sequential instruction) differ in their prompts, parsers and numbers; everything
 A reply without a parseable rating is *unparsed* (counted apart, never scored); a request that failed after the
 client's retries is *failed* (no rating, asked again by the next run).
 
-Owns: the `Grader` contract, FastChat's rating parser (`parse_rating`, also SeqEval's quality parser's first
+Owns: the prompt template file format of every judge prompt (`read_template`, `fill`), the `Grader` contract,
+FastChat's rating parser (`parse_rating`, also SeqEval's quality parser's first
 step), grade rows, the resumable grade file and the grading step of one grader. Which graders exist is
 `judge.GRADERS`'s; what a grader asks and how its numbers are summarised is its own module's.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -108,6 +110,55 @@ def grade_file(client: Any, items: Sequence[Any], out_path: str | Path, judge: s
             log.append(row)
             counts["failed" if row["failed"] else "unparsed" if row["unparsed"] else "graded"] += 1
     return {"path": str(out_path), **counts, "skipped_done": len(items) - len(todo)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt template files (shared by every judge prompt of the package)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def read_template(name_or_path: str, setting: str, packaged: str, placeholders: Sequence[str]) -> tuple[str, str]:
+    """(system, user) texts of a packaged prompt template (by name) or a .txt file; shared by every judge prompt
+    (pairwise, difficulty, SeqEval).
+
+    File format: a line `<<system>>`, the system text, a line `<<user>>`, the user text (trailing blank lines
+    dropped). Text before `<<system>>` is a comment (e.g. where the prompt comes from). The user text must contain
+    every placeholder.
+
+    Args:
+        setting: the config key that names the template, for error messages (e.g. "judge.template").
+        packaged: the packaged template names, for error messages.
+    Raises:
+        PhasedIFTError: unknown name, missing file, or a file without the markers/placeholders.
+    """
+    p = Path(name_or_path)
+    if p.suffix == ".txt" and p.is_file():
+        text, where = p.read_text(encoding="utf-8"), str(p)
+    else:
+        pkg = resources.files("phased_ift") / "templates" / f"{name_or_path}.txt"
+        if not pkg.is_file():
+            raise PhasedIFTError(
+                f"{setting} = {name_or_path!r} is neither a packaged template ({packaged}) nor an existing .txt "
+                f"file; set {setting} to one of those or to the path of your template file."
+            )
+        text, where = pkg.read_text(encoding="utf-8"), f"packaged template {name_or_path}"
+    if "<<user>>" not in text:
+        raise PhasedIFTError(f"{where}: a template needs a `<<user>>` line before the user prompt "
+                             "(and optionally `<<system>>` before a system prompt).")
+    head, _, user = text.partition("<<user>>")
+    system = head.split("<<system>>", 1)[1] if "<<system>>" in head else ""
+    user = user.strip("\n").rstrip()
+    for key in placeholders:
+        if key not in user:
+            raise PhasedIFTError(f"{where}: the user prompt lacks the placeholder {key}; add it where the "
+                                 f"{key.strip('{}')} should go.")
+    return system.strip(), user
+
+
+def fill(text: str, values: dict[str, str]) -> str:
+    """`text` with each placeholder of `values` ("{answer}" -> its value) replaced literally, in one pass, so
+    inserted text holding braces or another placeholder is never re-scanned."""
+    return re.sub("|".join(map(re.escape, values)), lambda m: values[m.group(0)], text) if values else text
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,19 +23,20 @@ recomputed without paying again; every request also goes through the LLM cache, 
 
 Owns: judge templates, the score and verdict parsers, the reconciliation rule, judgement rows and their
 aggregation, judging one test set (`judge_pairs`) and the judge step (`judge_all`: every comparison of
-`design.judge_jobs` on every test set, or its dry-run estimate; then MT-Bench's single-answer grades, which
-`mtbench` owns). Which arms are compared is the design's (`design.judge_jobs`), not this module's.
+`design.judge_jobs` on every test set, or its dry-run estimate; then the single-answer graders of `GRADERS`,
+whose prompts and numbers `mtbench` and `seqeval` own and whose grade files `grading` owns). Which arms are compared is the design's (`design.judge_jobs`), not this module's.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from phased_ift.errors import PhasedIFTError
+from phased_ift import mtbench, seqeval
+from phased_ift.grading import Grader, fill, grade_all, read_template  # template files are shared by all judges
 from phased_ift.runio import AppendLog
 
 VERDICTS = ("win", "tie", "loss", "unparseable")
@@ -79,47 +80,9 @@ class JudgeTemplate:
             raise ValueError(f"judge template {self.name!r} needs a reference answer")
         key_1, key_2 = ANSWER_KEYS[self.kind]
         values = {"{question}": question, "{reference}": reference or "", key_1: answer_1, key_2: answer_2}
-        user = re.sub("|".join(map(re.escape, values)), lambda m: values[m.group(0)], self.user)
+        user = fill(self.user, values)
         msgs = [{"role": "system", "content": self.system}] if self.system else []
         return msgs + [{"role": "user", "content": user}]
-
-
-def read_template(name_or_path: str, setting: str, packaged: str, placeholders: Sequence[str]) -> tuple[str, str]:
-    """(system, user) texts of a packaged prompt template (by name) or a .txt file; shared by the pairwise judge
-    and the difficulty judge.
-
-    File format: a line `<<system>>`, the system text, a line `<<user>>`, the user text (trailing blank lines
-    dropped). Text before `<<system>>` is a comment (e.g. where the prompt comes from). The user text must contain
-    every placeholder.
-
-    Args:
-        setting: the config key that names the template, for error messages (e.g. "judge.template").
-        packaged: the packaged template names, for error messages.
-    Raises:
-        PhasedIFTError: unknown name, missing file, or a file without the markers/placeholders.
-    """
-    p = Path(name_or_path)
-    if p.suffix == ".txt" and p.is_file():
-        text, where = p.read_text(encoding="utf-8"), str(p)
-    else:
-        pkg = resources.files("phased_ift") / "templates" / f"{name_or_path}.txt"
-        if not pkg.is_file():
-            raise PhasedIFTError(
-                f"{setting} = {name_or_path!r} is neither a packaged template ({packaged}) nor an existing .txt "
-                f"file; set {setting} to one of those or to the path of your template file."
-            )
-        text, where = pkg.read_text(encoding="utf-8"), f"packaged template {name_or_path}"
-    if "<<user>>" not in text:
-        raise PhasedIFTError(f"{where}: a template needs a `<<user>>` line before the user prompt "
-                             "(and optionally `<<system>>` before a system prompt).")
-    head, _, user = text.partition("<<user>>")
-    system = head.split("<<system>>", 1)[1] if "<<system>>" in head else ""
-    user = user.strip("\n").rstrip()
-    for key in placeholders:
-        if key not in user:
-            raise PhasedIFTError(f"{where}: the user prompt lacks the placeholder {key}; add it where the "
-                                 f"{key.strip('{}')} should go.")
-    return system.strip(), user
 
 
 def load_template(name_or_path: str) -> JudgeTemplate:
@@ -449,8 +412,9 @@ def judge_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) ->
     -> judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl (rows: `make_row`), one log line per file.
 
     Reads the generations (generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl) and, for reference templates,
-    the reference answers of evaluation.reference. With mt_bench among the test sets, then also grades its answers
-    (`mtbench.grade_all`, FastChat's single-answer grading). No judge endpoint (judge.judge.base_url/model): logs
+    the reference answers of evaluation.reference. Then every single-answer grader of `GRADERS` whose test set is
+    generated grades each checkpoint's answers (`grading.grade_all`: MT-Bench, FastChat's 1-10 rating; SeqEval,
+    following rate and quality). No judge endpoint (judge.judge.base_url/model): logs
     how to set one and returns. dry_run prints the distinct request count, cache hits and estimated tokens and sends
     nothing (test sets not generated yet are counted apart). Ends with sent / cache hits / failures / tokens.
 
@@ -483,9 +447,22 @@ def judge_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) ->
                           f"tokens {s['prompt_tokens']} prompt + {s['completion_tokens']} completion", highlight=False)
     finally:
         client.close()
-    from phased_ift.mtbench import grade_all
+    for grader in GRADERS.values():  # single-answer grades (MT-Bench, SeqEval); each does nothing without its set
+        grade_all(grader, cfg, run, dry_run=dry_run, console=console)
 
-    grade_all(cfg, run, dry_run=dry_run, console=console)  # MT-Bench's single-answer grades; nothing without it
+
+def _graders(*graders: Grader) -> dict[str, Grader]:
+    out: dict[str, Grader] = {}
+    for g in graders:
+        if g.testset in out:
+            raise ValueError(f"duplicate grader for test set {g.testset!r}")
+        out[g.testset] = g
+    return out
+
+
+# The single-answer graders the judge step runs after pairwise judging, by test set (`grading.Grader`); adding one
+# is a module with its Grader plus one entry here.
+GRADERS: dict[str, Grader] = _graders(mtbench.GRADER, seqeval.GRADER)
 
 
 # Test sets scored by program, not judged pairwise unless judge.test_sets names them.

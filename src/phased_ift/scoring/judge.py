@@ -58,7 +58,7 @@ def load_difficulty_template(name_or_path: str = "difficulty") -> Any:
     Raises:
         PhasedIFTError: unknown name, missing file, missing `<<user>>` marker or `{instruction}` placeholder.
     """
-    from phased_ift.judge import read_template
+    from phased_ift.grading import read_template
 
     system, user = read_template(name_or_path, "scoring.template", "difficulty", ("{instruction}",))
     return _Template(system=system, user=user)

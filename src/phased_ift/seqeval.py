@@ -1,0 +1,285 @@
+"""SeqEval: does a model carry out every task of a sequential instruction? Single-answer LLM-judge grading.
+
+    phased-ift run CONFIG generate.test_sets=[seqeval] judge.judge.base_url=... judge.judge.model=gpt-4-turbo
+
+Source: Hu, Yu, Chen, Ponti, "Fine-tuning Large Language Models with Sequential Instructions" (arXiv 2403.07794,
+SeqEval). SeqEval is the 805 AlpacaEval prompts rewritten by 1-4 rounds of the Seq-Instruct pipeline into chains of
+tasks (`data.TEST_SETS["seqeval"]`: seqins/seqEval.json, meta["iteration"] = the depth; 804 usable, upstream record
+547 is empty). The paper judges each answer with GPT-4-Turbo on two metrics, both here:
+
+  * following rate: the share of answers that attempt every task of the instruction, a binary verdict per answer
+    (`templates/seqeval-following.txt`, "[[YES]]" / "[[NO]]", `parse_following`);
+  * quality: a 1-5 rating per answer (`templates/seqeval-quality.txt`, "[[x]]", `parse_quality`).
+
+The paper's judge prompts are not published (GitHub hanxuhu/SeqIns at aec462d has the prompts and a generation
+script, eval/alpaca_farm/run_seq_eval.py, but no judge prompt or scoring code); the two packaged templates are
+written from the paper's definitions and say so in their headers. `judge.seqeval_following_template` /
+`judge.seqeval_quality_template` take your own .txt files (placeholders {instruction}, {answer}).
+
+Requests: system + user prompt, temperature 0, `judge.grade_max_tokens`, on the judge endpoint `judge.judge`, through
+the LLM client's cache. Rows go to `grades/<arm>/seed_<s>/phase_<k>/seqeval.jsonl` (`grading.grade_file`: resumable,
+failed requests asked again), one per (answer, metric):
+
+    {"id", "metric": "following"|"quality", "iteration": 1-4, "template", "rating": 1.0|0.0 (following) or 1-5
+     (quality) | null, "reply", "judge", "unparsed": bool, "failed": bool, "error"}
+
+Numbers (`summarize_seqeval`): the following rate and the mean quality over parsed verdicts, each with a percentile
+bootstrap CI over prompts, overall and by iteration depth; unparsed and failed verdicts are counted apart, never
+scored. The paired comparison between arms on the same prompts is the report's (`report.answer.EFFECT_METRICS`,
+from `per_prompt_values`).
+
+Owns: the SeqEval judge prompts and their parsers, the grade items and rows, the grader `GRADER` (registered in
+`judge.GRADERS`), the aggregation (`summarize_seqeval`, `per_prompt_values`) and the report's reader
+(`read_seqeval`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from phased_ift import grading
+from phased_ift.errors import PhasedIFTError
+from phased_ift.runio import read_jsonl
+
+TESTSET = "seqeval"
+METRICS = ("following", "quality")
+QUALITY_MIN, QUALITY_MAX = 1.0, 5.0
+PACKAGED = "seqeval-following, seqeval-quality"
+PLACEHOLDERS = ("{instruction}", "{answer}")
+_VERDICT = re.compile(r"\[\[\s*(yes|no)\s*\]\]", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsers and prompts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def parse_following(reply: str | None) -> float | None:
+    """The following verdict of a judge reply: 1.0 for "[[YES]]" (every task attempted), 0.0 for "[[NO]]"
+    (case and inner spaces ignored, anywhere in the reply); None (unparsed) when the reply has neither, or both
+    (an ambiguous reply must not become a result; the same tag repeated is fine)."""
+    found = {m.group(1).lower() for m in _VERDICT.finditer(reply or "")}
+    return (1.0 if found == {"yes"} else 0.0) if len(found) == 1 else None
+
+
+def parse_quality(reply: str | None) -> float | None:
+    """The 1-5 quality rating of a judge reply: FastChat's rule (`grading.parse_rating`: the first "[[x]]", else
+    the first "[x]"), then x must lie in [1, 5]; None (unparsed) otherwise."""
+    x = grading.parse_rating(reply)
+    return x if x is not None and QUALITY_MIN <= x <= QUALITY_MAX else None
+
+
+PARSERS = {"following": parse_following, "quality": parse_quality}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One SeqEval judge prompt: its name (packaged name or path), system text and user text with {instruction}
+    and {answer}."""
+
+    name: str
+    system: str
+    user: str
+
+    def messages(self, instruction: str, answer: str) -> list[dict]:
+        """[system, user] chat messages (no system message when the template has none); values inserted once."""
+        user = grading.fill(self.user, {"{instruction}": instruction, "{answer}": answer})
+        return ([{"role": "system", "content": self.system}] if self.system else []) + [
+            {"role": "user", "content": user}]
+
+
+def load_prompts(following: str = "seqeval-following", quality: str = "seqeval-quality") -> dict[str, Prompt]:
+    """The two judge prompts by metric, packaged names or .txt paths (format: `grading.read_template`).
+
+    Raises:
+        PhasedIFTError: unknown name, missing file, or a file without the markers or placeholders.
+    """
+    out = {}
+    for metric, name in (("following", following), ("quality", quality)):
+        system, user = grading.read_template(name, f"judge.seqeval_{metric}_template", PACKAGED, PLACEHOLDERS)
+        out[metric] = Prompt(str(name), system, user)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grade items and rows
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GradeItem:
+    """One verdict to ask: answer `id`, `metric`, the prompt's depth `iteration`, the template name, the messages."""
+
+    id: str
+    metric: str
+    iteration: int | None
+    template: str
+    messages: list = field(hash=False, compare=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(id, metric): the key of its grade row."""
+        return (self.id, self.metric)
+
+
+def grade_items(rows: Sequence[dict], depths: dict[str, int | None], prompts: dict[str, Prompt]) -> list[GradeItem]:
+    """Both verdicts (following, then quality) of every answer of one checkpoint, in answer order.
+
+    Args:
+        rows: generation rows of seqeval.jsonl (`generate`: "id", "instruction", "output").
+        depths: answer id -> iteration depth (the test set's meta["iteration"]).
+    Raises:
+        PhasedIFTError: an answer whose id is not a SeqEval prompt (names the id and the fix).
+    """
+    items = []
+    for r in rows:
+        rid = str(r["id"])
+        if rid not in depths:
+            raise PhasedIFTError(f"SeqEval answer {rid!r} is not a prompt of the seqeval test set; delete the seqeval "
+                                 "generations of this checkpoint and run `phased-ift generate` again.")
+        for metric in METRICS:
+            p = prompts[metric]
+            items.append(GradeItem(rid, metric, depths[rid], p.name, p.messages(r["instruction"], r["output"])))
+    return items
+
+
+def make_grade_row(item: GradeItem, result: Any, judge: str) -> dict[str, Any]:
+    """The grade row of one verdict from its `LLMResult`; see the module docstring."""
+    head = {"id": item.id, "metric": item.metric, "iteration": item.iteration, "template": item.template}
+    return grading.grade_row(head, result, judge, PARSERS[item.metric])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The grader (registered in judge.GRADERS)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def depths() -> dict[str, int | None]:
+    """SeqEval prompt id -> iteration depth (1-4), from the test set."""
+    from phased_ift.data import load_test_set
+
+    return {str(e.id): e.meta.get("iteration") for e in load_test_set(TESTSET)}
+
+
+def _prepare(cfg: Any) -> tuple[dict[str, Prompt], dict[str, int | None]]:
+    j = cfg.judge
+    return load_prompts(j.seqeval_following_template, j.seqeval_quality_template), depths()
+
+
+def _cell_items(cfg: Any, run: Any, cell: Any, prepared: tuple, dry_run: bool) -> tuple[list[GradeItem], int]:
+    """(the grade items of one checkpoint's seqeval answers, 1 when they are not generated yet in a dry run)."""
+    from phased_ift.generate import read_generations, settings_path
+
+    path = run.generations(cell.arm, cell.phase, TESTSET, cell.seed)
+    if dry_run and not settings_path(path).is_file():
+        return [], 1
+    prompts, depth = prepared
+    return grade_items(read_generations(path), depth, prompts), 0
+
+
+def _describe(rows: list[dict], items: list[GradeItem]) -> str:
+    s = summarize_seqeval(rows, n_boot=100, expected=[it.key for it in items])
+    fr, q = s["following"], s["quality"]
+    return (f"following rate {_fmt(fr['mean'], 3)} ({fr['n']} verdicts), quality {_fmt(q['mean'], 2)} ({q['n']}), "
+            f"{s['unparsed']} unparsed")
+
+
+def _fmt(x: float | None, digits: int) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+GRADER = grading.Grader(testset=TESTSET, label="SeqEval", part="metric", prepare=_prepare, cell_items=_cell_items,
+                        make_row=make_grade_row, describe=_describe)
+
+
+def grade_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) -> None:
+    """Grade every `design.evaluation_cells` checkpoint's SeqEval answers on both metrics
+    -> grades/<arm>/seed_<s>/phase_<k>/seqeval.jsonl (`grading.grade_all` with `GRADER`; the judge step runs it
+    through `judge.GRADERS`). Nothing to do unless "seqeval" is in generate.test_sets; no judge endpoint: logs how
+    to set one. dry_run prints the estimate and sends nothing.
+
+    Raises:
+        PhasedIFTError: a bad template; missing generations (not in dry_run); a grade file of another judge.
+    """
+    grading.grade_all(GRADER, cfg, run, dry_run, console)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Aggregation (pure) and the report's reader
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def per_prompt_values(rows: Iterable[dict], metric: str) -> dict[str, float]:
+    """Answer id -> its parsed verdict of `metric` (following 1/0, quality 1-5); the last row of an (id, metric)
+    counts, unparsed and failed ones are left out."""
+    return {k[0]: float(r["rating"]) for k, r in grading.latest_rows(rows, "metric").items()
+            if k[1] == metric and r.get("rating") is not None and not r.get("failed")}
+
+
+def summarize_seqeval(rows: Iterable[dict], n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,
+                      expected: Iterable[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """SeqEval numbers of one checkpoint from its grade rows (the last row of each (id, metric) counts).
+
+    The following rate is the mean of the 1/0 verdicts and quality the mean rating, over parsed verdicts only
+    (unparsed and failed ones are counted, never scored), each with a percentile bootstrap CI over prompts
+    (`stats.mean_with_ci`), overall and per iteration depth.
+
+    Args:
+        expected: the (id, metric) pairs that should have a verdict (from the answer file); those without any row
+            are `missing`. None: missing is 0.
+    Returns:
+        {"n_prompts" (answers with a row), "graded", "unparsed", "failed", "missing" (counts of verdicts),
+         "following", "quality": {"n", "mean", "ci": [lo, hi] | None, "unparsed", "failed", "missing"},
+         "by_depth": [{"iteration", "n_prompts", "following": {"n", "mean", "ci"}, "quality": {...}}] (by depth),
+         "judges": [judge model names]}; means and CIs are None when nothing is parsed.
+    """
+    from phased_ift.stats import mean_with_ci
+
+    rows = list(rows)
+    latest = grading.latest_rows(rows, "metric")
+    lost = set(expected or ()) - set(latest)
+    kinds = {k: "failed" if r.get("failed") else "unparsed" if r.get("rating") is None else "graded"
+             for k, r in latest.items()}
+    out: dict[str, Any] = {"n_prompts": len({k[0] for k in latest})}
+    out.update({n: sum(v == n for v in kinds.values()) for n in ("graded", "unparsed", "failed")})
+    out["missing"] = len(lost)
+    values = {m: per_prompt_values(rows, m) for m in METRICS}
+    for m in METRICS:
+        out[m] = {**mean_with_ci(list(values[m].values()), n_boot, confidence, seed),
+                  **{n: sum(v == n and k[1] == m for k, v in kinds.items()) for n in ("unparsed", "failed")},
+                  "missing": sum(k[1] == m for k in lost)}
+    depth_of = {k[0]: r.get("iteration") for k, r in latest.items()}
+    out["by_depth"] = []
+    for d in sorted({x for x in depth_of.values() if x is not None}):
+        ids = {i for i, x in depth_of.items() if x == d}
+        out["by_depth"].append({"iteration": d, "n_prompts": len(ids), **{
+            m: mean_with_ci([v for i, v in values[m].items() if i in ids], n_boot, confidence, seed)
+            for m in METRICS}})
+    out["judges"] = sorted({str(r.get("judge")) for r in latest.values()})
+    return out
+
+
+def read_seqeval(run: Any, cfg: Any) -> list[dict[str, Any]]:
+    """The SeqEval summaries of every grades/<arm>/seed_<s>/phase_<k>/seqeval.jsonl on disk, in
+    `RunDir.grade_files` order: [{"arm", "seed", "phase", **summarize_seqeval(...)}].
+
+    Bootstrap settings from `cfg.report`. `missing` counts the verdicts of the checkpoint's seqeval answers
+    (generations file) that have no grade row (0 when that file is gone).
+
+    Raises:
+        JsonlDecodeError: a line other than the last of a file is not JSON.
+    """
+    r = cfg.report
+    out = []
+    for loc in run.grade_files():
+        if loc.testset != TESTSET:
+            continue
+        g = run.generations(loc.arm, loc.phase, TESTSET, loc.seed)
+        answers = read_jsonl(g, tolerate_torn_tail=True) if g.is_file() else []
+        expected = [(str(a["id"]), m) for a in answers for m in METRICS]
+        rows = read_jsonl(loc.path, tolerate_torn_tail=True)
+        out.append({"arm": loc.arm, "seed": loc.seed, "phase": loc.phase,
+                    **summarize_seqeval(rows, r.bootstrap, r.confidence, r.seed, expected)})
+    return out
