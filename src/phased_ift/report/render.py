@@ -31,7 +31,7 @@ def report_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:
     cl = f"{int(round(s['run']['config']['confidence'] * 100))}% CI"
     return (_verdict_blocks(s) + _answer_blocks(s, cl) + _run_blocks(s) + _difficulty_blocks(s, plots)
             + _training_blocks(s, plots) + _win_rate_blocks(s, cl) + _trend_blocks(s, plots, cl) + _length_blocks(s) + _reference_loss_blocks(s, cl) + _ifeval_blocks(s, plots, cl)
-            + _mt_bench_blocks(s, cl) + _agreement_blocks(s))
+            + _mt_bench_blocks(s, cl) + _seqeval_blocks(s, cl) + _agreement_blocks(s))
 
 
 def _verdict_blocks(s: dict) -> list[tuple]:
@@ -223,6 +223,7 @@ def _ifeval_blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
                         [[f"{c['arm_a']} vs {c['arm_b']}", c["seed"], c["n"], c["mean_a"], c["mean_b"],
                           f"{fmt_num(c['difference'])} {fmt_ci(c['ci'])}", c["mcnemar"]["a_only"],
                           c["mcnemar"]["b_only"], c["mcnemar"]["p_value"]] for c in s["ifeval_comparisons"]]))
+    B += _ifeval_multi_blocks(entries, cl)
     finals = [e for e in entries if e["final"]]
     groups = sorted({g for e in finals for g in e["groups"]})
     if finals and groups:
@@ -232,6 +233,51 @@ def _ifeval_blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
                          + [e["groups"].get(g, {}).get("strict") for e in finals] for g in groups]))
     if "ifeval_trend" in plots:
         B.append(("img", plots["ifeval_trend"], "IFEval prompt-level strict accuracy after each phase"))
+    return B
+
+
+def _ifeval_multi_blocks(entries: list[dict], cl: str) -> list[tuple]:
+    """The judge-free view of following several instructions: prompt-level strict accuracy on IFEval prompts with
+    one instruction next to those with two or more, per checkpoint."""
+    views = [(e, e.get("by_instruction_count")) for e in entries]
+    if not any(v for _, v in views):
+        return []
+    pct = lambda m: f"{fmt_num(m['mean'])} {fmt_ci(m['ci'])}"  # noqa: E731
+    return [("p", f"Several instructions at once, without a judge: prompt-level strict accuracy on the IFEval prompts "
+                  f"with one instruction and, apart, on those with two or more ({cl}: bootstrap over the prompts of "
+                  "each group; different prompts, so the gap between the columns is not a paired test: the arms' "
+                  "paired difference on the multi-instruction prompts is in 'Did it help?')."),
+            _table(["arm", "seed", "phase", "1-instruction prompts", f"accuracy [{cl}]", ">= 2-instruction prompts",
+                    f"accuracy [{cl}]"],
+                   [[e["arm"], e["seed"], e["phase"], v["single"]["n"], pct(v["single"]), v["multi"]["n"],
+                     pct(v["multi"])] for e, v in views if v])]
+
+
+def _seqeval_blocks(s: dict, cl: str) -> list[tuple]:
+    """SeqEval: following rate and quality per checkpoint with CIs and counts, and both by iteration depth."""
+    B: list[tuple] = [("h2", "Sequential instructions: SeqEval (single-answer LLM judge)")]
+    rows = s.get("seqeval") or []
+    if not rows:
+        return B + [("p", s["notes"].get("seqeval", ""))]
+    B.append(("p", "Following rate: the share of answers that attempt every task of the sequential instruction (a "
+                   "[[YES]]/[[NO]] verdict per answer); quality: a 1-5 rating per answer (Hu et al. 2024, SeqEval). "
+                   "The paper's judge prompts are not published; phased-ift's templates are written from its "
+                   f"definitions. Unparsed and failed verdicts are counted, never scored. {cl}: bootstrap over "
+                   "prompts. Depth = the number of Seq-Instruct rewrite rounds of the prompt (1-4)."))
+    m = lambda x: f"{fmt_num(x['mean'])} {fmt_ci(x['ci'])}"  # noqa: E731
+    B.append(_table(["arm", "seed", "phase", "answers", f"following rate [{cl}]", f"quality [{cl}]", "unparsed",
+                     "failed", "missing"],
+                    [[r["arm"], r["seed"], r["phase"], r["n_prompts"], m(r["following"]), m(r["quality"]),
+                      r["unparsed"], r["failed"], r["missing"]] for r in rows]))
+    depths = sorted({d["iteration"] for r in rows for d in r["by_depth"]})
+    if depths:
+        B.append(("p", f"By iteration depth: following rate / quality [{cl}] (n = answers with a parsed verdict)."))
+        cell = lambda d, k: (f"{m(d[k])} (n {d[k]['n']})" if d else "")  # noqa: E731
+        B.append(_table(["arm", "seed", "phase", "metric"] + [f"depth {d}" for d in depths],
+                        [[r["arm"], r["seed"], r["phase"], k] + [cell(next((x for x in r["by_depth"]
+                                                                          if x["iteration"] == d), None), k)
+                                                              for d in depths]
+                         for r in rows for k in ("following", "quality")]))
     return B
 
 

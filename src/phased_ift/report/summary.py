@@ -4,7 +4,8 @@ Owns `summarize_run` (the dict written to report/summary.json, from which report
 readers of each part of the run dir: data/ (counts, reject reasons), scores/ and phases/manifest.json (difficulty
 statistics, phase boundaries), checkpoints/*/seed_*/phase_*/losses.jsonl (training loss), generations/ (answer
 lengths), judgements/ (`read_judgements`: win rates, CIs, length control), evaluation/ (reference loss, IFEval:
-`ifeval.compare_ifeval` pairs arms), grades/ (MT-Bench: `mtbench.read_grades`) and agreement tables. Paths are found and read back into (arm, seed, phase, test set) by `RunDir`; the manifest is
+`ifeval.compare_ifeval` pairs arms; `ifeval.instruction_count_view`: one vs several instructions), grades/ (MT-Bench:
+`mtbench.read_grades`; SeqEval: `seqeval.read_seqeval`) and agreement tables. Paths are found and read back into (arm, seed, phase, test set) by `RunDir`; the manifest is
 read by `phases.read_manifest`. Statistics come from `stats.py`, win-rate counts from `judge.aggregate`.
 
 Each part is optional: a missing part gives a note saying what is missing and how to get it, never an error.
@@ -189,9 +190,10 @@ def _summarize_reference_loss(run: RunDir, rc: Any) -> list[dict]:
 def _summarize_ifeval(run: RunDir, cfg: Config) -> tuple[list[dict], list[dict]]:
     """(one entry per ifeval.json: {"arm", "seed", "phase", "final", **`ifeval.ifeval_metrics`}, the paired
     comparison of each arm's final checkpoint with the baseline arm's on the same prompts per seed:
-    {"arm_a", "arm_b", "seed", **`ifeval.compare_ifeval`})."""
+    {"arm_a", "arm_b", "seed", **`ifeval.compare_ifeval`}). Files written before the multi-instruction view get
+    its "by_instruction_count" computed from their per-prompt rows."""
     from phased_ift.design import ARMS, baseline_arm, final_phase
-    from phased_ift.ifeval import compare_ifeval
+    from phased_ift.ifeval import compare_ifeval, instruction_count_view
 
     entries, per_prompt = [], {}
     for e in run.evaluation_files("ifeval.json"):
@@ -201,6 +203,10 @@ def _summarize_ifeval(run: RunDir, cfg: Config) -> tuple[list[dict], list[dict]]
             raise PhasedIFTError(f"{e.path}: not valid JSON ({err}); delete it and re-run the evaluate step.") from None
         final = e.arm in ARMS and e.phase == final_phase(cfg, e.arm, run)
         entries.append({"arm": e.arm, "seed": e.seed, "phase": e.phase, "final": final, **data["metrics"]})
+        if "by_instruction_count" not in data["metrics"]:
+            rc = cfg.report
+            entries[-1]["by_instruction_count"] = instruction_count_view(data["per_prompt"], rc.bootstrap,
+                                                                         rc.confidence, rc.seed)
         if final:
             per_prompt[(e.arm, e.seed)] = data["per_prompt"]
     arms = [a for a in cfg.train.arms if any(arm == a for arm, _ in per_prompt)]
@@ -222,6 +228,18 @@ def _summarize_mt_bench(run: RunDir, cfg: Config) -> list[dict]:
     from phased_ift.mtbench import mt_bench_table, read_grades
 
     rows = mt_bench_table(read_grades(run, cfg))
+    for r in rows:
+        r["final"] = r["arm"] in ARMS and r["phase"] == final_phase(cfg, r["arm"], run)
+    return rows
+
+
+def _summarize_seqeval(run: RunDir, cfg: Config) -> list[dict]:
+    """One entry per graded checkpoint (`seqeval.read_seqeval`: following rate and quality with CIs, overall and by
+    iteration depth, counts) plus "final" (the arm's last phase)."""
+    from phased_ift.design import ARMS, final_phase
+    from phased_ift.seqeval import read_seqeval
+
+    rows = read_seqeval(run, cfg)
     for r in rows:
         r["final"] = r["arm"] in ARMS and r["phase"] == final_phase(cfg, r["arm"], run)
     return rows
@@ -263,8 +281,8 @@ def summarize_run(run: RunDir, cfg: Config) -> dict:
     """Every number of the report, as a JSON-serialisable dict (written to report/summary.json).
 
     Keys: run, data, difficulty, phases, training, lengths, comparisons (final: phase None), trend (phase k),
-    seed_spread, reference_loss, ifeval (per checkpoint), ifeval_comparisons (final checkpoints, paired), mt_bench
-    (per checkpoint), agreement, effects (each arm against the baseline per metric, paired and pooled over seeds:
+    seed_spread, reference_loss, ifeval (per checkpoint; with by_instruction_count), ifeval_comparisons (final
+    checkpoints, paired), mt_bench (per checkpoint), seqeval (per checkpoint, with by_depth), agreement, effects (each arm against the baseline per metric, paired and pooled over seeds:
     `report.answer.summarize_effects`), notes (what is missing and how to get it), verdicts.
 
     Raises:
@@ -290,6 +308,11 @@ def summarize_run(run: RunDir, cfg: Config) -> dict:
         notes["mt_bench"] = ("No MT-Bench grades (grades/*/seed_*/phase_*/mt_bench.jsonl): add mt_bench to "
                              "generate.test_sets, configure judge.judge (an OpenAI-compatible endpoint) and run "
                              "`phased-ift judge CONFIG`.")
+    s["seqeval"] = _summarize_seqeval(run, cfg)
+    if not s["seqeval"]:
+        notes["seqeval"] = ("No SeqEval grades (grades/*/seed_*/phase_*/seqeval.jsonl): add seqeval to "
+                            "generate.test_sets, configure judge.judge (an OpenAI-compatible endpoint) and run "
+                            "`phased-ift judge CONFIG`.")
     s["judge_check"] = _summarize_judge_check(run, cfg)
     s["agreement"] = _agreement(run)
     s["effects"] = summarize_effects(run, cfg, read_judgements(run))

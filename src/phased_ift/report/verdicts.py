@@ -1,7 +1,7 @@
 """Verdicts: the honest one-sentence reading of each comparison, and the number formats the report shares.
 
 Owns `comparison_verdict` (one comparison of the summary -> one sentence), `verdict_lines` (the lines printed at the
-end of `phased-ift run` / `phased-ift report`, also the report's "Verdicts" section, with the IFEval, MT-Bench and
+end of `phased-ift run` / `phased-ift report`, also the report's "Verdicts" section, with the IFEval, MT-Bench, SeqEval and
 judge-check lines) and `fmt_num` / `fmt_ci` (how
 every number and interval of report.md/html is written). Reads only the summary dict of `summary.summarize_run`
 (or summary.json loaded back); no files.
@@ -63,7 +63,7 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
     baseline per metric, paired, pooled over seeds, with the minimum detectable effect), then one per final comparison (with the reference loss of both
     arms when the offline evaluation covered that test set), the spread across seeds, the judge's check
     (`judge_check_line`) when there are win rates, other reference losses, then IFEval (`ifeval_verdicts`) and
-    MT-Bench (`mt_bench_verdicts`) per seed.
+    MT-Bench (`mt_bench_verdicts`) and SeqEval (`seqeval_verdicts`) per seed.
 
     Args:
         summary: the dict of `summarize_run` (or summary.json loaded back).
@@ -105,7 +105,21 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
         parts = [f"{e['arm']} {fmt_num(e['mean'])} {fmt_ci(e['ci'])}" for e in entries]
         lines.append(f"reference loss on {ts} (final checkpoints{f', seed {seed}' if several else ''}; lower = "
                      "closer to the reference answers): " + " vs ".join(parts) + ".")
-    return lines + ifeval_verdicts(summary, rank) + mt_bench_verdicts(summary, rank)
+    return lines + ifeval_verdicts(summary, rank) + mt_bench_verdicts(summary, rank) + seqeval_verdicts(summary, rank)
+
+
+def seqeval_verdicts(summary: dict, rank: Any = None) -> list[str]:
+    """One line per seed: the SeqEval following rate and mean quality of every arm's final checkpoint with CIs."""
+    finals = [r for r in summary.get("seqeval", []) if r.get("final") and r["following"]["mean"] is not None]
+    lines = []
+    for seed in sorted({r["seed"] for r in finals}):
+        rs = sorted((r for r in finals if r["seed"] == seed), key=lambda r: rank(r["arm"]) if rank else r["arm"])
+        parts = [f"{r['arm']} {fmt_num(r['following']['mean'])} {fmt_ci(r['following']['ci'])} (quality "
+                 f"{fmt_num(r['quality']['mean'], 2)} {fmt_ci(r['quality']['ci'])}"
+                 + (f"; {r['unparsed']} unparsed" if r["unparsed"] else "") + ")" for r in rs]
+        lines.append(f"SeqEval following rate (final checkpoints, seed {seed}; every task attempted, LLM judge; "
+                     "quality 1-5): " + ", ".join(parts) + ".")
+    return lines
 
 
 def mt_bench_verdicts(summary: dict, rank: Any = None) -> list[str]:
