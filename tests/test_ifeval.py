@@ -306,3 +306,82 @@ def test_default_output_goes_to_the_current_directory(tmp_path, monkeypatch, dat
         src.chmod(0o755)
     assert out == work / "answers.ifeval.json" and out.is_file() and metrics["n_prompts"] == 541
     assert metrics["unanswered"] == 539
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The judge-free view of following several instructions: one instruction vs two or more
+# ---------------------------------------------------------------------------------------------------------------
+def _counted_rows(spec: list[tuple[int, bool]]) -> list[dict]:
+    """check_response-like rows: (number of instructions, prompt-level strict) per prompt."""
+    return [{"key": i, "prompt": f"p{i}", "answered": True, "instruction_id_list": ["keywords:existence"] * n,
+             "strict": [f] * n, "loose": [f] * n, "prompt_strict": f, "prompt_loose": f}
+            for i, (n, f) in enumerate(spec)]
+
+
+def test_instruction_count_view_splits_single_and_multi_instruction_prompts():
+    from phased_ift.ifeval import format_table, ifeval_metrics, instruction_count_view
+
+    spec = [(1, True)] * 9 + [(1, False)] * 3 + [(2, True)] * 2 + [(2, False)] * 4 + [(3, True)] + [(3, False)] * 5
+    rows = _counted_rows(spec)
+    v = instruction_count_view(rows, 500)
+    assert (v["single"]["n"], v["multi"]["n"]) == (12, 12)
+    assert v["single"]["mean"] == pytest.approx(9 / 12) and v["multi"]["mean"] == pytest.approx(3 / 12)
+    for g in ("single", "multi"):
+        lo, hi = v[g]["ci"]
+        assert lo <= v[g]["mean"] <= hi and hi > lo
+    assert v["single"]["ci"][0] >= v["multi"]["ci"][1]  # 0.75 vs 0.25 on 12 prompts each: at most touching
+    m = ifeval_metrics(rows, 500)
+    assert m["by_instruction_count"] == v
+    assert "1 instruction (12 prompts) 75.0 [" in "\n".join(format_table(m))
+    only_single = instruction_count_view(_counted_rows([(1, True)]))
+    assert only_single["multi"] == {"n": 0, "mean": None, "ci": None}
+
+
+def test_instruction_count_view_on_gpt4_responses(tmp_path, data_home):
+    """google-research's GPT-4 responses: 305 single- and 236 multi-instruction prompts, whose accuracies weighted
+    by their counts give the overall prompt-level strict accuracy."""
+    from phased_ift.ifeval import score_file
+
+    m, _ = score_file(data_home / GPT4, out=tmp_path / "gpt4.json", n_resamples=200)
+    v = m["by_instruction_count"]
+    assert (v["single"]["n"], v["multi"]["n"]) == (305, 236)
+    overall = m["prompt_level_strict"]["mean"]
+    assert (305 * v["single"]["mean"] + 236 * v["multi"]["mean"]) / 541 == pytest.approx(overall)
+    assert v["single"]["mean"] > overall > v["multi"]["mean"]  # GPT-4 follows fewer prompts with several instructions
+
+
+def test_report_shows_the_multi_instruction_view_and_pairs_arms_on_it(tmp_path):
+    """Constructed ifeval.json files, one written before the view existed (no by_instruction_count): the summary
+    computes it from the per-prompt rows; the report's table shows it; the answer pairs the arms on the
+    multi-instruction prompts only."""
+    from phased_ift.config import config_from_dict
+    from phased_ift.ifeval import ifeval_metrics, instruction_count_view
+    from phased_ift.report import build_report
+    from phased_ift.rundir import RunDir
+    from phased_ift.runio import atomic_write_json
+
+    cfg = config_from_dict({"run_dir": str(tmp_path), "report": {"bootstrap": 200},
+                            "train": {"arms": ["phased", "one-off"]}})
+    run = RunDir(tmp_path)
+    counts = [1] * 10 + [2] * 6 + [3] * 4
+    phased = _counted_rows([(n, i % 2 == 0) for i, n in enumerate(counts)])  # multi: 5 of 10 followed
+    oneoff = _counted_rows([(n, n == 1) for n in counts])                     # multi: none followed
+    metrics = ifeval_metrics(oneoff, 200)
+    del metrics["by_instruction_count"]  # an older file
+    atomic_write_json(run.ifeval("one-off", 1, 0), {"arm": "one-off", "phase": 1, "seed": 0, "per_prompt": oneoff,
+                                                   "metrics": metrics})
+    atomic_write_json(run.ifeval("phased", 3, 0), {"arm": "phased", "phase": 3, "seed": 0, "per_prompt": phased,
+                                                  "metrics": ifeval_metrics(phased, 200)})
+    s = build_report(run, cfg)
+    views = {e["arm"]: e["by_instruction_count"] for e in s["ifeval"]}
+    assert views["one-off"] == instruction_count_view(oneoff, 200)
+    assert (views["one-off"]["single"]["mean"], views["one-off"]["multi"]["mean"]) == (1.0, 0.0)
+    assert views["phased"]["multi"]["mean"] == pytest.approx(0.5) and views["phased"]["multi"]["n"] == 10
+    eff = {e["metric"]: e for e in s["effects"]}
+    multi = eff["IFEval prompt-level strict accuracy, prompts with >= 2 instructions"]
+    assert multi["n_prompts"] == 10 and multi["difference"] == pytest.approx(0.5)
+    assert eff["IFEval prompt-level strict accuracy"]["n_prompts"] == 20
+    assert eff["IFEval prompt-level strict accuracy"]["difference"] == pytest.approx(10 / 20 - 10 / 20)
+    md = (run.report_dir / "report.md").read_text()
+    assert "| arm | seed | phase | 1-instruction prompts | accuracy [95% CI] | >= 2-instruction prompts |" in md
+    assert "| one-off | 0 | 1 | 10 | 1.000 [1.000, 1.000] | 10 | 0.000 [0.000, 0.000] |" in md

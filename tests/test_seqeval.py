@@ -1,0 +1,374 @@
+"""SeqEval (Hu et al. 2024): the test set and its depths, the following and quality parsers, the judge prompts,
+grading through the real LLMClient against the fake server (resume, retry, cache), the by-depth numbers with CIs,
+the paired comparison of arms in the report's answer, and the report's section. The run dirs are written by hand."""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from phased_ift.config import load_config
+from phased_ift.data import load_test_set
+from phased_ift.errors import PhasedIFTError
+from phased_ift.generate import settings_path
+from phased_ift.runio import atomic_write_json, write_jsonl
+from phased_ift.rundir import RunDir
+from phased_ift.seqeval import (
+    load_prompts,
+    parse_following,
+    parse_quality,
+    per_prompt_values,
+    read_seqeval,
+    summarize_seqeval,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_llm_server import FakeLLMServer, Status  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The test set: 805 upstream records, depths 81/161/242/321; the one empty record left out, nothing else
+# ---------------------------------------------------------------------------------------------------------------
+def test_seqeval_loads_with_its_iteration_depths(data_home):
+    raw = json.loads((data_home / "seqins" / "seqEval.json").read_text())
+    assert len(raw) == 805
+    assert sorted(collections.Counter(r["iteration"] for r in raw).items()) == [(1, 81), (2, 161), (3, 242), (4, 321)]
+    ex = load_test_set("seqeval")
+    assert len(ex) == 804 and len({e.id for e in ex}) == 804
+    assert sorted(collections.Counter(e.meta["iteration"] for e in ex).items()) == [(1, 81), (2, 161), (3, 241),
+                                                                                      (4, 321)]
+    # ids are the upstream positions: the one left out is record 547, the empty instruction at depth 3
+    assert {e.id for e in ex} == {f"seqEval-{i}" for i in range(805)} - {"seqEval-547"}
+    assert raw[547] == {"instruction": "", "iteration": 3}
+    first = ex[0]
+    assert first.id == "seqEval-0" and first.instruction == raw[0]["instruction"] and first.meta["testset"] == "seqeval"
+    assert all(e.instruction == raw[int(e.id.split("-")[1])]["instruction"] for e in ex)
+    # a seeded sample keeps the depths
+    sample = load_test_set("seqeval", limit=40, seed=3)
+    assert len(sample) == 40 and sample == load_test_set("seqeval", limit=40, seed=3)
+    assert {e.meta["iteration"] for e in sample} <= {1, 2, 3, 4}
+
+
+def test_seqeval_other_rejects_still_stop_loading(tmp_path, data_home, monkeypatch):
+    raw = json.loads((data_home / "seqins" / "seqEval.json").read_text())
+    home = tmp_path / "home"
+    (home / "seqins").mkdir(parents=True)
+    monkeypatch.setenv("PHASED_IFT_DATA_HOME", str(home))
+    # the upstream bytes: only the known record is left out
+    (home / "seqins" / "seqEval.json").write_bytes((data_home / "seqins" / "seqEval.json").read_bytes())
+    assert len(load_test_set("seqeval")) == 804
+    # one more empty record elsewhere is not a known defect: loading stops and names it
+    broken = [dict(r) for r in raw]
+    broken[3]["instruction"] = ""
+    (home / "seqins" / "seqEval.json").write_text(json.dumps(broken, indent=4))
+    with pytest.raises(PhasedIFTError, match=r"test set seqeval .*1 of 805 records cannot be used .*empty instruction"):
+        load_test_set("seqeval")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsers on constructed replies
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reply,expected", [
+    ("1. list the actors: attempted\n2. define famous: attempted\n[[YES]]", 1.0),
+    ("Task 2 is not attempted.\nVerdict: [[NO]]", 0.0),
+    ("[[yes]]", 1.0),
+    ("[[ No ]]", 0.0),
+    ("[[YES]] ... after checking again: [[YES]]", 1.0),      # the same tag repeated
+    ("At first [[YES]], but on reflection [[NO]]", None),    # both: ambiguous, unparsed
+    ("YES", None),                                           # no brackets
+    ("[YES]", None),
+    ("The response attempts every task.", None),
+    ("", None),
+    (None, None),
+])
+def test_parse_following(reply, expected):
+    assert parse_following(reply) == expected
+
+
+@pytest.mark.parametrize("reply,expected", [
+    ("Clear and complete. Rating: [[4]]", 4.0),
+    ("Rating: [3]", 3.0),
+    ("[[5]]", 5.0),
+    ("[[1]]", 1.0),
+    ("[[2.5]]", 2.5),
+    ("first [2], then Rating: [[4]]", 4.0),   # FastChat's rule: [[x]] wins wherever it is
+    ("Rating: [[6]]", None),                 # outside 1-5: unparsed
+    ("Rating: [[0]]", None),
+    ("Rating: [[four]]", None),
+    ("A good answer.", None),
+    (None, None),
+])
+def test_parse_quality(reply, expected):
+    assert parse_quality(reply) == expected
+
+
+def test_packaged_prompts_say_they_are_ours_and_fill_literally(tmp_path):
+    from importlib import resources
+
+    prompts = load_prompts()
+    assert set(prompts) == {"following", "quality"}
+    for metric, p in prompts.items():
+        header = (resources.files("phased_ift") / "templates" / f"seqeval-{metric}.txt").read_text().split("<<system>>")[0]
+        assert "NOT published" in header and "hanxuhu/SeqIns" in header and "2403.07794" in header
+        msgs = p.messages("First {answer}, then translate it.", "An answer with {instruction} in it")
+        assert [m["role"] for m in msgs] == ["system", "user"]
+        user = msgs[1]["content"]
+        assert "First {answer}, then translate it." in user and "An answer with {instruction} in it" in user
+    assert "[[YES]]" in prompts["following"].user and "1 to 5" in prompts["quality"].user
+    own = tmp_path / "mine.txt"
+    own.write_text("my prompt\n<<user>>\nDid it do all of {instruction}?\n")
+    with pytest.raises(PhasedIFTError, match=r"mine\.txt: the user prompt lacks the placeholder \{answer\}"):
+        load_prompts(following=str(own))
+    with pytest.raises(PhasedIFTError, match="judge.seqeval_quality_template = 'nope' is neither a packaged"):
+        load_prompts(quality="nope")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grading through the judge step, against the fake server
+# ---------------------------------------------------------------------------------------------------------------
+def _pick(seqeval_by_depth):
+    """Four SeqEval prompts: A at depth 1, B at depth 2, C and D at depth 4."""
+    return {"A": seqeval_by_depth[1][0], "B": seqeval_by_depth[2][0], "C": seqeval_by_depth[4][0],
+            "D": seqeval_by_depth[4][1]}
+
+
+@pytest.fixture(scope="module")
+def seqeval_by_depth(data_home):
+    out = collections.defaultdict(list)
+    for e in load_test_set("seqeval"):
+        out[e.meta["iteration"]].append(e)
+    return out
+
+
+# (answer tag, metric) -> the judge's reply; C's two replies do not parse (both tags; a rating outside 1-5)
+REPLIES = {("A", "following"): "1. attempted\n2. attempted\n[[YES]]", ("A", "quality"): "Good. Rating: [[4]]",
+           ("B", "following"): "Task 2 not attempted. [[NO]]", ("B", "quality"): "Rating: [[2]]",
+           ("C", "following"): "[[YES]] or maybe [[NO]]", ("C", "quality"): "Rating: [[9]]",
+           ("D", "following"): "[[yes]]", ("D", "quality"): "Rating: [3]"}
+
+
+def judge_reply(body: dict) -> str:
+    text = body["messages"][-1]["content"]
+    tag = next(w for w in text.replace("\n", " ").split() if w.startswith("ANS-")).split("-")[1]
+    return REPLIES[(tag, "quality" if "1 to 5" in text else "following")]
+
+
+def write_answers(run: RunDir, picked, arm="one-off", phase=1, seed=0):
+    rows = [{"id": e.id, "testset": "seqeval", "instruction": e.instruction, "output": f"ANS-{tag}- some answer",
+             "output_tokens": 4, "finish_reason": "stop"} for tag, e in picked.items()]
+    out = run.generations(arm, phase, "seqeval", seed)
+    write_jsonl(out, rows)
+    atomic_write_json(settings_path(out), {"model": "m", "template": "chat", "max_new_tokens": 512,
+                                           "backend": "hf", "greedy": True, "n": len(rows), "batch_size": 8})
+
+
+def _cfg(tmp_path, srv=None, extra=()):
+    endpoint = [f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake"] if srv else []
+    return load_config(None, [f"run_dir={tmp_path / 'run'}", "train.arms=[one-off]", "generate.test_sets=[seqeval]",
+                              "judge.judge.concurrency=1", "judge.judge.max_retries=0", "report.bootstrap=200",
+                              *endpoint, *extra])
+
+
+def _log(tmp_path):
+    return Console(file=open(tmp_path / "log.txt", "a"), width=250)
+
+
+def test_judge_step_grades_seqeval_resumes_retries_and_caches(tmp_path, seqeval_by_depth):
+    from phased_ift.judge import judge_all
+
+    picked = _pick(seqeval_by_depth)
+    with FakeLLMServer(reply=judge_reply) as srv:
+        cfg = _cfg(tmp_path, srv)
+        run = RunDir(cfg.run_dir)
+        write_answers(run, picked)
+        judge_all(cfg, run, dry_run=True, console=_log(tmp_path))
+        assert srv.count == 0 and not (run.root / "grades").exists()
+        # pairwise judging has no second arm here (one-off only): only the grader sends requests
+        srv.queue(Status(400))  # concurrency 1: the first request (A, following) fails
+        judge_all(cfg, run, console=_log(tmp_path))
+        out = run.grades("one-off", 1, "seqeval", 0)
+        rows = [json.loads(x) for x in out.read_text().splitlines()]
+        assert srv.count == 8 and len(rows) == 8
+        by = {(r["id"], r["metric"]): r for r in rows}
+        a, b, c, d = (picked[t].id for t in "ABCD")
+        assert by[(a, "following")]["failed"] and "400" in by[(a, "following")]["error"]
+        assert by[(a, "quality")]["rating"] == 4.0 and by[(b, "following")]["rating"] == 0.0
+        assert by[(c, "following")]["unparsed"] and by[(c, "following")]["rating"] is None
+        assert by[(c, "quality")]["unparsed"] and by[(c, "quality")]["reply"] == REPLIES[("C", "quality")]
+        assert by[(d, "following")]["rating"] == 1.0 and by[(d, "quality")]["rating"] == 3.0
+        assert [by[(x, "quality")]["iteration"] for x in (a, b, c, d)] == [1, 2, 4, 4]
+        assert {r["template"] for r in rows} == {"seqeval-following", "seqeval-quality"}
+        assert {r["judge"] for r in rows} == {"fake"}
+        body = srv.bodies[1]
+        assert body["temperature"] == 0.0 and body["max_tokens"] == 2048 and body["messages"][0]["role"] == "system"
+        # re-run: only the failed verdict is asked again; its row supersedes the failed one
+        judge_all(cfg, run, console=_log(tmp_path))
+        rows = [json.loads(x) for x in out.read_text().splitlines()]
+        assert srv.count == 9 and len(rows) == 9 and (rows[-1]["id"], rows[-1]["rating"]) == (a, 1.0)
+        judge_all(cfg, run, console=_log(tmp_path))  # all graded: nothing sent or appended
+        assert srv.count == 9 and len(out.read_text().splitlines()) == 9
+        out.unlink()  # from scratch: every verdict from the cache
+        judge_all(cfg, run, console=_log(tmp_path))
+        assert srv.count == 9 and len(out.read_text().splitlines()) == 8
+        judge_all(cfg, run, dry_run=True, console=_log(tmp_path))
+    log = (tmp_path / "log.txt").read_text()
+    assert "grade (SeqEval, dry run): 8 distinct requests, 0 cached, 8 to send" in log
+    assert "grade (SeqEval, dry run): 8 distinct requests, 8 cached, 0 to send" in log
+    assert "grade: one-off seed 0 phase 1 seqeval: following rate 0.500 (2 verdicts), quality 3.00 (3), 2 unparsed, " \
+           "1 FAILED (re-run to retry)" in log
+    assert "grade: one-off seed 0 phase 1 seqeval: following rate 0.667 (3 verdicts), quality 3.00 (3), 2 unparsed " \
+           "->" in log
+    # the report's reader: A 1/4, B 0/2, D 1/3 parsed; C counted as unparsed on both metrics
+    (s,) = read_seqeval(run, cfg)
+    assert (s["arm"], s["seed"], s["phase"], s["n_prompts"]) == ("one-off", 0, 1, 4)
+    assert (s["graded"], s["unparsed"], s["failed"], s["missing"]) == (6, 2, 0, 0)
+    assert s["following"]["mean"] == pytest.approx(2 / 3) and s["following"]["n"] == 3
+    assert s["quality"]["mean"] == pytest.approx(3.0) and s["quality"]["unparsed"] == 1
+    depth = {x["iteration"]: x for x in s["by_depth"]}
+    assert sorted(depth) == [1, 2, 4] and depth[4]["n_prompts"] == 2
+    assert (depth[1]["following"]["mean"], depth[2]["following"]["mean"], depth[4]["following"]["mean"]) == (1, 0, 1)
+    assert (depth[1]["quality"]["mean"], depth[2]["quality"]["mean"], depth[4]["quality"]["mean"]) == (4, 2, 3)
+    assert depth[4]["quality"]["n"] == 1  # C's rating 9 is unparsed
+
+
+def test_grading_needs_the_test_set_and_a_judge(tmp_path, seqeval_by_depth):
+    from phased_ift.seqeval import grade_all
+
+    run = RunDir(tmp_path / "run")
+    write_answers(run, _pick(seqeval_by_depth))
+    grade_all(_cfg(tmp_path), run, console=_log(tmp_path))
+    assert "grade (SeqEval): not configured (set judge.judge.base_url" in (tmp_path / "log.txt").read_text()
+    with FakeLLMServer(reply=judge_reply) as srv:
+        grade_all(_cfg(tmp_path, srv, ["generate.test_sets=[vicuna]"]), run, console=_log(tmp_path))
+        assert srv.count == 0 and not (run.root / "grades").exists()
+        # an answer file of another test set's prompts is refused before anything is sent
+        rows = [{"id": "vicuna_1", "testset": "seqeval", "instruction": "x", "output": "y"}]
+        write_jsonl(run.generations("one-off", 1, "seqeval", 0), rows)
+        with pytest.raises(PhasedIFTError, match="SeqEval answer 'vicuna_1' is not a prompt of the seqeval test set"):
+            grade_all(_cfg(tmp_path, srv), run, console=_log(tmp_path))
+        assert srv.count == 0
+
+
+def test_judge_graders_registry():
+    from phased_ift import mtbench, seqeval
+    from phased_ift.judge import GRADERS, _graders
+
+    assert GRADERS == {"mt_bench": mtbench.GRADER, "seqeval": seqeval.GRADER}
+    with pytest.raises(ValueError, match="duplicate grader for test set 'seqeval'"):
+        _graders(seqeval.GRADER, seqeval.GRADER)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Aggregation on constructed judgements: by depth, CIs, counts
+# ---------------------------------------------------------------------------------------------------------------
+def _row(i, metric, rating, depth, **kw):
+    return {"id": f"p{i}", "metric": metric, "iteration": depth, "template": f"seqeval-{metric}", "rating": rating,
+            "reply": "r", "judge": "j", "unparsed": rating is None and not kw.get("failed"),
+            "failed": kw.get("failed", False), "error": None}
+
+
+def test_summarize_seqeval_by_depth_with_cis_and_counts():
+    rng = np.random.default_rng(1)
+    rows, truth = [], collections.defaultdict(lambda: collections.defaultdict(list))
+    for i in range(120):
+        depth = 1 + i % 4
+        follow = float(rng.random() < 0.2 * depth)  # deeper prompts followed more often, by construction
+        quality = float(rng.integers(1, 6))
+        rows += [_row(i, "following", follow, depth), _row(i, "quality", quality, depth)]
+        truth[depth]["following"].append(follow)
+        truth[depth]["quality"].append(quality)
+    rows.append(_row(0, "following", None, 1, failed=True))    # a later failed row supersedes p0's verdict
+    rows.append(_row(1, "quality", None, 2))                   # unparsed
+    rows.append(_row(1, "quality", 5.0, 2))                    # ... then parsed on a retry: counts
+    s = summarize_seqeval(rows, n_boot=400, expected=[("p0", "following"), ("p999", "following"),
+                                                      ("p999", "quality")])
+    assert (s["n_prompts"], s["failed"], s["unparsed"], s["missing"]) == (120, 1, 0, 2)
+    assert s["following"]["failed"] == 1 and s["following"]["missing"] == 1 and s["quality"]["missing"] == 1
+    truth[2]["quality"][0] = 5.0  # p1 (depth 2) retried to 5
+    follow_all = [v for d in truth for v in truth[d]["following"]]
+    assert s["following"]["n"] == 119  # p0 failed
+    assert s["following"]["mean"] == pytest.approx((sum(follow_all) - truth[1]["following"][0]) / 119)
+    assert s["quality"]["n"] == 120
+    assert s["quality"]["mean"] == pytest.approx(np.mean([v for d in truth for v in truth[d]["quality"]]))
+    by = {x["iteration"]: x for x in s["by_depth"]}
+    assert sorted(by) == [1, 2, 3, 4] and all(by[d]["n_prompts"] == 30 for d in by)
+    for d in (2, 3, 4):
+        for m in ("following", "quality"):
+            assert by[d][m]["mean"] == pytest.approx(np.mean(truth[d][m])) and by[d][m]["n"] == 30
+    assert by[1]["following"]["n"] == 29
+    for d in by:
+        for m in ("following", "quality"):
+            lo, hi = by[d][m]["ci"]
+            assert lo <= by[d][m]["mean"] <= hi and hi - lo > 0
+    assert s["following"]["ci"][1] - s["following"]["ci"][0] < by[1]["following"]["ci"][1] - by[1]["following"]["ci"][0]
+    assert per_prompt_values(rows, "quality")["p1"] == 5.0 and "p0" not in per_prompt_values(rows, "following")
+    empty = summarize_seqeval([])
+    assert empty["following"] == {"n": 0, "mean": None, "ci": None, "unparsed": 0, "failed": 0, "missing": 0}
+    assert empty["by_depth"] == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The paired comparison of arms (report.answer.EFFECT_METRICS) and the report section, on a constructed run dir
+# ---------------------------------------------------------------------------------------------------------------
+def _grades_run(tmp_path, n=40):
+    """phased (final phase 3) and one-off, two seeds: phased follows prompts with i % 3 != 0, one-off those with
+    i even; quality phased 4, one-off 3 (+1 on seed 1 for both); phased seed 0 has p5's following unparsed; a
+    non-final phased checkpoint (phase 1) follows nothing."""
+    from phased_ift.config import config_from_dict
+
+    run = RunDir(tmp_path / "run")
+    cfg = config_from_dict({"run_dir": str(run.root), "train": {"arms": ["phased", "one-off"], "seeds": [0, 1]},
+                            "generate": {"test_sets": ["seqeval"]}, "report": {"bootstrap": 300}})
+    for seed in (0, 1):
+        for arm, phase in (("phased", 3), ("one-off", 1), ("phased", 1)):
+            rows = []
+            for i in range(n):
+                follow = float(i % 3 != 0) if arm == "phased" else float(i % 2 == 0)
+                follow = 0.0 if phase == 1 and arm == "phased" else follow
+                if (arm, phase, seed, i) == ("phased", 3, 0, 5):
+                    follow = None
+                rows += [_row(i, "following", follow, 1 + i % 4), _row(i, "quality", (4.0 if arm == "phased" else 3.0)
+                                                                      + seed, 1 + i % 4)]
+            write_jsonl(run.grades(arm, phase, "seqeval", seed), rows)
+    return run, cfg
+
+
+def test_effects_compare_arms_on_the_same_seqeval_prompts(tmp_path):
+    from phased_ift.report.answer import summarize_effects
+
+    run, cfg = _grades_run(tmp_path)
+    eff = {e["metric"]: e for e in summarize_effects(run, cfg, [])}
+    fr, q = eff["SeqEval following rate"], eff["SeqEval quality (1-5)"]
+    assert (fr["arm"], fr["baseline"], fr["seeds"]) == ("phased", "one-off", [0, 1])
+    keep = [i for i in range(40) if i != 5]  # p5 is unparsed under phased seed 0: left out of both seeds
+    assert fr["n_prompts"] == 39 and fr["unpaired"] == 1
+    assert fr["difference"] == pytest.approx(np.mean([float(i % 3 != 0) - float(i % 2 == 0) for i in keep]))
+    assert q["n_prompts"] == 40 and q["unpaired"] == 0 and q["difference"] == pytest.approx(1.0)
+    assert q["significant"] and "phased is better" in q["sentence"]
+    assert not fr["lower_is_better"] and fr["ci"][0] <= fr["difference"] <= fr["ci"][1]
+
+
+def test_report_shows_seqeval_by_depth_and_its_verdict(tmp_path):
+    from phased_ift.report import build_report
+
+    run, cfg = _grades_run(tmp_path)
+    s = build_report(run, cfg)
+    entries = {(e["arm"], e["seed"], e["phase"]): e for e in s["seqeval"]}
+    assert set(entries) == {(a, sd, p) for a, p in (("phased", 3), ("one-off", 1), ("phased", 1)) for sd in (0, 1)}
+    assert entries[("phased", 1, 3)]["final"] and not entries[("phased", 1, 1)]["final"]  # (arm, seed, phase)
+    assert entries[("one-off", 0, 1)]["following"]["mean"] == pytest.approx(0.5)
+    assert entries[("phased", 0, 1)]["following"]["mean"] == 0.0
+    assert entries[("phased", 0, 3)]["unparsed"] == 1
+    md = (run.report_dir / "report.md").read_text()
+    assert "## Sequential instructions: SeqEval (single-answer LLM judge)" in md
+    assert "| arm | seed | phase | metric | depth 1 | depth 2 | depth 3 | depth 4 |" in md
+    line = next(v for v in s["verdicts"] if v.startswith("SeqEval following rate (final checkpoints, seed 1;"))
+    assert "one-off 0.500 [" in line and "(quality 4.00 [" in line
+    assert any(e["metric"] == "SeqEval following rate" for e in s["effects"])
+    assert json.loads((run.report_dir / "summary.json").read_text())["seqeval"][0]["by_depth"][0]["iteration"] == 1
