@@ -180,6 +180,7 @@ class Grader:
             generated yet). Outside a dry run a missing answer file raises (`generate.read_generations`).
         make_row: (item, result, judge) -> the grade row (`grade_row`).
         describe: (rows of the grade file, the items) -> the numbers of one checkpoint's log line.
+        requests: the test set's prompts (Examples) -> requests per checkpoint, for the plan of `phased-ift run`.
         max_tokens: cfg -> max completion tokens of one reply.
     """
 
@@ -190,6 +191,7 @@ class Grader:
     cell_items: Callable[[Any, Any, Any, Any, bool], tuple[list, int]]
     make_row: Callable[[Any, Any, str], dict]
     describe: Callable[[list[dict], list], str]
+    requests: Callable[[Sequence[Any]], int]
     max_tokens: Callable[[Any], int] = lambda cfg: cfg.judge.grade_max_tokens
 
 

@@ -280,7 +280,8 @@ def _fmt(x: float | None) -> str:
 
 
 GRADER = grading.Grader(testset=TESTSET, label="MT-Bench", part="turn", prepare=_prepare, cell_items=_cell_items,
-                        make_row=make_grade_row, describe=_describe)
+                        make_row=make_grade_row, describe=_describe,
+                        requests=lambda qs: len(qs) + sum(len(q.meta.get("later_turns") or ()) for q in qs))
 
 
 def grade_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) -> None:

@@ -442,8 +442,9 @@ def plan_run(cfg: Config, console: Console, missing: Sequence[str] = (), precisi
 
     Returns:
         {"examples", "training_tokens": {arm: tokens}, "steps": {arm: optimizer steps}, "prompts": {test set: n},
-         "answers", "judge_requests" (pairwise, both orders), "grade_requests" (MT-Bench single-answer grading,
-         one per turn per checkpoint), "score_requests"}.
+         "answers", "judge_requests" (pairwise, both orders), "grade_requests" (single-answer grading: MT-Bench
+         one per turn, SeqEval two per answer, per checkpoint), "grades": {grader label: requests},
+         "score_requests"}.
     """
     from rich.table import Table
 
@@ -477,7 +478,7 @@ def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
     from phased_ift.data import load_test_set
     from phased_ift.design import evaluation_cells, judge_jobs
     from phased_ift.generate import testset_key
-    from phased_ift.judge import pairwise_test_sets
+    from phased_ift.judge import GRADERS, pairwise_test_sets
     from phased_ift.train import plan_training
 
     tplan = plan_training(cfg, train_run)
@@ -490,22 +491,21 @@ def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
     n_ckpt = len(evaluation_cells(cfg))
     pairwise = sum(prompts[k] for k in pairwise_test_sets(cfg))
     n_judge = 2 * pairwise * len(judge_jobs(cfg)) if cfg.judge.judge.enabled else 0
-    # MT-Bench single-answer grading (mtbench.grade_all): one request per turn per evaluated checkpoint
-    mt = sets.get("mt_bench")
-    n_grade = (n_ckpt * (len(mt) + sum(len(e.meta.get("later_turns") or ()) for e in mt))
-               if mt is not None and cfg.judge.judge.enabled else 0)
+    # single-answer grading (judge.GRADERS: MT-Bench one request per turn, SeqEval two per answer) per checkpoint
+    grades = {g.label: n_ckpt * g.requests(sets[t]) for t, g in GRADERS.items() if t in sets}
+    grades = grades if cfg.judge.judge.enabled else {}
     score_req = n_examples * cfg.scoring.samples if cfg.scoring.scorer == "judge" else 0
     return {"examples": n_examples, "training_tokens": tokens, "steps": tplan["total_steps"], "prompts": prompts,
-            "answers": n_ckpt * turns, "judge_requests": n_judge, "grade_requests": n_grade,
+            "answers": n_ckpt * turns, "judge_requests": n_judge,
+            "grade_requests": sum(grades.values()), "grades": grades,
             "score_requests": score_req,
             "checkpoints": n_ckpt, "note": tplan["note"]}
 
 
 def _judge_size(p: dict) -> str:
-    """The judge row's size: pairwise requests and, with mt_bench, MT-Bench grading requests."""
+    """The judge row's size: pairwise requests and each single-answer grader's requests (MT-Bench, SeqEval)."""
     parts = [f"{p['judge_requests']:,} pairwise requests (both orders)"] if p["judge_requests"] else []
-    if p.get("grade_requests"):
-        parts.append(f"{p['grade_requests']:,} MT-Bench grading requests")
+    parts += [f"{n:,} {label} grading requests" for label, n in (p.get("grades") or {}).items() if n]
     return " + ".join(parts)
 
 

@@ -191,7 +191,8 @@ def _fmt(x: float | None, digits: int) -> str:
 
 
 GRADER = grading.Grader(testset=TESTSET, label="SeqEval", part="metric", prepare=_prepare, cell_items=_cell_items,
-                        make_row=make_grade_row, describe=_describe)
+                        make_row=make_grade_row, describe=_describe,
+                        requests=lambda prompts: len(METRICS) * len(prompts))
 
 
 def grade_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) -> None:
