@@ -114,7 +114,8 @@ def test_packaged_prompts_say_they_are_ours_and_fill_literally(tmp_path):
     prompts = load_prompts()
     assert set(prompts) == {"following", "quality"}
     for metric, p in prompts.items():
-        header = (resources.files("phased_ift") / "templates" / f"seqeval-{metric}.txt").read_text().split("<<system>>")[0]
+        text = (resources.files("phased_ift") / "templates" / f"seqeval-{metric}.txt").read_text()
+        header = text.split("<<system>>")[0]
         assert "NOT published" in header and "hanxuhu/SeqIns" in header and "2403.07794" in header
         msgs = p.messages("First {answer}, then translate it.", "An answer with {instruction} in it")
         assert [m["role"] for m in msgs] == ["system", "user"]

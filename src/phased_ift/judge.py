@@ -24,7 +24,8 @@ recomputed without paying again; every request also goes through the LLM cache, 
 Owns: judge templates, the score and verdict parsers, the reconciliation rule, judgement rows and their
 aggregation, judging one test set (`judge_pairs`) and the judge step (`judge_all`: every comparison of
 `design.judge_jobs` on every test set, or its dry-run estimate; then the single-answer graders of `GRADERS`,
-whose prompts and numbers `mtbench` and `seqeval` own and whose grade files `grading` owns). Which arms are compared is the design's (`design.judge_jobs`), not this module's.
+whose prompts and numbers `mtbench` and `seqeval` own and whose grade files `grading` owns). Which arms are
+compared is the design's (`design.judge_jobs`), not this module's.
 """
 
 from __future__ import annotations

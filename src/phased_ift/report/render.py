@@ -31,7 +31,8 @@ def report_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:
     cl = f"{int(round(s['run']['config']['confidence'] * 100))}% CI"
     return (_verdict_blocks(s) + _answer_blocks(s, cl) + _run_blocks(s) + _difficulty_blocks(s, plots)
             + _training_blocks(s, plots) + _win_rate_blocks(s, cl) + _trend_blocks(s, plots, cl) + _length_blocks(s) + _reference_loss_blocks(s, cl) + _ifeval_blocks(s, plots, cl)
-            + _mt_bench_blocks(s, cl) + _seqeval_blocks(s, cl) + _agreement_blocks(s))
+            + _mt_bench_blocks(s, cl)
+            + _seqeval_blocks(s, cl) + _agreement_blocks(s))
 
 
 def _verdict_blocks(s: dict) -> list[tuple]:

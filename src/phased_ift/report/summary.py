@@ -5,8 +5,8 @@ readers of each part of the run dir: data/ (counts, reject reasons), scores/ and
 statistics, phase boundaries), checkpoints/*/seed_*/phase_*/losses.jsonl (training loss), generations/ (answer
 lengths), judgements/ (`read_judgements`: win rates, CIs, length control), evaluation/ (reference loss, IFEval:
 `ifeval.compare_ifeval` pairs arms; `ifeval.instruction_count_view`: one vs several instructions), grades/ (MT-Bench:
-`mtbench.read_grades`; SeqEval: `seqeval.read_seqeval`) and agreement tables. Paths are found and read back into (arm, seed, phase, test set) by `RunDir`; the manifest is
-read by `phases.read_manifest`. Statistics come from `stats.py`, win-rate counts from `judge.aggregate`.
+`mtbench.read_grades`; SeqEval: `seqeval.read_seqeval`) and agreement tables. Paths are found and read back into
+(arm, seed, phase, test set) by `RunDir`; the manifest is read by `phases.read_manifest`. Statistics come from `stats.py`, win-rate counts from `judge.aggregate`.
 
 Each part is optional: a missing part gives a note saying what is missing and how to get it, never an error.
 """

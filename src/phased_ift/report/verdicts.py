@@ -1,8 +1,8 @@
 """Verdicts: the honest one-sentence reading of each comparison, and the number formats the report shares.
 
 Owns `comparison_verdict` (one comparison of the summary -> one sentence), `verdict_lines` (the lines printed at the
-end of `phased-ift run` / `phased-ift report`, also the report's "Verdicts" section, with the IFEval, MT-Bench, SeqEval and
-judge-check lines) and `fmt_num` / `fmt_ci` (how
+end of `phased-ift run` / `phased-ift report`, also the report's "Verdicts" section, with the IFEval, MT-Bench,
+SeqEval and judge-check lines) and `fmt_num` / `fmt_ci` (how
 every number and interval of report.md/html is written). Reads only the summary dict of `summary.summarize_run`
 (or summary.json loaded back); no files.
 """
