@@ -10,7 +10,8 @@
       tracking/<arm>/seed_<s>/         TensorBoard events of all phases of an arm x seed (train.report_to); wandb/
       generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl
       judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl   raw verdicts of both orders
-      grades/<arm>/seed_<s>/phase_<k>/<testset>.jsonl   single-answer grades (MT-Bench: one row per question x turn)
+      grades/<arm>/seed_<s>/phase_<k>/<testset>.jsonl   single-answer grades (MT-Bench: one row per question x turn;
+                                       SeqEval: one per answer x metric)
       evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json, ifeval.json (IFEval per prompt + metrics)
       report/report.md, report.html, *.png, summary.json
       agreement/<tag>/agreement.json   scorer agreement with the paper's labels (`phased-ift score --against paper`)
