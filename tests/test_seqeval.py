@@ -373,3 +373,44 @@ def test_report_shows_seqeval_by_depth_and_its_verdict(tmp_path):
     assert "one-off 0.500 [" in line and "(quality 4.00 [" in line
     assert any(e["metric"] == "SeqEval following rate" for e in s["effects"])
     assert json.loads((run.report_dir / "summary.json").read_text())["seqeval"][0]["by_depth"][0]["iteration"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline: generate -> judge grades SeqEval for every evaluated checkpoint (training stubbed, tiny models)
+# ---------------------------------------------------------------------------------------------------------------
+def _pipeline_reply(body: dict) -> str:
+    text = body["messages"][-1]["content"]
+    if "1 to 5" in text:
+        return "Rating: [[2]]"
+    return "[[NO]]" if "[[YES]]" in text else "7 5"  # the following prompt names both tags; else pairwise
+
+
+@pytest.mark.slow  # ~20 s on the shared 2-core machine (tiny models, 3 checkpoints generate)
+def test_run_grades_seqeval_for_every_arm_and_phase(tmp_path, tiny_model_dir, monkeypatch):
+    from test_judge import make_fake_run
+
+    from phased_ift import pipeline
+    from phased_ift.report import build_report
+
+    console = Console(file=open(tmp_path / "log.txt", "w"), width=250)
+    with FakeLLMServer(reply=_pipeline_reply) as srv:
+        cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch,
+                                 [f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake",
+                                  "generate.test_sets=[seqeval]"])
+        pipeline.step_judge(cfg, console=console)
+        cells = [("phased", 1), ("phased", 2), ("one-off", 1)]
+        for arm, k in cells:
+            rows = [json.loads(x) for x in run.grades(arm, k, "seqeval", 0).read_text().splitlines()]
+            assert len(rows) == 4 and {(r["metric"], r["rating"]) for r in rows} == {("following", 0.0),
+                                                                                      ("quality", 2.0)}
+        sent = srv.count  # re-run: everything is graded and judged, nothing is sent
+        pipeline.step_judge(cfg, console=console)
+        assert srv.count == sent
+        s = build_report(run, cfg)
+    assert {(e["arm"], e["phase"]) for e in s["seqeval"]} == set(cells)
+    assert all(e["following"]["mean"] == 0.0 and e["quality"]["mean"] == 2.0 for e in s["seqeval"])
+    eff = {e["metric"]: e for e in s["effects"]}
+    assert eff["SeqEval following rate"]["difference"] == 0.0 and eff["SeqEval quality (1-5)"]["n_prompts"] == 2
+    console.file.flush()
+    log = (tmp_path / "log.txt").read_text()
+    assert log.count("grade: ") >= 3 and "grade (SeqEval): sent" in log
