@@ -414,3 +414,44 @@ def test_run_grades_seqeval_for_every_arm_and_phase(tmp_path, tiny_model_dir, mo
     console.file.flush()
     log = (tmp_path / "log.txt").read_text()
     assert log.count("grade: ") >= 3 and "grade (SeqEval): sent" in log
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_seqeval_grading_with_a_real_llama_cpp_judge(tmp_path, smollm2_path, llama_server, seqeval_by_depth):
+    """SmolLM2-135M answers a depth-1 and a depth-4 SeqEval prompt and, served by llama.cpp, judges them: every
+    verdict is a parsed value in range or counted as unparsed, never a crash; grading again from scratch sends
+    nothing. (4 prompts x 32 tokens and 48-token verdicts took 423 s on the shared 2-core machine; SmolLM2 parsed
+    0 of 8 verdicts: a 135M model is no judge, which is why unparsed verdicts are counted apart.)"""
+    import time
+
+    from phased_ift.config import EndpointConfig
+    from phased_ift.generate import generate_answers, read_generations
+    from phased_ift.grading import grade_file
+    from phased_ift.llm_client import LLMClient
+    from phased_ift.seqeval import depths, grade_items, make_grade_row
+
+    ex = [seqeval_by_depth[d][0] for d in (1, 4)]
+    gen = generate_answers(smollm2_path, ex, 16, 2, "chat", tmp_path / "seqeval.jsonl")
+    answers = read_generations(gen)
+    assert len(answers) == 2 and all(r["output"] for r in answers)
+    items = grade_items(answers, depths(), load_prompts())
+    endpoint = EndpointConfig(base_url=llama_server, model="smollm2", concurrency=2, timeout=300)
+    client = LLMClient(endpoint, tmp_path / "llm.sqlite", console=_log(tmp_path))
+    out = tmp_path / "grades.jsonl"
+    t0 = time.perf_counter()
+    res = grade_file(client, items, out, "smollm2", make_grade_row, "metric", max_tokens=32)
+    seconds = time.perf_counter() - t0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 4 and res["failed"] == 0 and res["graded"] + res["unparsed"] == 4
+    for r in rows:
+        assert isinstance(r["reply"], str) and r["iteration"] in (1, 4)
+        assert r["unparsed"] == (r["rating"] is None)
+        assert r["rating"] is None or (r["metric"] == "following" and r["rating"] in (0.0, 1.0)) or (
+            r["metric"] == "quality" and 1.0 <= r["rating"] <= 5.0)
+    sent = client.stats["sent"]
+    out.unlink()
+    grade_file(client, items, out, "smollm2", make_grade_row, "metric", max_tokens=32)
+    assert client.stats["sent"] == sent and len(out.read_text().splitlines()) == 4
+    client.close()
+    print(f"llama.cpp SmolLM2 as SeqEval judge: {res['graded']} of 4 verdicts parsed, {seconds:.0f} s")
