@@ -455,3 +455,18 @@ def test_seqeval_grading_with_a_real_llama_cpp_judge(tmp_path, smollm2_path, lla
     assert client.stats["sent"] == sent and len(out.read_text().splitlines()) == 4
     client.close()
     print(f"llama.cpp SmolLM2 as SeqEval judge: {res['graded']} of 4 verdicts parsed, {seconds:.0f} s")
+
+
+def test_preflight_stops_on_a_bad_seqeval_template_before_training(tmp_path):
+    from phased_ift.pipeline import preflight
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "generate.test_sets=[seqeval]",
+                             "judge.judge.base_url=http://127.0.0.1:9/v1", "judge.judge.model=m",
+                             f"judge.seqeval_quality_template={tmp_path / 'missing.txt'}"])
+    with pytest.raises(PhasedIFTError, match=r"judge.seqeval_quality_template = .*missing\.txt' is neither a packaged"):
+        preflight(cfg, dry_run=True)
+    cfg.judge.seqeval_quality_template = "seqeval-quality"
+    preflight(cfg, dry_run=True)  # the packaged templates load
+    cfg.judge.judge.base_url = ""
+    cfg.judge.seqeval_quality_template = str(tmp_path / "missing.txt")
+    preflight(cfg, dry_run=True)  # no judge: nothing is graded, so nothing to check

@@ -466,6 +466,20 @@ def _graders(*graders: Grader) -> dict[str, Grader]:
 GRADERS: dict[str, Grader] = _graders(mtbench.GRADER, seqeval.GRADER)
 
 
+def check_graders(cfg: Any) -> None:
+    """With a judge configured, load what each grader of the generated test sets needs (`Grader.prepare`: its
+    prompt templates and data), so that `pipeline.preflight` stops on a bad template before any training.
+
+    Raises:
+        PhasedIFTError: a missing prompts file or a bad template (names the file and the config key).
+    """
+    from phased_ift.generate import testset_key
+
+    if cfg.judge.judge.enabled:
+        for name in sorted({testset_key(n) for n in cfg.generate.test_sets} & set(GRADERS)):
+            GRADERS[name].prepare(cfg)
+
+
 # Test sets scored by program, not judged pairwise unless judge.test_sets names them.
 JUDGE_FREE = ("ifeval",)
 

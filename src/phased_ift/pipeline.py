@@ -377,9 +377,11 @@ def preflight(cfg: Config, dry_run: bool = False) -> list[str]:
 
     Raises:
         PhasedIFTError: a missing data file (says where to put it), an unknown test set, a missing model package,
-            an unknown scorer, an unreachable judge (not in dry runs).
+            an unknown scorer, a grader's missing prompts or bad template (MT-Bench, SeqEval, with a judge), an
+            unreachable judge (not in dry runs).
     """
     from phased_ift.data import SOURCES, load_test_set, source_path
+    from phased_ift.judge import check_graders
     from phased_ift.modeling import NAMED_MODELS, gguf_path, resolve_model_path
     from phased_ift.scoring import SCORERS
 
@@ -398,6 +400,7 @@ def preflight(cfg: Config, dry_run: bool = False) -> list[str]:
                                  f"source (`phased-ift data sources`).")
     for name in cfg.generate.test_sets:
         load_test_set(name, limit=1)  # unknown names / missing files raise here, before training
+    check_graders(cfg)  # with a judge: each grader's prompts load (a bad template path fails before training)
     if cfg.model.name_or_path in NAMED_MODELS:
         gguf_path(cfg.model.name_or_path)  # the package is installed (conversion happens later, once)
     else:
