@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from phased_ift.errors import PhasedIFTError
 from phased_ift import mtbench, seqeval
+from phased_ift.errors import PhasedIFTError
 from phased_ift.grading import Grader, fill, grade_all, read_template  # template files are shared by all judges
 from phased_ift.runio import AppendLog
 
