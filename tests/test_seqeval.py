@@ -421,8 +421,8 @@ def test_run_grades_seqeval_for_every_arm_and_phase(tmp_path, tiny_model_dir, mo
 def test_seqeval_grading_with_a_real_llama_cpp_judge(tmp_path, smollm2_path, llama_server, seqeval_by_depth):
     """SmolLM2-135M answers a depth-1 and a depth-4 SeqEval prompt and, served by llama.cpp, judges them: every
     verdict is a parsed value in range or counted as unparsed, never a crash; grading again from scratch sends
-    nothing. (4 prompts x 32 tokens and 48-token verdicts took 423 s on the shared 2-core machine; SmolLM2 parsed
-    0 of 8 verdicts: a 135M model is no judge, which is why unparsed verdicts are counted apart.)"""
+    nothing. (190 s on the shared 2-core machine, 90 s of it judging; SmolLM2 parsed 0 of 4 verdicts, and 0 of 8
+    with 4 prompts: a 135M model is no judge, which is why unparsed verdicts are counted apart.)"""
     import time
 
     from phased_ift.config import EndpointConfig
