@@ -352,8 +352,7 @@ def test_instruction_count_view_on_gpt4_responses(tmp_path, data_home):
 
 def test_report_shows_the_multi_instruction_view_and_pairs_arms_on_it(tmp_path):
     """Constructed ifeval.json files, one written before the view existed (no by_instruction_count): the summary
-    computes it from the per-prompt rows; the report's table shows it; the answer pairs the arms on the
-    multi-instruction prompts only."""
+    computes it from the per-prompt rows; the report's table shows it; it is not among the answer's comparisons."""
     from phased_ift.config import config_from_dict
     from phased_ift.ifeval import ifeval_metrics, instruction_count_view
     from phased_ift.report import build_report
@@ -378,8 +377,8 @@ def test_report_shows_the_multi_instruction_view_and_pairs_arms_on_it(tmp_path):
     assert (views["one-off"]["single"]["mean"], views["one-off"]["multi"]["mean"]) == (1.0, 0.0)
     assert views["phased"]["multi"]["mean"] == pytest.approx(0.5) and views["phased"]["multi"]["n"] == 10
     eff = {e["metric"]: e for e in s["effects"]}
-    multi = eff["IFEval prompt-level strict accuracy, prompts with >= 2 instructions"]
-    assert multi["n_prompts"] == 10 and multi["difference"] == pytest.approx(0.5)
+    # the subgroup is reported, not compared: it would enlarge the Holm family with no new prompts
+    assert set(eff) == {"IFEval prompt-level strict accuracy"}
     assert eff["IFEval prompt-level strict accuracy"]["n_prompts"] == 20
     assert eff["IFEval prompt-level strict accuracy"]["difference"] == pytest.approx(10 / 20 - 10 / 20)
     md = (run.report_dir / "report.md").read_text()
