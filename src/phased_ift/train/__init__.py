@@ -32,6 +32,8 @@ The package, one concern per module:
                `short_pass_attention`, building and saving a phase's trainer (imports torch / trl)
     samplers   `SAMPLERS`: the orders an arm can choose inside a phase (`design.Arm.sampler`: sequential, the
                competence curriculum `CompetenceSampler`), used by `PhaseSFTTrainer` (imports torch)
+    sharded    the phase handoff under FSDP / ZeRO-3: the backend that runs, the refusals before a phase
+               trains, the full-state-dict save and the completeness check of each phase's saved weights
     callbacks  the rich progress bar of a phase (imports transformers)
     tracking   train.report_to: one TensorBoard / wandb run per arm x seed, each phase at its step offset
                (`ArmTracker`, `PhaseReporter`; imports transformers, loaded only when report_to is not none)

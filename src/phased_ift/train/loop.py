@@ -1,7 +1,8 @@
 """The phase loop: every arm x seed, phase after phase, each phase from the previous phase's saved weights.
 
 Owns the files of a phase dir `checkpoints/<arm>/seed_<s>/phase_<k>/` and their protocol: `hparams.json`
-(`PhaseHparams` + seed, examples, init_from, base_model, checkpoint_kind, world_size), `losses.jsonl`
+(`PhaseHparams` + seed, examples, init_from, base_model, checkpoint_kind, world_size,
+distributed: the backend that ran, `sharded.Backend`), `losses.jsonl`
 ({"step", "loss", "learning_rate", "epoch"} per logged step), `DONE` (the train metrics, written last: a phase with
 DONE is finished and skipped), and the Trainer checkpoints in `trainer/` that an interrupted phase resumes from
 (`last_complete_checkpoint`; deleted once the phase is DONE). What each arm trains on comes from `design.ARMS`.
@@ -148,11 +149,17 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     model/adapter + tokenizer, hparams.json, losses.jsonl (and optimizer.pt with carry_optimizer) and finally DONE
     into `phase_dir` (main process only), then waits for all ranks.
 
+    Under FSDP / ZeRO-3 the setup is checked before training (`sharded.check_backend`) and the saved weights are
+    checked to be complete before DONE (`sharded.verify_saved_weights`, in `trainer.save_phase_weights`).
+
     Returns:
         The train metrics written to DONE (train_loss: mean per-step loss of the whole phase, also after a resume;
         train_runtime, tokens (non-padding, all ranks), wall_seconds, global_step, resumed_from).
+    Raises:
+        PhasedIFTError: a sharded setup that cannot save complete weights; an incomplete save (no DONE written).
     """
     from phased_ift.modeling import resolve_model_path
+    from phased_ift.train import sharded
     from phased_ift.train import trainer as tr
     from phased_ift.train.callbacks import RichProgress
 
@@ -160,16 +167,20 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     trainer_dir = phase_dir / TRAINER_SUBDIR
     trainer = tr.build_trainer(cfg, rows, tokenizer, init_dir, base, hp, seed, trainer_dir,
                                [RichProgress(label), *callbacks])
+    merge = cfg.train.method == "lora" and cfg.train.lora.across_phases == "merge"
+    backend = sharded.backend_of(trainer.accelerator)
+    sharded.check_backend(backend, carry_optimizer=cfg.train.carry_optimizer, merge=merge,
+                          config_hint=cfg.train.deepspeed or "the DeepSpeed JSON of the accelerate config")
     resume = last_complete_checkpoint(trainer_dir)
     if resume is None and prev_optimizer is not None and prev_optimizer.is_file():
         tr.load_optimizer_state(trainer, prev_optimizer, hp.learning_rate)
     metrics = _run(trainer, resume)
-    merge = cfg.train.method == "lora" and cfg.train.lora.across_phases == "merge"
-    tr.save_phase_weights(trainer, tokenizer, phase_dir, merge, cfg.train.carry_optimizer)
+    tr.save_phase_weights(trainer, tokenizer, phase_dir, merge, cfg.train.carry_optimizer, backend.name)
     if trainer.is_world_process_zero():
         kind = "full" if cfg.train.method == "full" or merge else "adapter"
         hparams = {**asdict(hp), "seed": seed, "examples": len(rows), "init_from": init_dir or base,
-                   "base_model": base, "checkpoint_kind": kind, "world_size": trainer.args.world_size}
+                   "base_model": base, "checkpoint_kind": kind, "world_size": trainer.args.world_size,
+                   "distributed": backend.name}
         write_phase_files(phase_dir, hparams, trainer.state.log_history, metrics)
         shutil.rmtree(trainer_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()

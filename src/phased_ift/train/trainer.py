@@ -7,7 +7,8 @@ Owns:
     (`BucketSampler`) or an arm's sampler (`samplers.SAMPLERS`) and SDPA's math backend for short CPU passes
     (`short_pass_attention`).
   * `build_trainer` (model, dataset, trainer of a phase), `load_optimizer_state` (train.carry_optimizer),
-    `save_phase_weights` (the model / adapter / merged model and optimizer.pt).
+    `save_phase_weights` (the model / adapter / merged model and optimizer.pt, complete under FSDP / ZeRO-3 and
+    checked: `train.sharded`).
 
 Imports torch, transformers and trl at module level: `train.loop` imports this module only when a phase trains, so
 `import phased_ift.train` and dry-run plans stay light.
@@ -320,16 +321,25 @@ def load_optimizer_state(trainer: PhaseSFTTrainer, path: Path, learning_rate: fl
 
 
 def save_phase_weights(trainer: PhaseSFTTrainer, tokenizer, phase_dir: Path, merge: bool,
-                       save_optimizer: bool) -> None:
+                       save_optimizer: bool, backend: str = "") -> None:
     """Save the phase's model or adapter (or, with `merge`, the adapter merged into a full model), the tokenizer
-    and with `save_optimizer` optimizer.pt into `phase_dir`.
+    and with `save_optimizer` optimizer.pt into `phase_dir`, then check on rank 0 that the saved weights are
+    complete (`sharded.verify_saved_weights`).
 
     Every rank calls this: under ZeRO-3 / FSDP gathering the weights for `save_model` is collective; files are
-    written on rank 0 only.
+    written on rank 0 only. Under FSDP the save always gathers the full state dict (`sharded.full_state_dict`,
+    whatever fsdp_state_dict_type says); under ZeRO-3 `Trainer.save_model` gathers the 16-bit weights
+    (stage3_gather_16bit_weights_on_model_save, checked before the phase trained).
+
+    Raises:
+        PhasedIFTError: the saved weights are incomplete (a missing, empty or shard-shaped tensor).
     """
+    from phased_ift.train import sharded
+
     merged = trainer.model.merge_and_unload() if merge else None
     if not merge:
-        trainer.save_model(str(phase_dir))
+        with sharded.full_state_dict(trainer):
+            trainer.save_model(str(phase_dir))
     if not trainer.is_world_process_zero():
         return
     phase_dir.mkdir(parents=True, exist_ok=True)
@@ -338,3 +348,5 @@ def save_phase_weights(trainer: PhaseSFTTrainer, tokenizer, phase_dir: Path, mer
     tokenizer.save_pretrained(phase_dir)
     if save_optimizer:
         torch.save(trainer.optimizer.state_dict(), phase_dir / "optimizer.pt")
+    model = merged if merged is not None else trainer.accelerator.unwrap_model(trainer.model)
+    sharded.verify_saved_weights(phase_dir, sharded.expected_shapes(model), backend)
