@@ -200,12 +200,12 @@ class StepClock:
 
             def steady(self) -> tuple[int, float, int]:
                 """(tokens, seconds, steps) over the steps after the first `warmup` of each phase."""
-                tokens, secs, steps, w = 0, 0.0, 0, self.warmup
-                for ph in self.phases:
-                    if len(ph) > w + 1:
-                        tokens += ph[-1][1] - ph[w][1]
-                        secs += ph[-1][0] - ph[w][0]
-                        steps += len(ph) - 1 - w
+                tokens, secs, steps, w = 0, 0.0, 0, max(self.warmup, 1)
+                for ph in self.phases:  # ph[i]: (time, tokens) at the end of step i + 1
+                    if len(ph) > w:
+                        tokens += ph[-1][1] - ph[w - 1][1]
+                        secs += ph[-1][0] - ph[w - 1][0]
+                        steps += len(ph) - w
                 return tokens, secs, steps
 
         return _Clock(warmup)
