@@ -58,8 +58,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from phased_ift.modeling import load_scoring_model, response_losses
-    from phased_ift.scoring.losses import SORT_CHUNK_BATCHES
+    from phased_ift.modeling import load_scoring_model
     from phased_ift.scoring.reference import build_reference_set
 
     if args.threads:
@@ -78,28 +77,7 @@ def main() -> None:
 
     # The default arm runs as `phased-ift score` does: its own copy (the Linear weights stored in bf16 under bf16).
     model_default, _ = load_scoring_model(args.model, default_autocast)
-
-    def ours(batch_size: int, autocast: str, stats: dict | None = None) -> list[dict]:
-        m = model_default if autocast == default_autocast else model
-        chunk = SORT_CHUNK_BATCHES * batch_size  # the chunks scoring.losses.score_ifd sorts within
-        res: list[dict] = []
-        for i in range(0, len(examples), chunk):
-            res += response_losses(m, tok, examples[i: i + chunk], max_length=args.max_length,
-                                   batch_size=batch_size, stats=stats, autocast=autocast)
-        return res
-
-    arms = {
-        "reference": lambda st: [reference_losses(model, tok, e, args.max_length) for e in examples],
-        "loop": lambda st: [response_losses(model, tok, [e], max_length=args.max_length, batch_size=1)[0]
-                            for e in examples],
-        "batched": lambda st: ours(args.batch_size, "none", st),
-        "default": lambda st: ours(args.batch_size, default_autocast, st),
-    }
-    labels = {"reference": "reference loop (Cherry LLM), fp32", "loop": "phased-ift, batch size 1, fp32",
-              "batched": f"phased-ift, batch {args.batch_size}, fp32", "default": f"phased-ift, batch "
-              f"{args.batch_size}, autocast {default_autocast} (defaults)"}
-    ours(2, default_autocast)  # warm-up (both precisions' kernels)
-    response_losses(model, tok, examples[:2], max_length=args.max_length, batch_size=1)
+    arms, labels = ifd_arms(model, model_default, tok, examples, args.max_length, args.batch_size, default_autocast)
     out: dict = {"setup": vars(args), "machine": facts, "precision": precision, "limits": limits}
     out.update(run_arms(arms, labels, args.n, low_precision=default_autocast != "none"))
     flops = 2 * linear_params(args.model) * out["batched"]["tokens"]  # the same sequences in every arm
@@ -117,14 +95,47 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
 
 
-def run_arms(arms: dict, labels: dict, n: int, low_precision: bool = True) -> dict:
+def ifd_arms(model, model_default, tok, examples, max_length: int, batch_size: int, default_autocast: str):
+    """The four arms of the module docstring as {name: fn(stats) -> rows} and their labels, after one warm-up pass
+    of each precision's kernels. `model` holds fp32 weights; `model_default` is `scoring.load_scoring_model`'s copy
+    for `default_autocast` (the same object when it is "none")."""
+    from phased_ift.modeling import response_losses
+    from phased_ift.scoring.losses import SORT_CHUNK_BATCHES
+
+    def ours(bs: int, autocast: str, stats: dict | None = None) -> list[dict]:
+        m = model_default if autocast == default_autocast else model
+        chunk = SORT_CHUNK_BATCHES * bs  # the chunks scoring.losses.score_ifd sorts within
+        res: list[dict] = []
+        for i in range(0, len(examples), chunk):
+            res += response_losses(m, tok, examples[i: i + chunk], max_length=max_length, batch_size=bs,
+                                   stats=stats, autocast=autocast)
+        return res
+
+    arms = {
+        "reference": lambda st: [reference_losses(model, tok, e, max_length) for e in examples],
+        "loop": lambda st: [response_losses(model, tok, [e], max_length=max_length, batch_size=1)[0]
+                            for e in examples],
+        "batched": lambda st: ours(batch_size, "none", st),
+        "default": lambda st: ours(batch_size, default_autocast, st),
+    }
+    labels = {"reference": "reference loop (Cherry LLM), fp32", "loop": "phased-ift, batch size 1, fp32",
+              "batched": f"phased-ift, batch {batch_size}, fp32", "default": f"phased-ift, batch "
+              f"{batch_size}, autocast {default_autocast} (defaults)"}
+    ours(2, default_autocast)  # warm-up (both precisions' kernels)
+    response_losses(model, tok, examples[:2], max_length=max_length, batch_size=1)
+    return arms, labels
+
+
+def run_arms(arms: dict, labels: dict, n: int, low_precision: bool = True, strict: bool = True) -> dict:
     """Time each arm (the first is the reference) and compare its IFD values with the reference's; returns
     {arm: {"seconds", "examples_per_s", "max_rel_ifd_diff", "spearman", "mean_ifd", "padding_fraction"?,
     "tokens"? (non-padding tokens of both passes, for the batched arms)}}.
 
     Raises:
         AssertionError: an fp32 arm differs from the reference by 1e-3 (relative) or more, or the default arm in
-            bf16 (`low_precision`) ranks the examples differently (Spearman < 0.99, checked from n >= 64).
+            bf16 (`low_precision`) ranks the examples differently (Spearman < 0.99, checked from n >= 64). With
+            `strict=False` the message goes to the arm's "check_failed" instead (e.g. a model with random weights,
+            whose IFD values are all about 1, so bf16 rounding reorders them) and the next arm runs.
     """
     import numpy as np
     from scipy.stats import spearmanr
@@ -149,10 +160,15 @@ def run_arms(arms: dict, labels: dict, n: int, low_precision: bool = True) -> di
         pad = f", padding {out[name]['padding_fraction']:.1%}" if "padding_fraction" in out[name] else ""
         print(f"{labels[name]:<48}: {n / sec:6.2f} examples/s ({sec:.1f} s){pad}; vs reference: max rel. "
               f"IFD diff {max_rel:.1e}, Spearman {rho:.4f}", flush=True)
-        if name == "default" and low_precision:  # a rank correlation says little on a few examples: from 64 on
-            assert rho >= 0.99 or n < 64, f"bf16 IFD ranks the examples differently from fp32 (Spearman {rho:.4f})"
-        else:
-            assert max_rel < 1e-3, f"{name}: IFD values differ from the reference loop's by {max_rel:.2e}"
+        try:
+            if name == "default" and low_precision:  # a rank correlation says little on a few examples: from 64 on
+                assert rho >= 0.99 or n < 64, f"bf16 IFD ranks the examples differently from fp32 (Spearman {rho:.4f})"
+            else:
+                assert max_rel < 1e-3, f"{name}: IFD values differ from the reference loop's by {max_rel:.2e}"
+        except AssertionError as e:
+            if strict:
+                raise
+            out[name]["check_failed"] = str(e)
     return out
 
 

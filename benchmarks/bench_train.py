@@ -95,7 +95,9 @@ def run_trl(args, workdir: Path, tuned: bool = False) -> dict:
     return {"tokens": int(trainer.state.num_input_tokens_seen), "wall_s": wall, "steps": trainer.state.global_step}
 
 
-def _run_phased_ift(args, workdir: Path, arm: str, overrides: list[str]) -> dict:
+def _run_phased_ift(args, workdir: Path, arm: str, overrides: list[str], callbacks=()) -> dict:
+    """Train `arm` with phased-ift on args.n random_9k examples (3 quantile phases of a random score), the settings
+    below changed by `overrides` (dotted key=value); `callbacks` go to every phase's Trainer (e.g. step timing)."""
     from phased_ift.config import config_from_dict
     from phased_ift.config import apply_overrides
     from phased_ift.data import write_examples
@@ -119,7 +121,7 @@ def _run_phased_ift(args, workdir: Path, arm: str, overrides: list[str]) -> dict
     cfg = config_from_dict(apply_overrides(raw, overrides))
     step_split(cfg)
     t0 = time.perf_counter()
-    dirs = train_phases(cfg, run)[arm][args.seed]
+    dirs = train_phases(cfg, run, callbacks=callbacks)[arm][args.seed]
     wall = time.perf_counter() - t0
     done = [json.loads((d / "DONE").read_text()) for d in dirs]
     return {"tokens": sum(d["tokens"] for d in done), "wall_s": wall, "steps": sum(d["global_step"] for d in done),

@@ -200,8 +200,9 @@ class TrainConfig:
                 "`permutations` expands into its arms, e.g. order-2-1-3); default: the arms the design marks as "
                 "default (the method, its baseline and the paper's control).",
         "registry": "arm"})
-    method: str = _f("lora", "lora or full fine-tuning.")
-    lora: LoraConfig = _f(LoraConfig(), "LoRA settings (method=lora).")
+    method: str = _f("lora", "lora, full fine-tuning, or qlora (LoRA on a 4-bit NF4 base via bitsandbytes: CUDA "
+                     "only; pip install bitsandbytes; lora.across_phases=continue).")
+    lora: LoraConfig = _f(LoraConfig(), "LoRA settings (method=lora or qlora).")
     epochs: float = _f(1.0, "Epochs per phase (a single-phase arm: epochs over the union, the same budget).")
     learning_rate: float = _f(2e-4, "Peak learning rate (the paper: 5e-6 full fine-tuning).")
     phase_epochs: list[float] = _f([], "Per-phase epochs, overrides `epochs` (length K).")
@@ -246,7 +247,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if len(set(self.arms)) != len(self.arms):
             raise PhasedIFTError(f"config: train.arms has duplicates: {self.arms}.")
-        for name, choices in (("method", ["lora", "full"]), ("order", ["shuffle", "sequential"]),
+        for name, choices in (("method", ["lora", "full", "qlora"]), ("order", ["shuffle", "sequential"]),
                               ("batching", ["bucket", "pad", "packing"]), ("lm_head", ["auto", "response", "fused"]),
                               ("report_to", ["none", "tensorboard", "wandb"])):
             _check_choice("train", name, getattr(self, name), choices)
@@ -259,6 +260,11 @@ class TrainConfig:
                 "config: train.carry_optimizer=true cannot be combined with train.lora.across_phases=merge (each "
                 "phase starts a new adapter, so there is no optimiser state to carry); use across_phases=continue."
             )
+        if self.method == "qlora" and self.lora.across_phases == "merge":
+            raise PhasedIFTError(
+                "config: train.method=qlora cannot be combined with train.lora.across_phases=merge (merging an adapter "
+                "into a 4-bit base would re-quantize the merged weights each phase); use across_phases=continue, "
+                "or method=lora to merge.")
         if self.math_attention_max_len < 0:
             raise PhasedIFTError("config: train.math_attention_max_len must be >= 0 (0 = off).")
         if self.max_batch_tokens < 0:

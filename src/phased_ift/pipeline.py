@@ -378,7 +378,8 @@ def preflight(cfg: Config, dry_run: bool = False) -> list[str]:
     Raises:
         PhasedIFTError: a missing data file (says where to put it), an unknown test set, a missing model package,
             an unknown scorer, a grader's missing prompts or bad template (MT-Bench, SeqEval, with a judge), an
-            unreachable judge (not in dry runs).
+            unreachable judge, train.method=qlora without a CUDA GPU or bitsandbytes while training is not
+            finished (the last two not in dry runs).
     """
     from phased_ift.data import SOURCES, load_test_set, source_path
     from phased_ift.judge import check_graders
@@ -413,6 +414,9 @@ def preflight(cfg: Config, dry_run: bool = False) -> list[str]:
         for what, ep in (("scoring.judge", cfg.scoring.judge), ("judge.judge", cfg.judge.judge)):
             if ep.enabled and (what == "judge.judge" or cfg.scoring.scorer == "judge"):
                 _check_reachable(what, ep.base_url)
+        from phased_ift.train import require_method_support
+
+        require_method_support(cfg, RunDir(cfg.run_dir))  # qlora on a CPU fails here, before scoring
     return missing
 
 

@@ -28,7 +28,8 @@ from phased_ift.modeling.hub import (NAMED_MODELS, NamedModel, cache_home, conve
 from phased_ift.modeling.loading import (add_lora, base_model_of, frozen_base_to_bf16, inference_device, is_adapter,
                                          linear_weights_to_bf16, load_checkpoint, load_checkpoint_tokenizer,
                                          load_model, load_scoring_model, load_sentence_encoder, load_tokenizer,
-                                         main_process_first, release_memory)
+                                         main_process_first, qlora_quantization, release_memory,
+                                         require_qlora)
 from phased_ift.modeling.passes import (encode_sentences, generate_greedy, response_losses, sequence_losses,
                                         token_losses)
 from phased_ift.modeling.precision import (Hardware, describe_precision, inference_dtype, probe_hardware,
@@ -39,7 +40,8 @@ __all__ = [
     "NAMED_MODELS", "NamedModel", "cache_home", "convert_gguf", "gguf_path", "register_model", "resolve_model_path",
     "weights_fingerprint", "add_lora", "base_model_of", "frozen_base_to_bf16", "inference_device", "is_adapter",
     "linear_weights_to_bf16", "load_checkpoint", "load_checkpoint_tokenizer", "load_model", "load_scoring_model",
-    "load_sentence_encoder", "load_tokenizer", "main_process_first", "release_memory", "encode_sentences", "generate_greedy",
+    "load_sentence_encoder", "load_tokenizer", "main_process_first", "qlora_quantization", "release_memory",
+    "require_qlora", "encode_sentences", "generate_greedy",
     "response_losses", "sequence_losses", "token_losses", "PAPER_PROMPT", "PAPER_RESPONSE", "pad_batch", "render",
     "tokenize_example", "tokenize_for_ifd", "Hardware", "describe_precision", "inference_dtype", "probe_hardware",
     "resolve_autocast", "resolve_config_precision",

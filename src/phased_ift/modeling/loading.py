@@ -1,8 +1,8 @@
 """Loading models, tokenizers and checkpoints, and where inference runs.
 
 Owns: `load_tokenizer`, `load_model`, `load_checkpoint` (a full model or a PEFT adapter, for training or for
-inference: the one place that knows the checkpoint kinds), `load_checkpoint_tokenizer`, `add_lora`, the bf16
-storage of frozen weights, `inference_device`, `main_process_first`, `release_memory`, and the models of the scorers
+inference: the one place that knows the checkpoint kinds), `load_checkpoint_tokenizer`, `add_lora`, the 4-bit NF4
+base of QLoRA (`require_qlora`, `qlora_quantization`), the bf16 storage of frozen weights, `inference_device`, `main_process_first`, `release_memory`, and the models of the scorers
 (`load_scoring_model`, `load_sentence_encoder`).
 """
 
@@ -134,9 +134,40 @@ def base_model_of(adapter_dir: Path) -> str:
     return str(base)
 
 
+def require_qlora() -> None:
+    """Check that QLoRA (train.method=qlora) can run here: a CUDA GPU and the bitsandbytes package (not imported).
+
+    Raises:
+        PhasedIFTError: no CUDA GPU, or bitsandbytes is not installed; the message names the fix.
+    """
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise PhasedIFTError("train.method=qlora quantizes the base model to 4 bits with bitsandbytes, which needs a "
+                             "CUDA GPU; none is visible here (torch.cuda.is_available() is False). On a CPU use "
+                             "train.method=lora (same adapter, full-precision base), or run on a GPU machine.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise PhasedIFTError("train.method=qlora needs the bitsandbytes package: pip install 'bitsandbytes>=0.45' "
+                             "(or use train.method=lora).")
+
+
+def qlora_quantization(compute_dtype: str = "bfloat16"):
+    """The 4-bit base of QLoRA (Dettmers et al. 2023, Section 3): transformers' `BitsAndBytesConfig` with NF4
+    weights, double quantization of the quantization constants, and matmuls in `compute_dtype` ("bfloat16" |
+    "float16" | "float32"). Needs bitsandbytes when a model is loaded with it."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, _DTYPES[compute_dtype]))
+
+
 def load_checkpoint(path: str | Path, *, trainable: bool, dtype: str = "float32",
                     attn_implementation: str | None = "sdpa", trust_remote_code: bool = False,
-                    base: str | None = None, lora: Any = None, bf16_frozen_base: bool = False):
+                    base: str | None = None, lora: Any = None, bf16_frozen_base: bool = False,
+                    quantize_4bit: str | None = None, gradient_checkpointing: bool = False):
     """Load a model to train or to run: a named model, a hub id, a full checkpoint dir or a PEFT adapter dir.
 
     Args:
@@ -150,23 +181,36 @@ def load_checkpoint(path: str | Path, *, trainable: bool, dtype: str = "float32"
         lora: a new LoRA adapter (`config.LoraConfig`) for a full model (phase 1, or after lora.across_phases=merge
             saved a merged model); unused when `path` is an adapter (that one is continued).
         bf16_frozen_base: store the frozen LoRA base weights in bf16 (`frozen_base_to_bf16`).
+        quantize_4bit: QLoRA (training only): the compute dtype ("bfloat16" | "float16" | "float32") of a base
+            model loaded in 4-bit NF4 (`qlora_quantization`) onto this process's GPU and prepared with peft's
+            `prepare_model_for_kbit_training`; then the adapter at `path` continues or `lora` is added, as above.
+            The same base weights quantize to the same 4-bit weights, so phase k+1 sees the base phase k trained on.
+        gradient_checkpointing: with quantize_4bit, passed to `prepare_model_for_kbit_training`.
     Returns:
         The model (a `PeftModel` when training an adapter).
     Raises:
-        PhasedIFTError: the checkpoint or its base model cannot be found.
+        PhasedIFTError: the checkpoint or its base model cannot be found; quantize_4bit without a CUDA GPU or
+            bitsandbytes (`require_qlora`, checked before any weights load).
     """
-    kw = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-    if is_adapter(path):
+    kw: dict[str, Any] = dict(dtype=dtype, attn_implementation=attn_implementation,
+                              trust_remote_code=trust_remote_code)
+    if quantize_4bit:
+        require_qlora()
+        kw.update(quantization_config=qlora_quantization(quantize_4bit), device_map={"": inference_device()})
+    adapter = is_adapter(path)
+    model = load_model(base or base_model_of(Path(path)) if adapter else str(path), **kw)
+    if quantize_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(load_model(base or base_model_of(Path(path)), **kw), str(path),
-                                          is_trainable=trainable)
+        model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
         if not trainable:
             model = model.merge_and_unload()
-    else:
-        model = load_model(str(path), **kw)
-        if lora is not None:
-            model = add_lora(model, lora)
+    elif lora is not None:
+        model = add_lora(model, lora)
     if bf16_frozen_base:
         frozen_base_to_bf16(model)
     if not trainable:

@@ -47,8 +47,8 @@ from __future__ import annotations
 from typing import Any
 
 from phased_ift.modeling import frozen_base_to_bf16
-from phased_ift.train.loop import (TRAINER_SUBDIR, is_done, last_complete_checkpoint, logged_mean_loss, train_arm,
-                                   train_phase, train_phases, write_phase_files)
+from phased_ift.train.loop import (TRAINER_SUBDIR, is_done, last_complete_checkpoint, logged_mean_loss,
+                                   require_method_support, train_arm, train_phase, train_phases, write_phase_files)
 from phased_ift.train.plan import (PhaseHparams, phase_hparams, plan_training, print_plan, steps_per_phase,
                                    token_counter, tokenize_examples)
 
@@ -56,8 +56,8 @@ _TRAINER_NAMES = ("BucketSampler", "PhaseSFTTrainer", "bucket_order", "build_tra
                   "sft_config", "short_pass_attention", "split_batch", "uses_response_head")
 
 __all__ = ["TRAINER_SUBDIR", "PhaseHparams", "frozen_base_to_bf16", "is_done", "last_complete_checkpoint",
-           "logged_mean_loss", "phase_hparams", "plan_training", "print_plan", "steps_per_phase", "token_counter",
-           "tokenize_examples", "train_arm", "train_phase", "train_phases", "write_phase_files", *_TRAINER_NAMES]
+           "logged_mean_loss", "phase_hparams", "plan_training", "print_plan", "require_method_support",
+           "steps_per_phase", "token_counter", "tokenize_examples", "train_arm", "train_phase", "train_phases", "write_phase_files", *_TRAINER_NAMES]
 
 
 def __getattr__(name: str) -> Any:

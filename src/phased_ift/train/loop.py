@@ -5,7 +5,8 @@ Owns the files of a phase dir `checkpoints/<arm>/seed_<s>/phase_<k>/` and their 
 distributed: the backend that ran, `sharded.Backend`), `losses.jsonl`
 ({"step", "loss", "learning_rate", "epoch"} per logged step), `DONE` (the train metrics, written last: a phase with
 DONE is finished and skipped), and the Trainer checkpoints in `trainer/` that an interrupted phase resumes from
-(`last_complete_checkpoint`; deleted once the phase is DONE). What each arm trains on comes from `design.ARMS`.
+(`last_complete_checkpoint`; deleted once the phase is DONE), and whether train.method can run here
+(`require_method_support`). What each arm trains on comes from `design.ARMS`.
 With train.report_to, `train_arm` opens one tracking run per arm x seed (`tracking.ArmTracker`) and gives each phase
 it trains the step offset of the phases before it (their DONE global_step).
 
@@ -72,12 +73,14 @@ def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, con
         The phase dirs, in order.
     Raises:
         PhasedIFTError: the split has not run (no phases/manifest.json); a phase file of the arm is missing; the
-            package of train.report_to is not installed.
+            package of train.report_to is not installed; train.method=qlora without a CUDA GPU or bitsandbytes
+            while a phase is still to train (`require_method_support`, before any weights load).
     """
     from phased_ift.modeling import load_tokenizer
 
     if not run.phases_manifest.is_file():
         raise PhasedIFTError(f"train: {run.phases_manifest} does not exist; run `phased-ift split CONFIG` first.")
+    require_method_support(cfg, run, [arm], [seed])
     tracker = _tracker(cfg, run, arm, seed)
     phases = get_arm(arm).phase_data(run, phase_count(cfg, run), seed, cfg.train)
     tokenizer = tokenizer or load_tokenizer(cfg.model.name_or_path)
@@ -96,6 +99,25 @@ def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, con
         if tracker is not None:
             tracker.close()
     return dirs
+
+
+def require_method_support(cfg: Config, run: RunDir, arms: Sequence[str] | None = None,
+                           seeds: Sequence[int] | None = None) -> None:
+    """Fail before any weights load when train.method cannot run on this machine and a phase of `arms` x `seeds`
+    (default: the config's) still has to train: qlora needs a CUDA GPU and bitsandbytes (`modeling.require_qlora`).
+
+    Raises:
+        PhasedIFTError: naming the fix (train.method=lora on a CPU, or `pip install bitsandbytes`).
+    """
+    if cfg.train.method != "qlora":
+        return
+    from phased_ift.design import training_cells
+    from phased_ift.modeling import require_qlora
+
+    todo = [c for c in training_cells(cfg, run) if (arms is None or c.arm in arms) and (seeds is None or c.seed in seeds)
+            and not is_done(run.checkpoint(c.arm, c.phase, c.seed))]
+    if todo:
+        require_qlora()
 
 
 def _tracker(cfg: Config, run: RunDir, arm: str, seed: int):

@@ -30,10 +30,10 @@ class PhaseHparams:
 
     `epochs` and `learning_rate` come from the arm's `Arm.schedule` (train.phase_epochs / phase_learning_rates by
     position for arms with a phase schedule, else train.epochs / train.learning_rate: the equal budget when the
-    per-phase values are not set). `lora` is `asdict(train.lora)` with method=lora, else None; the other fields are
-    copied from the `train` and `model` sections under the same names (`model` = model.name_or_path); `sampler`
-    is the arm's (`Arm.sampler`: "" = train.order / train.batching decide) and `arm_params` the train fields the arm
-    reads (`Arm.params`, e.g. {"replay_ratio": 0.1}).
+    per-phase values are not set). `lora` is `asdict(train.lora)` with method=lora or qlora, else None; the other
+    fields are copied from the `train` and `model` sections under the same names (`model` = model.name_or_path);
+    `sampler` is the arm's (`Arm.sampler`: "" = train.order / train.batching decide) and `arm_params` the train
+    fields the arm reads (`Arm.params`, e.g. {"replay_ratio": 0.1}).
     """
 
     arm: str
@@ -72,7 +72,7 @@ def phase_hparams(cfg: Config, arm: str, k: int) -> PhaseHparams:
     epochs, lr = a.schedule(t, k)
     return PhaseHparams(
         arm=arm, phase=k, epochs=epochs, learning_rate=lr, method=t.method,
-        lora=asdict(t.lora) if t.method == "lora" else None, batch_size=t.batch_size, grad_accum=t.grad_accum,
+        lora=asdict(t.lora) if t.method in ("lora", "qlora") else None, batch_size=t.batch_size, grad_accum=t.grad_accum,
         lr_scheduler=t.lr_scheduler, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
         adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm, carry_optimizer=t.carry_optimizer, order=t.order,
         batching=t.batching, max_steps=t.max_steps, model=m.name_or_path, template=m.template,

@@ -261,16 +261,22 @@ def model_for_phase(cfg: Config, init_dir: str | None, base: str):
 
     LoRA continue: base + the previous adapter with is_trainable=True (otherwise PEFT loads it frozen); frozen
     base weights in bf16 under bf16 autocast. LoRA merge: the previous phase saved a merged full model; a new
-    adapter goes on top. Full fine-tuning: the previous full model.
+    adapter goes on top. Full fine-tuning: the previous full model. QLoRA: as LoRA continue, on the base loaded in
+    4-bit NF4 each phase (`modeling.load_checkpoint(quantize_4bit=...)`), matmuls in the autocast dtype (bf16 /
+    fp16; fp32 without autocast); the saved checkpoint is the adapter only.
     """
     from phased_ift.modeling import load_checkpoint
 
     m, t = cfg.model, cfg.train
-    lora = t.lora if t.method == "lora" else None
+    lora = t.lora if t.method in ("lora", "qlora") else None
+    autocast = resolve_autocast(m.autocast)[0]
+    compute = {"bf16": "bfloat16", "fp16": "float16"}.get(autocast, "float32")
     return load_checkpoint(init_dir or base, trainable=True, dtype=m.dtype, attn_implementation=m.attn_implementation,
                            trust_remote_code=m.trust_remote_code, base=base, lora=lora,
-                           bf16_frozen_base=lora is not None and resolve_autocast(m.autocast)[0] == "bf16"
-                           and t.lora.across_phases == "continue")
+                           bf16_frozen_base=t.method == "lora" and autocast == "bf16"
+                           and t.lora.across_phases == "continue",
+                           quantize_4bit=compute if t.method == "qlora" else None,
+                           gradient_checkpointing=t.gradient_checkpointing)
 
 
 def build_trainer(cfg: Config, rows: list[dict], tokenizer, init_dir: str | None, base: str, hp: PhaseHparams,
