@@ -8,8 +8,9 @@ tool's `carry`, at most 64 MiB):
     models/<name>/   config.json, tokenizer files, tokenizer.json as tokenizer.json.xz: the *architecture* of a
                      model, never its weights (Gemma-3-270M is 536 MB in bf16, 253 MB as a q4 GGUF: neither fits);
                      `gpu_check.py` builds random weights from the config there (MFU does not depend on the values)
-    data/            the data-home files the check reads (`DATA_FILES`, with their PROVENANCE.md), so the box runs
-                     on the same Alpaca examples and test prompts; a transport copy, never committed
+    data/            synthetic stand-ins for the data-home files the check reads (`DATA_FILES`, same names and
+                     formats): seeded random words with the word counts of the real records, so token lengths
+                     (what MFU, IFD and generation speed depend on) match; no text of the CC BY-NC data travels
     MANIFEST.json    {"wheels": {file: bytes}, "requirements": [pinned names], "models": {...}, "data": [...],
                      "bytes": total}; written last (its presence means the bundle is complete)
 
@@ -36,8 +37,7 @@ BITSANDBYTES = "bitsandbytes==0.50.2"
 MODELS = {"gemma-3-270m": "gemma-3-270m", "smollm2-135m": "smollm2-135m-instruct"}
 TOKENIZER_FILES = ["tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json",
                    "config.json"]
-DATA_FILES = ["alpagasus/random_9k.json", "alpagasus/vicuna_test_set.jsonl", "alpagasus/koala_test_set.jsonl",
-              "alpagasus/PROVENANCE.md"]
+DATA_FILES = ["alpagasus/random_9k.json", "alpagasus/vicuna_test_set.jsonl", "alpagasus/koala_test_set.jsonl"]
 # bitsandbytes ships one kernel library per CUDA/ROCm/XPU version (43 MB); torch 2.11's CUDA builds are 12.6+.
 KEEP_BNB = re.compile(r"libbitsandbytes_(cuda12[6-9]|cuda1[3-9]\d|cpu)")
 
@@ -62,13 +62,35 @@ def add_model(bundle: Path, name: str, source: Path) -> dict:
     return {"source": str(source), "files": files, "bytes": sum(p.stat().st_size for p in out.iterdir())}
 
 
-def add_data(bundle: Path, data_home: Path) -> list[str]:
-    """Copy `DATA_FILES` from the data home into bundle/data/ (same relative paths)."""
+def _stand_in(text: str, rng, vocab: list[str]) -> str:
+    """Seeded random words, as many as `text` has (0 stays empty)."""
+    return " ".join(rng.choice(vocab) for _ in text.split())
+
+
+def add_data(bundle: Path, data_home: Path, seed: int = 0) -> list[str]:
+    """Write synthetic stand-ins of `DATA_FILES` into bundle/data/ (same relative paths, formats and record counts;
+    every text field replaced by seeded random words of the same word count), plus a PROVENANCE.md saying so.
+    Only the word counts of the real records are read; none of their text is written."""
+    import random
+
+    rng = random.Random(seed)
+    vocab = [w for w in (Path(__file__).read_text(encoding="utf-8").split()) if w.isalpha()][:400]
+    out = bundle / "data"
     for rel in DATA_FILES:
-        dst = bundle / "data" / rel
+        src, dst = data_home / rel, out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(data_home / rel, dst)
-    return list(DATA_FILES)
+        if rel.endswith(".json"):
+            rows = [{k: _stand_in(v, rng, vocab) for k, v in r.items()} for r in json.loads(src.read_text())]
+            dst.write_text(json.dumps(rows), encoding="utf-8")
+        else:
+            rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+            dst.write_text("".join(json.dumps({k: _stand_in(v, rng, vocab) if k in ("text", "prompt") else v
+                                               for k, v in r.items()}) + "\n" for r in rows), encoding="utf-8")
+    (out / "PROVENANCE.md").write_text(
+        "Synthetic stand-ins written by benchmarks/gpu_bundle.py: the record counts and per-field word counts of the "
+        "data home's files of the same names, every word replaced by a seeded random word. No text of the original "
+        "data is here; results on it measure speed, not quality.\n", encoding="utf-8")
+    return list(DATA_FILES) + ["PROVENANCE.md"]
 
 
 def unpack_model(bundle_model: Path, out: Path) -> Path:

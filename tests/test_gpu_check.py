@@ -143,6 +143,20 @@ def test_bundle_model_round_trips_the_tokenizer(tmp_path, tiny_model_dir):
     assert (out / "tokenizer.json").read_bytes() == (Path(tiny_model_dir) / "tokenizer.json").read_bytes()
 
 
+def test_bundle_data_are_synthetic_stand_ins_with_the_real_lengths(tmp_path, data_home):
+    """No text of the CC BY-NC data travels: same files, record counts and word counts, other words."""
+    files = gpu_bundle.add_data(tmp_path / "b", data_home)
+    assert "PROVENANCE.md" in files and "Synthetic" in (tmp_path / "b" / "data" / "PROVENANCE.md").read_text()
+    real = json.loads((data_home / "alpagasus/random_9k.json").read_text())
+    fake = json.loads((tmp_path / "b" / "data" / "alpagasus/random_9k.json").read_text())
+    assert len(fake) == len(real) and set(fake[0]) == set(real[0])
+    assert all(len(f[k].split()) == len(r[k].split()) for f, r in zip(fake, real) for k in r)
+    assert sum(f["instruction"] == r["instruction"] for f, r in zip(fake, real) if r["instruction"]) == 0
+    koala = (tmp_path / "b" / "data" / "alpagasus/koala_test_set.jsonl").read_text().splitlines()
+    real_koala = (data_home / "alpagasus/koala_test_set.jsonl").read_text().splitlines()
+    assert len(koala) == len(real_koala) and json.loads(koala[0])["id"] == json.loads(real_koala[0])["id"]
+
+
 @pytest.mark.slow
 def test_cpu_dry_mode_runs_the_parts_on_tiny_models(tmp_path, smollm2_path, data_home):
     """GPU_CHECK_ALLOW_CPU=1 through the driver: MFU bookkeeping, IFD arms, generation and the qlora error on
