@@ -252,7 +252,8 @@ TEST_PROMPTS = ["Name three colours.", "What is the capital of France?", "Give m
 @pytest.mark.server
 def test_llama_cpp_serves_a_merged_lora_checkpoint_like_the_hf_backend(smollm2_lora_gguf, tmp_path):
     """Greedy answers of llama.cpp (f32 GGUF of the merged checkpoint) and of the hf backend (torch fp32) on the
-    same prompts: equal text for at least 5 of 6 prompts, and every answer equal over its first 16 tokens.
+    same prompts: equal text (and output_tokens, finish_reason) for at least 5 of 6 prompts, and every answer
+    equal over its first 8 words (measured: 6 of 6 equal here; bench_server.py: 16 of 16).
     Why not all 6 exactly: the two run different f32 kernels (llama.cpp's ggml vs torch's BLAS); a near-tie
     between the two best next tokens can flip once, after which the answers part."""
     from conftest import llama_server_at
