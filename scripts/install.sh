@@ -23,6 +23,18 @@ if [ "${1:-}" = "--test" ]; then
       pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
   fi
   pip install -q --no-deps "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl
+  # llama.cpp's HF -> GGUF converter of the same version (the server backend's test serves a checkpoint with it;
+  # modeling.export_gguf): vendor/llama.cpp's script, its conversion/ package and its own gguf-py, from the sdist.
+  CONVERTER="${XDG_CACHE_HOME:-$HOME/.cache}/phased_ift/llama.cpp-$LLAMA_VERSION"
+  if [ ! -f "$CONVERTER/convert_hf_to_gguf.py" ]; then
+    SDIST=$(mktemp -d)
+    pip download -q --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_VERSION" -d "$SDIST"
+    V="llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp"
+    tar xzf "$SDIST/llama_cpp_python-$LLAMA_VERSION.tar.gz" -C "$SDIST" "$V/convert_hf_to_gguf.py" "$V/conversion" \
+      "$V/gguf-py" "$V/LICENSE"
+    rm -rf "$CONVERTER.tmp" && mv "$SDIST/$V" "$CONVERTER.tmp" && mv "$CONVERTER.tmp" "$CONVERTER"
+    rm -rf "$SDIST"
+  fi
   pip install -q -e ".[test,embed,gemma,track]"
 else
   pip install -q -e ".[embed]"

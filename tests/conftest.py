@@ -5,6 +5,7 @@ Environment: HF_HUB_OFFLINE=1 always; PHASED_IFT_DATA_HOME defaults to ../shared
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -54,12 +55,11 @@ def tiny_model_dir(tmp_path_factory, smollm2_path) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def llama_server(tmp_path_factory):
-    """A real llama.cpp OpenAI-compatible server (`python -m llama_cpp.server`) with the SmolLM2-135M-Instruct GGUF
-    on 127.0.0.1:<free port>, started once per session. Yields its base_url (".../v1"); any model name works.
-
-    `--logits_all true` makes /v1/chat/completions return logprobs/top_logprobs. Log: <tmp>/llama_server.log."""
+@contextlib.contextmanager
+def llama_server_at(gguf: Path, log_dir: Path, *args: str):
+    """A real llama.cpp OpenAI-compatible server (`python -m llama_cpp.server`) on `gguf` at 127.0.0.1:<free port>
+    while the block runs; yields its base_url (".../v1"; any model name works). Extra server `args` follow the
+    defaults (n_ctx 2048, 2 threads). Log: <log_dir>/llama_server.log."""
     import importlib.util
     import socket
     import subprocess
@@ -67,18 +67,15 @@ def llama_server(tmp_path_factory):
     import time
     import urllib.request
 
-    from phased_ift.modeling import gguf_path
-
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.fail("llama_server needs llama-cpp-python: pip install 'llama-cpp-python[server]>=0.3' "
                     "(see .ci/run)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("llama_server") / "llama_server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path("smollm2-135m-instruct")),
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
-           "--logits_all", "true", "--verbose", "false"]
+    log = Path(log_dir) / "llama_server.log"
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+           "--n_ctx", "2048", "--n_threads", "2", "--verbose", "false", *args]
     with open(log, "w") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"
@@ -102,3 +99,16 @@ def llama_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """A real llama.cpp OpenAI-compatible server (`python -m llama_cpp.server`) with the SmolLM2-135M-Instruct GGUF
+    on 127.0.0.1:<free port>, started once per session. Yields its base_url (".../v1"); any model name works.
+
+    `--logits_all true` makes /v1/chat/completions return logprobs/top_logprobs. Log: <tmp>/llama_server.log."""
+    from phased_ift.modeling import gguf_path
+
+    with llama_server_at(gguf_path("smollm2-135m-instruct"), tmp_path_factory.mktemp("llama_server"),
+                         "--logits_all", "true") as base_url:
+        yield base_url

@@ -8,7 +8,10 @@
 
 Behaviours (queued per request; when the queue is empty the default reply is used):
     Reply(text, digits=None)  200 with `text`; when the request asks for logprobs, the first token carries
-                              top_logprobs with the probabilities `digits` ({"1": p1, ...}) or a one-hot on `text`
+                              top_logprobs with the probabilities `digits` ({"1": p1, ...}) or a one-hot on `text`.
+                              On /v1/completions (a text completion): `finish_reason` and `prompt_tokens` (default
+                              None: the prompt's token-id count, or 0 (unknown) for a text prompt) are what usage
+                              reports
     Status(code)              an OpenAI-style error body with that HTTP status (429, 500, 401, 404, ...)
     Delay(seconds, then)      sleep, then behave as `then` (default: the default reply); beyond the client timeout
     Garbage()                 200 with a body that is not JSON
@@ -34,6 +37,8 @@ from typing import Any, Callable
 class Reply:
     text: str
     digits: dict | None = None
+    finish_reason: str = "stop"
+    prompt_tokens: int | None = None
 
 
 @dataclass
@@ -117,14 +122,14 @@ class FakeLLMServer:
                     latency = fake.latency(body) if callable(fake.latency) else fake.latency
                     if latency:
                         time.sleep(latency)
-                    self._behave(behaviour, body)
+                    self._behave(behaviour, body, self.path.rstrip("/").endswith("/v1/completions"))
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): fine
                     pass
                 finally:
                     with fake._lock:
                         fake._in_flight -= 1
 
-            def _behave(self, behaviour: Any, body: dict) -> None:
+            def _behave(self, behaviour: Any, body: dict, text_completion: bool = False) -> None:
                 if isinstance(behaviour, Delay):
                     time.sleep(behaviour.seconds)
                     behaviour = behaviour.then
@@ -138,6 +143,8 @@ class FakeLLMServer:
                     self._raw(b"<html>this is not json", "application/json")
                 elif isinstance(behaviour, Raw):
                     self._raw(behaviour.body.encode(), behaviour.content_type)
+                elif text_completion:
+                    self._json(200, text_completion_of(body, behaviour))
                 else:
                     self._json(200, completion(body, behaviour))
 
@@ -186,6 +193,19 @@ def completion(body: dict, reply: Reply) -> dict:
         "choices": [choice],
         "usage": {"prompt_tokens": prompt_chars // 4 + 1, "completion_tokens": max(1, len(reply.text) // 4),
                   "total_tokens": prompt_chars // 4 + 1 + max(1, len(reply.text) // 4)},
+    }
+
+
+def text_completion_of(body: dict, reply: Reply) -> dict:
+    """An OpenAI text Completion (/v1/completions) for `reply`."""
+    prompt = body.get("prompt", "")
+    n_prompt = reply.prompt_tokens if reply.prompt_tokens is not None else (
+        len(prompt) if isinstance(prompt, list) else 0)
+    return {
+        "id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": body.get("model"),
+        "choices": [{"index": 0, "text": reply.text, "finish_reason": reply.finish_reason, "logprobs": None}],
+        "usage": {"prompt_tokens": n_prompt, "completion_tokens": max(1, len(reply.text) // 4),
+                  "total_tokens": n_prompt + max(1, len(reply.text) // 4)},
     }
 
 

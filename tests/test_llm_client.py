@@ -358,3 +358,38 @@ def test_a_server_that_dies_mid_run_stops_after_three_requests_and_a_rerun_resum
         client2, _ = _client(again, tmp_path, concurrency=1)
         out = client2.chat_many(reqs)
         assert all(r.ok for r in out) and again.count == 6 and client2.stats["cache_hits"] == 4
+
+
+def test_text_completion_requests_go_to_completions_with_extra_body_and_cache_extra(server, tmp_path, secret_env):
+    """`prompt` instead of `messages`: /v1/completions, extra_body merged into the body, cache_extra in the key only;
+    the chat keys of existing caches are unchanged (no new field in a chat request's canonical form)."""
+    client, _ = _client(server, tmp_path)
+    req = {"prompt": "<|im_start|>user\nHi", "max_tokens": 5, "extra_body": {"stop_token_ids": [2]},
+           "cache_extra": "weights-1"}
+    server.queue(Reply(" hello", finish_reason="length"))
+    [r] = client.chat_many([req], report=False)
+    assert r.ok and r.text == " hello" and r.finish_reason == "length" and not r.cached
+    body = server.bodies[0]
+    assert body["prompt"] == req["prompt"] and body["stop_token_ids"] == [2] and "cache_extra" not in body
+    assert "messages" not in body and body["max_tokens"] == 5
+    assert client.chat_many([req], report=False)[0].cached and server.count == 1
+    client.chat_many([{**req, "cache_extra": "weights-2"}], report=False)
+    assert server.count == 2  # another fingerprint: asked again
+    canon = canonical_request(client.endpoint, _req("x"))
+    assert set(canon) == {"base_url", "model", "temperature", "max_tokens", "messages"}
+    with pytest.raises(PhasedIFTError, match="exactly one of a non-empty `messages`"):
+        canonical_request(client.endpoint, {**_req("x"), "prompt": "x"})
+    assert client.estimate([{"prompt": [1, 2, 3]}])["prompt_tokens"] == 3
+    client.close()
+
+
+def test_check_stops_the_run_before_the_reply_is_cached(server, tmp_path, secret_env):
+    ep = EndpointConfig(base_url=server.base_url, model="m", api_key_env=KEY_ENV, max_retries=0)
+    client = LLMClient(ep, tmp_path / "c.sqlite", console=Console(file=io.StringIO()),
+                       check=lambda canon, data: "bad setup" if data["choices"][0]["text"] == "x" else None)
+    server.queue(Reply("x"))
+    with pytest.raises(PhasedIFTError, match="bad setup"):
+        client.chat_many([{"prompt": "p"}], report=False)
+    assert len(client.cache) == 0
+    assert client.chat_many([{"prompt": "p"}], report=False)[0].text == "3" and len(client.cache) == 1
+    client.close()

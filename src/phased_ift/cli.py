@@ -13,6 +13,8 @@
     phased-ift run CONFIG [key=value ...]          all of the above, resumable
     phased-ift ifeval RESPONSES.jsonl [--inputs F] IFEval's four numbers and per-group table of any response file
     phased-ift judge-check CONFIG [--annotations F] [--limit N]   the configured judge against GPT-4's preferences
+    phased-ift serve-command CONFIG [--server vllm|llama-cpp]      the server command for generate.backend=server
+    phased-ift export-gguf CHECKPOINT OUT.gguf [--outtype f32]     a checkpoint (adapter merged) as a GGUF file
 
 User errors print one paragraph (no traceback) and exit with status 2; Ctrl-C exits with 130 and the same
 command resumes.
@@ -132,6 +134,25 @@ def print_sources(console: Console | None = None) -> int:
         rejected = "-" if row.rejected is None else str(row.rejected)
         table.add_row(row.name, row.kind, row.format, "yes" if row.present else "NO", read, rejected, row.file)
     console.print(table)
+    return 0
+
+
+def cmd_serve_command(args: argparse.Namespace) -> int:
+    """`phased-ift serve-command CONFIG`: print the commands that serve the run's evaluation checkpoints under the
+    names generate.backend=server asks for (`serving.serve_commands`)."""
+    from phased_ift.rundir import RunDir
+    from phased_ift.serving import serve_commands
+
+    cfg = _load(args)
+    for line in serve_commands(cfg, RunDir(cfg.run_dir), args.server, args.port, args.gguf_dir):
+        print(line)
+    return 0
+
+
+def cmd_export_gguf(args: argparse.Namespace) -> int:
+    from phased_ift.modeling import export_gguf
+
+    console.print(f"wrote {export_gguf(args.checkpoint, args.out, args.outtype)}", highlight=False)
     return 0
 
 
@@ -290,7 +311,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="with --against: stratified sample size (0 = all ~23k)")
     p.add_argument("--seed", type=int, default=0, help="with --against: seed of the sample and CV folds")
     _add_check_commands(sub)
+    _add_server_commands(sub)
     return parser
+
+
+def _add_server_commands(sub: argparse._SubParsersAction) -> None:
+    """`phased-ift serve-command CONFIG` and `phased-ift export-gguf CHECKPOINT OUT`: serving checkpoints to
+    generate.backend=server (docs/evaluation.md)."""
+    p = sub.add_parser("serve-command", help="print the server command that serves the run's checkpoints for "
+                       "generate.backend=server", description="One served model name per checkpoint of the "
+                       "evaluation grid (generate.server.model_template): vLLM with one LoRA module per adapter "
+                       "checkpoint, or llama.cpp over GGUF exports.")
+    _config_args(p)
+    p.add_argument("--server", choices=["vllm", "llama-cpp"], default="vllm")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--gguf-dir", default=None, help="llama-cpp: where the GGUF files go (default <run_dir>/gguf)")
+    p.set_defaults(func=cmd_serve_command)
+    p = sub.add_parser("export-gguf", help="write a checkpoint (a LoRA adapter merged into its base) as a GGUF file "
+                       "for llama.cpp", description="Runs llama.cpp's convert_hf_to_gguf.py (see docs/evaluation.md).")
+    p.add_argument("checkpoint", help="checkpoint dir (full model or adapter) or named model")
+    p.add_argument("out", help="the .gguf file to write")
+    p.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
+    p.set_defaults(func=cmd_export_gguf)
 
 
 def _add_check_commands(sub: argparse._SubParsersAction) -> None:

@@ -276,6 +276,42 @@ class TrainConfig:
                                  f"(0, 1] (e.g. 0.01); got {self.replay_ratio} and {self.competence_c0}.")
 
 
+@dataclass
+class ServerConfig:
+    """The OpenAI-compatible inference server of `generate.backend=server` (docs/evaluation.md)."""
+
+    base_url: str = _f("", "e.g. http://127.0.0.1:8000/v1 (vllm serve / python -m llama_cpp.server); several "
+                       "replicas may sit behind this one URL.")
+    model_template: str = _f("{arm}-seed{seed}-phase{phase}", "The served model name of each checkpoint, from "
+                             "{arm}, {seed} and {phase} (`phased-ift serve-command` prints the matching server "
+                             "command); a name without them serves one checkpoint only.")
+    prompt: str = _f("text", "text (the rendered prompt, sent to /v1/completions with the hf backend's exact prompt "
+                     "tokens checked) or token_ids (the hf backend's prompt ids themselves; vLLM, not llama.cpp).")
+    api_key_env: str = _f("OPENAI_API_KEY", "Name of the environment variable holding the server's API key (a local "
+                          "server needs none).")
+    concurrency: int = _f(16, "Requests in flight at once (vLLM batches them; llama.cpp answers one at a time).")
+    timeout: float = _f(600.0, "Seconds per request (a whole answer) before it is retried.")
+    max_retries: int = _f(3, "Retries on 429/5xx/timeouts, with exponential backoff.")
+    backoff: float = _f(1.0, "Seconds before the first retry; retry r waits backoff * 2^r (jittered, max 60 s).")
+    extra_body: dict = _f({}, "Fields merged over the request body (e.g. a server's own sampling names).")
+
+    def __post_init__(self) -> None:
+        _check_choice("generate.server", "prompt", self.prompt, ["text", "token_ids"])
+        EndpointConfig(api_key_env=self.api_key_env, concurrency=self.concurrency, max_retries=self.max_retries,
+                       backoff=self.backoff, timeout=self.timeout)  # the same checks as every endpoint
+        try:
+            self.model_template.format(arm="a", seed=0, phase=1)
+        except (KeyError, IndexError, ValueError) as e:
+            raise PhasedIFTError(f"config: generate.server.model_template = {self.model_template!r} does not format "
+                                 f"({type(e).__name__}: {e}); use only {{arm}}, {{seed}} and {{phase}}.") from None
+
+    def endpoint(self, model: str, max_tokens: int) -> EndpointConfig:
+        """The `EndpointConfig` of one served checkpoint (greedy: temperature 0)."""
+        return EndpointConfig(base_url=self.base_url, model=model, api_key_env=self.api_key_env,
+                              concurrency=self.concurrency, timeout=self.timeout, max_retries=self.max_retries,
+                              backoff=self.backoff, temperature=0.0, max_tokens=max_tokens)
+
+
 # Answer budgets of the test sets whose harnesses fix one (new tokens per answer, per turn).
 _DEFAULT_BUDGETS = {"ifeval": 1280, "mt_bench": 1024}
 
@@ -296,9 +332,15 @@ class GenerateConfig:
     max_batch_tokens: int = _f(4096, "Cap on padded prompt tokens per batch (rows x longest prompt): long prompts "
                                "run in smaller batches instead of padding the short ones (0 = no cap).")
     every_phase: bool = _f(False, "Also generate with each intermediate phase checkpoint (the win-rate trend).")
-    backend: str = _f("hf", "hf (transformers) or vllm (GPU, optional).", registry="generate backend")
+    backend: str = _f("hf", "hf (transformers), vllm (GPU, optional) or server (an OpenAI-compatible server that "
+                      "serves the checkpoints: generate.server).", registry="generate backend")
+    server: ServerConfig = _f(ServerConfig(), "The inference server of backend=server.")
 
     def __post_init__(self) -> None:
+        if self.backend == "server" and not self.server.base_url:
+            raise PhasedIFTError("config: generate.backend=server needs generate.server.base_url, e.g. "
+                                 "http://127.0.0.1:8000/v1 (`phased-ift serve-command CONFIG` prints the server "
+                                 "command).")
         self.max_new_tokens_per_set = {**_DEFAULT_BUDGETS, **self.max_new_tokens_per_set}
         for name, n in self.max_new_tokens_per_set.items():
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:

@@ -13,8 +13,10 @@ killed run resumes by skipping the ids already there; `<testset>.settings.json` 
 complete. Greedy decoding is deterministic: batched and one-at-a-time outputs agree (up to float rounding, see
 benchmarks/bench_generate.py).
 
-Backends live in a small registry (`BACKENDS`): "hf" (transformers `generate`, CPU or GPU) and "vllm" (GPU, when
-the vllm package is installed). Both receive the same token ids and stop ids and return the same row fields.
+Backends live in a small registry (`BACKENDS`): "hf" (transformers `generate`, CPU or GPU), "vllm" (GPU, when
+the vllm package is installed) and "server" (an OpenAI-compatible inference server that serves each checkpoint
+under its `serving.served_name`, through `llm_client.LLMClient`; no weights are loaded here). All receive the same
+token ids and stop ids and return the same row fields.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import AppendLog, atomic_write_json, read_jsonl
+from phased_ift.serving import served_checkpoints
 
 # Longest prompt kept (its end, like tokenize_example); longer test prompts are rare (koala has a few).
 MAX_PROMPT_TOKENS = 2048
@@ -34,14 +37,27 @@ MAX_PROMPT_TOKENS = 2048
 
 @dataclass
 class Completion:
-    """One generated answer: token ids without the stop token, and why generation ended ("stop" | "length")."""
+    """One generated answer: token ids without the stop token, and why generation ended ("stop" | "length").
+
+    `text`: the answer as a server decoded it (the row's output; None: the row decodes `token_ids`); `n_tokens`: the
+    row's output_tokens when not len(token_ids). `error`: why this prompt got no answer; its row is not written, so
+    the test set stays unfinished and a re-run asks again."""
 
     token_ids: list[int]
     finish_reason: str
+    text: str | None = None
+    n_tokens: int | None = None
+    error: str | None = None
 
 
 class Backend(Protocol):
-    """A generation backend: greedy completions for a batch of tokenised prompts."""
+    """A generation backend: greedy completions for a batch of tokenised prompts.
+
+    Optional, on the factory (class): `loads_weights = False` (only the tokenizer is loaded; the factory gets
+    model=None) and `options(cfg, run, cell) -> dict` (keyword arguments of the factory for one checkpoint; its
+    str/number values are recorded in settings.json). On the instance: `prompts_per_call` (prompts per `complete`
+    call instead of generate.batch_size batches) and `close()`.
+    """
 
     def complete(self, prompts: Sequence[list[int]], max_new_tokens: int, stop_ids: Sequence[int]) -> list[Completion]:
         ...
@@ -51,10 +67,20 @@ BACKENDS: dict[str, Callable[..., Backend]] = {}
 
 
 def register_backend(name: str, factory: Callable[..., Backend]) -> None:
-    """Add a backend factory `factory(model, tokenizer, model_dir) -> Backend`; names are unique."""
+    """Add a backend factory `factory(model, tokenizer, model_dir, **options) -> Backend`; names are unique."""
     if name in BACKENDS:
         raise ValueError(f"generation backend {name!r} is already registered")
     BACKENDS[name] = factory
+
+
+def load_for_backend(backend: str, model_dir_or_name: str | Path, dtype: str = "float32"):
+    """What `backend` needs of a checkpoint: (model, tokenizer) (`load_for_inference`), or (None, tokenizer) for a
+    backend whose factory sets `loads_weights = False` (a server holds the weights)."""
+    if getattr(BACKENDS[backend], "loads_weights", True):
+        return load_for_inference(model_dir_or_name, dtype=dtype)
+    from phased_ift.modeling import load_checkpoint_tokenizer
+
+    return None, load_checkpoint_tokenizer(model_dir_or_name)
 
 
 def load_for_inference(model_dir_or_name: str | Path, dtype: str = "float32"):
@@ -146,8 +172,92 @@ class VLLMBackend:
         return [trim_at_stop(list(o.outputs[0].token_ids), stop_ids, max_new_tokens) for o in outs]
 
 
+class ServerBackend:
+    """An OpenAI-compatible server (vLLM, llama.cpp, ...) that serves this checkpoint as `served_model`, asked
+    through `llm_client.LLMClient` (`generate.server`: concurrency, retries, the run's response cache): one text
+    completion per prompt at temperature 0 with the hf backend's budget and stop tokens.
+
+    The prompt is the hf backend's: with `prompt: text` the text sent is the decoded prompt ids (the rendered
+    prompt, with the BOS `tokenize_example` adds and its truncation), checked to tokenise back to exactly those
+    ids, sent with `add_special_tokens: false` (vLLM; llama.cpp parses the special tokens in the text), and the
+    server's `usage.prompt_tokens` must equal their count; with `prompt: token_ids` the ids themselves. Sampling
+    knobs that would change greedy decoding are neutralised (llama.cpp's repeat_penalty 1.1 default, vLLM's
+    repetition_penalty). The answer is the server's text; `output_tokens` counts it re-tokenised (servers count the
+    stop token differently), or is the budget when the server says "length". Cache keys include the checkpoint's `weights_fingerprint`: retrained weights served
+    under the same name are asked again.
+    """
+
+    loads_weights = False
+
+    def __init__(self, model, tokenizer, model_dir: str = "", *, server: Any, served_model: str,
+                 cache_path: str | Path) -> None:
+        from phased_ift.llm_client import LLMClient
+        from phased_ift.modeling import weights_fingerprint
+
+        self.tokenizer, self.server, self.served_model = tokenizer, server, served_model
+        self.fingerprint = weights_fingerprint(model_dir) if model_dir else None
+        self._expected: dict[str, int] = {}
+        self.prompts_per_call = 4 * server.concurrency
+        self.client = LLMClient(server.endpoint(served_model, 1), cache_path, check=self._check)
+
+    @classmethod
+    def options(cls, cfg: Any, run: Any, cell: Any) -> dict:
+        """The factory's keyword arguments for one checkpoint of the grid (its served name, the run's cache)."""
+        by_cell = {(s.arm, s.seed, s.phase): s.name for s in served_checkpoints(cfg, run)}
+        return {"server": cfg.generate.server, "served_model": by_cell[(cell.arm, cell.seed, cell.phase)],
+                "cache_path": run.llm_cache}
+
+    def _check(self, canon: dict, data: dict) -> str | None:
+        """A reply whose prompt is not the hf backend's (the server tokenised the text differently: most often a
+        BOS of its own) stops the run before it is cached."""
+        got = (data.get("usage") or {}).get("prompt_tokens")
+        key = canon["prompt"] if isinstance(canon["prompt"], str) else json.dumps(canon["prompt"])
+        want = self._expected.get(key)
+        if not got or want is None or got == want:
+            return None
+        return (f"{self.server.base_url} read the prompt of {self.served_model!r} as {got} tokens, the hf backend's "
+                f"prompt has {want}: the server tokenises the text differently (e.g. adds its own BOS token). For "
+                "llama.cpp serve the GGUF with --kv_overrides tokenizer.ggml.add_bos_token=bool:false (`phased-ift "
+                "serve-command --server llama-cpp` does); for vLLM set generate.server.prompt=token_ids.")
+
+    def _request(self, ids: list[int], max_new_tokens: int, stop_ids: Sequence[int]) -> dict:
+        if self.server.prompt == "token_ids":
+            prompt: Any = list(ids)
+            self._expected[json.dumps(prompt)] = len(ids)
+        else:
+            prompt = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if self.tokenizer(prompt, add_special_tokens=False)["input_ids"] != list(ids):
+                raise PhasedIFTError(f"the prompt {prompt[:80]!r}... does not tokenise back to the hf backend's "
+                                     "prompt ids, so a text prompt would differ; set generate.server.prompt="
+                                     "token_ids (vLLM).")
+            self._expected[prompt] = len(ids)
+        extra = {"stop_token_ids": list(stop_ids), "repeat_penalty": 1.0, "repetition_penalty": 1.0,
+                 "add_special_tokens": False, "skip_special_tokens": True, **self.server.extra_body}
+        return {"prompt": prompt, "max_tokens": max_new_tokens, "temperature": 0.0, "seed": 0, "extra_body": extra,
+                "cache_extra": self.fingerprint}
+
+    def complete(self, prompts: Sequence[list[int]], max_new_tokens: int, stop_ids: Sequence[int]) -> list[Completion]:
+        requests = [self._request(list(p), max_new_tokens, stop_ids) for p in prompts]
+        out = []
+        for r in self.client.chat_many(requests, desc=f"server {self.served_model}", report=False):
+            if not r.ok:
+                out.append(Completion([], "stop", error=r.error or "no answer"))
+                continue
+            ids = self.tokenizer(r.text, add_special_tokens=False)["input_ids"]
+            if r.finish_reason == "length":  # the server generated exactly the budget
+                out.append(Completion(ids, "length", text=r.text, n_tokens=max_new_tokens))
+            else:
+                out.append(Completion(ids, "stop", text=r.text))
+        return out
+
+    def close(self) -> None:
+        self.client.console.print(self.client.summary(f"server {self.served_model}"), highlight=False)
+        self.client.close()
+
+
 register_backend("hf", HFBackend)
 register_backend("vllm", VLLMBackend)
+register_backend("server", ServerBackend)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -187,7 +297,7 @@ def settings_path(out_path: Path) -> Path:
 def generate_answers(model_dir_or_name: str | Path, examples: Sequence[Any], max_new_tokens: int, batch_size: int,
                      template: str, out_path: str | Path, console: Any = None, backend: str = "hf",
                      dtype: str = "float32", loaded: tuple[Any, Any] | None = None,
-                     max_batch_tokens: int = 4096) -> Path:
+                     max_batch_tokens: int = 4096, backend_options: dict | None = None) -> Path:
     """Generate one greedy answer per prompt and append rows to `out_path` (resumable).
 
     Args:
@@ -197,15 +307,17 @@ def generate_answers(model_dir_or_name: str | Path, examples: Sequence[Any], max
         batch_size: prompts per batch (sorted by prompt length, left padded).
         max_batch_tokens: cap on padded prompt tokens per batch (`plan_batches`); 0 = no cap.
         template: "chat" or "paper", as in training (`modeling.render`).
-        backend: a name in `BACKENDS` ("hf", "vllm").
-        loaded: an already loaded (model, tokenizer) to reuse across test sets (skips loading).
+        backend: a name in `BACKENDS` ("hf", "vllm", "server").
+        loaded: an already loaded (model, tokenizer) to reuse across test sets (skips loading; `load_for_backend`).
+        backend_options: keyword arguments of the backend's factory (`Backend.options`, e.g. the served model).
     Returns:
         out_path. Rows: {"id", "testset", "instruction" (the first user turn), "output", "output_tokens",
         "finish_reason"}, plus "turn" and "question" (that turn's user message) for a later turn;
-        `<testset>.settings.json` (model, template, max_new_tokens, batch_size, backend, n) is written last.
+        `<testset>.settings.json` (model, template, max_new_tokens, batch_size, backend, n, and the plain values
+        of backend_options) is written last.
     Raises:
         PhasedIFTError: unknown backend; existing settings that differ (stale answers would be mixed in);
-            duplicate example ids.
+            duplicate example ids; prompts the backend could not answer (the others are saved; run again).
     """
     from rich.console import Console
 
@@ -216,25 +328,39 @@ def generate_answers(model_dir_or_name: str | Path, examples: Sequence[Any], max
     ids = [str(e.id) for e in examples]
     if len(set(ids)) != len(ids):
         raise PhasedIFTError(f"test set {testset}: duplicate prompt ids; ids must be unique to resume.")
+    options = backend_options or {}
     settings = {"model": str(model_dir_or_name), "template": template, "max_new_tokens": max_new_tokens,
-                "backend": backend, "greedy": True, "n": len(examples)}
+                "backend": backend, "greedy": True, "n": len(examples),
+                **{k: v for k, v in options.items() if isinstance(v, (str, int, float, bool))}}
     sp = settings_path(out_path)
     _check_settings(sp, settings, out_path)
     console = console or Console(stderr=True)
     with AppendLog(out_path) as log:  # a torn last line (kill -9) is cut off; the ids already answered are known
         todo = [e for e in examples if str(e.id) not in log.done]
         if todo:
-            model, tok = loaded if loaded is not None else load_for_inference(model_dir_or_name, dtype=dtype)
-            engine = BACKENDS[backend](model, tok, str(model_dir_or_name))
-            stops = stop_token_ids(tok, template)
-            if not stops:
-                raise PhasedIFTError(f"the tokenizer of {model_dir_or_name} has no EOS token; generation cannot "
-                                     "stop.")
-            _generate_rows(engine, tok, todo, template, stops, max_new_tokens, batch_size, max_batch_tokens, log,
-                           testset, console)
+            model, tok = loaded if loaded is not None else load_for_backend(backend, model_dir_or_name, dtype)
+            engine = BACKENDS[backend](model, tok, str(model_dir_or_name), **options)
+            try:
+                failed = _generate_rows(engine, tok, todo, template, _stops(tok, template, model_dir_or_name),
+                                        max_new_tokens, batch_size, max_batch_tokens, log, testset, console)
+            finally:
+                if hasattr(engine, "close"):
+                    engine.close()
+            if failed:
+                raise PhasedIFTError(
+                    f"test set {testset}: {len(failed)} of {len(todo)} prompts got no answer from the {backend} "
+                    f"backend (first: prompt {failed[0][0]!r}: {failed[0][1]}); the other answers are saved in "
+                    f"{out_path}. Fix the cause and run the same command again: it asks only the prompts left.")
     if not sp.is_file():
         atomic_write_json(sp, {**settings, "batch_size": batch_size})
     return out_path
+
+
+def _stops(tok, template: str, model: Any) -> list[int]:
+    stops = stop_token_ids(tok, template)
+    if not stops:
+        raise PhasedIFTError(f"the tokenizer of {model} has no EOS token; generation cannot stop.")
+    return stops
 
 
 def _check_settings(sp: Path, settings: dict, out_path: Path) -> None:
@@ -253,8 +379,10 @@ def _check_settings(sp: Path, settings: dict, out_path: Path) -> None:
 
 def _generate_rows(engine: Backend, tok, todo: Sequence[Any], template: str, stops: Sequence[int],
                    max_new_tokens: int, batch_size: int, max_batch_tokens: int, log: AppendLog, testset: str,
-                   console: Any) -> None:
-    """Render, tokenise and batch the prompts (`plan_batches`), complete each batch and append its rows to `log`."""
+                   console: Any) -> list[tuple[str, str]]:
+    """Render, tokenise and batch the prompts (`plan_batches`; `engine.prompts_per_call` prompts per call when the
+    backend sets it), complete each batch and append its rows to `log`. Returns (id, error) of the prompts the
+    backend could not answer (no row written)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from phased_ift.modeling import render, tokenize_example
@@ -262,7 +390,9 @@ def _generate_rows(engine: Backend, tok, todo: Sequence[Any], template: str, sto
 
     enc = [tokenize_example(tok, render(tok, e.prompt_messages, template)[0], "", MAX_PROMPT_TOKENS)["input_ids"]
            for e in todo]
-    batches = plan_batches([len(x) for x in enc], batch_size, max_batch_tokens)
+    per_call = getattr(engine, "prompts_per_call", 0)
+    batches = plan_batches([len(x) for x in enc], per_call or batch_size, 0 if per_call else max_batch_tokens)
+    failed: list[tuple[str, str]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with LoggedProgress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(f"generate {testset}", total=len(todo))
@@ -270,15 +400,21 @@ def _generate_rows(engine: Backend, tok, todo: Sequence[Any], template: str, sto
             outs = engine.complete([enc[i] for i in idx], max_new_tokens, stops)
             for i, c in zip(idx, outs):
                 e = todo[i]
+                if c.error is not None:
+                    failed.append((str(e.id), c.error))
+                    continue
+                text = c.text if c.text is not None else tok.decode(c.token_ids, skip_special_tokens=True)
                 row = {
                     "id": str(e.id), "testset": e.meta.get("testset", testset), "instruction": e.instruction,
-                    "output": tok.decode(c.token_ids, skip_special_tokens=True).strip(),
-                    "output_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
+                    "output": text.strip(),
+                    "output_tokens": len(c.token_ids) if c.n_tokens is None else c.n_tokens,
+                    "finish_reason": c.finish_reason,
                 }
                 if e.meta.get("turn"):  # a later turn of a multi-turn test set: its own question
                     row.update(turn=e.meta["turn"], question=e.prompt_messages[-1]["content"])
                 log.append(row)
             progress.advance(task, len(idx))
+    return failed
 
 
 def read_generations(path: str | Path) -> list[dict]:
@@ -382,8 +518,10 @@ def generate_all(cfg: Any, run: Any, console: Any = None) -> None:
     g = cfg.generate
     testsets = {testset_key(n): load_test_set(n, limit=g.limit, seed=g.seed) for n in g.test_sets}
     dtype = inference_dtype(cfg.model.dtype, cfg.model.autocast)
+    options_of = getattr(BACKENDS.get(g.backend), "options", None)
     for c in evaluation_cells(cfg, run):
         ckpt, loaded = checkpoint_dir(run, c.arm, c.phase, c.seed), None
+        options = options_of(cfg, run, c) if options_of else None
         for name, examples in testsets.items():
             prompts, previous = examples, None
             for turn in range(1, turn_count(examples) + 1):
@@ -391,10 +529,10 @@ def generate_all(cfg: Any, run: Any, console: Any = None) -> None:
                     prompts = next_turn_examples(prompts, read_generations(previous), turn)
                 out = previous = run.generations(c.arm, c.phase, turn_key(name, turn), c.seed)
                 if not settings_path(out).is_file() and loaded is None:
-                    loaded = load_for_inference(ckpt, dtype=dtype)  # once per checkpoint
+                    loaded = load_for_backend(g.backend, ckpt, dtype=dtype)  # once per checkpoint
                 generate_answers(ckpt, prompts, g.budget(name), g.batch_size, cfg.model.template, out,
                                  console=console, backend=g.backend, dtype=dtype, loaded=loaded,
-                                 max_batch_tokens=g.max_batch_tokens)
+                                 max_batch_tokens=g.max_batch_tokens, backend_options=options)
                 console.print(f"generate: {c.arm} seed {c.seed} phase {c.phase} {turn_key(name, turn)} "
                               f"({len(prompts)} prompts) -> {out}", highlight=False)
 

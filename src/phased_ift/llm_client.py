@@ -1,8 +1,11 @@
-"""OpenAI-compatible chat client for LLM judges: bounded concurrency, retries with backoff, the response cache.
+"""OpenAI-compatible client of the LLM judges and the server generation backend: bounded concurrency, retries
+with backoff, the response cache.
 
 Works with any server that speaks `/v1/chat/completions` (OpenAI, vLLM, llama.cpp's `python -m llama_cpp.server`,
 ...), through the `openai` package. Used by the difficulty judge (`scoring/judge.py`) and the pairwise judge
-(`judge.py`). The cache is a `kvcache.KVCache` table (`open_response_cache`):
+(`judge.py`). A request with `prompt` instead of `messages` goes to `/v1/completions` (text completions: the
+`server` generation backend of `generate.py` sends the already rendered prompt). The cache is a `kvcache.KVCache`
+table (`open_response_cache`):
 
     client = LLMClient(cfg.scoring.judge, run.llm_cache)
     results = client.chat_many([{"messages": [{"role": "user", "content": "..."}]}], desc="difficulty")
@@ -11,13 +14,13 @@ Works with any server that speaks `/v1/chat/completions` (OpenAI, vLLM, llama.cp
 Guarantees:
   * Every successful response (the ChatCompletion JSON as the server sent it) is written to the sqlite cache (WAL
     mode) the moment it arrives, keyed by the sha256 of the canonical request (base_url, model, messages, sampling
-    parameters; never the API key). A run killed with kill -9 loses only the requests in flight; running it again
+    parameters, `cache_extra`; never the API key). A run killed with kill -9 loses only the requests in flight; running it again
     sends only the requests not yet answered.
   * At most `endpoint.concurrency` requests are in flight. 429, 5xx, timeouts and connection errors are retried up
     to `endpoint.max_retries` times with exponential backoff and jitter (honouring a short `Retry-After`).
   * A 200 reply that is not a chat completion is a transient server fault, retried the same way: a body that is
     not JSON (truncated, a proxy's HTML page) or JSON without a non-empty `choices` list whose first item holds a
-    `message` object (with string or null content). It is never cached, each retry is counted in
+    `message` object (with string or null content; for a text completion: a string `text`). It is never cached, each retry is counted in
     `stats["retries"]`, and it is a failure only when the retries run out. The body is parsed here, not by the
     SDK, whose non-strict parse lets such bodies through in several shapes (see `_parse_completion`).
   * A reply that IS a chat completion is a result as it is, even when it holds no usable verdict (empty content,
@@ -44,7 +47,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import urlparse
 
 from rich.console import Console
@@ -59,7 +62,11 @@ if TYPE_CHECKING:
     from phased_ift.config import EndpointConfig
 
 # Request fields a caller may set per request; anything missing comes from the endpoint config.
-REQUEST_FIELDS = ("messages", "temperature", "max_tokens", "logprobs", "top_logprobs", "n", "seed")
+# `prompt` (a string or token ids) instead of `messages`: a text completion. `extra_body`: server-specific fields
+# merged into the JSON body (e.g. vLLM's stop_token_ids). `cache_extra`: part of the cache key, never sent (e.g. the
+# fingerprint of the weights a server serves under a fixed name).
+REQUEST_FIELDS = ("messages", "prompt", "temperature", "max_tokens", "logprobs", "top_logprobs", "n", "seed", "stop",
+                  "extra_body", "cache_extra")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 DUMMY_KEY = "sk-no-key-required"  # sent to local servers when the key variable is unset; they ignore it
 BACKOFF_CAP_S = 60.0
@@ -78,6 +85,7 @@ class LLMResult:
         error: why the request failed (None when ok); never contains the API key.
         cached: True when the answer came from the sqlite cache (no request sent).
         usage: `{"prompt_tokens", "completion_tokens"}` as reported by the server (0 when it reports none).
+        finish_reason: the first choice's `finish_reason` ("stop", "length", ...; None when not reported).
     """
 
     ok: bool
@@ -86,6 +94,7 @@ class LLMResult:
     error: str | None
     cached: bool
     usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
+    finish_reason: str | None = None
 
 
 class _Fatal(Exception):
@@ -110,19 +119,21 @@ def canonical_request(endpoint: EndpointConfig, request: dict) -> dict:
 
     Args:
         endpoint: gives base_url, model and default temperature / max_tokens.
-        request: `{"messages": [...], "temperature"?, "max_tokens"?, "logprobs"?, "top_logprobs"?, "n"?, "seed"?}`.
+        request: `{"messages": [...] or "prompt": str | [int], "temperature"?, "max_tokens"?, "logprobs"?,
+            "top_logprobs"?, "n"?, "seed"?, "stop"?, "extra_body"?, "cache_extra"?}`.
 
     Returns:
         dict with base_url, model, messages and the sampling parameters that are set (None values dropped).
 
     Raises:
-        PhasedIFTError: unknown request field or a request without messages.
+        PhasedIFTError: unknown request field, or not exactly one of a non-empty `messages` and `prompt`.
     """
     unknown = set(request) - set(REQUEST_FIELDS)
     if unknown:
         raise PhasedIFTError(f"LLM request has unknown fields {sorted(unknown)}; allowed: {list(REQUEST_FIELDS)}.")
-    if not request.get("messages"):
-        raise PhasedIFTError("LLM request without `messages`; every request needs a non-empty message list.")
+    if bool(request.get("messages")) == bool(request.get("prompt")):
+        raise PhasedIFTError("an LLM request needs exactly one of a non-empty `messages` list (chat) and a non-empty "
+                             "`prompt` (text completion).")
     canon = {
         "base_url": endpoint.base_url.rstrip("/"),
         "model": endpoint.model,
@@ -146,13 +157,16 @@ def estimate_tokens(text: str) -> int:
 
 def _completion_problem(data: Any) -> str | None:
     """Why a parsed 200 body is not a chat completion, or None when it is one: a JSON object whose `choices` is a
-    non-empty list whose first item holds a `message` object with a string (or null) `content`."""
+    non-empty list whose first item holds a `message` object with a string (or null) `content`, or (a text
+    completion) a string `text`."""
     if not isinstance(data, dict):
         return f"a JSON {type(data).__name__}, not an object"
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices:
         return "no `choices` list" if not isinstance(choices, list) else "an empty `choices` list"
     choice = choices[0]
+    if isinstance(choice, dict) and "message" not in choice and isinstance(choice.get("text"), str):
+        return None
     if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
         return "the first choice holds no `message` object"
     content = choice["message"].get("content")
@@ -208,13 +222,15 @@ def _result_from_response(resp: Any, cached: bool) -> LLMResult:
     if problem:  # only a cache entry written by hand gets here: received bodies were checked
         return LLMResult(False, None, None, f"not a chat completion: {problem}", cached)
     choice = resp["choices"][0]
-    text = choice["message"].get("content")
+    text = choice["message"].get("content") if "message" in choice else choice["text"]
     logprobs = _logprobs_of(choice)
     usage = resp.get("usage") if isinstance(resp.get("usage"), dict) else {}
     usage = {"prompt_tokens": usage.get("prompt_tokens") or 0, "completion_tokens": usage.get("completion_tokens") or 0}
+    finish = choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None
     if text is None:
-        return LLMResult(False, None, logprobs, "server returned a choice without message content", cached, usage)
-    return LLMResult(True, text, logprobs, None, cached, usage)
+        return LLMResult(False, None, logprobs, "server returned a choice without message content", cached, usage,
+                         finish)
+    return LLMResult(True, text, logprobs, None, cached, usage, finish)
 
 
 CACHE_TABLE = "responses"
@@ -237,6 +253,9 @@ class LLMClient:
         console: where the progress bar and the final line go (default: stderr).
         backoff: base of the exponential backoff in seconds (default: `endpoint.backoff`): retry r waits
             backoff * 2**r * U(0.5, 1.5), capped at 60 s.
+        check: `check(canonical request, response JSON) -> message | None`, run on each reply received before it
+            is cached: a message stops the run like a 401 (a fault of the server's setup that every request
+            shares, e.g. a prompt tokenised differently); that reply is not cached.
 
     Attributes:
         stats: cumulative `{"requests", "distinct", "sent", "cache_hits", "failures", "retries", "prompt_tokens",
@@ -249,6 +268,7 @@ class LLMClient:
         cache_path: Path | str,
         console: Console | None = None,
         backoff: float | None = None,
+        check: Callable[[dict, dict], str | None] | None = None,
     ) -> None:
         if not endpoint.enabled:
             raise PhasedIFTError(
@@ -259,6 +279,7 @@ class LLMClient:
         self.cache = open_response_cache(cache_path)
         self.console = console or Console(stderr=True)
         self.backoff = endpoint.backoff if backoff is None else backoff
+        self.check = check
         self.stats = {"requests": 0, "distinct": 0, "sent": 0, "cache_hits": 0, "failures": 0, "retries": 0,
                       "prompt_tokens": 0, "completion_tokens": 0}
         self._stats_lock = threading.Lock()
@@ -340,12 +361,21 @@ class LLMClient:
             wait = max(wait, retry_after)
         return wait
 
+    def _checked(self, canon: dict, data: dict, stop: threading.Event) -> dict:
+        """`data`, after the caller's `check`; raises _Fatal (and stops the other workers) on its message."""
+        problem = self.check(canon, data) if self.check else None
+        if problem:
+            stop.set()
+            raise _Fatal(problem)
+        return data
+
     def _send(self, canon: dict, key: str, stop: threading.Event) -> LLMResult:
         """One request with retries; caches the answer. Raises _Fatal on 401/403/404 and an unreachable server."""
         import openai
 
         client = self._openai()
-        params = {k: v for k, v in canon.items() if k != "base_url"}
+        params = {k: v for k, v in canon.items() if k not in ("base_url", "cache_extra")}
+        api = client.completions if "prompt" in params else client.chat.completions
         last = "not sent"
         connected = False  # whether any attempt reached the server (a timeout or an HTTP error counts)
         for attempt in range(self.endpoint.max_retries + 1):
@@ -357,10 +387,10 @@ class LLMClient:
             try:
                 # The raw body, parsed here: the SDK's parse of a bad body varies (JSONDecodeError, a str, a list, a
                 # ChatCompletion whose choices is None), see `_parse_completion`.
-                raw = client.chat.completions.with_raw_response.create(**params)
+                raw = api.with_raw_response.create(**params)
                 connected = True
                 self._note_connection(True)
-                data = _parse_completion(raw.text)
+                data = self._checked(canon, _parse_completion(raw.text), stop)
                 result = _result_from_response(data, cached=False)
                 self._count(sent=1, prompt_tokens=result.usage["prompt_tokens"],
                             completion_tokens=result.usage["completion_tokens"])
@@ -438,7 +468,11 @@ class LLMClient:
                 cached += 1
                 continue
             to_send += 1
-            prompt += sum(estimate_tokens(str(m.get("content", ""))) + 4 for m in canon["messages"])
+            if "prompt" in canon:  # a text completion: token ids count as they are
+                p = canon["prompt"]
+                prompt += estimate_tokens(p) if isinstance(p, str) else len(p)
+            else:
+                prompt += sum(estimate_tokens(str(m.get("content", ""))) + 4 for m in canon["messages"])
             completion += int(canon.get("max_tokens") or 0) * int(canon.get("n") or 1)
         return {"requests": len(seen), "cached": cached, "to_send": to_send, "prompt_tokens": prompt,
                 "completion_tokens": completion}
@@ -459,11 +493,12 @@ class LLMClient:
                 f"prompt + {d['completion_tokens']} completion")
 
     def chat_many(self, requests: list[dict], desc: str = "requests", report: bool = True) -> list[LLMResult]:
-        """Answer chat requests, from the cache when possible, else from the server with bounded concurrency.
+        """Answer chat requests (or text completions: `prompt` instead of `messages`), from the cache when possible,
+        else from the server with bounded concurrency.
 
         Args:
-            requests: `{"messages": [...], "temperature"?, "max_tokens"?, "logprobs"?, "top_logprobs"?, "n"?,
-                "seed"?}`; missing fields come from the endpoint config. Identical requests are sent once.
+            requests: as `canonical_request` takes them; missing fields come from the endpoint config. Identical
+                requests are sent once.
             desc: label of the progress bar and the final summary line.
             report: show a progress bar and print the summary line (`summary`); False for a caller with its own
                 progress display, which prints `summary(desc)` itself.

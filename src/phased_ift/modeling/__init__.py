@@ -1,7 +1,7 @@
 """The one package outside `train/` that touches torch / transformers / peft / accelerate.
 
 Layout: `hub` (named offline models, GGUF conversion, model paths, weight fingerprints), `loading` (tokenizers,
-models, checkpoints, devices), `precision` (the hardware probe and what autocast="auto" means), `text` (rendering, tokenisation, padding), `passes` (generation, losses,
+models, checkpoints, devices), `export` (a checkpoint as a GGUF file for llama.cpp's server), `precision` (the hardware probe and what autocast="auto" means), `text` (rendering, tokenisation, padding), `passes` (generation, losses,
 embeddings). Callers import from `phased_ift.modeling`; the submodules are its layout, not its API.
 
 Owns: named offline models and their conversion, loading a tokenizer and a model, loading a checkpoint (full model
@@ -23,6 +23,7 @@ A GGUF is dequantised once into a plain float32 checkpoint cached under $PHASED_
 ~0.2 s instead of ~18 s.
 """
 
+from phased_ift.modeling.export import LLAMA_CPP_VERSION, export_gguf, llama_cpp_converter
 from phased_ift.modeling.hub import (NAMED_MODELS, NamedModel, cache_home, convert_gguf, gguf_path, register_model,
                                      resolve_model_path, weights_fingerprint)
 from phased_ift.modeling.loading import (add_lora, base_model_of, frozen_base_to_bf16, inference_device, is_adapter,
@@ -37,6 +38,7 @@ from phased_ift.modeling.precision import (Hardware, describe_precision, inferen
 from phased_ift.modeling.text import PAPER_PROMPT, PAPER_RESPONSE, pad_batch, render, tokenize_example, tokenize_for_ifd
 
 __all__ = [
+    "LLAMA_CPP_VERSION", "export_gguf", "llama_cpp_converter",
     "NAMED_MODELS", "NamedModel", "cache_home", "convert_gguf", "gguf_path", "register_model", "resolve_model_path",
     "weights_fingerprint", "add_lora", "base_model_of", "frozen_base_to_bf16", "inference_device", "is_adapter",
     "linear_weights_to_bf16", "load_checkpoint", "load_checkpoint_tokenizer", "load_model", "load_scoring_model",
