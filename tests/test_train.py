@@ -565,3 +565,26 @@ def test_train_without_a_split_says_to_run_split(tmp_path, tiny_model_dir):
     cfg = config_from_dict(_setup(tmp_path, tiny_model_dir))
     with pytest.raises(PhasedIFTError, match=r"train: .*manifest.json does not exist; run `phased-ift split CONFIG`"):
         train_phases(cfg, RunDir(cfg.run_dir))
+
+
+class SaveSpy(TrainerCallback):
+    """The global steps at which Trainer wrote a checkpoint (on_save runs after each)."""
+
+    def __init__(self) -> None:
+        self.saved: list[int] = []
+
+    def on_save(self, args, state, control, **kw):
+        self.saved.append(state.global_step)
+
+
+@pytest.mark.slow
+def test_no_trainer_checkpoint_at_a_phases_last_step(tmp_path, tiny_model_dir):
+    """Periodic checkpoints (train.save_steps) are written; the one transformers adds at the last step (weights +
+    optimizer, deleted with trainer/ right after the phase saves its own weights) is not (`NoFinalSave`)."""
+    cfg = config_from_dict(_setup(tmp_path, tiny_model_dir, max_steps=3, save_steps=2))
+    run = RunDir(cfg.run_dir)
+    step_split(cfg)
+    spy = SaveSpy()
+    dirs = train_phases(cfg, run, callbacks=[spy])["phased"][0]
+    assert spy.saved == [2, 2, 2]  # one periodic checkpoint per phase, none at step 3
+    assert all((d / "DONE").is_file() and not (d / "trainer").exists() for d in dirs)

@@ -1,4 +1,5 @@
-"""Trainer callbacks of a phase: the rich progress bar (steps, rate, ETA, last loss) on the main process.
+"""Trainer callbacks of a phase: the rich progress bar (steps, rate, ETA, last loss) on the main process, and no
+Trainer checkpoint at the last step (`NoFinalSave`: the phase saves its own weights).
 
 Imports transformers at module level; `train.loop` imports it only when a phase trains.
 """
@@ -49,3 +50,20 @@ class RichProgress(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class NoFinalSave(TrainerCallback):
+    """Cancels the Trainer checkpoint transformers writes when a phase's last step is reached
+    (`DefaultFlowCallback` sets `should_save` there under save_strategy="steps").
+
+    That checkpoint (weights, optimizer and scheduler state: about 12 bytes per parameter with AdamW, ~84 GB for a
+    7B model) would be deleted a moment later with the phase's trainer/ dir, since the phase's weights are saved by
+    `trainer.save_phase_weights` and DONE marks the phase finished. Periodic checkpoints (train.save_steps) are kept:
+    they are what resumes a phase after kill -9. Must come after DefaultFlowCallback (transformers adds its default
+    callbacks first).
+    """
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_save = False
+        return control

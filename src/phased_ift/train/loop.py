@@ -183,12 +183,12 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     from phased_ift.modeling import resolve_model_path
     from phased_ift.train import sharded
     from phased_ift.train import trainer as tr
-    from phased_ift.train.callbacks import RichProgress
+    from phased_ift.train.callbacks import NoFinalSave, RichProgress
 
     base = resolve_model_path(cfg.model.name_or_path)
     trainer_dir = phase_dir / TRAINER_SUBDIR
     trainer = tr.build_trainer(cfg, rows, tokenizer, init_dir, base, hp, seed, trainer_dir,
-                               [RichProgress(label), *callbacks])
+                               [RichProgress(label), NoFinalSave(), *callbacks])
     merge = cfg.train.method == "lora" and cfg.train.lora.across_phases == "merge"
     backend = sharded.backend_of(trainer.accelerator)
     sharded.check_backend(backend, carry_optimizer=cfg.train.carry_optimizer, merge=merge,
