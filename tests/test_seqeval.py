@@ -470,3 +470,16 @@ def test_preflight_stops_on_a_bad_seqeval_template_before_training(tmp_path):
     cfg.judge.judge.base_url = ""
     cfg.judge.seqeval_quality_template = str(tmp_path / "missing.txt")
     preflight(cfg, dry_run=True)  # no judge: nothing is graded, so nothing to check
+
+
+def test_the_report_says_why_generated_seqeval_answers_have_no_grades(tmp_path):
+    """Without a judge the note points at the generated answers and the judge, not at generate.test_sets."""
+    from phased_ift.config import config_from_dict
+    from phased_ift.report.summary import summarize_run
+    from phased_ift.rundir import RunDir
+
+    with_set = config_from_dict({"run_dir": str(tmp_path / "a"), "generate": {"test_sets": ["ifeval", "seqeval"]}})
+    note = summarize_run(RunDir(tmp_path / "a"), with_set)["notes"]["seqeval"]
+    assert "the SeqEval answers are generated" in note and "add seqeval" not in note and "judge.judge" in note
+    without = config_from_dict({"run_dir": str(tmp_path / "b"), "generate": {"test_sets": ["vicuna"]}})
+    assert "add seqeval to generate.test_sets" in summarize_run(RunDir(tmp_path / "b"), without)["notes"]["seqeval"]

@@ -246,8 +246,8 @@ def _ifeval_multi_blocks(entries: list[dict], cl: str) -> list[tuple]:
     pct = lambda m: f"{fmt_num(m['mean'])} {fmt_ci(m['ci'])}"  # noqa: E731
     return [("p", f"Several instructions at once, without a judge: prompt-level strict accuracy on the IFEval prompts "
                   f"with one instruction and, apart, on those with two or more ({cl}: bootstrap over the prompts of "
-                  "each group; different prompts, so the gap between the columns is not a paired test: the arms' "
-                  "paired difference on the multi-instruction prompts is in 'Did it help?')."),
+                  "each group; different prompts, so the gap between the columns is not a paired test; 'Did it "
+                  "help?' compares the arms on all the IFEval prompts)."),
             _table(["arm", "seed", "phase", "1-instruction prompts", f"accuracy [{cl}]", ">= 2-instruction prompts",
                     f"accuracy [{cl}]"],
                    [[e["arm"], e["seed"], e["phase"], v["single"]["n"], pct(v["single"]), v["multi"]["n"],

@@ -310,9 +310,12 @@ def summarize_run(run: RunDir, cfg: Config) -> dict:
                              "`phased-ift judge CONFIG`.")
     s["seqeval"] = _summarize_seqeval(run, cfg)
     if not s["seqeval"]:
-        notes["seqeval"] = ("No SeqEval grades (grades/*/seed_*/phase_*/seqeval.jsonl): add seqeval to "
-                            "generate.test_sets, configure judge.judge (an OpenAI-compatible endpoint) and run "
-                            "`phased-ift judge CONFIG`.")
+        asked = "seqeval" in cfg.generate.test_sets
+        notes["seqeval"] = ("No SeqEval grades (grades/*/seed_*/phase_*/seqeval.jsonl): "
+                            + ("the SeqEval answers are generated (see Answer lengths); " if asked
+                               else "add seqeval to generate.test_sets, ")
+                            + "configure judge.judge (an OpenAI-compatible endpoint) and run `phased-ift judge CONFIG`"
+                            " to grade their following rate and quality.")
     s["judge_check"] = _summarize_judge_check(run, cfg)
     s["agreement"] = _agreement(run)
     s["effects"] = summarize_effects(run, cfg, read_judgements(run))
