@@ -8,12 +8,12 @@
 #           scikit-learn/matplotlib/rich lacks (at the versions installed here), and bitsandbytes (train.method=
 #           qlora) trimmed to its CUDA 12.6+ kernels (43 -> ~19 MiB); gguf/openai/lm-eval are not needed there
 # models/   config + tokenizer of Gemma-3-270M and SmolLM2-135M (no weights: random weights are built on the box)
-# data/     random_9k + the vicuna/koala test prompts, from the data home (a transport copy: git-ignored)
+# data/     synthetic stand-ins of random_9k and the vicuna/koala prompts (real record and word counts, random words)
 # Then MANIFEST.json (sizes, pins) last. Fails when the bundle would exceed 60 MiB (the device tool carries 64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-[ -x "$PY" ] || PY=/work/main/.venv/bin/python
+[ -x "$PY" ] || { echo "gpu_wheelhouse.sh: no $PY; run scripts/install.sh first or set PYTHON=..." >&2; exit 1; }
 BUNDLE=benchmarks/gpu_bundle
 rm -rf "$BUNDLE.tmp" && mkdir -p "$BUNDLE.tmp/wheels"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
