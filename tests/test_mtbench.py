@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from phased_ift.config import load_config
 from phased_ift.data import load_test_set
 from phased_ift.errors import PhasedIFTError
-from phased_ift.generate import settings_path
 from phased_ift.mtbench import (
     References,
     grade_all,
@@ -27,11 +25,12 @@ from phased_ift.mtbench import (
     summarize_grades,
     template_name,
 )
-from phased_ift.runio import atomic_write_json, write_jsonl
+from phased_ift.runio import write_jsonl
 from phased_ift.rundir import RunDir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_llm_server import FakeLLMServer, Status  # noqa: E402
+from grading_helpers import grading_cfg, log_console, write_generation  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,21 +214,14 @@ def write_answers(run: RunDir, mt_bench, arm="one-off", phase=1, seed=0, ids=("8
     """The two mt_bench generation files of one checkpoint and their settings files, as generate writes them."""
     t1, t2 = _rows(mt_bench, list(ids))
     for key, rows in (("mt_bench", t1), ("mt_bench_turn2", t2)):
-        out = run.generations(arm, phase, key, seed)
-        write_jsonl(out, rows)
-        atomic_write_json(settings_path(out), {"model": "m", "template": "chat", "max_new_tokens": 1024,
-                                               "backend": "hf", "greedy": True, "n": len(rows), "batch_size": 8})
+        write_generation(run, arm, phase, seed, key, rows, 1024)
 
 
 def _cfg(tmp_path, srv=None, extra=()):
-    endpoint = [f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake"] if srv else []
-    return load_config(None, [f"run_dir={tmp_path / 'run'}", "train.arms=[one-off]", "generate.test_sets=[mt_bench]",
-                              "judge.judge.concurrency=1", "judge.judge.max_retries=0", "report.bootstrap=200",
-                              *endpoint, *extra])
+    return grading_cfg(tmp_path, "mt_bench", srv, extra)
 
 
-def _log(tmp_path):
-    return Console(file=open(tmp_path / "log.txt", "a"), width=250)
+_log = log_console
 
 
 def test_judge_step_grades_both_turns_resumes_and_retries_failures(tmp_path, mt_bench):

@@ -16,8 +16,7 @@ from rich.console import Console
 from phased_ift.config import load_config
 from phased_ift.data import load_test_set
 from phased_ift.errors import PhasedIFTError
-from phased_ift.generate import settings_path
-from phased_ift.runio import atomic_write_json, write_jsonl
+from phased_ift.runio import write_jsonl
 from phased_ift.rundir import RunDir
 from phased_ift.seqeval import (
     load_prompts,
@@ -30,6 +29,7 @@ from phased_ift.seqeval import (
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_llm_server import FakeLLMServer, Status  # noqa: E402
+from grading_helpers import grading_cfg, log_console, write_generation  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,21 +163,14 @@ def judge_reply(body: dict) -> str:
 def write_answers(run: RunDir, picked, arm="one-off", phase=1, seed=0):
     rows = [{"id": e.id, "testset": "seqeval", "instruction": e.instruction, "output": f"ANS-{tag}- some answer",
              "output_tokens": 4, "finish_reason": "stop"} for tag, e in picked.items()]
-    out = run.generations(arm, phase, "seqeval", seed)
-    write_jsonl(out, rows)
-    atomic_write_json(settings_path(out), {"model": "m", "template": "chat", "max_new_tokens": 512,
-                                           "backend": "hf", "greedy": True, "n": len(rows), "batch_size": 8})
+    write_generation(run, arm, phase, seed, "seqeval", rows, 512)
 
 
 def _cfg(tmp_path, srv=None, extra=()):
-    endpoint = [f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake"] if srv else []
-    return load_config(None, [f"run_dir={tmp_path / 'run'}", "train.arms=[one-off]", "generate.test_sets=[seqeval]",
-                              "judge.judge.concurrency=1", "judge.judge.max_retries=0", "report.bootstrap=200",
-                              *endpoint, *extra])
+    return grading_cfg(tmp_path, "seqeval", srv, extra)
 
 
-def _log(tmp_path):
-    return Console(file=open(tmp_path / "log.txt", "a"), width=250)
+_log = log_console
 
 
 def test_judge_step_grades_seqeval_resumes_retries_and_caches(tmp_path, seqeval_by_depth):
