@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from phased_ift.errors import PhasedIFTError
@@ -174,21 +175,27 @@ def test_bad_inputs_and_responses_name_the_line(tmp_path):
 
 
 def test_paired_statistics_on_known_inputs():
-    from phased_ift.ifeval import compare_ifeval
-    from phased_ift.stats import mcnemar_exact, paired_difference, ratio_with_ci
+    from scipy.stats import t
 
-    # 8 prompts only A follows, 2 only B, 5 both, 5 neither: two-sided exact binomial p = 2 * P(X <= 2 | 10, 1/2).
+    from phased_ift.ifeval import compare_ifeval
+    from phased_ift.stats import mcnemar_midp, ratio_with_ci
+
+    # 8 prompts only A follows, 2 only B, 5 both, 5 neither: two-sided mid-p = 2 [P(X <= 2) - P(X = 2) / 2], X ~
+    # Binomial(10, 1/2) (Fagerland et al. 2013)
     a = [True] * 8 + [False] * 2 + [True] * 5 + [False] * 5
     b = [False] * 8 + [True] * 2 + [True] * 5 + [False] * 5
-    m = mcnemar_exact(a, b)
+    m = mcnemar_midp(a, b)
     assert (m["a_only"], m["b_only"], m["both"], m["neither"]) == (8, 2, 5, 5)
-    assert m["p_value"] == pytest.approx(2 * (1 + 10 + 45) / 1024)
-    assert mcnemar_exact([True, False], [True, False])["p_value"] == 1.0
-    d = paired_difference([float(x) for x in a], [float(x) for x in b], 2000, 0.95, 0)
-    assert d["difference"] == pytest.approx(6 / 20) and d["mean_a"] == pytest.approx(13 / 20)
-    assert d["ci"][0] < 0.3 < d["ci"][1]
+    assert m["p_value"] == pytest.approx(2 * ((1 + 10 + 45) - 45 / 2) / 1024)
+    assert mcnemar_midp([True, False], [True, False])["p_value"] == 1.0
     with pytest.raises(ValueError, match="pair the same items"):
-        paired_difference([1.0], [1.0, 0.0])
+        mcnemar_midp([True], [True, False])
+    rows = lambda xs: [{"key": i, "prompt_strict": x} for i, x in enumerate(xs)]  # noqa: E731
+    c = compare_ifeval(rows(a), rows(b))
+    d = np.array(a, dtype=float) - np.array(b, dtype=float)
+    half = t.ppf(0.975, 19) * d.std(ddof=1) / np.sqrt(20)
+    assert c["difference"] == pytest.approx(6 / 20) and c["mean_a"] == pytest.approx(13 / 20)
+    assert c["ci"] == pytest.approx([0.3 - half, 0.3 + half]) and c["mcnemar"]["p_value"] == m["p_value"]
     r = ratio_with_ci([1, 2, 0], [2, 2, 1])
     assert r["value"] == pytest.approx(3 / 5) and r["ci"][0] <= 0.6 <= r["ci"][1]
     assert ratio_with_ci([], [])["value"] is None
@@ -265,10 +272,10 @@ def test_report_shows_ifeval_per_arm_paired_difference_and_trend(tmp_path):
     assert (c["arm_a"], c["arm_b"], c["n"]) == ("phased", "one-off", 20)
     assert c["difference"] == pytest.approx(13 / 20 - 5 / 20)
     assert (c["mcnemar"]["a_only"], c["mcnemar"]["b_only"]) == (8, 0)
-    assert c["mcnemar"]["p_value"] == pytest.approx(2 / 2 ** 8)
+    assert c["mcnemar"]["p_value"] == pytest.approx(2 * (1 - 1 / 2) / 2 ** 8)  # mid-p: 2 [P(X <= 0) - P(X = 0) / 2]
     line = next(v for v in s["verdicts"] if v.startswith("IFEval"))
     assert "one-off 0.250" in line and "phased 0.650" in line and "phased - one-off +0.400" in line
-    assert "significant at 0.05" in line and "not significant" not in line
+    assert "mid-p McNemar p = 0.00391 (8 vs 0 discordant prompts)" in line and "significant" not in line
     md = (run.report_dir / "report.md").read_text()
     assert "## Instruction following on unseen instructions: IFEval" in md and "| phased vs one-off | 0 | 20 |" in md
     assert (run.report_dir / "ifeval_trend.png").stat().st_size > 1000

@@ -17,6 +17,7 @@ from phased_ift.config import config_from_dict
 from phased_ift.runio import write_jsonl
 from phased_ift.errors import PhasedIFTError
 from phased_ift.report import build_report, comparison_verdict, verdict_lines
+from phased_ift.report.verdicts import DESCRIPTIVE
 from phased_ift.rundir import RunDir
 
 # 40 prompts: 24 wins, 6 ties, 8 losses, 2 unparseable -> win rate (24 + 3) / 38, centred 27 / 40 - 0.5
@@ -209,10 +210,11 @@ def test_verdict_lines_name_significance_lc_and_reference_loss(tmp_path):
     assert [e["metric"] for e in s["effects"]] == ["reference loss", "win rate"]
     assert lines[:2] == [e["sentence"] for e in s["effects"]]
     assert lines == s["verdicts"]
-    lines = lines[2:]
+    assert lines[2] == DESCRIPTIVE
+    lines = lines[3:]
     wr = ci_text(27 / 38, s["comparisons"][0]["win_rate_ci"])
     assert lines[0].startswith(f"phased vs one-off on vicuna: win rate {wr} over 38 prompts (2 unparseable)")
-    assert "the CI lies above 0.5, so phased is preferred" in lines[0]
+    assert "preferred" not in lines[0] and "significant" not in lines[0]
     assert "length-controlled" in lines[0] and "Warning" not in lines[0]
     # vicuna was judged and evaluated: both numbers in one line (last phase of each arm)
     assert "; reference loss phased 2.045 [" in lines[0] and " vs one-off 2.145 [" in lines[0]
@@ -225,18 +227,18 @@ def test_length_warning_when_the_preferred_arm_is_much_longer(tmp_path):
     run = write_full_run(tmp_path / "run", len_a=90, len_b=30)
     s = build_report(run, make_cfg(run.root))
     line = next(v for v in s["verdicts"] if v.startswith("phased vs one-off on vicuna"))
-    assert "Warning: the preferred arm phased answers 2.9x longer (91 vs 31 words)" in line
+    assert "Warning: phased, ahead here, answers 2.9x longer (91 vs 31 words)" in line
+    assert "including any length difference that phased itself causes" in line
     assert "Warning" in (run.report_dir / "report.md").read_text()
 
 
 def test_comparison_verdict_sentences():
     base = {"arm_a": "phased", "arm_b": "one-off", "testset": "koala", "seed": 0, "n": 100, "n_parsed": 100,
             "unparseable": 0, "lc_win_rate": None, "mean_len_a": 50.0, "mean_len_b": 50.0}
-    assert comparison_verdict({**base, "win_rate": 0.54, "win_rate_ci": [0.46, 0.62]}) == (
-        "phased vs one-off on koala: win rate 0.540 [0.460, 0.620] over 100 prompts; the CI includes 0.5, so no "
-        "significant difference.")
+    assert comparison_verdict({**base, "win_rate": 0.64, "win_rate_ci": [0.54, 0.72]}) == (
+        "phased vs one-off on koala: win rate 0.640 [0.540, 0.720] over 100 prompts.")  # descriptive: no verdict
     low = comparison_verdict({**base, "win_rate": 0.3, "win_rate_ci": [0.22, 0.39], "mean_len_b": 100.0})
-    assert "the CI lies below 0.5, so one-off is preferred" in low and "preferred arm one-off answers 2.0x" in low
+    assert "preferred" not in low and "Warning: one-off, ahead here, answers 2.0x longer" in low
     none = comparison_verdict({**base, "win_rate": None, "win_rate_ci": None, "n_parsed": 0, "unparseable": 5,
                                "n": 5})
     assert "no parsed verdict among 5 prompts (5 unparseable)" in none

@@ -45,20 +45,28 @@ def test_win_rate_and_centred_on_hand_counts():
     assert counts == (5, 2, 3, 4, 14, 10)
     assert agg["win_rate"] == pytest.approx((5 + 1) / 10)
     assert agg["centred"] == pytest.approx(6 / 14 - 0.5)
-    # the vectorised bootstrap statistics are the same formulas
-    v = stats.verdict_values(verdicts)[None, :]
-    assert stats._nan_win_rate(v)[0] == pytest.approx(0.6)
-    assert stats._centred(v)[0] == pytest.approx(6 / 14 - 0.5)
-    cis = stats.win_rate_cis(verdicts, n_resamples=500, seed=0)
+    # Wilson intervals with ties counted half: 6 of 10 parsed, 6 of 14 for the centred number
+    cis = stats.win_rate_cis(verdicts)
+    assert cis["win_rate_ci"] == pytest.approx(stats.wilson_interval(6, 10))
+    assert cis["centred_ci"] == pytest.approx([x - 0.5 for x in stats.wilson_interval(6, 14)])
     assert cis["win_rate_ci"][0] < 0.6 < cis["win_rate_ci"][1]
-    assert cis["centred_ci"][0] < 6 / 14 - 0.5 < cis["centred_ci"][1]
-    assert cis == stats.win_rate_cis(verdicts, n_resamples=500, seed=0)
+
+
+def test_wilson_interval_against_scipy_and_never_of_zero_width():
+    from scipy.stats import binomtest
+
+    for k, n in ((5, 5), (0, 12), (7, 20), (40, 80)):
+        want = binomtest(k, n).proportion_ci(0.95, method="wilson")
+        assert stats.wilson_interval(k, n) == pytest.approx([want.low, want.high])
+    lo, hi = stats.wilson_interval(5, 5)  # 5 of 5 wins: the bootstrap gave [1, 1]
+    assert lo == pytest.approx(0.566, abs=1e-3) and hi == 1.0
+    assert stats.wilson_interval(0, 0) is None
 
 
 def test_win_rate_cis_all_unparseable_and_unknown_verdict():
-    cis = stats.win_rate_cis(["unparseable"] * 3, n_resamples=200)
+    cis = stats.win_rate_cis(["unparseable"] * 3)
     assert cis["win_rate_ci"] is None
-    assert cis["centred_ci"] == [-0.5, -0.5]
+    assert cis["centred_ci"] == pytest.approx([x - 0.5 for x in stats.wilson_interval(0, 3)])
     with pytest.raises(ValueError, match="'maybe'"):
         stats.verdict_values(["win", "maybe"])
 

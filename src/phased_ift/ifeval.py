@@ -255,23 +255,32 @@ def instruction_count_view(results: Sequence[dict], n_resamples: int = 2000, con
     return {"single": mean_with_ci(single, **kw), "multi": mean_with_ci(multi, **kw)}
 
 
-def compare_ifeval(results_a: Sequence[dict], results_b: Sequence[dict], n_resamples: int = 2000,
-                   confidence: float = 0.95, seed: int = 0) -> dict:
-    """Arm A against arm B on the prompts both were asked: prompt-level strict accuracy, the paired difference
-    A - B with its bootstrap CI, and the exact McNemar test (`stats.paired_difference`, `stats.mcnemar_exact`).
+def compare_ifeval(results_a: Sequence[dict], results_b: Sequence[dict], confidence: float = 0.95) -> dict:
+    """Arm A against arm B on the prompts both were asked, within one training run each: prompt-level strict
+    accuracy, the paired difference A - B with its t interval over prompts, and the mid-p McNemar test
+    (`stats.mcnemar_midp`). The difference, interval and p are those of `effects.conditional_effect` on the same
+    per-prompt differences (the report's answer with one seed), so the IFEval line and the answer never disagree.
 
     Returns:
-        {"n", "mean_a", "mean_b", "difference", "ci", "mcnemar": {"a_only", "b_only", "both", "neither",
-         "p_value", ...}}; prompts answered by only one arm's file are left out and counted in "unpaired".
+        {"n", "mean_a", "mean_b", "difference", "ci" (None below `effects.MIN_PROMPTS` prompts or without spread),
+         "mcnemar": {"a_only", "b_only", "both", "neither", "p_value", ...}, "unpaired"}; prompts answered by only
+        one arm's file are left out and counted in "unpaired".
     """
-    from phased_ift.stats import mcnemar_exact, paired_difference
+    import numpy as np
+
+    from phased_ift.effects import conditional_effect
+    from phased_ift.stats import mcnemar_midp
 
     b_by_key = {str(r["key"]): r for r in results_b}
     pairs = [(r, b_by_key[str(r["key"])]) for r in results_a if str(r["key"]) in b_by_key]
-    a = [p[0]["prompt_strict"] for p in pairs]
-    b = [p[1]["prompt_strict"] for p in pairs]
-    out = paired_difference([float(x) for x in a], [float(x) for x in b], n_resamples, confidence, seed)
-    out["mcnemar"] = mcnemar_exact(a, b)
+    a = np.array([float(p[0]["prompt_strict"]) for p in pairs])
+    b = np.array([float(p[1]["prompt_strict"]) for p in pairs])
+    out = {"n": len(pairs), "mean_a": float(a.mean()) if pairs else None, "mean_b": float(b.mean()) if pairs else None,
+           "difference": None, "ci": None}
+    if pairs:
+        c = conditional_effect((a - b)[None, :], confidence)
+        out.update(difference=c["difference"], ci=c["ci"])
+    out["mcnemar"] = mcnemar_midp(a.astype(bool), b.astype(bool))
     out["unpaired"] = len(results_a) + len(results_b) - 2 * len(pairs)
     return out
 

@@ -1,11 +1,13 @@
 """Statistics of the evaluation: win rates, bootstrap confidence intervals, length statistics, length control.
 
 Pure functions over plain lists/arrays (no files, no plotting); `report.summary` feeds them the judgements,
-generations and reference losses of a run dir. Every interval is a seeded percentile bootstrap that resamples
-*prompts* (the unit the test sets sample), so the same inputs and seed always give the same interval.
+generations and reference losses of a run dir. The descriptive intervals of means are seeded percentile bootstraps
+that resample *prompts* (the unit the test sets sample), so the same inputs and seed always give the same interval;
+win rates get Wilson intervals (never of zero width); the paired McNemar test is the mid-p one. The tests behind the
+report's claims are `effects.py`'s.
 
     from phased_ift.stats import win_rate_cis
-    win_rate_cis(["win", "tie", "loss", "unparseable"], n_resamples=2000, seed=0)
+    win_rate_cis(["win", "tie", "loss", "unparseable"])
 
 Counts and point win rates come from `phased_ift.judge.aggregate` (one definition); this module adds their
 intervals. Conventions (Pang et al. 2024, §4 and the PhasedSFT judge code):
@@ -81,33 +83,40 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-def _nan_win_rate(a: np.ndarray) -> np.ndarray:
-    parsed = (~np.isnan(a)).sum(axis=1)
-    total = np.nansum(a, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(parsed > 0, total / np.maximum(parsed, 1), np.nan)
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> list[float] | None:
+    """The Wilson score interval of a proportion successes / n (Wilson 1927, JASA 22(158)); successes may count a
+    tie as half a success. Never of zero width for 0 < n, unlike a percentile bootstrap of 5 wins out of 5 ([1, 1]):
+    5 of 5 gives [0.566, 1]. None for n = 0.
+
+    Computed from its closed form, not `scipy.stats.binomtest(...).proportion_ci`, because that takes integer
+    counts only and ties count half here.
+    """
+    from scipy.stats import norm
+
+    if n <= 0:
+        return None
+    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
 
 
-def _centred(a: np.ndarray) -> np.ndarray:
-    return np.nansum(a, axis=1) / a.shape[1] - 0.5
+def win_rate_cis(verdicts: Sequence[str], confidence: float = 0.95) -> dict:
+    """Wilson score intervals (`wilson_interval`, ties counted half a win) of the win rate and of the paper's centred
+    number, for the descriptive per-test-set lines; the tested answer is `effects.paired_effect`.
 
-
-def win_rate_cis(
-    verdicts: Sequence[str], n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
-) -> dict:
-    """Bootstrap CIs (over prompts) of the win rate and of the paper's centred number.
-
-    The point estimates and counts come from `phased_ift.judge.aggregate` (one definition of the win rate);
-    the two statistics here are the same formulas vectorised over (B, N) resamples: win rate over the parsed
-    verdicts of a resample, centred number over all of them (unparseable counted in N).
+    The point estimates and counts come from `phased_ift.judge.aggregate` (one definition of the win rate): win rate
+    over the parsed verdicts, centred number over all of them (unparseable counted in N) minus 0.5.
 
     Returns:
-        {"win_rate_ci": [lo, hi] | None, "centred_ci": [lo, hi] | None} (None when nothing to resample).
+        {"win_rate_ci": [lo, hi] | None, "centred_ci": [lo, hi] | None} (None when nothing to count).
     """
     v = verdict_values(verdicts)
-    wr_ci = bootstrap_ci(v, _nan_win_rate, n_resamples, confidence, seed) if (~np.isnan(v)).any() else None
-    c_ci = bootstrap_ci(v, _centred, n_resamples, confidence, seed)
-    return {"win_rate_ci": list(wr_ci) if wr_ci else None, "centred_ci": list(c_ci) if c_ci else None}
+    parsed = v[~np.isnan(v)]
+    wr = wilson_interval(float(parsed.sum()), int(parsed.size), confidence)
+    c = wilson_interval(float(parsed.sum()), int(v.size), confidence)
+    return {"win_rate_ci": wr, "centred_ci": [c[0] - 0.5, c[1] - 0.5] if c else None}
 
 
 def mean_with_ci(values: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
@@ -291,48 +300,28 @@ def ratio_with_ci(numerators: Sequence[float], denominators: Sequence[float], n_
     return {"n": int(num.size), "value": float(num.sum() / den.sum()), "ci": list(ci) if ci else None}
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95,
-                      seed: int = 0) -> dict:
-    """Mean of a - b over the same items, with a bootstrap CI over items (pairs resampled together).
-
-    Args:
-        a, b: (N,) per-item values of two arms on the same prompts, in the same order (e.g. 1.0 / 0.0 for
-            followed / not followed).
-    Returns:
-        {"n", "mean_a", "mean_b", "difference": mean(a - b), "ci": [lo, hi]}; means None when N = 0.
-    Raises:
-        ValueError: a and b differ in length.
-    """
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if x.shape != y.shape:
-        raise ValueError(f"paired_difference: {x.size} values for a but {y.size} for b; pair the same items")
-    if x.size == 0:
-        return {"n": 0, "mean_a": None, "mean_b": None, "difference": None, "ci": None}
-    ci = bootstrap_ci(x - y, None, n_resamples, confidence, seed)
-    return {"n": int(x.size), "mean_a": float(x.mean()), "mean_b": float(y.mean()),
-            "difference": float((x - y).mean()), "ci": list(ci) if ci else None}
-
-
-def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
-    """Exact McNemar test of two paired binary outcomes (the same prompts under two arms).
+def mcnemar_midp(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """The mid-p McNemar test of two paired binary outcomes (the same prompts under two arms).
 
     Only discordant pairs carry information: a_only (a right, b wrong) and b_only. Under H0 (same accuracy)
-    a_only ~ Binomial(a_only + b_only, 1/2); the two-sided p-value is scipy's exact binomial test (McNemar
-    1947; the exact form recommended for small counts, e.g. Fagerland et al. 2013).
+    a_only ~ Binomial(a_only + b_only, 1/2); the two-sided mid-p value is 2 [P(X <= k) - P(X = k) / 2] with
+    k = min(a_only, b_only), capped at 1 (Fagerland, Lydersen & Laake 2013, BMC Med. Res. Methodol. 13:91, who
+    found the exact conditional test too conservative and recommend this one). It equals the exact sign-flip test
+    of `effects.sign_flip_test` on a - b, so the IFEval line and the report's answer give the same p.
 
     Returns:
         {"n": pairs, "a_only", "b_only", "both", "neither", "p_value"} (p_value 1.0 when nothing is discordant).
     Raises:
         ValueError: a and b differ in length.
     """
-    from scipy.stats import binomtest
+    from scipy.stats import binom
 
     x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     if x.shape != y.shape:
-        raise ValueError(f"mcnemar_exact: {x.size} outcomes for a but {y.size} for b; pair the same items")
+        raise ValueError(f"mcnemar_midp: {x.size} outcomes for a but {y.size} for b; pair the same items")
     a_only, b_only = int((x & ~y).sum()), int((~x & y).sum())
-    n_disc = a_only + b_only
-    p = 1.0 if n_disc == 0 else float(binomtest(a_only, n_disc, 0.5).pvalue)
+    n_disc, k = a_only + b_only, min(a_only, b_only)
+    p = 1.0 if n_disc == 0 else min(1.0, float(2 * (binom.cdf(k, n_disc, 0.5) - 0.5 * binom.pmf(k, n_disc, 0.5))))
     return {"n": int(x.size), "a_only": a_only, "b_only": b_only, "both": int((x & y).sum()),
             "neither": int((~x & ~y).sum()), "p_value": p}
 

@@ -153,12 +153,23 @@ def _matrix(values: PerPrompt, arm: str, base: str | None) -> tuple[list[int], n
     return seeds, d, len(union) - len(keys)
 
 
+def _unparseable(d: np.ndarray) -> dict | None:
+    """For a win rate: missing cells (unparseable verdicts) of the comparison and the sensitivity matrix with each
+    of them counted as a loss for the arm (-0.5), or None when nothing is missing."""
+    missing = int(np.isnan(d).sum())
+    if not missing:
+        return None
+    return {"count": missing, "rate": missing / d.size, "as_loss": np.where(np.isnan(d), -0.5, d)}
+
+
 def summarize_effects(run: RunDir, cfg: "Config", judgements: list[dict]) -> list[dict]:
     """summary["effects"]: for each metric of `EFFECT_METRICS` with data and each arm other than the baseline,
     {"metric", "arm", "baseline", "seeds", "unpaired" (prompts not answered under every seed and both arms,
     left out), **`effects.paired_effect`, "mde": `effects.minimum_detectable_effect`, "variance": the
-    components, "lower_is_better", "offset", "p_holm" (Holm-adjusted over all the run's comparisons),
-    "n_comparisons", "sentence": `effects.effect_sentence`}.
+    components, "lower_is_better", "offset", "p_holm" (Holm-adjusted over the run's claims about the arms),
+    "n_comparisons", "p_holm_conditional" / "n_conditional" (Holm over the run's conditional results),
+    "unparseable" (win rates: {"count", "rate", "as_loss": the claim's or conditional result with every
+    unparseable verdict counted as a loss for the arm}, else None), "sentence": `effects.effect_sentence`}.
 
     Args:
         judgements: `report.summary.read_judgements(run)` (read once by the summary).
@@ -181,15 +192,39 @@ def summarize_effects(run: RunDir, cfg: "Config", judgements: list[dict]) -> lis
             if m is None:
                 continue
             seeds, d, unpaired = m
-            eff = effects.paired_effect(d, rc.bootstrap, rc.confidence, rc.seed)
+            eff = effects.paired_effect(d, max(rc.bootstrap, 10000), rc.confidence, rc.seed)
             vc = effects.variance_components(d)
             mde = effects.minimum_detectable_effect(eff, vc, rc.confidence)
+            miss = None if metric.paired else _unparseable(d)
+            if miss:
+                alt = effects.paired_effect(miss.pop("as_loss"), max(rc.bootstrap, 10000), rc.confidence, rc.seed)
+                res = alt if alt["claim"] else alt["conditional"]
+                miss["as_loss"] = {"difference": res["difference"], "p_value": res["p_value"],
+                                   "significant": res["significant"], "claim": alt["claim"]}
             out.append({"metric": metric.name, "arm": arm, "baseline": base, "seeds": seeds, "unpaired": unpaired,
                         **eff, "mde": mde, "variance": vc, "lower_is_better": metric.lower_is_better,
-                        "offset": metric.offset})
-    # every arm x metric of the run is one comparison of the family Holm's correction controls
-    for e, p_holm in zip(out, effects.holm_adjust([e["p_value"] for e in out])):
-        e["p_holm"], e["n_comparisons"] = p_holm, len(out)
-        e["sentence"] = effects.effect_sentence(e["arm"], e["baseline"], e["metric"], e, e["mde"],
-                                                e["lower_is_better"], e["offset"], holm=(p_holm, len(out)))
+                        "offset": metric.offset, "unparseable": miss})
+    # Every arm x metric with a claim is one comparison of the family Holm's correction controls; the conditional
+    # results (these training runs) form a family of their own.
+    claims = effects.holm_adjust([e["p_value"] if e["claim"] else None for e in out])
+    conds = effects.holm_adjust([e["conditional"]["p_value"] if not e["claim"] else None for e in out])
+    n_claims, n_conds = sum(e["claim"] for e in out), sum(not e["claim"] and e["conditional"]["estimable"] for e in out)
+    for e, ph, pc in zip(out, claims, conds):
+        e["p_holm"], e["n_comparisons"] = (ph, n_claims) if e["claim"] else (None, n_claims)
+        e["p_holm_conditional"], e["n_conditional"] = (None if e["claim"] else pc), n_conds
+        e["sentence"] = effects.effect_sentence(
+            e["arm"], e["baseline"], e["metric"], e, e["mde"], e["lower_is_better"], e["offset"],
+            holm=(ph, n_claims) if e["claim"] else None,
+            holm_conditional=None if e["claim"] else (pc, n_conds)) + _unparseable_text(e)
     return out
+
+
+def _unparseable_text(e: dict) -> str:
+    u = e.get("unparseable")
+    if not u:
+        return ""
+    alt = u["as_loss"]
+    p = "n/a" if alt["p_value"] is None else f"{alt['p_value']:.2g}"
+    return (f" {u['count']} unparseable verdict{'s' if u['count'] > 1 else ''} ({u['rate']:.1%} of the cells) were "
+            f"left out; counted as losses for {e['arm']}: {e['offset'] + alt['difference']:.3f} (p = {p}"
+            f"{', significant' if alt['significant'] else ', not significant'}).")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phased_ift import stats
+from phased_ift.effects import MIN_SEEDS
 from phased_ift.report.verdicts import fmt_ci, fmt_num, judge_check_line
 
 
@@ -53,32 +54,47 @@ def _run_blocks(s: dict) -> list[tuple]:
 
 
 def _answer_blocks(s: dict, cl: str) -> list[tuple]:
-    """Did it help? Each arm against the baseline per metric, paired on the same prompts, pooled over seeds."""
+    """Did it help? Each arm against the baseline per metric, paired on the same prompts, pooled over seeds: the
+    claims about the arms (crossed model) and, apart, the results conditional on these training runs. The sentences
+    are listed once, under Verdicts."""
     B: list[tuple] = [("h2", "Did it help? Each arm against the baseline")]
     eff = s.get("effects") or []
     if not eff:
         B.append(("p", "No metric with per-prompt values for an arm and the baseline yet (reference loss, IFEval or "
                        "judged win rates of the final checkpoints)."))
         return B
-    B.append(("p", f"Difference arm - baseline on the same prompts (the win rate's: over 0.5), pooled over seeds; "
-                   f"{cl} and p-value by a bootstrap that resamples seeds, then prompts (Owen 2007). MDE: the "
-                   f"smallest difference this run detects with 80% power; 'for half the MDE': prompts at the run's "
-                   f"seeds, or seeds at the run's prompts, that a difference of half the MDE needs. p (Holm): adjusted "
-                   f"for all {len(eff)} comparisons of this table (Holm 1979), which keeps the chance of any false "
-                   f"finding in the table at the nominal level."))
-    B.append(_table(["arm", "baseline", "metric", "seeds x prompts", "difference", cl, "p", "p (Holm)", "MDE",
-                     "for half the MDE"],
-                    [[e["arm"], e["baseline"], e["metric"] + (" (lower is better)" if e["lower_is_better"] else ""),
-                      f"{e['n_seeds']} x {e['n_prompts']}", e["difference"], fmt_ci(e["ci"]), e["p_value"],
-                      e.get("p_holm"), e["mde"]["mde"], _advice(e["mde"])] for e in eff]))
-    B.append(("list", [e["sentence"] for e in eff]))
+    claims = [e for e in eff if e["claim"]]
+    others = [e for e in eff if not e["claim"]]
+    B.append(("p", "Difference arm - baseline on the same prompts (the win rate's: over 0.5) of the final "
+                   "checkpoints, pooled over training seeds. The sentences are under Verdicts; docs/report.md says "
+                   "how each test is done and what its simulated error rates are."))
+    if claims:
+        B.append(("p", f"Claims about the arms (>= {MIN_SEEDS} seeds: they generalise over training seeds and "
+                       f"prompts): {cl} and p from the crossed random-effects model (Clark's min F' as a t-test, "
+                       f"Satterthwaite df); p (Holm): adjusted over the {len(claims)} claims (Holm 1979). MDE: the "
+                       f"smallest difference the test detects with 80% power (Bloom 1995), and what half of it "
+                       f"needs."))
+        B.append(_table(["arm", "baseline", "metric", "seeds x prompts", "difference", cl, "df", "p", "p (Holm)",
+                         "MDE", "for half the MDE"],
+                        [[e["arm"], e["baseline"], _metric(e), f"{e['n_seeds']} x {e['n_prompts']}", e["difference"],
+                          fmt_ci(e["ci"]), e["df"], e["p_value"], e.get("p_holm"), e["mde"]["mde"],
+                          e["mde"].get("advice") or "n/a"] for e in claims]))
+    if others:
+        B.append(("p", f"No claim about the arms (fewer than {MIN_SEEDS} seeds or too few prompts). Conditional on "
+                       f"these training runs: the mean of each prompt's seed-averaged difference, a t {cl} over "
+                       f"prompts and a sign-flip test (exact mid-p on 0/1, verdict and rating differences; Monte "
+                       f"Carlo otherwise); p (Holm) over these {len(others)} results. A difference here says these "
+                       f"runs differ on these prompts, not that one arm is better."))
+        B.append(_table(["arm", "baseline", "metric", "seeds x prompts", "why no claim", "difference", cl, "p",
+                         "p (Holm)", "what a claim takes"],
+                        [[e["arm"], e["baseline"], _metric(e), f"{e['n_seeds']} x {e['n_prompts']}", e["reason"],
+                          e["difference"], fmt_ci(e["conditional"]["ci"]), e["conditional"]["p_value"],
+                          e.get("p_holm_conditional"), e["mde"].get("advice") or "n/a"] for e in others]))
     return B
 
 
-def _advice(m: dict) -> str:
-    parts = ([f"{m['prompts_for_target']:,} prompts"] if m["prompts_for_target"] else []) + (
-        [f"{m['seeds_for_target']} seeds"] if m["seeds_for_target"] else [])
-    return " or ".join(parts) or "n/a"
+def _metric(e: dict) -> str:
+    return e["metric"] + (" (lower is better)" if e["lower_is_better"] else "")
 
 
 def _difficulty_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:
@@ -132,10 +148,11 @@ def _win_rate_blocks(s: dict, cl: str) -> list[tuple]:
     B: list[tuple] = [("h2", "Win rates (pairwise judge, both answer orders)")]
     if s["comparisons"]:
         B.append(("p", f"Win rate = (wins + ties/2) / parsed pairs; centred = (wins + ties/2) / all pairs - 0.5 "
-                       f"(the paper's number, unparseable pairs counted); {cl}: percentile bootstrap over prompts "
-                       f"({s['run']['config']['bootstrap']} resamples, seed {s['run']['config']['bootstrap_seed']}); "
+                       f"(the paper's number, unparseable pairs counted); {cl}: Wilson score interval, ties counted half "
+                       f"(descriptive: one seed and test set each; the tested answer is 'Did it help?'); "
                        "LC = length-controlled win rate, the rate a logistic regression on the length difference "
-                       "predicts at equal length (AlpacaEval 2's idea)."))
+                       "predicts at equal length (AlpacaEval 2's idea); it also removes any length difference the arm "
+                       "itself causes, so it reads as the preference at equal length, not as the arm's whole effect."))
         B.append(("p", judge_check_line(s.get("judge_check") or {})))
         B.append(_final_table(s["comparisons"], cl))
     else:
@@ -218,9 +235,11 @@ def _ifeval_blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
                       pct(e["prompt_level_loose"], "mean"), pct(e["inst_level_loose"], "value")] for e in entries]))
     if s.get("ifeval_comparisons"):
         B.append(("p", f"Paired on the same prompts (final checkpoints): difference in prompt-level strict accuracy "
-                       f"with its {cl} (bootstrap over prompts) and the exact McNemar test on the discordant prompts."))
+                       f"with its t {cl} over prompts and the mid-p McNemar test on the discordant prompts (Fagerland et "
+                       f"al. 2013), one training run per arm: descriptive, no claim (the answer above has the "
+                       f"tests, with Holm's correction)."))
         B.append(_table(["comparison", "seed", "prompts", "accuracy A", "accuracy B", f"A - B [{cl}]",
-                         "only A follows", "only B follows", "McNemar p"],
+                         "only A follows", "only B follows", "mid-p McNemar p"],
                         [[f"{c['arm_a']} vs {c['arm_b']}", c["seed"], c["n"], c["mean_a"], c["mean_b"],
                           f"{fmt_num(c['difference'])} {fmt_ci(c['ci'])}", c["mcnemar"]["a_only"],
                           c["mcnemar"]["b_only"], c["mcnemar"]["p_value"]] for c in s["ifeval_comparisons"]]))

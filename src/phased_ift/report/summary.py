@@ -151,7 +151,7 @@ def _summarize_comparison(j: dict, rc: Any) -> dict:
     out = {k: j[k] for k in ("arm_a", "arm_b", "seed", "phase", "testset")}
     out["file"] = str(j["path"])
     out.update(aggregate(rows))
-    out.update(stats.win_rate_cis(verdicts, **boot))
+    out.update(stats.win_rate_cis(verdicts, rc.confidence))
     have_len = all(r.get("len_a") is not None and r.get("len_b") is not None for r in rows)
     if have_len:
         la = [float(r["len_a"]) for r in rows]
@@ -217,7 +217,7 @@ def _summarize_ifeval(run: RunDir, cfg: Config) -> tuple[list[dict], list[dict]]
         for (arm, seed), rows in sorted(per_prompt.items()):
             if arm != base and (base, seed) in per_prompt:
                 comps.append({"arm_a": arm, "arm_b": base, "seed": seed, **compare_ifeval(
-                    rows, per_prompt[(base, seed)], rc.bootstrap, rc.confidence, rc.seed)})
+                    rows, per_prompt[(base, seed)], rc.confidence)})
     return entries, comps
 
 

@@ -13,6 +13,10 @@ import math
 from typing import Any
 
 
+DESCRIPTIVE = ("Per test set and seed (descriptive: these lines make no claim; the tested answer is above, with "
+               "Holm's correction):")
+
+
 def fmt_ci(ci: list | None) -> str:
     """An interval as "[lo, hi]" with 3 decimals, "[n/a]" when there is none."""
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "[n/a]"
@@ -28,33 +32,29 @@ def fmt_num(x: Any, nd: int = 3) -> str:
 
 
 def comparison_verdict(c: dict, length_warning_ratio: float = 1.2, several_seeds: bool = False) -> str:
-    """One honest sentence for one comparison (arm A vs arm B on a test set), from its summary entry.
+    """One descriptive sentence for one comparison (arm A vs arm B on a test set, one seed), from its summary entry.
 
-    Says the win rate with its CI, whether the CI excludes 0.5, the length-controlled rate, and warns when the
-    preferred arm's answers are much longer (LLM judges favour longer answers; Dubois et al. 2024).
+    Says the win rate with its Wilson interval, the length-controlled rate and a warning when the arm with the higher
+    win rate answers much longer (LLM judges favour longer answers; Dubois et al. 2024). It makes no claim: these
+    lines are one seed and one test set each, outside Holm's family; the tested answer is the "Did it help?" section
+    (`effects.paired_effect`, pooled over seeds and test sets).
     """
     a, b = c["arm_a"], c["arm_b"]
     head = f"{a} vs {b} on {c['testset']}" + (f" (seed {c['seed']})" if several_seeds else "")
     if c["win_rate"] is None:
         return f"{head}: no parsed verdict among {c['n']} prompts ({c['unparseable']} unparseable), no win rate."
-    ci = c["win_rate_ci"]
-    text = f"{head}: win rate {c['win_rate']:.3f} {fmt_ci(ci)} over {c['n_parsed']} prompts"
+    text = f"{head}: win rate {c['win_rate']:.3f} {fmt_ci(c['win_rate_ci'])} over {c['n_parsed']} prompts"
     if c["unparseable"]:
         text += f" ({c['unparseable']} unparseable)"
-    if ci and ci[0] > 0.5:
-        text += f"; the CI lies above 0.5, so {a} is preferred"
-    elif ci and ci[1] < 0.5:
-        text += f"; the CI lies below 0.5, so {b} is preferred"
-    else:
-        text += "; the CI includes 0.5, so no significant difference"
     if c.get("lc_win_rate") is not None:
         text += f"; length-controlled {c['lc_win_rate']:.3f} {fmt_ci(c['lc_ci'])}"
     la, lb = c.get("mean_len_a"), c.get("mean_len_b")
     if la and lb and c["win_rate"] != 0.5:
         (w, lw), (o, lo) = ((a, la), (b, lb)) if c["win_rate"] > 0.5 else ((b, lb), (a, la))
         if lw >= length_warning_ratio * lo:
-            text += (f". Warning: the preferred arm {w} answers {lw / lo:.1f}x longer ({lw:.0f} vs {lo:.0f} words); "
-                     f"judges favour long answers, trust the length-controlled rate more")
+            text += (f". Warning: {w}, ahead here, answers {lw / lo:.1f}x longer ({lw:.0f} vs {lo:.0f} words) and "
+                     f"judges favour long answers; the length-controlled rate removes the length-explained part, "
+                     f"including any length difference that {w} itself causes")
     return text + "."
 
 
@@ -70,13 +70,15 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
         length_warning_ratio: default: the run's report.length_warning_ratio from the summary (else 1.2).
 
     Returns:
-        lines such as "phased vs one-off on vicuna: win rate 0.540 [0.460, 0.620] over 80 prompts; the CI
-        includes 0.5, so no significant difference; ...; reference loss phased 1.234 [1.201, 1.266] vs one-off
-        1.250 [1.219, 1.281] (lower = closer to the reference answers)." and, for test sets without a judged
+        the answer's sentences, then DESCRIPTIVE (a line saying the following make no claim), then lines such as
+        "phased vs one-off on vicuna: win rate 0.540 [0.432, 0.645] over 80 prompts; ...; reference loss phased
+        1.234 [1.201, 1.266] vs one-off 1.250 [1.219, 1.281] (lower = closer to the reference answers)." and, for
+        test sets without a judged
         comparison, "reference loss on alpaca_eval (final checkpoints; ...): phased 1.234 [...] vs one-off ...".
     """
     ratio = length_warning_ratio or summary.get("length_warning_ratio") or 1.2
     lines = [e["sentence"] for e in summary.get("effects", [])]
+    n_answer = len(lines)
     comps = summary.get("comparisons", [])
     refs = _final_reference_losses(summary)
     several = len({c["seed"] for c in comps} | {seed for _, _, seed in refs}) > 1
@@ -105,7 +107,10 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
         parts = [f"{e['arm']} {fmt_num(e['mean'])} {fmt_ci(e['ci'])}" for e in entries]
         lines.append(f"reference loss on {ts} (final checkpoints{f', seed {seed}' if several else ''}; lower = "
                      "closer to the reference answers): " + " vs ".join(parts) + ".")
-    return lines + ifeval_verdicts(summary, rank) + mt_bench_verdicts(summary, rank) + seqeval_verdicts(summary, rank)
+    lines += ifeval_verdicts(summary, rank) + mt_bench_verdicts(summary, rank) + seqeval_verdicts(summary, rank)
+    if len(lines) > n_answer:
+        lines.insert(n_answer, DESCRIPTIVE)
+    return lines
 
 
 def seqeval_verdicts(summary: dict, rank: Any = None) -> list[str]:
@@ -152,8 +157,10 @@ def judge_check_line(jc: dict) -> str:
 
 
 def ifeval_verdicts(summary: dict, rank: Any = None) -> list[str]:
-    """One line per seed: IFEval prompt-level strict accuracy of every arm's final checkpoint with its CI, then each
-    paired difference against the baseline with its CI and the exact McNemar p-value."""
+    """One descriptive line per seed: IFEval prompt-level strict accuracy of every arm's final checkpoint with its
+    CI, then each paired difference against the baseline with its CI and the mid-p McNemar p-value (the same
+    difference, interval and p as the answer's result conditional on that run when the run has one seed). No
+    "significant" here: the claim, if any, is the answer's, with Holm's correction."""
     finals = [e for e in summary.get("ifeval", []) if e.get("final")]
     lines = []
     for seed in sorted({e["seed"] for e in finals}):
@@ -166,9 +173,8 @@ def ifeval_verdicts(summary: dict, rank: Any = None) -> list[str]:
             if c["difference"] is None:
                 continue
             mc = c["mcnemar"]
-            sig = "significant" if mc["p_value"] < 0.05 else "not significant"
-            line += (f"; {c['arm_a']} - {c['arm_b']} {c['difference']:+.3f} {fmt_ci(c['ci'])}, exact McNemar p = "
-                     f"{mc['p_value']:.3g} ({mc['a_only']} vs {mc['b_only']} discordant prompts, {sig} at 0.05)")
+            line += (f"; {c['arm_a']} - {c['arm_b']} {c['difference']:+.3f} {fmt_ci(c['ci'])}, mid-p McNemar p = "
+                     f"{mc['p_value']:.3g} ({mc['a_only']} vs {mc['b_only']} discordant prompts)")
         lines.append(line + ".")
     return lines
 
