@@ -265,8 +265,8 @@ def _answer_run(tmp_path, n=60, shift=-0.2, ifeval=True, seeds=(0, 1, 2)):
             if not ifeval:
                 continue
             strict = [bool((i + seed + (arm == "phased")) % 2) for i in range(20)]
-            rows = [{"key": i, "instruction_id_list": ["detectable_format:title"], "strict": [f], "loose": [f], "answered": True,
-                     "prompt_strict": f, "prompt_loose": f} for i, f in enumerate(strict)]
+            rows = [{"key": i, "instruction_id_list": ["detectable_format:title"], "strict": [f], "loose": [f],
+                     "answered": True, "prompt_strict": f, "prompt_loose": f} for i, f in enumerate(strict)]
             p.with_name("ifeval.json").write_text(json.dumps({"metrics": ifeval_metrics(rows, 200),
                                                               "per_prompt": rows}))
         verdicts = ["win"] * 20 + ["tie"] * 4 + ["loss"] * (12 + 4 * seed) + ["unparseable"] * 2

@@ -62,29 +62,105 @@ def test_judge_check_numbers_equal_the_hand_computed_ones(tmp_path, capsys, temp
         assert rc == 0 and srv.count == 12
     out = json.loads(next((tmp_path / "run" / "judge_check").glob("*/judge_check.json")).read_text())
     assert out["n_pairs"] == 6 and out["judge"] == "fake" and out["template"] == template
-    assert out["agreement"]["mean"] == pytest.approx(2 / 3) and out["agreement"]["n"] == 3
-    assert out["length_rule_agreement"]["mean"] == pytest.approx(2 / 3)
+    # Parsed pairs 0, 1, 2, 3, 5 as (GPT-4, judge, longer answer): (1,1,1) (2,tie,1) (2,2,2) (tie,tie,tie) (tie,1,1).
+    # Without tie (FastChat): pairs 0 and 2 (both agree); with tie: 0, 2 and 3 of 5 agree. The length rule without
+    # tie keeps 0, 1, 2 (2 of 3 agree), with tie 0, 2, 3 of 5.
+    assert out["agreement"]["mean"] == 1.0 and out["agreement"]["n"] == 2
+    assert out["agreement_with_tie"]["mean"] == pytest.approx(3 / 5) and out["agreement_with_tie"]["n"] == 5
+    assert out["length_rule_agreement"]["mean"] == pytest.approx(2 / 3) and out["length_rule_agreement"]["n"] == 3
+    assert out["length_rule_agreement_with_tie"]["mean"] == pytest.approx(3 / 5)
+    assert out["qualified"] is False and out["qualification_threshold"] == 0.7
     # kappa over (GPT-4, judge) = (1,1) (2,tie) (2,2) (tie,tie) (tie,1): p_o = 3/5, p_e = (1*2 + 2*1 + 2*2)/25
     assert out["kappa"]["value"] == pytest.approx((0.6 - 8 / 25) / (1 - 8 / 25)) and out["kappa"]["n"] == 5
     assert out["position_consistency"]["mean"] == pytest.approx(4 / 5)
-    assert out["first_shown_win_rate"]["mean"] == pytest.approx(7 / 11) and out["first_shown_win_rate"]["n"] == 11
+    fs = out["first_shown_win_rate"]  # 7 first-shown wins of 11 parsed orders; the CI resamples the 6 pairs
+    assert fs["mean"] == pytest.approx(7 / 11) and fs["n"] == 6 and fs["n_orders"] == 11
     assert out["longer_win_rate"]["mean"] == 1.0 and out["longer_win_rate"]["n"] == 3
     assert out["gpt4_longer_win_rate"]["mean"] == 1.0 and out["gpt4_longer_win_rate"]["n"] == 2
     assert out["unparseable_rate"]["mean"] == pytest.approx(1 / 6)
-    lo, hi = out["agreement"]["ci"]
+    lo, hi = out["length_rule_agreement"]["ci"]
     assert 0 <= lo <= 2 / 3 <= hi <= 1
     a = out["anchor"]
     assert (a["model"], a["baseline"], a["n_parsed"]) == ("model", "base", 5)
     assert a["judge_win_rate"] == pytest.approx(40.0) and a["gpt4_win_rate"]["win_rate"] == pytest.approx(50.0)
     assert a["published"] is None and out["cost"]["sent"] == 12
     err = capsys.readouterr().err
-    assert "agreement with GPT-4" in err and "0.667" in err and "anchor: model vs base" in err
+    assert "agreement with GPT-4, without tie" in err and "with tie" in err and "0.667" in err
+    assert "anchor: model vs base" in err and "qualified: no" in err
     # Resume: a second run sends nothing (rows and cache).
     with FakeLLMServer(reply=reply) as srv:
         assert main(["judge-check", "configs/quickstart.yaml", f"run_dir={tmp_path / 'run'}", "--annotations",
                      str(ann), f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake",
                      f"judge.template={template}"]) == 0
         assert srv.count == 0
+
+
+def _checked(pairs, n_resamples=500):
+    """check_metrics of hand-built pairs (GPT-4 preference, words of output_1 / output_2, order-1 reply, order-2
+    reply; scores are (Assistant 1, Assistant 2) as in PAIRS)."""
+    from phased_ift.judge import make_row
+    from phased_ift.judgecheck import check_metrics
+
+    rows, ann = [], []
+    for i, (pref, n1, n2, r1, r2) in enumerate(pairs):
+        rows.append(make_row(str(i), "t", "output_1", "output_2", "w " * n1, "w " * n2, r1, r2))
+        ann.append({"id": str(i), "preference": pref})
+    return check_metrics(rows, ann, n_resamples=n_resamples, seed=0)
+
+
+def test_agreement_in_fastchats_two_conventions_and_the_length_rule_with_the_same_tie_credit():
+    out = _checked([
+        (1, 20, 5, "8 4", "4 8"),      # GPT-4 1, judge 1, longer 1
+        (2, 5, 20, "8 4", "4 8"),      # GPT-4 2, judge 1, longer 2
+        (2, 10, 10, "8 4", "8 4"),     # GPT-4 2, judge tie (inconsistent orders), lengths equal: rule tie
+        (1.5, 10, 10, "5 5", "5 5"),   # GPT-4 tie, judge tie, rule tie
+        (1.5, 5, 20, "3 9", "9 3"),    # GPT-4 tie, judge 2, longer 2
+        (1, 20, 5, "3 9", "9 3"),      # GPT-4 1, judge 2, longer 1
+        (1, 20, 5, "garbage", "4 8"),  # unparseable: in no agreement
+    ])
+    # With tie (tie is a choice), the 6 parsed pairs: judge agrees on pairs 0 and 3; the rule on 0, 1, 3, 5.
+    assert out["agreement_with_tie"]["mean"] == pytest.approx(2 / 6) and out["agreement_with_tie"]["n"] == 6
+    assert out["length_rule_agreement_with_tie"]["mean"] == pytest.approx(4 / 6)
+    assert out["length_rule_agreement_with_tie"]["n"] == 6
+    # Without tie (drop a pair where GPT-4 or the rater says tie): judge keeps 0, 1, 5 (agrees on 0); the rule keeps
+    # 0, 1, 5 too (its tie on pair 2 drops it), agreeing on all three.
+    assert out["agreement"]["mean"] == pytest.approx(1 / 3) and out["agreement"]["n"] == 3
+    assert out["length_rule_agreement"]["mean"] == 1.0 and out["length_rule_agreement"]["n"] == 3
+    assert out["position_consistency"]["mean"] == pytest.approx(5 / 6) and out["qualified"] is False
+
+
+def test_first_shown_win_rate_resamples_pairs():
+    """A perfectly position-consistent judge: every pair gives exactly one first-shown win of two, so the pair-level
+    CI is [0.5, 0.5] (resampling the 2n orders as independent items would give about [0.43, 0.57] at n = 100)."""
+    pairs = [(1, 20, 5, "8 4", "4 8"), (2, 5, 20, "3 9", "9 3"), (1.5, 10, 10, "5 5", "5 5")] * 34
+    fs = _checked(pairs[:100])["first_shown_win_rate"]
+    assert fs["mean"] == 0.5 and fs["ci"] == [0.5, 0.5] and (fs["n"], fs["n_orders"]) == (100, 200)
+    # One order unparsed: the pair contributes its one parsed order (first-shown wins: 1 + 2 + 1 of 2 + 2 + 1).
+    fs = _checked([(1, 20, 5, "8 4", "4 8"), (2, 5, 20, "8 4", "8 4"), (1, 20, 5, "garbage", "6 2")])[
+        "first_shown_win_rate"]
+    assert fs["mean"] == pytest.approx(4 / 5) and (fs["n"], fs["n_orders"]) == (3, 5)
+    lo, hi = fs["ci"]
+    assert 0 <= lo <= 4 / 5 <= hi <= 1
+
+
+def test_qualified_needs_both_lower_bounds_at_the_threshold():
+    from phased_ift.judgecheck import QUALIFY, qualified
+
+    good = [(1, 20, 5, "8 4", "4 8"), (2, 5, 20, "3 9", "9 3")] * 30  # agrees with GPT-4, consistent: CIs [1, 1]
+    out = _checked(good)
+    assert out["agreement"]["ci"] == [1.0, 1.0] and out["position_consistency"]["ci"] == [1.0, 1.0]
+    assert out["qualified"] is True and QUALIFY == 0.7
+    # 15 of 20 agree (point 0.75 >= 0.7) but the lower CI bound is below 0.7: not qualified.
+    close = [(1, 20, 5, "8 4", "4 8")] * 15 + [(2, 20, 5, "8 4", "4 8")] * 5
+    out = _checked(close)
+    assert out["agreement"]["mean"] == 0.75 and out["agreement"]["ci"][0] < 0.7 and out["qualified"] is False
+    # Consistent and agreeing on decided pairs, but position consistency's lower bound is below 0.7.
+    flaky = [(1, 20, 5, "8 4", "4 8")] * 40 + [(1, 20, 5, "8 4", "8 4")] * 20
+    out = _checked(flaky)
+    assert out["agreement"]["ci"][0] == 1.0 and out["position_consistency"]["ci"][0] < 0.7
+    assert out["qualified"] is False
+    assert qualified({"agreement": {"ci": None}, "position_consistency": {"ci": [0.9, 1.0]}}) is False
+    assert qualified({"agreement": {"ci": [0.7, 0.9]}, "position_consistency": {"ci": [0.75, 1.0]}}) is True
 
 
 def test_judge_check_needs_a_judge_and_good_annotations(tmp_path):
@@ -148,6 +224,11 @@ def test_report_names_the_judge_and_its_check(tmp_path):
     s = build_report(run, cfg)
     assert s["judge_check"]["matched"]["agreement"]["mean"] == 0.62 and len(s["judge_check"]["checks"]) == 2
     line = next(v for v in s["verdicts"] if v.startswith("judge m"))
-    assert "agreement with GPT-4 0.620 [0.520, 0.720]" in line and "position consistency 0.810" in line
-    assert "below 0.7, so the win rates above say little" in line
-    assert "agreement with GPT-4 0.620" in (run.report_dir / "report.md").read_text()
+    assert "agreement with GPT-4 without ties 0.620 [0.520, 0.720]" in line and "position consistency 0.810" in line
+    assert "a lower CI bound is below 0.7" in line and "say little" in line  # the lower bound 0.52, not the 0.62
+    assert "agreement with GPT-4 without ties 0.620" in (run.report_dir / "report.md").read_text()
+    # Both lower CI bounds at 0.7 or above: the judge qualifies.
+    atomic_write_json(run.judge_check("x") / "judge_check.json",
+                      {**check, "agreement": {"n": 90, "mean": 0.85, "ci": [0.77, 0.92]}, "qualified": True})
+    line = next(v for v in build_report(run, cfg)["verdicts"] if v.startswith("judge m"))
+    assert "the judge qualifies" in line

@@ -273,7 +273,8 @@ def variance_components(diffs: Sequence[Sequence[float]] | np.ndarray) -> dict:
     if s == 1:
         return {"seed": None, "prompt": float(d[0].var(ddof=1)), "residual": 0.0, "n_complete": n}
     ms = mean_squares(d)
-    return {"seed": max(0.0, (ms["seed"] - ms["residual"]) / n), "prompt": max(0.0, (ms["prompt"] - ms["residual"]) / s),
+    return {"seed": max(0.0, (ms["seed"] - ms["residual"]) / n),
+            "prompt": max(0.0, (ms["prompt"] - ms["residual"]) / s),
             "residual": ms["residual"], "n_complete": n}
 
 
@@ -340,7 +341,8 @@ def minimum_detectable_effect(effect: dict, vc: dict, confidence: float = 0.95, 
     out = {"mde": None, "power": power, "target": None, "prompts_for_target": None, "seeds_for_target": None,
            "advice": None, "seed_share": None}
     if s < MIN_SEEDS:
-        why = "one seed the seed variance is unknown" if s == 1 else "two seeds the seed variance rests on one degree of freedom"
+        why = ("one seed the seed variance is unknown" if s == 1
+               else "two seeds the seed variance rests on one degree of freedom")
         out["advice"] = (f"run at least {MIN_SEEDS} seeds (train.seeds=[{','.join(map(str, range(MIN_SEEDS)))}]): with "
                          f"{why}, so whether more prompts would suffice cannot be told")
         return out

@@ -7,18 +7,31 @@ agreement and position bias. This module does the same for whatever `judge.judge
 names (GPT-4, a vLLM server, llama.cpp): it judges answer pairs whose GPT-4 preference is known, in both orders
 and with the paper's reconciliation rule (`judge.judge_pairs`, so the same cache, retries and rows), then measures:
 
-  * agreement with GPT-4 on the pairs GPT-4 decided (preference 1 or 2) and the judge parsed: the share with the
-    same winner (a judge tie counts as disagreement); next to it the agreement that answer length alone reaches on
-    the same pairs ("the longer answer wins"; equal lengths count half), so a reader sees what the judge adds
-    beyond length;
+  * agreement with GPT-4 in FastChat's two conventions (`fastchat/llm_judge/compute_agreement.py`, the numbers
+    of Zheng et al. 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena", setups S1 and S2), over the
+    pairs the judge parsed (GPT-4's preference is always known):
+      - "agreement" (FastChat's "without tie", S2): pairs where GPT-4 or the judge says tie are dropped; the share
+        of the rest where both name the same answer. The comparable number, and the one the report reads;
+      - "agreement_with_tie" (FastChat's "with tie", S1): tie is a third choice; the share of pairs where both make
+        the same choice (1, 2 or tie).
+    The judge's tie includes the pairs the reconciliation rule turned into a tie (two orders that disagree), so
+    position inconsistency lowers the with-tie number and shrinks the without-tie number's n;
+  * the same two numbers for the rule "the longer answer wins" as if it were a second judge on the same parsed
+    pairs, with the same tie credit (equal lengths are its tie: a tie choice with tie, dropped without), so a
+    reader sees what the judge adds beyond length;
   * Cohen's kappa (scikit-learn) over {answer 1, answer 2, tie} on the pairs both parsed;
   * position consistency: the same winner (or tie) in both orders, over pairs whose two orders parsed;
-  * the first-shown answer's win rate over all parsed orders (ties count half; 0.5 = no position bias);
+  * the first-shown answer's win rate: the first-shown answer's wins (ties count half) over the parsed orders,
+    pooled over pairs (0.5 = no position bias); its CI resamples pairs, both orders of a pair together
+    (`stats.ratio_with_ci`), so a perfectly consistent judge, whose every pair gives exactly 0.5, gets [0.5, 0.5];
   * the longer answer's win rate among the judge's decided pairs of unequal length, next to GPT-4's on the same
     pairs;
   * the unparseable rate (pairs where either order did not parse);
+  * "qualified": True only when the lower CI bounds of agreement (without tie) and of position consistency are
+    both >= `QUALIFY` (0.7), the bar the report applies: the judge is shown to be good enough, not just estimated
+    to be;
   * requests, tokens and seconds.
-Every rate has a percentile-bootstrap 95% CI over pairs (`stats.mean_with_ci`).
+Every rate has a percentile-bootstrap 95% CI over pairs (`stats.mean_with_ci`, `stats.ratio_with_ci`).
 
 The published anchor: with the default annotations (text_davinci_003 vs alpaca-7b, AlpacaEval's GPT-4 annotator)
 the run also gives alpaca-7b's win rate against text_davinci_003 under the configured judge, next to AlpacaEval's
@@ -54,6 +67,9 @@ PUBLISHED = {"alpaca-7b": {"win_rate": 26.459627329192543, "standard_error": 1.5
                            "source": "tatsu-lab/alpaca_eval@cd543a1 src/alpaca_eval/leaderboards/data_AlpacaEval/"
                                      "alpaca_eval_gpt4_leaderboard.csv"}}
 _FIELDS = ("instruction", "output_1", "output_2", "preference")
+# The bar a checked judge must clear, on the lower 95% CI bounds of agreement (without tie) and position
+# consistency, for `check_metrics(...)["qualified"]`.
+QUALIFY = 0.7
 
 
 def load_annotations(path: str | Path | None = None, limit: int = 0, seed: int = 0) -> list[dict]:
@@ -100,44 +116,67 @@ def check_metrics(rows: Sequence[dict], annotations: Sequence[dict], n_resamples
     """The check's numbers (module docstring) from judgement rows (arm_a = output_1) and their annotations.
 
     Returns:
-        {"n_pairs", "agreement", "length_rule_agreement", "kappa", "position_consistency", "first_shown_win_rate",
-         "longer_win_rate", "gpt4_longer_win_rate", "unparseable_rate"}: each a `stats.mean_with_ci` dict {"n",
-        "mean", "ci"} over its pairs (kappa: {"n", "value", "ci"}); "mean" None when no pair qualifies.
+        {"n_pairs", "agreement", "agreement_with_tie", "length_rule_agreement", "length_rule_agreement_with_tie",
+         "kappa", "position_consistency", "first_shown_win_rate", "longer_win_rate", "gpt4_longer_win_rate",
+         "unparseable_rate", "qualified", "qualification_threshold"}: each rate a dict {"n", "mean", "ci"} over its
+        pairs ("mean" None when no pair qualifies; `stats.mean_with_ci`), first_shown_win_rate with "n_orders" too
+        (its n counts pairs with a parsed order); kappa {"n", "value", "ci"}; "qualified" a bool (`QUALIFY`).
     """
     from phased_ift.judge import order_outcomes
-    from phased_ift.stats import mean_with_ci
+    from phased_ift.stats import mean_with_ci, ratio_with_ci
 
     kw = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
     ann = {a["id"]: a for a in annotations}
     judge_of = {"win": "1", "loss": "2", "tie": "tie"}
-    agree, length_rule, first, longer, gpt4_longer, consistent, unparsed, pairs = [], [], [], [], [], [], [], []
+    first_of = ({"win": 1.0, "tie": 0.5, "loss": 0.0}, {"loss": 1.0, "tie": 0.5, "win": 0.0})  # order 1, order 2
+    agree, agree_tie, rule, rule_tie = [], [], [], []
+    first_num, first_den, longer, gpt4_longer, consistent, unparsed, pairs = [], [], [], [], [], [], []
     for r in rows:
         a = ann[r["id"]]
         g, v = gpt4_choice(a["preference"]), r["verdict"]
         la, lb = r["len_a"], r["len_b"]
         unparsed.append(float(v == "unparseable"))
         o1, o2 = order_outcomes(r)  # order 1 shows output_1 first
-        first += [{"win": 1.0, "tie": 0.5, "loss": 0.0}[o1]] if o1 != "unparseable" else []
-        first += [{"loss": 1.0, "tie": 0.5, "win": 0.0}[o2]] if o2 != "unparseable" else []
+        shown = [first_of[k][o] for k, o in enumerate((o1, o2)) if o != "unparseable"]
+        if shown:  # one cluster per pair: both orders of a pair are resampled together
+            first_num.append(sum(shown))
+            first_den.append(float(len(shown)))
         if "unparseable" not in (o1, o2):
             consistent.append(float(o1 == o2))
         if v == "unparseable":
             continue
         j = judge_of[v]
+        length = "1" if la > lb else "2" if la < lb else "tie"  # the rule "the longer answer wins"
         pairs.append((g, j))
-        if g != "tie":
+        agree_tie.append(float(j == g))
+        rule_tie.append(float(length == g))
+        if "tie" not in (g, j):
             agree.append(float(j == g))
-            length_rule.append(float(("1" if la > lb else "2") == g) if la != lb else 0.5)
-        if j != "tie" and la != lb:
-            long_side = "1" if la > lb else "2"
-            longer.append(float(j == long_side))
+        if "tie" not in (g, length):
+            rule.append(float(length == g))
+        if j != "tie" and length != "tie":
+            longer.append(float(j == length))
             if g != "tie":
-                gpt4_longer.append(float(g == long_side))
-    return {"n_pairs": len(rows), "agreement": mean_with_ci(agree, **kw),
-            "length_rule_agreement": mean_with_ci(length_rule, **kw), "kappa": kappa_with_ci(pairs, **kw),
-            "position_consistency": mean_with_ci(consistent, **kw), "first_shown_win_rate": mean_with_ci(first, **kw),
-            "longer_win_rate": mean_with_ci(longer, **kw), "gpt4_longer_win_rate": mean_with_ci(gpt4_longer, **kw),
-            "unparseable_rate": mean_with_ci(unparsed, **kw)}
+                gpt4_longer.append(float(g == length))
+    first = ratio_with_ci(first_num, first_den, **kw)
+    out = {"n_pairs": len(rows), "agreement": mean_with_ci(agree, **kw),
+           "agreement_with_tie": mean_with_ci(agree_tie, **kw), "length_rule_agreement": mean_with_ci(rule, **kw),
+           "length_rule_agreement_with_tie": mean_with_ci(rule_tie, **kw), "kappa": kappa_with_ci(pairs, **kw),
+           "position_consistency": mean_with_ci(consistent, **kw),
+           "first_shown_win_rate": {"n": first["n"], "n_orders": int(sum(first_den)), "mean": first["value"],
+                                    "ci": first["ci"]},
+           "longer_win_rate": mean_with_ci(longer, **kw), "gpt4_longer_win_rate": mean_with_ci(gpt4_longer, **kw),
+           "unparseable_rate": mean_with_ci(unparsed, **kw)}
+    out["qualified"] = qualified(out)
+    out["qualification_threshold"] = QUALIFY
+    return out
+
+
+def qualified(result: dict, threshold: float = QUALIFY) -> bool:
+    """True when the lower CI bounds of agreement (without tie) and of position consistency are both >= threshold;
+    False when either has no CI (too few pairs)."""
+    lows = [(result.get(k) or {}).get("ci") for k in ("agreement", "position_consistency")]
+    return all(ci is not None and ci[0] >= threshold for ci in lows)
 
 
 def kappa_with_ci(pairs: Sequence[tuple[str, str]], n_resamples: int = 2000, confidence: float = 0.95,
@@ -239,15 +278,20 @@ def format_check(result: dict) -> list[str]:
 
     lines = [f"judge check: {result['judge']} ({result['template']}) on {result['n_pairs']} pairs of "
              f"{result['annotations']}"]
-    for key, label in [("agreement", "agreement with GPT-4 (GPT-4-decided pairs)"),
-                       ("length_rule_agreement", "  'longer answer wins' rule, same pairs"),
+    for key, label in [("agreement", "agreement with GPT-4, without tie (FastChat S2)"),
+                       ("length_rule_agreement", "  'longer answer wins' rule, without tie"),
+                       ("agreement_with_tie", "agreement with GPT-4, with tie (FastChat S1)"),
+                       ("length_rule_agreement_with_tie", "  'longer answer wins' rule, with tie"),
                        ("position_consistency", "position consistency (same winner both orders)"),
-                       ("first_shown_win_rate", "first-shown answer wins"),
+                       ("first_shown_win_rate", "first-shown answer wins (n = pairs)"),
                        ("longer_win_rate", "longer answer wins (judge)"),
                        ("gpt4_longer_win_rate", "  longer answer wins (GPT-4, same pairs)"),
                        ("unparseable_rate", "unparseable")]:
         lines.append(f"  {label:50s} {rate(result[key])}  (n={result[key]['n']})")
     lines.append(f"  {'Cohen kappa':50s} {rate(result['kappa'], 'value')}  (n={result['kappa']['n']})")
+    bar = result.get("qualification_threshold", QUALIFY)
+    lines.append(f"  qualified: {'yes' if result.get('qualified') else 'no'} (lower CI bounds of agreement without "
+                 f"tie and of position consistency both >= {bar:g})")
     a = result["anchor"]
     pub = a.get("published")
     ours = "n/a" if a["judge_win_rate"] is None else f"{a['judge_win_rate']:.1f} %"

@@ -148,8 +148,8 @@ def _win_rate_blocks(s: dict, cl: str) -> list[tuple]:
     B: list[tuple] = [("h2", "Win rates (pairwise judge, both answer orders)")]
     if s["comparisons"]:
         B.append(("p", f"Win rate = (wins + ties/2) / parsed pairs; centred = (wins + ties/2) / all pairs - 0.5 "
-                       f"(the paper's number, unparseable pairs counted); {cl}: Wilson score interval, ties counted half "
-                       f"(descriptive: one seed and test set each; the tested answer is 'Did it help?'); "
+                       f"(the paper's number, unparseable pairs counted); {cl}: Wilson score interval, ties counted "
+                       f"half (descriptive: one seed and test set each; the tested answer is 'Did it help?'); "
                        "LC = length-controlled win rate, the rate a logistic regression on the length difference "
                        "predicts at equal length (AlpacaEval 2's idea); it also removes any length difference the arm "
                        "itself causes, so it reads as the preference at equal length, not as the arm's whole effect."))
@@ -235,8 +235,8 @@ def _ifeval_blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
                       pct(e["prompt_level_loose"], "mean"), pct(e["inst_level_loose"], "value")] for e in entries]))
     if s.get("ifeval_comparisons"):
         B.append(("p", f"Paired on the same prompts (final checkpoints): difference in prompt-level strict accuracy "
-                       f"with its t {cl} over prompts and the mid-p McNemar test on the discordant prompts (Fagerland et "
-                       f"al. 2013), one training run per arm: descriptive, no claim (the answer above has the "
+                       f"with its t {cl} over prompts and the mid-p McNemar test on the discordant prompts "
+                       f"(Fagerland et al. 2013), one training run per arm: descriptive, no claim (the answer above has the "
                        f"tests, with Holm's correction)."))
         B.append(_table(["comparison", "seed", "prompts", "accuracy A", "accuracy B", f"A - B [{cl}]",
                          "only A follows", "only B follows", "mid-p McNemar p"],

@@ -256,8 +256,9 @@ def _summarize_judge_check(run: RunDir, cfg: Config) -> dict:
             checks.append(json.loads(f.read_text(encoding="utf-8")))
         except json.JSONDecodeError as e:
             raise PhasedIFTError(f"{f}: not valid JSON ({e}); delete it and re-run `phased-ift judge-check`.") from None
-    keep = ("judge", "template", "annotations", "n_pairs", "agreement", "kappa", "position_consistency",
-            "length_rule_agreement", "unparseable_rate")
+    keep = ("judge", "template", "annotations", "n_pairs", "agreement", "agreement_with_tie", "kappa",
+            "position_consistency", "length_rule_agreement", "length_rule_agreement_with_tie", "unparseable_rate",
+            "qualified")
     checks = [{k: c.get(k) for k in keep} for c in checks]
     matched = [c for c in checks if c["judge"] == j.judge.model and c["template"] == j.template]
     return {"judge": j.judge.model if j.judge.enabled else None, "template": j.template, "checks": checks,

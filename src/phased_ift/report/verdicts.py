@@ -141,19 +141,24 @@ def mt_bench_verdicts(summary: dict, rank: Any = None) -> list[str]:
 
 
 def judge_check_line(jc: dict) -> str:
-    """How far the win rates' judge can be trusted: its judge-check agreement and position consistency with CIs,
-    or a warning that it was never checked (`judgecheck`)."""
+    """How far the win rates' judge can be trusted: its judge-check agreement with GPT-4 (FastChat's "without tie"
+    convention, next to the "longer answer wins" rule on the same pairs) and position consistency with CIs, and
+    whether it qualifies (both lower CI bounds >= `judgecheck.QUALIFY`); or a warning that it was never checked."""
+    from phased_ift.judgecheck import QUALIFY, qualified
+
     who = f"judge {jc.get('judge')} (template {jc.get('template')})"
     c = jc.get("matched")
     if not c:
         return (f"{who} has not been checked against GPT-4's preferences: run `phased-ift judge-check CONFIG "
                 "--limit 100` before trusting the win rates above.")
     ag, pc = c["agreement"], c["position_consistency"]
-    text = (f"{who}: agreement with GPT-4 {fmt_num(ag['mean'])} {fmt_ci(ag['ci'])} (the 'longer answer wins' rule: "
-            f"{fmt_num(c['length_rule_agreement']['mean'])}), position consistency {fmt_num(pc['mean'])} "
+    text = (f"{who}: agreement with GPT-4 without ties {fmt_num(ag['mean'])} {fmt_ci(ag['ci'])} (the 'longer answer "
+            f"wins' rule: {fmt_num(c['length_rule_agreement']['mean'])}), position consistency {fmt_num(pc['mean'])} "
             f"{fmt_ci(pc['ci'])}, on {c['n_pairs']} pairs of {c['annotations']}")
-    weak = ag["mean"] is None or pc["mean"] is None or ag["mean"] < 0.7 or pc["mean"] < 0.7
-    return text + ("; below 0.7, so the win rates above say little." if weak else ".")
+    ok = c["qualified"] if c.get("qualified") is not None else qualified(c)
+    return text + (f"; both lower CI bounds reach {QUALIFY}, so the judge qualifies." if ok else
+                   f"; a lower CI bound is below {QUALIFY}, so the judge is not shown to be good enough and the win "
+                   f"rates above say little.")
 
 
 def ifeval_verdicts(summary: dict, rank: Any = None) -> list[str]:
