@@ -1,6 +1,6 @@
 """Calibration of the length-controlled win rate: does its CI exclude 0.5 for a judge that only rewards length?
 
-`stats.length_controlled_win_rate` claims to remove the part of a judge's preference that the length difference
+`lengthcontrol.length_controlled_win_rate` claims to remove the part of a judge's preference that the length difference
 explains. This module measures that claim by simulation, through the report's own function:
 
   type-I cells   the truth is LC = 0.5 (no quality difference), arm A's answers are longer on average
@@ -19,7 +19,7 @@ Per cell: the share of runs whose CI excludes 0.5 ("ci_excludes_0.5": a type-I e
 power otherwise; nominal 5%, about 2.5% per side), the mean LC and the mean raw win rate. With
 `compare_bootstrap=True` each cell also gets the rate of a percentile bootstrap of the same Firth fit
 (`n_resamples` resamples), the interval the function does not use (the docstring of
-`stats.length_controlled_win_rate` says why).
+`lengthcontrol.length_controlled_win_rate` says why).
 
     python benchmarks/calibration_lc.py                 # the table, 200 runs per cell (about a minute)
     python benchmarks/calibration_lc.py --runs 1000 --compare-bootstrap
@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from phased_ift import stats  # noqa: E402
+from phased_ift import lengthcontrol, stats  # noqa: E402
 
 SIZES = (40, 80, 300)
 LENGTH_RATIO = 1.5  # arm A's answers are this much longer on average (geometric mean)
@@ -75,11 +75,11 @@ def _bootstrap_excludes(verdicts: list[str], len_a: np.ndarray, len_b: np.ndarra
     y = stats.verdict_values(verdicts)
     delta = len_a - len_b
     x = np.tanh(delta / delta.std())
-    b0, b1 = stats.fit_length_logistic(y, x, np.ones(y.size))
+    b0, b1 = lengthcontrol.fit_length_logistic(y, x, np.ones(y.size))
     idx = np.random.default_rng(seed).integers(0, y.size, size=(n_resamples, y.size))
     w = np.zeros((n_resamples, y.size))
     np.add.at(w, (np.arange(n_resamples)[:, None], idx), 1.0)
-    bb0, _ = stats.fit_length_logistic(y, x, w, start=(b0[0], b1[0]), iterations=100)
+    bb0, _ = lengthcontrol.fit_length_logistic(y, x, w, start=(b0[0], b1[0]), iterations=100)
     lo, hi = np.quantile(bb0, [0.025, 0.975])
     return bool(lo > 0), bool(hi < 0)
 
@@ -102,7 +102,7 @@ def lc_cells(n_runs: int = 200, seed: int = 0, n_resamples: int = 500, compare_b
             for r in range(n_runs):
                 len_a, len_b = _lengths(rng, n)
                 v = _verdicts(rng, scenario, len_a, len_b)
-                lc = stats.length_controlled_win_rate(v, len_a, len_b, n_resamples=n_resamples, seed=r)
+                lc = lengthcontrol.length_controlled_win_rate(v, len_a, len_b, n_resamples=n_resamples, seed=r)
                 lo, hi = lc["lc_ci"]
                 above += lo > 0.5
                 below += hi < 0.5
@@ -126,10 +126,10 @@ def _time_call(n: int = 805, repeats: int = 5) -> float:
     rng = np.random.default_rng(0)
     len_a, len_b = _lengths(rng, n)
     v = _verdicts(rng, "quality +0.6, length slope 1.5", len_a, len_b)
-    stats.length_controlled_win_rate(v, len_a, len_b)  # imports
+    lengthcontrol.length_controlled_win_rate(v, len_a, len_b)  # imports
     t0 = time.perf_counter()
     for _ in range(repeats):
-        stats.length_controlled_win_rate(v, len_a, len_b, n_resamples=2000)
+        lengthcontrol.length_controlled_win_rate(v, len_a, len_b, n_resamples=2000)
     return (time.perf_counter() - t0) / repeats
 
 

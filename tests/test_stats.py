@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phased_ift import stats
+from phased_ift import lengthcontrol, stats
 from phased_ift.judge import aggregate
 
 
@@ -113,7 +113,7 @@ def test_length_controlled_rate_removes_a_pure_length_effect(slope):
     and its CI contains 0.5 (benchmarks/calibration_lc.py measures how often it does not)."""
     verdicts, len_a, len_b = _length_judge(0, 300, slope=slope)
     raw = aggregate(_rows(verdicts))["win_rate"]
-    lc = stats.length_controlled_win_rate(verdicts, len_a, len_b)
+    lc = lengthcontrol.length_controlled_win_rate(verdicts, len_a, len_b)
     assert raw > 0.6 and lc["n"] == 300 and lc["method"] == "firth-wald"
     assert lc["lc_ci"][0] < 0.5 < lc["lc_ci"][1]
     if slope is None:  # a step: Firth keeps the slope finite; the preference at equal length is not identified,
@@ -132,23 +132,23 @@ def test_length_controlled_rate_keeps_a_real_preference():
     len_a, len_b = rng.integers(50, 300, n), rng.integers(50, 300, n)
     verdicts = list(rng.choice(["win", "tie", "loss", "unparseable"], n, p=[0.55, 0.1, 0.3, 0.05]))
     raw = aggregate(_rows(verdicts))["win_rate"]
-    lc = stats.length_controlled_win_rate(verdicts, len_a, len_b)
+    lc = lengthcontrol.length_controlled_win_rate(verdicts, len_a, len_b)
     assert lc["n"] == n - verdicts.count("unparseable")
     assert lc["lc_win_rate"] == pytest.approx(raw, abs=0.03)
     assert 0.5 < lc["lc_ci"][0] < lc["lc_win_rate"] < lc["lc_ci"][1]
     verdicts, len_a, len_b = _length_judge(2, 400, quality=0.6, slope=1.5)  # true LC sigmoid(0.6) = 0.646
     raw = aggregate(_rows(verdicts))["win_rate"]
-    lc = stats.length_controlled_win_rate(verdicts, len_a, len_b)
+    lc = lengthcontrol.length_controlled_win_rate(verdicts, len_a, len_b)
     assert raw > 0.7 and lc["lc_win_rate"] == pytest.approx(0.646, abs=0.06) and lc["lc_ci"][0] > 0.5
 
 
 def test_length_controlled_rate_degenerate_inputs():
     none = {"lc_win_rate": None, "lc_ci": None, "slope": None, "se_logit": None}
     for verdicts in (["win"], ["win", "unparseable"], []):
-        lc = stats.length_controlled_win_rate(verdicts, [1] * len(verdicts), [2] * len(verdicts))
+        lc = lengthcontrol.length_controlled_win_rate(verdicts, [1] * len(verdicts), [2] * len(verdicts))
         assert {k: lc[k] for k in none} == none and lc["n"] == (1 if verdicts else 0)
     # Every length difference equal: no slope to fit; the intercept-only Firth rate (wins + 1/2) / (n + 1).
-    lc = stats.length_controlled_win_rate(["win", "win", "loss", "tie"], [5] * 4, [3] * 4)
+    lc = lengthcontrol.length_controlled_win_rate(["win", "win", "loss", "tie"], [5] * 4, [3] * 4)
     assert lc["slope"] == 0.0 and lc["lc_win_rate"] == pytest.approx(3 / 5)
     assert lc["lc_ci"][0] < 0.6 < lc["lc_ci"][1]
 
@@ -176,13 +176,13 @@ def test_fit_length_logistic_is_firths_and_vectorises_over_weightings():
     y = (rng.random(n) < 1 / (1 + np.exp(-(0.4 + 1.5 * x)))).astype(float)
     y[:10] = 0.5  # ties
     weights = np.vstack([np.ones(n), rng.multinomial(n, np.full(n, 1 / n), size=3)])  # the data + 3 resamples
-    b0, b1 = stats.fit_length_logistic(y, x, weights)
+    b0, b1 = lengthcontrol.fit_length_logistic(y, x, weights)
     for k, w in enumerate(weights):
         ref, _ = _firth_reference(y, x, w)
         assert (b0[k], b1[k]) == (pytest.approx(ref[0], abs=1e-6), pytest.approx(ref[1], abs=1e-6))
     # A bootstrap weight is a repeated row: the same fit as the data with its rows repeated (some rows 0 times).
     counts = weights[1].astype(int)
-    rb0, rb1 = stats.fit_length_logistic(np.repeat(y, counts), np.repeat(x, counts), np.ones(counts.sum()))
+    rb0, rb1 = lengthcontrol.fit_length_logistic(np.repeat(y, counts), np.repeat(x, counts), np.ones(counts.sum()))
     assert (rb0[0], rb1[0]) == (pytest.approx(b0[1], abs=1e-8), pytest.approx(b1[1], abs=1e-8))
     assert (counts == 0).any()
 
@@ -197,7 +197,7 @@ def test_length_controlled_ci_is_the_wald_interval_of_the_firth_intercept():
     y = (rng.random(n) < 1 / (1 + np.exp(-(0.3 + 2.0 * x)))).astype(float)
     y[::15] = 0.5
     verdicts = ["win" if v == 1 else "loss" if v == 0 else "tie" for v in y]
-    lc = stats.length_controlled_win_rate(verdicts, delta, np.zeros(n), confidence=0.9)
+    lc = lengthcontrol.length_controlled_win_rate(verdicts, delta, np.zeros(n), confidence=0.9)
     ref, _ = _firth_reference(y, x, np.ones(n))
     X = np.c_[np.ones(n), x]
     p = 1 / (1 + np.exp(-(X @ ref)))
@@ -218,7 +218,7 @@ def test_fit_length_logistic_is_finite_under_complete_separation():
     rng = np.random.default_rng(3)
     x = np.tanh(rng.normal(0.8, 1, 200))
     y = (x > 0).astype(float)
-    b0, b1 = stats.fit_length_logistic(y, x, np.ones(x.size))
+    b0, b1 = lengthcontrol.fit_length_logistic(y, x, np.ones(x.size))
     assert np.isfinite(b0[0]) and 5 < b1[0] < 1e3
     _, negative = _firth_reference(y, x, np.ones(x.size))
     best = negative(np.array([b0[0], b1[0]]))

@@ -432,44 +432,53 @@ def effect_sentence(arm: str, baseline: str, metric: str, effect: dict, mde: dic
         ±0.020 use 8 seeds or about 3,200 prompts."
     """
     d = effect["difference"]
-    alpha = 1 - effect.get("confidence", 0.95)
     s = effect["n_seeds"]
     design = f"{s} seed{'s' if s > 1 else ''} x {effect['n_prompts']:,} prompts"
     head = f"{arm} vs {baseline}, {metric}: " + (f"{offset + d:.{nd}f}, " if offset else "")
     lib = "lower is better; " if lower_is_better else ""
     if effect["claim"]:
-        lo, hi = effect["ci"]
-        text = (f"{head}{_signed(d, nd)} [{_signed(lo, nd)}, {_signed(hi, nd)}] ({lib}{design}, crossed-model "
-                f"t-test, df {effect['df']:.1f}, {_ptxt(effect['p_value'])}{_holm_txt(holm, alpha)[0]}): ")
-        survives = _holm_txt(holm, alpha)[1]
-        if effect["significant"] and survives:
-            better = arm if (d < 0) == lower_is_better else baseline
-            text += f"significant, {better} is better (a claim about the arms: over training seeds and prompts)"
-        elif effect["significant"]:
-            text += "significant alone but not after Holm's correction"
-        else:
-            text += "not significant"
-        if mde.get("mde") is not None:
-            text += f"; this run could detect ±{mde['mde']:.{nd}f} at {int(mde['power'] * 100)}% power"
-        if mde.get("advice"):
-            text += f"; {mde['advice']}"
-        return text + "."
+        return _claim_sentence(arm, baseline, f"{head}{_signed(d, nd)} {_interval(effect['ci'], nd)} ({lib}{design}",
+                               effect, mde, lower_is_better, nd, holm)
     text = f"{head}{_signed(d, nd)} ({lib}{design}): no claim about the arms from {effect['reason']}"
     if mde.get("advice"):
         text += f"; {mde['advice']}"
-    c = effect["conditional"]
-    if not c["estimable"]:
-        return text + f". Conditional on these training runs: not estimable ({c['reason']})."
-    lo, hi = c["ci"]
-    runs = "these two runs" if s == 1 else f"these {s} pairs of runs"
-    htxt, survives = _holm_txt(holm_conditional, alpha)
-    differ = c["significant"] and survives
-    text += (f". Conditional on these training runs: {_signed(c['difference'], nd)} [{_signed(lo, nd)}, "
-             f"{_signed(hi, nd)}] on {c['n_prompts']:,} prompts ({c['test']}, {_ptxt(c['p_value'])}{htxt}): ")
-    if differ:
-        text += f"{runs} differ on these prompts"
-    elif c["significant"]:
-        text += f"{runs} differ on these prompts alone, but not after Holm's correction"
+    return text + ". " + _conditional_sentence(effect, nd, holm_conditional)
+
+
+def _interval(ci: list[float], nd: int) -> str:
+    return f"[{_signed(ci[0], nd)}, {_signed(ci[1], nd)}]"
+
+
+def _claim_sentence(arm: str, baseline: str, head: str, effect: dict, mde: dict, lower_is_better: bool, nd: int,
+                    holm: tuple[float, int] | None) -> str:
+    """The sentence of a comparison with a claim about the arms (crossed-model test, Holm, MDE, advice)."""
+    htxt, survives = _holm_txt(holm, 1 - effect.get("confidence", 0.95))
+    text = f"{head}, crossed-model t-test, df {effect['df']:.1f}, {_ptxt(effect['p_value'])}{htxt}): "
+    if effect["significant"] and survives:
+        better = arm if (effect["difference"] < 0) == lower_is_better else baseline
+        text += f"significant, {better} is better (a claim about the arms: over training seeds and prompts)"
+    elif effect["significant"]:
+        text += "significant alone but not after Holm's correction"
     else:
-        text += f"{runs} cannot be told apart on these prompts"
+        text += "not significant"
+    if mde.get("mde") is not None:
+        text += f"; this run could detect ±{mde['mde']:.{nd}f} at {int(mde['power'] * 100)}% power"
+    if mde.get("advice"):
+        text += f"; {mde['advice']}"
     return text + "."
+
+
+def _conditional_sentence(effect: dict, nd: int, holm: tuple[float, int] | None) -> str:
+    """The result conditional on these training runs, worded as a difference between runs, never "X is better"."""
+    c, s = effect["conditional"], effect["n_seeds"]
+    if not c["estimable"]:
+        return f"Conditional on these training runs: not estimable ({c['reason']})."
+    runs = "these two runs" if s == 1 else f"these {s} pairs of runs"
+    htxt, survives = _holm_txt(holm, 1 - effect.get("confidence", 0.95))
+    text = (f"Conditional on these training runs: {_signed(c['difference'], nd)} {_interval(c['ci'], nd)} on "
+            f"{c['n_prompts']:,} prompts ({c['test']}, {_ptxt(c['p_value'])}{htxt}): ")
+    if c["significant"] and survives:
+        return text + f"{runs} differ on these prompts."
+    if c["significant"]:
+        return text + f"{runs} differ on these prompts alone, but not after Holm's correction."
+    return text + f"{runs} cannot be told apart on these prompts."

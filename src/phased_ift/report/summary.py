@@ -24,6 +24,7 @@ from phased_ift import stats
 from phased_ift.runio import read_jsonl
 from phased_ift.errors import PhasedIFTError
 from phased_ift.judge import VERDICTS, aggregate
+from phased_ift.lengthcontrol import length_controlled_win_rate
 from phased_ift.phases import read_manifest
 from phased_ift.report.answer import summarize_effects
 from phased_ift.report.verdicts import verdict_lines
@@ -157,7 +158,7 @@ def _summarize_comparison(j: dict, rc: Any) -> dict:
         la = [float(r["len_a"]) for r in rows]
         lb = [float(r["len_b"]) for r in rows]
         out["mean_len_a"], out["mean_len_b"] = float(np.mean(la)), float(np.mean(lb))
-        lc = stats.length_controlled_win_rate(verdicts, la, lb, **boot)
+        lc = length_controlled_win_rate(verdicts, la, lb, **boot)
         out.update(lc_win_rate=lc["lc_win_rate"], lc_ci=lc["lc_ci"], length_slope=lc["slope"])
         out["length_bins"] = stats.length_binned_win_rates(verdicts, la, lb)
     else:
