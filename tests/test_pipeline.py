@@ -232,14 +232,14 @@ def test_paper_dry_run_plans_without_the_data(tmp_path, capsys, monkeypatch):
 def test_out_of_memory_and_ctrl_c_give_hints(tmp_path, capsys, monkeypatch):
     from phased_ift import pipeline
 
-    def oom(cfg, dry_run=False, console=None):
+    def oom(cfg, dry_run=False, console=None, **kw):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(pipeline, "run_pipeline", oom)
     rc, err = run_cli(["configs/quickstart.yaml", f"run_dir={tmp_path / 'r'}"], capsys)
     assert rc == 3 and "train.batch_size" in err and "resume" in err and "Traceback" not in err
 
-    def interrupted(cfg, dry_run=False, console=None):
+    def interrupted(cfg, dry_run=False, console=None, **kw):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "run_pipeline", interrupted)

@@ -17,13 +17,18 @@
     phased-ift export-gguf CHECKPOINT OUT.gguf [--outtype f32]     a checkpoint (adapter merged) as a GGUF file
 
 User errors print one paragraph (no traceback) and exit with status 2; Ctrl-C exits with 130 and the same
-command resumes.
+command resumes. The commands that write a run dir (sit-generate, score, split, train, generate, judge, report,
+run, judge-check; not with --dry-run) hold its lock (`runlock`): while another process holds it they stop at once
+with status 75, or wait for it with --wait. A write the disk refuses (full, quota, read-only, permission) is one
+line naming the file and the free space, status 74 (`diskerrors`). Out of memory: status 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shlex
 import sys
 from typing import Callable
 
@@ -38,7 +43,26 @@ console = Console(stderr=True)
 def _load(args: argparse.Namespace):
     from phased_ift.config import load_config
 
-    return load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
+    args.run_dir = cfg.run_dir  # where a write error that names no file happened (`main`)
+    return cfg
+
+
+def _locked(args: argparse.Namespace):
+    """The config, with the run dir's lock held until `main` returns (`_lock`), except in a dry run."""
+    cfg = _load(args)
+    if not getattr(args, "dry_run", False):
+        _lock(args, cfg.run_dir)
+    return cfg
+
+
+def _lock(args: argparse.Namespace, run_dir: str) -> None:
+    """Take the run dir's lock (`runlock.run_lock`: --wait, notes on the console) and hold it until `main` returns."""
+    from phased_ift.runlock import run_lock
+
+    args.exit_stack.enter_context(run_lock(
+        run_dir, wait=args.wait, command=shlex.join(["phased-ift", *args.argv]),
+        note=lambda text: console.print(f"[yellow]note:[/] {text}", highlight=False, soft_wrap=True)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -74,7 +98,7 @@ def cmd_judge_check(args: argparse.Namespace) -> int:
     (`judgecheck.run_judge_check`); prints agreement, kappa, position and length bias with CIs, anchor and cost."""
     from phased_ift.judgecheck import format_check, run_judge_check
 
-    result = run_judge_check(_load(args), args.annotations, args.limit, args.seed, console=console)
+    result = run_judge_check(_locked(args), args.annotations, args.limit, args.seed, console=console)
     for line in format_check(result):
         console.print(line, highlight=False)
     return 0
@@ -181,7 +205,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         if args.against != "paper":
             raise PhasedIFTError(f"--against {args.against!r}: only 'paper' (the paper's released GPT-4 scores, "
                                  "from PHASED_IFT_DATA_HOME) is supported.")
-        cfg = _load(args)
+        cfg = _locked(args)
         scorers = [s for s in (args.scorers or cfg.scoring.scorer).split(",") if s]
         rows = run_agreement(cfg, scorers, limit=args.limit, seed=args.seed, console=console, dry_run=args.dry_run)
         if rows:
@@ -189,7 +213,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 0
     from phased_ift.pipeline import step_score
 
-    step_score(_load(args), dry_run=args.dry_run, console=console)
+    step_score(_locked(args), dry_run=args.dry_run, console=console)
     return 0
 
 
@@ -202,6 +226,8 @@ def cmd_sit_generate(args: argparse.Namespace) -> int:
         raise PhasedIFTError(f"sit-generate writes <run_dir>/sit/sequential.jsonl for sit.source=generated, but "
                              f"sit.source is {cfg.sit.source!r}; run it with sit.source=generated (and "
                              f"sit.generator.base_url / sit.generator.model set).")
+    if not args.dry_run:
+        _lock(args, cfg.run_dir)
     run_command("sit", cfg, dry_run=args.dry_run, console=console)
     return 0
 
@@ -209,28 +235,28 @@ def cmd_sit_generate(args: argparse.Namespace) -> int:
 def cmd_split(args: argparse.Namespace) -> int:
     from phased_ift.pipeline import step_split
 
-    step_split(_load(args), console=console)
+    step_split(_locked(args), console=console)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from phased_ift.pipeline import step_train
 
-    step_train(_load(args), dry_run=args.dry_run, console=console)
+    step_train(_locked(args), dry_run=args.dry_run, console=console)
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from phased_ift.pipeline import step_generate
 
-    step_generate(_load(args), console=console)
+    step_generate(_locked(args), console=console)
     return 0
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
     from phased_ift.pipeline import step_judge
 
-    step_judge(_load(args), dry_run=args.dry_run, console=console)
+    step_judge(_locked(args), dry_run=args.dry_run, console=console)
     return 0
 
 
@@ -238,7 +264,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from phased_ift.pipeline import step_report
     from phased_ift.report import verdict_lines
 
-    summary = step_report(_load(args), console=console)
+    summary = step_report(_locked(args), console=console)
     for line in verdict_lines(summary):
         console.print(line, highlight=False)
     return 0
@@ -247,7 +273,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from phased_ift.pipeline import run_pipeline
 
-    run_pipeline(_load(args), dry_run=args.dry_run, console=console)
+    cfg = _load(args)  # the lock after preflight: a config that fails its checks leaves no run dir behind
+    run_pipeline(cfg, dry_run=args.dry_run, console=console, before_writing=lambda: _lock(args, cfg.run_dir))
     return 0
 
 
@@ -261,6 +288,11 @@ def _config_args(p: argparse.ArgumentParser, dry_run: bool = False) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=2")
     if dry_run:
         p.add_argument("--dry-run", action="store_true", help="print the plan (counts, tokens, requests) and stop")
+
+
+def _wait_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true", help="when another process holds the run dir's lock, wait for it "
+                   "to finish instead of stopping at once (exit status 75)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text, func, dry in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _config_args(p, dry_run=dry)
+        _wait_arg(p)
         p.set_defaults(func=func)
     p = sub.choices["score"]
     p.add_argument("--against", default=None, metavar="LABELS",
@@ -358,10 +391,16 @@ def _add_check_commands(sub: argparse._SubParsersAction) -> None:
                    "alpaca_eval/alpaca-7b/alpaca_eval_gpt4/annotations.json, 805 pairs)")
     p.add_argument("--limit", type=int, default=0, help="a seeded sample of this many pairs (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    _wait_arg(p)
     p.set_defaults(func=cmd_judge_check)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `phased-ift` command. Returns the exit status: 0; 2 a user error (`PhasedIFTError`, one paragraph);
+    3 out of memory; 74 a write the disk refused (`diskerrors`); 75 the run dir is locked by another process
+    (`runlock`); 130 Ctrl-C."""
+    from phased_ift.diskerrors import write_error
+
     parser = build_parser()
     # key=value overrides may also follow options (`run CONFIG --dry-run a.b=1`), which argparse alone rejects.
     args, extra = parser.parse_known_args(argv)
@@ -372,15 +411,21 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # Our own rich bars report progress; transformers' tqdm bars ("Loading weights") would clutter the log.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return int(args.func(args) or 0)
+        with contextlib.ExitStack() as args.exit_stack:  # the run-dir lock of `_locked`, released on the way out
+            return int(args.func(args) or 0)
     except PhasedIFTError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return 2
-    except (MemoryError, RuntimeError) as e:
-        if not isinstance(e, MemoryError) and "out of memory" not in str(e).lower():
+        return e.exit_code
+    except Exception as e:
+        if (err := write_error(e, where=getattr(args, "run_dir", None))) is not None:  # a library's own write
+            console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            return err.exit_code
+        if not isinstance(e, MemoryError) and not (isinstance(e, RuntimeError) and "out of memory" in str(e).lower()):
             raise
-        console.print(f"[bold red]out of memory[/] ({str(e).splitlines()[0][:200]}). Lower train.batch_size (and raise "
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        console.print(f"[bold red]out of memory[/] ({first}). Lower train.batch_size (and raise "
                       "train.grad_accum to keep the batch), model.max_length, generate.batch_size or "
                       "scoring.batch_size, or set train.gradient_checkpointing=true; then run the same command to "
                       "resume.", highlight=False, soft_wrap=True)

@@ -11,6 +11,8 @@ Guarantees (the same as the three hand-written caches it replaces):
   * Every `put` / `put_many` is one committed transaction, so a caller that puts as results arrive keeps them all.
   * One connection per instance, guarded by a lock: threads may share an instance (the LLM client's workers do).
     Several instances or processes on one file wait up to `timeout` seconds for each other's writes.
+  * A write the disk refuses ("database or disk is full", read-only, permission) raises
+    `diskerrors.DiskWriteError` naming the file; that put is rolled back, everything committed before stays.
   * Keys are whatever the caller hashes (never a secret: the LLM client's key excludes the API key).
 
 Schema: `<table>(key TEXT PRIMARY KEY, <value_column> TEXT|BLOB NOT NULL[, <note_column> TEXT NOT NULL]
@@ -33,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from phased_ift.diskerrors import write_error, writing
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CODECS = ("json", "bytes")
 SQL_VARS = 500  # keys per SELECT ... IN (...): well under sqlite's limit on bound variables (999 in old builds)
@@ -54,6 +58,7 @@ class KVCache:
     Raises:
         ValueError: a bad table/column name or codec.
         sqlite3.DatabaseError: the file is not an sqlite database, or the table exists with other columns.
+        DiskWriteError: the file or its folder cannot be written (full disk, read-only, permission).
     """
 
     def __init__(self, path: str | Path, table: str, *, codec: str = "json", value_column: str = "value",
@@ -65,16 +70,17 @@ class KVCache:
             raise ValueError(f"KVCache: codec must be one of {CODECS}, got {codec!r}")
         self.path, self.table, self.codec = Path(path), table, codec
         self._value, self._note, self._timestamps = value_column, note_column, timestamps
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=timeout)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
         kind = "TEXT" if codec == "json" else "BLOB"
         cols = [f"{value_column} {kind} NOT NULL"] + ([f"{note_column} TEXT NOT NULL"] if note_column else []) + (
             ["created REAL NOT NULL"] if timestamps else [])
-        self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, {', '.join(cols)})")
-        self._conn.commit()
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=timeout)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, {', '.join(cols)})")
+            self._conn.commit()
         have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
         need = ["key"] + [c.split()[0] for c in cols]
         if not set(need) <= have:
@@ -132,6 +138,8 @@ class KVCache:
             notes: one note per item when the cache has a `note_column` (required then), else None.
         Raises:
             ValueError: notes missing for a cache with a note column, or given for one without.
+            DiskWriteError: the filesystem refused the write ("database or disk is full", read-only, permission);
+                the transaction is rolled back, the values stored before stay readable.
         """
         items = list(items)
         if (notes is None) != (self._note is None) or (notes is not None and len(notes) != len(items)):
@@ -148,9 +156,23 @@ class KVCache:
                 row.append(now)
             rows.append(row)
         sql = f"INSERT OR REPLACE INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        need = sum(len(v) for row in rows for v in row if isinstance(v, (str, bytes)))
         with self._lock:
-            self._conn.executemany(sql, rows)
-            self._conn.commit()
+            try:
+                self._conn.executemany(sql, rows)
+                self._conn.commit()
+            except sqlite3.Error as e:  # "database or disk is full": nothing of this put is kept, the rest is
+                self._rollback()
+                err = write_error(e, self.path, need, " (the values of this put; sqlite needs some more)")
+                if err is None:
+                    raise
+                raise err from e
+
+    def _rollback(self) -> None:
+        try:
+            self._conn.rollback()
+        except sqlite3.Error:
+            pass
 
     # ------------------------------------------------------------------------------------------------ life
     def close(self) -> None:

@@ -478,10 +478,13 @@ def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = None) -> dict | None:
+def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = None,
+                 before_writing: Callable[[], Any] | None = None) -> dict | None:
     """data -> score -> split -> train -> generate -> judge -> evaluate -> report: every step of `STEPS` once, in
     order; each skips finished work, so the same command resumes after kill -9 or Ctrl-C. Prints the plan after
-    the data step (it reads the data); `dry_run` prints the plan and stops.
+    the data step (it reads the data); `dry_run` prints the plan and stops. `before_writing` is called once after
+    `preflight`, before the first write (not in a dry run): the CLI takes the run-dir lock there (`runlock`), so a
+    config that fails its checks leaves no run dir behind.
 
     Returns:
         The report summary (see `report.build_report`), or the plan dict in a dry run.
@@ -498,6 +501,8 @@ def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = N
     run = RunDir(cfg.run_dir)
     if dry_run:
         return plan_run(cfg, console, missing, precision)
+    if before_writing is not None:
+        before_writing()
     _warn_changed_config(cfg, run, console)
     save_config(cfg, run.config, header=describe_precision(precision))
     n_first = STEPS.index(get_step("data")) + 1  # the plan reads the data (and sit/, with sit.source=generated)

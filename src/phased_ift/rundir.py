@@ -17,6 +17,7 @@
       agreement/<tag>/agreement.json   scorer agreement with the paper's labels (`phased-ift score --against paper`)
       judge_check/<tag>/judge_check.json   the judge against GPT-4's preferences (`phased-ift judge-check`)
       cache/llm.sqlite                 every LLM request/response, keyed by the canonical request JSON
+      phased-ift.lock, phased-ift.lock.json   the run-dir lock and its holder while a command runs (`runlock`)
 
 A step is done when its output exists (files are written atomically, DONE markers last), so re-running a
 command resumes where it stopped.
@@ -148,6 +149,18 @@ class RunDir:
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
+
+    @property
+    def lock_file(self) -> Path:
+        """The run-dir lock (`runlock`): one writing command at a time; the file stays, the lock goes with its
+        holder."""
+        return self.root / "phased-ift.lock"
+
+    @property
+    def lock_holder(self) -> Path:
+        """Who holds the run-dir lock (`runlock.Holder` as JSON), written after the lock is taken, removed before
+        it is released; left behind by a killed holder."""
+        return self.root / "phased-ift.lock.json"
 
     @property
     def llm_cache(self) -> Path:

@@ -12,6 +12,10 @@ Every file a step writes goes through here, so that a reader (or a resumed run) 
       (unterminated and unparseable) last line is cut off and the ids already done are known, so the run resumes.
   read_jsonl
       rows of a jsonl file this project wrote; a bad line is an error naming the file and line.
+
+A write the filesystem refuses (full disk, quota, read-only, permission) raises `diskerrors.DiskWriteError` naming
+the file, the free space and the bytes the write needed; the old file (atomic writes) or the whole rows before it
+(append logs) stay as they were.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from phased_ift.diskerrors import write_error
 from phased_ift.errors import PhasedIFTError
 
 __all__ = ["AppendLog", "JsonlDecodeError", "append_jsonl", "atomic_write_bytes", "atomic_write_json",
@@ -42,20 +47,29 @@ def _atomic_write(path: str | os.PathLike, chunks: Iterable[bytes], *, fsync: bo
     shared). `fsync=True` also forces the bytes to disk before the rename (survives power loss, not only kill -9).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    size = 0
     try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    size += len(chunk)
+                    f.write(chunk)
+                if fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except Exception as e:  # a full disk, a quota, a read-only mount: one line naming the file (`diskerrors`)
+        exact = isinstance(chunks, (list, tuple))
+        err = write_error(e, path, size or None, "" if exact else " (at least: the part written before it failed)")
+        if err is None:
+            raise
+        raise err from e
     return path
 
 
@@ -178,10 +192,34 @@ def read_jsonl(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Ite
 def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
     """Append one row and flush (opens and closes the file per call). Prefer `AppendLog` for a stream of rows."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(_dump_row(row))
+    line = _dump_row(row)
+    f = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a", encoding="utf-8")
+        f.write(line)
         f.flush()
+        f.close()
+    except Exception as e:
+        _abandon(f, path)
+        err = write_error(e, path, len(line.encode("utf-8")))
+        if err is None:
+            raise
+        raise err from e
+
+
+def _abandon(f: Any, path: Path) -> None:
+    """After a failed append: close `f` dropping its unwritten bytes, and cut a line the failure left torn, so
+    the file stays readable (best effort: the disk may still refuse)."""
+    if f is not None:
+        try:
+            f.close()  # flushes again, fails again, and closes the file all the same
+        except OSError:
+            pass
+    try:
+        drop_torn_tail(path)
+    except OSError:
+        pass
 
 
 def drop_torn_tail(path: str | os.PathLike) -> int:
@@ -263,15 +301,25 @@ class AppendLog:
 
         Raises:
             ValueError: the row has no `key` field (it could never be recognised as done).
+            DiskWriteError: the filesystem refused the write (full, quota, read-only, permission); the row is not
+                counted as done and a torn line it left is cut off.
         """
         if self.key not in row:
             raise ValueError(f"AppendLog({self.path}): row without the {self.key!r} field: {sorted(row)}")
         line = _dump_row(row)
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write(line)
-        self._file.flush()
+        try:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8")
+            self._file.write(line)
+            self._file.flush()
+        except Exception as e:  # a full disk: the row is not done; the file keeps only whole rows (`diskerrors`)
+            _abandon(self._file, self.path)
+            self._file = None
+            err = write_error(e, self.path, len(line.encode("utf-8")))
+            if err is None:
+                raise
+            raise err from e
         self._rows.append(row)
         self.done.add(row[self.key])
 

@@ -28,6 +28,7 @@ from phased_ift.runio import atomic_write_json, write_jsonl
 from phased_ift.config import Config
 from phased_ift.data import Example
 from phased_ift.design import get_arm, phase_count
+from phased_ift.diskerrors import writing
 from phased_ift.errors import PhasedIFTError
 from phased_ift.modeling import release_memory
 from phased_ift.rundir import RunDir
@@ -179,6 +180,8 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
         train_runtime, tokens (non-padding, all ranks), wall_seconds, global_step, resumed_from).
     Raises:
         PhasedIFTError: a sharded setup that cannot save complete weights; an incomplete save (no DONE written).
+        DiskWriteError: the disk refused a Trainer checkpoint or the phase's save (full, quota, read-only,
+            permission); no DONE is written and the same command resumes from the last complete checkpoint.
     """
     from phased_ift.modeling import resolve_model_path
     from phased_ift.train import sharded
@@ -196,10 +199,13 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     resume = last_complete_checkpoint(trainer_dir)
     if resume is None and prev_optimizer is not None and prev_optimizer.is_file():
         tr.load_optimizer_state(trainer, prev_optimizer, hp.learning_rate)
-    metrics = _run(trainer, resume)
-    tr.save_phase_weights(trainer, tokenizer, phase_dir, merge, cfg.train.carry_optimizer, backend.name)
+    full = cfg.train.method == "full" or merge
+    with writing(trainer_dir, *save_bytes(trainer.model, full, optimizer=True)):  # train.save_steps checkpoints
+        metrics = _run(trainer, resume)
+    with writing(phase_dir, *save_bytes(trainer.model, full, cfg.train.carry_optimizer)):
+        tr.save_phase_weights(trainer, tokenizer, phase_dir, merge, cfg.train.carry_optimizer, backend.name)
     if trainer.is_world_process_zero():
-        kind = "full" if cfg.train.method == "full" or merge else "adapter"
+        kind = "full" if full else "adapter"
         hparams = {**asdict(hp), "seed": seed, "examples": len(rows), "init_from": init_dir or base,
                    "base_model": base, "checkpoint_kind": kind, "world_size": trainer.args.world_size,
                    "distributed": backend.name}
@@ -207,6 +213,20 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
         shutil.rmtree(trainer_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def save_bytes(model, full: bool, optimizer: bool) -> tuple[int | None, str]:
+    """An estimate of what a save of `model` writes, and its note for `diskerrors.writing`: every parameter
+    (`full`) or the trainable ones (an adapter), + AdamW's two fp32 moments of the trainable ones (`optimizer`)."""
+    try:
+        params = list(model.parameters())
+    except Exception:  # not a torch module (a stub): no estimate
+        return None, ""
+    trainable = [p for p in params if p.requires_grad]
+    weights = sum(p.numel() * p.element_size() for p in (params if full else trainable))
+    moments = 8 * sum(p.numel() for p in trainable) if optimizer else 0
+    what = ("full model" if full else "adapter") + (" + optimizer state" if optimizer else "")
+    return weights + moments, f" (estimate: the {what})"
 
 
 def _run(trainer, resume: str | None) -> dict[str, Any]:
