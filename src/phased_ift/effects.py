@@ -23,11 +23,11 @@ MS_prompt (N - 1 df) and MS_res, the test is Clark's quasi-F min F' (Clark 1973,
 fallacy", J. Verbal Learn. Verbal Behav. 12(4)) written as a t-test: t = mean / sqrt((MS_seed + MS_prompt) / (S N)),
 whose variance estimate has expectation Var(mean) + var_res / (S N) (so it is slightly conservative), with
 Satterthwaite's degrees of freedom (Satterthwaite 1946, Biometrics Bull. 2(6)) for the sum of the two mean squares.
-Plain Satterthwaite df are too large exactly when MS_seed happens to be small, which made the test reject 7-8% at
-3 seeds when the seed variance dominates (measured: benchmarks/bench_calibration.py). So the df are computed from
-upper confidence bounds of the expected mean squares (MS x f / chi2_f(DF_QUANTILE), DF_QUANTILE = 0.25: a 75% upper
-bound), which brings every measured cell to <= 7% (docs/report.md, "Calibration"). This df rule is this project's,
-chosen and proven by that simulation, not a published method.
+Plain Satterthwaite df are too large exactly when MS_seed happens to be small, which makes the test reject 7-8% at
+3 seeds when the seed variance dominates (benchmarks/bench_calibration.py measures it beside ours). So the df are
+computed from upper confidence bounds of the expected mean squares (MS x f / chi2_f(DF_QUANTILE), DF_QUANTILE =
+0.25: a 75% upper bound), which keeps every measured cell at <= 7% (docs/report.md, "Calibration"). This df rule is
+this project's, chosen and proven by that simulation, not a published method.
 
 Why not the hierarchical bootstrap the project used before: resampling S seeds with replacement gives the seed term
 a variance of var_seed (S - 1) / S^2 (half of var_seed / S at S = 2) and the seed level has only a few distinct
