@@ -395,11 +395,12 @@ class EvaluationConfig:
 
 @dataclass
 class ReportConfig:
-    bootstrap: int = _f(2000, "Bootstrap resamples for confidence intervals.")
-    confidence: float = _f(0.95, "Confidence level.")
-    seed: int = _f(0, "Bootstrap seed.")
-    length_warning_ratio: float = _f(1.2, "Warn when the preferred arm's answers are this many times longer on "
-                                     "average (judges favour length).")
+    bootstrap: int = _f(2000, "Bootstrap resamples of the descriptive confidence intervals (the conditional "
+                             "sign-flip test draws max(this, 10000)).")
+    confidence: float = _f(0.95, "Confidence level; tests are significant at 1 - confidence.")
+    seed: int = _f(0, "Seed of the bootstrap and of the sign-flip test's Monte Carlo draws.")
+    length_warning_ratio: float = _f(1.2, "Warn when the arm ahead in a win-rate line answers this many times "
+                                     "longer on average (judges favour length).")
 
     def __post_init__(self) -> None:
         if self.bootstrap < 100:
