@@ -343,7 +343,8 @@ def test_train_on_a_full_disk_writes_no_done(tmp_path, monkeypatch, capsys, wher
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     stub = types.SimpleNamespace(build_trainer=lambda *a, **kw: _FakeTrainer(fail), save_phase_weights=save)
-    callbacks = types.SimpleNamespace(NoFinalSave=object, RichProgress=lambda label: None)
+    callbacks = types.SimpleNamespace(NoFinalSave=object, RichProgress=lambda label: None,
+                                      StopOnSignal=lambda: types.SimpleNamespace(stopped_at=None, signum=0))
     monkeypatch.setitem(sys.modules, "phased_ift.train.trainer", stub)  # no trl / transformers import
     monkeypatch.setattr(train_pkg, "trainer", stub, raising=False)
     monkeypatch.setitem(sys.modules, "phased_ift.train.callbacks", callbacks)

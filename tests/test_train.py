@@ -326,7 +326,10 @@ def test_trainer_arguments_carry_the_phase_hyperparameters(tmp_path, tiny_model_
 
 def test_resume_skips_a_checkpoint_torn_by_kill9(tmp_path):
     """kill -9 while Trainer saves leaves checkpoint-N without trainer_state.json, or with an empty or cut-short
-    one (Trainer writes it last, not atomically): resume from the newest complete one and remove the torn ones."""
+    one (Trainer writes it last, not atomically): resume from the newest complete one and remove the torn ones.
+    (A checkpoint whose weights are torn: tests/test_corrupt_state.py.)"""
+    from safetensors.torch import save_file
+
     from phased_ift.train import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path / "missing") is None
@@ -334,7 +337,7 @@ def test_resume_skips_a_checkpoint_torn_by_kill9(tmp_path):
     for n, state in states.items():
         d = tmp_path / f"checkpoint-{n}"
         d.mkdir()
-        (d / "adapter_model.safetensors").write_bytes(b"x")
+        save_file({"w": torch.zeros(2)}, d / "adapter_model.safetensors")
         if state is not None:
             (d / "trainer_state.json").write_text(state)
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")

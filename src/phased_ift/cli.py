@@ -15,12 +15,17 @@
     phased-ift judge-check CONFIG [--annotations F] [--limit N]   the configured judge against GPT-4's preferences
     phased-ift serve-command CONFIG [--server vllm|llama-cpp]      the server command for generate.backend=server
     phased-ift export-gguf CHECKPOINT OUT.gguf [--outtype f32]     a checkpoint (adapter merged) as a GGUF file
+    phased-ift export CONFIG --to llama-factory|axolotl|hf OUT_DIR  the split's phases for other training tools
 
 User errors print one paragraph (no traceback) and exit with status 2; Ctrl-C exits with 130 and the same
 command resumes. The commands that write a run dir (sit-generate, score, split, train, generate, judge, report,
 run, judge-check; not with --dry-run) hold its lock (`runlock`): while another process holds it they stop at once
-with status 75, or wait for it with --wait. A write the disk refuses (full, quota, read-only, permission) is one
-line naming the file and the free space, status 74 (`diskerrors`). Out of memory: status 3.
+with status 75, or wait for it with --wait. While they hold it, SIGTERM (SLURM preemption, scancel) and SIGINT
+(Ctrl-C) stop them gracefully (`shutdown`): training at the end of the current optimizer step with a Trainer
+checkpoint, scoring / generation / judging after the item in flight; one line, status 143 (SIGTERM) or 130
+(SIGINT), and the same command resumes; a second signal exits at once. A write the disk refuses (full, quota,
+read-only, permission) is one line naming the file and the free space, status 74 (`diskerrors`). Out of memory:
+status 3.
 """
 
 from __future__ import annotations
@@ -57,12 +62,15 @@ def _locked(args: argparse.Namespace):
 
 
 def _lock(args: argparse.Namespace, run_dir: str) -> None:
-    """Take the run dir's lock (`runlock.run_lock`: --wait, notes on the console) and hold it until `main` returns."""
+    """Take the run dir's lock (`runlock.run_lock`: --wait, notes on the console) and hold it until `main` returns;
+    from then on SIGTERM / SIGINT stop the command gracefully (`shutdown.handling`)."""
+    from phased_ift import shutdown
     from phased_ift.runlock import run_lock
 
     args.exit_stack.enter_context(run_lock(
         run_dir, wait=args.wait, command=shlex.join(["phased-ift", *args.argv]),
         note=lambda text: console.print(f"[yellow]note:[/] {text}", highlight=False, soft_wrap=True)))
+    args.exit_stack.enter_context(shutdown.handling())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -177,6 +185,16 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
     from phased_ift.modeling import export_gguf
 
     console.print(f"wrote {export_gguf(args.checkpoint, args.out, args.outtype)}", highlight=False)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`phased-ift export CONFIG --to TARGET OUT_DIR`: the split run's phases in another tool's format
+    (`export.export_run`); reads the run dir, writes only OUT_DIR (no run-dir lock)."""
+    from phased_ift.export import export_run
+
+    files = export_run(_load(args), args.to, args.out_dir)
+    console.print(f"export --to {args.to}: wrote {len(files)} files to {args.out_dir}", highlight=False)
     return 0
 
 
@@ -345,7 +363,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="with --against: seed of the sample and CV folds")
     _add_check_commands(sub)
     _add_server_commands(sub)
+    _add_export_command(sub)
     return parser
+
+
+def _add_export_command(sub: argparse._SubParsersAction) -> None:
+    """`phased-ift export CONFIG --to TARGET OUT_DIR [key=value ...]` (docs/export.md)."""
+    p = sub.add_parser("export", help="write the split's phases for LLaMA-Factory, Axolotl or as a HF dataset",
+                       description="Reads the run dir after `phased-ift split` and writes OUT_DIR: llama-factory / "
+                       "axolotl: data files, one training config per arm x seed x phase chained as phased-ift "
+                       "chains phases, run.sh; hf: a datasets.DatasetDict (save_to_disk) and its dataset card.")
+    p.add_argument("config", help="YAML config of the run, e.g. configs/quickstart.yaml")
+    p.add_argument("--to", required=True, metavar="TARGET", help="llama-factory, axolotl or hf")
+    p.add_argument("out_dir", help="folder to write (created; files of an earlier export are replaced)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.seeds=[0,1]")
+    p.set_defaults(func=cmd_export)
 
 
 def _add_server_commands(sub: argparse._SubParsersAction) -> None:
@@ -398,8 +430,9 @@ def _add_check_commands(sub: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The `phased-ift` command. Returns the exit status: 0; 2 a user error (`PhasedIFTError`, one paragraph);
     3 out of memory; 74 a write the disk refused (`diskerrors`); 75 the run dir is locked by another process
-    (`runlock`); 130 Ctrl-C."""
+    (`runlock`); 143 / 130 stopped by SIGTERM / SIGINT (`shutdown`), or 130 Ctrl-C before the handlers are in."""
     from phased_ift.diskerrors import write_error
+    from phased_ift.shutdown import Stopped
 
     parser = build_parser()
     # key=value overrides may also follow options (`run CONFIG --dry-run a.b=1`), which argparse alone rejects.
@@ -415,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as args.exit_stack:  # the run-dir lock of `_locked`, released on the way out
             return int(args.func(args) or 0)
+    except Stopped as e:
+        console.print(f"[yellow]stopped:[/] {e}", highlight=False, soft_wrap=True)
+        return e.exit_code
     except PhasedIFTError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return e.exit_code

@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from phased_ift import shutdown
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import atomic_write_json
@@ -156,6 +157,7 @@ def reference_loss_all(cfg: Any, run: Any, console: Any = None) -> None:
         out = run.evaluation(c.arm, c.phase, c.seed)
         if out.is_file():
             continue
+        shutdown.check(f"before the reference loss of {c.arm} seed {c.seed} phase {c.phase}")
         ckpt = checkpoint_dir(run, c.arm, c.phase, c.seed)
         loaded = load_for_inference(ckpt, dtype=inference_dtype(cfg.model.dtype, cfg.model.autocast))
         result = {"arm": c.arm, "phase": c.phase, "seed": c.seed, "reference": ev.reference, "testsets": {}}

@@ -10,7 +10,8 @@ Prompts are rendered with `modeling.render` (exactly as in training), tokenised,
 left-padded into batches and decoded greedily until the tokenizer's EOS or the chat template's end-of-turn token,
 or `max_new_tokens`. Rows are appended per batch to `generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl`, so a
 killed run resumes by skipping the ids already there; `<testset>.settings.json` is written when a test set is
-complete. Greedy decoding is deterministic: batched and one-at-a-time outputs agree (up to float rounding, see
+complete. After SIGTERM / SIGINT generation stops once the batch in flight is written (`shutdown.check`). Greedy
+decoding is deterministic: batched and one-at-a-time outputs agree (up to float rounding, see
 benchmarks/bench_generate.py).
 
 Backends live in a small registry (`BACKENDS`): "hf" (transformers `generate`, CPU or GPU), "vllm" (GPU, when
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from phased_ift import shutdown
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import AppendLog, atomic_write_json, read_jsonl
 from phased_ift.serving import served_checkpoints
@@ -414,6 +416,7 @@ def _generate_rows(engine: Backend, tok, todo: Sequence[Any], template: str, sto
                     row.update(turn=e.meta["turn"], question=e.prompt_messages[-1]["content"])
                 log.append(row)
             progress.advance(task, len(idx))
+            shutdown.check(f"generating {testset} after the batch in flight: {len(log)} answers are in {log.path}")
     return failed
 
 

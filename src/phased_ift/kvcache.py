@@ -13,6 +13,10 @@ Guarantees (the same as the three hand-written caches it replaces):
     Several instances or processes on one file wait up to `timeout` seconds for each other's writes.
   * A write the disk refuses ("database or disk is full", read-only, permission) raises
     `diskerrors.DiskWriteError` naming the file; that put is rolled back, everything committed before stays.
+  * A damaged file (not an sqlite database, or "database disk image is malformed": a half copy, a disk fault) is
+    `CorruptCache`, a `PhasedIFTError` naming the file and the fix, wherever sqlite finds it (opening, a read, a
+    write). It is never read as an empty or partial cache: that would send again, at the user's cost, requests
+    the file had answered. The fix moves the file away; the dry run then says how much will be asked again.
   * Keys are whatever the caller hashes (never a secret: the LLM client's key excludes the API key).
 
 Schema: `<table>(key TEXT PRIMARY KEY, <value_column> TEXT|BLOB NOT NULL[, <note_column> TEXT NOT NULL]
@@ -32,14 +36,46 @@ import re
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from phased_ift.diskerrors import write_error, writing
+from phased_ift.errors import PhasedIFTError
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CODECS = ("json", "bytes")
 SQL_VARS = 500  # keys per SELECT ... IN (...): well under sqlite's limit on bound variables (999 in old builds)
+_DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")  # sqlite's result codes for a file that is not a whole database
+
+
+class CorruptCache(PhasedIFTError):
+    """The cache file is damaged (see the module docstring); the message names it and the fix.
+
+    Attributes:
+        path: the sqlite file.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        super().__init__(
+            f"cache {path} is damaged ({reason}): not a whole sqlite database (a half copy, a disk fault). It is not "
+            f"used, so nothing it answered is asked again behind your back. Move it away (`mkdir -p {path.parent}/"
+            f"damaged && mv {path}* {path.parent}/damaged/`), then run the same command with --dry-run: it says how "
+            f"many requests the empty cache will send again (for a loss or embedding cache: recomputed).")
+
+
+@contextmanager
+def _damaged_is_named(path: Path) -> Iterator[None]:
+    """Turn sqlite's "file is not a database" / "database disk image is malformed" into `CorruptCache`."""
+    try:
+        yield
+    except sqlite3.DatabaseError as e:
+        damaged = getattr(e, "sqlite_errorname", "") in _DAMAGED or any(
+            m in str(e) for m in ("file is not a database", "disk image is malformed"))
+        if not damaged:
+            raise
+        raise CorruptCache(path, str(e)) from e
 
 
 class KVCache:
@@ -57,7 +93,8 @@ class KVCache:
         timeout: seconds to wait for another connection's write lock before sqlite3.OperationalError.
     Raises:
         ValueError: a bad table/column name or codec.
-        sqlite3.DatabaseError: the file is not an sqlite database, or the table exists with other columns.
+        CorruptCache: the file is damaged (not an sqlite database, or malformed); also from every read and write.
+        sqlite3.DatabaseError: the table exists with other columns.
         DiskWriteError: the file or its folder cannot be written (full disk, read-only, permission).
     """
 
@@ -77,11 +114,16 @@ class KVCache:
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=timeout)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, {', '.join(cols)})")
-            self._conn.commit()
-        have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+        try:
+            with writing(self.path), _damaged_is_named(self.path):
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, {', '.join(cols)})")
+                self._conn.commit()
+                have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+        except BaseException:
+            self._conn.close()
+            raise
         need = ["key"] + [c.split()[0] for c in cols]
         if not set(need) <= have:
             self._conn.close()
@@ -102,7 +144,7 @@ class KVCache:
     # ------------------------------------------------------------------------------------------------ reads
     def get(self, key: str, default: Any = None) -> Any:
         """The value stored under `key`, or `default`."""
-        with self._lock:
+        with self._lock, _damaged_is_named(self.path):
             row = self._conn.execute(f"SELECT {self._value} FROM {self.table} WHERE key = ?", (key,)).fetchone()
         return self._decode(row[0]) if row else default
 
@@ -110,7 +152,7 @@ class KVCache:
         """{key: value} for the keys that are stored (missing keys are absent; duplicates are looked up once)."""
         uniq = list(dict.fromkeys(keys))
         out: dict[str, Any] = {}
-        with self._lock:
+        with self._lock, _damaged_is_named(self.path):
             for i in range(0, len(uniq), SQL_VARS):
                 part = uniq[i: i + SQL_VARS]
                 rows = self._conn.execute(f"SELECT key, {self._value} FROM {self.table} WHERE key IN "
@@ -119,11 +161,11 @@ class KVCache:
         return out
 
     def __contains__(self, key: object) -> bool:
-        with self._lock:
+        with self._lock, _damaged_is_named(self.path):
             return self._conn.execute(f"SELECT 1 FROM {self.table} WHERE key = ?", (key,)).fetchone() is not None
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, _damaged_is_named(self.path):
             return self._conn.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0]
 
     # ------------------------------------------------------------------------------------------------ writes
@@ -157,7 +199,7 @@ class KVCache:
             rows.append(row)
         sql = f"INSERT OR REPLACE INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         need = sum(len(v) for row in rows for v in row if isinstance(v, (str, bytes)))
-        with self._lock:
+        with self._lock, _damaged_is_named(self.path):
             try:
                 self._conn.executemany(sql, rows)
                 self._conn.commit()

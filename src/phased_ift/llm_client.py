@@ -33,6 +33,9 @@ Guarantees:
     the server yet, or `CONNECT_GIVEUPS_IN_ROW` such requests in a row (the server died mid-run). Without that
     stop, a dead server costs every item its full retry budget (~30 s each with the defaults); with it, the
     answers so far are cached and the same command resumes once the server is back.
+  * SIGTERM / SIGINT (`shutdown`): no request is sent or retried after it; the requests in flight are finished and
+    cached, the results answered up to the first missing one are handed on, then `iter_chat` raises
+    `shutdown.Stopped`. The same command sends only what was never answered.
   * The API key is read from `os.environ[endpoint.api_key_env]` and is scrubbed from every error text. A local
     server (127.0.0.1, localhost) may run without the variable: a dummy key is sent.
 """
@@ -44,7 +47,7 @@ import json
 import os
 import random
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -54,6 +57,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from phased_ift import shutdown
 from phased_ift.errors import PhasedIFTError
 from phased_ift.kvcache import KVCache
 from phased_ift.progress import LoggedProgress
@@ -369,8 +373,9 @@ class LLMClient:
             raise _Fatal(problem)
         return data
 
-    def _send(self, canon: dict, key: str, stop: threading.Event) -> LLMResult:
-        """One request with retries; caches the answer. Raises _Fatal on 401/403/404 and an unreachable server."""
+    def _send(self, canon: dict, key: str, stop: threading.Event) -> LLMResult | None:
+        """One request with retries; caches the answer. Raises _Fatal on 401/403/404 and an unreachable server.
+        None: not sent (or not retried) because the run stops (a fatal error, or SIGTERM / SIGINT)."""
         import openai
 
         client = self._openai()
@@ -379,8 +384,8 @@ class LLMClient:
         last = "not sent"
         connected = False  # whether any attempt reached the server (a timeout or an HTTP error counts)
         for attempt in range(self.endpoint.max_retries + 1):
-            if stop.is_set():
-                return LLMResult(False, None, None, "not sent: the run stopped on a fatal error", False)
+            if stop.is_set() or shutdown.requested():
+                return None
             if attempt:
                 self._count(retries=1)
             retry_after = None
@@ -548,16 +553,16 @@ class LLMClient:
                     task = progress.add_task(desc, total=len(todo))
                     futures = {pool.submit(self._send, canon, key, stop): key for key, canon in todo.items()}
                     try:
-                        for fut in as_completed(futures):
+                        for fut in shutdown.as_completed(futures, stop.set):  # a signal stops the workers
                             key = futures[fut]
                             try:
                                 res = fut.result()
                             except _Fatal as e:  # _send has already set `stop` for the other workers
-                                fatal = fatal or str(e)
+                                fatal, res = fatal or str(e), None
+                            if res is None:  # a fatal error, or not sent because the run stops
                                 continue
                             results[key] = res
-                            if not res.ok:
-                                self._count(failures=1)
+                            self._count(failures=int(not res.ok))
                             progress.advance(task)
                             yield from ready()
                     except BaseException:  # Ctrl-C or the consumer stopped early: stop the workers (answers are cached)
@@ -565,6 +570,8 @@ class LLMClient:
                         pool.shutdown(wait=False, cancel_futures=True)
                         raise
             yield from ready()
+            if shutdown.requested() and not fatal and done < len(keys):  # the answers in flight are cached too
+                raise shutdown.Stopped(f"{desc} after {done} of {len(keys)} results; every answer received is cached")
         finally:
             if report and not 0 < done == len(keys):
                 self.console.print(self.summary(desc, since=before))

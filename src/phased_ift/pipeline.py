@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 from rich.console import Console
 
+from phased_ift import shutdown
 from phased_ift.config import Config, save_config
 from phased_ift.errors import PhasedIFTError
 from phased_ift.modeling import describe_precision, resolve_config_precision
@@ -304,6 +305,7 @@ def run_steps(cfg: Config, steps: Sequence[Step], dry_run_step: str | None = Non
         from phased_ift.modeling import release_memory
 
         for step in group:
+            shutdown.check(f"before the {step.name} step")
             results[step.name] = step.run(cfg, run, step.name == dry_run_step, console)
             release_memory()  # the next step's peak does not stack on this one's freed heap
 

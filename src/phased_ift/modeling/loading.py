@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from phased_ift import integrity
 from phased_ift.errors import PhasedIFTError
 
 from phased_ift.modeling.hub import NAMED_MODELS, resolve_model_path
@@ -190,8 +191,10 @@ def load_checkpoint(path: str | Path, *, trainable: bool, dtype: str = "float32"
         The model (a `PeftModel` when training an adapter).
     Raises:
         PhasedIFTError: the checkpoint or its base model cannot be found; quantize_4bit without a CUDA GPU or
-            bitsandbytes (`require_qlora`, checked before any weights load).
+            bitsandbytes (`require_qlora`, checked before any weights load); a weight file of a finished phase
+            differs from what its DONE recorded (`integrity.verify`, before anything loads).
     """
+    integrity.verify(path)  # a finished phase's weights are the files its DONE recorded
     kw: dict[str, Any] = dict(dtype=dtype, attn_implementation=attn_implementation,
                               trust_remote_code=trust_remote_code)
     if quantize_4bit:

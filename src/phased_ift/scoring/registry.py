@@ -6,7 +6,8 @@ docs/architecture.md: {"id", "score": float|null, "error": str|null, ...extras};
 scorers themselves are registered in one visible block in `phased_ift/scoring/__init__.py`.
 
 `score_examples` appends each row as it arrives (a kill -9 loses at most the batch in flight), skips ids already
-scored on a re-run, retries failed rows, and finally rewrites the file atomically in the examples' order.
+scored on a re-run, retries failed rows, and finally rewrites the file atomically in the examples' order. After
+SIGTERM / SIGINT it stops after the row in flight (`shutdown.check`), before that final rewrite.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from phased_ift.data import Example
+from phased_ift import shutdown
 from phased_ift.runio import AppendLog, read_jsonl, write_jsonl
 from phased_ift.errors import PhasedIFTError
 
@@ -168,6 +170,7 @@ def _append_rows(name: str, todo: list[Example], ctx: ScoreContext, out_path: Pa
             new[rid] = row
             dt = time.perf_counter() - t0
             bar.update(task, advance=1, rate=f"{len(new) / dt:.1f} ex/s" if dt > 0 else "")
+            shutdown.check(f"scoring with {name} after {len(done) + len(new)} of {len(wanted)} rows (in {out_path})")
     return new
 
 

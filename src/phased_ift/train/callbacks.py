@@ -1,5 +1,6 @@
-"""Trainer callbacks of a phase: the rich progress bar (steps, rate, ETA, last loss) on the main process, and no
-Trainer checkpoint at the last step (`NoFinalSave`: the phase saves its own weights).
+"""Trainer callbacks of a phase: the rich progress bar (steps, rate, ETA, last loss) on the main process, no
+Trainer checkpoint at the last step (`NoFinalSave`: the phase saves its own weights), and the graceful stop on
+SIGTERM / SIGINT (`StopOnSignal`: a Trainer checkpoint at the end of the current optimizer step, then stop).
 
 Imports transformers at module level; `train.loop` imports it only when a phase trains.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 import time
 
 from transformers import TrainerCallback
+
+from phased_ift import shutdown
 
 
 class RichProgress(TrainerCallback):
@@ -67,3 +70,43 @@ class NoFinalSave(TrainerCallback):
         if state.max_steps and state.global_step >= state.max_steps:
             control.should_save = False
         return control
+
+
+class StopOnSignal(TrainerCallback):
+    """Stops a phase at the end of the optimizer step during which SIGTERM / SIGINT arrived (`shutdown.requested`),
+    with a Trainer checkpoint of that step (`control.should_save`, in the phase's trainer/ dir, like the
+    train.save_steps ones): the same command resumes from it (`loop.last_complete_checkpoint`).
+
+    Not at the phase's last step: the phase then finishes, saves its weights and DONE, and the loop stops before the
+    next phase. Under several processes the decision is all-reduced (max of the signal numbers) at every step end,
+    so every rank stops after the same step even when the launcher's signal reaches the ranks at different moments
+    (a rank that stopped alone would leave the others waiting in the next step's gradient all-reduce).
+
+    Attributes:
+        stopped_at: the global step the phase stopped at, None while it did not stop.
+        signum: the signal that stopped it (the largest over the ranks).
+    """
+
+    def __init__(self) -> None:
+        self.stopped_at: int | None = None
+        self.signum = 0
+
+    def on_step_end(self, args, state, control, **kw):
+        signum = _agreed(shutdown.requested(), args)
+        if signum and state.global_step < state.max_steps:
+            self.stopped_at, self.signum = state.global_step, signum
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+def _agreed(signum: int, args) -> int:
+    """The largest stop request over all ranks (this rank's own when training runs in one process)."""
+    import torch
+    import torch.distributed as dist
+
+    if args.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return signum
+    flag = torch.tensor([signum], dtype=torch.int64, device=args.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())

@@ -3,10 +3,12 @@
 Owns the files of a phase dir `checkpoints/<arm>/seed_<s>/phase_<k>/` and their protocol: `hparams.json`
 (`PhaseHparams` + seed, examples, init_from, base_model, checkpoint_kind, world_size,
 distributed: the backend that ran, `sharded.Backend`), `losses.jsonl`
-({"step", "loss", "learning_rate", "epoch"} per logged step), `DONE` (the train metrics, written last: a phase with
-DONE is finished and skipped), and the Trainer checkpoints in `trainer/` that an interrupted phase resumes from
-(`last_complete_checkpoint`; deleted once the phase is DONE), and whether train.method can run here
-(`require_method_support`). What each arm trains on comes from `design.ARMS`.
+({"step", "loss", "learning_rate", "epoch"} per logged step), `DONE` (the train metrics and the weight files'
+sizes and sha256, `integrity.record`, written last: a phase with DONE is finished and skipped), and the Trainer
+checkpoints in `trainer/` that an interrupted phase resumes from (`last_complete_checkpoint`, which skips torn ones;
+deleted once the phase is DONE), and whether train.method can run here (`require_method_support`). SIGTERM /
+SIGINT (`shutdown`) stop a phase after the current step with a Trainer checkpoint (`callbacks.StopOnSignal`, then
+`shutdown.Stopped`), or the loop before the next phase. What each arm trains on comes from `design.ARMS`.
 With train.report_to, `train_arm` opens one tracking run per arm x seed (`tracking.ArmTracker`) and gives each phase
 it trains the step offset of the phases before it (their DONE global_step).
 
@@ -19,11 +21,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from phased_ift import integrity, shutdown
 from phased_ift.runio import atomic_write_json, write_jsonl
 from phased_ift.config import Config
 from phased_ift.data import Example
@@ -92,6 +96,7 @@ def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, con
             phase_dir = run.checkpoint(arm, i, seed)
             dirs.append(phase_dir)
             if not is_done(phase_dir):
+                shutdown.check(f"before phase {i}/{len(phases)} of {arm} seed {seed} (phases 1-{i - 1} are DONE)")
                 cbs = [*callbacks, tracker.reporter(i, offset)] if tracker is not None else callbacks
                 _train_and_log(cfg, arm, seed, i, len(phases), examples, tokenizer, phase_dir, prev, console, cbs)
             offset += done_steps(phase_dir)
@@ -186,12 +191,13 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     from phased_ift.modeling import resolve_model_path
     from phased_ift.train import sharded
     from phased_ift.train import trainer as tr
-    from phased_ift.train.callbacks import NoFinalSave, RichProgress
+    from phased_ift.train.callbacks import NoFinalSave, RichProgress, StopOnSignal
 
     base = resolve_model_path(cfg.model.name_or_path)
     trainer_dir = phase_dir / TRAINER_SUBDIR
+    stop = StopOnSignal()
     trainer = tr.build_trainer(cfg, rows, tokenizer, init_dir, base, hp, seed, trainer_dir,
-                               [RichProgress(label), NoFinalSave(), *callbacks])
+                               [RichProgress(label), NoFinalSave(), stop, *callbacks])
     merge = cfg.train.method == "lora" and cfg.train.lora.across_phases == "merge"
     backend = sharded.backend_of(trainer.accelerator)
     sharded.check_backend(backend, carry_optimizer=cfg.train.carry_optimizer, merge=merge,
@@ -202,6 +208,7 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
     full = cfg.train.method == "full" or merge
     with writing(trainer_dir, *save_bytes(trainer.model, full, optimizer=True)):  # train.save_steps checkpoints
         metrics = _run(trainer, resume)
+    _raise_if_stopped(trainer, stop, label, trainer_dir)
     with writing(phase_dir, *save_bytes(trainer.model, full, cfg.train.carry_optimizer)):
         tr.save_phase_weights(trainer, tokenizer, phase_dir, merge, cfg.train.carry_optimizer, backend.name)
     if trainer.is_world_process_zero():
@@ -213,6 +220,22 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
         shutil.rmtree(trainer_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def _raise_if_stopped(trainer, stop, label: str, trainer_dir: Path) -> None:
+    """After a phase that SIGTERM / SIGINT stopped mid-way (`callbacks.StopOnSignal`): wait until every rank has
+    written its part of the Trainer checkpoint, then raise `shutdown.Stopped` (no weights, no DONE).
+
+    Raises:
+        Stopped: naming the step, the checkpoint and the exit status 128 + signal.
+    """
+    if stop.stopped_at is None:
+        return
+    trainer.accelerator.wait_for_everyone()
+    ckpt = trainer_dir / f"checkpoint-{stop.stopped_at}"
+    raise shutdown.Stopped(f"{label} at step {stop.stopped_at} of {trainer.state.max_steps}; its Trainer "
+                           f"checkpoint is {ckpt} (no DONE: the same command resumes the phase from that step)",
+                           stop.signum)
 
 
 def save_bytes(model, full: bool, optimizer: bool) -> tuple[int | None, str]:
@@ -246,7 +269,8 @@ def _run(trainer, resume: str | None) -> dict[str, Any]:
 
 
 def write_phase_files(phase_dir: Path, hparams: dict, log_history: Iterable[dict], metrics: dict) -> None:
-    """hparams.json, losses.jsonl (the logged losses of `log_history`) and last DONE (`metrics`, atomically).
+    """hparams.json, losses.jsonl (the logged losses of `log_history`) and last DONE (`metrics`, atomically, with
+    "weights": the size and sha256 of each weight file, `integrity.record`, checked before the phase loads).
 
     log_history is restored from the Trainer checkpoint on resume, so the losses equal an uninterrupted run's.
     """
@@ -254,7 +278,7 @@ def write_phase_files(phase_dir: Path, hparams: dict, log_history: Iterable[dict
     write_jsonl(phase_dir / "losses.jsonl",
                 ({"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate"),
                   "epoch": h.get("epoch")} for h in log_history if "loss" in h))
-    atomic_write_json(phase_dir / "DONE", metrics, indent=2)
+    atomic_write_json(phase_dir / "DONE", {**metrics, "weights": integrity.record(phase_dir)}, indent=2)
 
 
 def logged_mean_loss(log_history: Sequence[dict]) -> float | None:
@@ -276,7 +300,9 @@ def last_complete_checkpoint(trainer_dir: Path) -> str | None:
     A kill -9 while Trainer saves leaves a `checkpoint-N` dir without `trainer_state.json` (Trainer writes it after
     the weights, optimizer and RNG state, with a plain non-atomic `open(..., "w")`, so it can also be empty or cut
     short); transformers' `get_last_checkpoint` would pick such a dir and `train()` would then fail, so incomplete
-    dirs are removed here and the previous complete one is used.
+    dirs are removed here and the previous complete one is used. So is a dir whose weight, optimizer or RNG file
+    is empty or cut short (`integrity.complete`: a half-copied run dir), with a note on stderr; without any
+    complete checkpoint the phase trains from its start.
     """
     if not trainer_dir.is_dir():
         return None
@@ -285,9 +311,15 @@ def last_complete_checkpoint(trainer_dir: Path) -> str | None:
     for d in ckpts:
         try:
             json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
-            return str(d)
         except (OSError, ValueError):  # missing, empty or truncated: the save was interrupted
             shutil.rmtree(d, ignore_errors=True)
+            continue
+        torn = next(((f, why) for f in integrity.weight_files(d) if (why := integrity.complete(f))), None)
+        if torn is None:
+            return str(d)
+        print(f"note: {torn[0]} is {torn[1]}; Trainer checkpoint {d.name} is removed and the phase resumes from an "
+              f"earlier one (or its start).", file=sys.stderr)
+        shutil.rmtree(d, ignore_errors=True)
     return None
 
 
