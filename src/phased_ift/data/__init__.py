@@ -5,7 +5,7 @@ named sources and test sets. Returns data; printing is the CLI's (`phased-ift da
     loading.py   a file -> raw records with line numbers: text, JSON array, JSON lines, Hugging Face `datasets`
     formats.py   one converter per format (`FORMATS`), detection, record checks, `read_file`, `ReadResult`
     sources.py   `SOURCES`, `TEST_SETS`, `data_home`, `load_source`, `load_test_set`, reference answers,
-                 `combine_results`, `check_file`, `source_status`
+                 `combine_results`, `check_file`, `source_status`, `source_provenance` (PROVENANCE.md)
 
 Formats (`read_file(path, fmt)`; `fmt="auto"` detects from the file, an explicit format wins): alpaca, phasedsft,
 sharegpt, messages, testset, hf (see `formats.py`). A record that cannot be used becomes a reject {"source",
@@ -23,11 +23,12 @@ from phased_ift.data.example import Example, normalize_text, read_examples, writ
 from phased_ift.data.formats import FORMAT_NAMES, FORMATS, ReadResult, read_file
 from phased_ift.data.sources import (DATA_HOME_ENV, SOURCES, TEST_SETS, CheckReport, SourceInfo, SourceStatus,
                                      TestSetInfo, check_file, combine_results, data_home, find_reference,
-                                     load_reference_answers, load_source, load_test_set, source_path, source_status)
+                                     load_reference_answers, load_source, load_test_set, source_path, source_provenance,
+                                     source_status)
 
 __all__ = [
     "CheckReport", "DATA_HOME_ENV", "Example", "FORMATS", "FORMAT_NAMES", "ReadResult", "SOURCES", "SourceInfo",
     "SourceStatus", "TEST_SETS", "TestSetInfo", "check_file", "combine_results", "data_home", "find_reference",
     "load_reference_answers", "load_source", "load_test_set", "normalize_text", "read_examples", "read_file",
-    "source_path", "source_status", "write_examples",
+    "source_path", "source_provenance", "source_status", "write_examples",
 ]

@@ -160,6 +160,29 @@ def source_path(name: str) -> Path:
     return _named_path(SOURCES[name].path, name)
 
 
+def source_provenance(source: str) -> dict[str, str]:
+    """What the PROVENANCE.md beside a source's file records: {"upstream": ..., "license": ...} (the text after
+    "- Upstream repository:" and "- License:", the data home's format), for a named source or a file path.
+
+    Returns:
+        The fields found; {} when the source has no PROVENANCE.md (or no data home). Never raises.
+    """
+    try:
+        path = source_path(source) if source in SOURCES else Path(source)
+    except PhasedIFTError:
+        return {}
+    prov = path.parent / "PROVENANCE.md"
+    if not prov.is_file():
+        return {}
+    keys = {"- upstream repository:": "upstream", "- license:": "license"}
+    found = {}
+    for line in prov.read_text(encoding="utf-8", errors="replace").splitlines():
+        for prefix, key in keys.items():
+            if line.lower().startswith(prefix) and key not in found:
+                found[key] = line[len(prefix):].strip().replace("`", "")
+    return found
+
+
 def _sample(examples: list[Example], limit: int, seed: int) -> list[Example]:
     """A seeded sample of `limit` examples kept in file order (all of them when limit is 0 or >= len)."""
     if not limit or limit >= len(examples):
