@@ -299,7 +299,8 @@ def test_summarize_effects_pairs_final_checkpoints_pooled_over_seeds(tmp_path):
     u = wr["unparseable"]
     assert u["count"] == 2 and u["rate"] == pytest.approx(2 / (3 * 38))
     assert u["as_loss"]["difference"] + 0.5 == pytest.approx(22 / 38)  # seeds 1, 2 lost ids 36, 37 anyway
-    assert "2 unparseable verdicts" in wr["sentence"] and "counted as losses for phased" in wr["sentence"]
+    assert "2 unparseable verdicts" in wr["sentence"] and "counted as losses for phased: " in wr["sentence"]
+    assert "(the claim's test, p = " in wr["sentence"] and "significant, p" not in wr["sentence"]
     # the three comparisons are one family: Holm's adjusted p-values, in the summary and the sentences
     keys = ("reference loss", "IFEval prompt-level strict accuracy", "win rate")
     assert [eff[k]["p_holm"] for k in keys] == pytest.approx(holm_adjust([eff[k]["p_value"] for k in keys]))

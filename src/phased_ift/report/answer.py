@@ -225,6 +225,7 @@ def _unparseable_text(e: dict) -> str:
         return ""
     alt = u["as_loss"]
     p = "n/a" if alt["p_value"] is None else f"{alt['p_value']:.2g}"
+    test = "the claim's test" if alt["claim"] else "conditional on these runs"
     return (f" {u['count']} unparseable verdict{'s' if u['count'] > 1 else ''} ({u['rate']:.1%} of the cells) were "
-            f"left out; counted as losses for {e['arm']}: {e['offset'] + alt['difference']:.3f} (p = {p}"
-            f"{', significant' if alt['significant'] else ', not significant'}).")
+            f"left out; counted as losses for {e['arm']}: {e['offset'] + alt['difference']:.3f} ({test}, p = {p} "
+            f"before Holm's correction).")
