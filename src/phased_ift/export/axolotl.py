@@ -33,7 +33,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from phased_ift.export.plan import ExportPlan, Stage, paper_renderer, render_yaml, trainable_stages
+from phased_ift.export.plan import ExportPlan, Stage, paper_renderer, stage_start, write_stage_configs
 from phased_ift.export.script import DONE, Step, run_script
 from phased_ift.runio import atomic_write_text, write_jsonl
 
@@ -69,18 +69,11 @@ def dataset_entry(plan: ExportPlan, path: str) -> dict[str, Any]:
 
 
 def _start(plan: ExportPlan, stage: Stage) -> tuple[dict[str, Any], str]:
-    """(model keys, comment): where the stage's weights come from (module docstring, "How each stage starts")."""
-    prev = plan.previous(stage)
-    t = plan.cfg.train
-    if prev is None:
-        return {"base_model": plan.base_model}, "starts from the base model (model.name_or_path)"
-    if t.method == "full":
-        return {"base_model": prev.out}, f"starts from phase {prev.phase}'s full model ({prev.out})"
-    if t.lora.across_phases == "merge":
-        return ({"base_model": prev.out + "/merged"},
-                f"a new adapter on phase {prev.phase}'s adapter merged into its base ({prev.out}/merged)")
-    return ({"base_model": plan.base_model, "lora_model_dir": prev.out},
-            f"continues phase {prev.phase}'s adapter ({prev.out}), trainable")
+    """(model keys, comment): where the stage's weights come from (`plan.stage_start`)."""
+    kind, path, note = stage_start(plan, stage, "/merged")
+    keys = {"base": {"base_model": plan.base_model}, "full": {"base_model": path},
+            "merged": {"base_model": path}, "adapter": {"base_model": plan.base_model, "lora_model_dir": path}}
+    return keys[kind], note
 
 
 def _method_keys(plan: ExportPlan) -> dict[str, Any]:
@@ -144,12 +137,10 @@ def write(plan: ExportPlan, out: Path) -> list[Path]:
     for f in plan.files.values():
         write_jsonl(out / f.path(".jsonl"), (row(e) for e in f.examples))
         written.append(out / f.path(".jsonl"))
-    stages, skipped = trainable_stages(plan, TOOL)
-    merge = plan.cfg.train.method == "lora" and plan.cfg.train.lora.across_phases == "merge"
+    configs, skipped, merge = write_stage_configs(plan, out, TOOL, stage_config)
+    stages = [stage for stage, _ in configs]
     steps = []
-    for stage in stages:
-        cfg_path = f"configs/{stage.arm}/seed_{stage.seed}/phase_{stage.phase}.yaml"
-        atomic_write_text(out / cfg_path, render_yaml(*stage_config(plan, stage)))
+    for stage, cfg_path in configs:
         written.append(out / cfg_path)
         steps.append(Step(stage.name, stage.out, DONE, ("$AXOLOTL", "train", cfg_path), write_marker=True))
         if merge:

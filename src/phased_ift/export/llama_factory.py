@@ -33,7 +33,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from phased_ift.export.plan import ExportPlan, Stage, alpaca_row, paper_renderer, render_yaml, trainable_stages
+from phased_ift.export.plan import (ExportPlan, Stage, alpaca_row, paper_renderer, render_yaml, stage_start,
+                                    write_stage_configs)
 from phased_ift.export.script import DONE, Step, run_script
 from phased_ift.runio import atomic_write_json, atomic_write_text, write_jsonl
 
@@ -87,18 +88,12 @@ def write_data(plan: ExportPlan, out: Path) -> list[Path]:
 
 
 def _start(plan: ExportPlan, stage: Stage) -> tuple[dict[str, Any], str]:
-    """(model keys, comment): where the stage's weights come from (module docstring, "How each stage starts")."""
-    prev = plan.previous(stage)
-    method, across = plan.cfg.train.method, plan.cfg.train.lora.across_phases
-    if prev is None:
-        return {"model_name_or_path": plan.base_model}, "starts from the base model (model.name_or_path)"
-    if method == "full":
-        return {"model_name_or_path": prev.out}, f"starts from phase {prev.phase}'s full model ({prev.out})"
-    if across == "merge":
-        return ({"model_name_or_path": prev.out + "-merged"},
-                f"a new adapter on phase {prev.phase}'s adapter merged into its base ({prev.out}-merged)")
-    return ({"model_name_or_path": plan.base_model, "adapter_name_or_path": prev.out},
-            f"continues phase {prev.phase}'s adapter ({prev.out}), trainable")
+    """(model keys, comment): where the stage's weights come from (`plan.stage_start`)."""
+    kind, path, note = stage_start(plan, stage, "-merged")
+    keys = {"base": {"model_name_or_path": plan.base_model}, "full": {"model_name_or_path": path},
+            "merged": {"model_name_or_path": path},
+            "adapter": {"model_name_or_path": plan.base_model, "adapter_name_or_path": path}}
+    return keys[kind], note
 
 
 def _method_keys(plan: ExportPlan) -> dict[str, Any]:
@@ -179,12 +174,10 @@ def write(plan: ExportPlan, out: Path) -> list[Path]:
         PhasedIFTError: see `export.plan.build_plan` and `paper_renderer`.
     """
     written = write_data(plan, out)
-    stages, skipped = trainable_stages(plan, TOOL)
-    merge = plan.cfg.train.method == "lora" and plan.cfg.train.lora.across_phases == "merge"
+    configs, skipped, merge = write_stage_configs(plan, out, TOOL, stage_config)
+    stages = [stage for stage, _ in configs]
     steps = []
-    for stage in stages:
-        cfg_path = f"configs/{stage.arm}/seed_{stage.seed}/phase_{stage.phase}.yaml"
-        atomic_write_text(out / cfg_path, render_yaml(*stage_config(plan, stage)))
+    for stage, cfg_path in configs:
         written.append(out / cfg_path)
         steps.append(Step(stage.name, stage.out, TRAIN_MARKER, ("$LLAMAFACTORY_CLI", "train", cfg_path)))
         if merge:

@@ -128,6 +128,39 @@ class ExportPlan:
         return next(s for s in self.stages if (s.arm, s.seed, s.phase) == (stage.arm, stage.seed, stage.phase - 1))
 
 
+def stage_start(plan: ExportPlan, stage: Stage, merged_suffix: str) -> tuple[str, str | None, str]:
+    """Where a stage's weights come from, as our loop chains phases (`train.method`, `train.lora.across_phases`):
+    (kind, path, comment) with kind "base" (path None: the base model), "full" (the previous stage's full model),
+    "merged" (a new adapter on the previous adapter merged into its base, at the previous output + `merged_suffix`)
+    or "adapter" (the previous stage's adapter, continued and trainable). Each target maps the kind to its keys."""
+    prev = plan.previous(stage)
+    t = plan.cfg.train
+    if prev is None:
+        return "base", None, "starts from the base model (model.name_or_path)"
+    if t.method == "full":
+        return "full", prev.out, f"starts from phase {prev.phase}'s full model ({prev.out})"
+    if t.lora.across_phases == "merge":
+        merged = prev.out + merged_suffix
+        return "merged", merged, f"a new adapter on phase {prev.phase}'s adapter merged into its base ({merged})"
+    return "adapter", prev.out, f"continues phase {prev.phase}'s adapter ({prev.out}), trainable"
+
+
+def write_stage_configs(plan: ExportPlan, out: Path, tool: str, stage_config) -> tuple[list[tuple[Stage, str]],
+                                                                                      dict[str, str], bool]:
+    """Write one YAML per trainable stage (`trainable_stages`) at configs/<arm>/seed_<s>/phase_<k>.yaml, rendered from
+    `stage_config(plan, stage)`: ([(stage, config path relative to out)], skipped arms, whether each stage is merged
+    after training (LoRA with train.lora.across_phases=merge))."""
+    from phased_ift.runio import atomic_write_text
+
+    stages, skipped = trainable_stages(plan, tool)
+    written = []
+    for stage in stages:
+        cfg_path = f"configs/{stage.arm}/seed_{stage.seed}/phase_{stage.phase}.yaml"
+        atomic_write_text(out / cfg_path, render_yaml(*stage_config(plan, stage)))
+        written.append((stage, cfg_path))
+    return written, skipped, plan.cfg.train.method == "lora" and plan.cfg.train.lora.across_phases == "merge"
+
+
 def base_model_path(name_or_path: str) -> str:
     """model.name_or_path as another tool loads it: a named offline model -> its converted plain checkpoint (made
     once, `modeling.resolve_model_path`), a local folder -> its absolute path (scripts run from the export
