@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from phased_ift.diskerrors import write_error, writing
+from phased_ift.diskerrors import writing
 from phased_ift.errors import PhasedIFTError
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -199,16 +199,14 @@ class KVCache:
             rows.append(row)
         sql = f"INSERT OR REPLACE INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         need = sum(len(v) for row in rows for v in row if isinstance(v, (str, bytes)))
-        with self._lock, _damaged_is_named(self.path):
+        with self._lock, _damaged_is_named(self.path), writing(
+                self.path, need, " (the values of this put; sqlite needs some more)"):
             try:
                 self._conn.executemany(sql, rows)
                 self._conn.commit()
-            except sqlite3.Error as e:  # "database or disk is full": nothing of this put is kept, the rest is
+            except sqlite3.Error:  # "database or disk is full": nothing of this put is kept, the rest is
                 self._rollback()
-                err = write_error(e, self.path, need, " (the values of this put; sqlite needs some more)")
-                if err is None:
-                    raise
-                raise err from e
+                raise
 
     def _rollback(self) -> None:
         try:

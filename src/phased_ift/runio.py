@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from phased_ift.diskerrors import write_error
+from phased_ift.diskerrors import write_error, writing
 from phased_ift.errors import PhasedIFTError
 
 __all__ = ["AppendLog", "JsonlDecodeError", "append_jsonl", "atomic_write_bytes", "atomic_write_json",
@@ -194,18 +194,16 @@ def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
     path = Path(path)
     line = _dump_row(row)
     f = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a", encoding="utf-8")
-        f.write(line)
-        f.flush()
-        f.close()
-    except Exception as e:
-        _abandon(f, path)
-        err = write_error(e, path, len(line.encode("utf-8")))
-        if err is None:
+    with writing(path, len(line.encode("utf-8"))):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a", encoding="utf-8")
+            f.write(line)
+            f.flush()
+            f.close()
+        except Exception:
+            _abandon(f, path)
             raise
-        raise err from e
 
 
 def _abandon(f: Any, path: Path) -> None:
@@ -307,19 +305,17 @@ class AppendLog:
         if self.key not in row:
             raise ValueError(f"AppendLog({self.path}): row without the {self.key!r} field: {sorted(row)}")
         line = _dump_row(row)
-        try:
-            if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "a", encoding="utf-8")
-            self._file.write(line)
-            self._file.flush()
-        except Exception as e:  # a full disk: the row is not done; the file keeps only whole rows (`diskerrors`)
-            _abandon(self._file, self.path)
-            self._file = None
-            err = write_error(e, self.path, len(line.encode("utf-8")))
-            if err is None:
+        with writing(self.path, len(line.encode("utf-8"))):
+            try:
+                if self._file is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._file = open(self.path, "a", encoding="utf-8")
+                self._file.write(line)
+                self._file.flush()
+            except Exception:  # a full disk: the row is not done; the file keeps only whole rows (`diskerrors`)
+                _abandon(self._file, self.path)
+                self._file = None
                 raise
-            raise err from e
         self._rows.append(row)
         self.done.add(row[self.key])
 
