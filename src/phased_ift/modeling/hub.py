@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from phased_ift.errors import PhasedIFTError
+from phased_ift.integrity import sha256_of
 from phased_ift.runio import atomic_write_chunks
 
 
@@ -64,14 +65,6 @@ register_model(
 
 def cache_home() -> Path:
     return Path(os.environ.get("PHASED_IFT_CACHE", Path.home() / ".cache" / "phased_ift"))
-
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _chunk_paths(nm: "NamedModel") -> list[Path]:
@@ -223,7 +216,7 @@ def resolve_model_path(name_or_path: str) -> str:
         marker = cache_home() / "models" / f"{name_or_path}-{key}.sha256"
         digest = marker.read_text().strip() if marker.is_file() else None
         if digest is None:
-            digest = _sha256(g)
+            digest = sha256_of(g)
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(digest)
         return str(convert_gguf(g, cache_home() / "models" / f"{name_or_path}-{digest[:16]}"))
