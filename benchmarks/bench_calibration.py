@@ -49,17 +49,21 @@ ALPHA = 0.05
 MC_RESAMPLES = 1000  # the conditional test's Monte Carlo draws per simulated run (its p is not what is measured)
 
 
+def seed_variance(ratio: float, s: int, n: int, prompt_sd: float = 1.0) -> float:
+    """The seed variance that makes (var_seed / S) / (var_prompt / N) equal `ratio`."""
+    return ratio * prompt_sd ** 2 / n * s
+
+
 def crossed(rng: np.random.Generator, s: int, n: int, ratio: float, effect: float = 0.0, prompt_sd: float = 1.0,
             resid_sd: float = 1.0) -> np.ndarray:
     """(S, N) continuous paired differences: effect + seed + prompt + residual, seed sd set by `ratio`."""
-    seed_sd = math.sqrt(ratio * prompt_sd ** 2 / n * s)
+    seed_sd = math.sqrt(seed_variance(ratio, s, n, prompt_sd))
     return (effect + rng.normal(0, seed_sd, (s, 1)) + rng.normal(0, prompt_sd, (1, n))
             + rng.normal(0, resid_sd, (s, n)))
 
 
 def true_se(s: int, n: int, ratio: float, prompt_sd: float = 1.0, resid_sd: float = 1.0) -> float:
-    seed_var = ratio * prompt_sd ** 2 / n * s
-    return math.sqrt(seed_var / s + prompt_sd ** 2 / n + resid_sd ** 2 / (s * n))
+    return math.sqrt(seed_variance(ratio, s, n, prompt_sd) / s + prompt_sd ** 2 / n + resid_sd ** 2 / (s * n))
 
 
 def _binary(rng, s, n, seed_sd, shift=0.0, base=-1.0, prompt_sd=1.5):
@@ -193,8 +197,7 @@ def mde_cells(runs: int, rng, seeds=(3, 5), prompts=PROMPTS, ratios=RATIOS) -> l
     for n in prompts:
         for s in seeds:
             for ratio in ratios:
-                seed_var = ratio / n * s
-                vc = {"seed": seed_var, "prompt": 1.0, "residual": 1.0}
+                vc = {"seed": seed_variance(ratio, s, n), "prompt": 1.0, "residual": 1.0}
                 true = effects._mde_at(vc, s, n, 0.95, effects.POWER)
                 hits, ratios_seen = [], []
                 for _ in range(runs):

@@ -88,22 +88,34 @@ def _satterthwaite(terms: Sequence[tuple[float, float]]) -> float:
     return float(num / den) if den > 0 else math.inf
 
 
+def _complete(d: np.ndarray) -> np.ndarray:
+    """The columns (prompts) of d without a missing cell."""
+    return d[:, ~np.isnan(d).any(axis=0)]
+
+
+def _test_df(ms_seed: float, ms_prompt: float, s: int, n: int) -> float:
+    """The crossed test's df: Satterthwaite's for MS_seed + MS_prompt, each mean square replaced by its upper
+    confidence bound MS x f / chi2_f(DF_QUANTILE) (module docstring)."""
+    from scipy.stats import chi2
+
+    up = lambda m, f: m * f / chi2.ppf(DF_QUANTILE, f)  # noqa: E731
+    return _satterthwaite([(up(ms_seed, s - 1), s - 1), (up(ms_prompt, n - 1), n - 1)])
+
+
 def crossed_test(d: np.ndarray, confidence: float = 0.95) -> dict:
     """The pooled test on a complete (S, N) matrix (module docstring): {"se", "df", "t", "p_value", "ci"}.
 
     se = sqrt((MS_seed + MS_prompt) / (S N)); df = Satterthwaite's, from MS x f / chi2_f(DF_QUANTILE); two-sided p
     and the t interval at `confidence`. se is 0 when the matrix is constant (then p and ci are None).
     """
-    from scipy.stats import chi2, t as t_dist
+    from scipy.stats import t as t_dist
 
     s, n = d.shape
     ms = mean_squares(d)
     var = (ms["seed"] + ms["prompt"]) / (s * n)
     if var <= 0:
         return {"se": 0.0, "df": None, "t": None, "p_value": None, "ci": None}
-    up = lambda m, f: m * f / chi2.ppf(DF_QUANTILE, f)  # noqa: E731
-    df = _satterthwaite([(up(ms["seed"], ms["df_seed"]), ms["df_seed"]),
-                         (up(ms["prompt"], ms["df_prompt"]), ms["df_prompt"])])
+    df = _test_df(ms["seed"], ms["prompt"], s, n)
     se, mean = math.sqrt(var), float(d.mean())
     tval = mean / se
     half = float(t_dist.ppf(1 - (1 - confidence) / 2, df)) * se
@@ -189,7 +201,7 @@ def conditional_effect(diffs: Sequence[Sequence[float]] | np.ndarray, confidence
     from scipy.stats import t as t_dist
 
     d = _as_matrix(diffs)
-    d = d[:, ~np.isnan(d).any(axis=0)]
+    d = _complete(d)
     x = d.mean(axis=0)
     n = int(x.size)
     out = {"n_prompts": n, "difference": float(x.mean()) if n else None, "ci": None, "p_value": None,
@@ -234,7 +246,7 @@ def paired_effect(diffs: Sequence[Sequence[float]] | np.ndarray, n_resamples: in
     """
     d = _as_matrix(diffs)
     s = d.shape[0]
-    complete = d[:, ~np.isnan(d).any(axis=0)]
+    complete = _complete(d)
     n = complete.shape[1]
     out = {"n_seeds": s, "n_prompts": n, "n_missing": int(d.shape[1] - n),
            "difference": float(complete.mean()) if n else float("nan"), "claim": False, "reason": None,
@@ -266,7 +278,7 @@ def variance_components(diffs: Sequence[Sequence[float]] | np.ndarray) -> dict:
     Source: Searle, Casella & McCulloch (1992), Variance Components, ch. 4 (the two-way crossed random model).
     """
     d = _as_matrix(diffs)
-    d = d[:, ~np.isnan(d).any(axis=0)]
+    d = _complete(d)
     s, n = d.shape
     if n < 2:
         return {"seed": None, "prompt": None, "residual": None, "n_complete": n}
@@ -282,12 +294,9 @@ def _expected_design(vc: dict, s: int, n: int) -> tuple[float, float]:
     """(variance of the test's estimate, its df) expected for s seeds x n prompts under the components `vc`:
     E[(MS_seed + MS_prompt) / (s n)] = var_seed / s + var_prompt / n + 2 var_res / (s n), and the df the test
     computes (`crossed_test`) at the expected mean squares."""
-    from scipy.stats import chi2
-
     ms_seed = vc["residual"] + n * vc["seed"]
     ms_prompt = vc["residual"] + s * vc["prompt"]
-    up = lambda m, f: m * f / chi2.ppf(DF_QUANTILE, f)  # noqa: E731
-    return (ms_seed + ms_prompt) / (s * n), _satterthwaite([(up(ms_seed, s - 1), s - 1), (up(ms_prompt, n - 1), n - 1)])
+    return (ms_seed + ms_prompt) / (s * n), _test_df(ms_seed, ms_prompt, s, n)
 
 
 def _multiplier(df: float, confidence: float, power: float) -> float:

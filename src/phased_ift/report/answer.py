@@ -182,6 +182,7 @@ def summarize_effects(run: RunDir, cfg: "Config", judgements: list[dict]) -> lis
     rc = cfg.report
     arms = list(cfg.train.arms)
     base = baseline_arm(arms)
+    draws = max(rc.bootstrap, 10000)  # the conditional sign-flip test's Monte Carlo draws (report.bootstrap's help)
     out = []
     for metric in EFFECT_METRICS:
         values = metric.read(run, cfg, judgements)
@@ -192,12 +193,12 @@ def summarize_effects(run: RunDir, cfg: "Config", judgements: list[dict]) -> lis
             if m is None:
                 continue
             seeds, d, unpaired = m
-            eff = effects.paired_effect(d, max(rc.bootstrap, 10000), rc.confidence, rc.seed)
+            eff = effects.paired_effect(d, draws, rc.confidence, rc.seed)
             vc = effects.variance_components(d)
             mde = effects.minimum_detectable_effect(eff, vc, rc.confidence)
             miss = None if metric.paired else _unparseable(d)
             if miss:
-                alt = effects.paired_effect(miss.pop("as_loss"), max(rc.bootstrap, 10000), rc.confidence, rc.seed)
+                alt = effects.paired_effect(miss.pop("as_loss"), draws, rc.confidence, rc.seed)
                 res = alt if alt["claim"] else alt["conditional"]
                 miss["as_loss"] = {"difference": res["difference"], "p_value": res["p_value"],
                                    "significant": res["significant"], "claim": alt["claim"]}
