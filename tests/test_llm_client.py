@@ -357,7 +357,10 @@ def test_a_server_that_dies_mid_run_stops_after_three_requests_and_a_rerun_resum
     with FakeLLMServer(reply="3", port=port) as again:  # back on the same URL: only the unanswered are sent
         client2, _ = _client(again, tmp_path, concurrency=1)
         out = client2.chat_many(reqs)
-        assert all(r.ok for r in out) and again.count == 6 and client2.stats["cache_hits"] == 4
+        # the worker may have had one or two more answers in hand when the server stopped (it goes on while the
+        # consumer handles result 4): every one of them is cached and none is sent again
+        hits = client2.stats["cache_hits"]
+        assert all(r.ok for r in out) and hits >= 4 and again.count == len(reqs) - hits
 
 
 def test_text_completion_requests_go_to_completions_with_extra_body_and_cache_extra(server, tmp_path, secret_env):
