@@ -2,6 +2,7 @@
 
     phased-ift data check PATH [--format F]        validate a data file, count records read and rejected
     phased-ift data sources                        list the named data sources and where they resolve
+    phased-ift new CONFIG --model M --data D [--gpus N]   a commented starter config for your model and data
     phased-ift config [CONFIG] [key=value ...]     print every config key with its default and help
     phased-ift sit-generate CONFIG [key=value ...] Seq-Instruct data (sit.source=generated) -> <run_dir>/sit/
     phased-ift score CONFIG [key=value ...]        difficulty scores -> <run_dir>/scores/<scorer>.jsonl
@@ -198,6 +199,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new(args: argparse.Namespace) -> int:
+    """`phased-ift new CONFIG --model M --data D [--gpus N]`: write a starter config (`starter.write_starter`,
+    never over an existing file) and print the two commands to run next."""
+    from phased_ift.data import SOURCES
+    from phased_ift.starter import next_commands, write_starter
+
+    path = write_starter(args.path, args.model, args.data, args.gpus, args.run_dir)
+    hub_id = args.data.count("/") == 1 and not os.path.splitext(args.data)[1]  # e.g. tatsu-lab/alpaca
+    if args.data not in SOURCES and not os.path.exists(args.data) and not hub_id:
+        console.print(f"[yellow]note:[/] {args.data} does not exist (yet); the config names it as given, relative to "
+                      f"the folder you run phased-ift from.", highlight=False, soft_wrap=True)
+    print(f"wrote {path}\nnext:")
+    for command in next_commands(path, args.gpus):
+        print(f"  {command}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -333,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = dsub.add_parser("sources", help="list named data sources and whether they are present")
     s.set_defaults(func=cmd_data_sources)
 
+    _add_new_command(sub)
     p = sub.add_parser("config", help="show every config key with its help, or the resolved CONFIG")
     p.add_argument("config", nargs="?", default=None)
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -365,6 +384,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_commands(sub)
     _add_export_command(sub)
     return parser
+
+
+def _add_new_command(sub: argparse._SubParsersAction) -> None:
+    """`phased-ift new CONFIG --model M --data D [--gpus N] [--run-dir R]` (docs/api.md, `starter`)."""
+    p = sub.add_parser("new", help="write a commented starter config for your model and data",
+                       description="Writes CONFIG (never over an existing file) for your model and data, sized for "
+                       "--gpus, and prints the two commands to run next.")
+    p.add_argument("path", metavar="CONFIG", help="the YAML file to write, e.g. my-run.yaml")
+    p.add_argument("--model", required=True, help="named model (smollm2-135m-instruct, gemma-3-270m), checkpoint dir "
+                   "or hub id")
+    p.add_argument("--data", required=True, help="your data file (json, jsonl, parquet, csv), a datasets folder or "
+                   "hub id, or a named source")
+    p.add_argument("--gpus", type=int, default=0, help="0 = CPU (default), 1 = one GPU, N > 1 = N GPUs of one "
+                   "machine (accelerate launch)")
+    p.add_argument("--run-dir", default=None, help="run_dir (default runs/<CONFIG stem>)")
+    p.set_defaults(func=cmd_new)
 
 
 def _add_export_command(sub: argparse._SubParsersAction) -> None:
