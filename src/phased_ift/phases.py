@@ -308,19 +308,44 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
     n_failed = sum(e.id in failed_set and e.id not in scores for e in examples)
     n_unscored = len(examples) - len(kept) - n_failed
     phases = split_into_phases(kept, scores, k, method, thresholds, seed)
-    manifest = {
-        "method": method, "k": k, "thresholds": list(thresholds or []), "seed": seed, "scorer": scorer,
-        "n_examples": len(kept), "n_failed_scores": n_failed, "n_unscored": n_unscored, "phases": [],
-        "controls": {},
-    }
-    _write_phase_files(run, phases, controls, seed, manifest)
-    atomic_write_json(run.phases_manifest, manifest, indent=2)
+    manifest = write_phases(run, phases, controls, scorer=scorer, method=method, thresholds=thresholds, seed=seed,
+                            n_failed=n_failed, n_unscored=n_unscored)
     if console is not None:
         sizes = ", ".join(str(p["count"]) for p in manifest["phases"])
         excluded = (f"; excluded {n_failed} examples whose scoring failed (score null) and {n_unscored} without a "
                     f"score row") if (n_failed or n_unscored) else ""
         console.print(f"split: {len(kept)} examples into {k} phases ({sizes}) by {method}{excluded} -> "
                       f"{run.phases_manifest}")
+    return manifest
+
+
+def write_phases(run, phases: Sequence[Sequence[Example]], controls: Mapping[str, ControlBuilder], *, scorer: str,
+                 method: str, thresholds: Sequence[float] | None, seed: int, n_failed: int = 0,
+                 n_unscored: int = 0) -> dict:
+    """Write phases that are already split (`split_into_phases`, or `phased_ift.split` of the Python API) as the
+    split step does: phases/phase_<k>.jsonl, the control files of `controls`, then phases/manifest.json (last).
+
+    Args:
+        run: the `RunDir`.
+        phases: K lists of Examples, easy -> hard, each example with meta["score"] (`phase_stats` reads it).
+        controls: {arm name: builder}, as for `write_split`.
+        scorer, method, thresholds, seed: how the phases were made, recorded in the manifest (`write_split`
+            skips its work when they match the config).
+        n_failed, n_unscored: examples left out because their scoring failed / they had no score row.
+
+    Returns:
+        The manifest dict (format in docs/architecture.md).
+
+    Raises:
+        KeyError: an example without meta["score"] (a programming error: phases come from a split).
+    """
+    manifest = {
+        "method": method, "k": len(phases), "thresholds": list(thresholds or []), "seed": seed, "scorer": scorer,
+        "n_examples": sum(len(p) for p in phases), "n_failed_scores": n_failed, "n_unscored": n_unscored,
+        "phases": [], "controls": {},
+    }
+    _write_phase_files(run, [list(p) for p in phases], controls, seed, manifest)
+    atomic_write_json(run.phases_manifest, manifest, indent=2)
     return manifest
 
 

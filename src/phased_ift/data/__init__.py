@@ -3,7 +3,8 @@ named sources and test sets. Returns data; printing is the CLI's (`phased-ift da
 
     example.py   `Example`, `normalize_text`, `read_examples` / `write_examples` (data/train.jsonl rows)
     loading.py   a file -> raw records with line numbers: text, JSON array, JSON lines, Hugging Face `datasets`
-    formats.py   one converter per format (`FORMATS`), detection, record checks, `read_file`, `ReadResult`
+    formats.py   one converter per format (`FORMATS`), detection, record checks, `read_file`, `read_records`
+                 (records in memory: dicts, a `datasets.Dataset`), `ReadResult`
     sources.py   `SOURCES`, `TEST_SETS`, `data_home`, `load_source`, `load_test_set`, reference answers,
                  `combine_results`, `check_file`, `source_status`, `source_provenance` (PROVENANCE.md)
 
@@ -20,7 +21,7 @@ jsonl files of the run dir are read and written by `phased_ift.runio`.
 """
 
 from phased_ift.data.example import Example, normalize_text, read_examples, write_examples
-from phased_ift.data.formats import FORMAT_NAMES, FORMATS, ReadResult, read_file
+from phased_ift.data.formats import FORMAT_NAMES, FORMATS, ReadResult, read_file, read_records
 from phased_ift.data.sources import (DATA_HOME_ENV, SOURCES, TEST_SETS, CheckReport, SourceInfo, SourceStatus,
                                      TestSetInfo, check_file, combine_results, data_home, find_reference,
                                      load_reference_answers, load_source, load_test_set, source_path, source_provenance,

@@ -1,7 +1,8 @@
 """Record formats: one converter per format (record dict -> messages + meta), the registry `FORMATS`, format
 detection, the checks every record passes, and `read_file` (load with `loading.py`, then convert).
 
-Formats (`read_file(path, fmt)`; `fmt="auto"` detects from the file, an explicit format wins):
+Formats (`read_file(path, fmt)`, `read_records(records, fmt)` for records in memory; `fmt="auto"`
+detects from the records, an explicit format wins):
   alpaca     JSON array or JSONL of {instruction, input, output}
   phasedsft  the paper's scored jsonl {"id", "score": "4.5\n", "data": [prompt, response]}
   sharegpt   {"conversations": [{"from": "human"|"gpt"|"system", "value"}]}
@@ -25,11 +26,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from phased_ift.data.example import Example
-from phased_ift.data.loading import (_clean, _find_bad_text, _read_hf, _reject_row, _unreadable, load_text_records,
-                                     wants_hf)
+from phased_ift.data.loading import (_COLUMN_KEYS, _clean, _find_bad_text, _read_hf, _reject_row, _unreadable,
+                                     load_text_records, wants_hf)
 from phased_ift.errors import PhasedIFTError
 
 def _register(registry: dict[str, Any], name: str, value: Any) -> None:
@@ -415,6 +416,50 @@ def read_file(path: str | os.PathLike, fmt: str = "auto", columns: dict[str, str
     rejects.extend(converted_rejects)
     rejects.sort(key=lambda r: (r["line"] is None, r["line"] or 0))
     return ReadResult(examples, rejects, used, label, total=len(examples) + len(rejects), duplicates=duplicates)
+
+
+def read_records(records: Iterable[Any], fmt: str = "auto", columns: dict[str, str] | None = None, *,
+                 source: str = "records", dedupe: bool = True, require_response: bool = True) -> ReadResult:
+    """`read_file` for records already in memory: a list of dicts or the rows of a `datasets.Dataset`.
+
+    Args:
+        records: the records, each a dict in one of the formats of `read_file` (e.g. Alpaca {instruction, input,
+            output}); a `datasets.Dataset` iterates as such dicts.
+        fmt: alpaca | phasedsft | sharegpt | messages | testset | auto (detect from the first 20 records); hf
+            counts as auto (the rows are already loaded).
+        columns: our field -> the records' key (as format hf's mapping), e.g. {"instruction": "question",
+            "output": "answer"}; the mapped records are read as alpaca.
+        source: label for meta["source"] and the rejects; records without an id get "<source>-<index>".
+        dedupe, require_response: as `read_file`.
+
+    Returns:
+        ReadResult(examples, rejects, format, source, total); a reject's `line` is None and its reason ends with
+        "(row <index>)" (0-based).
+
+    Raises:
+        PhasedIFTError: an unknown format or columns key, no records, or a format that cannot be detected.
+    """
+    if fmt not in FORMAT_NAMES:
+        raise PhasedIFTError(f"{source}: unknown format {fmt!r}; use one of {', '.join(FORMAT_NAMES)}.")
+    bad = sorted(set(columns or {}) - set(_COLUMN_KEYS))
+    if bad:
+        raise PhasedIFTError(f"{source}: unknown key(s) {bad} in the columns mapping; the keys are our fields "
+                             f"{list(_COLUMN_KEYS)} and the values the records' keys.")
+    rename = {c: k for k, c in (columns or {}).items()}
+    rows: list[tuple[int | None, Any]] = []
+    for rec in records:
+        if isinstance(rec, dict):  # meta must stay JSON-serialisable (dates, bytes of parquet-backed rows)
+            rec = json.loads(json.dumps({rename.get(k, k): v for k, v in rec.items()}, default=str))
+        rows.append((None, rec))
+    if not rows:
+        raise PhasedIFTError(f"{source}: no records to read; pass at least one record.")
+    if fmt not in ("auto", "hf"):
+        rec_fmt = fmt
+    else:
+        rec_fmt = "alpaca" if columns and set(columns) & {"instruction", "output"} else _detect(rows, source)
+    examples, rejects, duplicates = _convert_records(rows, rec_fmt, source, source, dedupe=dedupe,
+                                                     require_response=require_response)
+    return ReadResult(examples, rejects, rec_fmt, source, total=len(rows), duplicates=duplicates)
 
 
 def _convert_one(rec: Any, rec_fmt: str, ctx: _Ctx) -> tuple[str, list[dict[str, str]], dict[str, Any]]:
