@@ -103,12 +103,13 @@ def test_choices_come_from_the_registries(override, key, registry_kind):
         load_config(None, [override])
 
 
-def test_registry_names_follow_the_registries():
+def test_registry_names_are_the_declared_names():
+    """The registries register against these names: tests/test_config_choices.py checks their keys."""
+    from phased_ift import config_choices as choices
     from phased_ift.config import registry_names
-    from phased_ift.design import ARMS
-    from phased_ift.scoring import SCORERS
 
-    assert registry_names("arm") == list(ARMS) and registry_names("scorer") == list(SCORERS)
+    assert registry_names("arm") == list(choices.ARM_CHOICES) and registry_names("scorer") == list(choices.SCORERS)
+    assert registry_names("data format") == list(choices.FORMAT_CHOICES)
 
 
 def test_answer_budget_per_test_set_merges_over_the_defaults():

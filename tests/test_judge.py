@@ -350,8 +350,11 @@ def test_judge_jobs_pairs_and_errors():
     cfg = load_config(None, ["train.arms=[phased,random]", "phases.k=2", "generate.every_phase=true"])
     got = [(j.arm_a, j.arm_b, j.phase_a, j.phase_b, j.phase) for j in judge_jobs(cfg)]
     assert got == [("random", "phased", 2, 2, None), ("random", "phased", 1, 2, 1), ("random", "phased", 2, 2, 2)]
-    bad = load_config(None, ["train.arms=[phased,one-off]", "judge.pairs=[[phased,reverse]]"])
-    with pytest.raises(PhasedIFTError, match="not in train.arms"):
+    with pytest.raises(PhasedIFTError, match="not in train.arms"):  # checked when the config loads
+        load_config(None, ["train.arms=[phased,one-off]", "judge.pairs=[[phased,reverse]]"])
+    bad = load_config(None, ["train.arms=[phased,one-off,reverse]", "judge.pairs=[[phased,reverse]]"])
+    bad.train.arms = ["phased", "one-off"]
+    with pytest.raises(PhasedIFTError, match="not in train.arms"):  # and again for a config changed since
         judge_jobs(bad)
     import phased_ift.judge
 
@@ -430,9 +433,12 @@ def test_pairwise_test_sets_leave_out_ifeval_unless_asked():
     assert pairwise_test_sets(cfg) == ["vicuna", "mt_bench"]
     cfg = load_config(None, ["generate.test_sets=[vicuna,ifeval]", "judge.test_sets=[ifeval]"])
     assert pairwise_test_sets(cfg) == ["ifeval"]
-    cfg = load_config(None, ["generate.test_sets=[vicuna]", "judge.test_sets=[koala]"])
     with pytest.raises(PhasedIFTError, match=r"judge.test_sets \['koala'\] are not among generate.test_sets"):
-        pairwise_test_sets(cfg)
+        load_config(None, ["generate.test_sets=[vicuna]", "judge.test_sets=[koala]"])  # checked when it loads
+    cfg = load_config(None, ["generate.test_sets=[vicuna,koala]", "judge.test_sets=[koala]"])
+    cfg.generate.test_sets = ["vicuna"]
+    with pytest.raises(PhasedIFTError, match=r"judge.test_sets \['koala'\] are not among generate.test_sets"):
+        pairwise_test_sets(cfg)  # and again for a config changed since
 
 
 def test_rows_record_the_endpoint_model_and_the_template(tmp_path):

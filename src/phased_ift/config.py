@@ -2,9 +2,14 @@
 
     cfg = load_config("configs/quickstart.yaml", overrides=["train.epochs=2", "run_dir=runs/x"])
 
-Each section is a dataclass; a field's help text is its `metadata["help"]` (shown by `phased-ift config`).
+Each section is a dataclass; a field's help text is its `metadata["help"]` (shown by `phased-ift config`); the
+help of a field that takes a registry's name is built from the names of `config_choices`.
 Unknown keys and values of the wrong type raise `PhasedIFTError` naming the file, the dotted key and the fix.
-Cross-field checks live in `__post_init__`. API keys never appear here: endpoints name an environment variable.
+Each section checks itself in `__post_init__`; `Config.__post_init__` runs the cross-field checks
+(`config_checks`). API keys never appear here: endpoints name an environment variable.
+
+The schema sits at the bottom of the package: it imports `errors`, `runio`, `config_choices`, `config_checks`
+and `config_loading` only, so every step can import `Config` at module level.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from typing import Any
 
 import yaml
 
+from phased_ift.config_checks import (check_batching, check_judge_pairs, check_judge_test_sets, check_sit_arms,
+                                     check_sit_templates)
+from phased_ift.config_choices import (ANSWER_BUDGETS, FORMAT_CHOICES, GENERATE_BACKENDS, NAMED_MODELS,
+                                      PAIRWISE_TEMPLATES, PHASE_METHODS, SCORERS, SIT_KINDS, SIT_STEPS, default_arms,
+                                      described, expand_arms, listing, named_test_sets)
 from phased_ift.config_loading import _build, apply_overrides, registry_names  # noqa: F401 (re-exported)
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import atomic_write_text
@@ -41,13 +51,6 @@ def _check_choice(section: str, name: str, value: Any, choices: typing.Iterable[
         raise PhasedIFTError(f"config: {section}.{name} = {value!r} is not one of {choices}; set it to one of those.")
 
 
-def _default_arms() -> list[str]:
-    """The arms trained when `train.arms` is not set (`Arm.default` in `phased_ift.design`)."""
-    from phased_ift.design import ARMS
-
-    return [name for name, arm in ARMS.items() if arm.default]
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------------------------
@@ -59,7 +62,7 @@ class DataSource:
 
     name: str = _f("", "Named source, e.g. 'alpagasus/random_9k' (see `phased-ift data sources`). Set name or path.")
     path: str = _f("", "A file (json, jsonl, parquet, csv) or a Hugging Face dataset id/dir. Set name or path.")
-    format: str = _f("auto", "alpaca | phasedsft | sharegpt | messages | testset | hf | auto (detect).",
+    format: str = _f("auto", f"{listing(FORMAT_CHOICES)} (hf: read through `datasets`; auto: detect).",
                      registry="data format")
     columns: dict = _f({}, "Column mapping for csv/parquet/hf data, e.g. {instruction: question, output: answer}.")
     split: str = _f("train", "Split of a Hugging Face dataset.")
@@ -82,8 +85,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _f("smollm2-135m-instruct", "Named offline model (smollm2-135m-instruct, gemma-3-270m), a "
-                           "local path or a hub id.")
+    name_or_path: str = _f(NAMED_MODELS[0], f"Named offline model ({', '.join(NAMED_MODELS)}), a local path or a "
+                           "hub id.")
     template: str = _f("chat", "Prompt rendering: 'chat' (tokenizer chat template) or 'paper' (PhasedSFT template).")
     max_length: int = _f(512, "Max tokens per training example (prompt + response); longer ones are truncated.")
     dtype: str = _f("float32", "Weight dtype: float32 (recommended on CPU), bfloat16 or float16.")
@@ -135,8 +138,7 @@ class EndpointConfig:
 
 @dataclass
 class ScoringConfig:
-    scorer: str = _f("ifd", "Difficulty scorer: judge | ifd | loss | length | learned | meta (see `phased-ift score`).",
-                     registry="scorer")
+    scorer: str = _f("ifd", f"Difficulty scorer: {listing(SCORERS)} (see `phased-ift score`).", registry="scorer")
     judge: EndpointConfig = _f(EndpointConfig(), "LLM judge endpoint for scorer=judge.")
     template: str = _f("difficulty", "Judge prompt: a packaged template name or a path to a .txt template.")
     samples: int = _f(1, "Judge samples per instruction; the score is their mean.")
@@ -162,8 +164,7 @@ class ScoringConfig:
 @dataclass
 class PhasesConfig:
     k: int = _f(3, "Number of phases (stages).")
-    method: str = _f("quantiles", "thresholds (fixed score boundaries, the paper) or quantiles (equal-size phases).",
-                     registry="phase method")
+    method: str = _f("quantiles", f"How scores become phases: {described(PHASE_METHODS)}.", registry="phase method")
     thresholds: list[float] = _f([], "method=thresholds: K-1 increasing boundaries; phase k holds "
                                  "t[k-1] <= score < t[k].")
     seed: int = _f(0, "Seed of the random control and of tie breaking.")
@@ -195,10 +196,10 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    arms: list[str] = field(default_factory=_default_arms, metadata={
-        "help": "Arms to train: names in `phased_ift.design.ARMS` (docs/training.md lists them; a family such as "
-                "`permutations` expands into its arms, e.g. order-2-1-3); default: the arms the design marks as "
-                "default (the method, its baseline and the paper's control).",
+    arms: list[str] = field(default_factory=default_arms, metadata={
+        "help": f"Arms to train: {listing(registry_names('arm'), ', ')} (docs/training.md; a family such as "
+                "`permutations` expands into its arms, e.g. order-2-1-3); default: the arms marked default (the "
+                "method, its baseline and the paper's control).",
         "registry": "arm"})
     method: str = _f("lora", "lora, full fine-tuning, or qlora (LoRA on a 4-bit NF4 base via bitsandbytes: CUDA "
                      "only; pip install bitsandbytes; lora.across_phases=continue).")
@@ -312,15 +313,12 @@ class ServerConfig:
                               backoff=self.backoff, temperature=0.0, max_tokens=max_tokens)
 
 
-# Answer budgets of the test sets whose harnesses fix one (new tokens per answer, per turn).
-_DEFAULT_BUDGETS = {"ifeval": 1280, "mt_bench": 1024}
+_DEFAULT_BUDGETS = ANSWER_BUDGETS  # new tokens per answer (per turn) of the test sets whose harnesses fix one
 
 
 @dataclass
 class GenerateConfig:
-    test_sets: list[str] = _f(["vicuna"], "Named test sets (vicuna, koala, sinstruct, wizardlm, oasst, helpful_base, "
-                         "alpaca_eval, lima; ifeval: scored without a judge; mt_bench: two turns, graded by the "
-                         "judge) or paths to prompt files.")
+    test_sets: list[str] = _f(["vicuna"], f"Named test sets ({named_test_sets()}) or paths to prompt files.")
     limit: int = _f(0, "Seeded sample of this many prompts per test set (0 = all).")
     seed: int = _f(0, "Seed of the `limit` sample.")
     max_new_tokens: int = _f(256, "Max new tokens per answer (greedy decoding, stops at EOS).")
@@ -332,8 +330,7 @@ class GenerateConfig:
     max_batch_tokens: int = _f(4096, "Cap on padded prompt tokens per batch (rows x longest prompt): long prompts "
                                "run in smaller batches instead of padding the short ones (0 = no cap).")
     every_phase: bool = _f(False, "Also generate with each intermediate phase checkpoint (the win-rate trend).")
-    backend: str = _f("hf", "hf (transformers), vllm (GPU, optional) or server (an OpenAI-compatible server that "
-                      "serves the checkpoints: generate.server).", registry="generate backend")
+    backend: str = _f("hf", f"Generation backend: {described(GENERATE_BACKENDS)}.", registry="generate backend")
     server: ServerConfig = _f(ServerConfig(), "The inference server of backend=server.")
 
     def __post_init__(self) -> None:
@@ -356,9 +353,8 @@ class GenerateConfig:
 @dataclass
 class JudgeConfig:
     judge: EndpointConfig = _f(EndpointConfig(max_tokens=32), "Pairwise judge endpoint ('' base_url = no judging).")
-    template: str = _f("pairwise", "pairwise (the paper's 1-10 's1 s2' prompt), reference (the same, with the GPT-4 "
-                       "reference answer shown; AlpacaEval prompts only), pair-v2 (FastChat's [[A]]/[[B]]/[[C]] "
-                       "verdict prompt, replies of up to judge.grade_max_tokens) or a path to a .txt judge template.")
+    template: str = _f("pairwise", f"A packaged judge template, {described(PAIRWISE_TEMPLATES)}; or a path to a .txt "
+                       "judge template.")
     pairs: list[list[str]] = _f([], "Arm pairs [a, b] to judge; [] = every arm against the baseline arm (or the "
                                 "first arm).")
     test_sets: list[str] = _f([], "Test sets to judge pairwise (keys of generate.test_sets); [] = all of them but "
@@ -420,8 +416,7 @@ class SitConfig:
                      "`phased-ift sit-generate`) or the path of a file of sequential examples.")
     ratio: float = _f(0.2, "Share of sequential examples in the mix of the arms that train on it (sit, sit-phased): "
                       "round(ratio x N) of them, each replacing one original, so the budget stays one-off's.")
-    kind: str = _f("chain", "sit.source=offline: chain (iterations + 1 examples as 'First, ... Then, ...', responses "
-                   "numbered in order) or repeat-input (the SIT paper's early 'repeat the input, then answer').")
+    kind: str = _f("chain", f"sit.source=offline: {described(SIT_KINDS)}.")
     iterations: int = _f(1, "Rounds: an offline chain adds this many tasks; the LLM pipeline classifies and rewrites "
                          "an instruction up to this many times (SeqEval's depths are 1-4).")
     seed: int = _f(0, "Seed of the compositions, the few-shot shuffles, the pool sample and the replaced originals.")
@@ -434,11 +429,11 @@ class SitConfig:
                        "a separate input field), always or never.")
     min_keep: float = _f(0.6, "A rewrite must keep this share of its instruction's content words, else it is "
                          "rejected as 'dropped original task'.")
-    templates: dict = _f({}, "Prompt template per step (separate, classify, rewrite_a, rewrite_b, rewrite_c, "
-                         "respond): a packaged name or a .txt path; unset steps use the packaged templates/sit-*.txt.")
+    templates: dict = _f({}, f"Prompt template per step ({listing(SIT_STEPS, ', ')}): a packaged name or a .txt "
+                         "path; unset steps use the packaged templates/sit-*.txt.")
 
     def __post_init__(self) -> None:
-        _check_choice("sit", "kind", self.kind, ["chain", "repeat-input"])
+        _check_choice("sit", "kind", self.kind, list(SIT_KINDS))
         _check_choice("sit", "separate", self.separate, ["auto", "always", "never"])
         if not 0 < self.ratio <= 1 or not 0 <= self.min_keep <= 1:
             raise PhasedIFTError(f"config: sit.ratio must be in (0, 1] and sit.min_keep in [0, 1]; got {self.ratio} "
@@ -446,22 +441,10 @@ class SitConfig:
         if not 1 <= self.iterations <= 8 or self.limit < 0 or min(self.max_tokens, self.response_max_tokens) < 1:
             raise PhasedIFTError("config: sit.iterations must be in 1..8, sit.limit >= 0 and sit.max_tokens, "
                                  "sit.response_max_tokens >= 1.")
+        check_sit_templates(self.templates)
         if self.source == "generated" and not self.generator.enabled:
             raise PhasedIFTError("config: sit.source=generated needs sit.generator.base_url and sit.generator.model "
                                  "(the LLM of `phased-ift sit-generate`); or set sit.source=offline (no LLM).")
-
-
-def _check_sit_arms(cfg: "Config") -> None:
-    """The arms that train on the sequential mix (`Arm.mix`) and sit.source go together."""
-    from phased_ift.design import get_arm
-
-    mix = [a for a in cfg.train.arms if get_arm(a).mix]
-    if mix and cfg.sit.source == "none":
-        raise PhasedIFTError(f"config: train.arms has {mix}, which train on the sequential mix, but sit.source is "
-                             f"none; set sit.source=offline (no LLM), generated or a file (docs/sit.md).")
-    if cfg.sit.source != "none" and not mix:
-        raise PhasedIFTError(f"config: sit.source={cfg.sit.source} mixes sequential examples into the data, but no "
-                             f"arm of train.arms trains on them; add sit and/or sit-phased to train.arms.")
 
 
 @dataclass
@@ -482,16 +465,17 @@ class Config:
     sit: SitConfig = _f(SitConfig(), "Sequential instructions: Seq-Instruct generation and the sequential mix.")
 
     def __post_init__(self) -> None:
-        from phased_ift.design import check_batching, expand_arms
-
+        """The cross-field checks (`config_checks`), after each section checked itself."""
         n = self.phases.k
         self.train.arms = expand_arms(self.train.arms, n)  # families (permutations) -> their arms
         check_batching(self.train.arms, self.train.batching)
-        _check_sit_arms(self)
+        check_sit_arms(self.train.arms, self.sit.source)
         for key in ("phase_epochs", "phase_learning_rates"):
             v = getattr(self.train, key)
             if v and len(v) != n:
                 raise PhasedIFTError(f"config: train.{key} has {len(v)} values but phases.k = {n}; give one per phase.")
+        check_judge_pairs(self.train.arms, self.judge.pairs)
+        check_judge_test_sets(self.judge.test_sets, self.generate.test_sets)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -531,7 +515,7 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
     return config_from_dict(raw, where)
 
 
-def config_to_dict(cfg: Any) -> dict:
+def config_to_dict(cfg: Config) -> dict:
     """Plain dict of a config (no secrets exist in it: endpoints hold env var names only)."""
     return dataclasses.asdict(cfg)
 

@@ -1,8 +1,8 @@
 """Turning plain dicts and dotted `key=value` overrides into checked dataclasses (the machinery of `config`).
 
 Owns: type coercion with errors naming the file and dotted key, unknown-key suggestions (difflib), registry-checked
-fields (`_f(..., registry=KIND)`), and override parsing (values read as YAML). The schema (the sections and their
-help) lives in `phased_ift.config`; nothing here knows a section by name.
+fields (`_f(..., registry=KIND)`, against the names of `config_choices`), and override parsing (values read as
+YAML). The schema (the sections and their help) lives in `phased_ift.config`; nothing here knows a section by name.
 """
 
 from __future__ import annotations
@@ -14,30 +14,23 @@ from typing import Any
 
 import yaml
 
+from phased_ift.config_choices import (ARM_CHOICES, FORMAT_CHOICES, GENERATE_BACKENDS, PHASE_METHODS, SCORERS,
+                                      arm_choice)
 from phased_ift.errors import PhasedIFTError
+
+# kind -> the names of `config_choices` that a field declared with `registry=KIND` takes; the registries (design.ARMS,
+# scoring.SCORERS, phases.METHODS, generate.BACKENDS, data.FORMAT_NAMES) register against the same names.
+_REGISTRIES = {"arm": ARM_CHOICES, "scorer": SCORERS, "phase method": PHASE_METHODS,
+               "generate backend": GENERATE_BACKENDS, "data format": FORMAT_CHOICES}
 
 
 def registry_names(kind: str) -> list[str]:
-    """The names registered for one kind of choice, read from the registry that owns it (never repeated here).
-
-    kind: "arm" (design.ARMS), "scorer" (scoring.SCORERS), "phase method" (phases.METHODS), "generate backend"
-    (generate.BACKENDS), "data format" (data.FORMAT_NAMES). A field declares its kind with `_f(..., registry=KIND)`
-    and `load_config` checks it (`_check_registry`). The registries' modules import this module for type checks
-    only (`if TYPE_CHECKING:`), so importing them here, at load time, makes no cycle.
-    """
-    if kind == "arm":
-        from phased_ift.design import ARMS as names
-    elif kind == "scorer":
-        from phased_ift.scoring import SCORERS as names
-    elif kind == "phase method":
-        from phased_ift.phases import METHODS as names
-    elif kind == "generate backend":
-        from phased_ift.generate import BACKENDS as names
-    elif kind == "data format":
-        from phased_ift.data import FORMAT_NAMES as names
-    else:
+    """The names of one kind of choice (`config_choices`): "arm", "scorer", "phase method", "generate backend",
+    "data format". A field declares its kind with `_f(..., registry=KIND)` and `load_config` checks it
+    (`_check_registry`)."""
+    if kind not in _REGISTRIES:
         raise ValueError(f"unknown registry kind {kind!r}")
-    return list(names)
+    return list(_REGISTRIES[kind])
 
 
 def _type_name(tp: Any) -> str:
@@ -109,16 +102,14 @@ def _build(cls: type, raw: dict, prefix: str, where: str) -> Any:
 
 def _check_registry(f: dataclasses.Field, value: Any, key: str, where: str) -> None:
     """A field declared with `registry=KIND` takes only names registered for KIND (each element of a list)."""
-    from phased_ift.design import resolve_arm
-
     kind = f.metadata.get("registry")
     if kind is None:
         return
     names = registry_names(kind)
     items = enumerate(value) if isinstance(value, list) else [(None, value)]
     for i, v in items:
-        # an arm family's members (order-2-1-3 of `permutations`) are registered when first named
-        if v not in names and not (kind == "arm" and isinstance(v, str) and resolve_arm(v) is not None):
+        # an arm family's members (order-2-1-3 of `permutations`) are named by the family, not declared
+        if v not in names and not (kind == "arm" and isinstance(v, str) and arm_choice(v) is not None):
             at = key if i is None else f"{key}[{i}]"
             raise PhasedIFTError(f"{where}: {at} = {v!r} is not one of {names}; set it to one of those.")
 

@@ -1,13 +1,15 @@
 """The experiment design: the arms, what each one trains on, and the grid arm x seed x phase.
 
 Owns:
-  * `Arm` and the registry `ARMS` (refuses duplicate and path-unsafe names). An arm says which phase files it
-    trains on and in which order (`phase_order`), how many phases it has, how its phases are built from them at
-    training time (`arrange`, with the train fields it reads: `params`), the order of examples inside a phase
-    (`sampler`, a name in `train.samplers.SAMPLERS`), and whether the per-phase schedule (`train.phase_epochs`,
-    `train.phase_learning_rates`) applies to it. A family (`expand`, `member`) stands for several arms in
-    train.arms (config expands it, `expand_arms`). Adding an arm is one `register_arm(Arm(...))` here plus its
-    tests; no other module names an arm.
+  * `Arm` and the registry `ARMS` (refuses duplicate and path-unsafe names). What an arm is, as data, is its
+    `config_choices.ArmChoice` (name, flags, family): which phase files it trains on and in which order
+    (`phase_order`), how many phases it has, the train fields it reads (`params`), the order of examples inside a
+    phase (`sampler`, a name in `train.samplers.SAMPLERS`), whether the per-phase schedule (`train.phase_epochs`,
+    `train.phase_learning_rates`) applies to it, and whether it is a family (`expand`, `member`) that stands for
+    several arms in train.arms (config expands it, `config_choices.expand_arms`). `Arm` adds how it builds its
+    phases: its own phase files (`control`) and the arrangement at training time (`arrange`), registered against
+    the declared names (`_IMPLEMENTATIONS`). Adding an arm is one `ArmChoice` in `config_choices.ARM_CHOICES`, its
+    implementation here when it has one, plus its tests; no other module names an arm.
   * The phase count of a run (`phase_count`: the manifest's K once the split exists, else `phases.k`).
   * The grid: `training_cells` (every phase of every arm and seed), `evaluation_cells` (the final phase, or every
     phase with `generate.every_phase`) and `judge_jobs` (which generations are compared).
@@ -41,29 +43,28 @@ Every other arm drops the sequential examples, so it trains on exactly the origi
 Every arm but replay sees the one-off budget, N examples x train.epochs example-epochs (with train.phase_epochs the
 phased arms follow those; the plan reports each arm's example-epochs).
 
-Reads only `phases/` through `RunDir`; the config is passed in (typed as `Config`, imported for type checks only,
-so `config` can derive its choices from `ARMS`).
+Reads only `phases/` through `RunDir`; the config is passed in.
 """
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import math
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
+from phased_ift.config import Config, TrainConfig
+from phased_ift.config_checks import check_judge_pairs
+from phased_ift.config_choices import ARM_CHOICES, ArmChoice, arm_choice, unknown_arm
 from phased_ift.data import Example, read_examples
 from phased_ift.errors import PhasedIFTError
 from phased_ift.phases import (ControlBuilder, difficulty_sorted, random_control, read_manifest, replay_phases,
                                reverse_control)
 from phased_ift.rundir import RunDir
 from phased_ift.sit.mix import arm_phases
-
-if TYPE_CHECKING:
-    from phased_ift.config import Config, TrainConfig
 
 # (phases in training order, training seed, {train field: value} of Arm.params) -> the arm's phases
 Arranger = Callable[[list[list[Example]], int, dict[str, Any]], list[list[Example]]]
@@ -73,73 +74,31 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
-class Arm:
-    """One way of training on the split data.
+class Arm(ArmChoice):
+    """One way of training on the split data: its `ArmChoice` (name and flags, documented there) and how it builds
+    its phases.
 
     Attributes:
-        name: the arm's name in configs and run-dir paths (`checkpoints/<name>/...`).
-        description: one line for docs, plans and `phased-ift config`.
-        source: where the arm comes from (paper and section).
-        single_phase: trains once on the union of the phased split (one-off) instead of phase after phase.
         control: builds the arm's own phase files from the phased split, `(phases, seed) -> phases`, written to
             `phases/<name>/phase_<k>.jsonl` by the split step; None = the arm reads the phased files.
-        phase_schedule: `train.phase_epochs` / `train.phase_learning_rates` apply by phase position (False: the
-            arm uses `train.epochs` and `train.learning_rate`).
-        baseline: the arm other arms are judged against by default (at most one).
-        default: trained when `train.arms` is not set.
-        phase_order: the phased files to train on, in this order (1-based, a permutation of 1..K); () = 1..K.
         arrange: builds the arm's phases at training time from the phase data in training order, `(phases, seed,
             params) -> phases` (seed: the training seed; params: the `params` fields of train); None = as read (a
             single-phase arm: their union, shuffled with the seed).
-        sampler: the order inside a phase, a name in `phased_ift.train.samplers.SAMPLERS` ("sequential": the phase
-            data's order, no shuffling or length bucketing; "competence": a competence-based curriculum); "" =
-            train.order and train.batching decide. An arm with a sampler refuses train.batching=packing.
-        params: train config fields the arm reads (`arrange`, its sampler); recorded in hparams.json `arm_params`.
-        expand: a family of arms: in train.arms this name stands for the arm names `expand(K)` returns (config
-            expands it; may raise PhasedIFTError for an unsupported K). A family is never trained itself.
-        member: a family's arm of a name (e.g. "order-2-1-3"), built on demand by `resolve_arm`; None = no match.
-        mix: trains on the sequential mix (`sit.mix.arm_phases`): the sequential examples of the split in place of
-            the originals they replace; False = the originals only (a run's sequential examples are dropped).
     """
 
-    name: str
-    description: str
-    source: str
-    single_phase: bool = False
     control: ControlBuilder | None = field(default=None, compare=False)
-    phase_schedule: bool = True
-    baseline: bool = False
-    default: bool = False
-    phase_order: tuple[int, ...] = ()
     arrange: Arranger | None = field(default=None, compare=False)
-    sampler: str = ""
-    params: tuple[str, ...] = ()
-    expand: Callable[[int], list[str]] | None = field(default=None, compare=False)
-    member: Callable[[str], "Arm | None"] | None = field(default=None, compare=False)
-    mix: bool = False
 
-    def n_phases(self, k: int) -> int:
-        """Phases this arm trains when the split has k phases."""
-        return 1 if self.single_phase else k
-
-    def file_order(self, k: int) -> list[int]:
-        """The phase numbers (1-based) read, in training order: `phase_order`, else 1..k.
-
-        Raises:
-            PhasedIFTError: `phase_order` is not an order of the k phases.
-        """
-        if not self.phase_order:
-            return list(range(1, k + 1))
-        if sorted(self.phase_order) != list(range(1, k + 1)):
-            raise PhasedIFTError(f"arm {self.name!r} orders {len(self.phase_order)} phases but the split has {k} "
-                                 f"(phases.k); use an arm with one number per phase, or `permutations`.")
-        return list(self.phase_order)
+    @classmethod
+    def of(cls, choice: ArmChoice, **implementation: Any) -> "Arm":
+        """The arm of a declared (or family member's) `ArmChoice`, with its `control` / `arrange`."""
+        return cls(**{f.name: getattr(choice, f.name) for f in dataclasses.fields(ArmChoice)}, **implementation)
 
     def phase_files(self, run: RunDir, k: int) -> list[Path]:
         """The files this arm's phases are read from, in training order (one-off: all phased files, one phase)."""
         return [run.phase_file(i, self.name if self.control else None) for i in self.file_order(k)]
 
-    def phase_data(self, run: RunDir, k: int, seed: int = 0, train: "TrainConfig | None" = None
+    def phase_data(self, run: RunDir, k: int, seed: int = 0, train: TrainConfig | None = None
                    ) -> list[list[Example]]:
         """The examples of each phase, in training order of phases (a list of phases, each in training order).
 
@@ -157,7 +116,7 @@ class Arm:
         phases = [read_examples(p) for p in files]
         return self.assemble(phases, seed, train)
 
-    def arm_params(self, train: "TrainConfig | None") -> dict[str, Any]:
+    def arm_params(self, train: TrainConfig | None) -> dict[str, Any]:
         """{field: value} of the train fields in `params` (hparams.json `arm_params`).
 
         Raises:
@@ -167,7 +126,7 @@ class Arm:
             raise ValueError(f"arm {self.name!r} reads train.{', train.'.join(self.params)}: pass the train config")
         return {p: getattr(train, p) for p in self.params}
 
-    def assemble(self, phases: list[list[Example]], seed: int, train: "TrainConfig | None" = None
+    def assemble(self, phases: list[list[Example]], seed: int, train: TrainConfig | None = None
                  ) -> list[list[Example]]:
         """This arm's phases from data in training order: its view of the sequential mix (`mix`), then `arrange`
         when set, else as given (a single-phase arm joins them, shuffled with `seed`)."""
@@ -180,7 +139,7 @@ class Arm:
         random.Random(seed).shuffle(union)
         return [union]
 
-    def schedule(self, t: "TrainConfig", phase: int) -> tuple[float, float]:
+    def schedule(self, t: TrainConfig, phase: int) -> tuple[float, float]:
         """(epochs, peak learning rate) of a phase (1-based) under the train config."""
         if not self.phase_schedule:
             return float(t.epochs), float(t.learning_rate)
@@ -209,97 +168,26 @@ def register_arm(arm: Arm) -> Arm:
     return arm
 
 
-register_arm(Arm("phased", "phases of increasing difficulty, each from the previous phase's weights",
-                 "Pang et al. 2024, Phased IFT (section 3)", default=True))
-register_arm(Arm("one-off", "all the data at once, shuffled, one phase (the same budget)",
-                 "Pang et al. 2024, One-off IFT baseline (section 4)", single_phase=True, phase_schedule=False,
-                 baseline=True, default=True))
-register_arm(Arm("random", "phases of the same sizes with random difficulty",
-                 "Pang et al. 2024, random-phase control (section 5)",
-                 control=lambda phases, seed: random_control(phases, seed), default=True))
-register_arm(Arm("reverse", "phases hard -> easy, each phase in descending difficulty",
-                 "the order ablation of Pang et al. 2024 (section 5)",
-                 control=lambda phases, seed: reverse_control(phases)))
-
-# ---- arms that separate the causes of Phased IFT's gain (order, boundaries, forgetting, pacing) --------------
-
-MAX_PERMUTED_PHASES = 4  # `permutations` trains K! arms: 24 at K=4, 120 at K=5
-
-
-def order_name(order: Sequence[int]) -> str:
-    """The arm name of a phase order, e.g. (2, 1, 3) -> "order-2-1-3" (path-safe)."""
-    return "order-" + "-".join(str(i) for i in order)
-
-
-def _order_arm(name: str) -> Arm | None:
-    """The `permutations` member `name` ("order-<i>-<j>-...", a non-identity permutation of 1..K), else None.
-
-    Raises:
-        PhasedIFTError: the identity order (order-1-2-3), which is the `phased` arm.
-    """
-    m = re.fullmatch(r"order-(\d+(?:-\d+)*)", name)
-    order = tuple(int(x) for x in m.group(1).split("-")) if m else ()
-    if not order or order_name(order) != name or sorted(order) != list(range(1, len(order) + 1)):
-        return None
-    if list(order) == sorted(order):
-        raise PhasedIFTError(f"arm {name!r} is the phases in their own order, i.e. the `phased` arm; name `phased` "
-                             f"instead (`permutations` includes it as `phased`).")
-    return Arm(name, f"the phased files in the order {' -> '.join(map(str, order))}, each phase from the previous "
-                     f"weights", "the stage-order ablation of Pang et al. 2024 (section 5)", phase_order=order)
-
-
-def _permutation_names(k: int) -> list[str]:
-    """Every order of the k phases as an arm name, in lexicographic order; the identity order is `phased`.
-
-    Raises:
-        PhasedIFTError: k > MAX_PERMUTED_PHASES.
-    """
-    if k > MAX_PERMUTED_PHASES:
-        raise PhasedIFTError(
-            f"config: train.arms has `permutations`, one arm per order of the phases: {math.factorial(k)} arms for "
-            f"phases.k={k}, each trained for every seed, generated and judged; refused above phases.k="
-            f"{MAX_PERMUTED_PHASES} ({math.factorial(MAX_PERMUTED_PHASES)} arms). Fix: set phases.k <= "
-            f"{MAX_PERMUTED_PHASES}, or list the orders to train in train.arms, e.g. "
-            f"[phased, {order_name(range(k, 0, -1))}].")
-    return ["phased" if list(p) == sorted(p) else order_name(p) for p in itertools.permutations(range(1, k + 1))]
-
-
-register_arm(Arm("permutations", "every order of the K phases as its own arm (order-2-1-3, ...; the identity "
-                 "order is phased), K <= 4", "the stage-order ablation of Pang et al. 2024 (section 5)",
-                 expand=_permutation_names, member=_order_arm))
-register_arm(Arm("sorted", "one phase: the union sorted easy -> hard, fed in that order (no phase boundaries, one "
-                 "LR schedule)", "curriculum ordering without stages (Bengio et al. 2009, Curriculum Learning)",
-                 single_phase=True, phase_schedule=False, arrange=lambda phases, seed, p: [difficulty_sorted(phases)],
-                 sampler="sequential"))
-register_arm(Arm("replay", "phased, and phase k also trains on a seeded train.replay_ratio of the examples of "
-                 "phases < k (adds examples)", "experience replay against forgetting (Robins 1995; de Masson "
-                 "d'Autume et al. 2019)", arrange=lambda phases, seed, p: replay_phases(phases, p["replay_ratio"],
-                                                                                       seed),
-                 params=("replay_ratio",)))
-register_arm(Arm("competence", "one phase: batches drawn from the easiest c(t) fraction, c(t) = min(1, sqrt(t(1 - "
-                 "c0^2)/T + c0^2))", "Platanios et al. 2019, Competence-based Curriculum Learning (NAACL), the "
-                 "sqrt competence", single_phase=True, phase_schedule=False,
-                 arrange=lambda phases, seed, p: [difficulty_sorted(phases)], sampler="competence",
-                 params=("competence_c0",)))
-
-
-# ---- Sequential Instruction Tuning (Hu et al. 2024): the arms that train on the sequential mix (sit.source) -------
-
-register_arm(Arm("sit", "one-off on the sequential mix: sit.ratio of the examples are sequential, each in place of "
-                 "an original (the same budget)", "Hu et al. 2024, Sequential Instruction Tuning (arXiv 2403.07794)",
-                 single_phase=True, phase_schedule=False, mix=True))
-register_arm(Arm("sit-phased", "phased on the sequential mix: sequential examples scored and split by difficulty like "
-                 "every other example", "Pang et al. 2024 Phased IFT with Hu et al. 2024 SIT data", mix=True))
+# How the declared arms (`config_choices.ARM_CHOICES`) build their phases; an arm not named here reads the phased
+# files as they are (a single-phase arm: their union, shuffled with the seed).
+_IMPLEMENTATIONS: dict[str, dict[str, Any]] = {
+    "random": {"control": lambda phases, seed: random_control(phases, seed)},
+    "reverse": {"control": lambda phases, seed: reverse_control(phases)},
+    "sorted": {"arrange": lambda phases, seed, p: [difficulty_sorted(phases)]},
+    "replay": {"arrange": lambda phases, seed, p: replay_phases(phases, p["replay_ratio"], seed)},
+    "competence": {"arrange": lambda phases, seed, p: [difficulty_sorted(phases)]},
+}
+for _choice in ARM_CHOICES.values():
+    register_arm(Arm.of(_choice, **_IMPLEMENTATIONS.get(_choice.name, {})))
 
 
 def resolve_arm(name: str) -> Arm | None:
-    """The arm `name`: a registered one, else a family's member (`Arm.member`, registered now), else None."""
+    """The arm `name`: a registered one, else a family's member (`config_choices.arm_choice`, registered now), else
+    None."""
     if name in ARMS:
         return ARMS[name]
-    for family in list(ARMS.values()):
-        if family.member is not None and (arm := family.member(name)) is not None:
-            return register_arm(arm)
-    return None
+    choice = arm_choice(name)
+    return register_arm(Arm.of(choice)) if choice is not None else None
 
 
 def get_arm(name: str) -> Arm:
@@ -310,39 +198,8 @@ def get_arm(name: str) -> Arm:
     """
     arm = resolve_arm(name)
     if arm is None:
-        families = [f"{a.name} ({a.description})" for a in ARMS.values() if a.member is not None]
-        raise PhasedIFTError(f"unknown arm {name!r}; known arms: {', '.join(ARMS)}"
-                             + (f"; and the members of {'; '.join(families)}" if families else "") + ".")
+        raise unknown_arm(name)
     return arm
-
-
-def expand_arms(names: Sequence[str], k: int) -> list[str]:
-    """train.arms with every family replaced by its members for k phases (`Arm.expand`), first occurrence kept.
-
-    Raises:
-        PhasedIFTError: an unknown arm; a family refuses k (`permutations`: k > 4); an order arm does not order k
-            phases.
-    """
-    out: list[str] = []
-    for name in names:
-        arm = get_arm(name)
-        out += [n for n in (arm.expand(k) if arm.expand else [name]) if n not in out]
-    for name in out:
-        get_arm(name).file_order(k)
-    return out
-
-
-def check_batching(arms: Sequence[str], batching: str) -> None:
-    """Arms with their own sampler need one row per example; packing concatenates and reorders them.
-
-    Raises:
-        PhasedIFTError: train.batching=packing with such an arm (names the arms and the fix).
-    """
-    own = [a for a in arms if get_arm(a).sampler]
-    if own and batching == "packing":
-        raise PhasedIFTError(f"config: train.batching=packing packs several examples per row and reorders them, but "
-                             f"the arms {own} set the order of single examples (Arm.sampler); use train.batching="
-                             f"bucket or pad, or train these arms in a separate config.")
 
 
 def controls(arms: Sequence[str]) -> dict[str, ControlBuilder]:
@@ -355,7 +212,7 @@ def baseline_arm(arms: Sequence[str]) -> str:
     return next((a for a in arms if get_arm(a).baseline), arms[0])
 
 
-def phase_count(cfg: "Config", run: RunDir | None = None) -> int:
+def phase_count(cfg: Config, run: RunDir | None = None) -> int:
     """K, the number of phases of the split: the manifest's once `phases/` exists, else `cfg.phases.k` (plans)."""
     if run is not None and run.phases_manifest.is_file():
         return int(read_manifest(run)["k"])
@@ -381,7 +238,7 @@ class Cell:
     final: bool
 
 
-def training_cells(cfg: "Config", run: RunDir | None = None) -> list[Cell]:
+def training_cells(cfg: Config, run: RunDir | None = None) -> list[Cell]:
     """Every (arm, seed, phase) that training produces, arm-major, then seed, then phase."""
     k = phase_count(cfg, run)
     out = []
@@ -391,13 +248,13 @@ def training_cells(cfg: "Config", run: RunDir | None = None) -> list[Cell]:
     return out
 
 
-def evaluation_cells(cfg: "Config", run: RunDir | None = None) -> list[Cell]:
+def evaluation_cells(cfg: Config, run: RunDir | None = None) -> list[Cell]:
     """The checkpoints that are generated from and evaluated: each arm's final phase per seed, or every phase with
     `generate.every_phase` (the paper's Figure 1 trend)."""
     return [c for c in training_cells(cfg, run) if c.final or cfg.generate.every_phase]
 
 
-def final_phase(cfg: "Config", arm: str, run: RunDir | None = None) -> int:
+def final_phase(cfg: Config, arm: str, run: RunDir | None = None) -> int:
     """The phase whose checkpoint is the arm's final model."""
     return get_arm(arm).n_phases(phase_count(cfg, run))
 
@@ -415,7 +272,7 @@ class JudgeJob:
     phase: int | None
 
 
-def judge_pairs_of(cfg: "Config") -> list[tuple[str, str]]:
+def judge_pairs_of(cfg: Config) -> list[tuple[str, str]]:
     """`judge.pairs`, or every trained arm against the baseline (see `baseline_arm`).
 
     Raises:
@@ -427,17 +284,11 @@ def judge_pairs_of(cfg: "Config") -> list[tuple[str, str]]:
     else:
         base = baseline_arm(arms)
         pairs = [(a, base) for a in arms if a != base]
-    for a, b in pairs:
-        for arm in (a, b):
-            if arm not in arms:
-                raise PhasedIFTError(f"config: judge.pairs names arm {arm!r}, which is not in train.arms {arms}; "
-                                     "add it to train.arms or fix the pair.")
-        if a == b:
-            raise PhasedIFTError(f"config: judge.pairs has [{a}, {b}]: an arm cannot be judged against itself.")
+    check_judge_pairs(arms, pairs)  # checked when the config loaded; again for a config changed since
     return pairs
 
 
-def judge_jobs(cfg: "Config", run: RunDir | None = None) -> list[JudgeJob]:
+def judge_jobs(cfg: Config, run: RunDir | None = None) -> list[JudgeJob]:
     """Which generations to compare for a config: for each pair and seed the final models, and with
     `generate.every_phase` also phase k of arm A against arm B's final model for every k.
 

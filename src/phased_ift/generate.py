@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from phased_ift import shutdown
+from phased_ift.config_choices import testset_key
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import AppendLog, atomic_write_json, read_jsonl
 from phased_ift.serving import served_checkpoints
@@ -435,12 +436,6 @@ def read_generations(path: str | Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------------
 # What to generate for a config
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def testset_key(name_or_path: str) -> str:
-    """File-name key of a test set: the name for named sets, the file stem for a path."""
-    p = Path(name_or_path)
-    return p.stem if (p.suffix or "/" in name_or_path) else name_or_path
 
 
 def checkpoint_dir(run: Any, arm: str, k: int, seed: int) -> Path:

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from phased_ift import mtbench, seqeval
+from phased_ift.config_checks import check_judge_test_sets
+from phased_ift.config_choices import JUDGE_FREE, testset_key
 from phased_ift.errors import PhasedIFTError
 from phased_ift.grading import Grader, fill, grade_all, read_template  # template files are shared by all judges
 from phased_ift.runio import AppendLog
@@ -473,15 +475,9 @@ def check_graders(cfg: Any) -> None:
     Raises:
         PhasedIFTError: a missing prompts file or a bad template (names the file and the config key).
     """
-    from phased_ift.generate import testset_key
-
     if cfg.judge.judge.enabled:
         for name in sorted({testset_key(n) for n in cfg.generate.test_sets} & set(GRADERS)):
             GRADERS[name].prepare(cfg)
-
-
-# Test sets scored by program, not judged pairwise unless judge.test_sets names them.
-JUDGE_FREE = ("ifeval",)
 
 
 def pairwise_test_sets(cfg: Any) -> list[str]:
@@ -489,17 +485,13 @@ def pairwise_test_sets(cfg: Any) -> list[str]:
     the judge-free ones (`JUDGE_FREE`: IFEval is verified by `ifeval.py`).
 
     Raises:
-        PhasedIFTError: judge.test_sets names a test set that is not generated.
+        PhasedIFTError: judge.test_sets names a test set that is not generated (checked when the config loaded;
+            again for a config changed since: `config_checks.check_judge_test_sets`).
     """
-    from phased_ift.generate import testset_key
-
     generated = [testset_key(n) for n in cfg.generate.test_sets]
     if not cfg.judge.test_sets:
         return [n for n in generated if n not in JUDGE_FREE]
-    unknown = [n for n in cfg.judge.test_sets if n not in generated]
-    if unknown:
-        raise PhasedIFTError(f"config: judge.test_sets {unknown} are not among generate.test_sets {generated}; "
-                             "judge only test sets that are generated.")
+    check_judge_test_sets(cfg.judge.test_sets, cfg.generate.test_sets)
     return list(cfg.judge.test_sets)
 
 

@@ -40,16 +40,15 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from rich.console import Console
 
+from phased_ift.config import Config, SitConfig
+from phased_ift.config_checks import check_sit_templates
 from phased_ift.data import Example, normalize_text
 from phased_ift.errors import PhasedIFTError
 from phased_ift.llm_client import LLMClient, LLMResult
-
-if TYPE_CHECKING:
-    from phased_ift.config import Config, SitConfig
 
 STEP_TEMPLATES = {"separate": "sit-separate", "classify": "sit-classify", "rewrite_a": "sit-rewrite-a",
                   "rewrite_b": "sit-rewrite-b", "rewrite_c": "sit-rewrite-c", "respond": "sit-respond"}
@@ -108,9 +107,7 @@ def load_templates(names: dict[str, str]) -> dict[str, StepTemplate]:
     Raises:
         PhasedIFTError: an unknown step name in `names`; see `load_step_template`.
     """
-    unknown = sorted(set(names) - set(STEP_TEMPLATES))
-    if unknown:
-        raise PhasedIFTError(f"config: sit.templates has unknown steps {unknown}; steps: {list(STEP_TEMPLATES)}.")
+    check_sit_templates(names)  # checked when the config loaded; again for names given since
     return {step: load_step_template(step, names.get(step, default)) for step, default in STEP_TEMPLATES.items()}
 
 
@@ -233,7 +230,7 @@ class Generation:
 class _Run:
     """The state of one pipeline run: templates, the ask function (real or dry), rows and counts."""
 
-    def __init__(self, sit: "SitConfig", client: LLMClient, dry_run: bool) -> None:
+    def __init__(self, sit: SitConfig, client: LLMClient, dry_run: bool) -> None:
         self.sit, self.client, self.dry_run = sit, client, dry_run
         self.templates = load_templates(dict(sit.templates))
         self.kept: list[dict] = []
@@ -391,7 +388,7 @@ def _counts(run: _Run, chains: list[_Chain], records: list[Example]) -> dict[str
             "sources_without_output": len(chains) - len(records) - len(run.kept)}
 
 
-def generate_sequential(examples: Sequence[Example], sit: "SitConfig", cache_path: Any, dry_run: bool = False,
+def generate_sequential(examples: Sequence[Example], sit: SitConfig, cache_path: Any, dry_run: bool = False,
                         console: Console | None = None) -> Generation:
     """Run the Seq-Instruct pipeline (module docstring) on `examples` with the generator `sit.generator`.
 
@@ -431,7 +428,7 @@ def generate_sequential(examples: Sequence[Example], sit: "SitConfig", cache_pat
 # ------------------------------------------------------------------------------------------------ the `sit` step
 
 
-def source_examples(cfg: "Config") -> list[Example]:
+def source_examples(cfg: Config) -> list[Example]:
     """The instructions sit-generate rewrites: data.train's sources, combined as the data step combines them, then
     a seeded sample of `sit.limit` (data order kept; 0 = all)."""
     from phased_ift.data import combine_results, load_source
@@ -444,7 +441,7 @@ def source_examples(cfg: "Config") -> list[Example]:
     return examples
 
 
-def _settings(cfg: "Config", examples: Sequence[Example]) -> dict[str, Any]:
+def _settings(cfg: Config, examples: Sequence[Example]) -> dict[str, Any]:
     """What the sit/ files depend on; a finished summary.json with other settings is made again (from the cache)."""
     import hashlib
 
@@ -464,7 +461,7 @@ def _print_counts(console: Console, c: dict[str, Any], out: Any) -> None:
                   f"({reasons}); {c['sources_without_output']} instructions gave nothing -> {out}", highlight=False)
 
 
-def generate_step(cfg: "Config", run: Any, dry_run: bool = False, console: Console | None = None) -> dict | None:
+def generate_step(cfg: Config, run: Any, dry_run: bool = False, console: Console | None = None) -> dict | None:
     """The `sit` step (`phased-ift sit-generate CONFIG`): the Seq-Instruct pipeline on data.train's instructions
     -> <run_dir>/sit/ (sequential.jsonl, kept.jsonl, rejects.jsonl, then summary.json). A no-op unless
     sit.source=generated; skipped when summary.json holds the same settings. `dry_run` prints the estimate.
@@ -507,7 +504,7 @@ def generate_step(cfg: "Config", run: Any, dry_run: bool = False, console: Conso
     return summary
 
 
-def plan_row(cfg: "Config", p: dict | None = None) -> tuple[str, str, str]:
+def plan_row(cfg: Config, p: dict | None = None) -> tuple[str, str, str]:
     """The `sit` step's row of `phased-ift run --dry-run`'s plan."""
     s = cfg.sit
     if s.source != "generated":
