@@ -7,8 +7,9 @@ as safetensors' `SafetensorError`, torch's "PytorchStreamWriter failed writing")
 fix) and `writing(path, need)`, the context manager writers put around their writes so that the line names their
 file: `runio`'s atomic writes and append logs, `kvcache.KVCache`, the phase save and the Trainer's checkpoints in
 `train.loop`. The CLI prints a `DiskWriteError`, or any exception `write_error` recognises, as one line and exits
-with status 74 (`EXIT_WRITE`). Nothing is marked done by a failed write: DONE markers, settings files and
-manifests are written after the files they vouch for.
+with status 74 (`EXIT_WRITE`). `free_space` and `human_bytes` are the free space and the size format of every disk
+message (also the plan's disk line, `preflight.check_disk_space`). Nothing is marked done by a failed write: DONE
+markers, settings files and manifests are written after the files they vouch for.
 """
 
 from __future__ import annotations
@@ -92,6 +93,21 @@ def _existing(path: Path) -> Path:
     return p
 
 
+def free_space(path: str | Path) -> tuple[Path, int | None]:
+    """(the path or its nearest existing parent, the bytes free on its filesystem for this user:
+    `shutil.disk_usage(...).free`, None when the filesystem cannot be asked)."""
+    base = _existing(Path(path))
+    try:
+        return base, shutil.disk_usage(base).free
+    except OSError:
+        return base, None
+
+
+def human_bytes(n: int) -> str:
+    """A byte count in decimal units, as every disk message writes it (rich's `decimal`: "1.1 GB", "512 bytes")."""
+    return decimal(n)
+
+
 def write_error(exc: BaseException, path: str | Path | None = None, need: int | None = None,
                 need_note: str = "", where: str | Path | None = None) -> DiskWriteError | None:
     """The `DiskWriteError` for `exc` when it is a refused write (`refused_write`), else None. Without `path` (an
@@ -113,13 +129,11 @@ def write_error(exc: BaseException, path: str | Path | None = None, need: int | 
     reason, fix = REASONS[code]
     head = f"cannot write {target}" if target else f"a write under {where or Path.cwd()} failed"
     parts = [f"{head}: {reason} ({errno.errorcode[code]})"]
-    base = _existing(target if target else Path(where or "."))
+    base, free = free_space(target if target else Path(where or "."))
     if code in (errno.ENOSPC, errno.EDQUOT):
-        try:
-            parts.append(f"{decimal(shutil.disk_usage(base).free)} free on its filesystem")
-        except OSError:
-            pass
-        parts.append(f"the write needed {decimal(need)}{need_note}" if need else "the size of the write is unknown")
+        if free is not None:
+            parts.append(f"{human_bytes(free)} free on its filesystem")
+        parts.append(f"the write needed {human_bytes(need)}{need_note}" if need else "the size of the write is unknown")
     folder = base if base.is_dir() else base.parent
     return DiskWriteError("; ".join(parts) + ". " + fix.format(dir=folder, user=_user()), target, code)
 

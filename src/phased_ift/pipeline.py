@@ -27,7 +27,7 @@ from phased_ift import shutdown
 from phased_ift.config import Config, save_config
 from phased_ift.errors import PhasedIFTError
 from phased_ift.modeling import describe_precision, resolve_config_precision
-from phased_ift.preflight import preflight  # noqa: F401 (run_pipeline calls it; tests patch it here)
+from phased_ift.preflight import check_disk_space, preflight  # run_pipeline / plan_run call them; tests patch them
 from phased_ift.rundir import RunDir
 from phased_ift.sit.generation import generate_step, plan_row
 
@@ -372,16 +372,17 @@ def step_report(cfg: Config, console: Console | None = None) -> dict:
 
 def plan_run(cfg: Config, console: Console, missing: Sequence[str] = (), precision: dict | None = None) -> dict:
     """Print the plan: one row per step of `STEPS` (examples, estimated training tokens, generation and judge
-    requests) and the precision (`precision`: the record of `modeling.resolve_config_precision`; made here when
-    None). Reads the data (running the data step while data/train.jsonl is missing) but trains, scores and
-    sends nothing; named sources in `missing` (see `preflight`) are planned with stand-in examples of their
-    upstream size.
+    requests), the precision (`precision`: the record of `modeling.resolve_config_precision`; made here when
+    None) and the disk line (`preflight.check_disk_space`: the estimate, a warning when the run dir's filesystem
+    has less free space). Reads the data (running the data step while data/train.jsonl is missing) but trains,
+    scores and sends nothing; named sources in `missing` (see `preflight`) are planned with stand-in examples of
+    their upstream size.
 
     Returns:
         {"examples", "training_tokens": {arm: tokens}, "steps": {arm: optimizer steps}, "prompts": {test set: n},
          "answers", "judge_requests" (pairwise, both orders), "grade_requests" (single-answer grading: MT-Bench
          one per turn, SeqEval two per answer, per checkpoint), "grades": {grader label: requests},
-         "score_requests"}.
+         "score_requests", "disk_bytes": what training still writes (None: unknown)}.
     """
     from rich.table import Table
 
@@ -403,6 +404,8 @@ def plan_run(cfg: Config, console: Console, missing: Sequence[str] = (), precisi
         console.print(table)
         console.print(p.pop("note"), highlight=False)
         console.print(describe_precision(precision or resolve_config_precision(cfg)[1]), highlight=False)
+        need = check_disk_space(cfg, console)  # what training still writes; a warning when it does not fit
+        p["disk_bytes"] = need.total if need is not None else None
         del p["checkpoints"]
     finally:
         if stand_in is not None:

@@ -2,8 +2,9 @@
 
 Owns `preflight`: data sources and local paths exist, test sets load, the model package is installed, the scorer is
 registered, each grader's prompts and templates load, endpoints answer, and the training method is supported here
-(qlora needs a CUDA GPU). The checks themselves belong to the modules that own each concern; this module only
-calls them in order.
+(qlora needs a CUDA GPU). Owns `check_disk_space`, the plan's disk line: the estimate of what training still writes
+(`train.disk.estimate_disk_need`) and a warning when the run dir's filesystem has less free space. The checks
+themselves belong to the modules that own each concern; this module only calls them in order.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from phased_ift.config import Config
+    from phased_ift.train.disk import DiskNeed
 
 
 def preflight(cfg: "Config", dry_run: bool = False) -> list[str]:
@@ -68,6 +72,37 @@ def preflight(cfg: "Config", dry_run: bool = False) -> list[str]:
 
         require_method_support(cfg, RunDir(cfg.run_dir))  # qlora on a CPU fails here, before scoring
     return missing
+
+
+def check_disk_space(cfg: "Config", console: "Console") -> "DiskNeed | None":
+    """Print the disk line of the plan: what training still writes to the run dir (`train.disk.estimate_disk_need`,
+    in decimal units: 1 GB = 10^9 bytes) and the free space of its filesystem (`shutil.disk_usage` of the run dir
+    or its nearest existing parent, `diskerrors.free_space`); then a warning when the free space is below the need.
+    A warning, not an error: the estimate leaves out the small files and may differ from the real need; a write
+    that does not fit stops the run with exit status 74 and keeps the finished phases (`diskerrors`).
+
+    Returns:
+        The estimate, or None when the model's tensor shapes cannot be read without loading it (printed as
+        unknown).
+    """
+    from phased_ift.diskerrors import free_space, human_bytes
+    from phased_ift.train.disk import describe_need, estimate_disk_need
+
+    run = RunDir(cfg.run_dir)
+    need = estimate_disk_need(cfg, run)
+    base, free = free_space(run.root)
+    where = f"{human_bytes(free)} free on the filesystem of {base}" if free is not None else "free space unknown"
+    if need is None:
+        console.print(f"disk: the need of training is unknown (no safetensors header of {cfg.model.name_or_path} "
+                      f"here, e.g. a hub id not in the local cache yet); {where}", highlight=False)
+        return None
+    console.print(f"{describe_need(need)}; {where}", highlight=False)
+    if free is not None and free < need.total:
+        console.print(f"[yellow]warning:[/] run_dir {run.root} has {human_bytes(free)} free (on the filesystem of "
+                      f"{base}), less than the about {human_bytes(need.total)} training still needs. Free space "
+                      f"there, or point run_dir at a larger disk (run_dir=/other/disk/run); else the run stops at "
+                      f"the first write that does not fit (exit status 74, finished phases kept).", highlight=False)
+    return need
 
 
 def _looks_local(path: str) -> bool:

@@ -1,8 +1,10 @@
 """The one package outside `train/` that touches torch / transformers / peft / accelerate.
 
-Layout: `hub` (named offline models, GGUF conversion, model paths, weight fingerprints), `loading` (tokenizers,
-models, checkpoints, devices), `export` (a checkpoint as a GGUF file for llama.cpp's server), `precision` (the hardware probe and what autocast="auto" means), `text` (rendering, tokenisation, padding), `passes` (generation, losses,
-embeddings). Callers import from `phased_ift.modeling`; the submodules are its layout, not its API.
+Layout: `hub` (named offline models, GGUF conversion, model paths, weight fingerprints), `sizes` (tensor shapes
+from file headers, for estimates before weights load), `loading` (tokenizers, models, checkpoints, devices),
+`export` (a checkpoint as a GGUF file for llama.cpp's server), `precision` (the hardware probe and what
+autocast="auto" means), `text` (rendering, tokenisation, padding), `passes` (generation, losses, embeddings).
+Callers import from `phased_ift.modeling`; the submodules are its layout, not its API.
 
 Owns: named offline models and their conversion, loading a tokenizer and a model, loading a checkpoint (full model
 or PEFT adapter) for training and for inference (`load_checkpoint`, the one place that knows the checkpoint kinds),
@@ -24,8 +26,8 @@ A GGUF is dequantised once into a plain float32 checkpoint cached under $PHASED_
 """
 
 from phased_ift.modeling.export import LLAMA_CPP_VERSION, export_gguf, llama_cpp_converter
-from phased_ift.modeling.hub import (NAMED_MODELS, NamedModel, cache_home, convert_gguf, gguf_path, register_model,
-                                     resolve_model_path, weights_fingerprint)
+from phased_ift.modeling.hub import (NAMED_MODELS, NamedModel, cache_home, convert_gguf, converted_dir, gguf_path,
+                                     register_model, resolve_model_path, weights_fingerprint)
 from phased_ift.modeling.loading import (add_lora, base_model_of, frozen_base_to_bf16, inference_device, is_adapter,
                                          linear_weights_to_bf16, load_checkpoint, load_checkpoint_tokenizer,
                                          load_model, load_scoring_model, load_sentence_encoder, load_tokenizer,
@@ -35,16 +37,18 @@ from phased_ift.modeling.passes import (encode_sentences, generate_greedy, respo
                                         token_losses)
 from phased_ift.modeling.precision import (Hardware, describe_precision, inference_dtype, probe_hardware,
                                            resolve_autocast, resolve_config_precision)
+from phased_ift.modeling.sizes import WeightShapes, safetensors_shapes, weight_shapes
 from phased_ift.modeling.text import PAPER_PROMPT, PAPER_RESPONSE, pad_batch, render, tokenize_example, tokenize_for_ifd
 
 __all__ = [
     "LLAMA_CPP_VERSION", "export_gguf", "llama_cpp_converter",
-    "NAMED_MODELS", "NamedModel", "cache_home", "convert_gguf", "gguf_path", "register_model", "resolve_model_path",
-    "weights_fingerprint", "add_lora", "base_model_of", "frozen_base_to_bf16", "inference_device", "is_adapter",
+    "NAMED_MODELS", "NamedModel", "cache_home", "convert_gguf", "converted_dir", "gguf_path", "register_model",
+    "resolve_model_path", "weights_fingerprint", "add_lora", "base_model_of", "frozen_base_to_bf16",
+    "inference_device", "is_adapter",
     "linear_weights_to_bf16", "load_checkpoint", "load_checkpoint_tokenizer", "load_model", "load_scoring_model",
     "load_sentence_encoder", "load_tokenizer", "main_process_first", "qlora_quantization", "release_memory",
     "require_qlora", "encode_sentences", "generate_greedy",
     "response_losses", "sequence_losses", "token_losses", "PAPER_PROMPT", "PAPER_RESPONSE", "pad_batch", "render",
     "tokenize_example", "tokenize_for_ifd", "Hardware", "describe_precision", "inference_dtype", "probe_hardware",
-    "resolve_autocast", "resolve_config_precision",
+    "resolve_autocast", "resolve_config_precision", "WeightShapes", "safetensors_shapes", "weight_shapes",
 ]

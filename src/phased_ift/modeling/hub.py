@@ -212,14 +212,13 @@ def resolve_model_path(name_or_path: str) -> str:
     """
     if name_or_path in NAMED_MODELS:
         g = gguf_path(name_or_path)
-        key = hashlib.sha256(f"{g.stat().st_size}:{g.name}".encode()).hexdigest()[:8]
-        marker = cache_home() / "models" / f"{name_or_path}-{key}.sha256"
+        marker = _digest_marker(name_or_path, g)
         digest = marker.read_text().strip() if marker.is_file() else None
         if digest is None:
             digest = sha256_of(g)
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(digest)
-        return str(convert_gguf(g, cache_home() / "models" / f"{name_or_path}-{digest[:16]}"))
+        return str(convert_gguf(g, _converted_path(name_or_path, digest)))
     p = Path(name_or_path).expanduser()
     if p.exists():
         if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
@@ -228,6 +227,30 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path.startswith((".", "/", "~")):
         raise PhasedIFTError(f"model path {name_or_path} does not exist.")
     return name_or_path  # a hub id; fails offline with the hub's own message
+
+
+def _digest_marker(name: str, gguf: Path) -> Path:
+    """The file caching a named model's GGUF sha256 (keyed by the GGUF's size and name, so it is hashed once)."""
+    key = hashlib.sha256(f"{gguf.stat().st_size}:{gguf.name}".encode()).hexdigest()[:8]
+    return cache_home() / "models" / f"{name}-{key}.sha256"
+
+
+def _converted_path(name: str, digest: str) -> Path:
+    return cache_home() / "models" / f"{name}-{digest[:16]}"
+
+
+def converted_dir(name: str) -> Path | None:
+    """A named model's plain checkpoint when `resolve_model_path` has converted it (found without hashing or
+    converting the GGUF), else None.
+
+    Raises:
+        PhasedIFTError: the model's package is not installed (`gguf_path`).
+    """
+    marker = _digest_marker(name, gguf_path(name))
+    if not marker.is_file():
+        return None
+    out = _converted_path(name, marker.read_text().strip())
+    return out if (out / "DONE").is_file() else None
 
 
 def weights_fingerprint(name_or_path: str) -> str | None:

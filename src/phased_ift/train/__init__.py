@@ -35,6 +35,8 @@ The package, one concern per module:
     sharded    the phase handoff under FSDP / ZeRO-3: the backend that runs, the refusals before a phase
                trains, the full-state-dict save and the completeness check of each phase's saved weights
     callbacks  the rich progress bar of a phase (imports transformers)
+    disk       the disk space training still needs, estimated from the model's file headers before any weights
+               load (`estimate_disk_need`, the plan's disk line; no torch)
     tracking   train.report_to: one TensorBoard / wandb run per arm x seed, each phase at its step offset
                (`ArmTracker`, `PhaseReporter`; imports transformers, loaded only when report_to is not none)
 

@@ -28,6 +28,7 @@ from trl import SFTConfig, SFTTrainer
 
 from phased_ift.config import Config
 from phased_ift.modeling import resolve_autocast
+from phased_ift.train.disk import CHECKPOINTS_KEPT
 from phased_ift.train.plan import PhaseHparams
 from phased_ift.train.samplers import SAMPLERS
 
@@ -59,7 +60,8 @@ def sft_config(cfg: Config, hp: PhaseHparams, out_dir: Path, seed: int, save_ste
         train_sampling_strategy=sampling, length_column_name="length",
         packing=t.batching == "packing", padding_free=t.batching == "packing", max_length=m.max_length,
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
-        logging_steps=t.logging_steps, save_strategy="steps", save_steps=save_steps, save_total_limit=1,
+        logging_steps=t.logging_steps, save_strategy="steps", save_steps=save_steps,
+        save_total_limit=CHECKPOINTS_KEPT,  # train.disk counts the checkpoints that exist at once from it
         report_to=t.report_to, disable_tqdm=True, include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=t.dataloader_workers, deepspeed=t.deepspeed or None,
         # The labels column from tokenize_example is used as is (loss on the response only).
