@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from phased_ift import shutdown
+from phased_ift.config import Config
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError
+from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_json
 
 
@@ -107,7 +109,7 @@ def attach_references(examples: Sequence[Example], references: dict[str, str]) -
     return out
 
 
-def evaluate_all(cfg: Any, run: Any, console: Any = None) -> None:
+def evaluate_all(cfg: Config, run: RunDir, console: Any = None) -> None:
     """The evaluate step: every judge-free metric of `METRICS`, in order (each skips finished files and logs what
     it does or why it is off): the reference-answer loss (`reference_loss_all`) and IFEval (`ifeval.ifeval_all`,
     when `ifeval` is among generate.test_sets).
@@ -122,13 +124,13 @@ def evaluate_all(cfg: Any, run: Any, console: Any = None) -> None:
         metric(cfg, run, console)
 
 
-def _ifeval(cfg: Any, run: Any, console: Any) -> None:
+def _ifeval(cfg: Config, run: RunDir, console: Any) -> None:
     from phased_ift.ifeval import ifeval_all
 
     ifeval_all(cfg, run, console)
 
 
-def reference_loss_all(cfg: Any, run: Any, console: Any = None) -> None:
+def reference_loss_all(cfg: Config, run: RunDir, console: Any = None) -> None:
     """Offline evaluation: loss of the reference answers (`evaluation.reference`) under every checkpoint of
     `design.evaluation_cells` -> evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json.
 
@@ -174,7 +176,7 @@ def reference_loss_all(cfg: Any, run: Any, console: Any = None) -> None:
 METRICS: dict[str, Any] = {"reference_loss": reference_loss_all, "ifeval": _ifeval}
 
 
-def _reference_prompts(cfg: Any, console: Any) -> tuple[dict[str, list[Example]], dict[str, list[Example]]]:
+def _reference_prompts(cfg: Config, console: Any) -> tuple[dict[str, list[Example]], dict[str, list[Example]]]:
     """({test set: prompts}, {test set: the prompts that have a reference answer, with it attached}); logs the
     counts per test set.
 

@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from phased_ift import shutdown
+from phased_ift.config import Config
 from phased_ift.config_choices import testset_key
 from phased_ift.errors import PhasedIFTError
+from phased_ift.rundir import RunDir
 from phased_ift.runio import AppendLog, atomic_write_json, read_jsonl
 from phased_ift.serving import served_checkpoints
 
@@ -204,7 +206,7 @@ class ServerBackend:
         self.client = LLMClient(server.endpoint(served_model, 1), cache_path, check=self._check)
 
     @classmethod
-    def options(cls, cfg: Any, run: Any, cell: Any) -> dict:
+    def options(cls, cfg: Config, run: RunDir, cell: Any) -> dict:
         """The factory's keyword arguments for one checkpoint of the grid (its served name, the run's cache)."""
         by_cell = {(s.arm, s.seed, s.phase): s.name for s in served_checkpoints(cfg, run)}
         return {"server": cfg.generate.server, "served_model": by_cell[(cell.arm, cell.seed, cell.phase)],
@@ -438,7 +440,7 @@ def read_generations(path: str | Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def checkpoint_dir(run: Any, arm: str, k: int, seed: int) -> Path:
+def checkpoint_dir(run: RunDir, arm: str, k: int, seed: int) -> Path:
     """A finished checkpoint dir (DONE marker present).
 
     Raises:
@@ -493,7 +495,7 @@ def next_turn_examples(examples: Sequence[Any], rows: Sequence[dict], turn: int)
     return out
 
 
-def generate_all(cfg: Any, run: Any, console: Any = None) -> None:
+def generate_all(cfg: Config, run: RunDir, console: Any = None) -> None:
     """Generate answers on every test set of `generate.test_sets` for every checkpoint of
     `design.evaluation_cells` (each arm x seed's final phase, every phase with generate.every_phase)
     -> generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl. A multi-turn test set (MT-Bench) gets one file per

@@ -35,7 +35,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from phased_ift.config import Config
 from phased_ift.errors import PhasedIFTError
+from phased_ift.rundir import RunDir
 from phased_ift.runio import AppendLog, read_jsonl
 
 # FastChat common.one_score_pattern and one_score_pattern_backup
@@ -187,15 +189,15 @@ class Grader:
     testset: str
     label: str
     part: str
-    prepare: Callable[[Any], Any]
-    cell_items: Callable[[Any, Any, Any, Any, bool], tuple[list, int]]
+    prepare: Callable[[Config], Any]
+    cell_items: Callable[[Config, RunDir, Any, Any, bool], tuple[list, int]]
     make_row: Callable[[Any, Any, str], dict]
     describe: Callable[[list[dict], list], str]
     requests: Callable[[Sequence[Any]], int]
-    max_tokens: Callable[[Any], int] = lambda cfg: cfg.judge.grade_max_tokens
+    max_tokens: Callable[[Config], int] = lambda cfg: cfg.judge.grade_max_tokens
 
 
-def grade_all(grader: Grader, cfg: Any, run: Any, dry_run: bool = False, console: Any = None) -> None:
+def grade_all(grader: Grader, cfg: Config, run: RunDir, dry_run: bool = False, console: Any = None) -> None:
     """Grade every `design.evaluation_cells` checkpoint's answers with `grader`
     -> grades/<arm>/seed_<s>/phase_<k>/<testset>.jsonl, one log line per file, then sent / cache hits / tokens.
 
@@ -238,7 +240,8 @@ def grade_all(grader: Grader, cfg: Any, run: Any, dry_run: bool = False, console
         client.close()
 
 
-def _grade_cell(grader: Grader, cfg: Any, run: Any, client: Any, cell: Any, prepared: Any, console: Any) -> None:
+def _grade_cell(grader: Grader, cfg: Config, run: RunDir, client: Any, cell: Any, prepared: Any,
+                console: Any) -> None:
     """Grade one checkpoint's answers and log its numbers and counts."""
     items, _ = grader.cell_items(cfg, run, cell, prepared, False)
     out = run.grades(cell.arm, cell.phase, grader.testset, cell.seed)
@@ -252,7 +255,7 @@ def _grade_cell(grader: Grader, cfg: Any, run: Any, client: Any, cell: Any, prep
                   highlight=False)
 
 
-def _plan(grader: Grader, cfg: Any, run: Any, client: Any, prepared: Any, console: Any) -> None:
+def _plan(grader: Grader, cfg: Config, run: RunDir, client: Any, prepared: Any, console: Any) -> None:
     """The dry run: the requests of every generated answer file, and the estimate."""
     from phased_ift.design import evaluation_cells
 

@@ -37,7 +37,9 @@ import random
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from phased_ift.config import Config
 from phased_ift.errors import PhasedIFTError
+from phased_ift.rundir import RunDir
 from phased_ift.runio import JsonlDecodeError, atomic_write_json, atomic_write_text, numbered_rows
 
 TESTSET = "ifeval"
@@ -389,7 +391,7 @@ def score_file(responses_path: str | Path, inputs_path: str | Path | None = None
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def ifeval_all(cfg: Any, run: Any, console: Any = None) -> None:
+def ifeval_all(cfg: Config, run: RunDir, console: Any = None) -> None:
     """Score the IFEval answers of every checkpoint of `design.evaluation_cells` when `ifeval` is among
     generate.test_sets -> evaluation/<arm>/seed_<s>/phase_<k>/ifeval.json ({"arm", "phase", "seed", "metrics",
     "per_prompt"}). Prompts of the configured sample without an answer row are scored as unanswered. Existing
@@ -423,7 +425,7 @@ def ifeval_all(cfg: Any, run: Any, console: Any = None) -> None:
                       f"{out}", highlight=False)
 
 
-def sampled_inputs(cfg: Any) -> list[dict]:
+def sampled_inputs(cfg: Config) -> list[dict]:
     """The IFEval inputs of the configured sample (generate.limit / generate.seed, as `data.load_test_set`)."""
     from phased_ift.data import load_test_set
 

@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from phased_ift import mtbench, seqeval
+from phased_ift.config import Config
 from phased_ift.config_checks import check_judge_test_sets
 from phased_ift.config_choices import JUDGE_FREE, testset_key
 from phased_ift.errors import PhasedIFTError
 from phased_ift.grading import Grader, fill, grade_all, read_template  # template files are shared by all judges
+from phased_ift.rundir import RunDir
 from phased_ift.runio import AppendLog
 
 VERDICTS = ("win", "tie", "loss", "unparseable")
@@ -410,7 +412,7 @@ def _lookup_reference(references: dict[str, str], instruction: str) -> str | Non
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def judge_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) -> None:
+def judge_all(cfg: Config, run: RunDir, dry_run: bool = False, console: Any = None) -> None:
     """Judge every `design.judge_jobs` comparison on every `pairwise_test_sets` test set, in both answer orders
     -> judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl (rows: `make_row`), one log line per file.
 
@@ -468,7 +470,7 @@ def _graders(*graders: Grader) -> dict[str, Grader]:
 GRADERS: dict[str, Grader] = _graders(mtbench.GRADER, seqeval.GRADER)
 
 
-def check_graders(cfg: Any) -> None:
+def check_graders(cfg: Config) -> None:
     """With a judge configured, load what each grader of the generated test sets needs (`Grader.prepare`: its
     prompt templates and data), so that `pipeline.preflight` stops on a bad template before any training.
 
@@ -480,7 +482,7 @@ def check_graders(cfg: Any) -> None:
             GRADERS[name].prepare(cfg)
 
 
-def pairwise_test_sets(cfg: Any) -> list[str]:
+def pairwise_test_sets(cfg: Config) -> list[str]:
     """The test-set keys the judge step compares pairwise: judge.test_sets, else every generate.test_sets key but
     the judge-free ones (`JUDGE_FREE`: IFEval is verified by `ifeval.py`).
 
@@ -495,14 +497,14 @@ def pairwise_test_sets(cfg: Any) -> list[str]:
     return list(cfg.judge.test_sets)
 
 
-def reply_tokens(cfg: Any, template: JudgeTemplate) -> int:
+def reply_tokens(cfg: Config, template: JudgeTemplate) -> int:
     """Max completion tokens of one pairwise judge reply: judge.judge.max_tokens for a SCORES template (only the
     first line is parsed, so the explanation may be cut), judge.grade_max_tokens for a VERDICT template (FastChat's
     judge explains first and gives its verdict last; FastChat asks for 2048 tokens)."""
     return cfg.judge.grade_max_tokens if template.kind == VERDICT else cfg.judge.judge.max_tokens
 
 
-def _job_files(cfg: Any, run: Any) -> list[tuple[Any, str, Path, Path, Path]]:
+def _job_files(cfg: Config, run: RunDir) -> list[tuple[Any, str, Path, Path, Path]]:
     """(job, test set, generations of arm A, generations of arm B, judgements out) for every job and pairwise test
     set (`pairwise_test_sets`)."""
     from phased_ift.design import judge_jobs
@@ -516,7 +518,8 @@ def _job_files(cfg: Any, run: Any) -> list[tuple[Any, str, Path, Path, Path]]:
     return out
 
 
-def _judge_files(cfg: Any, run: Any, client: Any, template: JudgeTemplate, refs: dict | None, console: Any) -> None:
+def _judge_files(cfg: Config, run: RunDir, client: Any, template: JudgeTemplate, refs: dict | None,
+                 console: Any) -> None:
     """Judge every (job, test set) and log its counts and win rate."""
     from phased_ift.generate import read_generations
 
@@ -535,7 +538,7 @@ def _judge_files(cfg: Any, run: Any, client: Any, template: JudgeTemplate, refs:
             f"win rate {wr} -> {out}", highlight=False)
 
 
-def _plan_all(cfg: Any, run: Any, client: Any, template: JudgeTemplate, refs: dict | None, console: Any) -> None:
+def _plan_all(cfg: Config, run: RunDir, client: Any, template: JudgeTemplate, refs: dict | None, console: Any) -> None:
     """The dry run: count the requests of every generated (job, test set) and log the estimate."""
     from phased_ift.generate import read_generations, settings_path
 

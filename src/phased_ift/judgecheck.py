@@ -58,6 +58,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from phased_ift.config import Config
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import atomic_write_json, read_jsonl
 
@@ -222,7 +223,7 @@ def anchor(rows: Sequence[dict], annotations: Sequence[dict]) -> dict:
             "published": PUBLISHED.get(generator)}
 
 
-def run_judge_check(cfg: Any, annotations_path: str | None = None, limit: int = 0, seed: int = 0,
+def run_judge_check(cfg: Config, annotations_path: str | None = None, limit: int = 0, seed: int = 0,
                     console: Any = None) -> dict:
     """Judge the annotation pairs with the configured judge (both orders) and write judge_check.json.
 

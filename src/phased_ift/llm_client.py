@@ -50,7 +50,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 from rich.console import Console
@@ -58,12 +58,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextCol
 from rich.text import Text
 
 from phased_ift import shutdown
+from phased_ift.config import EndpointConfig
 from phased_ift.errors import PhasedIFTError
 from phased_ift.kvcache import KVCache
 from phased_ift.progress import LoggedProgress
-
-if TYPE_CHECKING:
-    from phased_ift.config import EndpointConfig
 
 # Request fields a caller may set per request; anything missing comes from the endpoint config.
 # `prompt` (a string or token ids) instead of `messages`: a text completion. `extra_body`: server-specific fields

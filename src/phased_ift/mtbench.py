@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from phased_ift import grading
+from phased_ift.config import Config
 from phased_ift.errors import PhasedIFTError
 from phased_ift.grading import parse_rating, requests_of  # noqa: F401  (FastChat's parser, part of this API)
+from phased_ift.rundir import RunDir
 from phased_ift.runio import read_jsonl
 
 TESTSET = "mt_bench"
@@ -247,7 +249,7 @@ def grade_file(client: Any, items: Sequence[GradeItem], out_path: str | Path, ju
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _prepare(cfg: Any) -> tuple[dict[str, GradeTemplate], References, dict[str, str]]:
+def _prepare(cfg: Config) -> tuple[dict[str, GradeTemplate], References, dict[str, str]]:
     """(the judge prompts, the reference answers, question id -> category), loaded once per step."""
     from phased_ift.data import load_test_set
 
@@ -255,7 +257,7 @@ def _prepare(cfg: Any) -> tuple[dict[str, GradeTemplate], References, dict[str, 
     return prompts, refs, {str(e.id): str(e.meta.get("category", "")) for e in load_test_set(TESTSET)}
 
 
-def _cell_items(cfg: Any, run: Any, cell: Any, prepared: tuple, dry_run: bool) -> tuple[list[GradeItem], int]:
+def _cell_items(cfg: Config, run: RunDir, cell: Any, prepared: tuple, dry_run: bool) -> tuple[list[GradeItem], int]:
     """(both turns' grade items of one checkpoint, answer files not generated yet: counted in a dry run only; a
     missing turn-2 file grades turn 1 alone there)."""
     from phased_ift.generate import read_generations, settings_path, turn_key
@@ -284,7 +286,7 @@ GRADER = grading.Grader(testset=TESTSET, label="MT-Bench", part="turn", prepare=
                         requests=lambda qs: len(qs) + sum(len(q.meta.get("later_turns") or ()) for q in qs))
 
 
-def grade_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) -> None:
+def grade_all(cfg: Config, run: RunDir, dry_run: bool = False, console: Any = None) -> None:
     """Grade both turns of every `design.evaluation_cells` checkpoint's MT-Bench answers
     -> grades/<arm>/seed_<s>/phase_<k>/mt_bench.jsonl (`grading.grade_all` with `GRADER`; `judge.judge_all` runs
     it through `judge.GRADERS`).
@@ -359,7 +361,7 @@ def summarize_grades(rows: Iterable[dict], n_boot: int = 2000, confidence: float
     return out
 
 
-def read_grades(run: Any, cfg: Any) -> dict[str, dict[int, dict[int, dict[str, Any]]]]:
+def read_grades(run: RunDir, cfg: Config) -> dict[str, dict[int, dict[int, dict[str, Any]]]]:
     """The MT-Bench summaries of every grades/<arm>/seed_<s>/phase_<k>/mt_bench.jsonl on disk.
 
     Bootstrap settings from `cfg.report` (bootstrap, confidence, seed). `missing` counts the answers of the

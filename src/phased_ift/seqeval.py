@@ -40,7 +40,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from phased_ift import grading
+from phased_ift.config import Config
 from phased_ift.errors import PhasedIFTError
+from phased_ift.rundir import RunDir
 from phased_ift.runio import read_jsonl
 
 TESTSET = "seqeval"
@@ -163,12 +165,12 @@ def depths() -> dict[str, int | None]:
     return {str(e.id): e.meta.get("iteration") for e in load_test_set(TESTSET)}
 
 
-def _prepare(cfg: Any) -> tuple[dict[str, Prompt], dict[str, int | None]]:
+def _prepare(cfg: Config) -> tuple[dict[str, Prompt], dict[str, int | None]]:
     j = cfg.judge
     return load_prompts(j.seqeval_following_template, j.seqeval_quality_template), depths()
 
 
-def _cell_items(cfg: Any, run: Any, cell: Any, prepared: tuple, dry_run: bool) -> tuple[list[GradeItem], int]:
+def _cell_items(cfg: Config, run: RunDir, cell: Any, prepared: tuple, dry_run: bool) -> tuple[list[GradeItem], int]:
     """(the grade items of one checkpoint's seqeval answers, 1 when they are not generated yet in a dry run)."""
     from phased_ift.generate import read_generations, settings_path
 
@@ -195,7 +197,7 @@ GRADER = grading.Grader(testset=TESTSET, label="SeqEval", part="metric", prepare
                         requests=lambda prompts: len(METRICS) * len(prompts))
 
 
-def grade_all(cfg: Any, run: Any, dry_run: bool = False, console: Any = None) -> None:
+def grade_all(cfg: Config, run: RunDir, dry_run: bool = False, console: Any = None) -> None:
     """Grade every `design.evaluation_cells` checkpoint's SeqEval answers on both metrics
     -> grades/<arm>/seed_<s>/phase_<k>/seqeval.jsonl (`grading.grade_all` with `GRADER`; the judge step runs it
     through `judge.GRADERS`). Nothing to do unless "seqeval" is in generate.test_sets; no judge endpoint: logs how
@@ -262,7 +264,7 @@ def summarize_seqeval(rows: Iterable[dict], n_boot: int = 2000, confidence: floa
     return out
 
 
-def read_seqeval(run: Any, cfg: Any) -> list[dict[str, Any]]:
+def read_seqeval(run: RunDir, cfg: Config) -> list[dict[str, Any]]:
     """The SeqEval summaries of every grades/<arm>/seed_<s>/phase_<k>/seqeval.jsonl on disk, in
     `RunDir.grade_files` order: [{"arm", "seed", "phase", **summarize_seqeval(...)}].
 

@@ -15,12 +15,11 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from phased_ift.config import Config
 from phased_ift.errors import PhasedIFTError
-
-if TYPE_CHECKING:
-    from phased_ift.config import Config
+from phased_ift.rundir import RunDir
 
 SERVERS = ("vllm", "llama-cpp")
 # vLLM's --max-lora-rank accepts these values only (vllm/config/lora.py).
@@ -56,7 +55,7 @@ def served_name(template: str, arm: str, seed: int, phase: int) -> str:
     return name
 
 
-def served_checkpoints(cfg: Config, run: Any) -> list[Served]:
+def served_checkpoints(cfg: Config, run: RunDir) -> list[Served]:
     """Every checkpoint of `design.evaluation_cells` with its served name, in grid order.
 
     Raises:
@@ -129,7 +128,7 @@ def llama_cpp_commands(served: list[Served], gguf_dir: Path, port: int = 8000, n
     return lines
 
 
-def serve_commands(cfg: Config, run: Any, server: str = "vllm", port: int = 8000,
+def serve_commands(cfg: Config, run: RunDir, server: str = "vllm", port: int = 8000,
                    gguf_dir: str | Path | None = None) -> list[str]:
     """The commands that serve a run's evaluation checkpoints under the names `generate.backend=server` asks for,
     with `#` comment lines first: the base_url to set, and the checkpoints left out because they have not

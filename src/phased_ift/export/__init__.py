@@ -19,14 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
+from phased_ift.config import Config
 from phased_ift.errors import PhasedIFTError
 from phased_ift.export import axolotl, hf, llama_factory
 from phased_ift.export.plan import ExportPlan, build_plan
-
-if TYPE_CHECKING:
-    from phased_ift.config import Config
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ register_target(Target("axolotl", "Axolotl datasets, one training YAML per stage
 register_target(Target("hf", "a datasets.DatasetDict (save_to_disk) with a dataset card", hf.write))
 
 
-def export_run(cfg: "Config", target: str, out_dir: str | Path) -> list[Path]:
+def export_run(cfg: Config, target: str, out_dir: str | Path) -> list[Path]:
     """Write the export `target` of the config's run dir into out_dir (created; files there are replaced, other
     files, e.g. a tool's training outputs under saves/, are kept).
 

@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
 from phased_ift import effects
+from phased_ift.config import Config
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 from phased_ift.runio import read_jsonl
-
-if TYPE_CHECKING:
-    from phased_ift.config import Config
 
 # {(arm, seed): {prompt key: value}} of the final checkpoints
 PerPrompt = dict[tuple[str, int], dict[tuple, float]]
@@ -54,7 +52,7 @@ class EffectMetric:
     """
 
     name: str
-    read: Callable[[RunDir, "Config", list[dict]], PerPrompt]
+    read: Callable[[RunDir, Config, list[dict]], PerPrompt]
     lower_is_better: bool = False
     paired: bool = True
     offset: float = 0.0
@@ -67,13 +65,13 @@ def _load(path) -> dict:
         raise PhasedIFTError(f"{path}: not valid JSON ({e}); delete it and re-run the evaluate step.") from None
 
 
-def _is_final(cfg: "Config", run: RunDir, arm: str, phase: int) -> bool:
+def _is_final(cfg: Config, run: RunDir, arm: str, phase: int) -> bool:
     from phased_ift.design import ARMS, final_phase
 
     return arm in ARMS and phase == final_phase(cfg, arm, run)
 
 
-def _reference_losses(run: RunDir, cfg: "Config", judgements: list[dict]) -> PerPrompt:
+def _reference_losses(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
     out: PerPrompt = {}
     for e in run.evaluation_files():
         if not _is_final(cfg, run, e.arm, e.phase):
@@ -85,7 +83,7 @@ def _reference_losses(run: RunDir, cfg: "Config", judgements: list[dict]) -> Per
     return out
 
 
-def _ifeval(run: RunDir, cfg: "Config", judgements: list[dict]) -> PerPrompt:
+def _ifeval(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
     """IFEval prompt-level strict accuracy: {(arm, seed): {(key,): 1.0 | 0.0}} of the final checkpoints."""
     out: PerPrompt = {}
     for e in run.evaluation_files("ifeval.json"):
@@ -95,9 +93,9 @@ def _ifeval(run: RunDir, cfg: "Config", judgements: list[dict]) -> PerPrompt:
     return out
 
 
-def _seqeval(metric: str) -> Callable[[RunDir, "Config", list[dict]], PerPrompt]:
+def _seqeval(metric: str) -> Callable[[RunDir, Config, list[dict]], PerPrompt]:
     """The reader of one SeqEval metric: {(arm, seed): {(id,): verdict}} of the final checkpoints' grade files."""
-    def read(run: RunDir, cfg: "Config", judgements: list[dict]) -> PerPrompt:
+    def read(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
         from phased_ift.seqeval import TESTSET, per_prompt_values
 
         out: PerPrompt = {}
@@ -109,7 +107,7 @@ def _seqeval(metric: str) -> Callable[[RunDir, "Config", list[dict]], PerPrompt]
     return read
 
 
-def _win_rates(run: RunDir, cfg: "Config", judgements: list[dict]) -> PerPrompt:
+def _win_rates(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
     from phased_ift.design import baseline_arm
     from phased_ift.stats import verdict_values
 
@@ -162,7 +160,7 @@ def _unparseable(d: np.ndarray) -> dict | None:
     return {"count": missing, "rate": missing / d.size, "as_loss": np.where(np.isnan(d), -0.5, d)}
 
 
-def summarize_effects(run: RunDir, cfg: "Config", judgements: list[dict]) -> list[dict]:
+def summarize_effects(run: RunDir, cfg: Config, judgements: list[dict]) -> list[dict]:
     """summary["effects"]: for each metric of `EFFECT_METRICS` with data and each arm other than the baseline,
     {"metric", "arm", "baseline", "seeds", "unpaired" (prompts not answered under every seed and both arms,
     left out), **`effects.paired_effect`, "mde": `effects.minimum_detectable_effect`, "variance": the

@@ -10,16 +10,14 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from phased_ift.config import Config
 from phased_ift.report.plots import plot_difficulty, plot_ifeval_trend, plot_training, plot_trend
 from phased_ift.report.render import render_html, render_markdown, report_blocks
 from phased_ift.report.summary import summarize_run
 from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_bytes, atomic_write_text
-
-if TYPE_CHECKING:
-    from phased_ift.config import Config
 
 
 def _save_plot(plot, out: Path, *args) -> None:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import collections
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from phased_ift import stats
+from phased_ift.config import Config
 from phased_ift.runio import read_jsonl
 from phased_ift.errors import PhasedIFTError
 from phased_ift.judge import VERDICTS, aggregate
@@ -29,9 +30,6 @@ from phased_ift.phases import read_manifest
 from phased_ift.report.answer import summarize_effects
 from phased_ift.report.verdicts import verdict_lines
 from phased_ift.rundir import RunDir
-
-if TYPE_CHECKING:
-    from phased_ift.config import Config
 
 
 def _rows(path: Path) -> list[dict]:

@@ -28,17 +28,15 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from rich.console import Console
 
+from phased_ift.config import Config, EndpointConfig
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError
 from phased_ift.llm_client import LLMClient, LLMResult
 from phased_ift.scoring.registry import ScoreContext
-
-if TYPE_CHECKING:
-    from phased_ift.config import Config, EndpointConfig
 
 SCALE = (1, 5)
 TOP_LOGPROBS = 5  # the answer digit's top-5 alternatives cover the five scale tokens for a well-behaved judge

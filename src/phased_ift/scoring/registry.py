@@ -15,15 +15,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+from phased_ift.config import Config
 from phased_ift.data import Example
 from phased_ift import shutdown
 from phased_ift.runio import AppendLog, read_jsonl, write_jsonl
 from phased_ift.errors import PhasedIFTError
-
-if TYPE_CHECKING:
-    from phased_ift.config import Config
 
 
 @dataclass
@@ -49,7 +47,7 @@ class ScoreContext:
 
 Scorer = Callable[[list[Example], ScoreContext], Iterator[dict[str, Any]]]
 # dry_run(examples, cfg, cache_dir, console): print what scoring would cost, compute nothing
-DryRun = Callable[[Sequence[Example], "Config", Path, Any], None]
+DryRun = Callable[[Sequence[Example], Config, Path, Any], None]
 SCORERS: dict[str, Scorer] = {}
 # Scorers with something to estimate before they run (only the judge costs money: requests and tokens).
 DRY_RUNS: dict[str, DryRun] = {}

@@ -49,6 +49,7 @@ from phased_ift.config_checks import check_sit_templates
 from phased_ift.data import Example, normalize_text
 from phased_ift.errors import PhasedIFTError
 from phased_ift.llm_client import LLMClient, LLMResult
+from phased_ift.rundir import RunDir
 
 STEP_TEMPLATES = {"separate": "sit-separate", "classify": "sit-classify", "rewrite_a": "sit-rewrite-a",
                   "rewrite_b": "sit-rewrite-b", "rewrite_c": "sit-rewrite-c", "respond": "sit-respond"}
@@ -461,7 +462,7 @@ def _print_counts(console: Console, c: dict[str, Any], out: Any) -> None:
                   f"({reasons}); {c['sources_without_output']} instructions gave nothing -> {out}", highlight=False)
 
 
-def generate_step(cfg: Config, run: Any, dry_run: bool = False, console: Console | None = None) -> dict | None:
+def generate_step(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> dict | None:
     """The `sit` step (`phased-ift sit-generate CONFIG`): the Seq-Instruct pipeline on data.train's instructions
     -> <run_dir>/sit/ (sequential.jsonl, kept.jsonl, rejects.jsonl, then summary.json). A no-op unless
     sit.source=generated; skipped when summary.json holds the same settings. `dry_run` prints the estimate.

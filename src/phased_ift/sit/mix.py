@@ -25,15 +25,13 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
+from phased_ift.config import SitConfig
 from phased_ift.data import Example, read_examples, read_file
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 from phased_ift.sit.compose import compose
-
-if TYPE_CHECKING:
-    from phased_ift.config import SitConfig
 
 SOURCES = ("none", "offline", "generated")  # or a file path
 
@@ -48,7 +46,7 @@ def mix_size(n_original: int, ratio: float) -> int:
     return int(math.floor(ratio * n_original + 0.5))
 
 
-def sequential_pool(sit: "SitConfig", originals: Sequence[Example], run: RunDir
+def sequential_pool(sit: SitConfig, originals: Sequence[Example], run: RunDir
                     ) -> tuple[list[Example], list[dict[str, Any]]]:
     """(candidate sequential examples, rejects of a pool file) for `sit.source`.
 
@@ -102,7 +100,7 @@ def assign_replacements(originals: Sequence[Example], chosen: Sequence[Example],
     return [replace(e, meta={**e.meta, "replaces": p if p is not None else free.pop()}) for e, p in zip(chosen, picks)]
 
 
-def mix_into(originals: list[Example], sit: "SitConfig", run: RunDir
+def mix_into(originals: list[Example], sit: SitConfig, run: RunDir
              ) -> tuple[list[Example], list[dict[str, Any]], str]:
     """The data step's training set with the sequential mix: (originals + S sequential examples, rejects of the
     pool file, one line saying what was mixed in).

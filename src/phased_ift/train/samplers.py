@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import math
 import random
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
+from phased_ift.config import TrainConfig
 from phased_ift.train.plan import steps_per_phase
-
-if TYPE_CHECKING:
-    from phased_ift.config import TrainConfig
 
 
 def competence(t: float, total: int, c0: float) -> float:
@@ -102,7 +100,7 @@ class CompetenceSampler(torch.utils.data.Sampler):
         return iter([i for _, batch in self.batches() for i in batch])
 
 
-def competence_sampler(n: int, args: Any, train: "TrainConfig") -> CompetenceSampler:
+def competence_sampler(n: int, args: Any, train: TrainConfig) -> CompetenceSampler:
     """The `competence` factory: T and S from the phase's arguments as the Trainer counts them
     (`plan.steps_per_phase`), c0 = train.competence_c0, seeded with args.data_seed (else args.seed)."""
     world, accum, bs = args.world_size, args.gradient_accumulation_steps, args.per_device_train_batch_size
@@ -112,7 +110,7 @@ def competence_sampler(n: int, args: Any, train: "TrainConfig") -> CompetenceSam
     return CompetenceSampler(n, bs, accum * world, per_epoch, total, train.competence_c0, seed)
 
 
-SAMPLERS: dict[str, Callable[[int, Any, "TrainConfig"], torch.utils.data.Sampler]] = {
+SAMPLERS: dict[str, Callable[[int, Any, TrainConfig], torch.utils.data.Sampler]] = {
     # the phase data's order (e.g. `sorted`: easy -> hard), never shuffled or bucketed
     "sequential": lambda n, args, train: torch.utils.data.SequentialSampler(range(n)),
     "competence": competence_sampler,
