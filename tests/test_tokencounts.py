@@ -1,0 +1,146 @@
+"""Token counts counted once, batched and cached (`train.tokencounts`, `modeling.render_batch` / `tokenize_batch`):
+the batched rows and counts equal the per-example `render` + `tokenize_example` on real Alpaca records (chat and
+paper templates, with and without truncation), the second plan reads cache/token_counts.json without a tokenizer
+call, and a stale or corrupt cache is counted again with a note."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from phased_ift.config import DataSource, config_from_dict
+from phased_ift.data import Example, load_source, write_examples
+from phased_ift.modeling import load_tokenizer, render, render_batch, tokenize_example
+from phased_ift.rundir import RunDir
+from phased_ift.train import plan_training, tokenize_examples
+from phased_ift.train.tokencounts import count_tokens, read_cache
+
+
+@pytest.fixture(scope="module")
+def alpaca(data_home) -> list[Example]:
+    """300 real original-Alpaca records (seeded sample of alpagasus/random_9k: with and without an input), plus a
+    system turn, a two-turn conversation and a prompt-only conversation for the edge cases."""
+    ex = load_source(DataSource(name="alpagasus/random_9k", limit=300, seed=3)).examples
+    user, answer = ex[0].messages[0], ex[0].messages[-1]
+    extra = [Example("sys", [{"role": "system", "content": "Answer briefly."}, user, answer]),
+             Example("two", [user, answer, ex[1].messages[0], ex[1].messages[-1]]),
+             Example("prompt-only", [user])]
+    return ex + extra
+
+
+def _old_rows(tok, examples, template, max_length):
+    """The per-example method the plan and training used before: one render and two tokenizer calls each."""
+    return [tokenize_example(tok, *render(tok, e.messages, template), max_length) for e in examples]
+
+
+@pytest.mark.parametrize("template", ["chat", "paper"])
+@pytest.mark.parametrize("max_length", [96, 2048])
+def test_batched_rows_and_counts_equal_the_per_example_method(alpaca, smollm2_path, template, max_length):
+    tok = load_tokenizer(smollm2_path)
+    old = _old_rows(tok, alpaca, template, max_length)
+    assert render_batch(tok, [e.messages for e in alpaca], template) == \
+        [render(tok, e.messages, template) for e in alpaca]
+    new = tokenize_examples(tok, alpaca, template, max_length, chunk=64)  # several chunks, a short last one
+    assert [{k: r[k] for k in ("input_ids", "labels", "attention_mask")} for r in new] == old
+    counts = count_tokens(tok, alpaca, template, max_length, chunk=50)
+    assert counts == [len(r["input_ids"]) for r in old] == [r["length"] for r in new]
+    if max_length == 96:
+        assert max(counts) == 96 and min(counts) < 96  # truncation exercised
+    assert tokenize_examples(tok, [], template, max_length) == [] and count_tokens(tok, [], template, 8) == []
+
+
+def _run_cfg(tmp_path: Path, model: str, examples: list[Example], **model_kw):
+    run = RunDir(tmp_path / "run")
+    write_examples(run.train_data, examples)
+    cfg = config_from_dict({"run_dir": str(run.root), "model": {"name_or_path": model, "max_length": 128, **model_kw},
+                            "phases": {"k": 3}, "train": {"arms": ["phased", "one-off", "random"]}})
+    return cfg, run
+
+
+def _no_tokenizer_calls(monkeypatch):
+    """Every render and tokenizer call raises (loading the tokenizer still works)."""
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    def refuse(*a, **k):
+        raise AssertionError("the tokenizer was called although the counts are cached")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", refuse)
+    monkeypatch.setattr(PreTrainedTokenizerBase, "apply_chat_template", refuse)
+
+
+def test_second_plan_reads_the_cache_and_a_stale_or_corrupt_one_is_counted_again(tmp_path, alpaca, smollm2_path,
+                                                                                monkeypatch):
+    data = alpaca[:120]
+    cfg, run = _run_cfg(tmp_path, smollm2_path, data)
+    first = plan_training(cfg, run, world_size=1)
+    assert run.token_counts.is_file() and "120 examples counted once" in first["note"]
+    tok = load_tokenizer(smollm2_path)
+    expected = sum(len(r["input_ids"]) for r in _old_rows(tok, data, "chat", 128))
+    assert first["arms"]["one-off"][0]["tokens"] == expected == sum(r["tokens"] for r in first["arms"]["phased"])
+    doc = json.loads(run.token_counts.read_text())
+    assert doc["ids"] == [e.id for e in data] and set(doc["key"]) == {"format", "tokenizer", "template",
+                                                                      "max_length", "data"}
+    with monkeypatch.context() as m:
+        _no_tokenizer_calls(m)
+        second = plan_training(cfg, run, world_size=1)
+    assert second["arms"] == first["arms"] and "token counts read from cache/token_counts.json" in second["note"]
+
+    # stale: another max_length -> counted again, said so, the file rewritten with the new key
+    cfg256, _ = _run_cfg(tmp_path, smollm2_path, data, max_length=256)
+    third = plan_training(cfg256, run, world_size=1)
+    assert "key mismatch (max_length changed), counted again" in third["note"]
+    assert json.loads(run.token_counts.read_text())["key"]["max_length"] == 256
+    # stale: the data file changed (one example fewer)
+    write_examples(run.train_data, data[:-1])
+    assert "key mismatch (data changed)" in plan_training(cfg256, run, world_size=1)["note"]
+    # corrupt: a torn file and counts that are not counts
+    run.token_counts.write_text(run.token_counts.read_text()[:100])
+    note = plan_training(cfg256, run, world_size=1)["note"]
+    assert "was not used: unreadable (JSONDecodeError" in note and "counted again" in note
+    doc = json.loads(run.token_counts.read_text())
+    run.token_counts.write_text(json.dumps({**doc, "counts": doc["counts"][:-1]}))
+    assert "unreadable (ValueError" in plan_training(cfg256, run, world_size=1)["note"]
+    assert read_cache(run, json.loads(run.token_counts.read_text())["key"])[0] is not None
+
+
+def test_examples_outside_the_cached_data_are_counted_and_a_repeated_id_is_not_trusted(tmp_path, alpaca,
+                                                                                      smollm2_path):
+    from phased_ift.train.tokencounts import run_counts, total_tokens
+
+    tok = load_tokenizer(smollm2_path)
+    dup = Example(alpaca[0].id, alpaca[5].messages)  # the same id with another text
+    cfg, run = _run_cfg(tmp_path, smollm2_path, alpaca[:10] + [dup])
+    cached = run_counts(run, tok, "chat", 128)
+    assert alpaca[0].id not in cached.counts and len(cached.counts) == 9
+    others = alpaca[:3] + alpaca[20:23]
+    assert total_tokens(cached, tok, others, "chat", 128) == sum(count_tokens(tok, others, "chat", 128))
+
+
+class _AlwaysBos:
+    """A tokenizer that always adds its BOS (as Gemma's does): `tokenize_example` prepends it to a prompt that
+    lacks it. Only what the tokenisation functions read: the call, bos_token_id, add_bos_token."""
+
+    add_bos_token = True
+
+    def __init__(self, tok):
+        self.tok, self.bos_token_id = tok, tok.bos_token_id
+
+    def __call__(self, *a, **k):
+        return self.tok(*a, **k)
+
+
+@pytest.mark.parametrize("max_length", [1, 2, 7, 30, 4096])
+def test_token_lengths_equal_the_rows_with_an_added_bos_and_any_truncation(alpaca, smollm2_path, max_length):
+    from phased_ift.modeling import token_lengths, tokenize_batch
+
+    tok = _AlwaysBos(load_tokenizer(smollm2_path))
+    bos = tok.tok.bos_token
+    pairs = [("", "an answer"), ("a prompt", ""), (f"{bos}starts with BOS", " and a reply"), ("", "")]
+    pairs += [(e.instruction, e.response) for e in alpaca[:40]]
+    rows = [tokenize_example(tok, p, r, max_length) for p, r in pairs]
+    assert tokenize_batch(tok, pairs, max_length) == rows
+    assert token_lengths(tok, pairs, max_length) == [len(r["input_ids"]) for r in rows]
+    if max_length >= 7:  # "a prompt" fits: the BOS was added (shorter budgets keep the prompt's end only)
+        assert rows[1]["input_ids"][0] == tok.bos_token_id
