@@ -41,6 +41,7 @@ from typing import Callable
 from rich.console import Console
 
 from phased_ift import __version__
+from phased_ift.config_choices import FORMAT_CHOICES, NAMED_MODELS, listing  # help texts from the registry names
 from phased_ift.errors import PhasedIFTError
 
 console = Console(stderr=True)
@@ -344,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     c = dsub.add_parser("check", help="validate a data file; print records read and rejected")
     c.add_argument("path", help="file or named source (e.g. alpagasus/random_9k)")
-    c.add_argument("--format", default="auto", help="alpaca | phasedsft | sharegpt | messages | testset | hf | auto")
+    c.add_argument("--format", default="auto", help=listing(FORMAT_CHOICES))
     c.add_argument("--rejects", default=None, help="write rejected records here (default: ./<file stem>"
                    ".rejects.jsonl in the current directory; written only when a record is rejected)")
     c.set_defaults(func=cmd_data_check)
@@ -392,8 +393,8 @@ def _add_new_command(sub: argparse._SubParsersAction) -> None:
                        description="Writes CONFIG (never over an existing file) for your model and data, sized for "
                        "--gpus, and prints the two commands to run next.")
     p.add_argument("path", metavar="CONFIG", help="the YAML file to write, e.g. my-run.yaml")
-    p.add_argument("--model", required=True, help="named model (smollm2-135m-instruct, gemma-3-270m), checkpoint dir "
-                   "or hub id")
+    p.add_argument("--model", required=True, help=f"named model ({listing(NAMED_MODELS, ', ')}), checkpoint dir or "
+                   "hub id")
     p.add_argument("--data", required=True, help="your data file (json, jsonl, parquet, csv), a datasets folder or "
                    "hub id, or a named source")
     p.add_argument("--gpus", type=int, default=0, help="0 = CPU (default), 1 = one GPU, N > 1 = N GPUs of one "

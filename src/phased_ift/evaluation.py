@@ -24,8 +24,12 @@ from typing import Any, Sequence
 
 from phased_ift import shutdown
 from phased_ift.config import Config
-from phased_ift.data import Example
+from phased_ift.data import Example, load_reference_answers, load_test_set, normalize_text
+from phased_ift.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
+from phased_ift.generate import checkpoint_dir, load_for_inference, testset_key
+from phased_ift.ifeval import ifeval_all
+from phased_ift.modeling import inference_dtype, render, sequence_losses, tokenize_example
 from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_json
 
@@ -49,9 +53,6 @@ def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Exam
     Raises:
         PhasedIFTError: an example without a reference answer.
     """
-    from phased_ift.generate import load_for_inference
-    from phased_ift.modeling import sequence_losses
-
     for e in examples_with_reference:
         if not e.messages or e.messages[-1]["role"] != "assistant" or not e.messages[-1]["content"].strip():
             raise PhasedIFTError(f"reference loss: example {e.id!r} has no reference answer (last message must be "
@@ -79,8 +80,6 @@ def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Exam
 
 def _tokenize_references(tok, examples: Sequence[Example], template: str, max_length: int) -> tuple[list[dict], int]:
     """(`tokenize_example` rows of prompt + reference answer, how many were cut to max_length)."""
-    from phased_ift.modeling import render, tokenize_example
-
     feats, truncated = [], 0
     for e in examples:
         prompt, response = render(tok, e.messages, template)
@@ -98,8 +97,6 @@ def attach_references(examples: Sequence[Example], references: dict[str, str]) -
     Matching is by `data.normalize_text(instruction)`; prompts without a reference are left out (the caller
     counts them: n_prompts - n).
     """
-    from phased_ift.data import normalize_text
-
     out = []
     for e in examples:
         ref = references.get(normalize_text(e.instruction))
@@ -125,8 +122,6 @@ def evaluate_all(cfg: Config, run: RunDir, console: Any = None) -> None:
 
 
 def _ifeval(cfg: Config, run: RunDir, console: Any) -> None:
-    from phased_ift.ifeval import ifeval_all
-
     ifeval_all(cfg, run, console)
 
 
@@ -144,10 +139,6 @@ def reference_loss_all(cfg: Config, run: RunDir, console: Any = None) -> None:
         PhasedIFTError: no prompt has a reference answer; a checkpoint has not finished training.
     """
     from rich.console import Console
-
-    from phased_ift.design import evaluation_cells
-    from phased_ift.generate import checkpoint_dir, load_for_inference
-    from phased_ift.modeling import inference_dtype
 
     console = console or Console(stderr=True)
     ev = cfg.evaluation
@@ -183,9 +174,6 @@ def _reference_prompts(cfg: Config, console: Any) -> tuple[dict[str, list[Exampl
     Raises:
         PhasedIFTError: no prompt of any test set has a reference answer.
     """
-    from phased_ift.data import load_reference_answers, load_test_set
-    from phased_ift.generate import testset_key
-
     ev, g = cfg.evaluation, cfg.generate
     refs = load_reference_answers(ev.reference)
     if ev.limit:

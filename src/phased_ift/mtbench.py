@@ -39,10 +39,13 @@ from typing import Any, Iterable, Sequence
 
 from phased_ift import grading
 from phased_ift.config import Config
+from phased_ift.data import data_home, load_test_set
 from phased_ift.errors import PhasedIFTError
+from phased_ift.generate import read_generations, settings_path, turn_key
 from phased_ift.grading import parse_rating, requests_of  # noqa: F401  (FastChat's parser, part of this API)
 from phased_ift.rundir import RunDir
 from phased_ift.runio import read_jsonl
+from phased_ift.stats import mean_with_ci, ratio_with_ci
 
 TESTSET = "mt_bench"
 TURNS = (1, 2)
@@ -84,8 +87,6 @@ class GradeTemplate:
 
 
 def _data_path(relative: str) -> Path:
-    from phased_ift.data import data_home
-
     return data_home() / relative
 
 
@@ -251,8 +252,6 @@ def grade_file(client: Any, items: Sequence[GradeItem], out_path: str | Path, ju
 
 def _prepare(cfg: Config) -> tuple[dict[str, GradeTemplate], References, dict[str, str]]:
     """(the judge prompts, the reference answers, question id -> category), loaded once per step."""
-    from phased_ift.data import load_test_set
-
     prompts, refs = load_judge_prompts(), load_references()
     return prompts, refs, {str(e.id): str(e.meta.get("category", "")) for e in load_test_set(TESTSET)}
 
@@ -260,8 +259,6 @@ def _prepare(cfg: Config) -> tuple[dict[str, GradeTemplate], References, dict[st
 def _cell_items(cfg: Config, run: RunDir, cell: Any, prepared: tuple, dry_run: bool) -> tuple[list[GradeItem], int]:
     """(both turns' grade items of one checkpoint, answer files not generated yet: counted in a dry run only; a
     missing turn-2 file grades turn 1 alone there)."""
-    from phased_ift.generate import read_generations, settings_path, turn_key
-
     prompts, refs, cats = prepared
     g1, g2 = (run.generations(cell.arm, cell.phase, turn_key(TESTSET, t), cell.seed) for t in TURNS)
     if dry_run and not settings_path(g1).is_file():
@@ -309,8 +306,6 @@ def _clustered_mean(pairs: Sequence[tuple[str, float]], n_boot: int, confidence:
     """Mean of ratings pooled over turns, with a bootstrap CI that resamples *questions* (a question's two
     ratings stay together; `stats.ratio_with_ci` of rating sums over rating counts per question):
     {"n" (ratings), "n_questions", "mean", "ci": [lo, hi] | None}."""
-    from phased_ift.stats import ratio_with_ci
-
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for q, rating in pairs:
@@ -339,8 +334,6 @@ def summarize_grades(rows: Iterable[dict], n_boot: int = 2000, confidence: float
          "categories": {category: {"n", "n_questions", "mean", "ci"}} (sorted by name),
          "judges": [judge model names in the rows]}; means and CIs are None when nothing is graded.
     """
-    from phased_ift.stats import mean_with_ci
-
     latest = latest_rows(rows)
     lost = set(expected or ()) - set(latest)
     kinds = {k: "failed" if r.get("failed") else "unparsed" if r.get("rating") is None else "graded"
@@ -372,8 +365,6 @@ def read_grades(run: RunDir, cfg: Config) -> dict[str, dict[int, dict[int, dict[
     Raises:
         JsonlDecodeError: a line other than the last of a grades file is not JSON.
     """
-    from phased_ift.generate import turn_key
-
     r = cfg.report
     out: dict[str, dict[int, dict[int, dict[str, Any]]]] = {}
     for loc in run.grade_files():

@@ -23,13 +23,25 @@ from typing import Any, Callable, Sequence
 
 from rich.console import Console
 
-from phased_ift import shutdown
-from phased_ift.config import Config, save_config
+from phased_ift import modeling, shutdown  # modeling.release_memory / main_process_first: tests patch them
+from phased_ift.config import Config, DataSource, config_to_dict, save_config
+from phased_ift.data import (SOURCES, Example, combine_results, data_home, load_source, load_test_set, read_examples,
+                             write_examples)
+from phased_ift.design import controls, evaluation_cells, judge_jobs
 from phased_ift.errors import PhasedIFTError
+from phased_ift.evaluation import evaluate_all
+from phased_ift.generate import generate_all, testset_key
+from phased_ift.judge import GRADERS, judge_all, pairwise_test_sets
 from phased_ift.modeling import describe_precision, resolve_config_precision
+from phased_ift.phases import write_split
 from phased_ift.preflight import check_disk_space, preflight  # run_pipeline / plan_run call them; tests patch them
+from phased_ift.report import build_report, verdict_lines
 from phased_ift.rundir import RunDir
+from phased_ift.runio import write_jsonl
+from phased_ift.scoring import dry_run_score, score_examples
 from phased_ift.sit.generation import generate_step, plan_row
+from phased_ift.sit.mix import mix_into
+from phased_ift.train import plan_training, print_plan, train_phases
 
 # (cfg, run, dry_run, console) -> the step's result (the data step: the RunDir; report: the summary dict)
 StepBody = Callable[[Config, RunDir, bool, "Console | None"], Any]
@@ -76,10 +88,6 @@ def _data(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | No
     Raises:
         PhasedIFTError: no sources configured, an unreadable source, or every record rejected.
     """
-    from phased_ift.data import combine_results, load_source, write_examples
-    from phased_ift.runio import write_jsonl
-    from phased_ift.sit.mix import mix_into
-
     if run.train_data.is_file():
         return run
     if not cfg.data.train:
@@ -114,9 +122,6 @@ def _score(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | N
     Raises:
         PhasedIFTError: data/train.jsonl is missing; see `scoring.score_examples`.
     """
-    from phased_ift.data import read_examples
-    from phased_ift.scoring import dry_run_score, score_examples
-
     if not run.train_data.is_file():
         raise PhasedIFTError(f"{run.train_data} is missing; run `phased-ift data` / the data step first.")
     examples = read_examples(run.train_data)
@@ -135,17 +140,12 @@ def _score(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | N
 def _split(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
     """Split scored data into phases (+ the control arms' phase files of `design.controls`) -> phases/
     (manifest.json written last; skipped when the manifest matches). See `phases.write_split`."""
-    from phased_ift.design import controls
-    from phased_ift.phases import write_split
-
     write_split(run, cfg.scoring.scorer, cfg.phases.k, cfg.phases.method, cfg.phases.thresholds,
                 cfg.phases.seed, controls(cfg.train.arms), console=console)
 
 
 def _train(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
     """Train every configured arm and seed, phase by phase -> checkpoints/ (dry_run: print the training plan)."""
-    from phased_ift.train import print_plan, train_phases
-
     if dry_run:
         print_plan(cfg, run, console=console)
         return
@@ -153,26 +153,18 @@ def _train(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | N
 
 
 def _generate(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
-    from phased_ift.generate import generate_all
-
     generate_all(cfg, run, console=console)
 
 
 def _judge(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
-    from phased_ift.judge import judge_all
-
     judge_all(cfg, run, dry_run=dry_run, console=console)
 
 
 def _evaluate(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
-    from phased_ift.evaluation import evaluate_all
-
     evaluate_all(cfg, run, console=console)
 
 
 def _report(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> dict:
-    from phased_ift.report import build_report
-
     return build_report(run, cfg, console=console)
 
 
@@ -201,8 +193,6 @@ def _judge_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
 
 def _evaluate_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
     """The checkpoints, when evaluation.reference_loss is on; the generations, when IFEval is a test set."""
-    from phased_ift.generate import testset_key
-
     ifeval = "ifeval" in {testset_key(n) for n in cfg.generate.test_sets} and not dry_run
     return (["train"] if cfg.evaluation.reference_loss else []) + (["generate"] if ifeval else [])
 
@@ -302,17 +292,13 @@ def run_steps(cfg: Config, steps: Sequence[Step], dry_run_step: str | None = Non
     results: dict[str, Any] = {}
 
     def _run(group: Sequence[Step]) -> None:
-        from phased_ift.modeling import release_memory
-
         for step in group:
             shutdown.check(f"before the {step.name} step")
             results[step.name] = step.run(cfg, run, step.name == dry_run_step, console)
-            release_memory()  # the next step's peak does not stack on this one's freed heap
+            modeling.release_memory()  # the next step's peak does not stack on this one's freed heap
 
     if first:
-        from phased_ift.modeling import main_process_first
-
-        with main_process_first():
+        with modeling.main_process_first():
             _run(steps[:first])
     _run(steps[first:])
     return results
@@ -386,8 +372,6 @@ def plan_run(cfg: Config, console: Console, missing: Sequence[str] = (), precisi
     """
     from rich.table import Table
 
-    from phased_ift.data import SOURCES, data_home
-
     run = RunDir(cfg.run_dir)
     for name in missing:
         console.print(f"[yellow]note:[/] {name} ({SOURCES[name].path}) is not in the data home {data_home()}; the "
@@ -415,12 +399,6 @@ def plan_run(cfg: Config, console: Console, missing: Sequence[str] = (), precisi
 
 def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
     """The numbers of the plan, from the data in `train_run` (`train.plan_training`) and the test sets."""
-    from phased_ift.data import load_test_set
-    from phased_ift.design import evaluation_cells, judge_jobs
-    from phased_ift.generate import testset_key
-    from phased_ift.judge import GRADERS, pairwise_test_sets
-    from phased_ift.train import plan_training
-
     tplan = plan_training(cfg, train_run)
     n_examples = tplan["examples"]  # the data once (an arm such as replay trains some examples twice)
     tokens = {arm: sum(r["tokens_trained"] for r in rows) for arm, rows in tplan["arms"].items()}
@@ -453,9 +431,6 @@ def _stand_in_run(cfg: Config) -> RunDir:
     """A temporary run dir whose data/train.jsonl stands in for sources missing from the data home (dry runs only):
     alpagasus/random_9k (a uniform random sample of Alpaca 52K) repeated to each missing source's upstream size."""
     import tempfile
-
-    from phased_ift.config import DataSource
-    from phased_ift.data import SOURCES, Example, load_source, write_examples
 
     tmp = RunDir(tempfile.mkdtemp(prefix="phased-ift-plan-"))
     sample = load_source(DataSource(name="alpagasus/random_9k")).examples
@@ -498,8 +473,6 @@ def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = N
     """
     import time
 
-    from phased_ift.report import verdict_lines
-
     console = console or Console(stderr=True)
     missing = preflight(cfg, dry_run=dry_run)
     cfg, precision = resolve_config_precision(cfg)
@@ -527,8 +500,6 @@ def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = N
 def _warn_changed_config(cfg: Config, run: RunDir, console: Console) -> None:
     """Warn when the run dir's config.yaml differs from `cfg` (outputs made with the old values are kept)."""
     import yaml
-
-    from phased_ift.config import config_to_dict
 
     if run.config.is_file():
         changed = _config_changes(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}, config_to_dict(cfg))

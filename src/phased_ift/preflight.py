@@ -10,19 +10,21 @@ themselves belong to the modules that own each concern; this module only calls t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from rich.console import Console
 
+from phased_ift.config import Config
+from phased_ift.data import SOURCES, load_test_set, source_path
+from phased_ift.diskerrors import free_space, human_bytes
 from phased_ift.errors import PhasedIFTError
+from phased_ift.judge import check_graders
+from phased_ift.modeling import NAMED_MODELS, gguf_path, resolve_model_path
 from phased_ift.rundir import RunDir
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from phased_ift.config import Config
-    from phased_ift.train.disk import DiskNeed
+from phased_ift.scoring import SCORERS
+from phased_ift.train import require_method_support
+from phased_ift.train.disk import DiskNeed, describe_need, estimate_disk_need
 
 
-def preflight(cfg: "Config", dry_run: bool = False) -> list[str]:
+def preflight(cfg: Config, dry_run: bool = False) -> list[str]:
     """Check what can be checked cheaply before any heavy work: data sources, test sets, the model, the scorer,
     the judge endpoint.
 
@@ -35,11 +37,6 @@ def preflight(cfg: "Config", dry_run: bool = False) -> list[str]:
             unreachable judge, train.method=qlora without a CUDA GPU or bitsandbytes while training is not
             finished (the last two not in dry runs).
     """
-    from phased_ift.data import SOURCES, load_test_set, source_path
-    from phased_ift.judge import check_graders
-    from phased_ift.modeling import NAMED_MODELS, gguf_path, resolve_model_path
-    from phased_ift.scoring import SCORERS
-
     missing: list[str] = []
     for ds in cfg.data.train:
         if ds.name:
@@ -68,13 +65,12 @@ def preflight(cfg: "Config", dry_run: bool = False) -> list[str]:
         for what, ep in (("scoring.judge", cfg.scoring.judge), ("judge.judge", cfg.judge.judge)):
             if ep.enabled and (what == "judge.judge" or cfg.scoring.scorer == "judge"):
                 _check_reachable(what, ep.base_url)
-        from phased_ift.train import require_method_support
 
         require_method_support(cfg, RunDir(cfg.run_dir))  # qlora on a CPU fails here, before scoring
     return missing
 
 
-def check_disk_space(cfg: "Config", console: "Console") -> "DiskNeed | None":
+def check_disk_space(cfg: Config, console: Console) -> DiskNeed | None:
     """Print the disk line of the plan: what training still writes to the run dir (`train.disk.estimate_disk_need`,
     in decimal units: 1 GB = 10^9 bytes) and the free space of its filesystem (`shutil.disk_usage` of the run dir
     or its nearest existing parent, `diskerrors.free_space`); then a warning when the free space is below the need.
@@ -85,9 +81,6 @@ def check_disk_space(cfg: "Config", console: "Console") -> "DiskNeed | None":
         The estimate, or None when the model's tensor shapes cannot be read without loading it (printed as
         unknown).
     """
-    from phased_ift.diskerrors import free_space, human_bytes
-    from phased_ift.train.disk import describe_need, estimate_disk_need
-
     run = RunDir(cfg.run_dir)
     need = estimate_disk_need(cfg, run)
     base, free = free_space(run.root)

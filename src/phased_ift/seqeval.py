@@ -41,9 +41,12 @@ from typing import Any, Iterable, Sequence
 
 from phased_ift import grading
 from phased_ift.config import Config
+from phased_ift.data import load_test_set
 from phased_ift.errors import PhasedIFTError
+from phased_ift.generate import read_generations, settings_path
 from phased_ift.rundir import RunDir
 from phased_ift.runio import read_jsonl
+from phased_ift.stats import mean_with_ci
 
 TESTSET = "seqeval"
 METRICS = ("following", "quality")
@@ -160,8 +163,6 @@ def make_grade_row(item: GradeItem, result: Any, judge: str) -> dict[str, Any]:
 
 def depths() -> dict[str, int | None]:
     """SeqEval prompt id -> iteration depth (1-4), from the test set."""
-    from phased_ift.data import load_test_set
-
     return {str(e.id): e.meta.get("iteration") for e in load_test_set(TESTSET)}
 
 
@@ -172,8 +173,6 @@ def _prepare(cfg: Config) -> tuple[dict[str, Prompt], dict[str, int | None]]:
 
 def _cell_items(cfg: Config, run: RunDir, cell: Any, prepared: tuple, dry_run: bool) -> tuple[list[GradeItem], int]:
     """(the grade items of one checkpoint's seqeval answers, 1 when they are not generated yet in a dry run)."""
-    from phased_ift.generate import read_generations, settings_path
-
     path = run.generations(cell.arm, cell.phase, TESTSET, cell.seed)
     if dry_run and not settings_path(path).is_file():
         return [], 1
@@ -238,8 +237,6 @@ def summarize_seqeval(rows: Iterable[dict], n_boot: int = 2000, confidence: floa
          "by_depth": [{"iteration", "n_prompts", "following": {"n", "mean", "ci"}, "quality": {...}}] (by depth),
          "judges": [judge model names]}; means and CIs are None when nothing is parsed.
     """
-    from phased_ift.stats import mean_with_ci
-
     rows = list(rows)
     latest = grading.latest_rows(rows, "metric")
     lost = set(expected or ()) - set(latest)

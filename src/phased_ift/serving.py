@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from phased_ift.config import Config
+from phased_ift.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
+from phased_ift.modeling import base_model_of, is_adapter, resolve_model_path
 from phased_ift.rundir import RunDir
 
 SERVERS = ("vllm", "llama-cpp")
@@ -62,9 +64,6 @@ def served_checkpoints(cfg: Config, run: RunDir) -> list[Served]:
         PhasedIFTError: two checkpoints get the same name (the server would answer both with one model): put
             {arm}, {seed} and {phase} in `generate.server.model_template`.
     """
-    from phased_ift.design import evaluation_cells
-    from phased_ift.modeling import is_adapter
-
     out, seen = [], {}
     for c in evaluation_cells(cfg, run):
         d = run.checkpoint(c.arm, c.phase, c.seed)
@@ -90,8 +89,6 @@ def vllm_commands(served: list[Served], port: int = 8000) -> list[str]:
     as a LoRA module named by its served name, and one server per full checkpoint (`--served-model-name`, ports
     counting up from `port`). `--generation-config vllm` keeps the model's generation_config.json (e.g. a
     repetition penalty) out of the sampling, so greedy decoding is plain argmax as in the hf backend."""
-    from phased_ift.modeling import base_model_of, resolve_model_path
-
     lines: list[str] = []
     by_base: dict[str, list[Served]] = {}
     for s in served:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from phased_ift.config import config_from_dict
+from phased_ift.data import SOURCES
 from phased_ift.errors import PhasedIFTError
 
 _TEMPLATE = """\
@@ -129,9 +131,6 @@ def starter_config(model: str, data: str, gpus: int = 0, path: str | Path = "con
     Raises:
         PhasedIFTError: gpus < 0, an empty model or data, or (a bug) a text that does not validate.
     """
-    from phased_ift.config import config_from_dict
-    from phased_ift.data import SOURCES
-
     if gpus < 0:
         raise PhasedIFTError(f"new: --gpus must be >= 0 (0 = CPU), got {gpus}.")
     if not model.strip() or not data.strip():

@@ -13,19 +13,20 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
-from phased_ift.data import Example
+from phased_ift.config import Config, DataSource, config_from_dict, config_to_dict, load_config
+from phased_ift.data import SOURCES, Example, load_source, read_records
 from phased_ift.errors import PhasedIFTError
-
-if TYPE_CHECKING:
-    from phased_ift.config import Config
+from phased_ift.phases import split_into_phases
+from phased_ift.rundir import RunDir
+from phased_ift.scoring import read_scores, score_examples
 
 # Data a verb accepts: Examples, records (dicts in a format of `data.FORMATS`), a datasets.Dataset or DatasetDict,
 # or a path / named source (str or os.PathLike).
 DataLike = Union[Sequence[Example], Sequence[Mapping[str, Any]], Any, str, os.PathLike]
 # A config: a `Config`, a YAML file, a run dir with config.yaml, or None (the defaults of `phased-ift config`).
-ConfigLike = Union["Config", str, os.PathLike, None]
+ConfigLike = Union[Config, str, os.PathLike, None]
 
 
 class Scores(dict):
@@ -64,7 +65,7 @@ class Phases(list):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def configure(config: ConfigLike = None, overrides: Mapping[str, Any] | None = None) -> "Config":
+def configure(config: ConfigLike = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """A checked `Config` from `config` with dotted overrides applied.
 
     Args:
@@ -79,8 +80,6 @@ def configure(config: ConfigLike = None, overrides: Mapping[str, Any] | None = N
     Raises:
         PhasedIFTError: a missing file, a folder without config.yaml, an unknown key or a bad value (named).
     """
-    from phased_ift.config import Config, config_from_dict, config_to_dict, load_config
-
     if isinstance(config, Config):
         raw, where = config_to_dict(config), "config"
     elif config is None:
@@ -133,8 +132,6 @@ def load_data(data: DataLike, *, format: str = "auto", columns: Mapping[str, str
         PhasedIFTError: an unreadable file, an undetectable format, rejected records (strict), or no usable record.
     Source: `data.read_records` / `data.read_file` / `data.load_source` (docs/data.md lists the formats).
     """
-    from phased_ift.data import read_records
-
     if isinstance(data, (str, os.PathLike)):
         result = _read_path(str(data), format, columns, split)
     else:
@@ -153,9 +150,6 @@ def load_data(data: DataLike, *, format: str = "auto", columns: Mapping[str, str
 
 def _read_path(path: str, fmt: str, columns: Mapping[str, str] | None, split: str):
     """The ReadResult of a named source or a file path (`data.load_source`)."""
-    from phased_ift.config import DataSource
-    from phased_ift.data import SOURCES, load_source
-
     if path in SOURCES:
         return load_source(DataSource(name=path, format=fmt, columns=dict(columns or {}), split=split))
     return load_source(DataSource(path=path, format=fmt, columns=dict(columns or {}), split=split))
@@ -210,9 +204,6 @@ def score(data: DataLike, scorer: str | None = None, *, model: str | None = None
             endpoint; see `scoring.score_examples`.
     Source: `scoring.score_examples` (scorers: docs/scoring.md).
     """
-    from phased_ift.rundir import RunDir
-    from phased_ift.scoring import read_scores, score_examples
-
     examples = load_data(data)
     cfg = configure(config, {"model.name_or_path": model, "scoring.scorer": scorer, **(overrides or {})})
     name = cfg.scoring.scorer
@@ -254,9 +245,6 @@ def split(data: DataLike, scores: Mapping[str, float | None] | str | os.PathLike
             message names the phase, its score range and the fix).
     Source: `phases.split_into_phases`.
     """
-    from phased_ift.phases import split_into_phases
-    from phased_ift.scoring import read_scores
-
     examples = load_data(data)
     scorer = getattr(scores, "scorer", "meta")
     if isinstance(scores, (str, os.PathLike)):

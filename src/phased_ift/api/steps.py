@@ -15,14 +15,22 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from phased_ift.api.inputs import ConfigLike, DataLike, configure, load_data
-from phased_ift.data import Example
+from phased_ift.config import Config, save_config
+from phased_ift.data import Example, read_examples, write_examples
+from phased_ift.design import controls, training_cells
 from phased_ift.errors import PhasedIFTError
-
-if TYPE_CHECKING:
-    from phased_ift.config import Config
+from phased_ift.evaluation import reference_loss
+from phased_ift.export import export_run
+from phased_ift.generate import generate_answers as _generate, read_generations
+from phased_ift.phases import write_phases
+from phased_ift.pipeline import run_command, run_pipeline
+from phased_ift.rundir import RunDir
+from phased_ift.runio import write_jsonl
+from phased_ift.runlock import run_lock
+from phased_ift.scoring import score_row
 
 DEFAULT_EXPORT_ARMS = ("phased",)  # what export_phases writes for phases in memory unless arms= says otherwise
 
@@ -39,14 +47,12 @@ def _locked(run_dir: str, verb: str) -> Iterator[None]:
     Raises:
         PhasedIFTError (`runlock.RunDirBusy`): another process holds it.
     """
-    from phased_ift.runlock import run_lock
-
     with run_lock(run_dir, command=f"phased_ift.{verb} (Python API), run dir {run_dir}"):
         yield
 
 
 def _phases_config(phases: Sequence[Sequence[Example]], config: ConfigLike, run_dir: str | os.PathLike,
-                   overrides: Mapping[str, Any]) -> "Config":
+                   overrides: Mapping[str, Any]) -> Config:
     """The config of a run dir that holds `phases`: its data is the run's own train.jsonl, its phases section and
     scorer say how the phases were made (`Phases` attributes; a plain list: quantiles, scorer meta)."""
     run = Path(run_dir)
@@ -62,7 +68,7 @@ def _phases_config(phases: Sequence[Sequence[Example]], config: ConfigLike, run_
 
 def write_run(phases: Sequence[Sequence[Example]], run_dir: str | os.PathLike, *, config: ConfigLike = None,
               model: str | None = None, arms: Sequence[str] | None = None,
-              overrides: Mapping[str, Any] | None = None) -> "Config":
+              overrides: Mapping[str, Any] | None = None) -> Config:
     """Write phases held in memory as a split run dir, the state `phased-ift split` leaves, so that every later
     step (`phased-ift train / export / run CONFIG`, `train_phases`, `export_phases`) runs on them.
 
@@ -92,16 +98,8 @@ def write_run(phases: Sequence[Sequence[Example]], run_dir: str | os.PathLike, *
     return cfg
 
 
-def _write_phases_run(phases: Sequence[Sequence[Example]], cfg: "Config") -> None:
+def _write_phases_run(phases: Sequence[Sequence[Example]], cfg: Config) -> None:
     """The files of `write_run` (the caller holds the lock)."""
-    from phased_ift.config import save_config
-    from phased_ift.data import read_examples, write_examples
-    from phased_ift.design import controls
-    from phased_ift.phases import write_phases
-    from phased_ift.rundir import RunDir
-    from phased_ift.runio import write_jsonl
-    from phased_ift.scoring import score_row
-
     run = RunDir(cfg.run_dir)
     union = [e for ph in phases for e in ph]
     unscored = next((e.id for e in union if not isinstance(e.meta.get("score"), (int, float))), None)
@@ -155,8 +153,6 @@ def export_phases(phases_or_config: Sequence[Sequence[Example]] | ConfigLike, ou
             `export.export_run`.
     Source: `export.export_run` (docs/export.md: formats, the stage chain, the measured LLaMA-Factory run).
     """
-    from phased_ift.export import export_run
-
     if _is_phases(phases_or_config):
         arms = list(arms) if arms is not None else (None if config is not None else list(DEFAULT_EXPORT_ARMS))
         where = run_dir if run_dir is not None else Path(out_dir) / "phased-ift-run"
@@ -168,7 +164,7 @@ def export_phases(phases_or_config: Sequence[Sequence[Example]] | ConfigLike, ou
 
 
 def _run_config(source: ConfigLike | Sequence[Sequence[Example]], run_dir: str | os.PathLike | None,
-                config: ConfigLike, extra: Mapping[str, Any], verb: str) -> "Config":
+                config: ConfigLike, extra: Mapping[str, Any], verb: str) -> Config:
     """The config a run-dir verb works on: in-memory phases written to run_dir first (`write_run`; run_dir
     required), else `source` (a config or a run dir) with the overrides."""
     if _is_phases(source):
@@ -203,10 +199,6 @@ def train_phases(phases_or_config: Sequence[Sequence[Example]] | ConfigLike, *,
             `runlock.RunDirBusy`: another process writes the run dir.
     Source: `pipeline.run_command("train")` -> `train.train_phases` (docs/training.md).
     """
-    from phased_ift.design import training_cells
-    from phased_ift.pipeline import run_command
-    from phased_ift.rundir import RunDir
-
     extra = {"model.name_or_path": model, "train.arms": list(arms) if arms is not None else None,
              **(overrides or {})}
     cfg = _run_config(phases_or_config, run_dir, config, extra, "train_phases")
@@ -254,8 +246,6 @@ def generate_answers(model_or_config: str | os.PathLike | ConfigLike, prompts: S
         PhasedIFTError: a model that cannot load offline, unfinished checkpoints; see `generate.generate_answers`.
     Source: `generate.generate_answers` / `pipeline.run_command("generate")` (docs/evaluation.md).
     """
-    from phased_ift.generate import generate_answers as _generate, read_generations
-
     if prompts is None:
         return _run_step("generate", model_or_config, overrides, console)
     examples = _prompt_examples(prompts)
@@ -287,8 +277,6 @@ def evaluate(model_or_config: str | os.PathLike | ConfigLike, examples: DataLike
         PhasedIFTError: an example without an answer, a model that cannot load; see `evaluation.evaluate_all`.
     Source: `evaluation.reference_loss` / `pipeline.run_command("evaluate")` (docs/evaluation.md).
     """
-    from phased_ift.evaluation import reference_loss
-
     if examples is None:
         return _run_step("evaluate", model_or_config, overrides, console)
     return reference_loss(str(model_or_config), load_data(examples), template, batch_size=batch_size,
@@ -298,8 +286,6 @@ def evaluate(model_or_config: str | os.PathLike | ConfigLike, examples: DataLike
 def _run_step(step: str, config: ConfigLike, overrides: Mapping[str, Any] | None, console: Any) -> list[Path]:
     """Run pipeline step `step` (and the earlier steps it needs) on a run dir, under its lock; the files of the
     step's output folder."""
-    from phased_ift.pipeline import run_command
-
     cfg = configure(config, overrides)
     with _locked(cfg.run_dir, step):
         run_command(step, cfg, console=console)
@@ -319,8 +305,6 @@ def write_report(config: ConfigLike, *, overrides: Mapping[str, Any] | None = No
         PhasedIFTError: a malformed run-dir file (named); see `report.build_report`.
     Source: `pipeline.run_command("report")` -> `report.build_report` (docs/report.md).
     """
-    from phased_ift.pipeline import run_command
-
     cfg = configure(config, overrides)
     with _locked(cfg.run_dir, "write_report"):
         return run_command("report", cfg, console=console)
@@ -338,8 +322,6 @@ def run(config: ConfigLike, *, dry_run: bool = False, overrides: Mapping[str, An
         PhasedIFTError: see `preflight` and the steps; `runlock.RunDirBusy`: another process writes the run dir.
     Source: `pipeline.run_pipeline`.
     """
-    from phased_ift.pipeline import run_pipeline
-
     cfg = configure(config, overrides)
     with contextlib.ExitStack() as stack:  # the lock after the checks, as the CLI: a failed check writes nothing
         return run_pipeline(cfg, dry_run=dry_run, console=console,

@@ -31,6 +31,7 @@ from typing import Any
 from phased_ift.data import Example, read_examples, source_provenance
 from phased_ift.export.plan import ExportPlan
 from phased_ift.runio import atomic_write_text, read_jsonl
+from phased_ift.scoring import SCORERS
 from phased_ift.sit.mix import arm_phases, is_sequential
 
 _META_COLUMNS = ("score", "source")
@@ -109,8 +110,6 @@ def _fmt(x: Any, nd: int = 3) -> str:
 
 def _scorer_lines(plan: ExportPlan) -> list[str]:
     """The card's "Difficulty scorer" section: the scorer, its settings and its agreement figure."""
-    from phased_ift.scoring import SCORERS
-
     s, name = plan.cfg.scoring, plan.manifest.get("scorer", plan.cfg.scoring.scorer)
     doc = (getattr(SCORERS.get(name), "__doc__", None) or "").strip().splitlines()
     settings = {"judge": f"judge model `{s.judge.model}`, template `{s.template}`, {s.samples} sample(s)",

@@ -34,8 +34,10 @@ from phased_ift.config import Config
 from phased_ift.data import Example
 from phased_ift.design import get_arm, phase_count
 from phased_ift.errors import PhasedIFTError
+from phased_ift.modeling import NAMED_MODELS, load_tokenizer, render, resolve_model_path
 from phased_ift.phases import read_manifest
 from phased_ift.rundir import RunDir
+from phased_ift.runio import atomic_write_text
 from phased_ift.train.plan import PhaseHparams, phase_hparams
 
 # In-phase orders (`design.Arm.sampler`) that LLaMA-Factory and Axolotl can reproduce: "" (shuffled, the Trainer's
@@ -150,8 +152,6 @@ def write_stage_configs(plan: ExportPlan, out: Path, tool: str, stage_config) ->
     """Write one YAML per trainable stage (`trainable_stages`) at configs/<arm>/seed_<s>/phase_<k>.yaml, rendered from
     `stage_config(plan, stage)`: ([(stage, config path relative to out)], skipped arms, whether each stage is merged
     after training (LoRA with train.lora.across_phases=merge))."""
-    from phased_ift.runio import atomic_write_text
-
     stages, skipped = trainable_stages(plan, tool)
     written = []
     for stage in stages:
@@ -169,8 +169,6 @@ def base_model_path(name_or_path: str) -> str:
     Raises:
         PhasedIFTError: a named model's package is missing, or a local path without config.json.
     """
-    from phased_ift.modeling import NAMED_MODELS, resolve_model_path
-
     if name_or_path in NAMED_MODELS:
         return str(Path(resolve_model_path(name_or_path)).resolve())
     p = Path(name_or_path).expanduser()
@@ -280,8 +278,6 @@ def paper_renderer(plan: ExportPlan):
     Raises:
         PhasedIFTError: the model's tokenizer cannot be loaded (offline hub id: use a local path).
     """
-    from phased_ift.modeling import load_tokenizer, render
-
     tokenizer = load_tokenizer(plan.base_model)
     return lambda example: render(tokenizer, example.messages, "paper")
 

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 from phased_ift.errors import PhasedIFTError
-from phased_ift.modeling.hub import cache_home
+from phased_ift.modeling.hub import cache_home, resolve_model_path
+from phased_ift.modeling.loading import is_adapter, load_checkpoint, load_checkpoint_tokenizer
 
 LLAMA_CPP_VERSION = "0.3.36"  # llama-cpp-python, as in scripts/install.sh and pyproject's test extra
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -54,9 +55,6 @@ def export_gguf(checkpoint: str | Path, out: str | Path, outtype: str = "f32") -
         PhasedIFTError: unknown outtype, missing converter (`llama_cpp_converter`), the converter failed (its
             last output lines are shown, e.g. an architecture llama.cpp does not know).
     """
-    from phased_ift.modeling.hub import resolve_model_path
-    from phased_ift.modeling.loading import is_adapter, load_checkpoint, load_checkpoint_tokenizer
-
     if outtype not in GGUF_TYPES:
         raise PhasedIFTError(f"GGUF type {outtype!r} is not one of {list(GGUF_TYPES)}.")
     script, out = llama_cpp_converter(), Path(out)

@@ -30,9 +30,12 @@ import numpy as np
 
 from phased_ift import effects
 from phased_ift.config import Config
+from phased_ift.design import ARMS, baseline_arm, final_phase
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 from phased_ift.runio import read_jsonl
+from phased_ift.seqeval import TESTSET, per_prompt_values
+from phased_ift.stats import verdict_values
 
 # {(arm, seed): {prompt key: value}} of the final checkpoints
 PerPrompt = dict[tuple[str, int], dict[tuple, float]]
@@ -66,8 +69,6 @@ def _load(path) -> dict:
 
 
 def _is_final(cfg: Config, run: RunDir, arm: str, phase: int) -> bool:
-    from phased_ift.design import ARMS, final_phase
-
     return arm in ARMS and phase == final_phase(cfg, arm, run)
 
 
@@ -96,8 +97,6 @@ def _ifeval(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
 def _seqeval(metric: str) -> Callable[[RunDir, Config, list[dict]], PerPrompt]:
     """The reader of one SeqEval metric: {(arm, seed): {(id,): verdict}} of the final checkpoints' grade files."""
     def read(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
-        from phased_ift.seqeval import TESTSET, per_prompt_values
-
         out: PerPrompt = {}
         for g in run.grade_files():
             if g.testset == TESTSET and _is_final(cfg, run, g.arm, g.phase):
@@ -108,9 +107,6 @@ def _seqeval(metric: str) -> Callable[[RunDir, Config, list[dict]], PerPrompt]:
 
 
 def _win_rates(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
-    from phased_ift.design import baseline_arm
-    from phased_ift.stats import verdict_values
-
     base = baseline_arm(list(cfg.train.arms))
     out: PerPrompt = {}
     for j in judgements:
@@ -175,8 +171,6 @@ def summarize_effects(run: RunDir, cfg: Config, judgements: list[dict]) -> list[
     Raises:
         PhasedIFTError: an input file that exists but is malformed (names the file).
     """
-    from phased_ift.design import baseline_arm
-
     rc = cfg.report
     arms = list(cfg.train.arms)
     base = baseline_arm(arms)

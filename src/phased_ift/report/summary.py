@@ -22,14 +22,18 @@ import numpy as np
 
 from phased_ift import stats
 from phased_ift.config import Config
+from phased_ift.design import ARMS, baseline_arm, final_phase
 from phased_ift.runio import read_jsonl
 from phased_ift.errors import PhasedIFTError
+from phased_ift.ifeval import compare_ifeval, instruction_count_view
 from phased_ift.judge import VERDICTS, aggregate
 from phased_ift.lengthcontrol import length_controlled_win_rate
+from phased_ift.mtbench import mt_bench_table, read_grades
 from phased_ift.phases import read_manifest
 from phased_ift.report.answer import summarize_effects
 from phased_ift.report.verdicts import verdict_lines
 from phased_ift.rundir import RunDir
+from phased_ift.seqeval import read_seqeval
 
 
 def _rows(path: Path) -> list[dict]:
@@ -191,9 +195,6 @@ def _summarize_ifeval(run: RunDir, cfg: Config) -> tuple[list[dict], list[dict]]
     comparison of each arm's final checkpoint with the baseline arm's on the same prompts per seed:
     {"arm_a", "arm_b", "seed", **`ifeval.compare_ifeval`}). Files written before the multi-instruction view get
     its "by_instruction_count" computed from their per-prompt rows."""
-    from phased_ift.design import ARMS, baseline_arm, final_phase
-    from phased_ift.ifeval import compare_ifeval, instruction_count_view
-
     entries, per_prompt = [], {}
     for e in run.evaluation_files("ifeval.json"):
         try:
@@ -223,9 +224,6 @@ def _summarize_ifeval(run: RunDir, cfg: Config) -> tuple[list[dict], list[dict]]
 def _summarize_mt_bench(run: RunDir, cfg: Config) -> list[dict]:
     """One row per graded checkpoint (`mtbench.mt_bench_table`: mean rating per turn and overall with CIs, counts,
     per-category means) plus "final" (the arm's last phase)."""
-    from phased_ift.design import ARMS, final_phase
-    from phased_ift.mtbench import mt_bench_table, read_grades
-
     rows = mt_bench_table(read_grades(run, cfg))
     for r in rows:
         r["final"] = r["arm"] in ARMS and r["phase"] == final_phase(cfg, r["arm"], run)
@@ -235,9 +233,6 @@ def _summarize_mt_bench(run: RunDir, cfg: Config) -> list[dict]:
 def _summarize_seqeval(run: RunDir, cfg: Config) -> list[dict]:
     """One entry per graded checkpoint (`seqeval.read_seqeval`: following rate and quality with CIs, overall and by
     iteration depth, counts) plus "final" (the arm's last phase)."""
-    from phased_ift.design import ARMS, final_phase
-    from phased_ift.seqeval import read_seqeval
-
     rows = read_seqeval(run, cfg)
     for r in rows:
         r["final"] = r["arm"] in ARMS and r["phase"] == final_phase(cfg, r["arm"], run)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from phased_ift.judgecheck import QUALIFY, qualified
+
 
 DESCRIPTIVE = ("Per test set and seed (descriptive: these lines make no claim; the tested answer is above, with "
                "Holm's correction):")
@@ -144,8 +146,6 @@ def judge_check_line(jc: dict) -> str:
     """How far the win rates' judge can be trusted: its judge-check agreement with GPT-4 (FastChat's "without tie"
     convention, next to the "longer answer wins" rule on the same pairs) and position consistency with CIs, and
     whether it qualifies (both lower CI bounds >= `judgecheck.QUALIFY`); or a warning that it was never checked."""
-    from phased_ift.judgecheck import QUALIFY, qualified
-
     who = f"judge {jc.get('judge')} (template {jc.get('template')})"
     c = jc.get("matched")
     if not c:

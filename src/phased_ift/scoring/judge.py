@@ -35,6 +35,7 @@ from rich.console import Console
 from phased_ift.config import Config, EndpointConfig
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError
+from phased_ift.grading import read_template
 from phased_ift.llm_client import LLMClient, LLMResult
 from phased_ift.scoring.registry import ScoreContext
 
@@ -56,8 +57,6 @@ def load_difficulty_template(name_or_path: str = "difficulty") -> Any:
     Raises:
         PhasedIFTError: unknown name, missing file, missing `<<user>>` marker or `{instruction}` placeholder.
     """
-    from phased_ift.grading import read_template
-
     system, user = read_template(name_or_path, "scoring.template", "difficulty", ("{instruction}",))
     return _Template(system=system, user=user)
 

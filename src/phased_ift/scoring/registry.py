@@ -22,6 +22,7 @@ from phased_ift.data import Example
 from phased_ift import shutdown
 from phased_ift.runio import AppendLog, read_jsonl, write_jsonl
 from phased_ift.errors import PhasedIFTError
+from phased_ift.progress import LoggedProgress
 
 
 @dataclass
@@ -151,8 +152,6 @@ def _append_rows(name: str, todo: list[Example], ctx: ScoreContext, out_path: Pa
                  done: dict[str, dict]) -> dict[str, dict]:
     """Run scorer `name` on `todo` under a progress bar, appending each row to out_path as it arrives."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-
-    from phased_ift.progress import LoggedProgress
 
     new: dict[str, dict] = {}
     t0 = time.perf_counter()

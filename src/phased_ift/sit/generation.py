@@ -46,10 +46,12 @@ from rich.console import Console
 
 from phased_ift.config import Config, SitConfig
 from phased_ift.config_checks import check_sit_templates
-from phased_ift.data import Example, normalize_text
+from phased_ift.data import Example, combine_results, load_source, normalize_text, write_examples
 from phased_ift.errors import PhasedIFTError
+from phased_ift.grading import read_template
 from phased_ift.llm_client import LLMClient, LLMResult
 from phased_ift.rundir import RunDir
+from phased_ift.runio import atomic_write_json, write_jsonl
 
 STEP_TEMPLATES = {"separate": "sit-separate", "classify": "sit-classify", "rewrite_a": "sit-rewrite-a",
                   "rewrite_b": "sit-rewrite-b", "rewrite_c": "sit-rewrite-c", "respond": "sit-respond"}
@@ -90,8 +92,6 @@ def load_step_template(step: str, name_or_path: str) -> StepTemplate:
         PhasedIFTError: unknown name or missing file, no `<<user>>` marker, a missing placeholder ({instruction};
             separate: {prompt}), or examples without an `{examples}` placeholder.
     """
-    from phased_ift.judge import read_template
-
     setting = f"sit.templates.{step}"
     system, text = read_template(name_or_path, setting, ", ".join(STEP_TEMPLATES.values()), ())
     user, *shots = re.split(r"^<<example>>[ \t]*$", text, flags=re.MULTILINE)
@@ -432,8 +432,6 @@ def generate_sequential(examples: Sequence[Example], sit: SitConfig, cache_path:
 def source_examples(cfg: Config) -> list[Example]:
     """The instructions sit-generate rewrites: data.train's sources, combined as the data step combines them, then
     a seeded sample of `sit.limit` (data order kept; 0 = all)."""
-    from phased_ift.data import combine_results, load_source
-
     results = [load_source(ds, dedupe=cfg.data.dedupe) for ds in cfg.data.train]
     examples, _ = combine_results(results, dedupe=cfg.data.dedupe)
     if cfg.sit.limit and cfg.sit.limit < len(examples):
@@ -473,9 +471,6 @@ def generate_step(cfg: Config, run: RunDir, dry_run: bool = False, console: Cons
         PhasedIFTError: see `generate_sequential`; unreadable sources.
     """
     import json
-
-    from phased_ift.data import write_examples
-    from phased_ift.runio import atomic_write_json, write_jsonl
 
     if cfg.sit.source != "generated":
         return None

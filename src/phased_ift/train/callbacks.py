@@ -12,6 +12,7 @@ import time
 from transformers import TrainerCallback
 
 from phased_ift import shutdown
+from phased_ift.progress import LoggedProgress
 
 
 class RichProgress(TrainerCallback):
@@ -27,8 +28,6 @@ class RichProgress(TrainerCallback):
         if not state.is_world_process_zero:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        from phased_ift.progress import LoggedProgress
 
         self.progress = LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),

@@ -32,15 +32,12 @@ README.md and the state files; a phase shorter than save_steps writes no periodi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from phased_ift.config import Config
 from phased_ift.design import training_cells
 from phased_ift.diskerrors import human_bytes as h
 from phased_ift.modeling import WeightShapes, weight_shapes
 from phased_ift.rundir import RunDir
-
-if TYPE_CHECKING:
-    from phased_ift.config import Config
 
 CHECKPOINTS_KEPT = 1  # the Trainer's save_total_limit (trainer.sft_config)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -97,7 +94,7 @@ def lora_params(shapes: dict[str, tuple[int, ...]], r: int, target_modules: list
     return total
 
 
-def estimate_disk_need(cfg: "Config", run: RunDir | None = None,
+def estimate_disk_need(cfg: Config, run: RunDir | None = None,
                        shapes: WeightShapes | None = None) -> DiskNeed | None:
     """The bytes the training of `cfg` still writes to its run dir (`run`, default cfg.run_dir), with the breakdown
     of `DiskNeed`; phases with DONE are left out. `shapes` defaults to `modeling.weight_shapes(model.name_or_path)`.

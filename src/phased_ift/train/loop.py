@@ -27,15 +27,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from phased_ift import integrity, shutdown
+from phased_ift import integrity, modeling, shutdown  # modeling.load_tokenizer: tests patch it
 from phased_ift.runio import atomic_write_json, write_jsonl
 from phased_ift.config import Config
 from phased_ift.data import Example
-from phased_ift.design import get_arm, phase_count
+from phased_ift.design import get_arm, phase_count, training_cells
 from phased_ift.diskerrors import writing
 from phased_ift.errors import PhasedIFTError
 from phased_ift.modeling import release_memory
 from phased_ift.rundir import RunDir
+from phased_ift.train import sharded
 from phased_ift.train.plan import PhaseHparams, phase_hparams, tokenize_examples
 
 TRAINER_SUBDIR = "trainer"
@@ -54,11 +55,9 @@ def train_phases(cfg: Config, run: RunDir, console=None, callbacks: Sequence = (
     """
     import torch
 
-    from phased_ift.modeling import load_tokenizer
-
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    tokenizer = modeling.load_tokenizer(cfg.model.name_or_path)
     out: dict[str, dict[int, list[Path]]] = {}
     for arm in cfg.train.arms:
         for seed in cfg.train.seeds:
@@ -81,14 +80,12 @@ def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, con
             package of train.report_to is not installed; train.method=qlora without a CUDA GPU or bitsandbytes
             while a phase is still to train (`require_method_support`, before any weights load).
     """
-    from phased_ift.modeling import load_tokenizer
-
     if not run.phases_manifest.is_file():
         raise PhasedIFTError(f"train: {run.phases_manifest} does not exist; run `phased-ift split CONFIG` first.")
     require_method_support(cfg, run, [arm], [seed])
     tracker = _tracker(cfg, run, arm, seed)
     phases = get_arm(arm).phase_data(run, phase_count(cfg, run), seed, cfg.train)
-    tokenizer = tokenizer or load_tokenizer(cfg.model.name_or_path)
+    tokenizer = tokenizer or modeling.load_tokenizer(cfg.model.name_or_path)
     dirs: list[Path] = []
     prev, offset = None, 0
     try:
@@ -117,13 +114,11 @@ def require_method_support(cfg: Config, run: RunDir, arms: Sequence[str] | None 
     """
     if cfg.train.method != "qlora":
         return
-    from phased_ift.design import training_cells
-    from phased_ift.modeling import require_qlora
 
     todo = [c for c in training_cells(cfg, run) if (arms is None or c.arm in arms) and (seeds is None or c.seed in seeds)
             and not is_done(run.checkpoint(c.arm, c.phase, c.seed))]
     if todo:
-        require_qlora()
+        modeling.require_qlora()
 
 
 def _tracker(cfg: Config, run: RunDir, arm: str, seed: int):
@@ -188,12 +183,10 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
         DiskWriteError: the disk refused a Trainer checkpoint or the phase's save (full, quota, read-only,
             permission); no DONE is written and the same command resumes from the last complete checkpoint.
     """
-    from phased_ift.modeling import resolve_model_path
-    from phased_ift.train import sharded
     from phased_ift.train import trainer as tr
     from phased_ift.train.callbacks import NoFinalSave, RichProgress, StopOnSignal
 
-    base = resolve_model_path(cfg.model.name_or_path)
+    base = modeling.resolve_model_path(cfg.model.name_or_path)
     trainer_dir = phase_dir / TRAINER_SUBDIR
     stop = StopOnSignal()
     trainer = tr.build_trainer(cfg, rows, tokenizer, init_dir, base, hp, seed, trainer_dir,

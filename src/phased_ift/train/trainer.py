@@ -26,8 +26,10 @@ import torch
 import torch.nn.functional as F
 from trl import SFTConfig, SFTTrainer
 
+from phased_ift import modeling  # modeling.load_checkpoint: tests patch it
 from phased_ift.config import Config
 from phased_ift.modeling import resolve_autocast
+from phased_ift.train import sharded
 from phased_ift.train.disk import CHECKPOINTS_KEPT
 from phased_ift.train.plan import PhaseHparams
 from phased_ift.train.samplers import SAMPLERS
@@ -267,18 +269,17 @@ def model_for_phase(cfg: Config, init_dir: str | None, base: str):
     4-bit NF4 each phase (`modeling.load_checkpoint(quantize_4bit=...)`), matmuls in the autocast dtype (bf16 /
     fp16; fp32 without autocast); the saved checkpoint is the adapter only.
     """
-    from phased_ift.modeling import load_checkpoint
-
     m, t = cfg.model, cfg.train
     lora = t.lora if t.method in ("lora", "qlora") else None
     autocast = resolve_autocast(m.autocast)[0]
     compute = {"bf16": "bfloat16", "fp16": "float16"}.get(autocast, "float32")
-    return load_checkpoint(init_dir or base, trainable=True, dtype=m.dtype, attn_implementation=m.attn_implementation,
-                           trust_remote_code=m.trust_remote_code, base=base, lora=lora,
-                           bf16_frozen_base=t.method == "lora" and autocast == "bf16"
-                           and t.lora.across_phases == "continue",
-                           quantize_4bit=compute if t.method == "qlora" else None,
-                           gradient_checkpointing=t.gradient_checkpointing)
+    return modeling.load_checkpoint(init_dir or base, trainable=True, dtype=m.dtype,
+                                    attn_implementation=m.attn_implementation,
+                                    trust_remote_code=m.trust_remote_code, base=base, lora=lora,
+                                    bf16_frozen_base=t.method == "lora" and autocast == "bf16"
+                                    and t.lora.across_phases == "continue",
+                                    quantize_4bit=compute if t.method == "qlora" else None,
+                                    gradient_checkpointing=t.gradient_checkpointing)
 
 
 def build_trainer(cfg: Config, rows: list[dict], tokenizer, init_dir: str | None, base: str, hp: PhaseHparams,
@@ -342,8 +343,6 @@ def save_phase_weights(trainer: PhaseSFTTrainer, tokenizer, phase_dir: Path, mer
     Raises:
         PhasedIFTError: the saved weights are incomplete (a missing, empty or shard-shaped tensor).
     """
-    from phased_ift.train import sharded
-
     merged = trainer.model.merge_and_unload() if merge else None
     if not merge:
         with sharded.full_state_dict(trainer):
