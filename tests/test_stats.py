@@ -71,11 +71,12 @@ def test_win_rate_cis_all_unparseable_and_unknown_verdict():
         stats.verdict_values(["win", "maybe"])
 
 
-def test_verdict_names_are_the_judges():
-    # stats keeps its own copy (importing judge would close judge -> mtbench -> stats into a cycle).
-    from phased_ift.judge import VERDICTS
+def test_verdict_math_has_one_owner():
+    # winrate.py owns the verdict names, their values and the counts; judge and stats use the same objects.
+    from phased_ift import judge, winrate
 
-    assert tuple(stats._VALUE) == VERDICTS
+    assert tuple(winrate.VALUES) == winrate.VERDICTS == judge.VERDICTS
+    assert stats.verdict_values is winrate.verdict_values and judge.aggregate is winrate.aggregate
 
 
 def test_length_stats_and_bins_by_hand():

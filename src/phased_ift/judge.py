@@ -19,13 +19,13 @@ the paper's code (xubuvd/PhasedSFT, evaluation/win_tie_loss_stat.py):
 Rows go to `judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl` with both raw replies, so numbers can be
 recomputed without paying again; every request also goes through the LLM cache, so a re-run sends nothing.
 
-`aggregate(rows)` gives counts, the plain win rate over parsed pairs and the paper's centred number.
+The verdict names, the reconciliation rule and `aggregate(rows)` (counts, the plain win rate over parsed pairs and
+the paper's centred number) are `winrate.py`'s; this module re-exports them.
 
-Owns: judge templates, the score and verdict parsers, the reconciliation rule, judgement rows and their
-aggregation, judging one test set (`judge_pairs`) and the judge step (`judge_all`: every comparison of
-`design.judge_jobs` on every test set, or its dry-run estimate; then the single-answer graders of `GRADERS`,
-whose prompts and numbers `mtbench` and `seqeval` own and whose grade files `grading` owns). Which arms are
-compared is the design's (`design.judge_jobs`), not this module's.
+Owns: judge templates, the score and verdict parsers, judgement rows, judging one test set (`judge_pairs`) and
+the judge step (`judge_all`: every comparison of `design.judge_jobs` on every test set, or its dry-run estimate;
+then the single-answer graders of `GRADERS`, whose prompts and numbers `mtbench` and `seqeval` own and whose grade
+files `grading` owns). Which arms are compared is the design's (`design.judge_jobs`), not this module's.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from phased_ift.grading import Grader, fill, grade_all, read_template  # templat
 from phased_ift.llm_client import LLMClient
 from phased_ift.rundir import RunDir
 from phased_ift.runio import AppendLog
+from phased_ift.winrate import VERDICTS, aggregate, order_outcome, reconcile, verdict_outcome  # noqa: F401 (the API)
 
-VERDICTS = ("win", "tie", "loss", "unparseable")
 SCORE_MIN, SCORE_MAX = 1.0, 10.0
 # The first non-empty line must hold exactly two numbers, separated by whitespace and/or one comma (the paper's
 # parser replaces commas by spaces and splits). A trailing period is tolerated; anything else is not a score line.
@@ -120,7 +120,7 @@ def load_template(name_or_path: str) -> JudgeTemplate:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Parsing, reconciliation, aggregation (pure functions; the report imports aggregate)
+# Parsing and judgement rows (pure functions; the reconciliation and aggregation are winrate.py's)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -164,74 +164,6 @@ def parse_verdict(reply: str | None) -> str | None:
         return None
     found = {winner for tag, winner in _VERDICT_TAGS.items() if tag in reply}
     return found.pop() if len(found) == 1 else None
-
-
-def verdict_outcome(winner: str | None, letter_a: str) -> str:
-    """Outcome of one order from arm A's side, from a parsed verdict ("A" / "B" / "tie" / None) and the letter arm
-    A was shown as in that order ("A" in order ab, "B" in order ba); the same values as `order_outcome`."""
-    if winner is None:
-        return "unparseable"
-    return "tie" if winner == "tie" else "win" if winner == letter_a else "loss"
-
-
-def order_outcome(score_a: float | None, score_b: float | None) -> str:
-    """Outcome of one order from arm A's side: "win" / "tie" / "loss", or "unparseable" if a score is missing."""
-    if score_a is None or score_b is None:
-        return "unparseable"
-    return "win" if score_a > score_b else "loss" if score_a < score_b else "tie"
-
-
-def reconcile(order1_outcome: str, order2_outcome: str) -> str:
-    """Combine the outcomes of the two answer orders (both from arm A's side) with the paper's rule.
-
-    win = wins both, or wins one and ties one; tie = ties both, or wins one and loses one; loss = the mirror of
-    win; "unparseable" when either order is unparseable (source: xubuvd/PhasedSFT win_tie_loss_stat.py, which
-    skips such pairs; here they are kept and counted).
-
-    Raises:
-        ValueError: an outcome outside win/tie/loss/unparseable.
-    """
-    for o in (order1_outcome, order2_outcome):
-        if o not in VERDICTS:
-            raise ValueError(f"unknown order outcome {o!r}; expected one of {VERDICTS}")
-    if "unparseable" in (order1_outcome, order2_outcome):
-        return "unparseable"
-    points = {"win": 1, "tie": 0, "loss": -1}
-    total = points[order1_outcome] + points[order2_outcome]
-    return "win" if total > 0 else "loss" if total < 0 else "tie"
-
-
-def aggregate(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Counts and win rates of judgement rows (each with a "verdict" from arm A's side).
-
-    Returns:
-        {"n": all rows, "n_parsed": rows with win/tie/loss, "wins", "ties", "losses", "unparseable",
-         "win_rate": (wins + ties/2) / n_parsed (None when n_parsed = 0), in [0, 1],
-         "centred": (wins + ties/2) / n - 0.5 (None when n = 0): the paper's reported number, where unparseable
-         pairs stay in the denominator (source: PhasedSFT win_tie_loss_stat.py divides by all records)}.
-
-    Raises:
-        ValueError: a row with an unknown verdict.
-    """
-    counts = {v: 0 for v in VERDICTS}
-    for r in rows:
-        v = r["verdict"]
-        if v not in counts:
-            raise ValueError(f"judgement row {r.get('id')!r} has unknown verdict {v!r}")
-        counts[v] += 1
-    n = sum(counts.values())
-    n_parsed = n - counts["unparseable"]
-    points = counts["win"] + counts["tie"] / 2
-    return {
-        "n": n,
-        "n_parsed": n_parsed,
-        "wins": counts["win"],
-        "ties": counts["tie"],
-        "losses": counts["loss"],
-        "unparseable": counts["unparseable"],
-        "win_rate": points / n_parsed if n_parsed else None,
-        "centred": points / n - 0.5 if n else None,
-    }
 
 
 def word_count(text: str) -> int:

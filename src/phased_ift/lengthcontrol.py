@@ -37,7 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
-from phased_ift.stats import verdict_values
+from phased_ift.winrate import verdict_values
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

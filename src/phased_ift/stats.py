@@ -9,8 +9,8 @@ report's claims are `effects.py`'s; the length-controlled win rate is `lengthcon
     from phased_ift.stats import win_rate_cis
     win_rate_cis(["win", "tie", "loss", "unparseable"])
 
-Counts and point win rates come from `phased_ift.judge.aggregate` (one definition); this module adds their
-intervals. Conventions (Pang et al. 2024, §4 and the PhasedSFT judge code):
+Counts and point win rates come from `phased_ift.winrate.aggregate` (one definition, numbers only, also the
+verdict values); this module adds their intervals. Conventions (Pang et al. 2024, §4 and the PhasedSFT judge code):
   * a verdict is "win" | "tie" | "loss" from arm A's side, or "unparseable" when either judge order could not
     be parsed; unparseable verdicts are counted apart and never turned into a result;
   * win rate = (wins + ties/2) / N_parsed;
@@ -23,29 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-# The verdict names of `judge.VERDICTS`, with their values (a test keeps them equal). stats imports nothing of the
-# package: judge -> mtbench -> stats would otherwise be an import cycle.
-_VALUE = {"win": 1.0, "tie": 0.5, "loss": 0.0, "unparseable": np.nan}
-
-
-def verdict_values(verdicts: Sequence[str]) -> np.ndarray:
-    """Per-prompt outcome for arm A: win 1.0, tie 0.5, loss 0.0, unparseable NaN.
-
-    Args:
-        verdicts: N verdict strings from arm A's side.
-
-    Returns:
-        float array of shape (N,).
-
-    Raises:
-        ValueError: a verdict that is not one of `judge.VERDICTS` (names the value and its index).
-    """
-    out = np.empty(len(verdicts), dtype=float)
-    for i, v in enumerate(verdicts):
-        if v not in _VALUE:
-            raise ValueError(f"verdict #{i} is {v!r}; expected one of {list(_VALUE)}")
-        out[i] = _VALUE[v]
-    return out
+from phased_ift.winrate import verdict_values  # noqa: F401 (the values behind every interval here)
 
 
 def bootstrap_ci(
@@ -106,8 +84,8 @@ def win_rate_cis(verdicts: Sequence[str], confidence: float = 0.95) -> dict:
     """Wilson score intervals (`wilson_interval`, ties counted half a win) of the win rate and of the paper's centred
     number, for the descriptive per-test-set lines; the tested answer is `effects.paired_effect`.
 
-    The point estimates and counts come from `phased_ift.judge.aggregate` (one definition of the win rate): win rate
-    over the parsed verdicts, centred number over all of them (unparseable counted in N) minus 0.5.
+    The point estimates and counts come from `phased_ift.winrate.aggregate` (one definition of the win rate): win
+    rate over the parsed verdicts, centred number over all of them (unparseable counted in N) minus 0.5.
 
     Returns:
         {"win_rate_ci": [lo, hi] | None, "centred_ci": [lo, hi] | None} (None when nothing to count).

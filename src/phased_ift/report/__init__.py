@@ -9,7 +9,7 @@ optional: a missing part gives a line in the report saying what is missing and h
 
 The summary dict is built first; the markdown and HTML tables are rendered from it, so the report and
 summary.json always agree. Statistics live in `stats.py` (bootstrap CIs, length control); win-rate counts and
-point estimates come from `judge.aggregate`. Plots use matplotlib's Agg canvas (no display needed) and are
+point estimates come from `winrate.aggregate`. Plots use matplotlib's Agg canvas (no display needed) and are
 inlined into the HTML as base64 PNGs, so report.html is one file that opens anywhere.
 
 The package (each module owns one part):

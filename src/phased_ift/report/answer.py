@@ -35,7 +35,7 @@ from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 from phased_ift.runio import read_jsonl
 from phased_ift.seqeval import TESTSET, per_prompt_values
-from phased_ift.stats import verdict_values
+from phased_ift.winrate import verdict_values
 
 # {(arm, seed): {prompt key: value}} of the final checkpoints
 PerPrompt = dict[tuple[str, int], dict[tuple, float]]

@@ -6,7 +6,7 @@ statistics, phase boundaries), checkpoints/*/seed_*/phase_*/losses.jsonl (traini
 lengths), judgements/ (`read_judgements`: win rates, CIs, length control), evaluation/ (reference loss, IFEval:
 `ifeval.compare_ifeval` pairs arms; `ifeval.instruction_count_view`: one vs several instructions), grades/ (MT-Bench:
 `mtbench.read_grades`; SeqEval: `seqeval.read_seqeval`) and agreement tables. Paths are found and read back into
-(arm, seed, phase, test set) by `RunDir`; the manifest is read by `phases.read_manifest`. Statistics come from `stats.py`, win-rate counts from `judge.aggregate`.
+(arm, seed, phase, test set) by `RunDir`; the manifest is read by `phases.read_manifest`. Statistics come from `stats.py`, win-rate counts from `winrate.aggregate`.
 
 Each part is optional: a missing part gives a note saying what is missing and how to get it, never an error.
 """
@@ -26,7 +26,7 @@ from phased_ift.design import ARMS, baseline_arm, final_phase
 from phased_ift.runio import read_jsonl
 from phased_ift.errors import PhasedIFTError
 from phased_ift.ifeval import compare_ifeval, instruction_count_view
-from phased_ift.judge import VERDICTS, aggregate
+from phased_ift.winrate import VERDICTS, aggregate
 from phased_ift.lengthcontrol import length_controlled_win_rate
 from phased_ift.mtbench import mt_bench_table, read_grades
 from phased_ift.phases import read_manifest
