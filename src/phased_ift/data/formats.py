@@ -21,6 +21,8 @@ the file, line and fix.
 from __future__ import annotations
 
 import collections
+import hashlib
+import itertools
 import json
 import os
 import re
@@ -346,6 +348,21 @@ def _detect(records: list[tuple[int | None, Any]], path: Any) -> str:
                       f"such as {{instruction: question, output: answer}}.")
 
 
+def _detect_head(head: list[tuple[int | None, Any]], rest: Iterable[tuple[int | None, Any]], path: Any) -> str:
+    """`_detect` of a stream's first 20 records; reads the rest only for the error message (its first object)."""
+    try:
+        return _detect(head, path)
+    except PhasedIFTError:
+        return _detect(head + list(rest), path)
+
+
+def message_key(messages: list[dict[str, str]]) -> bytes:
+    """The dedupe key of an example's messages: a BLAKE2b-128 digest of their JSON (16 bytes per example kept in
+    memory instead of the text; equal messages, equal keys)."""
+    text = json.dumps(messages, ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 def _check_turns(messages: list[dict[str, str]], require_response: bool) -> None:
     """Roles: an optional leading system turn, then user/assistant alternating from user."""
     if not messages:
@@ -408,8 +425,10 @@ def read_file(path: str | os.PathLike, fmt: str = "auto", columns: dict[str, str
         used = "hf"
         rec_fmt = "alpaca" if columns and set(columns) & {"instruction", "output"} else _detect(records, path_str)
     else:
-        records, rejects = load_text_records(path_str, fmt, label)
-        rec_fmt = used = fmt if fmt != "auto" else _detect(records, path_str)
+        stream, rejects = load_text_records(path_str, fmt, label)  # streamed: one record in memory at a time
+        head = list(itertools.islice(stream, 20))
+        rec_fmt = used = fmt if fmt != "auto" else _detect_head(head, stream, path_str)
+        records = itertools.chain(head, stream)
     stem = Path(path_str).stem or "record"
     examples, converted_rejects, duplicates = _convert_records(records, rec_fmt, stem, label, dedupe=dedupe,
                                                                require_response=require_response)
@@ -476,7 +495,7 @@ def _convert_one(rec: Any, rec_fmt: str, ctx: _Ctx) -> tuple[str, list[dict[str,
     return (rid if rid is not None else f"{ctx.stem}-{ctx.index}"), messages, meta
 
 
-def _convert_records(records: list[tuple[int | None, Any]], rec_fmt: str, stem: str, label: str, *, dedupe: bool,
+def _convert_records(records: Iterable[tuple[int | None, Any]], rec_fmt: str, stem: str, label: str, *, dedupe: bool,
                      require_response: bool) -> tuple[list[Example], list[dict[str, Any]], list[tuple[str, str]]]:
     """Examples, rejects and kept duplicates (id, id of the first copy) of the loaded records, in file order.
     Test-set prompts are never rejected as duplicates."""
@@ -485,7 +504,7 @@ def _convert_records(records: list[tuple[int | None, Any]], rec_fmt: str, stem: 
     duplicates: list[tuple[str, str]] = []
     dedupe = dedupe and rec_fmt != "testset"
     seen_ids: dict[str, Any] = {}
-    seen_messages: dict[str, tuple[str, Any]] = {}
+    seen_messages: dict[bytes, tuple[str, Any]] = {}
     for index, (line, rec) in enumerate(records):
         where = "" if line is not None else f" (row {index})"
         try:
@@ -493,7 +512,7 @@ def _convert_records(records: list[tuple[int | None, Any]], rec_fmt: str, stem: 
                                                                   require_response=require_response))
             if rid in seen_ids:
                 raise _Reject(f"duplicate id: {rid!r} was already used by the record at line {seen_ids[rid]}")
-            key = json.dumps(messages, ensure_ascii=False)
+            key = message_key(messages)
             if key in seen_messages:
                 first_id, first_line = seen_messages[key]
                 if dedupe:

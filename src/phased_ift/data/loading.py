@@ -13,9 +13,10 @@ Also the reject row {"source", "line", "record", "reason"} and `_clean`, which m
 
 from __future__ import annotations
 
-import bisect
+import codecs
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,30 +27,96 @@ _WS = re.compile(r"[ \t\n\r]*")
 # give lone surrogates. Neither can be written back as UTF-8, so such records are rejected, never half-kept.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _TABULAR_SUFFIXES = {".parquet", ".csv", ".tsv", ".arrow"}
+_DECODER = json.JSONDecoder()
 
 
 def _unreadable(path: Any, where: str, problem: str, fix: str) -> PhasedIFTError:
     return PhasedIFTError(f"{path}{where}: {problem}. {fix}")
 
 
-def _read_text(path: Path) -> str:
-    """The file as text; invalid UTF-8 bytes survive as surrogate escapes so that only their records are rejected."""
+_CHUNK = 1 << 20  # characters read at a time by `_TextStream` (the buffer holds about one chunk + one record)
+
+
+class _TextStream:
+    """A text file read in chunks: a buffer that starts at character `base` of the file, with the line (1-based)
+    and column (0-based) of that start, so that positions inside the buffer map to the whole file's line/column.
+
+    Bytes are decoded incrementally as UTF-8 with errors="surrogateescape" (invalid bytes survive as U+DC80..U+DCFF,
+    so that only their records are rejected); a leading byte-order mark is skipped. Memory: the unconsumed part of
+    the buffer (one chunk plus the record being decoded), never the whole file.
+    """
+
+    def __init__(self, f: Any, head: bytes) -> None:
+        self._f = f
+        self._dec = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        self.buf = self._dec.decode(head[3:] if head.startswith(b"\xef\xbb\xbf") else head)
+        self.eof = False
+        self.line, self.col = 1, 0
+        self._at, self._at_line = 0, 1  # a position in the buffer and its line (see `where`)
+
+    def more(self) -> bool:
+        """Append the next chunk; False at the end of the file."""
+        if self.eof:
+            return False
+        raw = self._f.read(_CHUNK)
+        self.eof = not raw
+        text = self._dec.decode(raw, final=self.eof)  # at the end: a cut-off UTF-8 sequence, as escapes
+        self.buf += text
+        return bool(raw or text)
+
+    def need(self, pos: int) -> bool:
+        """Read until the buffer holds position `pos` (True) or the file ends (False)."""
+        while pos >= len(self.buf):
+            if not self.more():
+                return False
+        return True
+
+    def where(self, pos: int) -> tuple[int, int]:
+        """(line, column), both 1-based, of buffer position `pos` in the whole file. Counts newlines on from the
+        last position asked (callers ask in increasing order: linear in the file, not per record)."""
+        if pos < self._at:
+            self._at, self._at_line = 0, self.line
+        nl = self.buf.count("\n", self._at, pos)
+        self._at, self._at_line = pos, self._at_line + nl
+        if self._at_line == self.line:
+            return self.line, self.col + pos + 1
+        return self._at_line, pos - self.buf.rfind("\n", 0, pos)
+
+    def drop(self, pos: int) -> None:
+        """Forget the buffer before `pos` (consumed records); positions after it shift down by `pos`."""
+        line, col = self.where(pos)
+        self.line, self.col = line, col - 1
+        self._at, self._at_line = 0, line
+        self.buf = self.buf[pos:]
+
+
+def _open_text(path: Path) -> tuple[Any, _TextStream]:
+    """The open binary file and its `_TextStream`, after the checks on its first bytes.
+
+    Raises:
+        PhasedIFTError: the file cannot be read, is empty / only whitespace, or holds a NUL byte in its first 8 KiB
+            (binary: Parquet, Arrow, UTF-16).
+    """
     try:
-        raw = path.read_bytes()
+        f = open(path, "rb")
+        head = f.read(8192)
     except OSError as e:
         raise _unreadable(path, "", f"cannot read the file ({e.strerror})", "Check the path and its permissions.")
-    if not raw.strip():
-        raise _unreadable(path, ", line 1", "the file is empty", "Point to a file that holds records (a JSON array "
-                          "or one JSON object per line).")
-    nul = raw.find(b"\x00", 0, 8192)
+    nul = head.find(b"\x00")
     if nul >= 0:
-        line = raw.count(b"\n", 0, nul) + 1
+        f.close()
+        line = head.count(b"\n", 0, nul) + 1
         raise _unreadable(path, f", line {line}", f"binary data (a NUL byte at offset {nul}), not JSON text", "If "
                           "it is Parquet or Arrow give it a .parquet/.arrow name or use format hf; if it is UTF-16 "
                           "text re-save it as UTF-8; otherwise export the records as JSON lines.")
-    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Windows editors) is not part of the JSON
-        raw = raw[3:]
-    return raw.decode("utf-8", errors="surrogateescape")
+    while not head.strip():  # bytes.strip: ASCII whitespace, as the whole-file check before streaming
+        chunk = f.read(_CHUNK)
+        if not chunk:
+            f.close()
+            raise _unreadable(path, ", line 1", "the file is empty", "Point to a file that holds records (a JSON "
+                              "array or one JSON object per line).")
+        head += chunk
+    return f, _TextStream(f, head)
 
 
 def _clean(value: Any) -> Any:
@@ -76,56 +143,103 @@ def _find_bad_text(value: Any, where: str = "") -> str | None:
     return None
 
 
-def _parse_array(text: str, path: Path, start: int) -> list[tuple[int, Any]]:
-    """Records of a JSON array with the line each starts on. A syntax error stops the file (no way to resync)."""
-    newlines = [m.start() for m in re.finditer("\n", text)]
-    decoder = json.JSONDecoder()
-    records: list[tuple[int, Any]] = []
-    try:
-        i = _WS.match(text, start + 1).end()
-        if text[i:i + 1] == "]":
-            return records
-        while True:
-            obj, end = decoder.raw_decode(text, i)
-            records.append((bisect.bisect_left(newlines, i) + 1, obj))
-            i = _WS.match(text, end).end()
-            if text[i:i + 1] == ",":
-                i = _WS.match(text, i + 1).end()
-            elif text[i:i + 1] == "]":
-                break
-            else:
-                raise json.JSONDecodeError("Expecting ',' or ']' after a record", text, i)
-        rest = _WS.match(text, i + 1).end()
-        if rest < len(text):
-            raise json.JSONDecodeError("Extra data after the closing ']'", text, rest)
-    except json.JSONDecodeError as e:
-        raise _unreadable(path, f", line {e.lineno} column {e.colno}", f"malformed JSON ({e.msg})",
-                          "A JSON array cannot be read past a syntax error: fix that spot (often a missing comma or "
-                          "quote, or a trailing comma), or convert the file to JSON lines so that a bad record only "
-                          "rejects itself.")
-    return records
+def _array_error(path: Path, stream: _TextStream, pos: int, msg: str) -> PhasedIFTError:
+    line, col = stream.where(pos)
+    return _unreadable(path, f", line {line} column {col}", f"malformed JSON ({msg})", "A JSON array cannot be "
+                       "read past a syntax error: fix that spot (often a missing comma or quote, or a trailing "
+                       "comma), or convert the file to JSON lines so that a bad record only rejects itself.")
 
 
-def _parse_lines(text: str, path: Path, label: str) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
-    """JSON lines: each malformed line becomes a reject; a file where no line parses is not JSONL at all."""
-    records: list[tuple[int, Any]] = []
-    rejects: list[dict[str, Any]] = []
+def _skip_ws(stream: _TextStream, i: int) -> int:
+    """The first non-whitespace position at or after `i` (reading on as needed; len(buf) at the end of file)."""
+    while True:
+        i = _WS.match(stream.buf, i).end()
+        if i < len(stream.buf) or not stream.more():
+            return i
+
+
+def _decode_one(stream: _TextStream, path: Path, i: int) -> tuple[Any, int]:
+    """The JSON value starting at buffer position `i` and the position after it; reads on while the value may be
+    cut off by the buffer's end (a decode error, or a value that ends exactly there, e.g. a number).
+
+    Raises:
+        PhasedIFTError: malformed JSON (line and column in the whole file), once the file has no more to read.
+    """
+    decoder = _DECODER
+    while True:
+        try:
+            obj, end = decoder.raw_decode(stream.buf, i)
+        except json.JSONDecodeError as e:
+            if stream.more():
+                continue
+            raise _array_error(path, stream, e.pos, e.msg) from None
+        if end < len(stream.buf) or not stream.more():
+            return obj, end
+
+
+def _iter_array(stream: _TextStream, path: Path, start: int) -> Iterator[tuple[int, Any]]:
+    """Records of a JSON array with the line each starts on, one at a time (the buffer keeps about one chunk).
+    A syntax error stops the file (no way to resync): PhasedIFTError with the line and column."""
+    i = _skip_ws(stream, start + 1)
+    if stream.buf[i:i + 1] == "]":
+        return
+    while True:
+        obj, end = _decode_one(stream, path, i)
+        yield stream.where(i)[0], obj
+        i = _skip_ws(stream, end)
+        if stream.buf[i:i + 1] == ",":
+            i = _skip_ws(stream, i + 1)
+        elif stream.buf[i:i + 1] == "]":
+            break
+        else:
+            raise _array_error(path, stream, i, "Expecting ',' or ']' after a record")
+        if i > _CHUNK // 2:  # forget consumed records now and then (dropping per record would copy per record)
+            stream.drop(i)
+            i = 0
+    rest = _skip_ws(stream, i + 1)
+    if rest < len(stream.buf):
+        raise _array_error(path, stream, rest, "Extra data after the closing ']'")
+
+
+def _iter_lines(stream: _TextStream) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its "\\n") of the stream, as `text.split("\\n")` would give them."""
+    no, i = 1, 0
+    while True:
+        j = stream.buf.find("\n", i)
+        if j < 0:
+            if stream.more():
+                continue
+            yield no, stream.buf[i:]
+            return
+        yield no, stream.buf[i:j]
+        no, i = no + 1, j + 1
+        if i > _CHUNK // 2:
+            stream.buf, i = stream.buf[i:], 0
+
+
+def _iter_jsonl(stream: _TextStream, path: Path, label: str,
+                rejects: list[dict[str, Any]]) -> Iterator[tuple[int, Any]]:
+    """JSON lines, one record at a time: each malformed line becomes a reject (appended to `rejects` as it is
+    met); a file where no line parses is not JSONL at all (PhasedIFTError, raised when the file ends)."""
     first_error: tuple[int, json.JSONDecodeError] | None = None
-    for no, line in enumerate(text.split("\n"), 1):
+    parsed = False
+    for no, line in _iter_lines(stream):
         if not line.strip():
             continue
         try:
-            records.append((no, json.loads(line)))
+            rec = json.loads(line)
         except json.JSONDecodeError as e:
             first_error = first_error or (no, e)
             reason = f"malformed JSON: {e.msg} (line {no} column {e.colno})"
             rejects.append(_reject_row(label, no, _clean(line), reason))
-    if not records and first_error:
+            continue
+        parsed = True
+        yield no, rec
+    if not parsed and first_error:
         no, e = first_error
         raise _unreadable(path, f", line {no} column {e.colno}", f"not JSON ({e.msg})", "Expected a JSON array of "
                           "records or one JSON object per line (JSONL); a pretty-printed single object must be "
                           "wrapped in [...]; for CSV/Parquet use a .csv/.parquet file name or format hf.")
-    return records, rejects
 
 
 def _reject_row(source: str, line: int | None, record: Any, reason: str) -> dict[str, Any]:
@@ -208,12 +322,16 @@ def wants_hf(path: str, fmt: str, columns: dict[str, str] | None) -> bool:
     return fmt == "hf" or (fmt == "auto" and bool(tabular or columns))
 
 
-def load_text_records(path: str, fmt: str, label: str) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
-    """Records of a JSON array or JSON-lines file with their 1-based line, and the rejects of malformed lines.
+def load_text_records(path: str, fmt: str, label: str) -> tuple[Iterator[tuple[int, Any]], list[dict[str, Any]]]:
+    """Records of a JSON array or JSON-lines file with their 1-based line, read as a stream, and the list that
+    collects the rejects of malformed lines as the stream reaches them (complete once the stream is exhausted).
+
+    Memory: about one chunk (`_CHUNK` characters) and one record at a time, whatever the file's size; the file
+    stays open until the iterator is exhausted or closed.
 
     Raises:
-        PhasedIFTError: no such file, a directory, an empty/binary/non-JSON file, a JSON array with a syntax
-            error, or an empty JSON array.
+        PhasedIFTError: here, no such file, a directory, an empty or binary file; while iterating, a JSON array with
+            a syntax error (line and column), a file where no line is JSON, or an empty JSON array.
     """
     p = Path(path)
     if not p.exists():
@@ -222,14 +340,22 @@ def load_text_records(path: str, fmt: str, label: str) -> tuple[list[tuple[int, 
     if p.is_dir():
         raise _unreadable(path, "", f"is a directory, not a {fmt} file", "Point to the file inside it, or "
                           "use format hf for a saved Hugging Face dataset.")
-    text = _read_text(p)
-    start = _WS.match(text).end()
+    f, stream = _open_text(p)
     rejects: list[dict[str, Any]] = []
-    if text[start] == "[":
-        records = _parse_array(text, p, start)
-    else:
-        records, rejects = _parse_lines(text, p, label)
-    if not records and not rejects:
-        raise _unreadable(path, "", "holds no records (an empty JSON array)", "Point to a file with at "
-                          "least one record.")
-    return records, rejects
+
+    def records() -> Iterator[tuple[int, Any]]:
+        with f:
+            start = _skip_ws(stream, 0)
+            if stream.buf[start:start + 1] == "[":
+                items = _iter_array(stream, p, start)
+            else:
+                items = _iter_jsonl(stream, p, label, rejects)
+            any_record = False
+            for item in items:
+                any_record = True
+                yield item
+            if not any_record and not rejects:
+                raise _unreadable(path, "", "holds no records (an empty JSON array)", "Point to a file with at "
+                                  "least one record.")
+
+    return records(), rejects

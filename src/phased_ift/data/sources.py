@@ -8,7 +8,6 @@ Named sources and test sets resolve under the data home (`data_home()`: $PHASED_
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
 from phased_ift.data.example import Example, normalize_text
-from phased_ift.data.formats import ReadResult, _register, read_file
+from phased_ift.data.formats import ReadResult, _register, message_key, read_file
 from phased_ift.data.loading import _looks_like_hub_id, _reject_row
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import write_jsonl
@@ -302,11 +301,11 @@ def combine_results(results: list[ReadResult], dedupe: bool = True) -> tuple[lis
     examples: list[Example] = []
     rejects: list[dict[str, Any]] = []
     seen_ids: set[str] = set()
-    seen_messages: dict[str, tuple[str, str]] = {}
+    seen_messages: dict[bytes, tuple[str, str]] = {}
     for result in results:
         rejects.extend(result.rejects)
         for e in result.examples:
-            key = json.dumps(e.messages, ensure_ascii=False)
+            key = message_key(e.messages)
             if dedupe and key in seen_messages:
                 first_id, first_source = seen_messages[key]
                 rejects.append(_reject_row(result.source, None, e.to_dict(), f"duplicate example: same messages as "
