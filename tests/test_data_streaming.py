@@ -166,3 +166,33 @@ def test_detect_reads_past_the_head_only_for_its_error(tmp_path):
     with pytest.raises(PhasedIFTError, match=r"line 1: cannot tell the format .*\['question'\]"):
         read_file(path)
     assert formats._detect_head([(1, {"instruction": "q", "output": "a"})], iter(()), path) == "alpaca"
+
+
+def test_jsonl_of_the_run_dir_is_read_line_by_line(tmp_path, monkeypatch):
+    """runio.read_jsonl (data/train.jsonl, scores) holds one line at a time; a torn last line is still skipped
+    and a bad line before the last still raises."""
+    from phased_ift import runio
+
+    path = tmp_path / "rows.jsonl"
+    runio.write_jsonl(path, ({"id": str(i), "text": "w " * 200} for i in range(5000)))
+    opened = []
+    real_open = open
+
+    def spy_open(*a, **k):
+        f = real_open(*a, **k)
+        opened.append(f)
+        return f
+
+    monkeypatch.setattr(runio, "open", spy_open, raising=False)
+    rows = runio.read_jsonl(path)
+    assert next(rows)["id"] == "0"
+    assert opened[0].buffer.tell() < path.stat().st_size / 10
+    assert sum(1 for _ in rows) == 4999
+    monkeypatch.undo()
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"id": "torn", "te')
+    assert len(list(runio.read_jsonl(path, tolerate_torn_tail=True))) == 5000
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('\n{"id": "last"}\n')
+    with pytest.raises(runio.JsonlDecodeError, match="line 5001"):
+        list(runio.read_jsonl(path, tolerate_torn_tail=True))

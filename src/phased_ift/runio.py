@@ -152,25 +152,25 @@ def numbered_rows(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> 
         JsonlDecodeError: a line is not JSON (see `read_jsonl`; `tolerate_torn_tail` as there).
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if tolerate_torn_tail and i == len(lines) - 1:
-                return
-            raise JsonlDecodeError(path, i + 1, e.msg, line, e.pos) from None
-        yield i + 1, row
+    with open(path, encoding="utf-8") as f:  # read line by line: one line in memory at a time, not the file
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                if tolerate_torn_tail and next(f, None) is None:  # the very last line of the file
+                    return
+                raise JsonlDecodeError(path, i + 1, e.msg, line, e.pos) from None
+            yield i + 1, row
 
 
 def read_jsonl(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Iterator[dict[str, Any]]:
     """Yield the JSON objects of a jsonl file written by this project, in file order; blank lines are skipped.
 
     A generator: the file is opened at the first `next()` (a missing file raises FileNotFoundError there) and
-    read whole before the first row is yielded (invalid UTF-8 anywhere raises UnicodeDecodeError).
+    read line by line (one line in memory at a time); invalid UTF-8 raises UnicodeDecodeError when the reading
+    reaches it (rows before it have been yielded).
 
     Args:
         tolerate_torn_tail: skip an unparseable *last* line (an append interrupted by kill -9). Only the very
