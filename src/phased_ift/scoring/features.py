@@ -15,13 +15,23 @@ from phased_ift import modeling
 from phased_ift.data import Example
 from phased_ift.scoring.registry import ScoreContext, score_row
 
+_BATCH = 1024  # examples per batched tokenizer call of `score_length`
 _LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+", re.M)
 
 
-def length_features(example: Example, tokenizer=None) -> dict[str, float]:
+def token_counts(texts: list[str], tokenizer=None) -> list[int]:
+    """Tokens of each text (no special tokens) with one batched `tokenizer` call; whitespace words without one.
+    Equal to counting each text alone (tests/test_scoring_length.py)."""
+    if tokenizer is None:
+        return [len(t.split()) for t in texts]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def length_features(example: Example, tokenizer=None, counts: tuple[int, int] | None = None) -> dict[str, float]:
     """Length and structure features of one example.
 
-    Token counts use `tokenizer` when given (else whitespace words). Returns instruction_tokens,
+    Token counts use `tokenizer` when given (else whitespace words), or `counts` = (instruction tokens, response
+    tokens) when already counted (`token_counts`, batched). Returns instruction_tokens,
     response_tokens, response_lines, list_items (lines starting with "1." / "-" / "*"), code (1 if the response
     has a ``` fence or 4 consecutive indented lines... approximated by a fence or ";\\n"), question (1 if the
     instruction ends with "?").
@@ -33,9 +43,10 @@ def length_features(example: Example, tokenizer=None) -> dict[str, float]:
             return len(text.split())
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    n_ins, n_resp = counts if counts is not None else (count(ins), count(resp))
     return {
-        "instruction_tokens": count(ins),
-        "response_tokens": count(resp),
+        "instruction_tokens": n_ins,
+        "response_tokens": n_resp,
         "response_lines": resp.count("\n") + 1 if resp else 0,
         "list_items": len(_LIST_ITEM.findall(resp)),
         "code": float("```" in resp or ";\n" in resp or "{\n" in resp),
@@ -52,8 +63,13 @@ def length_score(f: dict[str, float]) -> float:
 
 
 def score_length(examples: list[Example], ctx: ScoreContext) -> Iterator[dict[str, Any]]:
-    """`length_score` of `length_features` with the scoring model's tokenizer; the features are extras."""
+    """`length_score` of `length_features` with the scoring model's tokenizer; the features are extras. Tokens are
+    counted `_BATCH` examples at a time (one batched call per field; the same counts as one call per text)."""
     tok = modeling.load_tokenizer(ctx.cfg.scoring.model or ctx.cfg.model.name_or_path)
-    for ex in examples:
-        f = length_features(ex, tok)
-        yield score_row(ex.id, length_score(f), **f)
+    for start in range(0, len(examples), _BATCH):  # one tokenizer call per batch and field, not per text
+        batch = examples[start:start + _BATCH]
+        n_ins = token_counts([ex.instruction for ex in batch], tok)
+        n_resp = token_counts([ex.response for ex in batch], tok)
+        for ex, counts in zip(batch, zip(n_ins, n_resp)):
+            f = length_features(ex, counts=counts)
+            yield score_row(ex.id, length_score(f), **f)
