@@ -24,7 +24,7 @@ from phased_ift.config import EndpointConfig  # noqa: E402
 from phased_ift.data import Example  # noqa: E402
 from phased_ift.errors import PhasedIFTError  # noqa: E402
 from phased_ift.scoring.judge import (  # noqa: E402
-    estimate_judge, expected_score, load_difficulty_template, parse_score, score_with_judge,
+    estimate_judge, expected_score, load_difficulty_template, parse_difficulty_reply, score_with_judge,
 )
 
 
@@ -50,7 +50,7 @@ def server():
     ("", None), (None, None), ("hard", None), ("7", None), ("3 or 4", None), ("0", None), ("10/10", None),
 ])
 def test_parse_score(text, want):
-    assert parse_score(text) == want
+    assert parse_difficulty_reply(text) == want
 
 
 def test_expected_score_renormalises_over_scale_tokens():
@@ -242,7 +242,7 @@ def test_real_llama_cpp_server_scores_alpaca_with_logprobs_and_cache(llama_serve
     assert len(scored) >= 4
     for r in rows:
         assert len(r["raw"]) == 1 and isinstance(r["raw"][0], str)
-        assert (r["score"] is None) == (parse_score(r["raw"][0]) is None)
+        assert (r["score"] is None) == (parse_difficulty_reply(r["raw"][0]) is None)
     # The logprob path: expected scores strictly from the server's top_logprobs, inside the scale.
     assert all(r["expected"] is not None and 1.0 <= r["expected"] <= 5.0 for r in scored)
     assert all(r["score"] == r["expected"] for r in scored)

@@ -32,10 +32,9 @@ view of sequential following), the paired comparison of two arms (`compare_ifeva
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from phased_ift.config import Config
 from phased_ift.data import TEST_SETS, data_home, load_test_set
@@ -421,8 +420,3 @@ def sampled_inputs(cfg: Config) -> list[dict]:
     """The IFEval inputs of the configured sample (generate.limit / generate.seed, as `data.load_test_set`)."""
     keep = {str(e.id) for e in load_test_set(TESTSET, limit=cfg.generate.limit, seed=cfg.generate.seed)}
     return [inp for inp in load_inputs() if str(inp["key"]) in keep]
-
-
-def read_ifeval_results(paths: Iterable[Path]) -> list[dict]:
-    """The ifeval.json files given (see `ifeval_all`), in order."""
-    return [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]

@@ -26,8 +26,9 @@ from typing import Callable, Mapping, Sequence
 
 from phased_ift.data import Example, read_examples, write_examples
 from phased_ift.errors import PhasedIFTError
-from phased_ift.runio import atomic_write_json, read_jsonl
+from phased_ift.runio import atomic_write_json, read_scores
 from phased_ift.sit.mix import phase_mix_counts
+from phased_ift.stats import round_half_up
 
 ControlBuilder = Callable[[Sequence[Sequence[Example]], int], "list[list[Example]]"]
 
@@ -179,7 +180,7 @@ def difficulty_sorted(phases: Sequence[Sequence[Example]]) -> list[Example]:
 
 def replay_count(ratio: float, n_earlier: int) -> int:
     """Examples replayed into a phase: round(ratio x n_earlier), halves rounded up (floor(r * n + 0.5))."""
-    return int(math.floor(ratio * n_earlier + 0.5))
+    return round_half_up(ratio * n_earlier)
 
 
 def replay_phases(phases: Sequence[Sequence[Example]], ratio: float, seed: int) -> list[list[Example]]:
@@ -240,19 +241,10 @@ def _current_manifest(run, scorer: str, k: int, method: str, thresholds: Sequenc
 
 
 def _read_scores(scores_path) -> tuple[dict[str, float], list[str]]:
-    """(id -> score, ids whose score is null) of a scores file; a later row of an id wins (a torn last line
-    from kill -9 is skipped)."""
-    scores: dict[str, float] = {}
-    failed: list[str] = []
-    for i, row in enumerate(read_jsonl(scores_path, tolerate_torn_tail=True), 1):
-        if "id" not in row:
-            raise PhasedIFTError(f"phases: {scores_path} line {i} has no `id`; re-run the scorer.")
-        if row.get("score") is None:
-            failed.append(str(row["id"]))
-            scores.pop(str(row["id"]), None)
-        else:
-            scores[str(row["id"])] = float(row["score"])
-    return scores, failed
+    """(id -> score, ids whose score is null) of a scores file (`runio.read_scores`: a later row of an id wins)."""
+    rows = read_scores(scores_path)
+    scores = {i: float(r["score"]) for i, r in rows.items() if r.get("score") is not None}
+    return scores, [i for i, r in rows.items() if r.get("score") is None]
 
 
 def _write_phase_files(run, phases: list[list[Example]], controls: Mapping[str, ControlBuilder], seed: int,

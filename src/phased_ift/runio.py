@@ -12,6 +12,9 @@ Every file a step writes goes through here, so that a reader (or a resumed run) 
       (unterminated and unparseable) last line is cut off and the ids already done are known, so the run resumes.
   read_jsonl
       rows of a jsonl file this project wrote; a bad line is an error naming the file and line.
+  read_scores
+      the one reader of a scores file (scores/<scorer>.jsonl: rows by id, the last row of an id wins); the scoring
+      step resumes from it and the split reads it.
 
 A write the filesystem refuses (full disk, quota, read-only, permission) raises `diskerrors.DiskWriteError` naming
 the file, the free space and the bytes the write needed; the old file (atomic writes) or the whole rows before it
@@ -330,3 +333,22 @@ class AppendLog:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def read_scores(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Rows of a scores file (`{"id", "score", ...}` per line, scores/<scorer>.jsonl) by id, the one reader of that
+    format: a later row of an id wins (a resumed scorer appends), a torn last line from kill -9 is skipped; {} when
+    the file is missing.
+
+    Raises:
+        PhasedIFTError: a row without an `id` (names the file and line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    rows: dict[str, dict[str, Any]] = {}
+    for i, row in enumerate(read_jsonl(path, tolerate_torn_tail=True), 1):
+        if "id" not in row:
+            raise PhasedIFTError(f"{path} line {i} has no `id`; re-run the scorer.")
+        rows[str(row["id"])] = row
+    return rows

@@ -19,11 +19,17 @@ verdict values); this module adds their intervals. Conventions (Pang et al. 2024
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
 
 from phased_ift.winrate import verdict_values  # noqa: F401 (the values behind every interval here)
+
+
+def round_half_up(x: float) -> int:
+    """x rounded to the nearest integer, halves up (floor(x + 0.5)); Python's round() would round halves to even."""
+    return int(math.floor(x + 0.5))
 
 
 def bootstrap_ci(

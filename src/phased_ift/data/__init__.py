@@ -20,7 +20,7 @@ Run `phased-ift data check PATH [--format F]` to validate a file, `phased-ift da
 jsonl files of the run dir are read and written by `phased_ift.runio`.
 """
 
-from phased_ift.data.example import Example, normalize_text, read_examples, write_examples
+from phased_ift.data.example import Example, normalize_text, read_examples, unique_id, write_examples
 from phased_ift.data.formats import FORMAT_NAMES, FORMATS, ReadResult, read_file, read_records
 from phased_ift.data.sources import (DATA_HOME_ENV, SOURCES, TEST_SETS, CheckReport, SourceInfo, SourceStatus,
                                      TestSetInfo, check_file, combine_results, data_home, find_reference,
@@ -31,5 +31,5 @@ __all__ = [
     "CheckReport", "DATA_HOME_ENV", "Example", "FORMATS", "FORMAT_NAMES", "ReadResult", "SOURCES", "SourceInfo",
     "SourceStatus", "TEST_SETS", "TestSetInfo", "check_file", "combine_results", "data_home", "find_reference",
     "load_reference_answers", "load_source", "load_test_set", "normalize_text", "read_examples", "read_file",
-    "source_path", "source_provenance", "source_status", "write_examples",
+    "source_path", "source_provenance", "source_status", "unique_id", "write_examples",
 ]

@@ -17,6 +17,15 @@ from typing import Any, Iterable
 from phased_ift.runio import read_jsonl, write_jsonl
 
 
+def unique_id(example_id: str, taken: set[str], prefix: str) -> str:
+    """`example_id`, or "<prefix>:<id>" when it is taken (then "<prefix>:<id>#2", "#3", ...); added to `taken`."""
+    rid, n = example_id if example_id not in taken else f"{prefix}:{example_id}", 2
+    while rid in taken:
+        rid, n = f"{prefix}:{example_id}#{n}", n + 1
+    taken.add(rid)
+    return rid
+
+
 @dataclass
 class Example:
     """One instruction example.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
-from phased_ift.data.example import Example, normalize_text
+from phased_ift.data.example import Example, normalize_text, unique_id
 from phased_ift.data.formats import ReadResult, _register, message_key, read_file
 from phased_ift.data.loading import _looks_like_hub_id, _reject_row
 from phased_ift.errors import PhasedIFTError
@@ -311,11 +311,7 @@ def combine_results(results: list[ReadResult], dedupe: bool = True) -> tuple[lis
                 rejects.append(_reject_row(result.source, None, e.to_dict(), f"duplicate example: same messages as "
                                            f"id {first_id!r} from source {first_source!r}"))
                 continue
-            rid = e.id if e.id not in seen_ids else f"{result.source}:{e.id}"
-            n = 2
-            while rid in seen_ids:
-                rid, n = f"{result.source}:{e.id}#{n}", n + 1
-            seen_ids.add(rid)
+            rid = unique_id(e.id, seen_ids, result.source)
             seen_messages.setdefault(key, (rid, result.source))
             examples.append(Example(rid, e.messages, e.meta) if rid != e.id else e)
     return examples, rejects

@@ -62,7 +62,7 @@ def _write_plots(s: dict, out: Path, confidence: float) -> dict[str, str]:
     """The PNGs the summary has data for -> {"difficulty" | "training" | "trend": file name in `out`}."""
     plots: dict[str, str] = {}
     if s["difficulty"] and s["difficulty"]["histogram"]:
-        _save_plot(plot_difficulty, out / "difficulty.png", s["difficulty"], s["phases"])
+        _save_plot(plot_difficulty, out / "difficulty.png", s["difficulty"])
         plots["difficulty"] = "difficulty.png"
     if s["training"]:
         _save_plot(plot_training, out / "training_loss.png", s["training"])

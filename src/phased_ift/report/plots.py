@@ -24,7 +24,7 @@ def _figure(nplots: int = 1, width: float = 7.0, height: float = 4.0):
     return fig, axes[:nplots]
 
 
-def plot_difficulty(d: dict, phases: dict | None, path: Path) -> Path:
+def plot_difficulty(d: dict, path: Path) -> Path:
     """Histogram of difficulty scores with the phase boundaries as dashed vertical lines."""
     fig, (ax,) = _figure()
     ax.stairs(d["histogram"]["counts"], d["histogram"]["edges"], fill=True, color="#4c72b0")

@@ -72,7 +72,7 @@ class _Template:
             {"role": "user", "content": user}]
 
 
-def parse_score(text: str | None) -> float | None:
+def parse_difficulty_reply(text: str | None) -> float | None:
     """The 1-5 score in a judge reply, or None when there is none or it is ambiguous.
 
     "4", " 4.", "Score: 4", "4/5", "I'd rate it 4 out of 5" -> 4.0; "3.5" -> 3.5; "" / "hard" / "7" /
@@ -113,8 +113,8 @@ def expected_score(logprobs: list | None) -> float | None:
     return None
 
 
-def build_requests(examples: list[Example], endpoint: EndpointConfig, template: str = "difficulty",
-                   samples: int = 1, use_logprobs: bool = True) -> list[dict]:
+def build_requests(examples: list[Example], template: str = "difficulty", samples: int = 1,
+                   use_logprobs: bool = True) -> list[dict]:
     """The chat requests for `examples`: `samples` per example, example-major (ex0 s0, ex0 s1, ..., ex1 s0, ...).
 
     With samples > 1 each sample carries `seed` = its index, so the samples are distinct cached requests.
@@ -143,7 +143,7 @@ def estimate_judge(examples: list[Example], endpoint: EndpointConfig, cache_path
         `LLMClient.estimate`: `{"requests", "cached", "to_send", "prompt_tokens", "completion_tokens"}`
         (tokens estimated at ~4 characters per token; completion tokens are the max_tokens upper bound).
     """
-    reqs = build_requests(examples, endpoint, template, samples, use_logprobs)
+    reqs = build_requests(examples, template, samples, use_logprobs)
     client = LLMClient(endpoint, cache_path, console=Console(quiet=True))
     try:
         return client.estimate(reqs)
@@ -153,7 +153,7 @@ def estimate_judge(examples: list[Example], endpoint: EndpointConfig, cache_path
 
 def _row(ex: Example, results: list[LLMResult], use_logprobs: bool) -> dict:
     raw = [r.text for r in results]
-    parsed = [parse_score(r.text) if r.ok else None for r in results]
+    parsed = [parse_difficulty_reply(r.text) if r.ok else None for r in results]
     failed_requests = [r.error for r in results if not r.ok]
     expected = [expected_score(r.logprobs) if (use_logprobs and p is not None) else None
                 for r, p in zip(results, parsed)]
@@ -231,7 +231,7 @@ def iter_judge_rows(examples: list[Example], endpoint: EndpointConfig, cache_pat
     if samples > 1 and endpoint.temperature == 0:
         console.print(f"[yellow]warning: scoring.samples={samples} with temperature 0: the samples will be "
                       "(nearly) identical; set scoring.judge.temperature (e.g. 0.7) for a meaningful mean.")
-    reqs = build_requests(examples, endpoint, template, samples, use_logprobs)  # example-major: samples per example
+    reqs = build_requests(examples, template, samples, use_logprobs)  # example-major: samples per example
     client = LLMClient(endpoint, cache_path, console=console)
     stream = client.iter_chat(reqs, desc="difficulty judge", report=progress)
     bad = 0

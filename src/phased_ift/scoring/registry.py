@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 from phased_ift.config import Config
 from phased_ift.data import Example
 from phased_ift import shutdown
-from phased_ift.runio import AppendLog, read_jsonl, write_jsonl
+from phased_ift.runio import AppendLog, read_scores, write_jsonl  # noqa: F401 (read_scores: the API)
 from phased_ift.errors import PhasedIFTError
 from phased_ift.progress import LoggedProgress
 
@@ -93,14 +93,6 @@ class ScoreSummary:
     @property
     def examples_per_s(self) -> float:
         return self.scored / self.seconds if self.seconds > 0 else float("nan")
-
-
-def read_scores(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Rows of a scores file by id (a torn last line from kill -9 is skipped); {} when the file is missing."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    return {str(r["id"]): r for r in read_jsonl(path, tolerate_torn_tail=True)}
 
 
 def score_examples(examples: Sequence[Example], cfg: Config, out_path: str | Path, *, scorer: str | None = None,

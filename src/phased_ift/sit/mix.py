@@ -22,16 +22,16 @@ and the shortfall is said.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import replace
 from typing import Any, Sequence
 
 from phased_ift.config import SitConfig
-from phased_ift.data import Example, read_examples, read_file
+from phased_ift.data import Example, read_examples, read_file, unique_id
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 from phased_ift.sit.compose import compose
+from phased_ift.stats import round_half_up
 
 SOURCES = ("none", "offline", "generated")  # or a file path
 
@@ -43,7 +43,7 @@ def is_sequential(e: Example) -> bool:
 
 def mix_size(n_original: int, ratio: float) -> int:
     """S, the sequential examples in a mix of n originals: round(ratio x n), halves up."""
-    return int(math.floor(ratio * n_original + 0.5))
+    return round_half_up(ratio * n_original)
 
 
 def sequential_pool(sit: SitConfig, originals: Sequence[Example], run: RunDir
@@ -71,10 +71,7 @@ def _unique_ids(pool: list[Example], taken: set[str]) -> list[Example]:
     """Pool examples with ids that clash with the originals' (or each other's) prefixed "sit:" (then "#2", ...)."""
     out = []
     for e in pool:
-        rid, n = e.id if e.id not in taken else f"sit:{e.id}", 2
-        while rid in taken:
-            rid, n = f"sit:{e.id}#{n}", n + 1
-        taken.add(rid)
+        rid = unique_id(e.id, taken, "sit")
         out.append(e if rid == e.id else replace(e, id=rid))
     return out
 
