@@ -11,6 +11,13 @@ win rate: it rewards GPT-4's style and length as much as its content.
 Per-example values are kept, so the report can bootstrap a confidence interval. Output:
 `evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json` (format in docs/architecture.md).
 
+Under a launch of several processes (torchrun / `accelerate launch`) every rank runs the evaluate step: each
+checkpoint's prompts are spread over the ranks (`sharding.shard`: rank r takes the prompts i with i % W == r), each
+rank writes its loss sums to `reference_loss.shards/rank<r>-of-<W>.json` beside the output (atomically, once: a
+killed launch keeps the finished ranks' files, checked against the checkpoint's weights fingerprint and the
+prompt ids), and the main process merges them in prompt order into the file one process writes
+(`_spread_reference_loss`).
+
 Owns: matching prompts to reference answers (`attach_references`), the reference loss of one checkpoint
 (`reference_loss`, all checkpoints: `reference_loss_all`) and the evaluate step's body (`evaluate_all`: every
 metric of the `METRICS` registry over every checkpoint of `design.evaluation_cells`; IFEval's scoring is
@@ -29,9 +36,10 @@ from phased_ift.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
 from phased_ift.generate import checkpoint_dir, load_for_inference, testset_key
 from phased_ift.ifeval import ifeval_all
-from phased_ift.modeling import inference_dtype, render, sequence_losses, tokenize_example
+from phased_ift.modeling import inference_dtype, render, sequence_losses, tokenize_example, weights_fingerprint
 from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_json
+from phased_ift.sharding import Launch, ShardFiles, await_ranks, current_launch, shard, unshard
 
 
 def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Example], template: str,
@@ -65,6 +73,14 @@ def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Exam
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     # Similar lengths per batch (less padding); the results come back in input order.
     sums, counts = sequence_losses(model, feats, pad_id, batch_size)
+    return summarize_reference(sums, counts, truncated, [str(e.id) for e in examples_with_reference])
+
+
+def summarize_reference(sums: Sequence[float], counts: Sequence[int], truncated: int, ids: Sequence[str]) -> dict:
+    """The `reference_loss` dict from per-example loss sums (nats) and answer-token counts, in prompt order."""
+    if not ids:
+        return {"mean_loss": None, "token_mean_loss": None, "n": 0, "per_example": [], "answer_tokens": [],
+                "truncated": 0, "ids": []}
     # Every example keeps answer tokens (tokenize_example gives the prompt at most half the budget).
     per = [s / max(c, 1) for s, c in zip(sums, counts)]
     return {
@@ -72,9 +88,9 @@ def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Exam
         "token_mean_loss": sum(sums) / max(sum(counts), 1),
         "n": len(per),
         "per_example": per,
-        "answer_tokens": counts,
+        "answer_tokens": list(counts),
         "truncated": truncated,
-        "ids": [str(e.id) for e in examples_with_reference],
+        "ids": list(ids),
     }
 
 
@@ -146,21 +162,102 @@ def reference_loss_all(cfg: Config, run: RunDir, console: Any = None) -> None:
         console.print("evaluate: evaluation.reference_loss is false; skipped", highlight=False)
         return
     sets, matched = _reference_prompts(cfg, console)
+    launch = current_launch()
     for c in evaluation_cells(cfg, run):
         out = run.evaluation(c.arm, c.phase, c.seed)
         if out.is_file():
             continue
         shutdown.check(f"before the reference loss of {c.arm} seed {c.seed} phase {c.phase}")
         ckpt = checkpoint_dir(run, c.arm, c.phase, c.seed)
-        loaded = load_for_inference(ckpt, dtype=inference_dtype(cfg.model.dtype, cfg.model.autocast))
         result = {"arm": c.arm, "phase": c.phase, "seed": c.seed, "reference": ev.reference, "testsets": {}}
+        if launch.spread:
+            spread = _spread_reference_loss(cfg, ckpt, out, matched, launch)
+            if spread is None:
+                continue  # a rank > 0: the main process has written `out`
+        else:
+            loaded = load_for_inference(ckpt, dtype=inference_dtype(cfg.model.dtype, cfg.model.autocast))
         for name, ex in matched.items():
-            r = reference_loss(ckpt, ex, cfg.model.template, ev.batch_size, ev.max_length, loaded=loaded)
+            r = spread[name] if launch.spread else reference_loss(ckpt, ex, cfg.model.template, ev.batch_size,
+                                                                   ev.max_length, loaded=loaded)
             result["testsets"][name] = {**r, "n_prompts": len(sets[name])}
         atomic_write_json(out, result, indent=1)
+        if launch.spread:
+            ShardFiles(out, launch.world).clear(merged=True)
         means = ", ".join(f"{n} {t['mean_loss']:.3f}" for n, t in result["testsets"].items() if t["n"])
         console.print(f"evaluate: {c.arm} seed {c.seed} phase {c.phase}: reference loss {means} -> {out}",
                       highlight=False)
+
+
+def _spread_reference_loss(cfg: Config, ckpt: Path, out: Path, matched: dict[str, list[Example]],
+                           launch: Launch) -> dict[str, dict] | None:
+    """One rank's part of a checkpoint's reference loss under a launch of several processes (module docstring);
+    `launch` is this process's `sharding.Launch`, `matched` the prompts with their reference answers per test set.
+
+    Rank r computes (or finds from a killed launch) its part, `reference_loss.shards/rank<r>-of-<W>.json`:
+    {"checkpoint": weights fingerprint, "testsets": {name: {"ids", "sums" (nats), "counts" (answer tokens),
+    "truncated" (int)}}}. Ranks > 0 then wait until the main process has written `out` and return None; the main
+    process waits for every part (`sharding.await_ranks`) and returns {test set: `reference_loss`'s dict}.
+
+    Raises:
+        sharding.ShardStalled: a rank's part did not appear within $PHASED_IFT_SHARD_TIMEOUT_S of the last one.
+    """
+    files, world = ShardFiles(out, launch.world), launch.world
+    expect = [{name: [str(e.id) for e in shard(ex, Launch(r, world))] for name, ex in matched.items()}
+              for r in range(world)]
+    fingerprint = _fingerprint(ckpt)
+    if _read_part(files.result(launch.rank), expect[launch.rank], fingerprint) is None:
+        mine = {name: shard(ex, launch) for name, ex in matched.items()}
+        part = {"checkpoint": fingerprint, "testsets": _reference_parts(cfg, ckpt, mine)}
+        if not out.is_file():  # else the main process merged a killed launch's parts meanwhile: nothing to add
+            atomic_write_json(files.result(launch.rank), part)
+    if not launch.main:
+        await_ranks(lambda: [] if out.is_file() else [0], lambda r: [files.result(q) for q in range(world)] + [out],
+                    f"{out} (the main process merges)", world)
+        return None
+    await_ranks(lambda: [r for r in range(world) if _read_part(files.result(r), expect[r], fingerprint) is None],
+                lambda r: [files.result(r)], str(out), world)
+    parts = [_read_part(files.result(r), expect[r], fingerprint) or {} for r in range(world)]
+    return {name: summarize_reference(unshard([p[name]["sums"] for p in parts]),
+                                      unshard([p[name]["counts"] for p in parts]),
+                                      sum(p[name]["truncated"] for p in parts),
+                                      unshard([p[name]["ids"] for p in parts]))
+            for name in matched}
+
+
+def _reference_parts(cfg: Config, ckpt: Path, examples: dict[str, list[Example]]) -> dict[str, dict]:
+    """{test set: {"ids", "sums", "counts", "truncated"}} of these examples under the checkpoint (loaded only when
+    some test set has examples)."""
+    ev = cfg.evaluation
+    loaded = None
+    parts = {}
+    for name, ex in examples.items():
+        sums, counts, truncated = [], [], 0
+        if ex:
+            loaded = loaded or load_for_inference(ckpt, dtype=inference_dtype(cfg.model.dtype, cfg.model.autocast))
+            model, tok = loaded
+            feats, truncated = _tokenize_references(tok, ex, cfg.model.template, ev.max_length)
+            pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            sums, counts = sequence_losses(model, feats, pad_id, ev.batch_size)
+        parts[name] = {"ids": [str(e.id) for e in ex], "sums": sums, "counts": counts, "truncated": truncated}
+    return parts
+
+
+def _fingerprint(ckpt: Path) -> str | None:
+    return weights_fingerprint(str(ckpt))
+
+
+def _read_part(path: Path, ids: dict[str, list[str]], fingerprint: str | None) -> dict[str, dict] | None:
+    """A rank's part when it is there and is of this checkpoint and these prompts, else None."""
+    import json
+
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    parts = d.get("testsets") if isinstance(d, dict) and d.get("checkpoint") == fingerprint else None
+    if not isinstance(parts, dict) or any(parts.get(n, {}).get("ids") != want for n, want in ids.items()):
+        return None
+    return parts
 
 
 # The judge-free metrics of the evaluate step, in the order they run: name -> body(cfg, run, console).

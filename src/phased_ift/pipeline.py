@@ -12,11 +12,13 @@ scores/<scorer>.jsonl is missing), each once, in STEPS order (`run_command`).
 Each step reads its inputs from the run dir, skips work whose outputs already exist, and writes its outputs
 atomically, so `phased-ift run CONFIG` after kill -9 or Ctrl-C resumes where it stopped. The steps up to and
 including split run inside `modeling.main_process_first()`: under `accelerate launch` the main process prepares
-data, scores and phases and the other processes then find them done.
+data and phases and the other processes then find them done. The score step is the exception (`Step.spread`):
+every rank runs it at once, and the model scorers share the examples out (`scoring.score_examples`).
 """
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -64,6 +66,8 @@ class Step:
             step's inputs require (they are asked in turn: `steps_for`).
         main_process_first: this step and the steps before it in one invocation run inside
             `modeling.main_process_first()` (the split: the run dir is prepared by the main process first).
+        spread: the step spreads its own work over the ranks of a launch, every rank running it at once (the
+            score step: `scoring.score_examples`), so it never runs inside `modeling.main_process_first()`.
     """
 
     name: str
@@ -71,6 +75,7 @@ class Step:
     plan: StepPlan
     needs: StepNeeds = lambda cfg, run, dry_run: ()
     main_process_first: bool = False
+    spread: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -130,10 +135,11 @@ def _score(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | N
         dry_run_score(examples, cfg, cache_dir, console=console)
         return
     s = score_examples(examples, cfg, run.scores(cfg.scoring.scorer), cache_dir=cache_dir, console=console)
-    if console is not None:
+    if console is not None and s.rank == 0:  # under a launch the main process reports every rank's rows
         extra = "".join(f", {k} {v:.3f}" if isinstance(v, float) else f", {k} {v}" for k, v in s.stats.items()
                         if k in ("padding_fraction", "cv_auc", "cv_spearman", "n_labelled"))
-        console.print(f"score {s.scorer}: {s.total} examples, {s.reused} already scored, {s.scored} scored "
+        procs = f" on {s.world} processes" if s.world > 1 else ""
+        console.print(f"score {s.scorer}: {s.total} examples, {s.reused} already scored, {s.scored} scored{procs} "
                       f"({s.examples_per_s:.1f} ex/s), {s.failed} failed{extra} -> {s.path}", highlight=False)
 
 
@@ -232,7 +238,7 @@ STEPS: list[Step] = [
     Step("data", _data, lambda cfg, p: (", ".join(d.name or d.path for d in cfg.data.train),
                                         f"{p['examples']:,} examples", "data/train.jsonl"),
          needs=lambda cfg, run, dry_run: ["sit"] if cfg.sit.source == "generated" else []),
-    Step("score", _score, _score_row, needs=lambda cfg, run, dry_run: ["data"]),
+    Step("score", _score, _score_row, needs=lambda cfg, run, dry_run: ["data"], spread=True),
     Step("split", _split, lambda cfg, p: (f"{cfg.phases.k} phases by {cfg.phases.method}", "", "phases/"),
          needs=_split_needs, main_process_first=True),
     Step("train", _train, _train_row, needs=_train_needs),
@@ -281,7 +287,8 @@ def steps_for(name: str, cfg: Config, dry_run: bool = False) -> list[Step]:
 def run_steps(cfg: Config, steps: Sequence[Step], dry_run_step: str | None = None,
               console: Console | None = None) -> dict[str, Any]:
     """Run `steps` once each, in the given order; the step named `dry_run_step` gets dry_run=True. The steps up to
-    and including the last one with `main_process_first` run inside `modeling.main_process_first()`.
+    and including the last one with `main_process_first` run inside `modeling.main_process_first()`, except a
+    `spread` step among them, which every rank runs at once (the steps before and after it form their own blocks).
 
     Returns:
         {step name: the body's result}.
@@ -297,9 +304,12 @@ def run_steps(cfg: Config, steps: Sequence[Step], dry_run_step: str | None = Non
             results[step.name] = step.run(cfg, run, step.name == dry_run_step, console)
             modeling.release_memory()  # the next step's peak does not stack on this one's freed heap
 
-    if first:
-        with modeling.main_process_first():
-            _run(steps[:first])
+    for spread, group in itertools.groupby(steps[:first], key=lambda s: s.spread):
+        if spread:
+            _run(list(group))
+        else:
+            with modeling.main_process_first():
+                _run(list(group))
     _run(steps[first:])
     return results
 

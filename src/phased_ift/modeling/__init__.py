@@ -31,8 +31,8 @@ from phased_ift.modeling.hub import (NAMED_MODELS, NamedModel, cache_home, conve
                                      register_model, resolve_model_path, weights_fingerprint)
 from phased_ift.modeling.loading import (add_lora, base_model_of, frozen_base_to_bf16, inference_device, is_adapter,
                                          linear_weights_to_bf16, load_checkpoint, load_checkpoint_tokenizer,
-                                         load_model, load_scoring_model, load_sentence_encoder, load_tokenizer,
-                                         main_process_first, qlora_quantization, release_memory,
+                                         launch_token, load_model, load_scoring_model, load_sentence_encoder,
+                                         load_tokenizer, main_process_first, qlora_quantization, release_memory,
                                          require_qlora)
 from phased_ift.modeling.passes import (encode_sentences, generate_greedy, response_losses, sequence_losses,
                                         token_losses)
@@ -46,7 +46,7 @@ __all__ = [
     "LLAMA_CPP_VERSION", "export_gguf", "llama_cpp_converter",
     "NAMED_MODELS", "NamedModel", "cache_home", "convert_gguf", "converted_dir", "gguf_path", "register_model",
     "resolve_model_path", "weights_fingerprint", "add_lora", "base_model_of", "frozen_base_to_bf16",
-    "inference_device", "is_adapter",
+    "inference_device", "is_adapter", "launch_token",
     "linear_weights_to_bf16", "load_checkpoint", "load_checkpoint_tokenizer", "load_model", "load_scoring_model",
     "load_sentence_encoder", "load_tokenizer", "main_process_first", "qlora_quantization", "release_memory",
     "require_qlora", "encode_sentences", "generate_greedy",

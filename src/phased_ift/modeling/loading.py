@@ -85,6 +85,26 @@ def main_process_first():
     return PartialState(cpu=not torch.cuda.is_available()).main_process_first()
 
 
+def launch_token() -> str | None:
+    """A random token (16 hex digits) drawn by the main process of a multi-process launch and sent to every rank:
+    one `torch.distributed.broadcast_object_list` over the process group accelerate's `PartialState` sets up (gloo
+    without CUDA, NCCL with it). `sharding` writes it into its markers, so this launch's markers are told apart from
+    those a killed launch left. Every rank must call it at the same point (a collective); None in one process."""
+    import secrets
+
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes <= 1:
+        return None
+    import torch.distributed as dist
+
+    box = [secrets.token_hex(8) if state.is_main_process else None]
+    dist.broadcast_object_list(box, src=0, device=state.device)
+    return str(box[0])
+
+
 def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = "sdpa",
                trust_remote_code: bool = False, **kwargs: Any):
     """Load a causal LM (named offline model, local dir or hub id) on CPU in the given weight dtype (callers that

@@ -33,20 +33,20 @@ from phased_ift.scoring.learned import score_learned
 from phased_ift.scoring.losses import SORT_CHUNK_BATCHES, LossCache, score_ifd, score_loss
 from phased_ift.scoring.meta import parse_score, score_meta
 from phased_ift.scoring.registry import (
-    DRY_RUNS, SCORERS, Scorer, ScoreContext, ScoreSummary, dry_run_score, read_scores, register_scorer,
+    DRY_RUNS, SCORERS, SPREAD, Scorer, ScoreContext, ScoreSummary, dry_run_score, read_scores, register_scorer,
     score_examples, score_row,
 )
 
 # ---- the registry: one entry per scorer (a duplicate name raises ValueError)
-register_scorer("ifd")(score_ifd)
-register_scorer("loss")(score_loss)
+register_scorer("ifd", spread=True)(score_ifd)  # spread: shared over the ranks of a launch
+register_scorer("loss", spread=True)(score_loss)
 register_scorer("length")(score_length)
 register_scorer("meta")(score_meta)
 register_scorer("judge", dry_run=judge.dry_run_judge)(score_judge)
 register_scorer("learned")(score_learned)
 
 __all__ = [
-    "DRY_RUNS", "SCORERS", "SORT_CHUNK_BATCHES", "LossCache", "ScoreContext", "ScoreSummary", "Scorer",
+    "DRY_RUNS", "SCORERS", "SORT_CHUNK_BATCHES", "SPREAD", "LossCache", "ScoreContext", "ScoreSummary", "Scorer",
     "dry_run_score", "features", "judge", "learned", "length_features", "length_score", "load_scoring_model",
     "losses", "meta", "parse_score", "read_scores", "register_scorer", "response_losses", "score_examples",
     "score_ifd", "score_judge", "score_learned", "score_length", "score_loss", "score_meta", "score_row",

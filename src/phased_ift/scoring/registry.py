@@ -8,6 +8,13 @@ scorers themselves are registered in one visible block in `phased_ift/scoring/__
 `score_examples` appends each row as it arrives (a kill -9 loses at most the batch in flight), skips ids already
 scored on a re-run, retries failed rows, and finally rewrites the file atomically in the examples' order. After
 SIGTERM / SIGINT it stops after the row in flight (`shutdown.check`), before that final rewrite.
+
+Under a launch of several processes (torchrun / `accelerate launch`, `sharding.current_launch`) every rank calls
+`score_examples` at once. A scorer registered with `spread=True` (the model passes: ifd, loss) then scores rank r's
+share of the examples on rank r (`sharding.shard`: i % W == r) into scores/<scorer>.shards/rank<r>-of-<W>.jsonl,
+marks it done, and the main process merges every shard into scores/<scorer>.jsonl, the file one process writes;
+any other scorer runs on the main process while the other ranks wait. Rows a killed launch left in the shard
+files are reused by the next run, of any number of processes (docs/scoring.md, "Scoring on several processes").
 """
 
 from __future__ import annotations
@@ -19,10 +26,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 from phased_ift.config import Config
 from phased_ift.data import Example
-from phased_ift import shutdown
+from phased_ift import modeling, shutdown
 from phased_ift.runio import AppendLog, read_scores, write_jsonl  # noqa: F401 (read_scores: the API)
 from phased_ift.errors import PhasedIFTError
 from phased_ift.progress import LoggedProgress
+from phased_ift.sharding import Launch, ShardFiles, await_ranks, current_launch, shard
 
 
 @dataclass
@@ -52,10 +60,13 @@ DryRun = Callable[[Sequence[Example], Config, Path, Any], None]
 SCORERS: dict[str, Scorer] = {}
 # Scorers with something to estimate before they run (only the judge costs money: requests and tokens).
 DRY_RUNS: dict[str, DryRun] = {}
+# Scorers whose examples are spread over the ranks of a launch (each row depends on its own example only).
+SPREAD: set[str] = set()
 
 
-def register_scorer(name: str, *, dry_run: DryRun | None = None) -> Callable[[Scorer], Scorer]:
-    """Decorator adding a scorer to SCORERS (and its dry run to DRY_RUNS); returns the scorer unchanged.
+def register_scorer(name: str, *, dry_run: DryRun | None = None, spread: bool = False) -> Callable[[Scorer], Scorer]:
+    """Decorator adding a scorer to SCORERS (and its dry run to DRY_RUNS; with `spread`, its name to SPREAD: under
+    a multi-process launch each rank scores its share of the examples); returns the scorer unchanged.
 
     Raises:
         ValueError: a duplicate name (registries refuse them).
@@ -67,6 +78,8 @@ def register_scorer(name: str, *, dry_run: DryRun | None = None) -> Callable[[Sc
         SCORERS[name] = fn
         if dry_run is not None:
             DRY_RUNS[name] = dry_run
+        if spread:
+            SPREAD.add(name)
         return fn
 
     return add
@@ -79,7 +92,11 @@ def score_row(ex_id: str, score: float | None, error: str | None = None, **extra
 
 @dataclass
 class ScoreSummary:
-    """Counts of one `score_examples` call (seconds: wall time of the scorer itself)."""
+    """Counts of one `score_examples` call (seconds: wall time of the scorer itself).
+
+    Under a launch of several processes (`world` > 1) the main process's summary counts every rank's rows (seconds:
+    its wall time up to the merge; stats: numbers summed over the ranks), another rank's its own share only.
+    """
 
     scorer: str
     path: Path
@@ -89,6 +106,8 @@ class ScoreSummary:
     failed: int
     seconds: float
     stats: dict[str, Any]
+    rank: int = 0
+    world: int = 1
 
     @property
     def examples_per_s(self) -> float:
@@ -99,15 +118,17 @@ def score_examples(examples: Sequence[Example], cfg: Config, out_path: str | Pat
                    cache_dir: str | Path | None = None, console=None) -> ScoreSummary:
     """Score examples into a scores jsonl, resuming from what the file already holds.
 
-    Rows already in `out_path` with a score are kept; failed rows (score null) and missing ids are (re)scored.
-    Each new row is appended as it arrives; at the end the file is rewritten atomically in the examples' order
-    with exactly one row per example.
+    Rows already in `out_path` (or in the shard files a killed multi-process launch left beside it) with a score
+    are kept; failed rows (score null) and missing ids are (re)scored. Each new row is appended as it arrives; at
+    the end the file is rewritten atomically in the examples' order with exactly one row per example. Under a
+    launch of several processes every rank must call this at once (see the module docstring).
 
     Args:
         scorer: registry name; default cfg.scoring.scorer.
         cache_dir: caches of the scorer (LLM requests, losses, embeddings); default <out_path>/../../cache.
     Raises:
-        PhasedIFTError: unknown scorer, duplicate example ids, or a scorer's own user errors.
+        PhasedIFTError: unknown scorer, duplicate example ids, or a scorer's own user errors;
+            `sharding.ShardStalled` when a rank of a launch stops making progress.
         RuntimeError: the scorer returned an unexpected, repeated or missing id (a bug in the scorer).
     """
     name = scorer or cfg.scoring.scorer
@@ -118,26 +139,144 @@ def score_examples(examples: Sequence[Example], cfg: Config, out_path: str | Pat
         dup = next(i for i in ids if ids.count(i) > 1)
         raise PhasedIFTError(f"example id {dup!r} occurs more than once; ids must be unique to be scored.")
     out_path = Path(out_path)
-    cache = Path(cache_dir) if cache_dir is not None else out_path.parent.parent / "cache"
+    ctx = ScoreContext(cfg=cfg, cache_dir=Path(cache_dir) if cache_dir is not None else
+                       out_path.parent.parent / "cache", console=console)
+    launch = current_launch()
+    if launch.spread:
+        return _score_launch(name, examples, ctx, out_path, launch)
+    return _score_alone(name, examples, ctx, out_path)
+
+
+def _score_alone(name: str, examples: Sequence[Example], ctx: ScoreContext, out_path: Path) -> ScoreSummary:
+    """`score_examples` in one process (or on the main process of a launch, for a scorer not in SPREAD)."""
+    ids = [e.id for e in examples]
     wanted = set(ids)
-    done = {i: r for i, r in read_scores(out_path).items() if i in wanted and r.get("score") is not None}
+    shards = ShardFiles(out_path, 1)
+    done = _reusable(out_path, shards, wanted)
     # Rewrite what is kept first: drops a torn tail, so the appends below start on a fresh line.
     write_jsonl(out_path, (done[i] for i in ids if i in done))
     todo = [e for e in examples if e.id not in done]
-    ctx = ScoreContext(cfg=cfg, cache_dir=cache, console=console)
     t0 = time.perf_counter()
     new = _append_rows(name, todo, ctx, out_path, wanted, done) if todo else {}
     seconds = time.perf_counter() - t0
+    _check_rows(name, todo, new)
+    rows = {**done, **new}
+    write_jsonl(out_path, (rows[i] for i in ids))
+    shards.clear(merged=True)  # a killed launch's rows are all in out_path now
+    return ScoreSummary(scorer=name, path=out_path, total=len(ids), reused=len(done), scored=len(new),
+                        failed=_failed(new.values()), seconds=seconds, stats=_with_padding(ctx.stats))
+
+
+def _score_launch(name: str, examples: Sequence[Example], ctx: ScoreContext, out_path: Path,
+                  launch: Launch) -> ScoreSummary:
+    """`score_examples` on one rank of a launch of several processes: its shard of a SPREAD scorer, the merge on
+    the main process; a scorer not in SPREAD on the main process alone while the others wait for its marker."""
+    token = modeling.launch_token()  # a collective: every rank is here now
+    shards = ShardFiles(out_path, launch.world)
+    if name not in SPREAD:
+        if launch.main:
+            summary = _score_alone(name, examples, ctx, out_path)
+            shards.mark(shards.merged, token)
+            return summary
+        _await_merge(shards, token, [out_path])
+        return ScoreSummary(scorer=name, path=out_path, total=len(examples), reused=len(examples), scored=0,
+                            failed=0, seconds=0.0, stats={}, rank=launch.rank, world=launch.world)
+    t0 = time.perf_counter()
+    mine = shard(examples, launch)
+    done = _reusable(out_path, shards, {e.id for e in examples})
+    todo = [e for e in mine if e.id not in done]
+    log = shards.rows(launch.rank)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.touch()  # the main process watches its mtime while it waits (`sharding.await_ranks`)
+    new = _append_rows(name, todo, ctx, log, {e.id for e in mine}, done) if todo else {}
+    _check_rows(name, todo, new)
+    shards.mark(shards.done(launch.rank), token, scored=len(new), failed=_failed(new.values()), stats=ctx.stats)
+    if not launch.main:
+        _await_merge(shards, token, [shards.rows(r) for r in range(launch.world)] + [out_path])
+        return ScoreSummary(scorer=name, path=out_path, total=len(mine), reused=len(mine) - len(todo),
+                            scored=len(new), failed=_failed(new.values()), seconds=time.perf_counter() - t0,
+                            stats=_with_padding(ctx.stats), rank=launch.rank, world=launch.world)
+    markers = _await_shards(shards, token, str(out_path))
+    _merge_shards(name, examples, out_path, shards)
+    shards.mark(shards.merged, token)
+    return ScoreSummary(scorer=name, path=out_path, total=len(examples), reused=len(done),
+                        scored=sum(m["scored"] for m in markers), failed=sum(m["failed"] for m in markers),
+                        seconds=time.perf_counter() - t0, stats=_with_padding(_sum_stats(m["stats"] for m in markers)),
+                        world=launch.world)
+
+
+def _await_shards(shards: ShardFiles, token: str | None, what: str) -> list[dict[str, Any]]:
+    """The main process: wait until every rank's done marker holds this launch's token; returns the markers."""
+    await_ranks(lambda: [r for r in range(shards.world) if shards.marker(shards.done(r), token) is None],
+                lambda r: [shards.rows(r), shards.done(r)], what, shards.world)
+    return [shards.marker(shards.done(r), token) or {} for r in range(shards.world)]
+
+
+def _await_merge(shards: ShardFiles, token: str | None, watch: Sequence[Path]) -> None:
+    """A rank > 0: wait until the main process's merged marker holds this launch's token (progress: `watch`)."""
+    await_ranks(lambda: [] if shards.marker(shards.merged, token) else [0], lambda r: watch,
+                f"{shards.out} (the main process merges)", shards.world)
+
+
+def _merge_shards(name: str, examples: Sequence[Example], out_path: Path, shards: ShardFiles) -> None:
+    """The main process, after every rank's marker: write out_path from out_path's and the shard files' rows (a
+    scored row wins over a failed one; of failed rows the last, this launch's), in the examples' order, then
+    remove the shard files.
+
+    Raises:
+        RuntimeError: an example has no row in any file (a rank skipped it: a bug).
+    """
+    wanted = {e.id for e in examples}
+    rows = {i: r for i, r in read_scores(out_path).items() if i in wanted}
+    for r in shards.all_rows():
+        rid = str(r.get("id"))
+        if rid in wanted and (r.get("score") is not None or rows.get(rid, {}).get("score") is None):
+            rows[rid] = r
+    missing = [e.id for e in examples if e.id not in rows]
+    if missing:
+        raise RuntimeError(f"scorer {name}: {len(missing)} examples have no row in {shards.dir} after every rank "
+                           f"finished (e.g. {missing[0]!r})")
+    write_jsonl(out_path, (rows[e.id] for e in examples))
+    shards.clear()
+
+
+def _reusable(out_path: Path, shards: ShardFiles, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """The scored rows of out_path and of the shard files beside it, by id, for the ids in `wanted`."""
+    done = {i: r for i, r in read_scores(out_path).items() if i in wanted and r.get("score") is not None}
+    for r in shards.all_rows():
+        rid = str(r.get("id"))
+        if rid in wanted and rid not in done and r.get("score") is not None:
+            done[rid] = r
+    return done
+
+
+def _check_rows(name: str, todo: Sequence[Example], new: dict[str, dict]) -> None:
     missing = [e.id for e in todo if e.id not in new]
     if missing:
         raise RuntimeError(f"scorer {name} returned no row for {len(missing)} examples (e.g. {missing[0]!r})")
-    rows = {**done, **new}
-    write_jsonl(out_path, (rows[i] for i in ids))
-    stats = dict(ctx.stats)
+
+
+def _failed(rows) -> int:
+    return sum(1 for r in rows if r.get("score") is None)
+
+
+def _with_padding(stats: dict[str, Any]) -> dict[str, Any]:
+    stats = dict(stats)
     if stats.get("tokens"):
         stats["padding_fraction"] = stats["pad_tokens"] / stats["tokens"]
-    return ScoreSummary(scorer=name, path=out_path, total=len(ids), reused=len(done), scored=len(new),
-                        failed=sum(1 for r in new.values() if r.get("score") is None), seconds=seconds, stats=stats)
+    return stats
+
+
+def _sum_stats(parts) -> dict[str, Any]:
+    """Stats of several ranks: numbers summed, anything else (model name, autocast) from the first rank."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for k, v in (part or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "padding_fraction":
+                out[k] = out.get(k, 0) + v
+            else:
+                out.setdefault(k, v)
+    return out
 
 
 def _append_rows(name: str, todo: list[Example], ctx: ScoreContext, out_path: Path, wanted: set[str],
