@@ -37,6 +37,7 @@ from phased_ift.errors import PhasedIFTError
 from phased_ift.llm_client import LLMClient
 from phased_ift.modeling import (generate_greedy, inference_dtype, is_adapter, load_checkpoint_tokenizer, render,
                                  tokenize_example, weights_fingerprint)
+from phased_ift.phasedir import PhaseDir
 from phased_ift.progress import LoggedProgress
 from phased_ift.rundir import RunDir
 from phased_ift.runio import AppendLog, atomic_write_json, read_jsonl
@@ -439,7 +440,7 @@ def checkpoint_dir(run: RunDir, arm: str, k: int, seed: int) -> Path:
         PhasedIFTError: the phase has not finished training.
     """
     d = run.checkpoint(arm, k, seed)
-    if not (d / "DONE").is_file():
+    if not PhaseDir(d).done:
         raise PhasedIFTError(f"{d} has no DONE marker: arm {arm!r} phase {k} seed {seed} has not finished "
                              "training; run `phased-ift train` (it resumes) before generating.")
     return d
@@ -521,8 +522,3 @@ def generate_all(cfg: Config, run: RunDir, console: Any = None) -> None:
                                  max_batch_tokens=g.max_batch_tokens, backend_options=options)
                 console.print(f"generate: {c.arm} seed {c.seed} phase {c.phase} {turn_key(name, turn)} "
                               f"({len(prompts)} prompts) -> {out}", highlight=False)
-
-
-# Kept importable for pipeline.py and judge.py until they read the grid from `design` (the lead migrates them).
-
-

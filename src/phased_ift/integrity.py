@@ -31,6 +31,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 NOT_WEIGHTS = {"training_args.bin"}  # the Trainer's pickled arguments: saved beside the weights, never loaded
 HASH_MAX_BYTES = 1 << 30  # 1 GiB: hashing it takes about a second; bigger files (full 1B+ models) keep their size
 _CHUNK = 1 << 22
+DONE = "DONE"  # the marker a finished folder writes last (a phase dir, `phasedir.PhaseDir`; the converted-model cache)
 
 
 def weight_files(folder: str | Path) -> list[Path]:
@@ -89,13 +90,19 @@ def record(folder: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def read_done(folder: str | Path) -> Any:
+    """The parsed `folder`/DONE marker (a finished phase's, `phasedir.PhaseDir`, or the converted-model cache's), or
+    None when it is missing or not JSON: the one reader of DONE files."""
+    try:
+        return json.loads((Path(folder) / DONE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def recorded(folder: str | Path) -> dict[str, dict[str, Any]] | None:
     """The "weights" field of `folder`/DONE, or None: no DONE, a DONE that is not a JSON object (the converted-model
     cache's marker is one without the field), or one written before the field existed."""
-    try:
-        done = json.loads((Path(folder) / "DONE").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    done = read_done(folder)
     weights = done.get("weights") if isinstance(done, dict) else None
     return weights if isinstance(weights, dict) else None
 

@@ -21,6 +21,7 @@ from phased_ift.config import Config
 from phased_ift.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
 from phased_ift.modeling import base_model_of, is_adapter, resolve_model_path
+from phased_ift.phasedir import PhaseDir
 from phased_ift.rundir import RunDir
 
 SERVERS = ("vllm", "llama-cpp")
@@ -73,7 +74,7 @@ def served_checkpoints(cfg: Config, run: RunDir) -> list[Served]:
                                  f"both {seen[name]} and {d} {name!r}; put {{arm}}, {{seed}} and {{phase}} in it so "
                                  "each checkpoint has its own served model.")
         seen[name] = d
-        out.append(Served(c.arm, c.seed, c.phase, d, name, (d / "DONE").is_file(), is_adapter(d)))
+        out.append(Served(c.arm, c.seed, c.phase, d, name, PhaseDir(d).done, is_adapter(d)))
     return out
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from phased_ift import integrity
 from phased_ift.errors import PhasedIFTError
+from phased_ift.phasedir import PhaseDir
 
 from phased_ift.modeling.hub import NAMED_MODELS, resolve_model_path
 from phased_ift.modeling.precision import resolve_autocast
@@ -142,11 +143,9 @@ def base_model_of(adapter_dir: Path) -> str:
         PhasedIFTError: neither names a base model.
     """
     adapter_dir = Path(adapter_dir)
-    hp = adapter_dir / "hparams.json"
-    if hp.is_file():
-        base = json.loads(hp.read_text(encoding="utf-8")).get("base_model")
-        if base:
-            return str(base)
+    base = PhaseDir(adapter_dir).hparams().get("base_model")
+    if base:
+        return str(base)
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     base = cfg.get("base_model_name_or_path")
     if not base:

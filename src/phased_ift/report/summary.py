@@ -29,6 +29,7 @@ from phased_ift.ifeval import compare_ifeval, instruction_count_view
 from phased_ift.winrate import VERDICTS, aggregate
 from phased_ift.lengthcontrol import length_controlled_win_rate
 from phased_ift.mtbench import mt_bench_table, read_grades
+from phased_ift.phasedir import PhaseDir, step_offsets
 from phased_ift.phases import read_manifest
 from phased_ift.report.answer import summarize_effects
 from phased_ift.report.verdicts import verdict_lines
@@ -117,18 +118,21 @@ def _summarize_difficulty(run: RunDir, cfg: Config, manifest: dict | None) -> di
 def _summarize_training(run: RunDir) -> dict:
     """{arm: {seed: [{"phase", "steps", "first_loss", "last_loss", "mean_loss", "offset", "points": [[x, loss]]}]}}.
 
-    x is the cumulative step across phases: phase k's steps are shifted by the last step of phases 1..k-1.
+    x is the cumulative optimizer step across phases: phase k's steps are shifted by its step offset
+    (`phasedir.step_offsets`: the DONE global_steps of phases 1..k-1, as the tracking runs of `train.loop`); "steps"
+    is the phase's `PhaseDir.global_step` (its last logged step when it has no DONE).
     """
     out: dict = {}
     for cell in run.checkpoint_cells():
-        arm, seed, phase, f = cell.arm, cell.seed, cell.phase, cell.path / "losses.jsonl"
-        if not f.is_file():
+        arm, seed, phase, ph = cell.arm, cell.seed, cell.phase, PhaseDir(cell.path)
+        if not ph.losses_file.is_file():
             continue
-        pts = [(int(r["step"]), float(r["loss"])) for r in _rows(f) if r.get("loss") is not None and "step" in r]
+        pts = [(int(r["step"]), float(r["loss"])) for r in ph.losses() if r.get("loss") is not None and "step" in r]
         phases = out.setdefault(arm, {}).setdefault(str(seed), [])
-        offset = phases[-1]["offset"] + phases[-1]["steps"] if phases else 0
+        offset = step_offsets([run.checkpoint(arm, k, seed) for k in range(1, phase + 1)])[-1]
         losses = [l for _, l in pts]
-        phases.append({"phase": phase, "steps": max((s for s, _ in pts), default=0), "offset": offset,
+        steps = ph.global_step or max((s for s, _ in pts), default=0)
+        phases.append({"phase": phase, "steps": steps, "offset": offset,
                        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                        "mean_loss": float(np.mean(losses)) if losses else None,
                        "points": [[offset + s, l] for s, l in pts]})

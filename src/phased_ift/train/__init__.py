@@ -9,7 +9,8 @@ al., ACL Findings 2024, Section 3-4). Each phase is a fresh `SFTTrainer` run (ne
 train.carry_optimizer) that starts from the previous phase's saved model or LoRA adapter. Resuming a Trainer
 checkpoint across phases is never done (the step count and schedule would carry over); `resume_from_checkpoint` is
 used only inside an interrupted phase. Each phase dir `checkpoints/<arm>/seed_<s>/phase_<k>/` holds the model or
-adapter + tokenizer, `hparams.json`, `losses.jsonl` and `DONE` (written last); Trainer checkpoints for resuming
+adapter + tokenizer, `hparams.json`, `losses.jsonl` and `DONE` (written last; the files are `phasedir.PhaseDir`'s,
+with the one definition of a phase's step offset, `phasedir.step_offsets`); Trainer checkpoints for resuming
 live in its `trainer/` subdir and are deleted once the phase is DONE.
 
 Batching (train.batching) and what it does to the order inside a phase:
@@ -26,7 +27,7 @@ Batching (train.batching) and what it does to the order inside a phase:
 The package, one concern per module:
     plan       `PhaseHparams` (a phase's resolved hyperparameters, hparams.json), tokenisation, steps, the dry-run
                plan (`plan_training`, `print_plan`); no torch
-    loop       `train_phases` / `train_arm` / `train_phase`, the phase dir files (hparams.json, losses.jsonl, DONE)
+    loop       `train_phases` / `train_arm` / `train_phase`, what goes into the phase dir (`phasedir.PhaseDir`)
                and resume (`last_complete_checkpoint`, `logged_mean_loss`); no torch at import
     trainer    `PhaseSFTTrainer`, `sft_config`, `response_head_loss`, `split_batch`, `bucket_order`,
                `short_pass_attention`, building and saving a phase's trainer (imports torch / trl)
@@ -49,17 +50,18 @@ from __future__ import annotations
 from typing import Any
 
 from phased_ift.modeling import frozen_base_to_bf16
-from phased_ift.train.loop import (TRAINER_SUBDIR, is_done, last_complete_checkpoint, logged_mean_loss,
-                                   require_method_support, train_arm, train_phase, train_phases, write_phase_files)
+from phased_ift.train.loop import (TRAINER_SUBDIR, last_complete_checkpoint, logged_mean_loss, require_method_support,
+                                   train_arm, train_phase, train_phases)
 from phased_ift.train.plan import (PhaseHparams, phase_hparams, plan_training, print_plan, steps_per_phase,
                                    token_counter, tokenize_examples)
 
 _TRAINER_NAMES = ("BucketSampler", "PhaseSFTTrainer", "bucket_order", "build_trainer", "response_head_loss",
                   "sft_config", "short_pass_attention", "split_batch", "uses_response_head")
 
-__all__ = ["TRAINER_SUBDIR", "PhaseHparams", "frozen_base_to_bf16", "is_done", "last_complete_checkpoint",
+__all__ = ["TRAINER_SUBDIR", "PhaseHparams", "frozen_base_to_bf16", "last_complete_checkpoint",
            "logged_mean_loss", "phase_hparams", "plan_training", "print_plan", "require_method_support",
-           "steps_per_phase", "token_counter", "tokenize_examples", "train_arm", "train_phase", "train_phases", "write_phase_files", *_TRAINER_NAMES]
+           "steps_per_phase", "token_counter", "tokenize_examples", "train_arm", "train_phase", "train_phases",
+           *_TRAINER_NAMES]
 
 
 def __getattr__(name: str) -> Any:

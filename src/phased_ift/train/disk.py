@@ -37,6 +37,7 @@ from phased_ift.config import Config
 from phased_ift.design import training_cells
 from phased_ift.diskerrors import human_bytes as h
 from phased_ift.modeling import WeightShapes, weight_shapes
+from phased_ift.phasedir import PhaseDir
 from phased_ift.rundir import RunDir
 
 CHECKPOINTS_KEPT = 1  # the Trainer's save_total_limit (trainer.sft_config)
@@ -123,8 +124,7 @@ def estimate_disk_need(cfg: Config, run: RunDir | None = None,
     parts["small files"] = SMALL_FILES
     checkpoint = trained_bytes + side + moments + SMALL_FILES
     cells = training_cells(cfg, run)
-    # a phase with DONE is finished (`loop.is_done`; not imported: loop -> trainer -> this module)
-    done = sum((run.checkpoint(c.arm, c.phase, c.seed) / "DONE").is_file() for c in cells)
+    done = sum(PhaseDir(run.checkpoint(c.arm, c.phase, c.seed)).done for c in cells)
     left = len(cells) - done
     at_once = CHECKPOINTS_KEPT + 1 if t.save_steps > 0 else 1  # the new one is written before the old is deleted
     total = left * sum(parts.values()) + (at_once * checkpoint if left else 0)

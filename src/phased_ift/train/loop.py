@@ -1,16 +1,15 @@
 """The phase loop: every arm x seed, phase after phase, each phase from the previous phase's saved weights.
 
-Owns the files of a phase dir `checkpoints/<arm>/seed_<s>/phase_<k>/` and their protocol: `hparams.json`
-(`PhaseHparams` + seed, examples, init_from, base_model, checkpoint_kind, world_size,
-distributed: the backend that ran, `sharded.Backend`), `losses.jsonl`
-({"step", "loss", "learning_rate", "epoch"} per logged step), `DONE` (the train metrics and the weight files'
-sizes and sha256, `integrity.record`, written last: a phase with DONE is finished and skipped), and the Trainer
+Owns the protocol of a phase dir `checkpoints/<arm>/seed_<s>/phase_<k>/` (its files are `phasedir.PhaseDir`'s):
+what goes into `hparams.json` (`PhaseHparams` + seed, examples, init_from, base_model, checkpoint_kind, world_size,
+distributed: the backend that ran, `sharded.Backend`), `losses.jsonl` and `DONE` (the train metrics, written last
+by `PhaseDir.write`: a phase with DONE is finished and skipped), and the Trainer
 checkpoints in `trainer/` that an interrupted phase resumes from (`last_complete_checkpoint`, which skips torn ones;
 deleted once the phase is DONE), and whether train.method can run here (`require_method_support`). SIGTERM /
 SIGINT (`shutdown`) stop a phase after the current step with a Trainer checkpoint (`callbacks.StopOnSignal`, then
 `shutdown.Stopped`), or the loop before the next phase. What each arm trains on comes from `design.ARMS`.
 With train.report_to, `train_arm` opens one tracking run per arm x seed (`tracking.ArmTracker`) and gives each phase
-it trains the step offset of the phases before it (their DONE global_step).
+it trains its step offset (`phasedir.step_offsets`: the DONE global_steps of the phases before it).
 
 No torch / transformers / trl at module level: `train.trainer` and `train.callbacks` are imported when a phase
 trains.
@@ -25,16 +24,16 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from phased_ift import integrity, modeling, shutdown  # modeling.load_tokenizer: tests patch it
-from phased_ift.runio import atomic_write_json, write_jsonl
 from phased_ift.config import Config
 from phased_ift.data import Example
 from phased_ift.design import get_arm, phase_count, training_cells
 from phased_ift.diskerrors import writing
 from phased_ift.errors import PhasedIFTError
 from phased_ift.modeling import release_memory
+from phased_ift.phasedir import PhaseDir, step_offsets
 from phased_ift.rundir import RunDir
 from phased_ift.train import sharded
 from phased_ift.train.plan import PhaseHparams, phase_hparams, tokenize_examples
@@ -87,16 +86,16 @@ def train_arm(cfg: Config, run: RunDir, arm: str, seed: int, tokenizer=None, con
     phases = get_arm(arm).phase_data(run, phase_count(cfg, run), seed, cfg.train)
     tokenizer = tokenizer or modeling.load_tokenizer(cfg.model.name_or_path)
     dirs: list[Path] = []
-    prev, offset = None, 0
+    prev = None
     try:
         for i, examples in enumerate(phases, 1):
             phase_dir = run.checkpoint(arm, i, seed)
             dirs.append(phase_dir)
-            if not is_done(phase_dir):
+            if not PhaseDir(phase_dir).done:
                 shutdown.check(f"before phase {i}/{len(phases)} of {arm} seed {seed} (phases 1-{i - 1} are DONE)")
+                offset = step_offsets(dirs)[-1]  # the DONE global_steps of phases 1..i-1 (`phasedir.step_offsets`)
                 cbs = [*callbacks, tracker.reporter(i, offset)] if tracker is not None else callbacks
                 _train_and_log(cfg, arm, seed, i, len(phases), examples, tokenizer, phase_dir, prev, console, cbs)
-            offset += done_steps(phase_dir)
             prev = phase_dir
     finally:
         if tracker is not None:
@@ -116,7 +115,7 @@ def require_method_support(cfg: Config, run: RunDir, arms: Sequence[str] | None 
         return
 
     todo = [c for c in training_cells(cfg, run) if (arms is None or c.arm in arms) and (seeds is None or c.seed in seeds)
-            and not is_done(run.checkpoint(c.arm, c.phase, c.seed))]
+            and not PhaseDir(run.checkpoint(c.arm, c.phase, c.seed)).done]
     if todo:
         modeling.require_qlora()
 
@@ -134,14 +133,6 @@ def _tracker(cfg: Config, run: RunDir, arm: str, seed: int):
     tracking.require(cfg.train.report_to)
     return tracking.ArmTracker(cfg.train.report_to, run.tracking(arm, seed), f"{arm}-seed{seed}",
                                run.tracking_dir / "wandb", {"arm": arm, "seed": seed, "run_dir": str(run.root)})
-
-
-def done_steps(phase_dir: Path) -> int:
-    """The optimizer steps a finished phase took (its DONE global_step; 0 when DONE is missing or unreadable)."""
-    try:
-        return int(json.loads((phase_dir / "DONE").read_text(encoding="utf-8")).get("global_step", 0))
-    except (OSError, ValueError, AttributeError):
-        return 0
 
 
 def _train_and_log(cfg: Config, arm: str, seed: int, i: int, n: int, examples: list[Example], tokenizer,
@@ -209,7 +200,7 @@ def train_phase(cfg: Config, rows: list[dict], tokenizer, phase_dir: Path, init_
         hparams = {**asdict(hp), "seed": seed, "examples": len(rows), "init_from": init_dir or base,
                    "base_model": base, "checkpoint_kind": kind, "world_size": trainer.args.world_size,
                    "distributed": backend.name}
-        write_phase_files(phase_dir, hparams, trainer.state.log_history, metrics)
+        PhaseDir(phase_dir).write(hparams, trainer.state.log_history, metrics)
         shutil.rmtree(trainer_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return metrics
@@ -261,19 +252,6 @@ def _run(trainer, resume: str | None) -> dict[str, Any]:
     return metrics
 
 
-def write_phase_files(phase_dir: Path, hparams: dict, log_history: Iterable[dict], metrics: dict) -> None:
-    """hparams.json, losses.jsonl (the logged losses of `log_history`) and last DONE (`metrics`, atomically, with
-    "weights": the size and sha256 of each weight file, `integrity.record`, checked before the phase loads).
-
-    log_history is restored from the Trainer checkpoint on resume, so the losses equal an uninterrupted run's.
-    """
-    atomic_write_json(phase_dir / "hparams.json", hparams, indent=2)
-    write_jsonl(phase_dir / "losses.jsonl",
-                ({"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate"),
-                  "epoch": h.get("epoch")} for h in log_history if "loss" in h))
-    atomic_write_json(phase_dir / "DONE", {**metrics, "weights": integrity.record(phase_dir)}, indent=2)
-
-
 def logged_mean_loss(log_history: Sequence[dict]) -> float | None:
     """Step-weighted mean of the logged training losses: an entry at step s averages the steps after the previous
     entry up to s. Over every step when logging_steps divides the phase's steps (the default logging_steps=1 always
@@ -314,8 +292,3 @@ def last_complete_checkpoint(trainer_dir: Path) -> str | None:
               f"earlier one (or its start).", file=sys.stderr)
         shutil.rmtree(d, ignore_errors=True)
     return None
-
-
-def is_done(phase_dir: Path) -> bool:
-    """Whether a phase finished (its DONE marker exists)."""
-    return (phase_dir / "DONE").is_file()
