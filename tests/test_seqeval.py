@@ -117,7 +117,8 @@ def test_packaged_prompts_say_they_are_ours_and_fill_literally(tmp_path):
         text = (resources.files("phased_ift") / "templates" / f"seqeval-{metric}.txt").read_text()
         header = text.split("<<system>>")[0]
         assert "NOT published" in header and "hanxuhu/SeqIns" in header and "2403.07794" in header
-        msgs = p.messages("First {answer}, then translate it.", "An answer with {instruction} in it")
+        msgs = p.render({"{instruction}": "First {answer}, then translate it.",
+                         "{answer}": "An answer with {instruction} in it"})
         assert [m["role"] for m in msgs] == ["system", "user"]
         user = msgs[1]["content"]
         assert "First {answer}, then translate it." in user and "An answer with {instruction} in it" in user

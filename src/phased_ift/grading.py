@@ -21,7 +21,9 @@ sequential instruction) differ in their prompts, parsers and numbers; everything
 A reply without a parseable rating is *unparsed* (counted apart, never scored); a request that failed after the
 client's retries is *failed* (no rating, asked again by the next run).
 
-Owns: the prompt template file format of every judge prompt (`read_template`, `fill`), the `Grader` contract,
+Owns: prompt templates, for every step that sends one (the pairwise judge, the difficulty scorer, MT-Bench,
+SeqEval, the SIT generator): the class `PromptTemplate` (system text + user text, rendered by `render`) and the one
+reader of the template file format (`read_template`, `fill`); the `Grader` contract,
 FastChat's rating parser (`parse_rating`, also SeqEval's quality parser's first
 step), grade rows, the resumable grade file and the grading step of one grader. Which graders exist is
 `judge.GRADERS`'s; what a grader asks and how its numbers are summarised is its own module's.
@@ -122,9 +124,27 @@ def grade_file(client: Any, items: Sequence[Any], out_path: str | Path, judge: s
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def read_template(name_or_path: str, setting: str, packaged: str, placeholders: Sequence[str]) -> tuple[str, str]:
-    """(system, user) texts of a packaged prompt template (by name) or a .txt file; shared by every judge prompt
-    (pairwise, difficulty, SeqEval).
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A prompt template: its name (a packaged name or a path), system text ("" for none) and user text with
+    placeholders ("{instruction}", ...). The one template class; a step that needs more (the pairwise judge's kind,
+    the SIT steps' few-shot examples, MT-Bench's output format) subclasses it and renders through `render`."""
+
+    name: str
+    system: str
+    user: str
+
+    def render(self, values: dict[str, str]) -> list[dict]:
+        """[system, user] chat messages (no system message when the system text is empty), the user text with each
+        placeholder of `values` replaced in one pass (`fill`: inserted text is never scanned again)."""
+        user = fill(self.user, values)
+        return ([{"role": "system", "content": self.system}] if self.system else []) + [
+            {"role": "user", "content": user}]
+
+
+def read_template(name_or_path: str, setting: str, packaged: str, placeholders: Sequence[str]) -> PromptTemplate:
+    """The `PromptTemplate` of a packaged prompt template (by name) or a .txt file: the one reader of the template
+    file format, for every step's prompts (pairwise judge, difficulty, SeqEval, SIT generation).
 
     File format: a line `<<system>>`, the system text, a line `<<user>>`, the user text (trailing blank lines
     dropped). Text before `<<system>>` is a comment (e.g. where the prompt comes from). The user text must contain
@@ -157,7 +177,7 @@ def read_template(name_or_path: str, setting: str, packaged: str, placeholders: 
         if key not in user:
             raise PhasedIFTError(f"{where}: the user prompt lacks the placeholder {key}; add it where the "
                                  f"{key.strip('{}')} should go.")
-    return system.strip(), user
+    return PromptTemplate(str(name_or_path), system.strip(), user)
 
 
 def fill(text: str, values: dict[str, str]) -> str:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from phased_ift import design, mtbench, seqeval  # design.judge_jobs: which arms are compared is the design's
 from phased_ift.config import Config
@@ -42,7 +42,7 @@ from phased_ift.config_choices import JUDGE_FREE, testset_key
 from phased_ift.data import load_reference_answers, normalize_text
 from phased_ift.errors import PhasedIFTError
 from phased_ift.generate import read_generations, settings_path
-from phased_ift.grading import Grader, fill, grade_all, read_template  # template files are shared by all judges
+from phased_ift.grading import Grader, PromptTemplate, grade_all, read_template  # one template class and reader
 from phased_ift.llm_client import LLMClient
 from phased_ift.rundir import RunDir
 from phased_ift.runio import AppendLog
@@ -66,14 +66,11 @@ _VERDICT_TAGS = {"[[A]]": "A", "[[B]]": "B", "[[C]]": "tie"}
 
 
 @dataclass(frozen=True)
-class JudgeTemplate:
-    """A pairwise judge prompt: system text and user text with {question} and the answer placeholders of its kind
-    (`ANSWER_KEYS`: {answer_1}, {answer_2} for SCORES; {answer_a}, {answer_b} for VERDICT), and {reference} for
-    reference templates."""
+class JudgeTemplate(PromptTemplate):
+    """A pairwise judge prompt (a `grading.PromptTemplate`): user text with {question} and the answer placeholders
+    of its kind (`ANSWER_KEYS`: {answer_1}, {answer_2} for SCORES; {answer_a}, {answer_b} for VERDICT), and
+    {reference} for reference templates."""
 
-    name: str
-    system: str
-    user: str
     kind: str = SCORES
 
     @property
@@ -88,9 +85,7 @@ class JudgeTemplate:
             raise ValueError(f"judge template {self.name!r} needs a reference answer")
         key_1, key_2 = ANSWER_KEYS[self.kind]
         values = {"{question}": question, "{reference}": reference or "", key_1: answer_1, key_2: answer_2}
-        user = fill(self.user, values)
-        msgs = [{"role": "system", "content": self.system}] if self.system else []
-        return msgs + [{"role": "user", "content": user}]
+        return self.render(values)
 
 
 def load_template(name_or_path: str) -> JudgeTemplate:
@@ -105,7 +100,8 @@ def load_template(name_or_path: str) -> JudgeTemplate:
         PhasedIFTError: unknown name, missing file, a file without the markers/placeholders, or one that mixes
             both kinds' placeholders.
     """
-    system, user = read_template(name_or_path, "judge.template", PACKAGED, ("{question}",))
+    tpl = read_template(name_or_path, "judge.template", PACKAGED, ("{question}",))
+    user = tpl.user
     kind = VERDICT if any(k in user for k in ANSWER_KEYS[VERDICT]) else SCORES
     other = ANSWER_KEYS[SCORES if kind == VERDICT else VERDICT]
     for key in ANSWER_KEYS[kind]:
@@ -116,7 +112,7 @@ def load_template(name_or_path: str) -> JudgeTemplate:
         raise PhasedIFTError(f"judge template {name_or_path}: the user prompt mixes {' '.join(ANSWER_KEYS[kind])} "
                              f"with {' '.join(other)}; use {{answer_1}}/{{answer_2}} for a 's1 s2' score reply or "
                              "{answer_a}/{answer_b} for a [[A]]/[[B]]/[[C]] verdict reply, not both.")
-    return JudgeTemplate(name=str(name_or_path), system=system, user=user, kind=kind)
+    return JudgeTemplate(name=tpl.name, system=tpl.system, user=user, kind=kind)
 
 
 # ---------------------------------------------------------------------------------------------------------------

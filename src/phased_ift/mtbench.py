@@ -42,7 +42,7 @@ from phased_ift.config import Config
 from phased_ift.data import data_home, load_test_set
 from phased_ift.errors import PhasedIFTError
 from phased_ift.generate import read_generations, settings_path, turn_key
-from phased_ift.grading import parse_rating, requests_of  # noqa: F401  (FastChat's parser, part of this API)
+from phased_ift.grading import PromptTemplate, parse_rating, requests_of  # noqa: F401  (FastChat's parser: API)
 from phased_ift.rundir import RunDir
 from phased_ift.runio import read_jsonl
 from phased_ift.stats import mean_with_ci, ratio_with_ci
@@ -62,14 +62,13 @@ TEMPLATE_NAMES = {(False, 1): "single-v1", (True, 1): "single-math-v1",
 
 
 @dataclass(frozen=True)
-class GradeTemplate:
-    """One single-answer judge prompt of judge_prompts.jsonl: `system` (system_prompt), `user` (prompt_template,
-    with FastChat's `str.format` placeholders), `output_format` ("[[rating]]")."""
+class GradeTemplate(PromptTemplate):
+    """One single-answer judge prompt of FastChat's judge_prompts.jsonl (a `grading.PromptTemplate` read from
+    FastChat's file, not the .txt template format): `system` (system_prompt), `user` (prompt_template, with
+    FastChat's `str.format` placeholders, so `messages` formats it as FastChat does and always sends the system
+    message), `output_format` ("[[rating]]")."""
 
-    name: str
-    system: str
-    user: str
-    output_format: str
+    output_format: str = "[[rating]]"
 
     def messages(self, **fields: str) -> list[dict]:
         """[system, user] chat messages; `fields` fill the placeholders (values are inserted once, never

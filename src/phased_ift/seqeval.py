@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from phased_ift import grading
+from phased_ift.grading import PromptTemplate
 from phased_ift.config import Config
 from phased_ift.data import load_test_set
 from phased_ift.errors import PhasedIFTError
@@ -79,23 +80,7 @@ def parse_quality(reply: str | None) -> float | None:
 PARSERS = {"following": parse_following, "quality": parse_quality}
 
 
-@dataclass(frozen=True)
-class Prompt:
-    """One SeqEval judge prompt: its name (packaged name or path), system text and user text with {instruction}
-    and {answer}."""
-
-    name: str
-    system: str
-    user: str
-
-    def messages(self, instruction: str, answer: str) -> list[dict]:
-        """[system, user] chat messages (no system message when the template has none); values inserted once."""
-        user = grading.fill(self.user, {"{instruction}": instruction, "{answer}": answer})
-        return ([{"role": "system", "content": self.system}] if self.system else []) + [
-            {"role": "user", "content": user}]
-
-
-def load_prompts(following: str = "seqeval-following", quality: str = "seqeval-quality") -> dict[str, Prompt]:
+def load_prompts(following: str = "seqeval-following", quality: str = "seqeval-quality") -> dict[str, PromptTemplate]:
     """The two judge prompts by metric, packaged names or .txt paths (format: `grading.read_template`).
 
     Raises:
@@ -103,8 +88,7 @@ def load_prompts(following: str = "seqeval-following", quality: str = "seqeval-q
     """
     out = {}
     for metric, name in (("following", following), ("quality", quality)):
-        system, user = grading.read_template(name, f"judge.seqeval_{metric}_template", PACKAGED, PLACEHOLDERS)
-        out[metric] = Prompt(str(name), system, user)
+        out[metric] = grading.read_template(name, f"judge.seqeval_{metric}_template", PACKAGED, PLACEHOLDERS)
     return out
 
 
@@ -129,7 +113,8 @@ class GradeItem:
         return (self.id, self.metric)
 
 
-def grade_items(rows: Sequence[dict], depths: dict[str, int | None], prompts: dict[str, Prompt]) -> list[GradeItem]:
+def grade_items(rows: Sequence[dict], depths: dict[str, int | None],
+                prompts: dict[str, PromptTemplate]) -> list[GradeItem]:
     """Both verdicts (following, then quality) of every answer of one checkpoint, in answer order.
 
     Args:
@@ -146,7 +131,8 @@ def grade_items(rows: Sequence[dict], depths: dict[str, int | None], prompts: di
                                  "generations of this checkpoint and run `phased-ift generate` again.")
         for metric in METRICS:
             p = prompts[metric]
-            items.append(GradeItem(rid, metric, depths[rid], p.name, p.messages(r["instruction"], r["output"])))
+            msgs = p.render({"{instruction}": r["instruction"], "{answer}": r["output"]})
+            items.append(GradeItem(rid, metric, depths[rid], p.name, msgs))
     return items
 
 
@@ -166,7 +152,7 @@ def depths() -> dict[str, int | None]:
     return {str(e.id): e.meta.get("iteration") for e in load_test_set(TESTSET)}
 
 
-def _prepare(cfg: Config) -> tuple[dict[str, Prompt], dict[str, int | None]]:
+def _prepare(cfg: Config) -> tuple[dict[str, PromptTemplate], dict[str, int | None]]:
     j = cfg.judge
     return load_prompts(j.seqeval_following_template, j.seqeval_quality_template), depths()
 

@@ -28,14 +28,14 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from rich.console import Console
 
 from phased_ift.config import Config, EndpointConfig
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError
-from phased_ift.grading import read_template
+from phased_ift.grading import PromptTemplate, read_template
 from phased_ift.llm_client import LLMClient, LLMResult
 from phased_ift.scoring.registry import ScoreContext
 
@@ -47,29 +47,16 @@ _NUMBER = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)(?![\d]|\.\d)")
 _DENOMINATOR = re.compile(r"(/\s*5(?:\.0)?|out\s+of\s+5(?:\.0)?|\b1\s*(?:-|–|to)\s*5\b)", re.IGNORECASE)
 
 
-def load_difficulty_template(name_or_path: str = "difficulty") -> Any:
+def load_difficulty_template(name_or_path: str = "difficulty") -> PromptTemplate:
     """Load the packaged difficulty template (by name) or a .txt template file.
 
     Returns:
-        `phased_ift.judge.JudgeTemplate`-like object with `.system` and `.user` (user text contains
-        `{instruction}`).
+        a `grading.PromptTemplate` (its user text contains `{instruction}`, optionally `{response}`).
 
     Raises:
         PhasedIFTError: unknown name, missing file, missing `<<user>>` marker or `{instruction}` placeholder.
     """
-    system, user = read_template(name_or_path, "scoring.template", "difficulty", ("{instruction}",))
-    return _Template(system=system, user=user)
-
-
-class _Template:
-    def __init__(self, system: str, user: str) -> None:
-        self.system, self.user = system, user
-
-    def messages(self, ex: Example) -> list[dict]:
-        # Replace {response} first so an instruction that contains the text "{response}" is never re-scanned.
-        user = self.user.replace("{response}", ex.response).replace("{instruction}", ex.instruction)
-        return ([{"role": "system", "content": self.system}] if self.system else []) + [
-            {"role": "user", "content": user}]
+    return read_template(name_or_path, "scoring.template", "difficulty", ("{instruction}",))
 
 
 def parse_difficulty_reply(text: str | None) -> float | None:
@@ -124,7 +111,7 @@ def build_requests(examples: list[Example], template: str = "difficulty", sample
     tpl = load_difficulty_template(template)
     reqs = []
     for ex in examples:
-        msgs = tpl.messages(ex)
+        msgs = tpl.render({"{instruction}": ex.instruction, "{response}": ex.response})
         for s in range(samples):
             req: dict = {"messages": msgs}
             if use_logprobs:

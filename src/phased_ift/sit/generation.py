@@ -48,7 +48,7 @@ from phased_ift.config import Config, SitConfig
 from phased_ift.config_checks import check_sit_templates
 from phased_ift.data import Example, combine_results, load_source, normalize_text, write_examples
 from phased_ift.errors import PhasedIFTError
-from phased_ift.grading import read_template
+from phased_ift.grading import PromptTemplate, read_template
 from phased_ift.llm_client import LLMClient, LLMResult
 from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_json, write_jsonl
@@ -56,7 +56,7 @@ from phased_ift.runio import atomic_write_json, write_jsonl
 STEP_TEMPLATES = {"separate": "sit-separate", "classify": "sit-classify", "rewrite_a": "sit-rewrite-a",
                   "rewrite_b": "sit-rewrite-b", "rewrite_c": "sit-rewrite-c", "respond": "sit-respond"}
 _PLACEHOLDERS = {"separate": ("{prompt}",), "respond": ("{instruction}",)}  # the others: {instruction}
-_SUB = re.compile(r"\{(examples|instruction|input|prompt)\}")
+_NAMES = ("examples", "instruction", "input", "prompt")  # the placeholders a step template may hold
 CATEGORIES = ("unparsed separation", "unparsed classification", "unparsed rewrite", "unchanged instruction",
               "dropped original task", "trivial added task", "empty response", "request failed")
 OPTIONS = ("A", "B", "C", "D")
@@ -65,13 +65,12 @@ OPTIONS = ("A", "B", "C", "D")
 
 
 @dataclass(frozen=True)
-class StepTemplate:
-    """One step's prompt: system text, user text with placeholders, few-shot examples (shuffled per request)."""
+class StepTemplate(PromptTemplate):
+    """One step's prompt (a `grading.PromptTemplate`): user text with placeholders, and the step's few-shot examples
+    (shuffled per request)."""
 
-    step: str
-    system: str
-    user: str
-    examples: tuple[str, ...]
+    step: str = ""
+    examples: tuple[str, ...] = ()
 
     def messages(self, values: dict[str, str], rng: random.Random) -> list[dict[str, str]]:
         """The chat messages for `values` ({instruction}, {input}, {prompt}); {examples} = the few-shot examples in
@@ -79,13 +78,11 @@ class StepTemplate:
         shots = list(self.examples)
         rng.shuffle(shots)
         vals = {**values, "examples": "\n\n".join(shots)}
-        user = _SUB.sub(lambda m: vals.get(m.group(1), m.group(0)), self.user)
-        return ([{"role": "system", "content": self.system}] if self.system else []) + [
-            {"role": "user", "content": user}]
+        return self.render({f"{{{k}}}": v for k, v in vals.items() if k in _NAMES})
 
 
 def load_step_template(step: str, name_or_path: str) -> StepTemplate:
-    """A step's template: a packaged name (`STEP_TEMPLATES`) or a .txt file in `judge.read_template`'s format, whose
+    """A step's template: a packaged name (`STEP_TEMPLATES`) or a .txt file in `grading.read_template`'s format, whose
     user text may end with few-shot examples, each after a line `<<example>>`, that go where `{examples}` stands.
 
     Raises:
@@ -93,13 +90,14 @@ def load_step_template(step: str, name_or_path: str) -> StepTemplate:
             separate: {prompt}), or examples without an `{examples}` placeholder.
     """
     setting = f"sit.templates.{step}"
-    system, text = read_template(name_or_path, setting, ", ".join(STEP_TEMPLATES.values()), ())
-    user, *shots = re.split(r"^<<example>>[ \t]*$", text, flags=re.MULTILINE)
+    tpl = read_template(name_or_path, setting, ", ".join(STEP_TEMPLATES.values()), ())
+    user, *shots = re.split(r"^<<example>>[ \t]*$", tpl.user, flags=re.MULTILINE)
     for key in _PLACEHOLDERS.get(step, ("{instruction}",)) + (("{examples}",) if shots else ()):
         if key not in user:
             raise PhasedIFTError(f"{setting} ({name_or_path}): the user prompt lacks the placeholder {key}; add it "
                                  f"where the {key.strip('{}')} should go.")
-    return StepTemplate(step, system, user.strip("\n").rstrip(), tuple(s.strip("\n") for s in shots if s.strip()))
+    return StepTemplate(tpl.name, tpl.system, user.strip("\n").rstrip(), step,
+                        tuple(s.strip("\n") for s in shots if s.strip()))
 
 
 def load_templates(names: dict[str, str]) -> dict[str, StepTemplate]:
