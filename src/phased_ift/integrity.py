@@ -7,7 +7,7 @@ Owns two checks, both cheap next to loading the weights:
     file (`.pt`, `.pth`, `.bin`: a zip archive) must end with its zip directory.
     `train.loop.last_complete_checkpoint` skips a Trainer checkpoint with a torn weight file, so an unfinished
     phase retrains from the previous complete checkpoint (or from its start) instead of failing in the resume.
-  * A phase's `DONE` records its weight files (`record`, written by `train.loop.write_phase_files`):
+  * A phase's `DONE` records its weight files (`record`, written by `phasedir.PhaseDir.write`):
     `"weights": {name: {"bytes": size, "sha256": hex or null}}` for every `*.safetensors`, `*.bin`, `*.pt`,
     `*.pth` and `*.index.json` in the phase dir (not the Trainer's `training_args.bin`); the sha256 of each file
     up to `HASH_MAX_BYTES` (adapters, an adapter's optimizer.pt, small full models), only the size (and `complete`)

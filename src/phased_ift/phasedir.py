@@ -11,8 +11,9 @@ A phase dir holds the weights (the model or LoRA adapter + tokenizer, optimizer.
 DONE is finished. The Trainer checkpoints of an unfinished phase live in its `trainer/` subdir (`train.loop`).
 
 One definition of a phase's step offset (`step_offsets`): the optimizer steps of the earlier phases of its arm x
-seed, summed from their DONE "global_step" (`PhaseDir.global_step`). It is the x where a phase starts on a loss curve (`report.summary`) and
-in a tracking run (`train.loop`); the last *logged* step is not it when train.logging_steps does not divide a phase.
+seed, summed from their DONE "global_step" (`PhaseDir.global_step`). It is the x where a phase starts on a loss
+curve (`report.summary`) and in a tracking run (`train.loop`); the last *logged* step is not it when
+train.logging_steps does not divide a phase.
 
 Owns: `PhaseDir` (done, the DONE record and its global_step, hparams.json, losses.jsonl, the weight check, writing
 the files) and `step_offsets`. The DONE file itself is read by `integrity.read_done` (also the converted-model
