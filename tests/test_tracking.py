@@ -209,3 +209,19 @@ def _wandb_history(path: Path) -> list[dict]:
             if record.WhichOneof("record_type") == "history":
                 rows.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item})
     return rows
+
+
+@pytest.mark.slow
+def test_report_loss_curve_and_tracking_share_the_step_offset_when_logging_steps_does_not_divide(tmp_path,
+                                                                                               tiny_model_dir):
+    # phases of 2, 4 and 2 steps logged every 3: phase 1 logs nothing, phase 2 logs its step 3, phase 3 nothing.
+    # The step offset of phase 2 is phase 1's 2 optimizer steps (`phasedir.step_offsets`), not its last logged step.
+    from phased_ift.phasedir import step_offsets
+    from phased_ift.report.summary import _summarize_training
+
+    run, dirs = _train(tmp_path, tiny_model_dir, report_to="tensorboard", logging_steps=3)
+    assert step_offsets(dirs) == [0, 2, 6]
+    curve = _summarize_training(run)["phased"]["0"]
+    assert [p["offset"] for p in curve] == [0, 2, 6] and [p["steps"] for p in curve] == [2, 4, 2]
+    report_x = [x for p in curve for x, _ in p["points"]]
+    assert report_x == [s for s, _ in _scalars(run.tracking("phased", 0))["train/loss"]] == [5]
