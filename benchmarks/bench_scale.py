@@ -42,7 +42,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from bench_token_counts import synthetic_alpaca  # noqa: E402
 from fake_llm_server import FakeLLMServer  # noqa: E402
 
 STEPS = ("score", "split", "plan_cold", "plan_warm", "judge")
