@@ -34,8 +34,9 @@ _TEMPLATE = """\
 # What runs: your data is scored for difficulty (IFD, offline, with the model itself), split into 3 phases of
 # increasing difficulty, and trained three ways: phased (easy -> hard, each phase from the previous phase's
 # weights), one-off (all the data at once with the same budget: the baseline) and random (phases of the same sizes
-# with random difficulty: the paper's control). The report (<run_dir>/report/report.html) says whether phased
-# beat one-off, with confidence intervals.
+# with random difficulty: the paper's control). The report (<run_dir>/report/report.html) compares phased with
+# one-off on the same prompts, with confidence intervals; a claim about the arms ("phased is better") needs 3 or
+# more training seeds (train.seeds below): with one seed it says how these two runs differ, and what to run next.
 
 run_dir: {run_dir}
 seed: 0
