@@ -372,3 +372,16 @@ def test_a_test_set_without_reference_answers_gets_no_reference_loss_line(tmp_pa
     s = build_report(run, make_cfg(run.root))
     assert {e["testset"] for e in s["reference_loss"]} == {"alpaca_eval", "vicuna"}
     assert not any("ifeval" in v for v in s["verdicts"])
+
+
+def test_the_no_judge_note_comes_with_the_answer_not_among_the_descriptive_lines(tmp_path):
+    """A run without judgements: the note on how to get win rates follows the answer's sentences and precedes
+    DESCRIPTIVE, so the descriptive per-seed lines stay together under their heading."""
+    run = write_full_run(tmp_path / "run")
+    s = build_report(run, make_cfg(run.root))
+    s = {**s, "comparisons": [], "seed_spread": [], "notes": {**s["notes"], "judge": "No pairwise judgements."}}
+    lines = verdict_lines(s)
+    n = len(s["effects"])
+    assert n >= 1 and lines[:n] == [e["sentence"] for e in s["effects"]]
+    assert lines[n:n + 2] == ["No pairwise judgements.", DESCRIPTIVE]
+    assert lines.count("No pairwise judgements.") == 1 and len(lines) > n + 2
