@@ -85,15 +85,21 @@ def tokenize_example(tokenizer, prompt: str, response: str, max_length: int) -> 
 def _assemble(tokenizer, p_ids: list[int], r_ids: list[int], max_length: int) -> dict[str, list[int]]:
     """The row of `tokenize_example` from the prompt's and the response's ids: the BOS the tokenizer always adds,
     the truncation (the prompt's end, at most half the budget when the response needs the rest)."""
-    bos = tokenizer.bos_token_id
-    if bos is not None and getattr(tokenizer, "add_bos_token", False) and (not p_ids or p_ids[0] != bos):
-        p_ids = [bos] + p_ids
+    if _adds_bos(tokenizer, p_ids):
+        p_ids = [tokenizer.bos_token_id] + p_ids
     if len(p_ids) + len(r_ids) > max_length:
         keep_p = min(len(p_ids), max(max_length // 2, max_length - len(r_ids)))
         p_ids = p_ids[len(p_ids) - keep_p:]
         r_ids = r_ids[: max_length - keep_p]
     ids = p_ids + r_ids
     return {"input_ids": ids, "labels": [-100] * len(p_ids) + r_ids, "attention_mask": [1] * len(ids)}
+
+
+def _adds_bos(tokenizer, p_ids: list[int]) -> bool:
+    """Whether `_assemble` puts the BOS before these prompt ids: the tokenizer always adds one (`add_bos_token`)
+    and the prompt does not start with it already."""
+    bos = tokenizer.bos_token_id
+    return bool(bos is not None and getattr(tokenizer, "add_bos_token", False) and (not p_ids or p_ids[0] != bos))
 
 
 def render_batch(tokenizer, conversations: Sequence[Sequence[dict[str, str]]],
@@ -165,10 +171,8 @@ def token_lengths(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int) 
     T = min(P + R, max_length), P = the prompt's ids with the BOS `_assemble` adds, R = the response's ids: the
     truncation keeps k <= max_length prompt ids and min(R, max_length - k) response ids, which is max_length
     whenever P + R > max_length (tests/test_tokencounts.py checks it against the rows)."""
-    bos = tokenizer.bos_token_id
-    add_bos = bos is not None and getattr(tokenizer, "add_bos_token", False)
     p_ids, r_ids = _batch_ids(tokenizer, pairs)
-    return [min(len(p) + (add_bos and (not p or p[0] != bos)) + len(r), max_length) for p, r in zip(p_ids, r_ids)]
+    return [min(len(p) + _adds_bos(tokenizer, p) + len(r), max_length) for p, r in zip(p_ids, r_ids)]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -37,13 +37,7 @@ def length_features(example: Example, tokenizer=None, counts: tuple[int, int] | 
     instruction ends with "?").
     """
     ins, resp = example.instruction, example.response
-
-    def count(text: str) -> int:
-        if tokenizer is None:
-            return len(text.split())
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    n_ins, n_resp = counts if counts is not None else (count(ins), count(resp))
+    n_ins, n_resp = counts if counts is not None else token_counts([ins, resp], tokenizer)
     return {
         "instruction_tokens": n_ins,
         "response_tokens": n_resp,
