@@ -176,3 +176,15 @@ def test_configure_reads_run_dirs_and_names_bad_keys(tmp_path):
     phases = pift.split(examples, {e.id: float(i) for i, e in enumerate(examples)}, k=3)
     pift.write_run(phases, tmp_path / "r")
     assert pift.configure(tmp_path / "r").run_dir == str(tmp_path / "r")
+
+
+def test_configure_overrides_go_through_the_config_loaders_dotted_setter():
+    """configure's {dotted key: value} uses the same setter as the CLI's key=value overrides: list indices work and
+    a key through a value is an error naming the override."""
+    import phased_ift as pift
+    from phased_ift.errors import PhasedIFTError
+
+    cfg = pift.configure("configs/quickstart.yaml", {"data.train.0.limit": 7, "train.epochs": 2})
+    assert cfg.data.train[0].limit == 7 and cfg.train.epochs == 2
+    with pytest.raises(PhasedIFTError, match=r"override 'train\.epochs\.x': `train\.epochs` is not a section"):
+        pift.configure("configs/quickstart.yaml", {"train.epochs.x": 1})

@@ -132,23 +132,33 @@ def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
     """
     for item in overrides:
         path, value = _parse_override(item)
-        node: Any = raw
-        for i, part in enumerate(path[:-1]):
-            if isinstance(node, list):
-                try:
-                    node = node[int(part)]
-                except (ValueError, IndexError):
-                    raise PhasedIFTError(f"override {item!r}: `{part}` is not a valid list index.") from None
-            else:
-                node = node.setdefault(part, {})
-                if not isinstance(node, (dict, list)):
-                    raise PhasedIFTError(f"override {item!r}: `{'.'.join(path[: i + 1])}` is not a section.")
-        last = path[-1]
+        set_dotted(raw, path, value, f"override {item!r}")
+    return raw
+
+
+def set_dotted(raw: dict, path: typing.Sequence[str], value: Any, label: str) -> None:
+    """raw[a][b][c] = value for path [a, b, c], in place, creating sections on the way; a part under a list is
+    its index (`data.train.0.limit`).
+
+    Raises:
+        PhasedIFTError: "<label>: ..." when a part is not a valid list index or names a value, not a section.
+    """
+    node: Any = raw
+    for i, part in enumerate(path[:-1]):
         if isinstance(node, list):
             try:
-                node[int(last)] = value
+                node = node[int(part)]
             except (ValueError, IndexError):
-                raise PhasedIFTError(f"override {item!r}: `{last}` is not a valid list index.") from None
+                raise PhasedIFTError(f"{label}: `{part}` is not a valid list index.") from None
         else:
-            node[last] = value
-    return raw
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise PhasedIFTError(f"{label}: `{'.'.join(path[: i + 1])}` is not a section.")
+    last = path[-1]
+    if isinstance(node, list):
+        try:
+            node[int(last)] = value
+        except (ValueError, IndexError):
+            raise PhasedIFTError(f"{label}: `{last}` is not a valid list index.") from None
+    else:
+        node[last] = value

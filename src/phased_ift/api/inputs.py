@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from phased_ift.config import Config, DataSource, config_from_dict, config_to_dict, load_config
+from phased_ift.config_loading import set_dotted
 from phased_ift.data import SOURCES, Example, load_source, read_records
 from phased_ift.errors import PhasedIFTError
 from phased_ift.phases import split_into_phases
@@ -95,20 +96,8 @@ def configure(config: ConfigLike = None, overrides: Mapping[str, Any] | None = N
         raw, where = config_to_dict(load_config(config)), str(config)
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(raw, key, value, where)
+            set_dotted(raw, key.split("."), value, f"{where}: override {key!r}")
     return config_from_dict(raw, where + (" (with overrides)" if overrides else ""))
-
-
-def _set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
-    """raw[a][b][c] = value for key "a.b.c", creating sections on the way."""
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise PhasedIFTError(f"{where}: override {key!r}: {part!r} is a value, not a section; check the key "
-                                 f"with `phased-ift config`.")
-    node[parts[-1]] = value
 
 
 def load_data(data: DataLike, *, format: str = "auto", columns: Mapping[str, str] | None = None,
