@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from phased_ift.errors import PhasedIFTError
-from phased_ift.integrity import sha256_of
+from phased_ift.integrity import DONE, sha256_of
 from phased_ift.runio import atomic_write_chunks
 
 
@@ -185,7 +185,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if (out_dir / "DONE").is_file():
+    if (out_dir / DONE).is_file():
         return out_dir
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -197,7 +197,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     model.hf_quantizer = None
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "DONE").write_text(json.dumps({"gguf": str(gguf)}))
+    (tmp / DONE).write_text(json.dumps({"gguf": str(gguf)}))
     if out_dir.exists():  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
         return out_dir
@@ -250,7 +250,7 @@ def converted_dir(name: str) -> Path | None:
     if not marker.is_file():
         return None
     out = _converted_path(name, marker.read_text().strip())
-    return out if (out / "DONE").is_file() else None
+    return out if (out / DONE).is_file() else None
 
 
 def weights_fingerprint(name_or_path: str) -> str | None:
