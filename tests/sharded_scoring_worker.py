@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     status = cli.main(["score", config])
     if status or not evaluate:
         return status
-    from phased_ift.evaluation import reference_loss_all
+    from phased_ift.evals.reference_loss import reference_loss_all
     from phased_ift.rundir import RunDir
 
     reference_loss_all(cfg, RunDir(cfg.run_dir))

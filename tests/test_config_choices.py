@@ -12,7 +12,7 @@ from phased_ift.config import describe, registry_names
 
 
 def test_every_registry_is_keyed_by_its_declared_names():
-    from phased_ift import data, design, evaluation, generate, judge, phases, scoring
+    from phased_ift import data, design, evals, generate, phases, scoring
     from phased_ift.modeling import NAMED_MODELS
     from phased_ift.sit import compose, generation
     from phased_ift.train.samplers import SAMPLERS
@@ -23,8 +23,8 @@ def test_every_registry_is_keyed_by_its_declared_names():
     assert list(data.FORMATS) == list(choices.DATA_FORMATS)
     assert list(data.FORMAT_NAMES) == list(choices.FORMAT_CHOICES)
     assert list(data.TEST_SETS) == list(choices.TEST_SETS)
-    assert list(judge.GRADERS) == list(choices.GRADED)
-    assert list(evaluation.METRICS) == list(choices.EVALUATIONS)
+    assert list(evals.BENCHMARKS) == list(choices.BENCHMARKS)
+    assert all(b.choice is choices.BENCHMARKS[n] for n, b in evals.BENCHMARKS.items())
     assert list(SAMPLERS) == list(choices.SAMPLERS)
     assert list(NAMED_MODELS) == list(choices.NAMED_MODELS)
     assert list(generation.STEP_TEMPLATES) == list(choices.SIT_STEPS)

@@ -245,7 +245,7 @@ def _answer_run(tmp_path, n=60, shift=-0.2, ifeval=True, seeds=(0, 1, 2)):
     import json
 
     from phased_ift.config import config_from_dict
-    from phased_ift.ifeval import ifeval_metrics
+    from phased_ift.evals.ifeval import ifeval_metrics
     from phased_ift.runio import write_jsonl
     from phased_ift.rundir import RunDir
 

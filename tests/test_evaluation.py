@@ -8,7 +8,7 @@ import pytest
 
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError
-from phased_ift.evaluation import attach_references, reference_loss
+from phased_ift.evals.reference_loss import attach_references, reference_loss
 
 QA = [("What is the capital of France?", "The capital of France is Paris."),
       ("Give two synonyms of happy.", "Joyful and content are two synonyms of happy, among many others."),
@@ -87,7 +87,7 @@ def test_attach_references_matches_normalised_instruction():
 
 @pytest.mark.slow  # saves three model copies and reads AlpacaEval (~8 s on a busy 2-core machine)
 def test_evaluate_all_writes_reference_loss_per_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
-    """evaluation.evaluate_all writes one file per evaluation cell; the pipeline's evaluate step then skips them."""
+    """evals.step.evaluate_all writes one file per evaluation cell; the pipeline's evaluate step then skips them."""
     import json
     import sys
     from pathlib import Path
@@ -98,7 +98,7 @@ def test_evaluate_all_writes_reference_loss_per_checkpoint(tmp_path, tiny_model_
     from test_judge import make_fake_run
 
     from phased_ift import pipeline
-    from phased_ift.evaluation import evaluate_all
+    from phased_ift.evals.step import evaluate_all
 
     cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch,
                              ["generate.test_sets=[vicuna,wizardlm]", "generate.limit=3", "evaluation.batch_size=2",
@@ -124,7 +124,7 @@ def test_evaluate_all_is_skipped_without_reference_loss(tmp_path):
     from rich.console import Console
 
     from phased_ift.config import load_config
-    from phased_ift.evaluation import evaluate_all
+    from phased_ift.evals.step import evaluate_all
     from phased_ift.rundir import RunDir
 
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "evaluation.reference_loss=false"])

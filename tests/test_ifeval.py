@@ -26,7 +26,7 @@ def read_lines(path: Path) -> list[dict]:
 def test_gpt4_responses_give_lm_evals_own_numbers(tmp_path, data_home):
     """The subcommand's four numbers and per-prompt verdicts equal lm-eval's process_results on the same pairs."""
     from phased_ift.cli import main
-    from phased_ift.ifeval import ensure_punkt_tab
+    from phased_ift.evals.ifeval import ensure_punkt_tab
 
     out = tmp_path / "gpt4.json"
     assert main(["ifeval", str(data_home / GPT4), "--out", str(out)]) == 0
@@ -68,7 +68,7 @@ def test_gpt4_responses_give_lm_evals_own_numbers(tmp_path, data_home):
 def test_a_random_draw_of_the_checker_is_seeded_by_the_prompt(data_home):
     import random
 
-    from phased_ift.ifeval import check_response, load_inputs
+    from phased_ift.evals.ifeval import check_response, load_inputs
 
     inp = next(i for i in load_inputs() if i["key"] == 1129)
     response = "Sunnis ice cream! " * 3 + "Gentle! Kind! Smooth!"
@@ -85,7 +85,7 @@ def test_a_random_draw_of_the_checker_is_seeded_by_the_prompt(data_home):
 
 
 def test_missing_and_empty_responses_are_not_followed(tmp_path, data_home):
-    from phased_ift.ifeval import ifeval_metrics, load_inputs, score_file
+    from phased_ift.evals.ifeval import ifeval_metrics, load_inputs, score_file
 
     inputs = load_inputs()[:3]
     responses = tmp_path / "r.jsonl"
@@ -104,7 +104,7 @@ def test_missing_and_empty_responses_are_not_followed(tmp_path, data_home):
 
 def test_response_checks_follow_the_instruction(data_home):
     """A response that obeys a lowercase instruction passes strict; a loose-only pass (markdown stars) is loose."""
-    from phased_ift.ifeval import check_response
+    from phased_ift.evals.ifeval import check_response
 
     inp = {"key": 1, "prompt": "Write a haiku. Your entire response should be in English, and in all lowercase "
            "letters.", "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}
@@ -120,7 +120,7 @@ def test_response_checks_follow_the_instruction(data_home):
 def test_punkt_tab_is_written_from_the_package_not_downloaded(tmp_path, monkeypatch):
     import nltk
 
-    from phased_ift.ifeval import PUNKT_FILES, ensure_punkt_tab
+    from phased_ift.evals.ifeval import PUNKT_FILES, ensure_punkt_tab
 
     monkeypatch.setattr(nltk, "download", lambda *a, **k: pytest.fail("nltk.download must never run"))
     root = ensure_punkt_tab(tmp_path / "nltk")
@@ -138,7 +138,7 @@ def test_punkt_tab_is_written_from_the_package_not_downloaded(tmp_path, monkeypa
 def test_missing_punkt_package_says_how_to_install(monkeypatch):
     import builtins
 
-    from phased_ift import ifeval
+    from phased_ift.evals import ifeval
 
     real_import = builtins.__import__
 
@@ -153,7 +153,7 @@ def test_missing_punkt_package_says_how_to_install(monkeypatch):
 
 
 def test_bad_inputs_and_responses_name_the_line(tmp_path):
-    from phased_ift.ifeval import load_inputs, read_responses
+    from phased_ift.evals.ifeval import load_inputs, read_responses
 
     bad = tmp_path / "in.jsonl"
     bad.write_text('{"key": 1, "prompt": "p", "instruction_id_list": ["a:b"], "kwargs": [{}]}\n'
@@ -177,7 +177,7 @@ def test_bad_inputs_and_responses_name_the_line(tmp_path):
 def test_paired_statistics_on_known_inputs():
     from scipy.stats import t
 
-    from phased_ift.ifeval import compare_ifeval
+    from phased_ift.evals.ifeval import compare_ifeval
     from phased_ift.stats import mcnemar_midp, ratio_with_ci
 
     # 8 prompts only A follows, 2 only B, 5 both, 5 neither: two-sided mid-p = 2 [P(X <= 2) - P(X = 2) / 2], X ~
@@ -213,7 +213,7 @@ def test_evaluate_step_scores_each_checkpoints_ifeval_answers(tmp_path, data_hom
     from phased_ift.config import config_from_dict
     from phased_ift.data import load_test_set
     from phased_ift.design import evaluation_cells
-    from phased_ift.ifeval import ifeval_all, load_inputs
+    from phased_ift.evals.ifeval import ifeval_all, load_inputs
     from phased_ift.rundir import RunDir
     from phased_ift.runio import atomic_write_json, write_jsonl
 
@@ -229,12 +229,12 @@ def test_evaluate_step_scores_each_checkpoints_ifeval_answers(tmp_path, data_hom
         atomic_write_json(path.with_name("ifeval.settings.json"), {"n": 6})
     console = Console(record=True, width=200)
     ifeval_all(cfg, run, console=console)
-    got = {arm: json.loads(run.ifeval(arm, c.phase, 0).read_text()) for arm, c in cells.items()}
+    got = {arm: json.loads(run.benchmark("ifeval", arm, c.phase, 0).read_text()) for arm, c in cells.items()}
     assert got["phased"]["metrics"]["n_prompts"] == 6 and got["phased"]["metrics"]["unanswered"] == 0
     assert got["one-off"]["metrics"]["unanswered"] == 2
     assert [str(r["key"]) for r in got["one-off"]["per_prompt"]] == keys
     assert console.export_text().count("IFEval prompt-level strict") == 2
-    path = run.ifeval("phased", cells["phased"].phase, 0)
+    path = run.benchmark("ifeval", "phased", cells["phased"].phase, 0)
     mtime = path.stat().st_mtime_ns
     ifeval_all(cfg, run, console=console)
     assert path.stat().st_mtime_ns == mtime
@@ -250,7 +250,7 @@ def _rows(flags: list[bool]) -> list[dict]:
 def test_report_shows_ifeval_per_arm_paired_difference_and_trend(tmp_path):
     """Constructed ifeval.json files: the report's tables, verdict line and trend plot carry their numbers."""
     from phased_ift.config import config_from_dict
-    from phased_ift.ifeval import ifeval_metrics
+    from phased_ift.evals.ifeval import ifeval_metrics
     from phased_ift.report import build_report
     from phased_ift.rundir import RunDir
     from phased_ift.runio import atomic_write_json
@@ -263,7 +263,7 @@ def test_report_shows_ifeval_per_arm_paired_difference_and_trend(tmp_path):
              ("phased", 3): [True] * 5 + [True] * 8 + [False] * 7, ("one-off", 1): oneoff}
     for (arm, k), f in flags.items():
         rows = _rows(f)
-        atomic_write_json(run.ifeval(arm, k, 0), {"arm": arm, "phase": k, "seed": 0, "per_prompt": rows,
+        atomic_write_json(run.benchmark("ifeval", arm, k, 0), {"arm": arm, "phase": k, "seed": 0, "per_prompt": rows,
                                                    "metrics": ifeval_metrics(rows, 200)})
     s = build_report(run, cfg)
     assert [(e["arm"], e["phase"], e["final"]) for e in s["ifeval"]] == [
@@ -296,7 +296,7 @@ def test_report_without_ifeval_says_how_to_get_it(tmp_path):
 
 def test_default_output_goes_to_the_current_directory(tmp_path, monkeypatch, data_home):
     """The responses may sit in a read-only data folder: the results JSON goes to ./<stem>.ifeval.json."""
-    from phased_ift.ifeval import load_inputs, score_file
+    from phased_ift.evals.ifeval import load_inputs, score_file
 
     inputs = load_inputs()[:2]
     src = tmp_path / "ro"
@@ -326,7 +326,7 @@ def _counted_rows(spec: list[tuple[int, bool]]) -> list[dict]:
 
 
 def test_instruction_count_view_splits_single_and_multi_instruction_prompts():
-    from phased_ift.ifeval import format_table, ifeval_metrics, instruction_count_view
+    from phased_ift.evals.ifeval import format_table, ifeval_metrics, instruction_count_view
 
     spec = [(1, True)] * 9 + [(1, False)] * 3 + [(2, True)] * 2 + [(2, False)] * 4 + [(3, True)] + [(3, False)] * 5
     rows = _counted_rows(spec)
@@ -347,7 +347,7 @@ def test_instruction_count_view_splits_single_and_multi_instruction_prompts():
 def test_instruction_count_view_on_gpt4_responses(tmp_path, data_home):
     """google-research's GPT-4 responses: 305 single- and 236 multi-instruction prompts, whose accuracies weighted
     by their counts give the overall prompt-level strict accuracy."""
-    from phased_ift.ifeval import score_file
+    from phased_ift.evals.ifeval import score_file
 
     m, _ = score_file(data_home / GPT4, out=tmp_path / "gpt4.json", n_resamples=200)
     v = m["by_instruction_count"]
@@ -361,7 +361,7 @@ def test_report_shows_the_multi_instruction_view_and_pairs_arms_on_it(tmp_path):
     """Constructed ifeval.json files, one written before the view existed (no by_instruction_count): the summary
     computes it from the per-prompt rows; the report's table shows it; it is not among the answer's comparisons."""
     from phased_ift.config import config_from_dict
-    from phased_ift.ifeval import ifeval_metrics, instruction_count_view
+    from phased_ift.evals.ifeval import ifeval_metrics, instruction_count_view
     from phased_ift.report import build_report
     from phased_ift.rundir import RunDir
     from phased_ift.runio import atomic_write_json
@@ -374,9 +374,9 @@ def test_report_shows_the_multi_instruction_view_and_pairs_arms_on_it(tmp_path):
     oneoff = _counted_rows([(n, n == 1) for n in counts])                     # multi: none followed
     metrics = ifeval_metrics(oneoff, 200)
     del metrics["by_instruction_count"]  # an older file
-    atomic_write_json(run.ifeval("one-off", 1, 0), {"arm": "one-off", "phase": 1, "seed": 0, "per_prompt": oneoff,
+    atomic_write_json(run.benchmark("ifeval", "one-off", 1, 0), {"arm": "one-off", "phase": 1, "seed": 0, "per_prompt": oneoff,
                                                    "metrics": metrics})
-    atomic_write_json(run.ifeval("phased", 3, 0), {"arm": "phased", "phase": 3, "seed": 0, "per_prompt": phased,
+    atomic_write_json(run.benchmark("ifeval", "phased", 3, 0), {"arm": "phased", "phase": 3, "seed": 0, "per_prompt": phased,
                                                   "metrics": ifeval_metrics(phased, 200)})
     s = build_report(run, cfg)
     views = {e["arm"]: e["by_instruction_count"] for e in s["ifeval"]}

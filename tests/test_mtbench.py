@@ -12,7 +12,7 @@ import pytest
 from phased_ift.config import load_config
 from phased_ift.data import load_test_set
 from phased_ift.errors import PhasedIFTError
-from phased_ift.mtbench import (
+from phased_ift.evals.mtbench import (
     References,
     grade_all,
     grade_file,
@@ -195,7 +195,7 @@ def test_summarize_grades_empty():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Grading a hand-written run dir through judge.judge_all -> mtbench.grade_all, the real LLMClient, the fake server
+# Grading a hand-written run dir through the evaluate step (evals.step.evaluate_all -> mtbench.BENCHMARK), the real LLMClient, the fake server
 # ---------------------------------------------------------------------------------------------------------------
 REPLIES = {("81", 1): "Helpful and detailed. Rating: [[8]]", ("81", 2): "Rating: [7]",
            ("111", 1): "The assistant did not answer the question.", ("111", 2): "[[6.5]]",
@@ -224,17 +224,20 @@ def _cfg(tmp_path, srv=None, extra=()):
 _log = log_console
 
 
-def test_judge_step_grades_both_turns_resumes_and_retries_failures(tmp_path, mt_bench):
+def test_evaluate_step_grades_both_turns_resumes_and_retries_failures(tmp_path, mt_bench):
+    from phased_ift.evals.step import evaluate_all
     from phased_ift.judge import judge_all
 
     with FakeLLMServer(reply=judge_reply) as srv:
         cfg = _cfg(tmp_path, srv)
         run = RunDir(cfg.run_dir)
         write_answers(run, mt_bench)
-        judge_all(cfg, run, dry_run=True, console=_log(tmp_path))
+        judge_all(cfg, run, console=_log(tmp_path))  # the judge step is pairwise only: no grading there
+        assert srv.count == 0 and not (run.root / "grades").exists()
+        evaluate_all(cfg, run, dry_run=True, console=_log(tmp_path))
         assert srv.count == 0 and not (run.root / "grades").exists()
         srv.queue(Status(400))  # concurrency 1: the first request (81, turn 1) fails
-        judge_all(cfg, run, console=_log(tmp_path))
+        evaluate_all(cfg, run, console=_log(tmp_path))
         out = run.grades("one-off", 1, "mt_bench", 0)
         rows = [json.loads(x) for x in out.read_text().splitlines()]
         assert srv.count == 6 and len(rows) == 6
@@ -248,15 +251,15 @@ def test_judge_step_grades_both_turns_resumes_and_retries_failures(tmp_path, mt_
         body = srv.bodies[1]
         assert body["temperature"] == 0.0 and body["max_tokens"] == 2048 and body["messages"][0]["role"] == "system"
         # Re-run: only the failed row is asked again; its new row supersedes it.
-        judge_all(cfg, run, console=_log(tmp_path))
+        evaluate_all(cfg, run, console=_log(tmp_path))
         rows = [json.loads(x) for x in out.read_text().splitlines()]
         assert srv.count == 7 and len(rows) == 7 and rows[-1]["id"] == "81" and rows[-1]["rating"] == 8.0
-        judge_all(cfg, run, console=_log(tmp_path))  # everything graded: nothing sent, nothing appended
+        evaluate_all(cfg, run, console=_log(tmp_path))  # everything graded: nothing sent, nothing appended
         assert srv.count == 7 and len(out.read_text().splitlines()) == 7
         out.unlink()  # grading from scratch: every answer comes from the cache
-        judge_all(cfg, run, console=_log(tmp_path))
+        evaluate_all(cfg, run, console=_log(tmp_path))
         assert srv.count == 7 and len(out.read_text().splitlines()) == 6
-        judge_all(cfg, run, dry_run=True, console=_log(tmp_path))
+        evaluate_all(cfg, run, dry_run=True, console=_log(tmp_path))
     log = (tmp_path / "log.txt").read_text()
     assert "grade (MT-Bench, dry run): 6 distinct requests, 0 cached, 6 to send" in log
     assert "grade (MT-Bench, dry run): 6 distinct requests, 6 cached, 0 to send" in log

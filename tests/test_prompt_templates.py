@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from phased_ift import judge, mtbench, seqeval
+from phased_ift import judge
+from phased_ift.evals import mtbench, seqeval
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError
-from phased_ift.grading import PromptTemplate, read_template
+from phased_ift.prompts import PromptTemplate, read_template
 from phased_ift.scoring import judge as difficulty
 from phased_ift.sit import generation as sit
 

@@ -27,6 +27,9 @@ def test_locate_inverts_every_path_builder(tmp_path):
     assert run.locate(trend) == Location("judgement", "reverse", 1, 2, "oasst", "phased", trend)
     ev = run.evaluation("random", 2, seed=4)
     assert run.locate(ev) == Location("evaluation", "random", 4, 2, path=ev)
+    b = run.benchmark("ifeval", "random", 2, seed=4)  # a benchmark's file: located with the benchmark's name
+    assert b == run.root / "evaluation" / "random" / "seed_4" / "phase_2" / "ifeval.json"
+    assert run.locate(b) == Location("evaluation", "random", 4, 2, "ifeval", path=b)
     gr = run.grades("phased", 3, "mt_bench", seed=1)
     assert gr == run.root / "grades" / "phased" / "seed_1" / "phase_3" / "mt_bench.jsonl"
     assert run.locate(gr) == Location("grade", "phased", 1, 3, "mt_bench", path=gr)
@@ -41,7 +44,7 @@ def test_locate_inverts_every_path_builder(tmp_path):
 
 @pytest.mark.parametrize("rel", ["config.yaml", "phases/phase_1.jsonl", "checkpoints/phased/seed_x/phase_1",
                                  "checkpoints/phased/seed_0", "generations/phased/seed_0/phase_1/v.json",
-                                 "judgements/phased-one-off/seed_0/v.jsonl", "evaluation/phased/seed_0/phase_1/x.json",
+                                 "judgements/phased-one-off/seed_0/v.jsonl", "evaluation/phased/seed_0/phase_1/x.txt",
                                  "grades/phased/seed_0/phase_1/mt_bench.json", "grades/phased/seed_0/mt_bench.jsonl",
                                  "report/summary.json"])
 def test_locate_refuses_paths_outside_the_layout(tmp_path, rel):

@@ -40,7 +40,8 @@ try:
     with run_lock(sys.argv[1], command="holder-cmd", rank_timeout_s=float(sys.argv[4]) if len(sys.argv) > 4 else 120,
                   poll_s=0.1) as h:
         Path(sys.argv[2]).write_text(f"{h.pid}")
-        print(f"holder {h.pid} me {os.getpid()}", flush=True)
+        sys.stdout.write(f"holder {h.pid} me {os.getpid()}\\n")  # one write: two ranks share the pipe
+        sys.stdout.flush()
         time.sleep(float(sys.argv[3]))
 except PhasedIFTError as e:
     print(f"error: {e}", file=sys.stderr)

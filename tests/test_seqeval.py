@@ -18,7 +18,7 @@ from phased_ift.data import load_test_set
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import write_jsonl
 from phased_ift.rundir import RunDir
-from phased_ift.seqeval import (
+from phased_ift.evals.seqeval import (
     load_prompts,
     parse_following,
     parse_quality,
@@ -174,7 +174,8 @@ def _cfg(tmp_path, srv=None, extra=()):
 _log = log_console
 
 
-def test_judge_step_grades_seqeval_resumes_retries_and_caches(tmp_path, seqeval_by_depth):
+def test_evaluate_step_grades_seqeval_resumes_retries_and_caches(tmp_path, seqeval_by_depth):
+    from phased_ift.evals.step import evaluate_all
     from phased_ift.judge import judge_all
 
     picked = _pick(seqeval_by_depth)
@@ -182,11 +183,12 @@ def test_judge_step_grades_seqeval_resumes_retries_and_caches(tmp_path, seqeval_
         cfg = _cfg(tmp_path, srv)
         run = RunDir(cfg.run_dir)
         write_answers(run, picked)
-        judge_all(cfg, run, dry_run=True, console=_log(tmp_path))
+        judge_all(cfg, run, console=_log(tmp_path))  # the judge step is pairwise only: no grading there
         assert srv.count == 0 and not (run.root / "grades").exists()
-        # pairwise judging has no second arm here (one-off only): only the grader sends requests
+        evaluate_all(cfg, run, dry_run=True, console=_log(tmp_path))
+        assert srv.count == 0 and not (run.root / "grades").exists()
         srv.queue(Status(400))  # concurrency 1: the first request (A, following) fails
-        judge_all(cfg, run, console=_log(tmp_path))
+        evaluate_all(cfg, run, console=_log(tmp_path))
         out = run.grades("one-off", 1, "seqeval", 0)
         rows = [json.loads(x) for x in out.read_text().splitlines()]
         assert srv.count == 8 and len(rows) == 8
@@ -203,15 +205,15 @@ def test_judge_step_grades_seqeval_resumes_retries_and_caches(tmp_path, seqeval_
         body = srv.bodies[1]
         assert body["temperature"] == 0.0 and body["max_tokens"] == 2048 and body["messages"][0]["role"] == "system"
         # re-run: only the failed verdict is asked again; its row supersedes the failed one
-        judge_all(cfg, run, console=_log(tmp_path))
+        evaluate_all(cfg, run, console=_log(tmp_path))
         rows = [json.loads(x) for x in out.read_text().splitlines()]
         assert srv.count == 9 and len(rows) == 9 and (rows[-1]["id"], rows[-1]["rating"]) == (a, 1.0)
-        judge_all(cfg, run, console=_log(tmp_path))  # all graded: nothing sent or appended
+        evaluate_all(cfg, run, console=_log(tmp_path))  # all graded: nothing sent or appended
         assert srv.count == 9 and len(out.read_text().splitlines()) == 9
         out.unlink()  # from scratch: every verdict from the cache
-        judge_all(cfg, run, console=_log(tmp_path))
+        evaluate_all(cfg, run, console=_log(tmp_path))
         assert srv.count == 9 and len(out.read_text().splitlines()) == 8
-        judge_all(cfg, run, dry_run=True, console=_log(tmp_path))
+        evaluate_all(cfg, run, dry_run=True, console=_log(tmp_path))
     log = (tmp_path / "log.txt").read_text()
     assert "grade (SeqEval, dry run): 8 distinct requests, 0 cached, 8 to send" in log
     assert "grade (SeqEval, dry run): 8 distinct requests, 8 cached, 0 to send" in log
@@ -233,7 +235,7 @@ def test_judge_step_grades_seqeval_resumes_retries_and_caches(tmp_path, seqeval_
 
 
 def test_grading_needs_the_test_set_and_a_judge(tmp_path, seqeval_by_depth):
-    from phased_ift.seqeval import grade_all
+    from phased_ift.evals.seqeval import grade_all
 
     run = RunDir(tmp_path / "run")
     write_answers(run, _pick(seqeval_by_depth))
@@ -250,18 +252,15 @@ def test_grading_needs_the_test_set_and_a_judge(tmp_path, seqeval_by_depth):
         assert srv.count == 0
 
 
-def test_judge_graders_registry():
-    from phased_ift import mtbench, seqeval
-    from phased_ift.judge import GRADERS, _graders
+def test_benchmark_registry_holds_the_graders():
+    from phased_ift.evals import BENCHMARKS, mtbench, register_benchmark, seqeval
 
-    assert GRADERS == {"mt_bench": mtbench.GRADER, "seqeval": seqeval.GRADER}
-    with pytest.raises(ValueError, match="duplicate grader for test set 'seqeval'"):
-        _graders(seqeval.GRADER, seqeval.GRADER)
+    assert list(BENCHMARKS) == ["reference_loss", "ifeval", "mt_bench", "seqeval"]
+    assert [BENCHMARKS[n].requests for n in ("mt_bench", "seqeval")] == [mtbench.GRADER.requests,
+                                                                       seqeval.GRADER.requests]
+    with pytest.raises(PhasedIFTError, match="benchmark 'seqeval' is registered twice"):
+        register_benchmark(seqeval.BENCHMARK)
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Aggregation on constructed judgements: by depth, CIs, counts
-# ---------------------------------------------------------------------------------------------------------------
 def _row(i, metric, rating, depth, **kw):
     return {"id": f"p{i}", "metric": metric, "iteration": depth, "template": f"seqeval-{metric}", "rating": rating,
             "reply": "r", "judge": "j", "unparsed": rating is None and not kw.get("failed"),
@@ -309,7 +308,7 @@ def test_summarize_seqeval_by_depth_with_cis_and_counts():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The paired comparison of arms (report.answer.EFFECT_METRICS) and the report section, on a constructed run dir
+# The paired comparison of arms (report.answer.effect_metrics) and the report section, on a constructed run dir
 # ---------------------------------------------------------------------------------------------------------------
 def _grades_run(tmp_path, n=40):
     """phased (final phase 3) and one-off, two seeds: phased follows prompts with i % 3 != 0, one-off those with
@@ -374,7 +373,7 @@ def test_report_shows_seqeval_by_depth_and_its_verdict(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The pipeline: generate -> judge grades SeqEval for every evaluated checkpoint (training stubbed, tiny models)
+# The pipeline: generate -> judge (pairwise) -> evaluate grades SeqEval for every evaluated checkpoint (training stubbed, tiny models)
 # ---------------------------------------------------------------------------------------------------------------
 def _pipeline_reply(body: dict) -> str:
     text = body["messages"][-1]["content"]
@@ -394,8 +393,10 @@ def test_run_grades_seqeval_for_every_arm_and_phase(tmp_path, tiny_model_dir, mo
     with FakeLLMServer(reply=_pipeline_reply) as srv:
         cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch,
                                  [f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake",
-                                  "generate.test_sets=[seqeval]"])
-        pipeline.step_judge(cfg, console=console)
+                                  "generate.test_sets=[seqeval]", "evaluation.reference_loss=false"])
+        pipeline.step_judge(cfg, console=console)  # pairwise only: no grade file yet
+        assert not (run.root / "grades").exists() and run.judgement_files()
+        pipeline.step_evaluate(cfg, console=console)  # the graded benchmarks run in the evaluate step
         cells = [("phased", 1), ("phased", 2), ("one-off", 1)]
         for arm, k in cells:
             rows = [json.loads(x) for x in run.grades(arm, k, "seqeval", 0).read_text().splitlines()]
@@ -403,6 +404,7 @@ def test_run_grades_seqeval_for_every_arm_and_phase(tmp_path, tiny_model_dir, mo
                                                                                       ("quality", 2.0)}
         sent = srv.count  # re-run: everything is graded and judged, nothing is sent
         pipeline.step_judge(cfg, console=console)
+        pipeline.step_evaluate(cfg, console=console)
         assert srv.count == sent
         s = build_report(run, cfg)
     assert {(e["arm"], e["phase"]) for e in s["seqeval"]} == set(cells)
@@ -425,9 +427,9 @@ def test_seqeval_grading_with_a_real_llama_cpp_judge(tmp_path, smollm2_path, lla
 
     from phased_ift.config import EndpointConfig
     from phased_ift.generate import generate_answers, read_generations
-    from phased_ift.grading import grade_file
+    from phased_ift.evals.grading import grade_file
     from phased_ift.llm_client import LLMClient
-    from phased_ift.seqeval import depths, grade_items, make_grade_row
+    from phased_ift.evals.seqeval import depths, grade_items, make_grade_row
 
     ex = [seqeval_by_depth[d][0] for d in (1, 4)]
     gen = generate_answers(smollm2_path, ex, 16, 2, "chat", tmp_path / "seqeval.jsonl")

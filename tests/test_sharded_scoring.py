@@ -227,7 +227,7 @@ def assert_same_scores(got: Path, want: Path) -> None:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, tiny_model_dir):
     """The reference: IFD scores and reference losses of one process (this one), with their wall times."""
-    from phased_ift.evaluation import reference_loss_all
+    from phased_ift.evals.reference_loss import reference_loss_all
     from phased_ift.rundir import RunDir
     from phased_ift.scoring import score_examples
 

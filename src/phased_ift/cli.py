@@ -10,6 +10,7 @@
     phased-ift train CONFIG [key=value ...]        train every configured arm, phase by phase
     phased-ift generate CONFIG [key=value ...]     answers on the test sets
     phased-ift judge CONFIG [key=value ...]        pairwise judging in both orders
+    phased-ift evaluate CONFIG [key=value ...]     the benchmarks: reference loss, IFEval, MT-Bench, SeqEval grading
     phased-ift report CONFIG [key=value ...]       report.md/html, plots, summary.json
     phased-ift run CONFIG [key=value ...]          all of the above, resumable
     phased-ift ifeval RESPONSES.jsonl [--inputs F] IFEval's four numbers and per-group table of any response file
@@ -91,7 +92,7 @@ def cmd_data_sources(args: argparse.Namespace) -> int:
 def cmd_ifeval(args: argparse.Namespace) -> int:
     """`phased-ift ifeval FILE`: score {prompt, response} records as google-research's evaluation_main does
     (`ifeval.score_file`), print the four numbers and the per-group table, write the per-prompt JSON."""
-    from phased_ift.ifeval import format_table, score_file
+    from phased_ift.evals.ifeval import format_table, score_file
 
     metrics, out = score_file(args.responses, args.inputs, args.out, seed=args.seed)
     for line in format_table(metrics):
@@ -297,6 +298,13 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from phased_ift.pipeline import step_evaluate
+
+    step_evaluate(_locked(args), dry_run=args.dry_run, console=console)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from phased_ift.pipeline import step_report
     from phased_ift.report import verdict_lines
@@ -366,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", "train every configured arm (train.arms) phase by phase", cmd_train, True),
         ("generate", "generate answers on the test sets for every arm", cmd_generate, False),
         ("judge", "judge arm pairs in both answer orders", cmd_judge, True),
+        ("evaluate", "every benchmark on every checkpoint: reference loss, IFEval, MT-Bench and SeqEval grading",
+         cmd_evaluate, True),
         ("report", "write report.md/html, plots and summary.json", cmd_report, False),
         ("run", "the whole pipeline, resumable", cmd_run, True),
     ]

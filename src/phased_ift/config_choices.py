@@ -1,7 +1,7 @@
 """The names every registry is keyed by, as plain data at the bottom of the package (above `errors` only).
 
 Owns the names a config may choose, with one line each for help texts: the scorers, phase methods, generation
-backends, data formats, test sets and the benchmarks among them, samplers, named models, pairwise judge templates,
+backends, data formats, test sets and the benchmarks (`BenchmarkChoice`), samplers, named models, pairwise judge templates,
 SIT steps and kinds, and the arms with their flags (`ArmChoice`; a family such as `permutations` names its members:
 `arm_choice`, `expand_arms`); and the key of a test set (`testset_key`). No implementation lives here. Each registry
 registers its implementations against these names, and tests/test_architecture.py checks that its keys equal them:
@@ -11,8 +11,7 @@ registers its implementations against these names, and tests/test_architecture.p
     GENERATE_BACKENDS  generate.BACKENDS
     DATA_FORMATS       data.FORMATS                 (FORMAT_CHOICES adds hf and auto: data.FORMAT_NAMES)
     TEST_SETS          data.TEST_SETS
-    GRADED             judge.GRADERS                (single-answer grading by the judge: MT-Bench, SeqEval)
-    EVALUATIONS        evaluation.METRICS           (the judge-free metrics of the evaluate step)
+    BENCHMARKS         evals.BENCHMARKS             (what the evaluate step measures: kind, test set, answer budget)
     SAMPLERS           train.samplers.SAMPLERS
     NAMED_MODELS       modeling.NAMED_MODELS
     PAIRWISE_TEMPLATES the packaged templates of judge.load_template
@@ -58,13 +57,47 @@ FORMAT_CHOICES = (*DATA_FORMATS, "hf", "auto")  # hf: read through `datasets`; a
 # ---- test sets (data/sources.py knows their files) and the benchmarks among them
 TEST_SETS = ("vicuna", "koala", "sinstruct", "wizardlm", "oasst", "helpful_base", "alpaca_eval", "lima", "ifeval",
              "mt_bench", "seqeval")
-JUDGE_FREE = ("ifeval",)  # verified by program; not judged pairwise unless judge.test_sets names them
-GRADED = ("mt_bench", "seqeval")  # graded answer by answer by the judge (judge.GRADERS)
-EVALUATIONS = ("reference_loss", "ifeval")  # the evaluate step's metrics, in the order they run
+# A benchmark's kind: how its per-prompt values come about.
+LIKELIHOOD = "likelihood"  # the checkpoint's loss of given answers (no generation, no judge)
+PROGRAM = "program"        # the checkpoint's answers checked by a program (no judge)
+LLM_GRADED = "graded"      # the checkpoint's answers rated one by one by the LLM judge (judge.judge)
+
+
+@dataclass(frozen=True)
+class BenchmarkChoice:
+    """What a benchmark is, as data (`evals.Benchmark` adds how it runs, is summarised and reported).
+
+    Attributes:
+        name: the registry key, the summary's key, the evaluate step's log and the report's section.
+        kind: LIKELIHOOD, PROGRAM or LLM_GRADED.
+        test_set: the generate.test_sets key that switches it on and whose answers it reads (None: it reads no
+            answers and has its own switch, e.g. evaluation.reference_loss).
+        answer_budget: new tokens per answer (per turn) its harness fixes (generate.max_new_tokens_per_set's
+            default for its test set); None: generate.max_new_tokens.
+        note: one line for the test set's help text.
+    """
+
+    name: str
+    kind: str
+    test_set: str | None = None
+    answer_budget: int | None = None
+    note: str = ""
+
+
+# The benchmarks of the evaluate step, in the order they run and are reported (IFEval: Zhou et al. 2023; MT-Bench:
+# Zheng et al. 2023; SeqEval: Hu et al. 2024).
+BENCHMARKS = {b.name: b for b in (
+    BenchmarkChoice("reference_loss", LIKELIHOOD, note="the loss of GPT-4's reference answers"),
+    BenchmarkChoice("ifeval", PROGRAM, "ifeval", 1280, "scored without a judge"),
+    BenchmarkChoice("mt_bench", LLM_GRADED, "mt_bench", 1024, "two turns, graded by the judge"),
+    BenchmarkChoice("seqeval", LLM_GRADED, "seqeval", None, "graded by the judge"),
+)}
+# verified by program; not judged pairwise unless judge.test_sets names them
+JUDGE_FREE = tuple(b.test_set for b in BENCHMARKS.values() if b.kind == PROGRAM)
+GRADED = tuple(b.test_set for b in BENCHMARKS.values() if b.kind == LLM_GRADED)  # graded answer by answer
 # Answer budgets of the test sets whose harnesses fix one (new tokens per answer, per turn).
-ANSWER_BUDGETS = {"ifeval": 1280, "mt_bench": 1024}
-_TEST_SET_NOTES = {"ifeval": "scored without a judge", "mt_bench": "two turns, graded by the judge",
-                   "seqeval": "graded by the judge"}
+ANSWER_BUDGETS = {b.test_set: b.answer_budget for b in BENCHMARKS.values() if b.test_set and b.answer_budget}
+_TEST_SET_NOTES = {b.test_set: b.note for b in BENCHMARKS.values() if b.test_set}
 
 SAMPLERS = ("sequential", "competence")
 NAMED_MODELS = ("smollm2-135m-instruct", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")

@@ -23,9 +23,9 @@ The verdict names, the reconciliation rule and `aggregate(rows)` (counts, the pl
 the paper's centred number) are `winrate.py`'s; this module re-exports them.
 
 Owns: judge templates, the score and verdict parsers, judgement rows, judging one test set (`judge_pairs`) and
-the judge step (`judge_all`: every comparison of `design.judge_jobs` on every test set, or its dry-run estimate;
-then the single-answer graders of `GRADERS`, whose prompts and numbers `mtbench` and `seqeval` own and whose grade
-files `grading` owns). Which arms are compared is the design's (`design.judge_jobs`), not this module's.
+the judge step (`judge_all`: every comparison of `design.judge_jobs` on every test set, or its dry-run estimate).
+The step is pairwise only: single-answer grading (MT-Bench, SeqEval) is a benchmark of the evaluate step
+(`evals`). Which arms are compared is the design's (`design.judge_jobs`), not this module's.
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from phased_ift import design, mtbench, seqeval  # design.judge_jobs: which arms are compared is the design's
+from phased_ift import design  # design.judge_jobs: which arms are compared is the design's
 from phased_ift.config import Config
 from phased_ift.config_checks import check_judge_test_sets
 from phased_ift.config_choices import JUDGE_FREE, testset_key
 from phased_ift.data import load_reference_answers, normalize_text
 from phased_ift.errors import PhasedIFTError
 from phased_ift.generate import read_generations, settings_path
-from phased_ift.grading import Grader, PromptTemplate, grade_all, read_template  # one template class and reader
+from phased_ift.prompts import PromptTemplate, read_template  # one template class and reader
 from phased_ift.llm_client import LLMClient
 from phased_ift.rundir import RunDir
 from phased_ift.runio import AppendLog
@@ -67,7 +67,7 @@ _VERDICT_TAGS = {"[[A]]": "A", "[[B]]": "B", "[[C]]": "tie"}
 
 @dataclass(frozen=True)
 class JudgeTemplate(PromptTemplate):
-    """A pairwise judge prompt (a `grading.PromptTemplate`): user text with {question} and the answer placeholders
+    """A pairwise judge prompt (a `prompts.PromptTemplate`): user text with {question} and the answer placeholders
     of its kind (`ANSWER_KEYS`: {answer_1}, {answer_2} for SCORES; {answer_a}, {answer_b} for VERDICT), and
     {reference} for reference templates."""
 
@@ -346,10 +346,8 @@ def judge_all(cfg: Config, run: RunDir, dry_run: bool = False, console: Any = No
     -> judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl (rows: `make_row`), one log line per file.
 
     Reads the generations (generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl) and, for reference templates,
-    the reference answers of evaluation.reference. Then every single-answer grader of `GRADERS` whose test set is
-    generated grades each checkpoint's answers (`grading.grade_all`: MT-Bench, FastChat's 1-10 rating; SeqEval,
-    following rate and quality). No judge endpoint (judge.judge.base_url/model): logs
-    how to set one and returns. dry_run prints the distinct request count, cache hits and estimated tokens and sends
+    the reference answers of evaluation.reference. No judge endpoint (judge.judge.base_url/model): logs how to set
+    one and returns. dry_run prints the distinct request count, cache hits and estimated tokens and sends
     nothing (test sets not generated yet are counted apart). Ends with sent / cache hits / failures / tokens.
 
     Args:
@@ -378,39 +376,11 @@ def judge_all(cfg: Config, run: RunDir, dry_run: bool = False, console: Any = No
                           f"tokens {s['prompt_tokens']} prompt + {s['completion_tokens']} completion", highlight=False)
     finally:
         client.close()
-    for grader in GRADERS.values():  # single-answer grades (MT-Bench, SeqEval); each does nothing without its set
-        grade_all(grader, cfg, run, dry_run=dry_run, console=console)
-
-
-def _graders(*graders: Grader) -> dict[str, Grader]:
-    out: dict[str, Grader] = {}
-    for g in graders:
-        if g.testset in out:
-            raise ValueError(f"duplicate grader for test set {g.testset!r}")
-        out[g.testset] = g
-    return out
-
-
-# The single-answer graders the judge step runs after pairwise judging, by test set (`grading.Grader`); adding one
-# is a module with its Grader plus one entry here.
-GRADERS: dict[str, Grader] = _graders(mtbench.GRADER, seqeval.GRADER)
-
-
-def check_graders(cfg: Config) -> None:
-    """With a judge configured, load what each grader of the generated test sets needs (`Grader.prepare`: its
-    prompt templates and data), so that `pipeline.preflight` stops on a bad template before any training.
-
-    Raises:
-        PhasedIFTError: a missing prompts file or a bad template (names the file and the config key).
-    """
-    if cfg.judge.judge.enabled:
-        for name in sorted({testset_key(n) for n in cfg.generate.test_sets} & set(GRADERS)):
-            GRADERS[name].prepare(cfg)
 
 
 def pairwise_test_sets(cfg: Config) -> list[str]:
     """The test-set keys the judge step compares pairwise: judge.test_sets, else every generate.test_sets key but
-    the judge-free ones (`JUDGE_FREE`: IFEval is verified by `ifeval.py`).
+    the judge-free ones (`JUDGE_FREE`: IFEval is verified by program, `evals.ifeval`).
 
     Raises:
         PhasedIFTError: judge.test_sets names a test set that is not generated (checked when the config loaded;

@@ -2,7 +2,7 @@
 
 Owns the order of the steps, the cheap checks before them (`preflight`) and the plan (`plan_run`): `STEPS` is the
 ordered list of `Step`s, each with its body (in
-the module it belongs to: `judge.judge_all`, `generate.generate_all`, `evaluation.evaluate_all`,
+the module it belongs to: `judge.judge_all`, `generate.generate_all`, `evals.step.evaluate_all`,
 `report.build_report`, ...; the data, score, split and train bodies are the short functions below) and its row of
 the plan. `phased-ift run` runs every step once, in that order (`run_pipeline`). A subcommand (`phased-ift
 generate CONFIG`, or `step_generate(cfg)` from Python) runs its own step and the earlier steps it needs
@@ -31,9 +31,10 @@ from phased_ift.data import (SOURCES, Example, combine_results, data_home, load_
                              write_examples)
 from phased_ift.design import controls, evaluation_cells, judge_jobs
 from phased_ift.errors import PhasedIFTError
-from phased_ift.evaluation import evaluate_all
+from phased_ift.evals.step import evaluate_all, evaluate_needs, grade_requests
+from phased_ift.evals.step import plan_row as evaluate_row
 from phased_ift.generate import generate_all, testset_key
-from phased_ift.judge import GRADERS, judge_all, pairwise_test_sets
+from phased_ift.judge import judge_all, pairwise_test_sets
 from phased_ift.modeling import describe_precision, resolve_config_precision
 from phased_ift.phases import write_split
 from phased_ift.preflight import check_disk_space, preflight  # run_pipeline / plan_run call them; tests patch them
@@ -60,7 +61,7 @@ class Step:
     Attributes:
         name: the step's name (and its subcommand's, where it has one).
         run: the body, `(cfg, run, dry_run, console) -> result`; it runs this step only, never another step.
-            dry_run is True only for the command's own step of a `--dry-run` command (score, train, judge).
+            dry_run is True only for the command's own step of a `--dry-run` command (score, train, judge, evaluate).
         plan: the step's row of the plan table, `(cfg, plan inputs) -> (what, size, output)`.
         needs: the earlier steps a command of this step runs first, `(cfg, run, dry_run) -> names`, as the
             step's inputs require (they are asked in turn: `steps_for`).
@@ -167,7 +168,7 @@ def _judge(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | N
 
 
 def _evaluate(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
-    evaluate_all(cfg, run, console=console)
+    evaluate_all(cfg, run, dry_run=dry_run, console=console)
 
 
 def _report(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> dict:
@@ -198,9 +199,9 @@ def _judge_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
 
 
 def _evaluate_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
-    """The checkpoints, when evaluation.reference_loss is on; the generations, when IFEval is a test set."""
-    ifeval = "ifeval" in {testset_key(n) for n in cfg.generate.test_sets} and not dry_run
-    return (["train"] if cfg.evaluation.reference_loss else []) + (["generate"] if ifeval else [])
+    """What its benchmarks read (`evals.step.evaluate_needs`): the checkpoints for the reference loss, the answers
+    for IFEval and the graded benchmarks (not in a dry run)."""
+    return evaluate_needs(cfg, run, dry_run)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,9 +229,7 @@ def _generate_row(cfg: Config, p: dict) -> tuple[str, str, str]:
 
 
 def _evaluate_row(cfg: Config, p: dict) -> tuple[str, str, str]:
-    what = (["reference-answer loss"] if cfg.evaluation.reference_loss else []) + (
-        [f"IFEval ({p['prompts']['ifeval']} prompts)"] if "ifeval" in p["prompts"] else [])
-    return (", ".join(what) or "off", f"{p['checkpoints']} checkpoints" if what else "", "evaluation/")
+    return evaluate_row(cfg, p["prompts"], p["checkpoints"], p["grades"])
 
 
 STEPS: list[Step] = [
@@ -244,7 +243,7 @@ STEPS: list[Step] = [
     Step("train", _train, _train_row, needs=_train_needs),
     Step("generate", _generate, _generate_row, needs=lambda cfg, run, dry_run: ["train"]),
     Step("judge", _judge, lambda cfg, p: (cfg.judge.judge.model or "not configured (judge.judge.base_url)",
-                                          _judge_size(p), "judgements/, grades/"), needs=_judge_needs),
+                                          _judge_size(p), "judgements/"), needs=_judge_needs),
     Step("evaluate", _evaluate, _evaluate_row, needs=_evaluate_needs),
     Step("report", _report, lambda cfg, p: ("win rates, CIs, lengths, plots", "", "report/"),
          needs=lambda cfg, run, dry_run: ["generate", "judge", "evaluate"]),
@@ -346,13 +345,16 @@ def step_generate(cfg: Config, console: Console | None = None) -> None:
 
 
 def step_judge(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
-    """The judge step (`judge.judge_all`), after generate when a judge is configured and not dry_run: judgements/."""
+    """The pairwise judge step (`judge.judge_all`), after generate when a judge is configured and not dry_run:
+    judgements/."""
     run_command("judge", cfg, dry_run=dry_run, console=console)
 
 
-def step_evaluate(cfg: Config, console: Console | None = None) -> None:
-    """The evaluate step (`evaluation.evaluate_all`), after training when evaluation.reference_loss: evaluation/."""
-    run_command("evaluate", cfg, console=console)
+def step_evaluate(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
+    """The evaluate step (`evals.step.evaluate_all`: every benchmark of `evals.BENCHMARKS`), after what its
+    benchmarks read (`evals.step.evaluate_needs`): evaluation/, grades/. dry_run: the graded benchmarks' request
+    estimates; nothing is computed or sent."""
+    run_command("evaluate", cfg, dry_run=dry_run, console=console)
 
 
 def step_report(cfg: Config, console: Console | None = None) -> dict:
@@ -419,9 +421,8 @@ def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
     n_ckpt = len(evaluation_cells(cfg))
     pairwise = sum(prompts[k] for k in pairwise_test_sets(cfg))
     n_judge = 2 * pairwise * len(judge_jobs(cfg)) if cfg.judge.judge.enabled else 0
-    # single-answer grading (judge.GRADERS: MT-Bench one request per turn, SeqEval two per answer) per checkpoint
-    grades = {g.label: n_ckpt * g.requests(sets[t]) for t, g in GRADERS.items() if t in sets}
-    grades = grades if cfg.judge.judge.enabled else {}
+    # single-answer grading (the graded benchmarks: MT-Bench one request per turn, SeqEval two per answer)
+    grades = grade_requests(cfg, sets, n_ckpt)
     score_req = n_examples * cfg.scoring.samples if cfg.scoring.scorer == "judge" else 0
     return {"examples": n_examples, "training_tokens": tokens, "steps": tplan["total_steps"], "prompts": prompts,
             "answers": n_ckpt * turns, "judge_requests": n_judge,
@@ -431,10 +432,8 @@ def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
 
 
 def _judge_size(p: dict) -> str:
-    """The judge row's size: pairwise requests and each single-answer grader's requests (MT-Bench, SeqEval)."""
-    parts = [f"{p['judge_requests']:,} pairwise requests (both orders)"] if p["judge_requests"] else []
-    parts += [f"{n:,} {label} grading requests" for label, n in (p.get("grades") or {}).items() if n]
-    return " + ".join(parts)
+    """The judge row's size: the pairwise requests (both orders)."""
+    return f"{p['judge_requests']:,} pairwise requests (both orders)" if p["judge_requests"] else ""
 
 
 def _stand_in_run(cfg: Config) -> RunDir:

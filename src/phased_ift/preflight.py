@@ -16,7 +16,7 @@ from phased_ift.config import Config
 from phased_ift.data import SOURCES, load_test_set, source_path
 from phased_ift.diskerrors import free_space, human_bytes
 from phased_ift.errors import PhasedIFTError
-from phased_ift.judge import check_graders
+from phased_ift.evals.step import check_benchmarks
 from phased_ift.modeling import NAMED_MODELS, gguf_path, resolve_model_path
 from phased_ift.rundir import RunDir
 from phased_ift.scoring import SCORERS
@@ -52,7 +52,7 @@ def preflight(cfg: Config, dry_run: bool = False) -> list[str]:
                                  f"source (`phased-ift data sources`).")
     for name in cfg.generate.test_sets:
         load_test_set(name, limit=1)  # unknown names / missing files raise here, before training
-    check_graders(cfg)  # with a judge: each grader's prompts load (a bad template path fails before training)
+    check_benchmarks(cfg)  # each benchmark that runs loads its prompts (a bad template fails before training)
     if cfg.model.name_or_path in NAMED_MODELS:
         gguf_path(cfg.model.name_or_path)  # the package is installed (conversion happens later, once)
     else:

@@ -12,7 +12,7 @@
       judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl   raw verdicts of both orders
       grades/<arm>/seed_<s>/phase_<k>/<testset>.jsonl   single-answer grades (MT-Bench: one row per question x turn;
                                        SeqEval: one per answer x metric)
-      evaluation/<arm>/seed_<s>/phase_<k>/reference_loss.json, ifeval.json (IFEval per prompt + metrics)
+      evaluation/<arm>/seed_<s>/phase_<k>/<benchmark>.json   reference_loss.json, ifeval.json (`evals.BENCHMARKS`)
       report/report.md, report.html, *.png, summary.json
       agreement/<tag>/agreement.json   scorer agreement with the paper's labels (`phased-ift score --against paper`)
       judge_check/<tag>/judge_check.json   the judge against GPT-4's preferences (`phased-ift judge-check`)
@@ -40,7 +40,6 @@ _SEED = re.compile(r"seed_(-?\d+)$")
 _PHASE = re.compile(r"phase_(\d+)$")
 _PAIR = "__vs__"
 KINDS = ("checkpoint", "generation", "judgement", "evaluation", "grade")
-_TESTSET_METRICS = ("ifeval.json",)  # evaluation/<arm>/seed_<s>/phase_<k>/<testset>.json
 
 
 @dataclass(frozen=True)
@@ -134,14 +133,15 @@ class RunDir:
         return self.root / "judgements" / f"{arm_a}__vs__{arm_b}" / sub / f"{testset}.jsonl"
 
     def evaluation(self, arm: str, k: int, seed: int = 0) -> Path:
-        return self.root / "evaluation" / arm / f"seed_{seed}" / f"phase_{k}" / "reference_loss.json"
+        return self.benchmark("reference_loss", arm, k, seed)
+
+    def benchmark(self, name: str, arm: str, k: int, seed: int = 0) -> Path:
+        """A benchmark's per-checkpoint file (`evals.BENCHMARKS`): evaluation/<arm>/seed_<s>/phase_<k>/<name>.json."""
+        return self.root / "evaluation" / arm / f"seed_{seed}" / f"phase_{k}" / f"{name}.json"
 
     def judge_check(self, tag: str) -> Path:
         """The folder of one judge check (`judgecheck`): judgements.jsonl and judge_check.json."""
         return self.root / "judge_check" / tag
-
-    def ifeval(self, arm: str, k: int, seed: int = 0) -> Path:
-        return self.root / "evaluation" / arm / f"seed_{seed}" / f"phase_{k}" / "ifeval.json"
 
     def grades(self, arm: str, k: int, testset: str, seed: int = 0) -> Path:
         """Single-answer grades of phase k's answers on `testset` (MT-Bench: both turns in one file)."""
@@ -259,9 +259,9 @@ def _locate_parts(parts: tuple[str, ...], path: Path) -> Location | None:
     if top == "checkpoints" and _phase(parts[3]) is not None:
         return Location("checkpoint", arm, seed, _phase(parts[3]), path=path)
     if top in ("generations", "evaluation", "grades") and len(parts) == 5 and _phase(parts[3]) is not None:
-        if top == "evaluation" and parts[4] == "reference_loss.json":
+        if top == "evaluation" and parts[4] == "reference_loss.json":  # of every test set with reference answers
             return Location("evaluation", arm, seed, _phase(parts[3]), path=path)
-        if top == "evaluation" and parts[4] in _TESTSET_METRICS:  # a judge-free metric of one test set
+        if top == "evaluation" and parts[4].endswith(".json"):  # a benchmark's file (ifeval.json): its name
             return Location("evaluation", arm, seed, _phase(parts[3]), Path(parts[4]).stem, path=path)
         if top in ("generations", "grades") and parts[4].endswith(".jsonl"):
             kind = "generation" if top == "generations" else "grade"

@@ -1,7 +1,7 @@
 """Model passes spread over the ranks of one `accelerate launch` / torchrun launch: which examples each rank takes,
 the files each rank writes, the main process's wait and the order it merges in.
 
-Used by IFD/loss scoring (`scoring.sharded`) and the reference-answer loss (`evaluation.reference_loss_all`);
+Used by IFD/loss scoring (`scoring.sharded`) and the reference-answer loss (`evals.reference_loss.reference_loss_all`);
 docs/scoring.md, "Scoring on several processes", has the launch commands. Owns:
 
   * `Launch` / `current_launch(env)`: this process's rank and the launch's world size, from torchrun's environment

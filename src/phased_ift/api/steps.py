@@ -4,8 +4,8 @@ evaluation (`evaluate`), the report (`write_report`) and the whole pipeline (`ru
 
 Each takes phases in memory (from `api.inputs.split`) or a config / run dir, and a verb that writes a run dir holds
 its lock (`runlock.run_lock`), as the CLI does. Sources: `phases.write_phases`, `export.export_run`,
-`pipeline.run_command` (-> `train.train_phases`, `generate.generate_all`, `evaluation.evaluate_all`,
-`report.build_report`), `generate.generate_answers`, `evaluation.reference_loss`, `pipeline.run_pipeline`.
+`pipeline.run_command` (-> `train.train_phases`, `generate.generate_all`, `evals.step.evaluate_all`,
+`report.build_report`), `generate.generate_answers`, `evals.reference_loss.reference_loss`, `pipeline.run_pipeline`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from phased_ift.config import Config, save_config
 from phased_ift.data import Example, read_examples, write_examples
 from phased_ift.design import controls, training_cells
 from phased_ift.errors import PhasedIFTError
-from phased_ift.evaluation import reference_loss
+from phased_ift.evals.reference_loss import reference_loss
 from phased_ift.export import export_run
 from phased_ift.generate import generate_answers as _generate, read_generations
 from phased_ift.phases import write_phases
@@ -274,8 +274,8 @@ def evaluate(model_or_config: str | os.PathLike | ConfigLike, examples: DataLike
         evaluation files written (evaluation/<arm>/seed_<s>/phase_<k>/*.json).
 
     Raises:
-        PhasedIFTError: an example without an answer, a model that cannot load; see `evaluation.evaluate_all`.
-    Source: `evaluation.reference_loss` / `pipeline.run_command("evaluate")` (docs/evaluation.md).
+        PhasedIFTError: an example without an answer, a model that cannot load; see `evals.step.evaluate_all`.
+    Source: `evals.reference_loss.reference_loss` / `pipeline.run_command("evaluate")` (docs/evaluation.md).
     """
     if examples is None:
         return _run_step("evaluate", model_or_config, overrides, console)

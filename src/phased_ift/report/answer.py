@@ -2,10 +2,11 @@
 same prompts and pooled over seeds (`effects.paired_effect`), with the minimum detectable effect and one verdict
 sentence per comparison.
 
-Owns the registry `EFFECT_METRICS` (one `EffectMetric` per metric: how to read its per-prompt values of a final
-checkpoint from the run dir, which direction is better) and `summarize_effects`, which turns them into
-summary["effects"]. Adding a metric is one `EffectMetric` here plus its test. The statistics are `effects.py`'s;
-the files are found through `RunDir` and read as `report.summary` reads them.
+Owns `effect_metrics` (the `evals.EffectMetric`s of every benchmark of `evals.BENCHMARKS`, each saying how
+to read its per-prompt values of a final checkpoint from the run dir and which direction is better, then the
+pairwise win rate, read here from the judgements) and `summarize_effects`, which turns them into
+summary["effects"]. A benchmark's metric is one `EffectMetric` in its `Benchmark.effects`. The statistics are
+`effects.py`'s.
 
 Metrics (per prompt, final checkpoints only):
   reference loss  mean token loss of the reference answer (nats, lower is better), prompts = (test set, index);
@@ -22,88 +23,14 @@ Metrics (per prompt, final checkpoints only):
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
 from phased_ift import effects
 from phased_ift.config import Config
-from phased_ift.design import ARMS, baseline_arm, final_phase
-from phased_ift.errors import PhasedIFTError
+from phased_ift.design import baseline_arm
+from phased_ift.evals import BENCHMARKS, EffectMetric, PerPrompt
 from phased_ift.rundir import RunDir
-from phased_ift.runio import read_jsonl
-from phased_ift.seqeval import TESTSET, per_prompt_values
 from phased_ift.winrate import verdict_values
-
-# {(arm, seed): {prompt key: value}} of the final checkpoints
-PerPrompt = dict[tuple[str, int], dict[tuple, float]]
-
-
-@dataclass(frozen=True)
-class EffectMetric:
-    """One metric of the answer.
-
-    Attributes:
-        name: the metric in sentences and tables.
-        read: (run, cfg, judgements) -> per-prompt values of each final (arm, seed); for `paired=False` the values are
-            already differences against the baseline, keyed by the other arm.
-        lower_is_better: the metric improves downwards.
-        paired: the values are per arm, paired here as arm - baseline; False: already a comparison.
-        offset: added to the difference when shown (0.5 for a win rate).
-    """
-
-    name: str
-    read: Callable[[RunDir, Config, list[dict]], PerPrompt]
-    lower_is_better: bool = False
-    paired: bool = True
-    offset: float = 0.0
-
-
-def _load(path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise PhasedIFTError(f"{path}: not valid JSON ({e}); delete it and re-run the evaluate step.") from None
-
-
-def _is_final(cfg: Config, run: RunDir, arm: str, phase: int) -> bool:
-    return arm in ARMS and phase == final_phase(cfg, arm, run)
-
-
-def _reference_losses(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
-    out: PerPrompt = {}
-    for e in run.evaluation_files():
-        if not _is_final(cfg, run, e.arm, e.phase):
-            continue
-        for name, t in (_load(e.path).get("testsets") or {}).items():
-            for i, loss in enumerate(t.get("per_example") or []):
-                if loss is not None:
-                    out.setdefault((e.arm, e.seed), {})[(name, i)] = float(loss)
-    return out
-
-
-def _ifeval(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
-    """IFEval prompt-level strict accuracy: {(arm, seed): {(key,): 1.0 | 0.0}} of the final checkpoints."""
-    out: PerPrompt = {}
-    for e in run.evaluation_files("ifeval.json"):
-        if _is_final(cfg, run, e.arm, e.phase):
-            out[(e.arm, e.seed)] = {(str(r["key"]),): float(r["prompt_strict"])
-                                    for r in _load(e.path).get("per_prompt") or []}
-    return out
-
-
-def _seqeval(metric: str) -> Callable[[RunDir, Config, list[dict]], PerPrompt]:
-    """The reader of one SeqEval metric: {(arm, seed): {(id,): verdict}} of the final checkpoints' grade files."""
-    def read(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
-        out: PerPrompt = {}
-        for g in run.grade_files():
-            if g.testset == TESTSET and _is_final(cfg, run, g.arm, g.phase):
-                rows = read_jsonl(g.path, tolerate_torn_tail=True)
-                out[(g.arm, g.seed)] = {(i,): v for i, v in per_prompt_values(rows, metric).items()}
-        return out
-    return read
 
 
 def _win_rates(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
@@ -120,13 +47,12 @@ def _win_rates(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
     return out
 
 
-EFFECT_METRICS: list[EffectMetric] = [
-    EffectMetric("reference loss", _reference_losses, lower_is_better=True),
-    EffectMetric("IFEval prompt-level strict accuracy", _ifeval),
-    EffectMetric("SeqEval following rate", _seqeval("following")),
-    EffectMetric("SeqEval quality (1-5)", _seqeval("quality")),
-    EffectMetric("win rate", _win_rates, paired=False, offset=0.5),
-]
+WIN_RATE = EffectMetric("win rate", _win_rates, paired=False, offset=0.5)
+
+
+def effect_metrics() -> list[EffectMetric]:
+    """The answer's metrics: every benchmark's (`Benchmark.effects`, registry order), then the pairwise win rate."""
+    return [m for b in BENCHMARKS.values() for m in b.effects] + [WIN_RATE]
 
 
 def _matrix(values: PerPrompt, arm: str, base: str | None) -> tuple[list[int], np.ndarray, int] | None:
@@ -157,7 +83,7 @@ def _unparseable(d: np.ndarray) -> dict | None:
 
 
 def summarize_effects(run: RunDir, cfg: Config, judgements: list[dict]) -> list[dict]:
-    """summary["effects"]: for each metric of `EFFECT_METRICS` with data and each arm other than the baseline,
+    """summary["effects"]: for each metric of `effect_metrics()` with data and each arm other than the baseline,
     {"metric", "arm", "baseline", "seeds", "unpaired" (prompts not answered under every seed and both arms,
     left out), **`effects.paired_effect`, "mde": `effects.minimum_detectable_effect`, "variance": the
     components, "lower_is_better", "offset", "p_holm" (Holm-adjusted over the run's claims about the arms),
@@ -176,7 +102,7 @@ def summarize_effects(run: RunDir, cfg: Config, judgements: list[dict]) -> list[
     base = baseline_arm(arms)
     draws = max(rc.bootstrap, 10000)  # the conditional sign-flip test's Monte Carlo draws (report.bootstrap's help)
     out = []
-    for metric in EFFECT_METRICS:
+    for metric in effect_metrics():
         values = metric.read(run, cfg, judgements)
         for arm in arms:
             if arm == base:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from phased_ift.config import Config
-from phased_ift.report.plots import plot_difficulty, plot_ifeval_trend, plot_training, plot_trend
+from phased_ift.evals import BENCHMARKS
+from phased_ift.report.plots import plot_benchmark_trend, plot_difficulty, plot_training, plot_trend
 from phased_ift.report.render import render_html, render_markdown, report_blocks
 from phased_ift.report.summary import summarize_run
 from phased_ift.rundir import RunDir
@@ -71,7 +72,10 @@ def _write_plots(s: dict, out: Path, confidence: float) -> dict[str, str]:
         ci_label = f"{round(confidence * 100)}% CI"
         _save_plot(plot_trend, out / "win_rate_trend.png", s["trend"], ci_label)
         plots["trend"] = "win_rate_trend.png"
-    if any(not e["final"] for e in s.get("ifeval") or []):
-        _save_plot(plot_ifeval_trend, out / "ifeval_trend.png", s["ifeval"], f"{round(confidence * 100)}% CI")
-        plots["ifeval_trend"] = "ifeval_trend.png"
+    for b in BENCHMARKS.values():  # a benchmark's value after each phase, when some checkpoint is not final
+        points = b.trend(s) if b.trend is not None else []
+        if any(not p["final"] for p in points):
+            _save_plot(plot_benchmark_trend, out / f"{b.name}_trend.png", points, b.label,
+                       f"{b.trend_label} ({round(confidence * 100)}% CI)")
+            plots[f"{b.name}_trend"] = f"{b.name}_trend.png"
     return plots

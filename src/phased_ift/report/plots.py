@@ -1,7 +1,7 @@
 """Plots of the report: matplotlib Figure objects on the Agg canvas (no display, no global pyplot state).
 
 Owns the PNGs of report/: `plot_difficulty` (difficulty.png), `plot_training` (training_loss.png), `plot_trend`
-(win_rate_trend.png) and `plot_ifeval_trend` (ifeval_trend.png). Each takes parts of the summary dict
+(win_rate_trend.png) and `plot_benchmark_trend` (<benchmark>_trend.png, e.g. IFEval's). Each takes parts of the summary dict
 (`summary.summarize_run`) and a path or binary file object to write the PNG to; nothing else is read.
 """
 
@@ -82,25 +82,25 @@ def plot_trend(trend: list[dict], ci_label: str, path: Path) -> Path:
     return path
 
 
-def plot_ifeval_trend(entries: list[dict], ci_label: str, path: Path) -> Path:
-    """IFEval prompt-level strict accuracy after each phase, one line per arm and seed, CI error bars (the paper's
-    Figure 1 view with a judge-free measure)."""
+def plot_benchmark_trend(points: list[dict], label: str, ylabel: str, path: Path) -> Path:
+    """A benchmark's value after each phase (`evals.Benchmark.trend`: {"arm", "seed", "phase", "mean", "ci"}), one
+    line per arm and seed, CI error bars (the paper's Figure 1 view with that benchmark's measure); a y range of
+    [0, 1] when every value is a rate."""
     fig, (ax,) = _figure()
     lines = collections.defaultdict(list)
-    for e in entries:
-        if e["prompt_level_strict"]["mean"] is not None:
+    for e in points:
+        if e["mean"] is not None:
             lines[(e["arm"], e["seed"])].append(e)
     for i, ((arm, seed), es) in enumerate(sorted(lines.items())):
         es.sort(key=lambda e: e["phase"])
         shift = 0.06 * (i - (len(lines) - 1) / 2)
-        m = [e["prompt_level_strict"] for e in es]
-        y = [x["mean"] for x in m]
-        lo = [x["mean"] - (x["ci"] or [x["mean"]] * 2)[0] for x in m]
-        hi = [(x["ci"] or [x["mean"]] * 2)[1] - x["mean"] for x in m]
+        y = [x["mean"] for x in es]
+        lo = [x["mean"] - (x["ci"] or [x["mean"]] * 2)[0] for x in es]
+        hi = [(x["ci"] or [x["mean"]] * 2)[1] - x["mean"] for x in es]
         ax.errorbar([e["phase"] + shift for e in es], y, yerr=[lo, hi], marker="o", capsize=3,
                     label=f"{arm} (seed {seed})")
-    ax.set(title="IFEval after each phase", xlabel="phase", ylabel=f"prompt-level strict accuracy ({ci_label})",
-           ylim=(0, 1))
+    rates = all(0 <= e["mean"] <= 1 for es in lines.values() for e in es)
+    ax.set(title=f"{label} after each phase", xlabel="phase", ylabel=ylabel, **({"ylim": (0, 1)} if rates else {}))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110, format="png")

@@ -16,11 +16,9 @@ from typing import Any
 
 from phased_ift import stats
 from phased_ift.effects import MIN_SEEDS
-from phased_ift.report.verdicts import fmt_ci, fmt_num, judge_check_line
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> tuple:
-    return ("table", headers, [[fmt_num(v) if not isinstance(v, str) else v for v in r] for r in rows])
+from phased_ift.evals import BENCHMARKS
+from phased_ift.blocks import fmt_ci, fmt_num, table
+from phased_ift.report.verdicts import judge_check_line
 
 
 def report_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:
@@ -30,10 +28,10 @@ def report_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:
     the PNG file names written next to the report (a missing key: that plot is left out).
     """
     cl = f"{int(round(s['run']['config']['confidence'] * 100))}% CI"
+    benchmarks = [block for b in BENCHMARKS.values() for block in b.blocks(s, plots, cl)]
     return (_verdict_blocks(s) + _answer_blocks(s, cl) + _run_blocks(s) + _difficulty_blocks(s, plots)
-            + _training_blocks(s, plots) + _win_rate_blocks(s, cl) + _trend_blocks(s, plots, cl) + _length_blocks(s) + _reference_loss_blocks(s, cl) + _ifeval_blocks(s, plots, cl)
-            + _mt_bench_blocks(s, cl)
-            + _seqeval_blocks(s, cl) + _agreement_blocks(s))
+            + _training_blocks(s, plots) + _win_rate_blocks(s, cl) + _trend_blocks(s, plots, cl) + _length_blocks(s)
+            + benchmarks + _agreement_blocks(s))
 
 
 def _verdict_blocks(s: dict) -> list[tuple]:
@@ -45,10 +43,10 @@ def _verdict_blocks(s: dict) -> list[tuple]:
 def _run_blocks(s: dict) -> list[tuple]:
     """The config summary and the data counts."""
     B: list[tuple] = [("h2", "The run")]
-    B.append(_table(["setting", "value"], [[k, json.dumps(v) if isinstance(v, list) else str(v)]
+    B.append(table(["setting", "value"], [[k, json.dumps(v) if isinstance(v, list) else str(v)]
                                            for k, v in s["run"]["config"].items()]))
     d = s["data"]
-    B.append(_table(["data", "count"], [["training examples", d["n_train"]], ["rejected records", d["n_rejects"]]]
+    B.append(table(["data", "count"], [["training examples", d["n_train"]], ["rejected records", d["n_rejects"]]]
                     + [[f"rejected: {r}", n] for r, n in d["reject_reasons"].items()]))
     return B
 
@@ -74,7 +72,7 @@ def _answer_blocks(s: dict, cl: str) -> list[tuple]:
                        f"Satterthwaite df); p (Holm): adjusted over the {len(claims)} claims (Holm 1979). MDE: the "
                        f"smallest difference the test detects with 80% power (Bloom 1995), and what half of it "
                        f"needs."))
-        B.append(_table(["arm", "baseline", "metric", "seeds x prompts", "difference", cl, "df", "p", "p (Holm)",
+        B.append(table(["arm", "baseline", "metric", "seeds x prompts", "difference", cl, "df", "p", "p (Holm)",
                          "MDE", "for half the MDE"],
                         [[e["arm"], e["baseline"], _metric(e), f"{e['n_seeds']} x {e['n_prompts']}", e["difference"],
                           fmt_ci(e["ci"]), e["df"], e["p_value"], e.get("p_holm"), e["mde"]["mde"],
@@ -85,7 +83,7 @@ def _answer_blocks(s: dict, cl: str) -> list[tuple]:
                        f"prompts and a sign-flip test (exact mid-p on 0/1, verdict and rating differences; Monte "
                        f"Carlo otherwise); p (Holm) over these {len(others)} results. A difference here says these "
                        f"runs differ on these prompts, not that one arm is better."))
-        B.append(_table(["arm", "baseline", "metric", "seeds x prompts", "why no claim", "difference", cl, "p",
+        B.append(table(["arm", "baseline", "metric", "seeds x prompts", "why no claim", "difference", cl, "p",
                          "p (Holm)", "what a claim takes"],
                         [[e["arm"], e["baseline"], _metric(e), f"{e['n_seeds']} x {e['n_prompts']}", e["reason"],
                           e["difference"], fmt_ci(e["conditional"]["ci"]), e["conditional"]["p_value"],
@@ -103,7 +101,7 @@ def _difficulty_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:
     B: list[tuple] = [("h2", "Difficulty and phases")]
     diff = s["difficulty"]
     if diff:
-        B.append(_table(["scorer", "scored", "failed", "mean", "median", "min", "max"],
+        B.append(table(["scorer", "scored", "failed", "mean", "median", "min", "max"],
                         [[diff["scorer"], diff["n_scored"], diff["n_failed"], diff.get("mean"), diff.get("median"),
                           diff.get("min"), diff.get("max")]]))
         if "difficulty" in plots:
@@ -115,7 +113,7 @@ def _difficulty_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:
         B.append(("p", f"Split: {ph['method']}, k = {ph['k']}" + (f", thresholds {ph['thresholds']}"
                                                                     if ph.get("thresholds") else "") + "."))
         seq = any(p.get("sequential") for p in ph["phases"])  # sit.source: the sequential share per phase
-        B.append(_table(["phase", "examples", "score min", "score max", "score mean"]
+        B.append(table(["phase", "examples", "score min", "score max", "score mean"]
                         + (["sequential", "share in sit-phased"] if seq else []),
                         [[p.get("k"), p.get("count"), p.get("score_min"), p.get("score_max"), p.get("score_mean")]
                          + ([p["sequential"], f"{p['sequential'] / max(p['count'] - p.get('replaced', 0), 1):.1%}"]
@@ -131,7 +129,7 @@ def _training_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:
     """Per arm, seed and phase: steps and losses, and the loss plot."""
     B: list[tuple] = [("h2", "Training loss")]
     if s["training"]:
-        B.append(_table(["arm", "seed", "phase", "steps", "first loss", "last loss", "mean loss"],
+        B.append(table(["arm", "seed", "phase", "steps", "first loss", "last loss", "mean loss"],
                         [[arm, seed, p["phase"], p["steps"], p["first_loss"], p["last_loss"], p["mean_loss"]]
                          for arm, seeds in sorted(s["training"].items()) for seed, ps in sorted(seeds.items())
                          for p in ps]))
@@ -159,7 +157,7 @@ def _win_rate_blocks(s: dict, cl: str) -> list[tuple]:
         B.append(("p", notes["judge"]))
     if s["seed_spread"]:
         B.append(("h2", "Across training seeds"))
-        B.append(_table(["comparison", "test set", "seeds", "mean win rate", "std", "min", "max", "mean LC", "std LC"],
+        B.append(table(["comparison", "test set", "seeds", "mean win rate", "std", "min", "max", "mean LC", "std LC"],
                         [[f"{x['arm_a']} vs {x['arm_b']}", x["testset"], x["win_rate"]["n_seeds"],
                           x["win_rate"]["mean"], x["win_rate"]["std"], x["win_rate"]["min"], x["win_rate"]["max"],
                           x["lc_win_rate"]["mean"], x["lc_win_rate"]["std"]] for x in s["seed_spread"]]))
@@ -170,7 +168,7 @@ def _win_rate_blocks(s: dict, cl: str) -> list[tuple]:
         B.append(("p", "Cells: win rate of A (prompts) inside bins of (words A - words B) / mean words; the "
                        "'similar' bin is the length-matched comparison."))
         names = list(stats.LENGTH_BIN_NAMES)
-        B.append(_table(["comparison", "test set", "seed"] + names,
+        B.append(table(["comparison", "test set", "seed"] + names,
                         [[f"{c['arm_a']} vs {c['arm_b']}", c["testset"], c["seed"]]
                          + [f"{fmt_num(b['win_rate'])} ({b['n']})" for b in c["length_bins"]]
                          for c in s["comparisons"] if c.get("length_bins")]))
@@ -193,134 +191,12 @@ def _length_blocks(s: dict) -> list[tuple]:
     """Answer lengths per arm, seed, phase and test set."""
     B: list[tuple] = [("h2", "Answer lengths")]
     if s["lengths"]:
-        B.append(_table(["arm", "seed", "phase", "test set", "answers", "mean words", "median words", "mean tokens",
+        B.append(table(["arm", "seed", "phase", "test set", "answers", "mean words", "median words", "mean tokens",
                          "median tokens"],
                         [[x["arm"], x["seed"], x["phase"], x["testset"], x["n"], x["mean_words"], x["median_words"],
                           x["mean_tokens"], x["median_tokens"]] for x in s["lengths"]]))
     else:
         B.append(("p", s["notes"]["lengths"]))
-    return B
-
-
-def _reference_loss_blocks(s: dict, cl: str) -> list[tuple]:
-    """The offline evaluation: loss of the reference answers with CIs."""
-    B: list[tuple] = [("h2", "Offline evaluation: loss of reference answers")]
-    if s["reference_loss"]:
-        B.append(("p", f"Mean per-token loss (nats) of the reference answers given the prompt; lower = closer to "
-                       f"the reference model's answers. {cl} by bootstrap over examples."))
-        B.append(_table(["arm", "seed", "phase", "test set", "examples", "mean loss", cl],
-                        [[x["arm"], x["seed"], x["phase"], x["testset"], x["n"], x["mean"], fmt_ci(x["ci"])]
-                         for x in s["reference_loss"]]))
-    else:
-        B.append(("p", s["notes"]["reference_loss"]))
-    return B
-
-
-def _ifeval_blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
-    """IFEval: the four numbers per checkpoint, the paired comparison with the baseline, the per-group table and the
-    trend over phases."""
-    B: list[tuple] = [("h2", "Instruction following on unseen instructions: IFEval")]
-    entries = s.get("ifeval") or []
-    if not entries:
-        return B + [("p", s["notes"].get("ifeval", ""))]
-    B.append(("p", "Verifiable instructions checked by program (lm-eval's IFEval checkers, no judge). Prompt-level: all "
-                   "instructions of a prompt followed; instruction-level: instructions followed / given; loose also "
-                   f"accepts the answer without its first/last line or markdown stars. {cl}: bootstrap over prompts. "
-                   "Unanswered prompts count as not followed."))
-    pct = lambda m, k: f"{fmt_num(m[k])} {fmt_ci(m['ci'])}"  # noqa: E731
-    B.append(_table(["arm", "seed", "phase", "prompts", "unanswered", f"prompt strict [{cl}]", f"inst strict [{cl}]",
-                     f"prompt loose [{cl}]", f"inst loose [{cl}]"],
-                    [[e["arm"], e["seed"], e["phase"], e["n_prompts"], e["unanswered"],
-                      pct(e["prompt_level_strict"], "mean"), pct(e["inst_level_strict"], "value"),
-                      pct(e["prompt_level_loose"], "mean"), pct(e["inst_level_loose"], "value")] for e in entries]))
-    if s.get("ifeval_comparisons"):
-        B.append(("p", f"Paired on the same prompts (final checkpoints): difference in prompt-level strict accuracy "
-                       f"with its t {cl} over prompts and the mid-p McNemar test on the discordant prompts "
-                       f"(Fagerland et al. 2013), one training run per arm: descriptive, no claim (the answer above has the "
-                       f"tests, with Holm's correction)."))
-        B.append(_table(["comparison", "seed", "prompts", "accuracy A", "accuracy B", f"A - B [{cl}]",
-                         "only A follows", "only B follows", "mid-p McNemar p"],
-                        [[f"{c['arm_a']} vs {c['arm_b']}", c["seed"], c["n"], c["mean_a"], c["mean_b"],
-                          f"{fmt_num(c['difference'])} {fmt_ci(c['ci'])}", c["mcnemar"]["a_only"],
-                          c["mcnemar"]["b_only"], c["mcnemar"]["p_value"]] for c in s["ifeval_comparisons"]]))
-    B += _ifeval_multi_blocks(entries, cl)
-    finals = [e for e in entries if e["final"]]
-    groups = sorted({g for e in finals for g in e["groups"]})
-    if finals and groups:
-        B.append(("p", "Instruction-level strict accuracy per instruction group (final checkpoints; n = instructions)."))
-        B.append(_table(["group", "n"] + [f"{e['arm']} s{e['seed']}" for e in finals],
-                        [[g, finals[0]["groups"].get(g, {}).get("n_instructions")]
-                         + [e["groups"].get(g, {}).get("strict") for e in finals] for g in groups]))
-    if "ifeval_trend" in plots:
-        B.append(("img", plots["ifeval_trend"], "IFEval prompt-level strict accuracy after each phase"))
-    return B
-
-
-def _ifeval_multi_blocks(entries: list[dict], cl: str) -> list[tuple]:
-    """The judge-free view of following several instructions: prompt-level strict accuracy on IFEval prompts with
-    one instruction next to those with two or more, per checkpoint."""
-    views = [(e, e.get("by_instruction_count")) for e in entries]
-    if not any(v for _, v in views):
-        return []
-    pct = lambda m: f"{fmt_num(m['mean'])} {fmt_ci(m['ci'])}"  # noqa: E731
-    return [("p", f"Several instructions at once, without a judge: prompt-level strict accuracy on the IFEval prompts "
-                  f"with one instruction and, apart, on those with two or more ({cl}: bootstrap over the prompts of "
-                  "each group; different prompts, so the gap between the columns is not a paired test; 'Did it "
-                  "help?' compares the arms on all the IFEval prompts)."),
-            _table(["arm", "seed", "phase", "1-instruction prompts", f"accuracy [{cl}]", ">= 2-instruction prompts",
-                    f"accuracy [{cl}]"],
-                   [[e["arm"], e["seed"], e["phase"], v["single"]["n"], pct(v["single"]), v["multi"]["n"],
-                     pct(v["multi"])] for e, v in views if v])]
-
-
-def _seqeval_blocks(s: dict, cl: str) -> list[tuple]:
-    """SeqEval: following rate and quality per checkpoint with CIs and counts, and both by iteration depth."""
-    B: list[tuple] = [("h2", "Sequential instructions: SeqEval (single-answer LLM judge)")]
-    rows = s.get("seqeval") or []
-    if not rows:
-        return B + [("p", s["notes"].get("seqeval", ""))]
-    B.append(("p", "Following rate: the share of answers that attempt every task of the sequential instruction (a "
-                   "[[YES]]/[[NO]] verdict per answer); quality: a 1-5 rating per answer (Hu et al. 2024, SeqEval). "
-                   "The paper's judge prompts are not published; phased-ift's templates are written from its "
-                   f"definitions. Unparsed and failed verdicts are counted, never scored. {cl}: bootstrap over "
-                   "prompts. Depth = the number of Seq-Instruct rewrite rounds of the prompt (1-4)."))
-    m = lambda x: f"{fmt_num(x['mean'])} {fmt_ci(x['ci'])}"  # noqa: E731
-    B.append(_table(["arm", "seed", "phase", "answers", f"following rate [{cl}]", f"quality [{cl}]", "unparsed",
-                     "failed", "missing"],
-                    [[r["arm"], r["seed"], r["phase"], r["n_prompts"], m(r["following"]), m(r["quality"]),
-                      r["unparsed"], r["failed"], r["missing"]] for r in rows]))
-    depths = sorted({d["iteration"] for r in rows for d in r["by_depth"]})
-    if depths:
-        B.append(("p", f"By iteration depth: following rate / quality [{cl}] (n = answers with a parsed verdict)."))
-        cell = lambda d, k: (f"{m(d[k])} (n {d[k]['n']})" if d else "")  # noqa: E731
-        B.append(_table(["arm", "seed", "phase", "metric"] + [f"depth {d}" for d in depths],
-                        [[r["arm"], r["seed"], r["phase"], k] + [cell(next((x for x in r["by_depth"]
-                                                                          if x["iteration"] == d), None), k)
-                                                              for d in depths]
-                         for r in rows for k in ("following", "quality")]))
-    return B
-
-
-def _mt_bench_blocks(s: dict, cl: str) -> list[tuple]:
-    """MT-Bench: mean single-answer rating per turn and overall with CIs, counts, and the per-category means."""
-    B: list[tuple] = [("h2", "Multi-turn chat: MT-Bench (single-answer grading)")]
-    rows = s.get("mt_bench") or []
-    if not rows:
-        return B + [("p", s["notes"].get("mt_bench", ""))]
-    B.append(("p", "FastChat's single-answer prompts (single-v1; single-math-v1 with GPT-4's reference answer for "
-                   "math, reasoning and coding; the multi-turn variants for turn 2), ratings 1-10 parsed as FastChat "
-                   f"does. Unparsed and failed grades are counted, never scored. {cl}: bootstrap over questions."))
-    ci = lambda r, k: f"{fmt_num(r[k])} {fmt_ci(r[k + '_ci'])}"  # noqa: E731
-    B.append(_table(["arm", "seed", "phase", f"turn 1 [{cl}]", f"turn 2 [{cl}]", f"overall [{cl}]", "graded",
-                     "unparsed", "failed", "missing"],
-                    [[r["arm"], r["seed"], r["phase"], ci(r, "turn_1"), ci(r, "turn_2"), ci(r, "overall"), r["graded"],
-                      r["unparsed"], r["failed"], r["missing"]] for r in rows]))
-    cats = sorted({c for r in rows for c in r["categories"]})
-    finals = [r for r in rows if r.get("final")]
-    if cats and finals:
-        B.append(("p", "Mean rating per category (final checkpoints, both turns)."))
-        B.append(_table(["category"] + [f"{r['arm']} s{r['seed']}" for r in finals],
-                        [[c] + [r["categories"].get(c) for r in finals] for c in cats]))
     return B
 
 
@@ -343,7 +219,7 @@ def _final_table(comps: list[dict], cl: str, with_phase: bool = False) -> tuple:
         c["n"], c["wins"], c["ties"], c["losses"], c["unparseable"],
         f"{fmt_num(c['win_rate'])} {fmt_ci(c['win_rate_ci'])}", f"{fmt_num(c['centred'])} {fmt_ci(c['centred_ci'])}",
         f"{fmt_num(c['lc_win_rate'])} {fmt_ci(c['lc_ci'])}", c["mean_len_a"], c["mean_len_b"]] for c in comps]
-    return _table(headers, rows)
+    return table(headers, rows)
 
 
 def _generic_table(data: Any) -> tuple:
@@ -354,9 +230,9 @@ def _generic_table(data: Any) -> tuple:
         data = [{"": k, **v} for k, v in data.items()]
     if isinstance(data, list) and data and all(isinstance(v, dict) for v in data):
         cols = [c for c in dict.fromkeys(k for v in data for k in v) if all(scalar(v.get(c)) for v in data)]
-        return _table(cols, [[v.get(c) for c in cols] for v in data])
+        return table(cols, [[v.get(c) for c in cols] for v in data])
     if isinstance(data, dict) and data and all(scalar(v) for v in data.values()):
-        return _table(["key", "value"], [[k, v] for k, v in data.items()])
+        return table(["key", "value"], [[k, v] for k, v in data.items()])
     return ("pre", json.dumps(data, indent=2, ensure_ascii=False))
 
 

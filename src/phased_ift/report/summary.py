@@ -3,10 +3,11 @@
 Owns `summarize_run` (the dict written to report/summary.json, from which report.md/html are rendered) and the
 readers of each part of the run dir: data/ (counts, reject reasons), scores/ and phases/manifest.json (difficulty
 statistics, phase boundaries), checkpoints/*/seed_*/phase_*/losses.jsonl (training loss), generations/ (answer
-lengths), judgements/ (`read_judgements`: win rates, CIs, length control), evaluation/ (reference loss, IFEval:
-`ifeval.compare_ifeval` pairs arms; `ifeval.instruction_count_view`: one vs several instructions), grades/ (MT-Bench:
-`mtbench.read_grades`; SeqEval: `seqeval.read_seqeval`) and agreement tables. Paths are found and read back into
-(arm, seed, phase, test set) by `RunDir`; the manifest is read by `phases.read_manifest`. Statistics come from `stats.py`, win-rate counts from `winrate.aggregate`.
+lengths), judgements/ (`read_judgements`: win rates, CIs, length control) and agreement tables; the entries of each
+benchmark of `evals.BENCHMARKS` (evaluation/, grades/: reference loss, IFEval, MT-Bench, SeqEval) are its own
+`Benchmark.summarize`'s, with its `missing` note. Paths are found and read back into (arm, seed, phase, test set) by
+`RunDir`; the manifest is read by `phases.read_manifest`. Statistics come from `stats.py`, win-rate counts from
+`winrate.aggregate`.
 
 Each part is optional: a missing part gives a note saying what is missing and how to get it, never an error.
 """
@@ -22,19 +23,16 @@ import numpy as np
 
 from phased_ift import stats
 from phased_ift.config import Config
-from phased_ift.design import ARMS, baseline_arm, final_phase
-from phased_ift.runio import read_jsonl
 from phased_ift.errors import PhasedIFTError
-from phased_ift.ifeval import compare_ifeval, instruction_count_view
-from phased_ift.winrate import VERDICTS, aggregate
+from phased_ift.evals import BENCHMARKS
 from phased_ift.lengthcontrol import length_controlled_win_rate
-from phased_ift.mtbench import mt_bench_table, read_grades
 from phased_ift.phasedir import PhaseDir, step_offsets
 from phased_ift.phases import read_manifest
 from phased_ift.report.answer import summarize_effects
 from phased_ift.report.verdicts import verdict_lines
 from phased_ift.rundir import RunDir
-from phased_ift.seqeval import read_seqeval
+from phased_ift.runio import read_jsonl
+from phased_ift.winrate import VERDICTS, aggregate
 
 
 def _rows(path: Path) -> list[dict]:
@@ -173,76 +171,6 @@ def _summarize_comparison(j: dict, rc: Any) -> dict:
     return out
 
 
-def _summarize_reference_loss(run: RunDir, rc: Any) -> list[dict]:
-    """Mean reference-answer loss with a bootstrap CI per evaluation file and test set (test sets without any
-    reference answer, n = 0, are left out; their count stays in the file)."""
-    out = []
-    for e in run.evaluation_files():
-        arm, seed, phase, f = e.arm, e.seed, e.phase, e.path
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise PhasedIFTError(f"{f}: not valid JSON ({e}); delete it and re-run the evaluation step.") from None
-        for name, t in sorted((data.get("testsets") or {}).items()):
-            if not t.get("n"):  # no prompt of this test set has a reference answer (IFEval): nothing to show
-                continue
-            per = t.get("per_example") or []
-            m = stats.mean_with_ci(per, rc.bootstrap, rc.confidence, rc.seed)
-            if not per:  # no per-example losses: keep the stored mean, no interval
-                m = {"n": t.get("n"), "mean": t.get("mean_loss"), "ci": None}
-            out.append({"arm": arm, "seed": seed, "phase": phase, "testset": name, **m})
-    return out
-
-
-def _summarize_ifeval(run: RunDir, cfg: Config) -> tuple[list[dict], list[dict]]:
-    """(one entry per ifeval.json: {"arm", "seed", "phase", "final", **`ifeval.ifeval_metrics`}, the paired
-    comparison of each arm's final checkpoint with the baseline arm's on the same prompts per seed:
-    {"arm_a", "arm_b", "seed", **`ifeval.compare_ifeval`}). Files written before the multi-instruction view get
-    its "by_instruction_count" computed from their per-prompt rows."""
-    entries, per_prompt = [], {}
-    for e in run.evaluation_files("ifeval.json"):
-        try:
-            data = json.loads(e.path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise PhasedIFTError(f"{e.path}: not valid JSON ({err}); delete it and re-run the evaluate step.") from None
-        final = e.arm in ARMS and e.phase == final_phase(cfg, e.arm, run)
-        entries.append({"arm": e.arm, "seed": e.seed, "phase": e.phase, "final": final, **data["metrics"]})
-        if "by_instruction_count" not in data["metrics"]:
-            rc = cfg.report
-            entries[-1]["by_instruction_count"] = instruction_count_view(data["per_prompt"], rc.bootstrap,
-                                                                         rc.confidence, rc.seed)
-        if final:
-            per_prompt[(e.arm, e.seed)] = data["per_prompt"]
-    arms = [a for a in cfg.train.arms if any(arm == a for arm, _ in per_prompt)]
-    comps = []
-    if arms:
-        base = baseline_arm(arms)
-        rc = cfg.report
-        for (arm, seed), rows in sorted(per_prompt.items()):
-            if arm != base and (base, seed) in per_prompt:
-                comps.append({"arm_a": arm, "arm_b": base, "seed": seed, **compare_ifeval(
-                    rows, per_prompt[(base, seed)], rc.confidence)})
-    return entries, comps
-
-
-def _summarize_mt_bench(run: RunDir, cfg: Config) -> list[dict]:
-    """One row per graded checkpoint (`mtbench.mt_bench_table`: mean rating per turn and overall with CIs, counts,
-    per-category means) plus "final" (the arm's last phase)."""
-    rows = mt_bench_table(read_grades(run, cfg))
-    for r in rows:
-        r["final"] = r["arm"] in ARMS and r["phase"] == final_phase(cfg, r["arm"], run)
-    return rows
-
-
-def _summarize_seqeval(run: RunDir, cfg: Config) -> list[dict]:
-    """One entry per graded checkpoint (`seqeval.read_seqeval`: following rate and quality with CIs, overall and by
-    iteration depth, counts) plus "final" (the arm's last phase)."""
-    rows = read_seqeval(run, cfg)
-    for r in rows:
-        r["final"] = r["arm"] in ARMS and r["phase"] == final_phase(cfg, r["arm"], run)
-    return rows
-
-
 def _summarize_judge_check(run: RunDir, cfg: Config) -> dict:
     """The configured judge and template, and the judge checks of the run dir (judge_check/*/judge_check.json)
     that match them (same endpoint model and template): {"judge", "template", "checks": [...], "matched": the
@@ -280,8 +208,10 @@ def summarize_run(run: RunDir, cfg: Config) -> dict:
     """Every number of the report, as a JSON-serialisable dict (written to report/summary.json).
 
     Keys: run, data, difficulty, phases, training, lengths, comparisons (final: phase None), trend (phase k),
-    seed_spread, reference_loss, ifeval (per checkpoint; with by_instruction_count), ifeval_comparisons (final
-    checkpoints, paired), mt_bench (per checkpoint), seqeval (per checkpoint, with by_depth), agreement, effects (each arm against the baseline per metric, paired and pooled over seeds:
+    seed_spread, then each benchmark's keys (`evals.BENCHMARKS`: reference_loss; ifeval (per checkpoint; with
+    by_instruction_count), ifeval_comparisons (final checkpoints, paired); mt_bench (per checkpoint); seqeval (per
+    checkpoint, with by_depth)), judge_check, agreement, effects (each arm against the baseline per metric, paired
+    and pooled over seeds:
     `report.answer.summarize_effects`), notes (what is missing and how to get it), verdicts.
 
     Raises:
@@ -294,27 +224,10 @@ def summarize_run(run: RunDir, cfg: Config) -> dict:
                          "data": _summarize_data(run)}
     _summarize_inputs(s, notes, run, cfg, manifest)
     _summarize_judgements(s, notes, run, cfg)
-    s["reference_loss"] = _summarize_reference_loss(run, rc)
-    if not s["reference_loss"]:
-        notes["reference_loss"] = ("No offline evaluation (evaluation/*/reference_loss.json): enable "
-                                   "evaluation.reference_loss and run the evaluation step.")
-    s["ifeval"], s["ifeval_comparisons"] = _summarize_ifeval(run, cfg)
-    if not s["ifeval"]:
-        notes["ifeval"] = ("No IFEval results (evaluation/*/ifeval.json): add ifeval to generate.test_sets (e.g. "
-                           "generate.test_sets=[vicuna,ifeval]) and run `phased-ift run CONFIG`.")
-    s["mt_bench"] = _summarize_mt_bench(run, cfg)
-    if not s["mt_bench"]:
-        notes["mt_bench"] = ("No MT-Bench grades (grades/*/seed_*/phase_*/mt_bench.jsonl): add mt_bench to "
-                             "generate.test_sets, configure judge.judge (an OpenAI-compatible endpoint) and run "
-                             "`phased-ift judge CONFIG`.")
-    s["seqeval"] = _summarize_seqeval(run, cfg)
-    if not s["seqeval"]:
-        asked = "seqeval" in cfg.generate.test_sets
-        notes["seqeval"] = ("No SeqEval grades (grades/*/seed_*/phase_*/seqeval.jsonl): "
-                            + ("the SeqEval answers are generated (see Answer lengths); " if asked
-                               else "add seqeval to generate.test_sets, ")
-                            + "configure judge.judge (an OpenAI-compatible endpoint) and run `phased-ift judge CONFIG`"
-                            " to grade their following rate and quality.")
+    for benchmark in BENCHMARKS.values():  # each benchmark's entries, and what to run when it has none
+        s.update(benchmark.summarize(run, cfg))
+        if not s[benchmark.name]:
+            notes[benchmark.name] = benchmark.missing(cfg)
     s["judge_check"] = _summarize_judge_check(run, cfg)
     s["agreement"] = _agreement(run)
     s["effects"] = summarize_effects(run, cfg, read_judgements(run))

@@ -1,36 +1,21 @@
-"""Verdicts: the honest one-sentence reading of each comparison, and the number formats the report shares.
+"""Verdicts: the honest one-sentence reading of each comparison.
 
 Owns `comparison_verdict` (one comparison of the summary -> one sentence), `verdict_lines` (the lines printed at the
-end of `phased-ift run` / `phased-ift report`, also the report's "Verdicts" section, with the IFEval, MT-Bench,
-SeqEval and judge-check lines) and `fmt_num` / `fmt_ci` (how
-every number and interval of report.md/html is written). Reads only the summary dict of `summary.summarize_run`
-(or summary.json loaded back); no files.
+end of `phased-ift run` / `phased-ift report`, also the report's "Verdicts" section: the answer, the win-rate
+lines, the judge-check line, then each benchmark's own lines, `Benchmark.verdicts`) and `judge_check_line`. The
+number formats are `blocks.fmt_num` / `blocks.fmt_ci` (re-exported). Reads only the summary dict of
+`summary.summarize_run` (or summary.json loaded back); no files.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
+from phased_ift.blocks import fmt_ci, fmt_num  # noqa: F401 (the report's number formats)
+from phased_ift.evals import BENCHMARKS, reference_loss
 from phased_ift.judgecheck import QUALIFY, qualified
 
 
 DESCRIPTIVE = ("Per test set and seed (descriptive: these lines make no claim; the tested answer is above, with "
                "Holm's correction):")
-
-
-def fmt_ci(ci: list | None) -> str:
-    """An interval as "[lo, hi]" with 3 decimals, "[n/a]" when there is none."""
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "[n/a]"
-
-
-def fmt_num(x: Any, nd: int = 3) -> str:
-    """A table cell: "n/a" for None/NaN, floats with `nd` decimals (significant digits when tiny), else str."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if isinstance(x, float):
-        return f"{x:.{nd}g}" if x != 0 and abs(x) < 10 ** -nd else f"{x:.{nd}f}"
-    return str(x)
 
 
 def comparison_verdict(c: dict, length_warning_ratio: float = 1.2, several_seeds: bool = False) -> str:
@@ -64,8 +49,8 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
     """Short verdicts for the CLI's final printout: first the answer (`report.answer`: each arm against the
     baseline per metric, paired, pooled over seeds, with the minimum detectable effect), then one per final comparison (with the reference loss of both
     arms when the offline evaluation covered that test set), the spread across seeds, the judge's check
-    (`judge_check_line`) when there are win rates, other reference losses, then IFEval (`ifeval_verdicts`) and
-    MT-Bench (`mt_bench_verdicts`) and SeqEval (`seqeval_verdicts`) per seed.
+    (`judge_check_line`) when there are win rates, then each benchmark's lines (`Benchmark.verdicts`, registry
+    order: the reference loss of test sets no win-rate line covers, IFEval, MT-Bench and SeqEval per seed).
 
     Args:
         summary: the dict of `summarize_run` (or summary.json loaded back).
@@ -82,14 +67,12 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
     lines = [e["sentence"] for e in summary.get("effects", [])]
     n_answer = len(lines)
     comps = summary.get("comparisons", [])
-    refs = _final_reference_losses(summary)
+    refs = reference_loss.final_losses(summary)
     several = len({c["seed"] for c in comps} | {seed for _, _, seed in refs}) > 1
-    covered = set()
     for c in comps:
         line = comparison_verdict(c, ratio, several)
         ra, rb = refs.get((c["testset"], c["arm_a"], c["seed"])), refs.get((c["testset"], c["arm_b"], c["seed"]))
         if ra and rb and ra["mean"] is not None and rb["mean"] is not None:
-            covered.add((c["testset"], c["seed"]))
             line = (line[:-1] + f"; reference loss {c['arm_a']} {ra['mean']:.3f} {fmt_ci(ra['ci'])} vs {c['arm_b']} "
                     f"{rb['mean']:.3f} {fmt_ci(rb['ci'])} (lower = closer to the reference answers).")
         lines.append(line)
@@ -105,41 +88,10 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
         lines.append(judge_check_line(summary.get("judge_check") or {}))
     order = summary.get("run", {}).get("config", {}).get("arms", [])
     rank = lambda arm: (order.index(arm) if arm in order else len(order), arm)  # noqa: E731
-    for ts, seed in sorted({(ts, seed) for ts, _, seed in refs} - covered):
-        entries = sorted((e for (t, _, sd), e in refs.items() if (t, sd) == (ts, seed)), key=lambda e: rank(e["arm"]))
-        parts = [f"{e['arm']} {fmt_num(e['mean'])} {fmt_ci(e['ci'])}" for e in entries]
-        lines.append(f"reference loss on {ts} (final checkpoints{f', seed {seed}' if several else ''}; lower = "
-                     "closer to the reference answers): " + " vs ".join(parts) + ".")
-    lines += ifeval_verdicts(summary, rank) + mt_bench_verdicts(summary, rank) + seqeval_verdicts(summary, rank)
+    for benchmark in BENCHMARKS.values():  # the reference loss of test sets no win-rate line covers, IFEval, ...
+        lines += benchmark.verdicts(summary, rank)
     if len(lines) > n_answer:
         lines.insert(n_answer, DESCRIPTIVE)
-    return lines
-
-
-def seqeval_verdicts(summary: dict, rank: Any = None) -> list[str]:
-    """One line per seed: the SeqEval following rate and mean quality of every arm's final checkpoint with CIs."""
-    finals = [r for r in summary.get("seqeval", []) if r.get("final") and r["following"]["mean"] is not None]
-    lines = []
-    for seed in sorted({r["seed"] for r in finals}):
-        rs = sorted((r for r in finals if r["seed"] == seed), key=lambda r: rank(r["arm"]) if rank else r["arm"])
-        parts = [f"{r['arm']} {fmt_num(r['following']['mean'])} {fmt_ci(r['following']['ci'])} (quality "
-                 f"{fmt_num(r['quality']['mean'], 2)} {fmt_ci(r['quality']['ci'])}"
-                 + (f"; {r['unparsed']} unparsed" if r["unparsed"] else "") + ")" for r in rs]
-        lines.append(f"SeqEval following rate (final checkpoints, seed {seed}; every task attempted, LLM judge; "
-                     "quality 1-5): " + ", ".join(parts) + ".")
-    return lines
-
-
-def mt_bench_verdicts(summary: dict, rank: Any = None) -> list[str]:
-    """One line per seed: the MT-Bench mean rating (1-10, both turns) of every arm's final checkpoint with its CI."""
-    finals = [r for r in summary.get("mt_bench", []) if r.get("final") and r["overall"] is not None]
-    lines = []
-    for seed in sorted({r["seed"] for r in finals}):
-        rs = sorted((r for r in finals if r["seed"] == seed), key=lambda r: rank(r["arm"]) if rank else r["arm"])
-        parts = [f"{r['arm']} {r['overall']:.2f} {fmt_ci(r['overall_ci'])}"
-                 + (f" ({r['unparsed']} unparsed)" if r["unparsed"] else "") for r in rs]
-        lines.append(f"MT-Bench mean rating (final checkpoints, seed {seed}; 1-10, single-answer grading): "
-                     + ", ".join(parts) + ".")
     return lines
 
 
@@ -160,36 +112,3 @@ def judge_check_line(jc: dict) -> str:
     return text + (f"; both lower CI bounds reach {QUALIFY}, so the judge qualifies." if ok else
                    f"; a lower CI bound is below {QUALIFY}, so the judge is not shown to be good enough and the win "
                    f"rates above say little.")
-
-
-def ifeval_verdicts(summary: dict, rank: Any = None) -> list[str]:
-    """One descriptive line per seed: IFEval prompt-level strict accuracy of every arm's final checkpoint with its
-    CI, then each paired difference against the baseline with its CI and the mid-p McNemar p-value (the same
-    difference, interval and p as the answer's result conditional on that run when the run has one seed). No
-    "significant" here: the claim, if any, is the answer's, with Holm's correction."""
-    finals = [e for e in summary.get("ifeval", []) if e.get("final")]
-    lines = []
-    for seed in sorted({e["seed"] for e in finals}):
-        es = sorted((e for e in finals if e["seed"] == seed), key=lambda e: rank(e["arm"]) if rank else e["arm"])
-        m = lambda e: e["prompt_level_strict"]  # noqa: E731
-        parts = [f"{e['arm']} {fmt_num(m(e)['mean'])} {fmt_ci(m(e)['ci'])}" for e in es]
-        line = (f"IFEval prompt-level strict accuracy (final checkpoints, seed {seed}, {es[0]['n_prompts']} prompts): "
-                + ", ".join(parts))
-        for c in (c for c in summary.get("ifeval_comparisons", []) if c["seed"] == seed):
-            if c["difference"] is None:
-                continue
-            mc = c["mcnemar"]
-            line += (f"; {c['arm_a']} - {c['arm_b']} {c['difference']:+.3f} {fmt_ci(c['ci'])}, mid-p McNemar p = "
-                     f"{mc['p_value']:.3g} ({mc['a_only']} vs {mc['b_only']} discordant prompts)")
-        lines.append(line + ".")
-    return lines
-
-
-def _final_reference_losses(summary: dict) -> dict[tuple, dict]:
-    """{(testset, arm, seed): the reference-loss entry of that arm's last phase}."""
-    last: dict = {}
-    for e in summary.get("reference_loss", []):
-        key = (e["testset"], e["arm"], e["seed"])
-        if key not in last or e["phase"] > last[key]["phase"]:
-            last[key] = e
-    return last

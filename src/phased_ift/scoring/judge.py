@@ -35,7 +35,7 @@ from rich.console import Console
 from phased_ift.config import Config, EndpointConfig
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError
-from phased_ift.grading import PromptTemplate, read_template
+from phased_ift.prompts import PromptTemplate, read_template
 from phased_ift.llm_client import LLMClient, LLMResult
 from phased_ift.scoring.registry import ScoreContext
 
@@ -51,7 +51,7 @@ def load_difficulty_template(name_or_path: str = "difficulty") -> PromptTemplate
     """Load the packaged difficulty template (by name) or a .txt template file.
 
     Returns:
-        a `grading.PromptTemplate` (its user text contains `{instruction}`, optionally `{response}`).
+        a `prompts.PromptTemplate` (its user text contains `{instruction}`, optionally `{response}`).
 
     Raises:
         PhasedIFTError: unknown name, missing file, missing `<<user>>` marker or `{instruction}` placeholder.

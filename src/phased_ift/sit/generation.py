@@ -48,7 +48,7 @@ from phased_ift.config import Config, SitConfig
 from phased_ift.config_checks import check_sit_templates
 from phased_ift.data import Example, combine_results, load_source, normalize_text, write_examples
 from phased_ift.errors import PhasedIFTError
-from phased_ift.grading import PromptTemplate, read_template
+from phased_ift.prompts import PromptTemplate, read_template
 from phased_ift.llm_client import LLMClient, LLMResult
 from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_json, write_jsonl
@@ -66,7 +66,7 @@ OPTIONS = ("A", "B", "C", "D")
 
 @dataclass(frozen=True)
 class StepTemplate(PromptTemplate):
-    """One step's prompt (a `grading.PromptTemplate`): user text with placeholders, and the step's few-shot examples
+    """One step's prompt (a `prompts.PromptTemplate`): user text with placeholders, and the step's few-shot examples
     (shuffled per request)."""
 
     step: str = ""
@@ -82,7 +82,7 @@ class StepTemplate(PromptTemplate):
 
 
 def load_step_template(step: str, name_or_path: str) -> StepTemplate:
-    """A step's template: a packaged name (`STEP_TEMPLATES`) or a .txt file in `grading.read_template`'s format, whose
+    """A step's template: a packaged name (`STEP_TEMPLATES`) or a .txt file in `prompts.read_template`'s format, whose
     user text may end with few-shot examples, each after a line `<<example>>`, that go where `{examples}` stands.
 
     Raises:

@@ -25,25 +25,28 @@ failed requests asked again), one per (answer, metric):
 
 Numbers (`summarize_seqeval`): the following rate and the mean quality over parsed verdicts, each with a percentile
 bootstrap CI over prompts, overall and by iteration depth; unparsed and failed verdicts are counted apart, never
-scored. The paired comparison between arms on the same prompts is the report's (`report.answer.EFFECT_METRICS`,
+scored. The paired comparison between arms on the same prompts is the report's (`report.answer.effect_metrics`,
 from `per_prompt_values`).
 
-Owns: the SeqEval judge prompts and their parsers, the grade items and rows, the grader `GRADER` (registered in
-`judge.GRADERS`), the aggregation (`summarize_seqeval`, `per_prompt_values`) and the report's reader
-(`read_seqeval`).
+Owns: the SeqEval judge prompts and their parsers, the grade items and rows, the grader `GRADER`, the aggregation
+(`summarize_seqeval`, `per_prompt_values`), the report's reader (`read_seqeval`) and its benchmark `BENCHMARK`
+(`evals.Benchmark`: summary entries, report section, verdict lines, the answer's two metrics).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from phased_ift import grading
-from phased_ift.grading import PromptTemplate
+from phased_ift.evals import grading
+from phased_ift.prompts import PromptTemplate, read_template
+from phased_ift.blocks import fmt_ci, fmt_num, table
 from phased_ift.config import Config
+from phased_ift.config_choices import BENCHMARKS
 from phased_ift.data import load_test_set
 from phased_ift.errors import PhasedIFTError
+from phased_ift.evals.benchmark import EffectMetric, PerPrompt, is_final
 from phased_ift.generate import read_generations, settings_path
 from phased_ift.rundir import RunDir
 from phased_ift.runio import read_jsonl
@@ -81,14 +84,14 @@ PARSERS = {"following": parse_following, "quality": parse_quality}
 
 
 def load_prompts(following: str = "seqeval-following", quality: str = "seqeval-quality") -> dict[str, PromptTemplate]:
-    """The two judge prompts by metric, packaged names or .txt paths (format: `grading.read_template`).
+    """The two judge prompts by metric, packaged names or .txt paths (format: `prompts.read_template`).
 
     Raises:
         PhasedIFTError: unknown name, missing file, or a file without the markers or placeholders.
     """
     out = {}
     for metric, name in (("following", following), ("quality", quality)):
-        out[metric] = grading.read_template(name, f"judge.seqeval_{metric}_template", PACKAGED, PLACEHOLDERS)
+        out[metric] = read_template(name, f"judge.seqeval_{metric}_template", PACKAGED, PLACEHOLDERS)
     return out
 
 
@@ -143,7 +146,7 @@ def make_grade_row(item: GradeItem, result: Any, judge: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The grader (registered in judge.GRADERS)
+# The grader (its benchmark is registered in evals.BENCHMARKS)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -184,8 +187,8 @@ GRADER = grading.Grader(testset=TESTSET, label="SeqEval", part="metric", prepare
 
 def grade_all(cfg: Config, run: RunDir, dry_run: bool = False, console: Any = None) -> None:
     """Grade every `design.evaluation_cells` checkpoint's SeqEval answers on both metrics
-    -> grades/<arm>/seed_<s>/phase_<k>/seqeval.jsonl (`grading.grade_all` with `GRADER`; the judge step runs it
-    through `judge.GRADERS`). Nothing to do unless "seqeval" is in generate.test_sets; no judge endpoint: logs how
+    -> grades/<arm>/seed_<s>/phase_<k>/seqeval.jsonl (`grading.grade_all` with `GRADER`; the evaluate step runs it
+    through `evals.BENCHMARKS`). Nothing to do unless "seqeval" is in generate.test_sets; no judge endpoint: logs how
     to set one. dry_run prints the estimate and sends nothing.
 
     Raises:
@@ -269,3 +272,87 @@ def read_seqeval(run: RunDir, cfg: Config) -> list[dict[str, Any]]:
         out.append({"arm": loc.arm, "seed": loc.seed, "phase": loc.phase,
                     **summarize_seqeval(rows, r.bootstrap, r.confidence, r.seed, expected)})
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The benchmark: summary, report section, verdict lines, the answer's per-prompt values
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def summarize(run: RunDir, cfg: Config) -> dict[str, list[dict]]:
+    """{"seqeval": one entry per graded checkpoint (`read_seqeval`: following rate and quality with CIs, overall and
+    by iteration depth, counts) plus "final" (the arm's last phase)}."""
+    rows = read_seqeval(run, cfg)
+    for r in rows:
+        r["final"] = is_final(cfg, run, r["arm"], r["phase"])
+    return {"seqeval": rows}
+
+
+def _missing(cfg: Config) -> str:
+    asked = TESTSET in cfg.generate.test_sets
+    return ("No SeqEval grades (grades/*/seed_*/phase_*/seqeval.jsonl): "
+            + ("the SeqEval answers are generated (see Answer lengths); " if asked
+               else "add seqeval to generate.test_sets, ")
+            + "configure judge.judge (an OpenAI-compatible endpoint) and run `phased-ift evaluate CONFIG` to grade "
+            "their following rate and quality.")
+
+
+def _blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
+    """SeqEval: following rate and quality per checkpoint with CIs and counts, and both by iteration depth."""
+    B: list[tuple] = [("h2", "Sequential instructions: SeqEval (single-answer LLM judge)")]
+    rows = s.get("seqeval") or []
+    if not rows:
+        return B + [("p", s["notes"].get("seqeval", ""))]
+    B.append(("p", "Following rate: the share of answers that attempt every task of the sequential instruction (a "
+                   "[[YES]]/[[NO]] verdict per answer); quality: a 1-5 rating per answer (Hu et al. 2024, SeqEval). "
+                   "The paper's judge prompts are not published; phased-ift's templates are written from its "
+                   f"definitions. Unparsed and failed verdicts are counted, never scored. {cl}: bootstrap over "
+                   "prompts. Depth = the number of Seq-Instruct rewrite rounds of the prompt (1-4)."))
+    m = lambda x: f"{fmt_num(x['mean'])} {fmt_ci(x['ci'])}"  # noqa: E731
+    B.append(table(["arm", "seed", "phase", "answers", f"following rate [{cl}]", f"quality [{cl}]", "unparsed",
+                     "failed", "missing"],
+                    [[r["arm"], r["seed"], r["phase"], r["n_prompts"], m(r["following"]), m(r["quality"]),
+                      r["unparsed"], r["failed"], r["missing"]] for r in rows]))
+    depths = sorted({d["iteration"] for r in rows for d in r["by_depth"]})
+    if depths:
+        B.append(("p", f"By iteration depth: following rate / quality [{cl}] (n = answers with a parsed verdict)."))
+        cell = lambda d, k: (f"{m(d[k])} (n {d[k]['n']})" if d else "")  # noqa: E731
+        B.append(table(["arm", "seed", "phase", "metric"] + [f"depth {d}" for d in depths],
+                        [[r["arm"], r["seed"], r["phase"], k] + [cell(next((x for x in r["by_depth"]
+                                                                          if x["iteration"] == d), None), k)
+                                                              for d in depths]
+                         for r in rows for k in ("following", "quality")]))
+    return B
+
+
+def _verdicts(summary: dict, rank: Any = None) -> list[str]:
+    """One line per seed: the SeqEval following rate and mean quality of every arm's final checkpoint with CIs."""
+    finals = [r for r in summary.get("seqeval", []) if r.get("final") and r["following"]["mean"] is not None]
+    lines = []
+    for seed in sorted({r["seed"] for r in finals}):
+        rs = sorted((r for r in finals if r["seed"] == seed), key=lambda r: rank(r["arm"]) if rank else r["arm"])
+        parts = [f"{r['arm']} {fmt_num(r['following']['mean'])} {fmt_ci(r['following']['ci'])} (quality "
+                 f"{fmt_num(r['quality']['mean'], 2)} {fmt_ci(r['quality']['ci'])}"
+                 + (f"; {r['unparsed']} unparsed" if r["unparsed"] else "") + ")" for r in rs]
+        lines.append(f"SeqEval following rate (final checkpoints, seed {seed}; every task attempted, LLM judge; "
+                     "quality 1-5): " + ", ".join(parts) + ".")
+    return lines
+
+
+def per_prompt(metric: str) -> Callable[[RunDir, Config, list[dict]], PerPrompt]:
+    """The reader of one metric's values for the answer: {(arm, seed): {(id,): verdict or rating}} of the final
+    checkpoints' grade files (unparsed and failed verdicts are missing)."""
+    def read(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
+        out: PerPrompt = {}
+        for g in run.grade_files():
+            if g.testset == TESTSET and is_final(cfg, run, g.arm, g.phase):
+                rows = read_jsonl(g.path, tolerate_torn_tail=True)
+                out[(g.arm, g.seed)] = {(i,): v for i, v in per_prompt_values(rows, metric).items()}
+        return out
+    return read
+
+
+BENCHMARK = grading.graded_benchmark(
+    GRADER, BENCHMARKS[TESTSET], summarize=summarize, missing=_missing, blocks=_blocks, verdicts=_verdicts,
+    effects=(EffectMetric("SeqEval following rate", per_prompt("following")),
+             EffectMetric("SeqEval quality (1-5)", per_prompt("quality"))))

@@ -19,27 +19,32 @@ prompt ids), and the main process merges them in prompt order into the file one 
 (`_spread_reference_loss`).
 
 Owns: matching prompts to reference answers (`attach_references`), the reference loss of one checkpoint
-(`reference_loss`, all checkpoints: `reference_loss_all`) and the evaluate step's body (`evaluate_all`: every
-metric of the `METRICS` registry over every checkpoint of `design.evaluation_cells`; IFEval's scoring is
-`ifeval.py`'s). The forward passes run in `modeling.sequence_losses`.
+(`reference_loss`), of every checkpoint of `design.evaluation_cells` (`reference_loss_all`), and the benchmark
+`BENCHMARK` (`evals.Benchmark`): its summary entries (mean loss with a bootstrap CI per file and test set), report
+section, verdict lines (`final_losses`: the last phase's loss per test set, arm and seed, which the win-rate lines
+also quote) and the answer's per-prompt values. The forward passes run in `modeling.sequence_losses`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from phased_ift import shutdown
+from phased_ift.blocks import fmt_ci, fmt_num, table
 from phased_ift.config import Config
+from phased_ift.config_choices import BENCHMARKS
 from phased_ift.data import Example, load_reference_answers, load_test_set, normalize_text
 from phased_ift.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
+from phased_ift.evals.benchmark import Benchmark, EffectMetric, PerPrompt, is_final
 from phased_ift.generate import checkpoint_dir, load_for_inference, testset_key
-from phased_ift.ifeval import ifeval_all
 from phased_ift.modeling import inference_dtype, render, sequence_losses, tokenize_example, weights_fingerprint
 from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_json
 from phased_ift.sharding import Launch, ShardFiles, await_ranks, current_launch, shard, unshard
+from phased_ift.stats import mean_with_ci
 
 
 def reference_loss(model_dir: str | Path, examples_with_reference: Sequence[Example], template: str,
@@ -120,25 +125,6 @@ def attach_references(examples: Sequence[Example], references: dict[str, str]) -
             out.append(Example(id=e.id, messages=list(e.prompt_messages) + [{"role": "assistant", "content": ref}],
                                meta=dict(e.meta)))
     return out
-
-
-def evaluate_all(cfg: Config, run: RunDir, console: Any = None) -> None:
-    """The evaluate step: every judge-free metric of `METRICS`, in order (each skips finished files and logs what
-    it does or why it is off): the reference-answer loss (`reference_loss_all`) and IFEval (`ifeval.ifeval_all`,
-    when `ifeval` is among generate.test_sets).
-
-    Args:
-        cfg: the config; run: the `RunDir`; console: a rich Console (default: stderr).
-    """
-    from rich.console import Console
-
-    console = console or Console(stderr=True)
-    for metric in METRICS.values():
-        metric(cfg, run, console)
-
-
-def _ifeval(cfg: Config, run: RunDir, console: Any) -> None:
-    ifeval_all(cfg, run, console)
 
 
 def reference_loss_all(cfg: Config, run: RunDir, console: Any = None) -> None:
@@ -248,8 +234,6 @@ def _fingerprint(ckpt: Path) -> str | None:
 
 def _read_part(path: Path, ids: dict[str, list[str]], fingerprint: str | None) -> dict[str, dict] | None:
     """A rank's part when it is there and is of this checkpoint and these prompts, else None."""
-    import json
-
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -258,10 +242,6 @@ def _read_part(path: Path, ids: dict[str, list[str]], fingerprint: str | None) -
     if not isinstance(parts, dict) or any(parts.get(n, {}).get("ids") != want for n, want in ids.items()):
         return None
     return parts
-
-
-# The judge-free metrics of the evaluate step, in the order they run: name -> body(cfg, run, console).
-METRICS: dict[str, Any] = {"reference_loss": reference_loss_all, "ifeval": _ifeval}
 
 
 def _reference_prompts(cfg: Config, console: Any) -> tuple[dict[str, list[Example]], dict[str, list[Example]]]:
@@ -286,3 +266,115 @@ def _reference_prompts(cfg: Config, console: Any) -> tuple[dict[str, list[Exampl
                              f"{ev.reference}; add vicuna/oasst/helpful_base/alpaca_eval to generate.test_sets or "
                              "set evaluation.limit=N to use a sample of alpaca_eval.")
     return sets, matched
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The benchmark: summary, report section, verdict lines, the answer's per-prompt values
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PhasedIFTError(f"{path}: not valid JSON ({e}); delete it and re-run the evaluate step.") from None
+
+
+def summarize(run: RunDir, cfg: Config) -> dict[str, Any]:
+    """{"reference_loss": mean reference-answer loss with a bootstrap CI per evaluation file and test set}: entries
+    {"arm", "seed", "phase", "testset", "n", "mean", "ci"}. Test sets without any reference answer (n = 0) are left
+    out; their count stays in the file.
+
+    Raises:
+        PhasedIFTError: a file that is not valid JSON (names it and the fix).
+    """
+    rc, out = cfg.report, []
+    for e in run.evaluation_files():
+        data = _load(e.path)
+        for name, t in sorted((data.get("testsets") or {}).items()):
+            if not t.get("n"):  # no prompt of this test set has a reference answer (IFEval): nothing to show
+                continue
+            per = t.get("per_example") or []
+            m = mean_with_ci(per, rc.bootstrap, rc.confidence, rc.seed)
+            if not per:  # no per-example losses: keep the stored mean, no interval
+                m = {"n": t.get("n"), "mean": t.get("mean_loss"), "ci": None}
+            out.append({"arm": e.arm, "seed": e.seed, "phase": e.phase, "testset": name, **m})
+    return {"reference_loss": out}
+
+
+def _missing(cfg: Config) -> str:
+    return ("No offline evaluation (evaluation/*/reference_loss.json): enable evaluation.reference_loss and run the "
+            "evaluation step.")
+
+
+def _blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
+    """The offline evaluation: loss of the reference answers with CIs."""
+    B: list[tuple] = [("h2", "Offline evaluation: loss of reference answers")]
+    if s["reference_loss"]:
+        B.append(("p", f"Mean per-token loss (nats) of the reference answers given the prompt; lower = closer to "
+                       f"the reference model's answers. {cl} by bootstrap over examples."))
+        B.append(table(["arm", "seed", "phase", "test set", "examples", "mean loss", cl],
+                       [[x["arm"], x["seed"], x["phase"], x["testset"], x["n"], x["mean"], fmt_ci(x["ci"])]
+                        for x in s["reference_loss"]]))
+    else:
+        B.append(("p", s["notes"]["reference_loss"]))
+    return B
+
+
+def final_losses(summary: dict) -> dict[tuple, dict]:
+    """{(testset, arm, seed): the summary entry of that arm's last phase}."""
+    last: dict = {}
+    for e in summary.get("reference_loss", []):
+        key = (e["testset"], e["arm"], e["seed"])
+        if key not in last or e["phase"] > last[key]["phase"]:
+            last[key] = e
+    return last
+
+
+def covered(summary: dict) -> set[tuple[str, int]]:
+    """The (test set, seed) pairs whose final reference losses the win-rate lines quote: a final comparison of two
+    arms that both have one (`report.verdicts.verdict_lines`)."""
+    refs, out = final_losses(summary), set()
+    for c in summary.get("comparisons", []):
+        ra, rb = refs.get((c["testset"], c["arm_a"], c["seed"])), refs.get((c["testset"], c["arm_b"], c["seed"]))
+        if ra and rb and ra["mean"] is not None and rb["mean"] is not None:
+            out.add((c["testset"], c["seed"]))
+    return out
+
+
+def _verdicts(summary: dict, rank: Any) -> list[str]:
+    """One line per (test set, seed) that no win-rate line covers: the final reference loss of every arm."""
+    refs = final_losses(summary)
+    several = len({c["seed"] for c in summary.get("comparisons", [])} | {seed for _, _, seed in refs}) > 1
+    lines = []
+    for ts, seed in sorted({(ts, seed) for ts, _, seed in refs} - covered(summary)):
+        entries = sorted((e for (t, _, sd), e in refs.items() if (t, sd) == (ts, seed)), key=lambda e: rank(e["arm"]))
+        parts = [f"{e['arm']} {fmt_num(e['mean'])} {fmt_ci(e['ci'])}" for e in entries]
+        lines.append(f"reference loss on {ts} (final checkpoints{f', seed {seed}' if several else ''}; lower = "
+                     "closer to the reference answers): " + " vs ".join(parts) + ".")
+    return lines
+
+
+def per_prompt(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
+    """The answer's values: {(arm, seed): {(test set, index): the reference answer's mean token loss}} of the final
+    checkpoints (nats, lower is better)."""
+    out: PerPrompt = {}
+    for e in run.evaluation_files():
+        if not is_final(cfg, run, e.arm, e.phase):
+            continue
+        for name, t in (_load(e.path).get("testsets") or {}).items():
+            for i, loss in enumerate(t.get("per_example") or []):
+                if loss is not None:
+                    out.setdefault((e.arm, e.seed), {})[(name, i)] = float(loss)
+    return out
+
+
+def _run(cfg: Config, run: RunDir, dry_run: bool, console: Any) -> None:
+    if not dry_run:  # a dry run computes nothing: the plan's evaluate row says what will run
+        reference_loss_all(cfg, run, console)
+
+
+BENCHMARK = Benchmark(
+    BENCHMARKS["reference_loss"], "reference-answer loss", run=_run, summarize=summarize, missing=_missing,
+    blocks=_blocks, verdicts=_verdicts, effects=(EffectMetric("reference loss", per_prompt, lower_is_better=True),),
+    enabled=lambda cfg: cfg.evaluation.reference_loss)

@@ -1,6 +1,6 @@
 """MT-Bench single-answer grading: each answer of each arm gets a 1-10 rating from an LLM judge, per turn.
 
-    phased-ift judge CONFIG generate.test_sets=[mt_bench] judge.judge.base_url=... judge.judge.model=gpt-4-0613
+    phased-ift evaluate CONFIG generate.test_sets=[mt_bench] judge.judge.base_url=... judge.judge.model=gpt-4-0613
 
 Source: Zheng et al. 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena" (NeurIPS Datasets and
 Benchmarks), and its code, FastChat's llm_judge (lm-sys/FastChat, `fastchat/llm_judge/common.py`,
@@ -24,11 +24,11 @@ Rows go to `grades/<arm>/seed_<s>/phase_<k>/mt_bench.jsonl` (`RunDir.grades`), o
 
 A request that failed after the client's retries is written with `failed: true` (no rating) and is asked again
 by the next run; the last row of an (id, turn) counts. Every request also goes through the LLM cache. The grade
-file, its resume and the step's loop are `grading.py`'s, shared with SeqEval's grader.
+file, its resume and the step's loop are `evals.grading`'s, shared with SeqEval's grader.
 
 Owns: the MT-Bench judge prompts and reference answers, the grading prompts, grade rows, the grader `GRADER`
-(registered in `judge.GRADERS`; `grade_file` and `grade_all` are its entry points) and the aggregation
-(`summarize_grades`, `read_grades`, `mt_bench_table`) that the report reads.
+(`grade_file` and `grade_all` are its entry points), the aggregation (`summarize_grades`, `read_grades`,
+`mt_bench_table`) and its benchmark `BENCHMARK` (`evals.Benchmark`: summary entries, report section, verdict lines).
 """
 
 from __future__ import annotations
@@ -37,12 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from phased_ift import grading
+from phased_ift.evals import grading
+from phased_ift.blocks import fmt_ci, fmt_num, table
 from phased_ift.config import Config
+from phased_ift.config_choices import BENCHMARKS
 from phased_ift.data import data_home, load_test_set
 from phased_ift.errors import PhasedIFTError
+from phased_ift.evals.benchmark import is_final
 from phased_ift.generate import read_generations, settings_path, turn_key
-from phased_ift.grading import PromptTemplate, parse_rating, requests_of  # noqa: F401  (FastChat's parser: API)
+from phased_ift.evals.grading import parse_rating, requests_of  # noqa: F401  (FastChat's parser: API)
+from phased_ift.prompts import PromptTemplate
 from phased_ift.rundir import RunDir
 from phased_ift.runio import read_jsonl
 from phased_ift.stats import mean_with_ci, ratio_with_ci
@@ -63,7 +67,7 @@ TEMPLATE_NAMES = {(False, 1): "single-v1", (True, 1): "single-math-v1",
 
 @dataclass(frozen=True)
 class GradeTemplate(PromptTemplate):
-    """One single-answer judge prompt of FastChat's judge_prompts.jsonl (a `grading.PromptTemplate` read from
+    """One single-answer judge prompt of FastChat's judge_prompts.jsonl (a `prompts.PromptTemplate` read from
     FastChat's file, not the .txt template format): `system` (system_prompt), `user` (prompt_template, with
     FastChat's `str.format` placeholders, so `messages` formats it as FastChat does and always sends the system
     message), `output_format` ("[[rating]]")."""
@@ -245,7 +249,7 @@ def grade_file(client: Any, items: Sequence[GradeItem], out_path: str | Path, ju
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The grading step (called by judge.judge_all when mt_bench is a test set)
+# The grading step (the evaluate step runs it through evals.BENCHMARKS when mt_bench is a test set)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -284,8 +288,8 @@ GRADER = grading.Grader(testset=TESTSET, label="MT-Bench", part="turn", prepare=
 
 def grade_all(cfg: Config, run: RunDir, dry_run: bool = False, console: Any = None) -> None:
     """Grade both turns of every `design.evaluation_cells` checkpoint's MT-Bench answers
-    -> grades/<arm>/seed_<s>/phase_<k>/mt_bench.jsonl (`grading.grade_all` with `GRADER`; `judge.judge_all` runs
-    it through `judge.GRADERS`).
+    -> grades/<arm>/seed_<s>/phase_<k>/mt_bench.jsonl (`grading.grade_all` with `GRADER`; the evaluate step runs
+    it through `evals.BENCHMARKS`).
 
     Nothing to do unless "mt_bench" is in generate.test_sets. No judge endpoint: logs how to set one and returns.
     dry_run prints the distinct request count, cache hits and estimated tokens and sends nothing.
@@ -395,3 +399,60 @@ def mt_bench_table(part: dict[str, dict[int, dict[int, dict[str, Any]]]]) -> lis
                 row["categories"] = {c: v["mean"] for c, v in s["categories"].items()}
                 rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The benchmark: summary, report section, verdict lines
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def summarize(run: RunDir, cfg: Config) -> dict[str, list[dict]]:
+    """{"mt_bench": one row per graded checkpoint (`mt_bench_table`: mean rating per turn and overall with CIs,
+    counts, per-category means) plus "final" (the arm's last phase)}."""
+    rows = mt_bench_table(read_grades(run, cfg))
+    for r in rows:
+        r["final"] = is_final(cfg, run, r["arm"], r["phase"])
+    return {"mt_bench": rows}
+
+
+def _blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
+    """MT-Bench: mean single-answer rating per turn and overall with CIs, counts, and the per-category means."""
+    B: list[tuple] = [("h2", "Multi-turn chat: MT-Bench (single-answer grading)")]
+    rows = s.get("mt_bench") or []
+    if not rows:
+        return B + [("p", s["notes"].get("mt_bench", ""))]
+    B.append(("p", "FastChat's single-answer prompts (single-v1; single-math-v1 with GPT-4's reference answer for "
+                   "math, reasoning and coding; the multi-turn variants for turn 2), ratings 1-10 parsed as FastChat "
+                   f"does. Unparsed and failed grades are counted, never scored. {cl}: bootstrap over questions."))
+    ci = lambda r, k: f"{fmt_num(r[k])} {fmt_ci(r[k + '_ci'])}"  # noqa: E731
+    B.append(table(["arm", "seed", "phase", f"turn 1 [{cl}]", f"turn 2 [{cl}]", f"overall [{cl}]", "graded",
+                     "unparsed", "failed", "missing"],
+                    [[r["arm"], r["seed"], r["phase"], ci(r, "turn_1"), ci(r, "turn_2"), ci(r, "overall"), r["graded"],
+                      r["unparsed"], r["failed"], r["missing"]] for r in rows]))
+    cats = sorted({c for r in rows for c in r["categories"]})
+    finals = [r for r in rows if r.get("final")]
+    if cats and finals:
+        B.append(("p", "Mean rating per category (final checkpoints, both turns)."))
+        B.append(table(["category"] + [f"{r['arm']} s{r['seed']}" for r in finals],
+                        [[c] + [r["categories"].get(c) for r in finals] for c in cats]))
+    return B
+
+
+def _verdicts(summary: dict, rank: Any = None) -> list[str]:
+    """One line per seed: the MT-Bench mean rating (1-10, both turns) of every arm's final checkpoint with its CI."""
+    finals = [r for r in summary.get("mt_bench", []) if r.get("final") and r["overall"] is not None]
+    lines = []
+    for seed in sorted({r["seed"] for r in finals}):
+        rs = sorted((r for r in finals if r["seed"] == seed), key=lambda r: rank(r["arm"]) if rank else r["arm"])
+        parts = [f"{r['arm']} {r['overall']:.2f} {fmt_ci(r['overall_ci'])}"
+                 + (f" ({r['unparsed']} unparsed)" if r["unparsed"] else "") for r in rs]
+        lines.append(f"MT-Bench mean rating (final checkpoints, seed {seed}; 1-10, single-answer grading): "
+                     + ", ".join(parts) + ".")
+    return lines
+
+
+BENCHMARK = grading.graded_benchmark(
+    GRADER, BENCHMARKS[TESTSET], summarize=summarize, blocks=_blocks, verdicts=_verdicts,
+    missing=lambda cfg: ("No MT-Bench grades (grades/*/seed_*/phase_*/mt_bench.jsonl): add mt_bench to "
+                         "generate.test_sets, configure judge.judge (an OpenAI-compatible endpoint) and run "
+                         "`phased-ift evaluate CONFIG`."))

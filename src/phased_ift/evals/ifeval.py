@@ -27,20 +27,26 @@ counts as not followed and is counted in "unanswered".
 Owns: the punkt_tab data, reading IFEval's input file, checking responses (`check_response`, `check_responses`),
 the metrics (`ifeval_metrics`; `instruction_count_view`: prompts with one instruction vs two or more, the judge-free
 view of sequential following), the paired comparison of two arms (`compare_ifeval`), scoring a responses file
-(`score_file`, behind `phased-ift ifeval`) and the evaluate step's IFEval part (`ifeval_all`).
+(`score_file`, behind `phased-ift ifeval`), the evaluate step's IFEval part (`ifeval_all`) and the benchmark
+`BENCHMARK` (`evals.Benchmark`): summary entries and paired comparisons, report section, verdict lines, the
+answer's per-prompt values, the per-phase trend.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any, Sequence
 
+from phased_ift.blocks import fmt_ci, fmt_num, table
 from phased_ift.config import Config
+from phased_ift.config_choices import BENCHMARKS
 from phased_ift.data import TEST_SETS, data_home, load_test_set
-from phased_ift.design import evaluation_cells
+from phased_ift.design import baseline_arm, evaluation_cells
 from phased_ift.effects import conditional_effect
 from phased_ift.errors import PhasedIFTError
+from phased_ift.evals.benchmark import Benchmark, EffectMetric, PerPrompt, is_final
 from phased_ift.generate import read_generations, testset_key
 from phased_ift.modeling import cache_home
 from phased_ift.rundir import RunDir
@@ -241,7 +247,7 @@ def instruction_count_view(results: Sequence[dict], n_resamples: int = 2000, con
     prompt's instructions followed) on the prompts with one instruction and, apart, on those with two or more
     (IFEval's 541: 305 single, 236 multi, of which 57 have three), each with a percentile bootstrap CI over its
     prompts. The two groups hold different prompts, so their gap is not a paired comparison; arms are compared on
-    the multi-instruction prompts in the report (`report.answer.EFFECT_METRICS`).
+    the multi-instruction prompts in the report (`report.answer.effect_metrics`).
 
     Args:
         results: `check_response` rows (one per prompt; unanswered prompts count as not followed).
@@ -402,7 +408,7 @@ def ifeval_all(cfg: Config, run: RunDir, console: Any = None) -> None:
     inputs = sampled_inputs(cfg)
     r = cfg.report
     for c in evaluation_cells(cfg, run):
-        out = run.ifeval(c.arm, c.phase, c.seed)
+        out = run.benchmark("ifeval", c.arm, c.phase, c.seed)
         if out.is_file():
             continue
         rows = read_generations(run.generations(c.arm, c.phase, TESTSET, c.seed))
@@ -420,3 +426,160 @@ def sampled_inputs(cfg: Config) -> list[dict]:
     """The IFEval inputs of the configured sample (generate.limit / generate.seed, as `data.load_test_set`)."""
     keep = {str(e.id) for e in load_test_set(TESTSET, limit=cfg.generate.limit, seed=cfg.generate.seed)}
     return [inp for inp in load_inputs() if str(inp["key"]) in keep]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The benchmark: summary, report section, verdict lines, the answer's per-prompt values
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def summarize(run: RunDir, cfg: Config) -> dict[str, list[dict]]:
+    """{"ifeval": one entry per ifeval.json, {"arm", "seed", "phase", "final", **`ifeval_metrics`}; "ifeval_comparisons":
+    the paired comparison of each arm's final checkpoint with the baseline arm's on the same prompts per seed,
+    {"arm_a", "arm_b", "seed", **`compare_ifeval`}}. Files written before the multi-instruction view get its
+    "by_instruction_count" computed from their per-prompt rows.
+
+    Raises:
+        PhasedIFTError: a file that is not valid JSON (names it and the fix).
+    """
+    entries, per_prompt = [], {}
+    for e in run.evaluation_files("ifeval.json"):
+        try:
+            data = json.loads(e.path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise PhasedIFTError(f"{e.path}: not valid JSON ({err}); delete it and re-run the evaluate step.") from None
+        final = is_final(cfg, run, e.arm, e.phase)
+        entries.append({"arm": e.arm, "seed": e.seed, "phase": e.phase, "final": final, **data["metrics"]})
+        if "by_instruction_count" not in data["metrics"]:
+            rc = cfg.report
+            entries[-1]["by_instruction_count"] = instruction_count_view(data["per_prompt"], rc.bootstrap,
+                                                                         rc.confidence, rc.seed)
+        if final:
+            per_prompt[(e.arm, e.seed)] = data["per_prompt"]
+    arms = [a for a in cfg.train.arms if any(arm == a for arm, _ in per_prompt)]
+    comps = []
+    if arms:
+        base = baseline_arm(arms)
+        rc = cfg.report
+        for (arm, seed), rows in sorted(per_prompt.items()):
+            if arm != base and (base, seed) in per_prompt:
+                comps.append({"arm_a": arm, "arm_b": base, "seed": seed, **compare_ifeval(
+                    rows, per_prompt[(base, seed)], rc.confidence)})
+    return {"ifeval": entries, "ifeval_comparisons": comps}
+
+
+def _blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
+    """IFEval: the four numbers per checkpoint, the paired comparison with the baseline, the per-group table and the
+    trend over phases."""
+    B: list[tuple] = [("h2", "Instruction following on unseen instructions: IFEval")]
+    entries = s.get("ifeval") or []
+    if not entries:
+        return B + [("p", s["notes"].get("ifeval", ""))]
+    B.append(("p", "Verifiable instructions checked by program (lm-eval's IFEval checkers, no judge). Prompt-level: all "
+                   "instructions of a prompt followed; instruction-level: instructions followed / given; loose also "
+                   f"accepts the answer without its first/last line or markdown stars. {cl}: bootstrap over prompts. "
+                   "Unanswered prompts count as not followed."))
+    pct = lambda m, k: f"{fmt_num(m[k])} {fmt_ci(m['ci'])}"  # noqa: E731
+    B.append(table(["arm", "seed", "phase", "prompts", "unanswered", f"prompt strict [{cl}]", f"inst strict [{cl}]",
+                     f"prompt loose [{cl}]", f"inst loose [{cl}]"],
+                    [[e["arm"], e["seed"], e["phase"], e["n_prompts"], e["unanswered"],
+                      pct(e["prompt_level_strict"], "mean"), pct(e["inst_level_strict"], "value"),
+                      pct(e["prompt_level_loose"], "mean"), pct(e["inst_level_loose"], "value")] for e in entries]))
+    if s.get("ifeval_comparisons"):
+        B.append(("p", f"Paired on the same prompts (final checkpoints): difference in prompt-level strict accuracy "
+                       f"with its t {cl} over prompts and the mid-p McNemar test on the discordant prompts "
+                       f"(Fagerland et al. 2013), one training run per arm: descriptive, no claim (the answer above has the "
+                       f"tests, with Holm's correction)."))
+        B.append(table(["comparison", "seed", "prompts", "accuracy A", "accuracy B", f"A - B [{cl}]",
+                         "only A follows", "only B follows", "mid-p McNemar p"],
+                        [[f"{c['arm_a']} vs {c['arm_b']}", c["seed"], c["n"], c["mean_a"], c["mean_b"],
+                          f"{fmt_num(c['difference'])} {fmt_ci(c['ci'])}", c["mcnemar"]["a_only"],
+                          c["mcnemar"]["b_only"], c["mcnemar"]["p_value"]] for c in s["ifeval_comparisons"]]))
+    B += _multi_blocks(entries, cl)
+    finals = [e for e in entries if e["final"]]
+    groups = sorted({g for e in finals for g in e["groups"]})
+    if finals and groups:
+        B.append(("p", "Instruction-level strict accuracy per instruction group (final checkpoints; n = instructions)."))
+        B.append(table(["group", "n"] + [f"{e['arm']} s{e['seed']}" for e in finals],
+                        [[g, finals[0]["groups"].get(g, {}).get("n_instructions")]
+                         + [e["groups"].get(g, {}).get("strict") for e in finals] for g in groups]))
+    if "ifeval_trend" in plots:
+        B.append(("img", plots["ifeval_trend"], "IFEval prompt-level strict accuracy after each phase"))
+    return B
+
+
+def _multi_blocks(entries: list[dict], cl: str) -> list[tuple]:
+    """The judge-free view of following several instructions: prompt-level strict accuracy on IFEval prompts with
+    one instruction next to those with two or more, per checkpoint."""
+    views = [(e, e.get("by_instruction_count")) for e in entries]
+    if not any(v for _, v in views):
+        return []
+    pct = lambda m: f"{fmt_num(m['mean'])} {fmt_ci(m['ci'])}"  # noqa: E731
+    return [("p", f"Several instructions at once, without a judge: prompt-level strict accuracy on the IFEval prompts "
+                  f"with one instruction and, apart, on those with two or more ({cl}: bootstrap over the prompts of "
+                  "each group; different prompts, so the gap between the columns is not a paired test; 'Did it "
+                  "help?' compares the arms on all the IFEval prompts)."),
+            table(["arm", "seed", "phase", "1-instruction prompts", f"accuracy [{cl}]", ">= 2-instruction prompts",
+                    f"accuracy [{cl}]"],
+                   [[e["arm"], e["seed"], e["phase"], v["single"]["n"], pct(v["single"]), v["multi"]["n"],
+                     pct(v["multi"])] for e, v in views if v])]
+
+
+def _verdicts(summary: dict, rank: Any = None) -> list[str]:
+    """One descriptive line per seed: IFEval prompt-level strict accuracy of every arm's final checkpoint with its
+    CI, then each paired difference against the baseline with its CI and the mid-p McNemar p-value (the same
+    difference, interval and p as the answer's result conditional on that run when the run has one seed). No
+    "significant" here: the claim, if any, is the answer's, with Holm's correction."""
+    finals = [e for e in summary.get("ifeval", []) if e.get("final")]
+    lines = []
+    for seed in sorted({e["seed"] for e in finals}):
+        es = sorted((e for e in finals if e["seed"] == seed), key=lambda e: rank(e["arm"]) if rank else e["arm"])
+        m = lambda e: e["prompt_level_strict"]  # noqa: E731
+        parts = [f"{e['arm']} {fmt_num(m(e)['mean'])} {fmt_ci(m(e)['ci'])}" for e in es]
+        line = (f"IFEval prompt-level strict accuracy (final checkpoints, seed {seed}, {es[0]['n_prompts']} prompts): "
+                + ", ".join(parts))
+        for c in (c for c in summary.get("ifeval_comparisons", []) if c["seed"] == seed):
+            if c["difference"] is None:
+                continue
+            mc = c["mcnemar"]
+            line += (f"; {c['arm_a']} - {c['arm_b']} {c['difference']:+.3f} {fmt_ci(c['ci'])}, mid-p McNemar p = "
+                     f"{mc['p_value']:.3g} ({mc['a_only']} vs {mc['b_only']} discordant prompts)")
+        lines.append(line + ".")
+    return lines
+
+
+def per_prompt(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
+    """The answer's values: prompt-level strict accuracy {(arm, seed): {(key,): 1.0 | 0.0}} of the final
+    checkpoints."""
+    out: PerPrompt = {}
+    for e in run.evaluation_files("ifeval.json"):
+        if is_final(cfg, run, e.arm, e.phase):
+            out[(e.arm, e.seed)] = {(str(r["key"]),): float(r["prompt_strict"])
+                                    for r in _load(e.path).get("per_prompt") or []}
+    return out
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PhasedIFTError(f"{path}: not valid JSON ({e}); delete it and re-run the evaluate step.") from None
+
+
+def _trend(summary: dict) -> list[dict]:
+    return [{"arm": e["arm"], "seed": e["seed"], "phase": e["phase"], "final": e["final"],
+             **{k: e["prompt_level_strict"][k] for k in ("mean", "ci")}} for e in summary.get("ifeval") or []]
+
+
+def _run(cfg: Config, run: RunDir, dry_run: bool, console: Any) -> None:
+    if not dry_run:  # a dry run computes nothing: the plan's evaluate row says what will run
+        ifeval_all(cfg, run, console)
+
+
+BENCHMARK = Benchmark(
+    BENCHMARKS["ifeval"], "IFEval", run=_run, summarize=summarize,
+    missing=lambda cfg: ("No IFEval results (evaluation/*/ifeval.json): add ifeval to generate.test_sets (e.g. "
+                         "generate.test_sets=[vicuna,ifeval]) and run `phased-ift run CONFIG`."),
+    blocks=_blocks, verdicts=_verdicts, effects=(EffectMetric("IFEval prompt-level strict accuracy", per_prompt),),
+    plan=lambda cfg, prompts: f"IFEval ({prompts[TESTSET]} prompts)", trend=_trend,
+    trend_label="prompt-level strict accuracy")

@@ -1,7 +1,7 @@
 """Single-answer grading: an LLM judge rates each answer of a checkpoint on its own (no second arm), one request
 per (answer, part), e.g. an MT-Bench turn or a SeqEval metric.
 
-    phased-ift judge CONFIG      # the judge step runs every grader of `judge.GRADERS` whose test set is generated
+    phased-ift evaluate CONFIG   # the evaluate step runs every graded benchmark whose test set is generated
 
 The graders (`mtbench.GRADER`: FastChat's 1-10 rating per turn; `seqeval.GRADER`: following and quality of a
 sequential instruction) differ in their prompts, parsers and numbers; everything else is shared here:
@@ -21,25 +21,24 @@ sequential instruction) differ in their prompts, parsers and numbers; everything
 A reply without a parseable rating is *unparsed* (counted apart, never scored); a request that failed after the
 client's retries is *failed* (no rating, asked again by the next run).
 
-Owns: prompt templates, for every step that sends one (the pairwise judge, the difficulty scorer, MT-Bench,
-SeqEval, the SIT generator): the class `PromptTemplate` (system text + user text, rendered by `render`) and the one
-reader of the template file format (`read_template`, `fill`); the `Grader` contract,
-FastChat's rating parser (`parse_rating`, also SeqEval's quality parser's first
-step), grade rows, the resumable grade file and the grading step of one grader. Which graders exist is
-`judge.GRADERS`'s; what a grader asks and how its numbers are summarised is its own module's.
+Owns: the `Grader` contract, FastChat's rating parser (`parse_rating`, also SeqEval's quality parser's first step),
+grade rows, the resumable grade file, the grading step of one grader (`grade_all`) and the `evals.Benchmark` of a
+grader (`graded_benchmark`). Which benchmarks exist is `evals.BENCHMARKS`'s; what a grader asks and how its numbers
+are summarised is its own module's; prompt templates are `prompts`'.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from phased_ift.config import Config
+from phased_ift.config_choices import BenchmarkChoice
 from phased_ift.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
+from phased_ift.evals.benchmark import Benchmark
 from phased_ift.generate import testset_key
 from phased_ift.llm_client import LLMClient
 from phased_ift.rundir import RunDir
@@ -120,80 +119,13 @@ def grade_file(client: Any, items: Sequence[Any], out_path: str | Path, judge: s
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Prompt template files (shared by every judge prompt of the package)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PromptTemplate:
-    """A prompt template: its name (a packaged name or a path), system text ("" for none) and user text with
-    placeholders ("{instruction}", ...). The one template class; a step that needs more (the pairwise judge's kind,
-    the SIT steps' few-shot examples, MT-Bench's output format) subclasses it and renders through `render`."""
-
-    name: str
-    system: str
-    user: str
-
-    def render(self, values: dict[str, str]) -> list[dict]:
-        """[system, user] chat messages (no system message when the system text is empty), the user text with each
-        placeholder of `values` replaced in one pass (`fill`: inserted text is never scanned again)."""
-        user = fill(self.user, values)
-        return ([{"role": "system", "content": self.system}] if self.system else []) + [
-            {"role": "user", "content": user}]
-
-
-def read_template(name_or_path: str, setting: str, packaged: str, placeholders: Sequence[str]) -> PromptTemplate:
-    """The `PromptTemplate` of a packaged prompt template (by name) or a .txt file: the one reader of the template
-    file format, for every step's prompts (pairwise judge, difficulty, SeqEval, SIT generation).
-
-    File format: a line `<<system>>`, the system text, a line `<<user>>`, the user text (trailing blank lines
-    dropped). Text before `<<system>>` is a comment (e.g. where the prompt comes from). The user text must contain
-    every placeholder.
-
-    Args:
-        setting: the config key that names the template, for error messages (e.g. "judge.template").
-        packaged: the packaged template names, for error messages.
-    Raises:
-        PhasedIFTError: unknown name, missing file, or a file without the markers/placeholders.
-    """
-    p = Path(name_or_path)
-    if p.suffix == ".txt" and p.is_file():
-        text, where = p.read_text(encoding="utf-8"), str(p)
-    else:
-        pkg = resources.files("phased_ift") / "templates" / f"{name_or_path}.txt"
-        if not pkg.is_file():
-            raise PhasedIFTError(
-                f"{setting} = {name_or_path!r} is neither a packaged template ({packaged}) nor an existing .txt "
-                f"file; set {setting} to one of those or to the path of your template file."
-            )
-        text, where = pkg.read_text(encoding="utf-8"), f"packaged template {name_or_path}"
-    if "<<user>>" not in text:
-        raise PhasedIFTError(f"{where}: a template needs a `<<user>>` line before the user prompt "
-                             "(and optionally `<<system>>` before a system prompt).")
-    head, _, user = text.partition("<<user>>")
-    system = head.split("<<system>>", 1)[1] if "<<system>>" in head else ""
-    user = user.strip("\n").rstrip()
-    for key in placeholders:
-        if key not in user:
-            raise PhasedIFTError(f"{where}: the user prompt lacks the placeholder {key}; add it where the "
-                                 f"{key.strip('{}')} should go.")
-    return PromptTemplate(str(name_or_path), system.strip(), user)
-
-
-def fill(text: str, values: dict[str, str]) -> str:
-    """`text` with each placeholder of `values` ("{answer}" -> its value) replaced literally, in one pass, so
-    inserted text holding braces or another placeholder is never re-scanned."""
-    return re.sub("|".join(map(re.escape, values)), lambda m: values[m.group(0)], text) if values else text
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The contract of a grader, and the grading step of one grader
 # ---------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Grader:
-    """A single-answer grader (registered in `judge.GRADERS`).
+    """A single-answer grader (its benchmark registered in `evals.BENCHMARKS`).
 
     Attributes:
         testset: the generate.test_sets key that switches it on; also the grade file's stem.
@@ -287,3 +219,13 @@ def _plan(grader: Grader, cfg: Config, run: RunDir, client: Any, prepared: Any, 
         f"grade ({grader.label}, dry run): {est['requests']} distinct requests, {est['cached']} cached, "
         f"{est['to_send']} to send, ~{est['prompt_tokens']} prompt + <= {est['completion_tokens']} completion tokens"
         f"{f'; {missing} answer files not generated yet (not counted)' if missing else ''}", highlight=False)
+
+
+def graded_benchmark(grader: Grader, choice: BenchmarkChoice, **parts: Any) -> Benchmark:
+    """The `evals.Benchmark` of a single-answer grader: the evaluate step runs `grade_all(grader, ...)` (a dry run:
+    its request estimate), the plan counts `grader.requests`, preflight runs `grader.prepare`; `parts` are the
+    benchmark's own (summarize, missing, blocks, verdicts, effects, ...)."""
+    return Benchmark(choice, grader.label, run=lambda cfg, run, dry_run, console: grade_all(
+        grader, cfg, run, dry_run=dry_run, console=console), requests=grader.requests,
+        prepare=lambda cfg: grader.prepare(cfg) and None,
+        plan=lambda cfg, prompts: f"{grader.label} ({prompts[grader.testset]} prompts)", **parts)
