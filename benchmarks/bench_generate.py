@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> dict:
 
     from phased_ift.data import load_test_set
     from phased_ift.runio import read_jsonl
-    from phased_ift.generate import generate_answers, load_for_inference
+    from phased_ift.generation import generate_answers
+    from phased_ift.modeling import load_for_inference
     from phased_ift.modeling import resolve_model_path
 
     if args.threads:

@@ -66,7 +66,8 @@ def _tokens_per_s(path: Path, seconds: float) -> tuple[dict, float]:
 def run(args: argparse.Namespace) -> dict:
     from phased_ift.config import ServerConfig
     from phased_ift.data import load_test_set
-    from phased_ift.generate import generate_answers, load_for_inference
+    from phased_ift.generation import generate_answers
+    from phased_ift.modeling import load_for_inference
     from phased_ift.modeling import export_gguf
 
     import torch

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from phased_ift.config import load_config
-from phased_ift.generate import settings_path
+from phased_ift.generation import settings_path
 from phased_ift.runio import atomic_write_json, write_jsonl
 
 

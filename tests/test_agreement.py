@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from phased_ift import agreement
+from phased_ift.scoring import agreement
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError
 from phased_ift.scoring import learned

@@ -73,7 +73,7 @@ def test_import_phased_ift_loads_no_api_and_the_names_survive_submodule_imports(
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
         == "[]"
     import phased_ift.export  # noqa: F401 (the submodules whose names the verbs avoid)
-    import phased_ift.generate  # noqa: F401
+    import phased_ift.generation  # noqa: F401
     import phased_ift.report  # noqa: F401
     import phased_ift.train  # noqa: F401
 
@@ -126,8 +126,8 @@ def test_split_with_your_own_numbers_leaves_out_failed_scores():
 
 def test_write_run_leaves_a_split_run_dir_the_cli_steps_accept(tmp_path, tiny_model_dir):
     from phased_ift.config import load_config
-    from phased_ift.design import controls
-    from phased_ift.phases import write_split
+    from phased_ift.phases.design import controls
+    from phased_ift.phases.split import write_split
     from phased_ift.pipeline import steps_for
     from phased_ift.rundir import RunDir
 

@@ -184,7 +184,7 @@ def test_the_contract_fails_on_an_upward_import(tmp_path):
     with open(pkg / "errors.py", "a", encoding="utf-8") as f:
         f.write("\n\ndef _scratch():\n    from phased_ift import pipeline\n\n    return pipeline\n")
     with open(pkg / "config_choices.py", "a", encoding="utf-8") as f:
-        f.write("\nfrom typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from phased_ift.design import Arm\n")
+        f.write("\nfrom typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from phased_ift.phases.design import Arm\n")
     with open(pkg / "scoring" / "meta.py", "a", encoding="utf-8") as f:
         f.write("\n\ndef _scratch():\n    import torch\n\n    return torch\n")
     (pkg / "scratch.py").write_text('"""A module in no layer."""\n', encoding="utf-8")
@@ -192,7 +192,8 @@ def test_the_contract_fails_on_an_upward_import(tmp_path):
     out = " ".join((r.stdout + r.stderr).split())
     assert r.returncode == 1, out
     assert "phased_ift.errors is not allowed to import phased_ift.pipeline" in out
-    assert "phased_ift.config_choices is not allowed to import phased_ift.design" in out
+    assert "phased_ift.config_choices is not allowed to import phased_ift.phases:" in out  # the layer: a package
+    assert "phased_ift.config_choices -> phased_ift.phases.design" in out
     assert "phased_ift.scoring.meta -> torch" in out
     assert "phased_ift.scratch" in out.split("not listed as layers")[1]
     assert "Contracts: 0 kept, 3 broken." in out  # the sit layers too: errors now reaches sit.generation

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from phased_ift.config import config_from_dict
-from phased_ift.design import get_arm
+from phased_ift.phases.design import get_arm
 from phased_ift.pipeline import step_split
 from phased_ift.rundir import RunDir
 from phased_ift.train import plan_training, train_phases

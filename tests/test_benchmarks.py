@@ -14,10 +14,10 @@ from rich.console import Console
 from phased_ift import config_choices as choices
 from phased_ift.blocks import fmt_num, table
 from phased_ift.config import config_from_dict
-from phased_ift.design import evaluation_cells
+from phased_ift.phases.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
 from phased_ift.evals import BENCHMARKS, Benchmark, EffectMetric, is_final, register_benchmark
-from phased_ift.generate import read_generations
+from phased_ift.generation import read_generations
 from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_json
 

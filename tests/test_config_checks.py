@@ -38,7 +38,7 @@ def test_the_checked_configs_load():
 
 
 def test_steps_run_the_same_check_on_a_config_changed_after_loading():
-    from phased_ift.design import judge_pairs_of
+    from phased_ift.phases.design import judge_pairs_of
     from phased_ift.sit.generation import load_templates
 
     cfg = load_config(None, ["train.arms=[phased,one-off,reverse]", "judge.pairs=[[reverse,phased]]"])

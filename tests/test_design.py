@@ -6,7 +6,7 @@ import pytest
 
 from phased_ift.config import Config, config_from_dict
 from phased_ift.data import Example, write_examples
-from phased_ift.design import (ARMS, Arm, Cell, JudgeJob, assumed_phases, baseline_arm, controls, evaluation_cells,
+from phased_ift.phases.design import (ARMS, Arm, Cell, JudgeJob, assumed_phases, baseline_arm, controls, evaluation_cells,
                                final_phase, get_arm, judge_jobs, phase_count, register_arm, training_cells)
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
@@ -185,7 +185,7 @@ def test_sorted_arm_is_one_phase_monotone_in_difficulty_with_the_split_ties(tmp_
 
 
 def test_replay_adds_a_seeded_fraction_of_the_earlier_phases(tmp_path):
-    from phased_ift.phases import replay_count
+    from phased_ift.phases.split import replay_count
 
     cfg = _cfg(tmp_path, train={"arms": ["replay"], "replay_ratio": 0.3})
     run = RunDir(cfg.run_dir)

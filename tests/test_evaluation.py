@@ -40,7 +40,7 @@ def _direct_loss(model, tok, example, template="chat"):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from phased_ift.generate import load_for_inference
+    from phased_ift.modeling import load_for_inference
 
     return load_for_inference(tiny_model_dir)
 

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from phased_ift import generate as gen
+from phased_ift import generation as gen
+from phased_ift import modeling
+from phased_ift.generation import step as generate_step
 from phased_ift.data import Example
 from phased_ift.runio import read_jsonl
 from phased_ift.errors import PhasedIFTError
@@ -27,7 +29,7 @@ def _rows(path):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    return gen.load_for_inference(tiny_model_dir)
+    return modeling.load_for_inference(tiny_model_dir)
 
 
 def test_stop_ids_include_eos_and_end_of_turn(tiny):
@@ -77,7 +79,7 @@ def test_generation_stops_at_a_stop_token(tiny_model_dir, tiny, tmp_path, monkey
     # Declare the 3rd greedy token a stop token: generation must end there, without it.
     stop = free.token_ids[2]
     first = free.token_ids.index(stop)
-    monkeypatch.setattr(gen, "stop_token_ids", lambda tok, template: [stop])
+    monkeypatch.setattr(generate_step, "stop_token_ids", lambda tok, template: [stop])
     out = gen.generate_answers(tiny_model_dir, ex, 6, 2, "chat", tmp_path / "t.jsonl", loaded=tiny)
     row = next(iter(read_jsonl(out)))
     assert row["finish_reason"] == "stop" and row["output_tokens"] == first
@@ -101,7 +103,7 @@ def test_resume_skips_done_ids(tiny_model_dir, tiny, tmp_path, monkeypatch):
     assert seen == [2]  # only the two ids not yet done
     assert sorted(_rows(out)) == ["0", "1", "2", "3"] and len(out.read_text().splitlines()) == 4
     # Complete: a re-run loads nothing and generates nothing (no `loaded` given: loading would be visible).
-    monkeypatch.setattr(gen, "load_for_inference", lambda *a, **k: pytest.fail("model loaded on a finished set"))
+    monkeypatch.setattr(modeling, "load_for_inference", lambda *a, **k: pytest.fail("model loaded on a finished set"))
     gen.generate_answers(tiny_model_dir, ex, 4, 8, "chat", out)
     assert seen == [2]
 
@@ -149,14 +151,14 @@ def test_adapter_checkpoint_loads_base_from_hparams(tiny_model_dir, tmp_path):
 
     from phased_ift import modeling
 
-    model, tok = gen.load_for_inference(tiny_model_dir)
+    model, tok = modeling.load_for_inference(tiny_model_dir)
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
     ck = tmp_path / "ck"
     peft_model.save_pretrained(ck)
     tok.save_pretrained(ck)
     (ck / "hparams.json").write_text(json.dumps({"base_model": str(tiny_model_dir)}))
     assert modeling.base_model_of(ck) == str(tiny_model_dir)
-    merged, tok2 = gen.load_for_inference(ck)
+    merged, tok2 = modeling.load_for_inference(ck)
     assert not hasattr(merged, "peft_config") and tok2.eos_token_id == tok.eos_token_id
     out = gen.generate_answers(ck, _prompts(["Hi"]), 3, 1, "chat", tmp_path / "g.jsonl")
     assert next(iter(read_jsonl(out)))["output_tokens"] == 3
@@ -194,7 +196,7 @@ def test_generate_all_covers_the_evaluation_cells_and_skips_finished_sets(tmp_pa
     log = [ln for ln in (tmp_path / "log.txt").read_text().splitlines() if ln.startswith("generate: ")]
     assert log == [f"generate: {a} seed 0 phase {k} vicuna (2 prompts) -> {run.generations(a, k, 'vicuna')}"
                    for a, k in [("phased", 1), ("phased", 2), ("one-off", 1)]]
-    monkeypatch.setattr(gen, "load_for_inference", lambda *a, **k: pytest.fail("model loaded on a finished set"))
+    monkeypatch.setattr(modeling, "load_for_inference", lambda *a, **k: pytest.fail("model loaded on a finished set"))
     gen.generate_all(cfg, run, console=console)
     (run.checkpoint("phased", 1, 0) / "DONE").unlink()
     with pytest.raises(PhasedIFTError, match="has no DONE marker: arm 'phased' phase 1 seed 0"):
@@ -232,7 +234,7 @@ def test_two_turn_generation_asks_turn_2_after_the_models_own_turn_1_answer(tmp_
     questions = {str(e.id): e for e in load_test_set("mt_bench", limit=2, seed=0)}
     from phased_ift.modeling import render, tokenize_example
 
-    _, tok = gen.load_for_inference(run.checkpoint("one-off", 1, 0))
+    _, tok = modeling.load_for_inference(run.checkpoint("one-off", 1, 0))
     for r1, r2 in zip(t1, t2):
         q = questions[r1["id"]]
         assert r2["turn"] == 2 and r2["question"] == q.meta["later_turns"][0] and r2["instruction"] == q.instruction

@@ -212,7 +212,7 @@ def test_evaluate_step_scores_each_checkpoints_ifeval_answers(tmp_path, data_hom
 
     from phased_ift.config import config_from_dict
     from phased_ift.data import load_test_set
-    from phased_ift.design import evaluation_cells
+    from phased_ift.phases.design import evaluation_cells
     from phased_ift.evals.ifeval import ifeval_all, load_inputs
     from phased_ift.rundir import RunDir
     from phased_ift.runio import atomic_write_json, write_jsonl

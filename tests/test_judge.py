@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pytest
 
 from phased_ift.errors import PhasedIFTError
-from phased_ift.generate import read_generations
-from phased_ift.judge import (
+from phased_ift.generation import read_generations
+from phased_ift.pairwise.judge import (
     aggregate,
     judge_pairs,
     load_template,
@@ -341,7 +341,7 @@ def test_step_judge_not_configured_logs_and_returns(tmp_path, tiny_model_dir, mo
 def test_judge_jobs_pairs_and_errors():
     """The jobs `judge_all` runs: `design.judge_jobs` (judge.judge_jobs, which returned dicts, is gone)."""
     from phased_ift.config import load_config
-    from phased_ift.design import judge_jobs
+    from phased_ift.phases.design import judge_jobs
 
     cfg = load_config(None, ["train.arms=[phased,one-off,random]", "phases.k=3", "train.seeds=[0,1]"])
     jobs = judge_jobs(cfg)
@@ -356,9 +356,9 @@ def test_judge_jobs_pairs_and_errors():
     bad.train.arms = ["phased", "one-off"]
     with pytest.raises(PhasedIFTError, match="not in train.arms"):  # and again for a config changed since
         judge_jobs(bad)
-    import phased_ift.judge
+    import phased_ift.pairwise.judge
 
-    assert not hasattr(phased_ift.judge, "judge_jobs")
+    assert not hasattr(phased_ift.pairwise.judge, "judge_jobs")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -374,7 +374,8 @@ def test_integration_generate_and_judge_with_llama_cpp(tmp_path, smollm2_path, t
 
     from phased_ift.config import EndpointConfig
     from phased_ift.data import load_test_set
-    from phased_ift.generate import generate_answers, load_for_inference
+    from phased_ift.generation import generate_answers
+    from phased_ift.modeling import load_for_inference
     from phased_ift.llm_client import LLMClient
 
     import time
@@ -427,7 +428,7 @@ def test_integration_generate_and_judge_with_llama_cpp(tmp_path, smollm2_path, t
 
 def test_pairwise_test_sets_leave_out_ifeval_unless_asked():
     from phased_ift.config import load_config
-    from phased_ift.judge import pairwise_test_sets
+    from phased_ift.pairwise.judge import pairwise_test_sets
 
     cfg = load_config(None, ["generate.test_sets=[vicuna,ifeval,mt_bench]"])
     assert pairwise_test_sets(cfg) == ["vicuna", "mt_bench"]

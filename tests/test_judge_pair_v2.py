@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from phased_ift.errors import PhasedIFTError
-from phased_ift.judge import (
+from phased_ift.pairwise.judge import (
     SCORES,
     VERDICT,
     judge_pairs,

@@ -98,8 +98,8 @@ def test_judge_check_numbers_equal_the_hand_computed_ones(tmp_path, capsys, temp
 def _checked(pairs, n_resamples=500):
     """check_metrics of hand-built pairs (GPT-4 preference, words of output_1 / output_2, order-1 reply, order-2
     reply; scores are (Assistant 1, Assistant 2) as in PAIRS)."""
-    from phased_ift.judge import make_row
-    from phased_ift.judgecheck import check_metrics
+    from phased_ift.pairwise.judge import make_row
+    from phased_ift.pairwise.check import check_metrics
 
     rows, ann = [], []
     for i, (pref, n1, n2, r1, r2) in enumerate(pairs):
@@ -144,7 +144,7 @@ def test_first_shown_win_rate_resamples_pairs():
 
 
 def test_qualified_needs_both_lower_bounds_at_the_threshold():
-    from phased_ift.judgecheck import QUALIFY, qualified
+    from phased_ift.pairwise.check import QUALIFY, qualified
 
     good = [(1, 20, 5, "8 4", "4 8"), (2, 5, 20, "3 9", "9 3")] * 30  # agrees with GPT-4, consistent: CIs [1, 1]
     out = _checked(good)
@@ -165,7 +165,7 @@ def test_qualified_needs_both_lower_bounds_at_the_threshold():
 
 def test_judge_check_needs_a_judge_and_good_annotations(tmp_path):
     from phased_ift.config import load_config
-    from phased_ift.judgecheck import load_annotations, run_judge_check
+    from phased_ift.pairwise.check import load_annotations, run_judge_check
 
     with pytest.raises(PhasedIFTError, match="judge-check needs a judge"):
         run_judge_check(load_config(None, [f"run_dir={tmp_path}"]))
@@ -196,7 +196,7 @@ def test_win_rate_and_standard_error_equal_alpaca_evals(data_home, name):
     for key in ("n_wins", "n_wins_base", "n_draws", "n_total"):
         assert ours[key] == int(theirs[key])
     if name == "alpaca-7b":  # AlpacaEval's published leaderboard number (commit cd543a1) is this file's
-        from phased_ift.judgecheck import PUBLISHED
+        from phased_ift.pairwise.check import PUBLISHED
 
         assert ours["win_rate"] == pytest.approx(PUBLISHED["alpaca-7b"]["win_rate"])
         assert ours["standard_error"] == pytest.approx(PUBLISHED["alpaca-7b"]["standard_error"])

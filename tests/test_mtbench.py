@@ -226,7 +226,7 @@ _log = log_console
 
 def test_evaluate_step_grades_both_turns_resumes_and_retries_failures(tmp_path, mt_bench):
     from phased_ift.evals.step import evaluate_all
-    from phased_ift.judge import judge_all
+    from phased_ift.pairwise.judge import judge_all
 
     with FakeLLMServer(reply=judge_reply) as srv:
         cfg = _cfg(tmp_path, srv)

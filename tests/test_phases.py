@@ -10,7 +10,7 @@ import pytest
 from phased_ift.config import config_from_dict
 from phased_ift.data import Example, read_examples, write_examples
 from phased_ift.errors import PhasedIFTError
-from phased_ift.phases import random_control, reverse_control, split_into_phases
+from phased_ift.phases.split import random_control, reverse_control, split_into_phases
 from phased_ift.rundir import RunDir
 from phased_ift.runio import write_jsonl
 

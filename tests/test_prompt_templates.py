@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from phased_ift import judge
+from phased_ift.pairwise import judge
 from phased_ift.evals import mtbench, seqeval
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError

@@ -176,7 +176,7 @@ _log = log_console
 
 def test_evaluate_step_grades_seqeval_resumes_retries_and_caches(tmp_path, seqeval_by_depth):
     from phased_ift.evals.step import evaluate_all
-    from phased_ift.judge import judge_all
+    from phased_ift.pairwise.judge import judge_all
 
     picked = _pick(seqeval_by_depth)
     with FakeLLMServer(reply=judge_reply) as srv:
@@ -426,7 +426,7 @@ def test_seqeval_grading_with_a_real_llama_cpp_judge(tmp_path, smollm2_path, lla
     import time
 
     from phased_ift.config import EndpointConfig
-    from phased_ift.generate import generate_answers, read_generations
+    from phased_ift.generation import generate_answers, read_generations
     from phased_ift.evals.grading import grade_file
     from phased_ift.llm_client import LLMClient
     from phased_ift.evals.seqeval import depths, grade_items, make_grade_row

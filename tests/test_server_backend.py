@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from phased_ift import generate as gen
+from phased_ift import generation as gen
+from phased_ift import modeling
 from phased_ift.config import ServerConfig, load_config
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError
@@ -49,7 +50,7 @@ def tok(tiny_model_dir):
 
 def test_server_gets_the_hf_prompt_text_and_settings_and_rows_match_the_hf_format(tiny_model_dir, tok, tmp_path,
                                                                                   monkeypatch):
-    monkeypatch.setattr(gen, "load_for_inference", lambda *a, **k: pytest.fail("the server backend loads no weights"))
+    monkeypatch.setattr(modeling, "load_for_inference", lambda *a, **k: pytest.fail("the server backend loads no weights"))
     replies = {PROMPTS[0]: " red, green and blue", PROMPTS[1]: " 4"}
 
     def reply(body):
@@ -154,7 +155,7 @@ def test_generate_all_asks_each_checkpoint_under_its_served_name(tmp_path, tiny_
 
 
 def test_served_names_must_be_distinct_and_well_formed(tmp_path, tiny_model_dir, monkeypatch):
-    from phased_ift.serving import served_checkpoints
+    from phased_ift.generation.serving import served_checkpoints
 
     cfg, run = _fake_run(tmp_path, tiny_model_dir, monkeypatch, "generate.server.model_template=m-{arm}")
     with pytest.raises(PhasedIFTError, match="names both .* 'm-phased'.*put \\{arm\\}, \\{seed\\} and \\{phase\\}"):

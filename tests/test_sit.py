@@ -277,7 +277,7 @@ def test_offline_repeat_input_on_real_alpaca(data_home):
 
 
 def test_the_data_step_mixes_sequential_examples_that_each_arm_sees_or_drops(tmp_path, data_home):
-    from phased_ift.design import get_arm
+    from phased_ift.phases.design import get_arm
     from phased_ift.pipeline import _data
 
     cfg = config_from_dict({"run_dir": str(tmp_path / "r"), "data": {"train": [
@@ -360,8 +360,8 @@ def test_real_llama_cpp_server_on_real_alpaca_instructions(llama_server, data_ho
 
 def test_sequential_examples_are_split_like_the_rest_and_the_manifest_plan_and_report_show_their_share(
         tmp_path, data_home):
-    from phased_ift.design import controls
-    from phased_ift.phases import read_manifest, write_split
+    from phased_ift.phases.design import controls
+    from phased_ift.phases.split import read_manifest, write_split
     from phased_ift.pipeline import _data
     from phased_ift.report.render import _difficulty_blocks
     from phased_ift.runio import write_jsonl

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from phased_ift import lengthcontrol, stats
-from phased_ift.judge import aggregate
+from phased_ift.pairwise.judge import aggregate
 
 
 def _rows(verdicts):
@@ -73,7 +73,8 @@ def test_win_rate_cis_all_unparseable_and_unknown_verdict():
 
 def test_verdict_math_has_one_owner():
     # winrate.py owns the verdict names, their values and the counts; judge and stats use the same objects.
-    from phased_ift import judge, winrate
+    from phased_ift import winrate
+    from phased_ift.pairwise import judge
 
     assert tuple(winrate.VALUES) == winrate.VERDICTS == judge.VERDICTS
     assert stats.verdict_values is winrate.verdict_values and judge.aggregate is winrate.aggregate

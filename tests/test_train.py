@@ -25,7 +25,7 @@ from phased_ift.data import Example, write_examples
 from phased_ift.runio import read_jsonl, write_jsonl
 from phased_ift.pipeline import step_split
 from phased_ift.rundir import RunDir
-from phased_ift.design import ARMS
+from phased_ift.phases.design import ARMS
 from phased_ift.errors import PhasedIFTError
 from phased_ift.train import plan_training, tokenize_examples, train_phases
 

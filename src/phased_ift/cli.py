@@ -107,7 +107,7 @@ def cmd_ifeval(args: argparse.Namespace) -> int:
 def cmd_judge_check(args: argparse.Namespace) -> int:
     """`phased-ift judge-check CONFIG`: the configured pairwise judge on pairs with known GPT-4 preferences
     (`judgecheck.run_judge_check`); prints agreement, kappa, position and length bias with CIs, anchor and cost."""
-    from phased_ift.judgecheck import format_check, run_judge_check
+    from phased_ift.pairwise.check import format_check, run_judge_check
 
     result = run_judge_check(_locked(args), args.annotations, args.limit, args.seed, console=console)
     for line in format_check(result):
@@ -176,7 +176,7 @@ def cmd_serve_command(args: argparse.Namespace) -> int:
     """`phased-ift serve-command CONFIG`: print the commands that serve the run's evaluation checkpoints under the
     names generate.backend=server asks for (`serving.serve_commands`)."""
     from phased_ift.rundir import RunDir
-    from phased_ift.serving import serve_commands
+    from phased_ift.generation.serving import serve_commands
 
     cfg = _load(args)
     for line in serve_commands(cfg, RunDir(cfg.run_dir), args.server, args.port, args.gguf_dir):
@@ -238,7 +238,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     if args.against:
-        from phased_ift.agreement import format_table, run_agreement
+        from phased_ift.scoring.agreement import format_table, run_agreement
 
         if args.against != "paper":
             raise PhasedIFTError(f"--against {args.against!r}: only 'paper' (the paper's released GPT-4 scores, "

@@ -16,7 +16,7 @@ curve (`report.summary`) and in a tracking run (`train.loop`); the last *logged*
 train.logging_steps does not divide a phase.
 
 Owns: `PhaseDir` (done, the DONE record and its global_step, hparams.json, losses.jsonl, the weight check, writing
-the files) and `step_offsets`. The DONE file itself is read by `integrity.read_done` (also the converted-model
+the files), `step_offsets` and `finished_checkpoint` (a phase that must have finished). The DONE file itself is read by `integrity.read_done` (also the converted-model
 cache's marker).
 """
 
@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 
 from phased_ift import integrity
 from phased_ift.errors import PhasedIFTError
+from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_json, read_jsonl, write_jsonl
 
 HPARAMS, LOSSES = "hparams.json", "losses.jsonl"
@@ -114,3 +115,16 @@ def step_offsets(phases: Sequence[PhaseDir | Path]) -> list[int]:
         out.append(total)
         total += (ph if isinstance(ph, PhaseDir) else PhaseDir(ph)).global_step
     return out
+
+
+def finished_checkpoint(run: RunDir, arm: str, k: int, seed: int) -> Path:
+    """The checkpoint dir of phase k of `arm` trained with `seed`, which must have finished (its DONE marker).
+
+    Raises:
+        PhasedIFTError: the phase has not finished training (names it and the fix).
+    """
+    d = run.checkpoint(arm, k, seed)
+    if not PhaseDir(d).done:
+        raise PhasedIFTError(f"{d} has no DONE marker: arm {arm!r} phase {k} seed {seed} has not finished "
+                             "training; run `phased-ift train` (it resumes) before generating.")
+    return d

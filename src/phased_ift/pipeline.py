@@ -1,10 +1,10 @@
 """The pipeline: [sit ->] data -> score -> split -> train -> generate -> judge -> evaluate -> report, in one run dir.
 
 Owns the order of the steps, the cheap checks before them (`preflight`) and the plan (`plan_run`): `STEPS` is the
-ordered list of `Step`s, each with its body (in
-the module it belongs to: `judge.judge_all`, `generate.generate_all`, `evals.step.evaluate_all`,
-`report.build_report`, ...; the data, score, split and train bodies are the short functions below) and its row of
-the plan. `phased-ift run` runs every step once, in that order (`run_pipeline`). A subcommand (`phased-ift
+ordered list of `Step`s, each with its body in its stage package (`scoring.step.score_step`,
+`phases.step.split_step`, `train.train_step`, `generation.generate_all`, `pairwise.judge.judge_all`,
+`evals.step.evaluate_all`, `report.build_report`; the data step's body `_data` stays here, because it combines
+the data with the sequential mix of `sit`, a layer above `data`) and its row of the plan. `phased-ift run` runs every step once, in that order (`run_pipeline`). A subcommand (`phased-ift
 generate CONFIG`, or `step_generate(cfg)` from Python) runs its own step and the earlier steps it needs
 (`steps_for`: e.g. generate needs train, train needs split, split needs score only while
 scores/<scorer>.jsonl is missing), each once, in STEPS order (`run_command`).
@@ -27,24 +27,25 @@ from rich.console import Console
 
 from phased_ift import modeling, shutdown  # modeling.release_memory / main_process_first: tests patch them
 from phased_ift.config import Config, DataSource, config_to_dict, save_config
-from phased_ift.data import (SOURCES, Example, combine_results, data_home, load_source, load_test_set, read_examples,
+from phased_ift.config_choices import testset_key
+from phased_ift.data import (SOURCES, Example, combine_results, data_home, load_source, load_test_set,
                              write_examples)
-from phased_ift.design import controls, evaluation_cells, judge_jobs
 from phased_ift.errors import PhasedIFTError
 from phased_ift.evals.step import evaluate_all, evaluate_needs, grade_requests
 from phased_ift.evals.step import plan_row as evaluate_row
-from phased_ift.generate import generate_all, testset_key
-from phased_ift.judge import judge_all, pairwise_test_sets
+from phased_ift.generation import generate_all
 from phased_ift.modeling import describe_precision, resolve_config_precision
-from phased_ift.phases import write_split
+from phased_ift.pairwise.judge import judge_all, pairwise_test_sets
 from phased_ift.preflight import check_disk_space, preflight  # run_pipeline / plan_run call them; tests patch them
 from phased_ift.report import build_report, verdict_lines
 from phased_ift.rundir import RunDir
 from phased_ift.runio import write_jsonl
-from phased_ift.scoring import dry_run_score, score_examples
+from phased_ift.scoring.step import score_step
 from phased_ift.sit.generation import generate_step, plan_row
 from phased_ift.sit.mix import mix_into
-from phased_ift.train import plan_training, print_plan, train_phases
+from phased_ift.phases.design import evaluation_cells, judge_jobs
+from phased_ift.phases.step import split_step
+from phased_ift.train import plan_training, train_step
 
 # (cfg, run, dry_run, console) -> the step's result (the data step: the RunDir; report: the summary dict)
 StepBody = Callable[[Config, RunDir, bool, "Console | None"], Any]
@@ -117,46 +118,6 @@ def _data(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | No
         console.print(f"data: {len(examples)} examples from {len(results)} source(s){sampled}; {len(rejects)} "
                       f"records rejected (reasons in {run.rejects}) -> {run.train_data}" + sit_note, highlight=False)
     return run
-
-
-def _score(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
-    """Score difficulty with cfg.scoring.scorer -> scores/<scorer>.jsonl (resumes: scored ids are skipped).
-
-    dry_run prints what would be scored (for the judge: requests and estimated tokens) and sends nothing.
-    Failed examples get a row with score null and the reason; they are counted, never given a made-up score.
-
-    Raises:
-        PhasedIFTError: data/train.jsonl is missing; see `scoring.score_examples`.
-    """
-    if not run.train_data.is_file():
-        raise PhasedIFTError(f"{run.train_data} is missing; run `phased-ift data` / the data step first.")
-    examples = read_examples(run.train_data)
-    cache_dir = run.llm_cache.parent
-    if dry_run:
-        dry_run_score(examples, cfg, cache_dir, console=console)
-        return
-    s = score_examples(examples, cfg, run.scores(cfg.scoring.scorer), cache_dir=cache_dir, console=console)
-    if console is not None and s.rank == 0:  # under a launch the main process reports every rank's rows
-        extra = "".join(f", {k} {v:.3f}" if isinstance(v, float) else f", {k} {v}" for k, v in s.stats.items()
-                        if k in ("padding_fraction", "cv_auc", "cv_spearman", "n_labelled"))
-        procs = f" on {s.world} processes" if s.world > 1 else ""
-        console.print(f"score {s.scorer}: {s.total} examples, {s.reused} already scored, {s.scored} scored{procs} "
-                      f"({s.examples_per_s:.1f} ex/s), {s.failed} failed{extra} -> {s.path}", highlight=False)
-
-
-def _split(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
-    """Split scored data into phases (+ the control arms' phase files of `design.controls`) -> phases/
-    (manifest.json written last; skipped when the manifest matches). See `phases.write_split`."""
-    write_split(run, cfg.scoring.scorer, cfg.phases.k, cfg.phases.method, cfg.phases.thresholds,
-                cfg.phases.seed, controls(cfg.train.arms), console=console)
-
-
-def _train(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
-    """Train every configured arm and seed, phase by phase -> checkpoints/ (dry_run: print the training plan)."""
-    if dry_run:
-        print_plan(cfg, run, console=console)
-        return
-    train_phases(cfg, run, console=console)
 
 
 def _generate(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
@@ -237,10 +198,10 @@ STEPS: list[Step] = [
     Step("data", _data, lambda cfg, p: (", ".join(d.name or d.path for d in cfg.data.train),
                                         f"{p['examples']:,} examples", "data/train.jsonl"),
          needs=lambda cfg, run, dry_run: ["sit"] if cfg.sit.source == "generated" else []),
-    Step("score", _score, _score_row, needs=lambda cfg, run, dry_run: ["data"], spread=True),
-    Step("split", _split, lambda cfg, p: (f"{cfg.phases.k} phases by {cfg.phases.method}", "", "phases/"),
+    Step("score", score_step, _score_row, needs=lambda cfg, run, dry_run: ["data"], spread=True),
+    Step("split", split_step, lambda cfg, p: (f"{cfg.phases.k} phases by {cfg.phases.method}", "", "phases/"),
          needs=_split_needs, main_process_first=True),
-    Step("train", _train, _train_row, needs=_train_needs),
+    Step("train", train_step, _train_row, needs=_train_needs),
     Step("generate", _generate, _generate_row, needs=lambda cfg, run, dry_run: ["train"]),
     Step("judge", _judge, lambda cfg, p: (cfg.judge.judge.model or "not configured (judge.judge.base_url)",
                                           _judge_size(p), "judgements/"), needs=_judge_needs),
@@ -324,18 +285,18 @@ def step_data(cfg: Config, console: Console | None = None) -> RunDir:
 
 
 def step_score(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
-    """The score step and the data step first (see `_score`): scores/<scorer>.jsonl."""
+    """The score step and the data step first (`scoring.step.score_step`): scores/<scorer>.jsonl."""
     run_command("score", cfg, dry_run=dry_run, console=console)
 
 
 def step_split(cfg: Config, console: Console | None = None) -> None:
-    """The split step (see `_split`), after data and score while scores/<scorer>.jsonl is missing, inside
+    """The split step (`phases.step.split_step`), after data and score while scores/<scorer>.jsonl is missing, inside
     `modeling.main_process_first()` (under `accelerate launch` only the main process writes; the others wait)."""
     run_command("split", cfg, console=console)
 
 
 def step_train(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
-    """The train step after the split (see `_train`; dry_run prints the plan without scoring): checkpoints/."""
+    """The train step after the split (`train.train_step`; dry_run prints the plan without scoring): checkpoints/."""
     run_command("train", cfg, dry_run=dry_run, console=console)
 
 

@@ -19,7 +19,7 @@ from phased_ift.config import Config, DataSource, config_from_dict, config_to_di
 from phased_ift.config_loading import set_dotted
 from phased_ift.data import SOURCES, Example, load_source, read_records
 from phased_ift.errors import PhasedIFTError
-from phased_ift.phases import split_into_phases
+from phased_ift.phases.split import split_into_phases
 from phased_ift.rundir import RunDir
 from phased_ift.scoring import read_scores, score_examples
 

@@ -20,12 +20,12 @@ from typing import Any, Iterator
 from phased_ift.api.inputs import ConfigLike, DataLike, configure, load_data
 from phased_ift.config import Config, save_config
 from phased_ift.data import Example, read_examples, write_examples
-from phased_ift.design import controls, training_cells
+from phased_ift.phases.design import controls, training_cells
 from phased_ift.errors import PhasedIFTError
 from phased_ift.evals.reference_loss import reference_loss
 from phased_ift.export import export_run
-from phased_ift.generate import generate_answers as _generate, read_generations
-from phased_ift.phases import write_phases
+from phased_ift.generation import generate_answers as _generate, read_generations
+from phased_ift.phases.split import write_phases
 from phased_ift.pipeline import run_command, run_pipeline
 from phased_ift.rundir import RunDir
 from phased_ift.runio import write_jsonl

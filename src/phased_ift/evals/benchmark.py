@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from phased_ift.config import Config
 from phased_ift.config_choices import LIKELIHOOD, LLM_GRADED, BenchmarkChoice, testset_key
 from phased_ift.data import Example
-from phased_ift.design import ARMS, final_phase
+from phased_ift.phases.design import ARMS, final_phase
 from phased_ift.rundir import RunDir
 
 # {(arm, seed): {prompt key: value}} of the final checkpoints

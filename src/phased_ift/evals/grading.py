@@ -36,10 +36,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 from phased_ift.config import Config
 from phased_ift.config_choices import BenchmarkChoice
-from phased_ift.design import evaluation_cells
+from phased_ift.phases.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
 from phased_ift.evals.benchmark import Benchmark
-from phased_ift.generate import testset_key
+from phased_ift.config_choices import testset_key
 from phased_ift.llm_client import LLMClient
 from phased_ift.rundir import RunDir
 from phased_ift.runio import AppendLog, read_jsonl

@@ -43,11 +43,12 @@ from phased_ift.blocks import fmt_ci, fmt_num, table
 from phased_ift.config import Config
 from phased_ift.config_choices import BENCHMARKS
 from phased_ift.data import TEST_SETS, data_home, load_test_set
-from phased_ift.design import baseline_arm, evaluation_cells
+from phased_ift.phases.design import baseline_arm, evaluation_cells
 from phased_ift.effects import conditional_effect
 from phased_ift.errors import PhasedIFTError
 from phased_ift.evals.benchmark import Benchmark, EffectMetric, PerPrompt, is_final
-from phased_ift.generate import read_generations, testset_key
+from phased_ift.generation import read_generations
+from phased_ift.config_choices import testset_key
 from phased_ift.modeling import cache_home
 from phased_ift.rundir import RunDir
 from phased_ift.runio import JsonlDecodeError, atomic_write_json, atomic_write_text, numbered_rows

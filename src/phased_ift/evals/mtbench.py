@@ -44,7 +44,7 @@ from phased_ift.config_choices import BENCHMARKS
 from phased_ift.data import data_home, load_test_set
 from phased_ift.errors import PhasedIFTError
 from phased_ift.evals.benchmark import is_final
-from phased_ift.generate import read_generations, settings_path, turn_key
+from phased_ift.generation import read_generations, settings_path, turn_key
 from phased_ift.evals.grading import parse_rating, requests_of  # noqa: F401  (FastChat's parser: API)
 from phased_ift.prompts import PromptTemplate
 from phased_ift.rundir import RunDir

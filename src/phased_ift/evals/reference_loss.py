@@ -36,10 +36,12 @@ from phased_ift.blocks import fmt_ci, fmt_num, table
 from phased_ift.config import Config
 from phased_ift.config_choices import BENCHMARKS
 from phased_ift.data import Example, load_reference_answers, load_test_set, normalize_text
-from phased_ift.design import evaluation_cells
+from phased_ift.phases.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
 from phased_ift.evals.benchmark import Benchmark, EffectMetric, PerPrompt, is_final
-from phased_ift.generate import checkpoint_dir, load_for_inference, testset_key
+from phased_ift.phasedir import finished_checkpoint
+from phased_ift.modeling import load_for_inference
+from phased_ift.config_choices import testset_key
 from phased_ift.modeling import inference_dtype, render, sequence_losses, tokenize_example, weights_fingerprint
 from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_json
@@ -154,7 +156,7 @@ def reference_loss_all(cfg: Config, run: RunDir, console: Any = None) -> None:
         if out.is_file():
             continue
         shutdown.check(f"before the reference loss of {c.arm} seed {c.seed} phase {c.phase}")
-        ckpt = checkpoint_dir(run, c.arm, c.phase, c.seed)
+        ckpt = finished_checkpoint(run, c.arm, c.phase, c.seed)
         result = {"arm": c.arm, "phase": c.phase, "seed": c.seed, "reference": ev.reference, "testsets": {}}
         if launch.spread:
             spread = _spread_reference_loss(cfg, ckpt, out, matched, launch)

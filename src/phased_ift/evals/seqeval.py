@@ -47,7 +47,7 @@ from phased_ift.config_choices import BENCHMARKS
 from phased_ift.data import load_test_set
 from phased_ift.errors import PhasedIFTError
 from phased_ift.evals.benchmark import EffectMetric, PerPrompt, is_final
-from phased_ift.generate import read_generations, settings_path
+from phased_ift.generation import read_generations, settings_path
 from phased_ift.rundir import RunDir
 from phased_ift.runio import read_jsonl
 from phased_ift.stats import mean_with_ci

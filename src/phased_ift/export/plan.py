@@ -32,10 +32,10 @@ import yaml
 
 from phased_ift.config import Config
 from phased_ift.data import Example
-from phased_ift.design import get_arm, phase_count
+from phased_ift.phases.design import get_arm, phase_count
 from phased_ift.errors import PhasedIFTError
 from phased_ift.modeling import NAMED_MODELS, load_tokenizer, render, resolve_model_path
-from phased_ift.phases import read_manifest
+from phased_ift.phases.split import read_manifest
 from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_text
 from phased_ift.train.plan import PhaseHparams, phase_hparams

@@ -31,6 +31,7 @@ from phased_ift.modeling.hub import (NAMED_MODELS, NamedModel, cache_home, conve
                                      register_model, resolve_model_path, weights_fingerprint)
 from phased_ift.modeling.loading import (add_lora, base_model_of, frozen_base_to_bf16, inference_device, is_adapter,
                                          linear_weights_to_bf16, load_checkpoint, load_checkpoint_tokenizer,
+                                         load_for_inference,
                                          launch_token, load_model, load_scoring_model, load_sentence_encoder,
                                          load_tokenizer, main_process_first, qlora_quantization, release_memory,
                                          require_qlora)
@@ -47,7 +48,7 @@ __all__ = [
     "NAMED_MODELS", "NamedModel", "cache_home", "convert_gguf", "converted_dir", "gguf_path", "register_model",
     "resolve_model_path", "weights_fingerprint", "add_lora", "base_model_of", "frozen_base_to_bf16",
     "inference_device", "is_adapter", "launch_token",
-    "linear_weights_to_bf16", "load_checkpoint", "load_checkpoint_tokenizer", "load_model", "load_scoring_model",
+    "linear_weights_to_bf16", "load_checkpoint", "load_checkpoint_tokenizer", "load_for_inference", "load_model", "load_scoring_model",
     "load_sentence_encoder", "load_tokenizer", "main_process_first", "qlora_quantization", "release_memory",
     "require_qlora", "encode_sentences", "generate_greedy",
     "response_losses", "sequence_losses", "token_losses", "PAPER_PROMPT", "PAPER_RESPONSE", "pad_batch", "render",

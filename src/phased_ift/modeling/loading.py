@@ -248,6 +248,18 @@ def load_checkpoint_tokenizer(path: str | Path):
     return load_tokenizer(str(path))
 
 
+
+def load_for_inference(model_dir_or_name: str | Path, dtype: str = "float32"):
+    """Load (model, tokenizer) for generation/evaluation: a named model, a full checkpoint dir, or a PEFT adapter
+    dir (base model from hparams.json + adapter, merged for speed): `load_checkpoint(trainable=False)`.
+    The model is in eval mode, on `inference_device()` (the GPU when there is one).
+
+    Raises:
+        PhasedIFTError: the checkpoint or its base model cannot be found.
+    """
+    model = load_checkpoint(model_dir_or_name, trainable=False, dtype=dtype)
+    return model, load_checkpoint_tokenizer(model_dir_or_name)
+
 def add_lora(model, lora: Any):
     """Wrap a model with a new trainable LoRA adapter (`peft.get_peft_model`, task CAUSAL_LM).
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from phased_ift import effects
 from phased_ift.config import Config
-from phased_ift.design import baseline_arm
+from phased_ift.phases.design import baseline_arm
 from phased_ift.evals import BENCHMARKS, EffectMetric, PerPrompt
 from phased_ift.rundir import RunDir
 from phased_ift.winrate import verdict_values

@@ -27,7 +27,7 @@ from phased_ift.errors import PhasedIFTError
 from phased_ift.evals import BENCHMARKS
 from phased_ift.lengthcontrol import length_controlled_win_rate
 from phased_ift.phasedir import PhaseDir, step_offsets
-from phased_ift.phases import read_manifest
+from phased_ift.phases.split import read_manifest
 from phased_ift.report.answer import summarize_effects
 from phased_ift.report.verdicts import verdict_lines
 from phased_ift.rundir import RunDir

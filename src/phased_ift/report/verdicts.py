@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from phased_ift.blocks import fmt_ci, fmt_num  # noqa: F401 (the report's number formats)
 from phased_ift.evals import BENCHMARKS, reference_loss
-from phased_ift.judgecheck import QUALIFY, qualified
+from phased_ift.pairwise.check import QUALIFY, qualified
 
 
 DESCRIPTIVE = ("Per test set and seed (descriptive: these lines make no claim; the tested answer is above, with "

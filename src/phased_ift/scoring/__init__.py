@@ -15,7 +15,7 @@ Scorers (higher score = harder), one module per family:
 The contract, the registry and the score step are `scoring.registry`; the paper's labels (the reference set) are
 `scoring.reference`, the rank metrics `scoring.metrics`. Model forward passes (losses, sentence embeddings) live in
 `phased_ift.modeling`; caches are `phased_ift.kvcache.KVCache` tables under the run's cache dir.
-`phased_ift.agreement` builds on this package (never the reverse).
+`phased_ift.scoring.agreement` builds on this package (never the reverse).
 
     phased-ift score configs/quickstart.yaml scoring.scorer=ifd
 

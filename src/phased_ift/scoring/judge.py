@@ -5,7 +5,7 @@ Pang et al. 2024 (Phased IFT, arXiv 2406.04371, Sec. 3.1) had gpt-4-0613 rate ea
 to 5 (hard) by the complexity of the task, of its input and of the output it requires. Their prompt is not in the
 released code (xubuvd/PhasedSFT), so `templates/difficulty.txt` is written from that description: the same three
 criteria, the same scale, an answer that is a single number. A custom template is a .txt file in the format of
-`phased_ift.judge.load_template` (`<<system>>` text, `<<user>>` text) whose user text contains `{instruction}` (the
+`phased_ift.pairwise.judge.load_template` (`<<system>>` text, `<<user>>` text) whose user text contains `{instruction}` (the
 first user turn: Alpaca instruction + input) and optionally `{response}` (the example's reference response).
 
 Scores:

@@ -1,7 +1,7 @@
 """Rank agreement of scores with labels: ROC-AUC and Spearman, NaN-aware.
 
 Used by the learned scorer's cross-validation (`scoring.learned`) and by the agreement table
-(`phased_ift.agreement.evaluate_scores`), so both report the same numbers.
+(`phased_ift.scoring.agreement.evaluate_scores`), so both report the same numbers.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ lowercased) and rendered the stage-3 way (user = instruction + "\\n" + input) fo
 differ in content, not formatting.
 
 It is the label source of the learned scorer (scoring.labels=paper, `scoring.learned`) and the ground truth of the
-agreement table (`phased_ift.agreement`, which imports it from here).
+agreement table (`phased_ift.scoring.agreement`, which imports it from here).
 """
 
 from __future__ import annotations

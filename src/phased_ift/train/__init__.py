@@ -4,7 +4,7 @@
     phased-ift train CONFIG --dry-run                  examples, tokens and optimizer steps per phase (no weights)
     accelerate launch --config_file configs/accelerate/ddp.yaml -m phased_ift.cli train CONFIG    (multi-process)
 
-What each arm trains on (its phase files, phase count and per-phase schedule) is `phased_ift.design.ARMS` (Pang et
+What each arm trains on (its phase files, phase count and per-phase schedule) is `phased_ift.phases.design.ARMS` (Pang et
 al., ACL Findings 2024, Section 3-4). Each phase is a fresh `SFTTrainer` run (new optimiser and LR schedule unless
 train.carry_optimizer) that starts from the previous phase's saved model or LoRA adapter. Resuming a Trainer
 checkpoint across phases is never done (the step count and schedule would carry over); `resume_from_checkpoint` is
@@ -51,7 +51,7 @@ from typing import Any
 
 from phased_ift.modeling import frozen_base_to_bf16
 from phased_ift.train.loop import (TRAINER_SUBDIR, last_complete_checkpoint, logged_mean_loss, require_method_support,
-                                   train_arm, train_phase, train_phases)
+                                   train_arm, train_phase, train_phases, train_step)
 from phased_ift.train.plan import (PhaseHparams, phase_hparams, plan_training, print_plan, steps_per_phase,
                                    token_counter, tokenize_examples)
 
@@ -60,7 +60,7 @@ _TRAINER_NAMES = ("BucketSampler", "PhaseSFTTrainer", "bucket_order", "build_tra
 
 __all__ = ["TRAINER_SUBDIR", "PhaseHparams", "frozen_base_to_bf16", "last_complete_checkpoint",
            "logged_mean_loss", "phase_hparams", "plan_training", "print_plan", "require_method_support",
-           "steps_per_phase", "token_counter", "tokenize_examples", "train_arm", "train_phase", "train_phases",
+           "steps_per_phase", "token_counter", "tokenize_examples", "train_arm", "train_phase", "train_phases", "train_step",
            *_TRAINER_NAMES]
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from phased_ift.config import Config
-from phased_ift.design import training_cells
+from phased_ift.phases.design import training_cells
 from phased_ift.diskerrors import human_bytes as h
 from phased_ift.modeling import WeightShapes, weight_shapes
 from phased_ift.phasedir import PhaseDir

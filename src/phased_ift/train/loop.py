@@ -29,14 +29,14 @@ from typing import Any, Sequence
 from phased_ift import integrity, modeling, shutdown  # modeling.load_tokenizer: tests patch it
 from phased_ift.config import Config
 from phased_ift.data import Example
-from phased_ift.design import get_arm, phase_count, training_cells
+from phased_ift.phases.design import get_arm, phase_count, training_cells
 from phased_ift.diskerrors import writing
 from phased_ift.errors import PhasedIFTError
 from phased_ift.modeling import release_memory
 from phased_ift.phasedir import PhaseDir, step_offsets
 from phased_ift.rundir import RunDir
 from phased_ift.train import sharded
-from phased_ift.train.plan import PhaseHparams, phase_hparams, tokenize_examples
+from phased_ift.train.plan import PhaseHparams, phase_hparams, print_plan, tokenize_examples
 
 TRAINER_SUBDIR = "trainer"
 
@@ -292,3 +292,12 @@ def last_complete_checkpoint(trainer_dir: Path) -> str | None:
               f"earlier one (or its start).", file=sys.stderr)
         shutil.rmtree(d, ignore_errors=True)
     return None
+
+
+def train_step(cfg: Config, run: RunDir, dry_run: bool = False, console: Any = None) -> None:
+    """The train step's body (`pipeline.STEPS` orders it): every configured arm and seed, phase by phase ->
+    checkpoints/ (`train_phases`); dry_run: the training plan (`train.plan.print_plan`), no weights."""
+    if dry_run:
+        print_plan(cfg, run, console=console)
+        return
+    train_phases(cfg, run, console=console)

@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 from phased_ift import modeling
 from phased_ift.config import Config
 from phased_ift.data import Example, read_examples
-from phased_ift.design import assumed_phases, get_arm, phase_count
-from phased_ift.phases import read_manifest
+from phased_ift.phases.design import assumed_phases, get_arm, phase_count
+from phased_ift.phases.split import read_manifest
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 from phased_ift.sit.mix import is_sequential

@@ -61,7 +61,7 @@ from phased_ift.config_checks import check_judge_pairs
 from phased_ift.config_choices import ARM_CHOICES, ArmChoice, arm_choice, unknown_arm
 from phased_ift.data import Example, read_examples
 from phased_ift.errors import PhasedIFTError
-from phased_ift.phases import (ControlBuilder, difficulty_sorted, random_control, read_manifest, replay_phases,
+from phased_ift.phases.split import (ControlBuilder, difficulty_sorted, random_control, read_manifest, replay_phases,
                                reverse_control)
 from phased_ift.rundir import RunDir
 from phased_ift.sit.mix import arm_phases

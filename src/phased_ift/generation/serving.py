@@ -15,10 +15,9 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from phased_ift.config import Config
-from phased_ift.design import evaluation_cells
+from phased_ift.phases.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
 from phased_ift.modeling import base_model_of, is_adapter, resolve_model_path
 from phased_ift.phasedir import PhaseDir

@@ -61,7 +61,7 @@ import numpy as np
 from phased_ift.config import Config
 from phased_ift.data import data_home
 from phased_ift.errors import PhasedIFTError
-from phased_ift.judge import judge_pairs, load_template, order_outcomes, reply_tokens
+from phased_ift.pairwise.judge import judge_pairs, load_template, order_outcomes, reply_tokens
 from phased_ift.winrate import aggregate
 from phased_ift.llm_client import LLMClient
 from phased_ift.rundir import RunDir

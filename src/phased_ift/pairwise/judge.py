@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from phased_ift import design  # design.judge_jobs: which arms are compared is the design's
+from phased_ift.phases import design  # design.judge_jobs: which arms are compared is the design's
 from phased_ift.config import Config
 from phased_ift.config_checks import check_judge_test_sets
 from phased_ift.config_choices import JUDGE_FREE, testset_key
 from phased_ift.data import load_reference_answers, normalize_text
 from phased_ift.errors import PhasedIFTError
-from phased_ift.generate import read_generations, settings_path
+from phased_ift.generation import read_generations, settings_path
 from phased_ift.prompts import PromptTemplate, read_template  # one template class and reader
 from phased_ift.llm_client import LLMClient
 from phased_ift.rundir import RunDir
