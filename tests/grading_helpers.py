@@ -21,9 +21,9 @@ def write_generation(run, arm: str, phase: int, seed: int, testset: str, rows: l
 def grading_cfg(tmp_path, testset: str, srv=None, extra=()):
     """One one-off arm, `testset` generated, the fake judge (when `srv`) asked one request at a time, no retries; no
     reference loss (the run dir has answers, no checkpoints)."""
-    endpoint = [f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake"] if srv else []
+    endpoint = [f"judge.base_url={srv.base_url}", "judge.model=fake"] if srv else []
     return load_config(None, [f"run_dir={tmp_path / 'run'}", "train.arms=[one-off]", f"generate.test_sets=[{testset}]",
-                              "judge.judge.concurrency=1", "judge.judge.max_retries=0", "report.bootstrap=200",
+                              "judge.concurrency=1", "judge.max_retries=0", "report.bootstrap=200",
                               "evaluation.reference_loss=false",
                               *endpoint, *extra])
 

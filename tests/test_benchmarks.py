@@ -151,7 +151,7 @@ def test_each_packaged_benchmark_declares_its_kind_and_what_the_evaluate_step_ne
     what, size, out = plan_row(cfg, {"vicuna": 80, "ifeval": 541, "mt_bench": 80}, 3, {})
     assert (what, size, out) == ("reference-answer loss, IFEval (541 prompts)", "3 checkpoints", "evaluation/")
     judged = load_config(None, ["generate.test_sets=[mt_bench]", "evaluation.reference_loss=false",
-                                "judge.judge.base_url=http://127.0.0.1:1/v1", "judge.judge.model=m"])
+                                "judge.base_url=http://127.0.0.1:1/v1", "judge.model=m"])
     assert evaluate_needs(judged, RunDir(judged.run_dir), dry_run=False) == ["generate"]
     assert plan_row(judged, {"mt_bench": 80}, 2, {"MT-Bench": 320}) == (
         "MT-Bench (80 prompts)", "2 checkpoints, 320 MT-Bench grading requests", "evaluation/, grades/")

@@ -52,8 +52,8 @@ def test_yaml_syntax_error_names_line(tmp_path):
 def test_api_key_never_in_config(tmp_path):
     with pytest.raises(PhasedIFTError, match="NAME of an environment variable"):
         load_config(None, ["scoring.judge.api_key_env=sk-abc123"])
-    with pytest.raises(PhasedIFTError, match="unknown key `judge.judge.api_key`"):
-        load_config(None, ["judge.judge.api_key=sk-abc"])
+    with pytest.raises(PhasedIFTError, match="unknown key `judge.api_key`"):
+        load_config(None, ["judge.api_key=sk-abc"])
     cfg = load_config(None, ["run_dir=" + str(tmp_path)])
     out = save_config(cfg, tmp_path / "config.yaml").read_text()
     assert "api_key_env: OPENAI_API_KEY" in out
@@ -72,7 +72,7 @@ def test_missing_file():
     ("train.phase_learning_rates=[true,1,1]", r"`train.phase_learning_rates\[0\]` must be a number"),
     ("train.arms=[phased,[one-off]]", r"`train.arms\[1\]` must be a string"),
     ("generate.test_sets=[{a: 1}]", r"`generate.test_sets\[0\]` must be a string"),
-    ("judge.pairs=[phased]", r"`judge.pairs\[0\]` must be a list"),
+    ("pairwise.pairs=[phased]", r"`pairwise.pairs\[0\]` must be a list"),
     ("train.lora.target_modules=[[q]]", r"`train.lora.target_modules\[0\]` must be a string"),
 ])
 def test_list_element_types_are_checked_at_load_time(override, message):
@@ -121,3 +121,47 @@ def test_answer_budget_per_test_set_merges_over_the_defaults():
     assert load_config(None, []).generate.budget("ifeval") == 1280
     with pytest.raises(PhasedIFTError, match="max_new_tokens_per_set.ifeval must be a positive integer"):
         load_config(None, ["generate.max_new_tokens_per_set={ifeval: 0}"])
+
+
+@pytest.mark.parametrize("old, new", [
+    ("judge.judge.base_url=http://127.0.0.1:1/v1", "`judge.judge` was renamed `judge` (e.g. `judge.judge.base_url` is now "
+                                                   "`judge.base_url`)"),
+    ("judge.template=pair-v2", "`judge.template` was renamed `pairwise.template`"),
+    ("judge.pairs=[[phased,one-off]]", "`judge.pairs` was renamed `pairwise.pairs`"),
+    ("judge.test_sets=[vicuna]", "`judge.test_sets` was renamed `pairwise.test_sets`"),
+    ("judge.seqeval_quality_template=q.txt", "`judge.seqeval_quality_template` was renamed "
+                                             "`evaluation.seqeval_quality_template`"),
+])
+def test_renamed_keys_name_the_new_key(tmp_path, old, new):
+    """The judge section now holds the judge's endpoint only; pairwise judging has its own section (issue 27)."""
+    with pytest.raises(PhasedIFTError, match=re.escape(new)):
+        load_config(None, [old])
+    key, _, value = old.partition("=")  # the same key in a YAML file: the error names the file too
+    head, *rest = key.split(".")
+    nested = f"{head}:\n" + "".join("  " * (i + 1) + f"{part}:\n" for i, part in enumerate(rest[:-1]))
+    (tmp_path / "c.yaml").write_text(nested + "  " * len(rest) + f"{rest[-1]}: {value}\n")
+    with pytest.raises(PhasedIFTError, match=re.escape(str(tmp_path / "c.yaml")) + ".*" + re.escape(new)):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_config_lists_the_new_keys():
+    from phased_ift.config import describe
+
+    keys = {row[0] for row in describe()}
+    assert {"judge.base_url", "judge.model", "judge.grade_max_tokens", "pairwise.template", "pairwise.pairs",
+            "pairwise.test_sets", "evaluation.seqeval_quality_template"} <= keys
+    assert not any(k.startswith(("judge.judge", "judge.template", "judge.pairs")) for k in keys)
+    cfg = load_config(None, ["judge.base_url=http://127.0.0.1:1/v1", "judge.model=m", "pairwise.template=pair-v2"])
+    assert (cfg.judge.enabled, cfg.judge.max_tokens, cfg.pairwise.template) == (True, 32, "pair-v2")
+
+
+def test_the_old_judge_command_names_the_pairwise_command(capsys):
+    from phased_ift.cli import main
+
+    assert main(["judge", "configs/quickstart.yaml"]) == 2
+    cap = capsys.readouterr()
+    out = " ".join((cap.out + cap.err).split())
+    assert "`phased-ift judge` was renamed `phased-ift pairwise`" in out and "Traceback" not in out
+    assert main(["pairwise", "configs/quickstart.yaml", "--dry-run", "run_dir=/nonexistent/x"]) == 0
+    cap = capsys.readouterr()
+    assert "pairwise: not configured (set judge.base_url and judge.model" in " ".join((cap.out + cap.err).split())

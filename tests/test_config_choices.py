@@ -65,14 +65,14 @@ def test_help_texts_are_built_from_the_names():
     assert all(name in fmt.metadata["help"] for name in choices.FORMAT_CHOICES)
     assert all(name in helps["model.name_or_path"] for name in choices.NAMED_MODELS)
     assert all(name in helps["generate.test_sets"] for name in choices.TEST_SETS)
-    assert all(name in helps["judge.template"] for name in choices.PAIRWISE_TEMPLATES)
+    assert all(name in helps["pairwise.template"] for name in choices.PAIRWISE_TEMPLATES)
     assert all(name in helps["sit.kind"] for name in choices.SIT_KINDS)
     assert all(name in helps["sit.templates"] for name in choices.SIT_STEPS)
 
 
 def test_loading_a_config_imports_no_step_module():
     code = ("import sys, phased_ift\nbefore = set(sys.modules)\nfrom phased_ift.config import load_config\n"
-            "load_config(None, ['train.arms=[permutations,sit]', 'sit.source=offline', 'judge.pairs=[[sit,phased]]'])\n"
+            "load_config(None, ['train.arms=[permutations,sit]', 'sit.source=offline', 'pairwise.pairs=[[sit,phased]]'])\n"
             "print(' '.join(sorted(m for m in set(sys.modules) - before if m.startswith('phased_ift'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert set(out) <= {"phased_ift.config", "phased_ift.config_loading", "phased_ift.config_choices",

@@ -90,10 +90,10 @@ def test_judge_jobs_default_pairs_against_the_baseline(tmp_path):
         [JudgeJob("phased", "one-off", 0, k, 1, k) for k in (1, 2, 3)]
     assert {(j.arm_a, j.arm_b) for j in jobs} == {("phased", "one-off"), ("random", "one-off")}
     assert baseline_arm(["reverse", "phased"]) == "reverse"  # no baseline trained: the first arm
-    with pytest.raises(PhasedIFTError, match="judge.pairs names arm 'reverse', which is not in train.arms"):
-        judge_jobs(_cfg(tmp_path, train={"arms": ["phased", "one-off"]}, judge={"pairs": [["reverse", "one-off"]]}))
+    with pytest.raises(PhasedIFTError, match="pairwise.pairs names arm 'reverse', which is not in train.arms"):
+        judge_jobs(_cfg(tmp_path, train={"arms": ["phased", "one-off"]}, pairwise={"pairs": [["reverse", "one-off"]]}))
     with pytest.raises(PhasedIFTError, match="cannot be judged against itself"):
-        judge_jobs(_cfg(tmp_path, train={"arms": ["phased", "one-off"]}, judge={"pairs": [["phased", "phased"]]}))
+        judge_jobs(_cfg(tmp_path, train={"arms": ["phased", "one-off"]}, pairwise={"pairs": [["phased", "phased"]]}))
 
 
 def test_controls_and_assumed_phases():

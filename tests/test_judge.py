@@ -240,7 +240,7 @@ def test_judge_pairs_mismatched_generations(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# step_generate -> step_judge through the real LLMClient and the in-process fake server (training stubbed)
+# step_generate -> step_pairwise through the real LLMClient and the in-process fake server (training stubbed)
 # ---------------------------------------------------------------------------------------------------------------
 def make_fake_run(tmp_path, tiny_model_dir, monkeypatch, extra=()):
     """A run dir whose checkpoints are perturbed copies of the tiny model (phased: 2 phases, one-off: 1), with
@@ -295,10 +295,10 @@ def test_step_generate_and_judge_end_to_end_rerun_sends_nothing(tmp_path, tiny_m
     console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
     with FakeLLMServer(reply=lambda body: "7 5\nAssistant 1 is more detailed.") as srv:
         cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch,
-                                 [f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake"])
-        pipeline.step_judge(cfg, dry_run=True, console=console)  # nothing generated yet: plans, sends nothing
+                                 [f"judge.base_url={srv.base_url}", "judge.model=fake"])
+        pipeline.step_pairwise(cfg, dry_run=True, console=console)  # nothing generated yet: plans, sends nothing
         assert srv.count == 0 and not (run.root / "generations").exists()
-        pipeline.step_judge(cfg, console=console)
+        pipeline.step_pairwise(cfg, console=console)
         for arm, k in [("phased", 1), ("phased", 2), ("one-off", 1)]:
             rows = list(read_generations(run.generations(arm, k, "vicuna")))
             assert len(rows) == 2 and all(r["output_tokens"] <= 4 for r in rows)
@@ -315,14 +315,14 @@ def test_step_generate_and_judge_end_to_end_rerun_sends_nothing(tmp_path, tiny_m
         summaries = [ln for ln in (tmp_path / "log.txt").read_text().splitlines()
                      if ln.startswith("judge phased vs one-off / vicuna: ")]
         assert len(summaries) == 3 and all(ln.split(": ")[1].startswith("4 requests") for ln in summaries)
-        pipeline.step_judge(cfg, console=console)  # re-run: everything done
+        pipeline.step_pairwise(cfg, console=console)  # re-run: everything done
         for f in [final, *per_phase]:
             f.unlink()
-        pipeline.step_judge(cfg, console=console)  # re-judge from scratch: all answers come from the cache
+        pipeline.step_pairwise(cfg, console=console)  # re-judge from scratch: all answers come from the cache
         assert srv.count == 8 and len(final.read_text().splitlines()) == 2
-        pipeline.step_judge(cfg, dry_run=True, console=console)
+        pipeline.step_pairwise(cfg, dry_run=True, console=console)
     log = (tmp_path / "log.txt").read_text()
-    assert "judge: sent 0, cache hits" in log and "8 distinct requests, 8 cached, 0 to send" in log
+    assert "pairwise: sent 0, cache hits" in log and "8 distinct requests, 8 cached, 0 to send" in log
     assert "test sets not generated yet" in log  # the first dry run
 
 
@@ -333,8 +333,8 @@ def test_step_judge_not_configured_logs_and_returns(tmp_path, tiny_model_dir, mo
 
     cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch)
     console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
-    pipeline.step_judge(cfg, console=console)
-    assert "judge: not configured (set judge.judge.base_url" in (tmp_path / "log.txt").read_text()
+    pipeline.step_pairwise(cfg, console=console)
+    assert "pairwise: not configured (set judge.base_url" in (tmp_path / "log.txt").read_text()
     assert not (run.root / "judgements").exists()
 
 
@@ -351,8 +351,8 @@ def test_judge_jobs_pairs_and_errors():
     got = [(j.arm_a, j.arm_b, j.phase_a, j.phase_b, j.phase) for j in judge_jobs(cfg)]
     assert got == [("random", "phased", 2, 2, None), ("random", "phased", 1, 2, 1), ("random", "phased", 2, 2, 2)]
     with pytest.raises(PhasedIFTError, match="not in train.arms"):  # checked when the config loads
-        load_config(None, ["train.arms=[phased,one-off]", "judge.pairs=[[phased,reverse]]"])
-    bad = load_config(None, ["train.arms=[phased,one-off,reverse]", "judge.pairs=[[phased,reverse]]"])
+        load_config(None, ["train.arms=[phased,one-off]", "pairwise.pairs=[[phased,reverse]]"])
+    bad = load_config(None, ["train.arms=[phased,one-off,reverse]", "pairwise.pairs=[[phased,reverse]]"])
     bad.train.arms = ["phased", "one-off"]
     with pytest.raises(PhasedIFTError, match="not in train.arms"):  # and again for a config changed since
         judge_jobs(bad)
@@ -432,13 +432,13 @@ def test_pairwise_test_sets_leave_out_ifeval_unless_asked():
 
     cfg = load_config(None, ["generate.test_sets=[vicuna,ifeval,mt_bench]"])
     assert pairwise_test_sets(cfg) == ["vicuna", "mt_bench"]
-    cfg = load_config(None, ["generate.test_sets=[vicuna,ifeval]", "judge.test_sets=[ifeval]"])
+    cfg = load_config(None, ["generate.test_sets=[vicuna,ifeval]", "pairwise.test_sets=[ifeval]"])
     assert pairwise_test_sets(cfg) == ["ifeval"]
-    with pytest.raises(PhasedIFTError, match=r"judge.test_sets \['koala'\] are not among generate.test_sets"):
-        load_config(None, ["generate.test_sets=[vicuna]", "judge.test_sets=[koala]"])  # checked when it loads
-    cfg = load_config(None, ["generate.test_sets=[vicuna,koala]", "judge.test_sets=[koala]"])
+    with pytest.raises(PhasedIFTError, match=r"pairwise.test_sets \['koala'\] are not among generate.test_sets"):
+        load_config(None, ["generate.test_sets=[vicuna]", "pairwise.test_sets=[koala]"])  # checked when it loads
+    cfg = load_config(None, ["generate.test_sets=[vicuna,koala]", "pairwise.test_sets=[koala]"])
     cfg.generate.test_sets = ["vicuna"]
-    with pytest.raises(PhasedIFTError, match=r"judge.test_sets \['koala'\] are not among generate.test_sets"):
+    with pytest.raises(PhasedIFTError, match=r"pairwise.test_sets \['koala'\] are not among generate.test_sets"):
         pairwise_test_sets(cfg)  # and again for a config changed since
 
 

@@ -1,4 +1,4 @@
-"""FastChat's pair-v2 pairwise template (judge.template=pair-v2): the [[A]]/[[B]]/[[C]] parser, its mapping onto
+"""FastChat's pair-v2 pairwise template (pairwise.template=pair-v2): the [[A]]/[[B]]/[[C]] parser, its mapping onto
 the paper's reconciliation, the packaged prompt, and a full judge_pairs run against the in-process fake server."""
 
 from __future__ import annotations
@@ -140,13 +140,13 @@ def test_verdict_kind_follows_placeholders_of_a_custom_file(tmp_path):
 def test_reply_tokens_give_a_verdict_reply_room_to_explain():
     from phased_ift.config import load_config
 
-    cfg = load_config(None, ["judge.template=pair-v2"])
-    assert reply_tokens(cfg, load_template(cfg.judge.template)) == cfg.judge.grade_max_tokens == 2048
-    assert reply_tokens(cfg, load_template("pairwise")) == cfg.judge.judge.max_tokens == 32
+    cfg = load_config(None, ["pairwise.template=pair-v2"])
+    assert reply_tokens(cfg, load_template(cfg.pairwise.template)) == cfg.judge.grade_max_tokens == 2048
+    assert reply_tokens(cfg, load_template("pairwise")) == cfg.judge.max_tokens == 32
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# judge_pairs with judge.template=pair-v2 through the real LLMClient and the in-process fake server
+# judge_pairs with pairwise.template=pair-v2 through the real LLMClient and the in-process fake server
 # ---------------------------------------------------------------------------------------------------------------
 def _answers(user: str) -> tuple[str, str]:
     a = user.split("[The Start of Assistant A's Answer]\n")[1].split("\n[The End of Assistant A's Answer]")[0]
@@ -189,13 +189,13 @@ def test_judge_pairs_with_pair_v2_against_the_fake_server(tmp_path):
     #   6 half: [[A]] win / [[C]] tie -> win
     expected = ["win", "loss", "tie", "tie", "unparseable", "unparseable", "win"]
     with FakeLLMServer(reply=_judge_reply) as srv:
-        cfg = load_config(None, ["judge.template=pair-v2", f"judge.judge.base_url={srv.base_url}",
-                                 "judge.judge.model=fake"])
-        t = load_template(cfg.judge.template)
-        client = LLMClient(cfg.judge.judge, tmp_path / "llm.sqlite")
+        cfg = load_config(None, ["pairwise.template=pair-v2", f"judge.base_url={srv.base_url}",
+                                 "judge.model=fake"])
+        t = load_template(cfg.pairwise.template)
+        client = LLMClient(cfg.judge, tmp_path / "llm.sqlite")
         try:
             out = tmp_path / "j" / "t.jsonl"
-            res = judge_pairs(client, a, b, "phased", "one-off", out, t, "t", temperature=cfg.judge.judge.temperature,
+            res = judge_pairs(client, a, b, "phased", "one-off", out, t, "t", temperature=cfg.judge.temperature,
                               max_tokens=reply_tokens(cfg, t))
         finally:
             client.close()
@@ -220,7 +220,7 @@ def test_judge_pairs_with_pair_v2_against_the_fake_server(tmp_path):
 
 
 def test_step_judge_with_pair_v2_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
-    """The judge step reads judge.template=pair-v2 from the config: FastChat's system prompt, the verdict budget
+    """The pairwise step reads pairwise.template=pair-v2 from the config: FastChat's system prompt, the verdict budget
     (judge.grade_max_tokens) and verdict rows, for every judgement file of the run."""
     from rich.console import Console
 
@@ -231,9 +231,9 @@ def test_step_judge_with_pair_v2_end_to_end(tmp_path, tiny_model_dir, monkeypatc
     console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
     with FakeLLMServer(reply="Assistant A is better.\n[[A]]") as srv:  # always the first shown: position bias
         cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch,
-                                 [f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake",
-                                  "judge.template=pair-v2", "judge.grade_max_tokens=300"])
-        pipeline.step_judge(cfg, console=console)
+                                 [f"judge.base_url={srv.base_url}", "judge.model=fake",
+                                  "pairwise.template=pair-v2", "judge.grade_max_tokens=300"])
+        pipeline.step_pairwise(cfg, console=console)
         bodies = list(srv.bodies)
     system = load_template("pair-v2").system
     assert bodies and all(b["max_tokens"] == 300 and b["messages"][0]["content"] == system for b in bodies)

@@ -57,8 +57,8 @@ def test_judge_check_numbers_equal_the_hand_computed_ones(tmp_path, capsys, temp
     reply = reply_for(template)
     with FakeLLMServer(reply=reply) as srv:
         rc = main(["judge-check", "configs/quickstart.yaml", f"run_dir={tmp_path / 'run'}", "--annotations", str(ann),
-                   f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake", "report.bootstrap=200",
-                   f"judge.template={template}"])
+                   f"judge.base_url={srv.base_url}", "judge.model=fake", "report.bootstrap=200",
+                   f"pairwise.template={template}"])
         assert rc == 0 and srv.count == 12
     out = json.loads(next((tmp_path / "run" / "judge_check").glob("*/judge_check.json")).read_text())
     assert out["n_pairs"] == 6 and out["judge"] == "fake" and out["template"] == template
@@ -90,8 +90,8 @@ def test_judge_check_numbers_equal_the_hand_computed_ones(tmp_path, capsys, temp
     # Resume: a second run sends nothing (rows and cache).
     with FakeLLMServer(reply=reply) as srv:
         assert main(["judge-check", "configs/quickstart.yaml", f"run_dir={tmp_path / 'run'}", "--annotations",
-                     str(ann), f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake",
-                     f"judge.template={template}"]) == 0
+                     str(ann), f"judge.base_url={srv.base_url}", "judge.model=fake",
+                     f"pairwise.template={template}"]) == 0
         assert srv.count == 0
 
 
@@ -212,7 +212,7 @@ def test_report_names_the_judge_and_its_check(tmp_path):
     from phased_ift.runio import atomic_write_json
 
     run = write_full_run(tmp_path / "run")
-    cfg = make_cfg(run.root, judge={"judge": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}})
+    cfg = make_cfg(run.root, judge={"base_url": "http://127.0.0.1:9/v1", "model": "m"})
     s = build_report(run, cfg)
     assert any("judge m (template pairwise) has not been checked" in v for v in s["verdicts"])
     check = {"judge": "m", "template": "pairwise", "annotations": "a.json", "n_pairs": 100,

@@ -232,7 +232,7 @@ def test_evaluate_step_grades_both_turns_resumes_and_retries_failures(tmp_path, 
         cfg = _cfg(tmp_path, srv)
         run = RunDir(cfg.run_dir)
         write_answers(run, mt_bench)
-        judge_all(cfg, run, console=_log(tmp_path))  # the judge step is pairwise only: no grading there
+        judge_all(cfg, run, console=_log(tmp_path))  # the pairwise step is pairwise only: no grading there
         assert srv.count == 0 and not (run.root / "grades").exists()
         evaluate_all(cfg, run, dry_run=True, console=_log(tmp_path))
         assert srv.count == 0 and not (run.root / "grades").exists()
@@ -312,7 +312,7 @@ def test_grade_all_not_configured_not_requested_and_missing_prompts(tmp_path, mt
     run = RunDir(cfg.run_dir)
     write_answers(run, mt_bench)
     grade_all(cfg, run, console=_log(tmp_path))
-    assert "grade (MT-Bench): not configured (set judge.judge.base_url" in (tmp_path / "log.txt").read_text()
+    assert "grade (MT-Bench): not configured (set judge.base_url" in (tmp_path / "log.txt").read_text()
     with FakeLLMServer(reply=judge_reply) as srv:
         grade_all(_cfg(tmp_path, srv, ["generate.test_sets=[vicuna]"]), run, console=_log(tmp_path))
         assert srv.count == 0 and not (run.root / "grades").exists()

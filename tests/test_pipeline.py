@@ -59,7 +59,7 @@ def overrides(tmp_path: Path, model_dir: Path, url: str, data: Path) -> list[str
         "train.learning_rate=1e-3",
         "generate.test_sets=[vicuna]", "generate.limit=6", "generate.max_new_tokens=6", "generate.batch_size=1",
         "evaluation.reference_loss=true", "evaluation.batch_size=4",
-        f"judge.judge.base_url={url}", "judge.judge.model=fake", "judge.judge.concurrency=1",
+        f"judge.base_url={url}", "judge.model=fake", "judge.concurrency=1",
         "report.bootstrap=200",
     ]
 
@@ -193,8 +193,8 @@ def test_missing_model_path(tmp_path, capsys):
 
 def test_unreachable_judge(tmp_path, capsys):
     rc, err = run_cli(["configs/quickstart.yaml", f"run_dir={tmp_path / 'r'}",
-                       "judge.judge.base_url=http://127.0.0.1:9/v1", "judge.judge.model=x"], capsys)
-    assert rc == 2 and "unreachable" in err and "judge.judge.base_url" in err
+                       "judge.base_url=http://127.0.0.1:9/v1", "judge.model=x"], capsys)
+    assert rc == 2 and "unreachable" in err and "judge.base_url" in err
     assert not (tmp_path / "r").exists()
 
 
@@ -290,8 +290,8 @@ def test_one_run_enters_each_step_exactly_once_in_order(tmp_path, monkeypatch):
     assert pipeline.run_pipeline(cfg, console=Console(file=open(tmp_path / "log.txt", "w"))) == {}
     # score is a spread step: every rank of a launch runs it at once, outside main_process_first
     assert called == ["sit", "data", "plan", "score", "<main process first>", "split", "</main process first>",
-                      "train", "generate", "judge", "evaluate", "report"]
-    assert [s.name for s in pipeline.STEPS] == ["sit", "data", "score", "split", "train", "generate", "judge",
+                      "train", "generate", "pairwise", "evaluate", "report"]
+    assert [s.name for s in pipeline.STEPS] == ["sit", "data", "score", "split", "train", "generate", "pairwise",
                                                 "evaluate", "report"]
 
 
@@ -304,20 +304,23 @@ def test_a_subcommand_runs_the_steps_it_needs_once_each(tmp_path, monkeypatch):
         cfg = load_config("configs/quickstart.yaml", [f"run_dir={tmp_path / 'r'}", *overrides])
         return [s.name for s in pipeline.steps_for(step, cfg, dry_run)]
 
-    judge = ["judge.judge.base_url=http://127.0.0.1:9/v1", "judge.judge.model=x"]
+    judge = ["judge.base_url=http://127.0.0.1:9/v1", "judge.model=x"]
     # a fresh run dir: every earlier step is needed
     assert names("score") == ["data", "score"]
     assert names("generate") == ["data", "score", "split", "train", "generate"]
-    assert names("report") == ["data", "score", "split", "train", "generate", "judge", "evaluate", "report"]
+    assert names("report") == ["data", "score", "split", "train", "generate", "pairwise", "evaluate", "report"]
     assert names("report", "evaluation.reference_loss=false") == names("report")  # generate still needs train
     # without the reference loss and IFEval the step logs "skipped" and returns: nothing before it is needed
     assert names("evaluate", "evaluation.reference_loss=false", "generate.test_sets=[vicuna]") == ["evaluate"]
     # IFEval is scored from the generations
     assert names("evaluate", "evaluation.reference_loss=false") == ["data", "score", "split", "train", "generate",
                                                                      "evaluate"]
-    assert names("judge") == ["judge"]  # no judge configured: it logs how to set one, trains nothing
-    assert names("judge", *judge) == ["data", "score", "split", "train", "generate", "judge"]
-    assert names("judge", *judge, dry_run=True) == ["judge"]  # a dry run neither trains nor generates
+    assert names("pairwise") == ["pairwise"]  # no judge configured: it logs how to set one, trains nothing
+    assert names("pairwise", *judge) == ["data", "score", "split", "train", "generate", "pairwise"]
+    assert names("pairwise", *judge, dry_run=True) == ["pairwise"]  # a dry run neither trains nor generates
+    # graded benchmarks run in the evaluate step: with a judge, MT-Bench needs the answers
+    assert names("evaluate", *judge, "evaluation.reference_loss=false", "generate.test_sets=[mt_bench]") == [
+        "data", "score", "split", "train", "generate", "evaluate"]
     assert names("train", dry_run=True) == ["data", "train"]  # the plan reads the data, scores nothing
     run, scorer = RunDir(tmp_path / "r"), load_config("configs/quickstart.yaml").scoring.scorer
     run.train_data.parent.mkdir(parents=True)
@@ -349,7 +352,7 @@ def test_step_functions_run_their_steps_once_with_dry_run_on_their_own_step(tmp_
     called.clear()
     assert pipeline.step_report(cfg) == {}
     steps = [c for c in called if "main process first" not in c]
-    assert called[-4:] == ["generate", "judge", "evaluate", "report"] and len(steps) == len(set(steps))
+    assert called[-4:] == ["generate", "pairwise", "evaluate", "report"] and len(steps) == len(set(steps))
 
 
 def test_memory_is_released_after_every_step(tmp_path, monkeypatch):

@@ -251,15 +251,14 @@ def test_missing_parts_give_lines_not_errors(tmp_path):
     md = (run.report_dir / "report.md").read_text()
     assert s["comparisons"] == [] and s["trend"] == [] and s["plots"] == {"difficulty": "difficulty.png"}
     assert not (run.report_dir / "win_rate_trend.png").exists()
-    assert "set judge.judge.base_url and judge.judge.model" in md
+    assert "set judge.base_url and judge.model" in md
     assert "run `phased-ift train CONFIG`" in md and "run `phased-ift generate CONFIG`" in md
     assert "evaluation.reference_loss" in md
-    assert any("judge.judge.base_url" in line for line in verdict_lines(s))
+    assert any("judge.base_url" in line for line in verdict_lines(s))
 
     empty = RunDir(tmp_path / "empty")
-    s2 = build_report(empty, make_cfg(empty.root, judge={"judge": {"base_url": "http://127.0.0.1:9/v1",
-                                                                   "model": "m"}}))
-    assert "A judge is configured (m) but no judgements exist yet" in s2["notes"]["judge"]
+    s2 = build_report(empty, make_cfg(empty.root, judge={"base_url": "http://127.0.0.1:9/v1", "model": "m"}))
+    assert "A judge is configured (m) but no judgements exist yet" in s2["notes"]["pairwise"]
     assert "phased-ift score" in (empty.report_dir / "report.md").read_text()
 
 
@@ -314,7 +313,7 @@ def test_step_report_runs_the_earlier_steps_once_then_writes_report(tmp_path, mo
                                             for s in pipeline.STEPS])
     s = pipeline.step_report(make_cfg(run.root))
     # scores/ifd.jsonl exists, so the split does not need the score step; no judge configured: judge needs nothing
-    assert called == ["split", "train", "generate", "judge", "evaluate"] and (run.report_dir / "report.html").is_file()
+    assert called == ["split", "train", "generate", "pairwise", "evaluate"] and (run.report_dir / "report.html").is_file()
     assert s["comparisons"][0]["wins"] == 24
 
 
@@ -339,7 +338,7 @@ def test_report_renders_from_a_real_small_run(tmp_path, tiny_model_dir, monkeypa
     console = Console(file=open(tmp_path / "log.txt", "w"), width=200)
     with FakeLLMServer(reply=reply) as srv:
         cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch,
-                                 [f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake",
+                                 [f"judge.base_url={srv.base_url}", "judge.model=fake",
                                   "generate.limit=6", "report.bootstrap=200"])
         s = pipeline.step_report(cfg, console=console)
     assert "report: " in (tmp_path / "log.txt").read_text()
@@ -379,7 +378,7 @@ def test_the_no_judge_note_comes_with_the_answer_not_among_the_descriptive_lines
     DESCRIPTIVE, so the descriptive per-seed lines stay together under their heading."""
     run = write_full_run(tmp_path / "run")
     s = build_report(run, make_cfg(run.root))
-    s = {**s, "comparisons": [], "seed_spread": [], "notes": {**s["notes"], "judge": "No pairwise judgements."}}
+    s = {**s, "comparisons": [], "seed_spread": [], "notes": {**s["notes"], "pairwise": "No pairwise judgements."}}
     lines = verdict_lines(s)
     n = len(s["effects"])
     assert n >= 1 and lines[:n] == [e["sentence"] for e in s["effects"]]

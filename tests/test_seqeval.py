@@ -127,12 +127,12 @@ def test_packaged_prompts_say_they_are_ours_and_fill_literally(tmp_path):
     own.write_text("my prompt\n<<user>>\nDid it do all of {instruction}?\n")
     with pytest.raises(PhasedIFTError, match=r"mine\.txt: the user prompt lacks the placeholder \{answer\}"):
         load_prompts(following=str(own))
-    with pytest.raises(PhasedIFTError, match="judge.seqeval_quality_template = 'nope' is neither a packaged"):
+    with pytest.raises(PhasedIFTError, match="evaluation.seqeval_quality_template = 'nope' is neither a packaged"):
         load_prompts(quality="nope")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Grading through the judge step, against the fake server
+# Grading through the pairwise step, against the fake server
 # ---------------------------------------------------------------------------------------------------------------
 def _pick(seqeval_by_depth):
     """Four SeqEval prompts: A at depth 1, B at depth 2, C and D at depth 4."""
@@ -183,7 +183,7 @@ def test_evaluate_step_grades_seqeval_resumes_retries_and_caches(tmp_path, seqev
         cfg = _cfg(tmp_path, srv)
         run = RunDir(cfg.run_dir)
         write_answers(run, picked)
-        judge_all(cfg, run, console=_log(tmp_path))  # the judge step is pairwise only: no grading there
+        judge_all(cfg, run, console=_log(tmp_path))  # the pairwise step is pairwise only: no grading there
         assert srv.count == 0 and not (run.root / "grades").exists()
         evaluate_all(cfg, run, dry_run=True, console=_log(tmp_path))
         assert srv.count == 0 and not (run.root / "grades").exists()
@@ -240,7 +240,7 @@ def test_grading_needs_the_test_set_and_a_judge(tmp_path, seqeval_by_depth):
     run = RunDir(tmp_path / "run")
     write_answers(run, _pick(seqeval_by_depth))
     grade_all(_cfg(tmp_path), run, console=_log(tmp_path))
-    assert "grade (SeqEval): not configured (set judge.judge.base_url" in (tmp_path / "log.txt").read_text()
+    assert "grade (SeqEval): not configured (set judge.base_url" in (tmp_path / "log.txt").read_text()
     with FakeLLMServer(reply=judge_reply) as srv:
         grade_all(_cfg(tmp_path, srv, ["generate.test_sets=[vicuna]"]), run, console=_log(tmp_path))
         assert srv.count == 0 and not (run.root / "grades").exists()
@@ -392,9 +392,9 @@ def test_run_grades_seqeval_for_every_arm_and_phase(tmp_path, tiny_model_dir, mo
     console = Console(file=open(tmp_path / "log.txt", "w"), width=250)
     with FakeLLMServer(reply=_pipeline_reply) as srv:
         cfg, run = make_fake_run(tmp_path, tiny_model_dir, monkeypatch,
-                                 [f"judge.judge.base_url={srv.base_url}", "judge.judge.model=fake",
+                                 [f"judge.base_url={srv.base_url}", "judge.model=fake",
                                   "generate.test_sets=[seqeval]", "evaluation.reference_loss=false"])
-        pipeline.step_judge(cfg, console=console)  # pairwise only: no grade file yet
+        pipeline.step_pairwise(cfg, console=console)  # pairwise only: no grade file yet
         assert not (run.root / "grades").exists() and run.judgement_files()
         pipeline.step_evaluate(cfg, console=console)  # the graded benchmarks run in the evaluate step
         cells = [("phased", 1), ("phased", 2), ("one-off", 1)]
@@ -403,7 +403,7 @@ def test_run_grades_seqeval_for_every_arm_and_phase(tmp_path, tiny_model_dir, mo
             assert len(rows) == 4 and {(r["metric"], r["rating"]) for r in rows} == {("following", 0.0),
                                                                                       ("quality", 2.0)}
         sent = srv.count  # re-run: everything is graded and judged, nothing is sent
-        pipeline.step_judge(cfg, console=console)
+        pipeline.step_pairwise(cfg, console=console)
         pipeline.step_evaluate(cfg, console=console)
         assert srv.count == sent
         s = build_report(run, cfg)
@@ -461,14 +461,14 @@ def test_preflight_stops_on_a_bad_seqeval_template_before_training(tmp_path):
     from phased_ift.pipeline import preflight
 
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "generate.test_sets=[seqeval]",
-                             "judge.judge.base_url=http://127.0.0.1:9/v1", "judge.judge.model=m",
-                             f"judge.seqeval_quality_template={tmp_path / 'missing.txt'}"])
-    with pytest.raises(PhasedIFTError, match=r"judge.seqeval_quality_template = .*missing\.txt' is neither a packaged"):
+                             "judge.base_url=http://127.0.0.1:9/v1", "judge.model=m",
+                             f"evaluation.seqeval_quality_template={tmp_path / 'missing.txt'}"])
+    with pytest.raises(PhasedIFTError, match=r"evaluation.seqeval_quality_template = .*missing\.txt' is neither a packaged"):
         preflight(cfg, dry_run=True)
-    cfg.judge.seqeval_quality_template = "seqeval-quality"
+    cfg.evaluation.seqeval_quality_template = "seqeval-quality"
     preflight(cfg, dry_run=True)  # the packaged templates load
-    cfg.judge.judge.base_url = ""
-    cfg.judge.seqeval_quality_template = str(tmp_path / "missing.txt")
+    cfg.judge.base_url = ""
+    cfg.evaluation.seqeval_quality_template = str(tmp_path / "missing.txt")
     preflight(cfg, dry_run=True)  # no judge: nothing is graded, so nothing to check
 
 
@@ -480,6 +480,6 @@ def test_the_report_says_why_generated_seqeval_answers_have_no_grades(tmp_path):
 
     with_set = config_from_dict({"run_dir": str(tmp_path / "a"), "generate": {"test_sets": ["ifeval", "seqeval"]}})
     note = summarize_run(RunDir(tmp_path / "a"), with_set)["notes"]["seqeval"]
-    assert "the SeqEval answers are generated" in note and "add seqeval" not in note and "judge.judge" in note
+    assert "the SeqEval answers are generated" in note and "add seqeval" not in note and "judge" in note
     without = config_from_dict({"run_dir": str(tmp_path / "b"), "generate": {"test_sets": ["vicuna"]}})
     assert "add seqeval to generate.test_sets" in summarize_run(RunDir(tmp_path / "b"), without)["notes"]["seqeval"]

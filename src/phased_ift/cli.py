@@ -9,7 +9,7 @@
     phased-ift split CONFIG [key=value ...]        phases -> <run_dir>/phases/
     phased-ift train CONFIG [key=value ...]        train every configured arm, phase by phase
     phased-ift generate CONFIG [key=value ...]     answers on the test sets
-    phased-ift judge CONFIG [key=value ...]        pairwise judging in both orders
+    phased-ift pairwise CONFIG [key=value ...]     pairwise judging of arms in both orders (win rates)
     phased-ift evaluate CONFIG [key=value ...]     the benchmarks: reference loss, IFEval, MT-Bench, SeqEval grading
     phased-ift report CONFIG [key=value ...]       report.md/html, plots, summary.json
     phased-ift run CONFIG [key=value ...]          all of the above, resumable
@@ -291,10 +291,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_judge(args: argparse.Namespace) -> int:
-    from phased_ift.pipeline import step_judge
+def cmd_pairwise(args: argparse.Namespace) -> int:
+    from phased_ift.pipeline import step_pairwise
 
-    step_judge(_locked(args), dry_run=args.dry_run, console=console)
+    step_pairwise(_locked(args), dry_run=args.dry_run, console=console)
     return 0
 
 
@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("split", "split scored data into phases of increasing difficulty (+ controls)", cmd_split, False),
         ("train", "train every configured arm (train.arms) phase by phase", cmd_train, True),
         ("generate", "generate answers on the test sets for every arm", cmd_generate, False),
-        ("judge", "judge arm pairs in both answer orders", cmd_judge, True),
+        ("pairwise", "judge arm pairs in both answer orders (win rates)", cmd_pairwise, True),
         ("evaluate", "every benchmark on every checkpoint: reference loss, IFEval, MT-Bench and SeqEval grading",
          cmd_evaluate, True),
         ("report", "write report.md/html, plots and summary.json", cmd_report, False),
@@ -480,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     from phased_ift.diskerrors import write_error
     from phased_ift.shutdown import Stopped
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["judge"]:  # the pairwise step's old command
+        console.print("[bold red]error:[/] `phased-ift judge` was renamed `phased-ift pairwise` (pairwise judging of "
+                      "arms); run `phased-ift pairwise CONFIG`.", highlight=False, soft_wrap=True)
+        return 2
     parser = build_parser()
     # key=value overrides may also follow options (`run CONFIG --dry-run a.b=1`), which argparse alone rejects.
     args, extra = parser.parse_known_args(argv)
@@ -490,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # Our own rich bars report progress; transformers' tqdm bars ("Loading weights") would clutter the log.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = argv
     try:
         with contextlib.ExitStack() as args.exit_stack:  # the run-dir lock of `_locked`, released on the way out
             return int(args.func(args) or 0)

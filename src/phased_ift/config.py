@@ -351,29 +351,37 @@ class GenerateConfig:
 
 
 @dataclass
-class JudgeConfig:
-    judge: EndpointConfig = _f(EndpointConfig(max_tokens=32), "Pairwise judge endpoint ('' base_url = no judging).")
+class JudgeConfig(EndpointConfig):
+    """The LLM judge of the evaluations, an OpenAI-compatible endpoint: the pairwise win rates (`pairwise`) and the
+    graded benchmarks (MT-Bench, SeqEval) ask it."""
+
+    max_tokens: int = _f(32, "Max completion tokens of a pairwise judge reply with the paper's 's1 s2' template (only "
+                         "its first line is parsed).")
+    grade_max_tokens: int = _f(2048, "Max completion tokens of a FastChat-style judge reply, which explains before its "
+                               "rating or verdict: MT-Bench and SeqEval grading (at temperature 0) and "
+                               "pairwise.template=pair-v2 (FastChat's judge: 2048).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.grade_max_tokens < 1:
+            raise PhasedIFTError(f"config: judge.grade_max_tokens must be >= 1, got {self.grade_max_tokens}.")
+
+
+@dataclass
+class PairwiseConfig:
+    """Pairwise judging: two arms' answers to the same prompt, in both orders, by the judge of `judge`."""
+
     template: str = _f("pairwise", f"A packaged judge template, {described(PAIRWISE_TEMPLATES)}; or a path to a .txt "
                        "judge template.")
     pairs: list[list[str]] = _f([], "Arm pairs [a, b] to judge; [] = every arm against the baseline arm (or the "
                                 "first arm).")
     test_sets: list[str] = _f([], "Test sets to judge pairwise (keys of generate.test_sets); [] = all of them but "
                               "ifeval, which is verified by program without a judge.")
-    grade_max_tokens: int = _f(2048, "Max completion tokens of a FastChat-style judge reply, which explains before its "
-                               "rating or verdict: MT-Bench and SeqEval grading (at temperature 0) and "
-                               "judge.template=pair-v2 (FastChat's judge: 2048).")
-    seqeval_following_template: str = _f("seqeval-following", "SeqEval following-rate prompt (a binary [[YES]]/[[NO]] "
-                                         "verdict: every task attempted?): the packaged one or a .txt template path "
-                                         "with {instruction} and {answer}.")
-    seqeval_quality_template: str = _f("seqeval-quality", "SeqEval quality prompt (a [[1-5]] rating): the packaged one "
-                                       "or a .txt template path with {instruction} and {answer}.")
 
     def __post_init__(self) -> None:
         for p in self.pairs:
             if not (isinstance(p, list) and len(p) == 2):
-                raise PhasedIFTError(f"config: judge.pairs entries must be [arm_a, arm_b], got {p!r}.")
-        if self.grade_max_tokens < 1:
-            raise PhasedIFTError(f"config: judge.grade_max_tokens must be >= 1, got {self.grade_max_tokens}.")
+                raise PhasedIFTError(f"config: pairwise.pairs entries must be [arm_a, arm_b], got {p!r}.")
 
 
 @dataclass
@@ -383,6 +391,11 @@ class EvaluationConfig:
     limit: int = _f(0, "Seeded sample of reference prompts (0 = those of the configured test sets).")
     batch_size: int = _f(8, "Examples per forward pass for the reference-answer loss.")
     max_length: int = _f(1024, "Max tokens per prompt + reference answer (longer answers lose their tail).")
+    seqeval_following_template: str = _f("seqeval-following", "SeqEval following-rate prompt (a binary [[YES]]/[[NO]] "
+                                         "verdict: every task attempted?): the packaged one or a .txt template path "
+                                         "with {instruction} and {answer}.")
+    seqeval_quality_template: str = _f("seqeval-quality", "SeqEval quality prompt (a [[1-5]] rating): the packaged one "
+                                       "or a .txt template path with {instruction} and {answer}.")
 
     def __post_init__(self) -> None:
         if self.limit < 0 or self.batch_size < 1 or self.max_length < 16:
@@ -449,7 +462,8 @@ class SitConfig:
 
 @dataclass
 class Config:
-    """The whole pipeline. Sections: data, model, scoring, phases, train, generate, judge, evaluation, report, sit."""
+    """The whole pipeline. Sections: data, model, scoring, phases, train, generate, judge, pairwise, evaluation, report,
+    sit."""
 
     run_dir: str = _f("runs/default", "Run directory; every step reads and writes files here.")
     seed: int = _f(0, "Global seed (data sampling, splits, training).")
@@ -459,8 +473,11 @@ class Config:
     phases: PhasesConfig = _f(PhasesConfig(), "Splitting into phases.")
     train: TrainConfig = _f(TrainConfig(), "Phased training and control arms.")
     generate: GenerateConfig = _f(GenerateConfig(), "Answer generation on test sets.")
-    judge: JudgeConfig = _f(JudgeConfig(), "Pairwise LLM judging.")
-    evaluation: EvaluationConfig = _f(EvaluationConfig(), "Offline evaluation (no judge needed).")
+    judge: JudgeConfig = _f(JudgeConfig(), "The LLM judge of pairwise judging and the graded benchmarks ('' base_url "
+                            "= none).")
+    pairwise: PairwiseConfig = _f(PairwiseConfig(), "Pairwise judging of arms (win rates).")
+    evaluation: EvaluationConfig = _f(EvaluationConfig(), "The benchmarks of the evaluate step: reference loss, IFEval, "
+                                      "MT-Bench, SeqEval.")
     report: ReportConfig = _f(ReportConfig(), "Report statistics.")
     sit: SitConfig = _f(SitConfig(), "Sequential instructions: Seq-Instruct generation and the sequential mix.")
 
@@ -474,8 +491,8 @@ class Config:
             v = getattr(self.train, key)
             if v and len(v) != n:
                 raise PhasedIFTError(f"config: train.{key} has {len(v)} values but phases.k = {n}; give one per phase.")
-        check_judge_pairs(self.train.arms, self.judge.pairs)
-        check_judge_test_sets(self.judge.test_sets, self.generate.test_sets)
+        check_judge_pairs(self.train.arms, self.pairwise.pairs)
+        check_judge_test_sets(self.pairwise.test_sets, self.generate.test_sets)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The cross-field checks of a config, run when it loads (`config.Config.__post_init__`), one line each.
 
 Owns the checks that relate fields of different sections: the arms against train.batching (`check_batching`) and
-sit.source (`check_sit_arms`), judge.pairs against train.arms (`check_judge_pairs`), judge.test_sets against
+sit.source (`check_sit_arms`), pairwise.pairs against train.arms (`check_judge_pairs`), pairwise.test_sets against
 generate.test_sets (`check_judge_test_sets`), and the step names of sit.templates (`check_sit_templates`). Each takes
 plain values, not the `Config`, so a step that relies on a check (`design.judge_pairs_of`,
 `judge.pairwise_test_sets`) runs the same function on a config changed after it loaded. Names and flags come from
@@ -48,7 +48,7 @@ def check_sit_arms(arms: Sequence[str], sit_source: str) -> None:
 
 
 def check_judge_pairs(arms: Sequence[str], pairs: Sequence[Sequence[str]]) -> None:
-    """Every arm of judge.pairs is trained, and no arm is judged against itself.
+    """Every arm of pairwise.pairs is trained, and no arm is judged against itself.
 
     Raises:
         PhasedIFTError: a pair names an arm that is not in train.arms, or an arm against itself.
@@ -57,22 +57,22 @@ def check_judge_pairs(arms: Sequence[str], pairs: Sequence[Sequence[str]]) -> No
     for a, b in pairs:
         for arm in (a, b):
             if arm not in arms:
-                raise PhasedIFTError(f"config: judge.pairs names arm {arm!r}, which is not in train.arms {arms}; "
+                raise PhasedIFTError(f"config: pairwise.pairs names arm {arm!r}, which is not in train.arms {arms}; "
                                      "add it to train.arms or fix the pair.")
         if a == b:
-            raise PhasedIFTError(f"config: judge.pairs has [{a}, {b}]: an arm cannot be judged against itself.")
+            raise PhasedIFTError(f"config: pairwise.pairs has [{a}, {b}]: an arm cannot be judged against itself.")
 
 
 def check_judge_test_sets(judge_sets: Sequence[str], generate_sets: Sequence[str]) -> None:
-    """judge.test_sets names only test sets that are generated (keys of generate.test_sets: `testset_key`).
+    """pairwise.test_sets names only test sets that are generated (keys of generate.test_sets: `testset_key`).
 
     Raises:
-        PhasedIFTError: a test set of judge.test_sets is not generated.
+        PhasedIFTError: a test set of pairwise.test_sets is not generated.
     """
     generated = [testset_key(n) for n in generate_sets]
     unknown = [n for n in judge_sets if n not in generated]
     if unknown:
-        raise PhasedIFTError(f"config: judge.test_sets {unknown} are not among generate.test_sets {generated}; "
+        raise PhasedIFTError(f"config: pairwise.test_sets {unknown} are not among generate.test_sets {generated}; "
                              "judge only test sets that are generated.")
 
 

@@ -60,7 +60,7 @@ TEST_SETS = ("vicuna", "koala", "sinstruct", "wizardlm", "oasst", "helpful_base"
 # A benchmark's kind: how its per-prompt values come about.
 LIKELIHOOD = "likelihood"  # the checkpoint's loss of given answers (no generation, no judge)
 PROGRAM = "program"        # the checkpoint's answers checked by a program (no judge)
-LLM_GRADED = "graded"      # the checkpoint's answers rated one by one by the LLM judge (judge.judge)
+LLM_GRADED = "graded"      # the checkpoint's answers rated one by one by the LLM judge (judge)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ BENCHMARKS = {b.name: b for b in (
     BenchmarkChoice("mt_bench", LLM_GRADED, "mt_bench", 1024, "two turns, graded by the judge"),
     BenchmarkChoice("seqeval", LLM_GRADED, "seqeval", None, "graded by the judge"),
 )}
-# verified by program; not judged pairwise unless judge.test_sets names them
+# verified by program; not judged pairwise unless pairwise.test_sets names them
 JUDGE_FREE = tuple(b.test_set for b in BENCHMARKS.values() if b.kind == PROGRAM)
 GRADED = tuple(b.test_set for b in BENCHMARKS.values() if b.kind == LLM_GRADED)  # graded answer by answer
 # Answer budgets of the test sets whose harnesses fix one (new tokens per answer, per turn).

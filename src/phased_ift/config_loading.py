@@ -1,8 +1,9 @@
 """Turning plain dicts and dotted `key=value` overrides into checked dataclasses (the machinery of `config`).
 
-Owns: type coercion with errors naming the file and dotted key, unknown-key suggestions (difflib), registry-checked
-fields (`_f(..., registry=KIND)`, against the names of `config_choices`), and override parsing (values read as
-YAML). The schema (the sections and their help) lives in `phased_ift.config`; nothing here knows a section by name.
+Owns: type coercion with errors naming the file and dotted key, unknown-key suggestions (difflib), renamed keys
+(`RENAMED`: the old key's error names the new one), registry-checked fields (`_f(..., registry=KIND)`, against the
+names of `config_choices`), and override parsing (values read as YAML). The schema (the sections and their help)
+lives in `phased_ift.config`; apart from `RENAMED`, nothing here knows a section by name.
 """
 
 from __future__ import annotations
@@ -80,12 +81,32 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     return value
 
 
+# Keys a config no longer has -> the key that replaced them (a clear error instead of "unknown key").
+RENAMED = {
+    "judge.judge": "judge",  # the judge's endpoint keys (base_url, model, ...) sit directly under judge
+    "judge.template": "pairwise.template",
+    "judge.pairs": "pairwise.pairs",
+    "judge.test_sets": "pairwise.test_sets",
+    "judge.seqeval_following_template": "evaluation.seqeval_following_template",
+    "judge.seqeval_quality_template": "evaluation.seqeval_quality_template",
+}
+
+
+def _renamed(key: str, where: str) -> PhasedIFTError:
+    new = RENAMED[key]
+    example = f" (e.g. `{key}.base_url` is now `{new}.base_url`)" if key == "judge.judge" else ""
+    return PhasedIFTError(f"{where}: `{key}` was renamed `{new}`{example}; use the new key (`phased-ift config` "
+                          "lists every key).")
+
+
 def _build(cls: type, raw: dict, prefix: str, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for k, v in raw.items():
         key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields and key in RENAMED:
+            raise _renamed(key, where)
         if k not in fields:
             close = difflib.get_close_matches(str(k), list(fields), n=1)
             hint = f" Did you mean `{(prefix + '.') if prefix else ''}{close[0]}`?" if close else ""

@@ -1,4 +1,4 @@
-"""The pipeline: [sit ->] data -> score -> split -> train -> generate -> judge -> evaluate -> report, in one run dir.
+"""The pipeline: [sit ->] data -> score -> split -> train -> generate -> pairwise -> evaluate -> report, in one run dir.
 
 Owns the order of the steps, the cheap checks before them (`preflight`) and the plan (`plan_run`): `STEPS` is the
 ordered list of `Step`s, each with its body in its stage package (`scoring.step.score_step`,
@@ -124,7 +124,7 @@ def _generate(cfg: Config, run: RunDir, dry_run: bool = False, console: Console 
     generate_all(cfg, run, console=console)
 
 
-def _judge(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
+def _pairwise(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:
     judge_all(cfg, run, dry_run=dry_run, console=console)
 
 
@@ -154,9 +154,9 @@ def _train_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
     return ["split"]
 
 
-def _judge_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
+def _pairwise_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
     """The generations, when a judge is configured (a dry run must not train or generate)."""
-    return ["generate"] if cfg.judge.judge.enabled and not dry_run else []
+    return ["generate"] if cfg.judge.enabled and not dry_run else []
 
 
 def _evaluate_needs(cfg: Config, run: RunDir, dry_run: bool) -> list[str]:
@@ -203,11 +203,11 @@ STEPS: list[Step] = [
          needs=_split_needs, main_process_first=True),
     Step("train", train_step, _train_row, needs=_train_needs),
     Step("generate", _generate, _generate_row, needs=lambda cfg, run, dry_run: ["train"]),
-    Step("judge", _judge, lambda cfg, p: (cfg.judge.judge.model or "not configured (judge.judge.base_url)",
-                                          _judge_size(p), "judgements/"), needs=_judge_needs),
+    Step("pairwise", _pairwise, lambda cfg, p: (cfg.judge.model or "not configured (judge.base_url)",
+                                          _pairwise_size(p), "judgements/"), needs=_pairwise_needs),
     Step("evaluate", _evaluate, _evaluate_row, needs=_evaluate_needs),
     Step("report", _report, lambda cfg, p: ("win rates, CIs, lengths, plots", "", "report/"),
-         needs=lambda cfg, run, dry_run: ["generate", "judge", "evaluate"]),
+         needs=lambda cfg, run, dry_run: ["generate", "pairwise", "evaluate"]),
 ]
 
 
@@ -305,10 +305,10 @@ def step_generate(cfg: Config, console: Console | None = None) -> None:
     run_command("generate", cfg, console=console)
 
 
-def step_judge(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
+def step_pairwise(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
     """The pairwise judge step (`judge.judge_all`), after generate when a judge is configured and not dry_run:
     judgements/."""
-    run_command("judge", cfg, dry_run=dry_run, console=console)
+    run_command("pairwise", cfg, dry_run=dry_run, console=console)
 
 
 def step_evaluate(cfg: Config, dry_run: bool = False, console: Console | None = None) -> None:
@@ -381,7 +381,7 @@ def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
     turns = sum(len(v) + sum(len(e.meta.get("later_turns") or ()) for e in v) for v in sets.values())
     n_ckpt = len(evaluation_cells(cfg))
     pairwise = sum(prompts[k] for k in pairwise_test_sets(cfg))
-    n_judge = 2 * pairwise * len(judge_jobs(cfg)) if cfg.judge.judge.enabled else 0
+    n_judge = 2 * pairwise * len(judge_jobs(cfg)) if cfg.judge.enabled else 0
     # single-answer grading (the graded benchmarks: MT-Bench one request per turn, SeqEval two per answer)
     grades = grade_requests(cfg, sets, n_ckpt)
     score_req = n_examples * cfg.scoring.samples if cfg.scoring.scorer == "judge" else 0
@@ -392,7 +392,7 @@ def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
             "checkpoints": n_ckpt, "note": tplan["note"]}
 
 
-def _judge_size(p: dict) -> str:
+def _pairwise_size(p: dict) -> str:
     """The judge row's size: the pairwise requests (both orders)."""
     return f"{p['judge_requests']:,} pairwise requests (both orders)" if p["judge_requests"] else ""
 
@@ -430,7 +430,7 @@ def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = None,
                  before_writing: Callable[[], Any] | None = None) -> dict | None:
-    """data -> score -> split -> train -> generate -> judge -> evaluate -> report: every step of `STEPS` once, in
+    """data -> score -> split -> train -> generate -> pairwise -> evaluate -> report: every step of `STEPS` once, in
     order; each skips finished work, so the same command resumes after kill -9 or Ctrl-C. Prints the plan after
     the data step (it reads the data); `dry_run` prints the plan and stops. `before_writing` is called once after
     `preflight`, before the first write (not in a dry run): the CLI takes the run-dir lock there (`runlock`), so a

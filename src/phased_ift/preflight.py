@@ -62,8 +62,8 @@ def preflight(cfg: Config, dry_run: bool = False) -> list[str]:
     if cfg.scoring.scorer == "judge" and not cfg.scoring.judge.enabled:
         raise PhasedIFTError("config: scoring.scorer=judge needs scoring.judge.base_url and scoring.judge.model.")
     if not dry_run:
-        for what, ep in (("scoring.judge", cfg.scoring.judge), ("judge.judge", cfg.judge.judge)):
-            if ep.enabled and (what == "judge.judge" or cfg.scoring.scorer == "judge"):
+        for what, ep in (("scoring.judge", cfg.scoring.judge), ("judge", cfg.judge)):
+            if ep.enabled and (what == "judge" or cfg.scoring.scorer == "judge"):
                 _check_reachable(what, ep.base_url)
 
         require_method_support(cfg, RunDir(cfg.run_dir))  # qlora on a CPU fails here, before scoring

@@ -44,7 +44,7 @@ def read_template(name_or_path: str, setting: str, packaged: str, placeholders: 
     every placeholder.
 
     Args:
-        setting: the config key that names the template, for error messages (e.g. "judge.template").
+        setting: the config key that names the template, for error messages (e.g. "pairwise.template").
         packaged: the packaged template names, for error messages.
     Raises:
         PhasedIFTError: unknown name, missing file, or a file without the markers/placeholders.

@@ -13,7 +13,7 @@ Conventions (Pang et al. 2024, §4 and the PhasedSFT judge code, xubuvd/PhasedSF
   * the paper's centred number = (wins + ties/2) / N_all - 0.5, with unparseable verdicts counted in N_all.
 
 Owns: `VERDICTS`, their values (`verdict_values`), `verdict_outcome` / `order_outcome`, `reconcile` and `aggregate`.
-The judge step (`phased_ift.pairwise.judge`) makes the verdicts; `stats.py` and the report compute intervals and tests from
+The pairwise step (`phased_ift.pairwise.judge`) makes the verdicts; `stats.py` and the report compute intervals and tests from
 them. Imports nothing of the package.
 """
 

@@ -312,7 +312,7 @@ def write_report(config: ConfigLike, *, overrides: Mapping[str, Any] | None = No
 
 def run(config: ConfigLike, *, dry_run: bool = False, overrides: Mapping[str, Any] | None = None,
         console: Any = None) -> dict | None:
-    """`phased-ift run CONFIG`: the checks, then data -> score -> split -> train -> generate -> judge -> evaluate
+    """`phased-ift run CONFIG`: the checks, then data -> score -> split -> train -> generate -> pairwise -> evaluate
     -> report, each step skipping finished work (resumable).
 
     Returns:

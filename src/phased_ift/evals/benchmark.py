@@ -62,7 +62,7 @@ class Benchmark:
         verdicts: `(summary, rank) -> lines`, its descriptive lines under the report's verdicts.
         effects: its metrics of the answer, compared arm against baseline (`report.answer`).
         enabled: `cfg -> bool`; None: by kind (a test set's benchmark when the test set is generated; a graded one
-            also needs the judge endpoint judge.judge).
+            also needs the judge endpoint judge).
         plan: `(cfg, prompts per test set) -> str`, its part of the plan's evaluate row; None: its label.
         requests: graded: `prompts -> judge requests per checkpoint`, for the plan.
         prepare: `cfg -> None`, the cheap check before any training (`preflight`): templates, data files; raises
@@ -104,7 +104,7 @@ class Benchmark:
         if self.enabled is not None:
             return self.enabled(cfg)
         generated = self.test_set in {testset_key(n) for n in cfg.generate.test_sets}
-        return generated and (self.kind != LLM_GRADED or cfg.judge.judge.enabled)
+        return generated and (self.kind != LLM_GRADED or cfg.judge.enabled)
 
     def needs(self, cfg: Config, dry_run: bool) -> list[str]:
         """The earlier steps whose outputs it reads: the checkpoints ("train") for a likelihood benchmark, the answers

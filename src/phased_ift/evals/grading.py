@@ -107,7 +107,7 @@ def grade_file(client: Any, items: Sequence[Any], out_path: str | Path, judge: s
         others = sorted({str(r.get("judge")) for r in latest.values()} - {judge})
         if others:
             raise PhasedIFTError(f"{out_path} holds grades of judge {others[0]!r}, not {judge!r}; delete the file "
-                                 "to grade again with this judge, or set judge.judge.model back.")
+                                 "to grade again with this judge, or set judge.model back.")
         done = {k for k, r in latest.items() if not r.get("failed")}
         todo = [it for it in items if it.key not in done]
         counts = {"graded": 0, "unparsed": 0, "failed": 0}
@@ -156,7 +156,7 @@ def grade_all(grader: Grader, cfg: Config, run: RunDir, dry_run: bool = False, c
     """Grade every `design.evaluation_cells` checkpoint's answers with `grader`
     -> grades/<arm>/seed_<s>/phase_<k>/<testset>.jsonl, one log line per file, then sent / cache hits / tokens.
 
-    Nothing to do unless grader.testset is in generate.test_sets. No judge endpoint (judge.judge.base_url/model):
+    Nothing to do unless grader.testset is in generate.test_sets. No judge endpoint (judge.base_url/model):
     logs how to set one and returns. dry_run prints the distinct request count, cache hits and estimated tokens
     and sends nothing (answer files not generated yet are counted apart).
 
@@ -171,12 +171,12 @@ def grade_all(grader: Grader, cfg: Config, run: RunDir, dry_run: bool = False, c
     console = console or Console(stderr=True)
     if grader.testset not in {testset_key(n) for n in cfg.generate.test_sets}:
         return
-    if not cfg.judge.judge.enabled:
-        console.print(f"grade ({grader.label}): not configured (set judge.judge.base_url and judge.judge.model, e.g. "
-                      "judge.judge.base_url=https://api.openai.com/v1 judge.judge.model=gpt-4-0613)", highlight=False)
+    if not cfg.judge.enabled:
+        console.print(f"grade ({grader.label}): not configured (set judge.base_url and judge.model, e.g. "
+                      "judge.base_url=https://api.openai.com/v1 judge.model=gpt-4-0613)", highlight=False)
         return
     prepared = grader.prepare(cfg)
-    client = LLMClient(cfg.judge.judge, run.llm_cache, console=console)
+    client = LLMClient(cfg.judge, run.llm_cache, console=console)
     try:
         if dry_run:
             _plan(grader, cfg, run, client, prepared, console)
@@ -197,7 +197,7 @@ def _grade_cell(grader: Grader, cfg: Config, run: RunDir, client: Any, cell: Any
     items, _ = grader.cell_items(cfg, run, cell, prepared, False)
     out = run.grades(cell.arm, cell.phase, grader.testset, cell.seed)
     where = f"{cell.arm} seed {cell.seed} phase {cell.phase}"
-    grade_file(client, items, out, cfg.judge.judge.model, grader.make_row, grader.part, grader.max_tokens(cfg),
+    grade_file(client, items, out, cfg.judge.model, grader.make_row, grader.part, grader.max_tokens(cfg),
                desc=f"grade {where} / {grader.testset}")
     rows = list(read_jsonl(out, tolerate_torn_tail=True)) if out.is_file() else []
     failed = sum(bool(r.get("failed")) for r in latest_rows(rows, grader.part).values())

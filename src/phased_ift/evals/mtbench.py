@@ -1,6 +1,6 @@
 """MT-Bench single-answer grading: each answer of each arm gets a 1-10 rating from an LLM judge, per turn.
 
-    phased-ift evaluate CONFIG generate.test_sets=[mt_bench] judge.judge.base_url=... judge.judge.model=gpt-4-0613
+    phased-ift evaluate CONFIG generate.test_sets=[mt_bench] judge.base_url=... judge.model=gpt-4-0613
 
 Source: Zheng et al. 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena" (NeurIPS Datasets and
 Benchmarks), and its code, FastChat's llm_judge (lm-sys/FastChat, `fastchat/llm_judge/common.py`,
@@ -12,7 +12,7 @@ Benchmarks), and its code, FastChat's llm_judge (lm-sys/FastChat, `fastchat/llm_
     `single-math-v1-multi-turn` with GPT-4's reference answer
     (`<data home>/fastchat/mt_bench/reference_answer/gpt-4.jsonl`, `choices[0].turns`).
   * Messages: [system = the template's system_prompt, user = its prompt_template filled with `str.format`];
-    temperature 0, max_tokens `judge.grade_max_tokens` (2048), on the pairwise judge's endpoint `judge.judge`.
+    temperature 0, max_tokens `judge.grade_max_tokens` (2048), on the pairwise judge's endpoint `judge`.
   * Rating: the first `[[x]]` in the reply, else the first `[x]` (`parse_rating`); no match is *unparsed*
     (FastChat's -1): counted apart, never turned into a score. Means are over the parsed ratings, per turn and
     over both turns' rows together (show_result's "Average").
@@ -454,5 +454,5 @@ def _verdicts(summary: dict, rank: Any = None) -> list[str]:
 BENCHMARK = grading.graded_benchmark(
     GRADER, BENCHMARKS[TESTSET], summarize=summarize, blocks=_blocks, verdicts=_verdicts,
     missing=lambda cfg: ("No MT-Bench grades (grades/*/seed_*/phase_*/mt_bench.jsonl): add mt_bench to "
-                         "generate.test_sets, configure judge.judge (an OpenAI-compatible endpoint) and run "
+                         "generate.test_sets, configure judge (an OpenAI-compatible endpoint) and run "
                          "`phased-ift evaluate CONFIG`."))

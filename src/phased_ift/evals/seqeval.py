@@ -1,6 +1,6 @@
 """SeqEval: does a model carry out every task of a sequential instruction? Single-answer LLM-judge grading.
 
-    phased-ift run CONFIG generate.test_sets=[seqeval] judge.judge.base_url=... judge.judge.model=gpt-4-turbo
+    phased-ift run CONFIG generate.test_sets=[seqeval] judge.base_url=... judge.model=gpt-4-turbo
 
 Source: Hu, Yu, Chen, Ponti, "Fine-tuning Large Language Models with Sequential Instructions" (arXiv 2403.07794,
 SeqEval). SeqEval is the 805 AlpacaEval prompts rewritten by 1-4 rounds of the Seq-Instruct pipeline into chains of
@@ -13,10 +13,10 @@ tasks (`data.TEST_SETS["seqeval"]`: seqins/seqEval.json, meta["iteration"] = the
 
 The paper's judge prompts are not published (GitHub hanxuhu/SeqIns at aec462d has the prompts and a generation
 script, eval/alpaca_farm/run_seq_eval.py, but no judge prompt or scoring code); the two packaged templates are
-written from the paper's definitions and say so in their headers. `judge.seqeval_following_template` /
-`judge.seqeval_quality_template` take your own .txt files (placeholders {instruction}, {answer}).
+written from the paper's definitions and say so in their headers. `evaluation.seqeval_following_template` /
+`evaluation.seqeval_quality_template` take your own .txt files (placeholders {instruction}, {answer}).
 
-Requests: system + user prompt, temperature 0, `judge.grade_max_tokens`, on the judge endpoint `judge.judge`, through
+Requests: system + user prompt, temperature 0, `judge.grade_max_tokens`, on the judge endpoint `judge`, through
 the LLM client's cache. Rows go to `grades/<arm>/seed_<s>/phase_<k>/seqeval.jsonl` (`grading.grade_file`: resumable,
 failed requests asked again), one per (answer, metric):
 
@@ -91,7 +91,7 @@ def load_prompts(following: str = "seqeval-following", quality: str = "seqeval-q
     """
     out = {}
     for metric, name in (("following", following), ("quality", quality)):
-        out[metric] = read_template(name, f"judge.seqeval_{metric}_template", PACKAGED, PLACEHOLDERS)
+        out[metric] = read_template(name, f"evaluation.seqeval_{metric}_template", PACKAGED, PLACEHOLDERS)
     return out
 
 
@@ -156,8 +156,8 @@ def depths() -> dict[str, int | None]:
 
 
 def _prepare(cfg: Config) -> tuple[dict[str, PromptTemplate], dict[str, int | None]]:
-    j = cfg.judge
-    return load_prompts(j.seqeval_following_template, j.seqeval_quality_template), depths()
+    ev = cfg.evaluation
+    return load_prompts(ev.seqeval_following_template, ev.seqeval_quality_template), depths()
 
 
 def _cell_items(cfg: Config, run: RunDir, cell: Any, prepared: tuple, dry_run: bool) -> tuple[list[GradeItem], int]:
@@ -293,7 +293,7 @@ def _missing(cfg: Config) -> str:
     return ("No SeqEval grades (grades/*/seed_*/phase_*/seqeval.jsonl): "
             + ("the SeqEval answers are generated (see Answer lengths); " if asked
                else "add seqeval to generate.test_sets, ")
-            + "configure judge.judge (an OpenAI-compatible endpoint) and run `phased-ift evaluate CONFIG` to grade "
+            + "configure judge (an OpenAI-compatible endpoint) and run `phased-ift evaluate CONFIG` to grade "
             "their following rate and quality.")
 
 

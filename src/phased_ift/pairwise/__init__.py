@@ -1,7 +1,7 @@
 """Pairwise judging: two arms' answers to the same prompt compared by an LLM judge, in both orders, and the check of
 that judge against GPT-4's preferences.
 
-    judge.py    the judge step (`judge_all`, `phased-ift judge`): templates, parsers, judgement rows, win rates
+    judge.py    the pairwise step (`judge_all`, `phased-ift pairwise`): templates, parsers, judgement rows, win rates
     check.py    `phased-ift judge-check`: agreement with AlpacaEval's GPT-4 annotations, kappa, position and length
                 bias, whether the judge qualifies (`QUALIFY`)
 

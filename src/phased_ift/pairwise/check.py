@@ -3,7 +3,7 @@
     phased-ift judge-check CONFIG [--annotations FILE] [--limit 100] [--seed 0]
 
 AlpacaEval validates an annotator against reference annotations before anyone trusts it; FastChat reports judge
-agreement and position bias. This module does the same for whatever `judge.judge` / `judge.template` a config
+agreement and position bias. This module does the same for whatever `judge` / `pairwise.template` a config
 names (GPT-4, a vLLM server, llama.cpp): it judges answer pairs whose GPT-4 preference is known, in both orders
 and with the paper's reconciliation rule (`judge.judge_pairs`, so the same cache, retries and rows), then measures:
 
@@ -224,7 +224,7 @@ def run_judge_check(cfg: Config, annotations_path: str | None = None, limit: int
     """Judge the annotation pairs with the configured judge (both orders) and write judge_check.json.
 
     Args:
-        cfg: the config (judge.judge endpoint, judge.template, run_dir, report's bootstrap settings).
+        cfg: the config (judge endpoint, pairwise.template, run_dir, report's bootstrap settings).
         annotations_path: an AlpacaEval annotations.json (default: the data home's alpaca-7b one).
         limit, seed: a seeded sample of that many pairs (0 = all).
     Returns:
@@ -235,27 +235,27 @@ def run_judge_check(cfg: Config, annotations_path: str | None = None, limit: int
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    j = cfg.judge
-    if not j.judge.enabled:
-        raise PhasedIFTError("judge-check needs a judge: set judge.judge.base_url and judge.judge.model (e.g. a local "
-                             "llama.cpp server, judge.judge.base_url=http://127.0.0.1:8000/v1 judge.judge.model=local).")
+    j, template_name = cfg.judge, cfg.pairwise.template
+    if not j.enabled:
+        raise PhasedIFTError("judge-check needs a judge: set judge.base_url and judge.model (e.g. a local "
+                             "llama.cpp server, judge.base_url=http://127.0.0.1:8000/v1 judge.model=local).")
     annotations = load_annotations(annotations_path, limit, seed)
-    tag = f"{Path(annotations_path or DEFAULT_ANNOTATIONS).parent.parent.name}_{j.template}" + (
+    tag = f"{Path(annotations_path or DEFAULT_ANNOTATIONS).parent.parent.name}_{template_name}" + (
         f"_n{limit}_seed{seed}" if limit else "")
     run = RunDir(cfg.run_dir)
     out_dir = run.judge_check(tag)
     rows_a = [{"id": a["id"], "instruction": a["instruction"], "output": a["output_1"]} for a in annotations]
     rows_b = [{"id": a["id"], "instruction": a["instruction"], "output": a["output_2"]} for a in annotations]
     t0 = time.perf_counter()
-    with LLMClient(j.judge, run.llm_cache, console=console) as client:
-        template = load_template(j.template)
+    with LLMClient(j, run.llm_cache, console=console) as client:
+        template = load_template(template_name)
         res = judge_pairs(client, rows_a, rows_b, "output_1", "output_2", out_dir / "judgements.jsonl", template,
-                          tag, temperature=j.judge.temperature, max_tokens=reply_tokens(cfg, template),
+                          tag, temperature=j.temperature, max_tokens=reply_tokens(cfg, template),
                           console=console)
         cost = {**client.stats, "seconds": time.perf_counter() - t0}
     rows = list(read_jsonl(out_dir / "judgements.jsonl"))
     rc = cfg.report
-    result = {"judge": j.judge.model, "base_url": j.judge.base_url, "template": j.template,
+    result = {"judge": j.model, "base_url": j.base_url, "template": template_name,
               "annotations": str(annotations_path or DEFAULT_ANNOTATIONS), "limit": limit, "seed": seed,
               "failed": res["failed"], **check_metrics(rows, annotations, rc.bootstrap, rc.confidence, rc.seed),
               "anchor": anchor(rows, annotations), "cost": cost}

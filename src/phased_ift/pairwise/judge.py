@@ -1,6 +1,6 @@
 """Pairwise judging of two arms' answers in both orders, the paper's reconciliation rule, and win rates.
 
-    phased-ift judge configs/quickstart.yaml judge.judge.base_url=http://127.0.0.1:8080/v1 judge.judge.model=x
+    phased-ift pairwise configs/quickstart.yaml judge.base_url=http://127.0.0.1:8080/v1 judge.model=x
 
 A judge is data: a prompt template (`templates/pairwise.txt`, `templates/reference.txt`, `templates/pair-v2.txt`,
 or a path to a .txt file) plus its parser. A template's answer placeholders choose its kind: {answer_1}/{answer_2}
@@ -23,7 +23,7 @@ The verdict names, the reconciliation rule and `aggregate(rows)` (counts, the pl
 the paper's centred number) are `winrate.py`'s; this module re-exports them.
 
 Owns: judge templates, the score and verdict parsers, judgement rows, judging one test set (`judge_pairs`) and
-the judge step (`judge_all`: every comparison of `design.judge_jobs` on every test set, or its dry-run estimate).
+the pairwise step (`judge_all`: every comparison of `design.judge_jobs` on every test set, or its dry-run estimate).
 The step is pairwise only: single-answer grading (MT-Bench, SeqEval) is a benchmark of the evaluate step
 (`evals`). Which arms are compared is the design's (`design.judge_jobs`), not this module's.
 """
@@ -100,7 +100,7 @@ def load_template(name_or_path: str) -> JudgeTemplate:
         PhasedIFTError: unknown name, missing file, a file without the markers/placeholders, or one that mixes
             both kinds' placeholders.
     """
-    tpl = read_template(name_or_path, "judge.template", PACKAGED, ("{question}",))
+    tpl = read_template(name_or_path, "pairwise.template", PACKAGED, ("{question}",))
     user = tpl.user
     kind = VERDICT if any(k in user for k in ANSWER_KEYS[VERDICT]) else SCORES
     other = ANSWER_KEYS[SCORES if kind == VERDICT else VERDICT]
@@ -241,7 +241,7 @@ def judge_pairs(client: Any, rows_a: Sequence[dict], rows_b: Sequence[dict], arm
         rows_a, rows_b: generation rows ({"id", "instruction", "output", ...}) of the two arms on one test set.
         template: a `JudgeTemplate` (its kind picks the reply parser and the row fields, see `make_row`); a
             reference template judges only prompts present in `references`.
-        max_tokens: the reply budget; the judge step passes `reply_tokens` (a VERDICT reply needs room to explain).
+        max_tokens: the reply budget; the pairwise step passes `reply_tokens` (a VERDICT reply needs room to explain).
         references: normalised instruction -> reference answer (`data.load_reference_answers`), for reference
             templates.
     Returns:
@@ -294,7 +294,7 @@ def _pairs_to_judge(pairs: Sequence[tuple[dict, dict]], done: set, template: Jud
     if template.needs_reference and no_ref == len(pairs) and pairs:
         raise PhasedIFTError(
             f"judge template {template.name!r} needs reference answers, but none of the {len(pairs)} prompts of "
-            f"{testset} has one in the reference set; use judge.template=pairwise or a test set from AlpacaEval "
+            f"{testset} has one in the reference set; use pairwise.template=pairwise or a test set from AlpacaEval "
             "(vicuna, oasst, helpful_base, alpaca_eval)."
         )
     return todo, no_ref
@@ -337,7 +337,7 @@ def _lookup_reference(references: dict[str, str], instruction: str) -> str | Non
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The judge step: every job of the design, every test set
+# The pairwise step: every job of the design, every test set
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -346,7 +346,7 @@ def judge_all(cfg: Config, run: RunDir, dry_run: bool = False, console: Any = No
     -> judgements/<a>__vs__<b>/seed_<s>/[phase_<k>/]<testset>.jsonl (rows: `make_row`), one log line per file.
 
     Reads the generations (generations/<arm>/seed_<s>/phase_<k>/<testset>.jsonl) and, for reference templates,
-    the reference answers of evaluation.reference. No judge endpoint (judge.judge.base_url/model): logs how to set
+    the reference answers of evaluation.reference. No judge endpoint (judge.base_url/model): logs how to set
     one and returns. dry_run prints the distinct request count, cache hits and estimated tokens and sends
     nothing (test sets not generated yet are counted apart). Ends with sent / cache hits / failures / tokens.
 
@@ -358,46 +358,45 @@ def judge_all(cfg: Config, run: RunDir, dry_run: bool = False, console: Any = No
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    if not cfg.judge.judge.enabled:
-        console.print("judge: not configured (set judge.judge.base_url and judge.judge.model, e.g. "
-                      "judge.judge.base_url=https://api.openai.com/v1 judge.judge.model=gpt-4-0613)", highlight=False)
+    if not cfg.judge.enabled:
+        console.print("pairwise: not configured (set judge.base_url and judge.model, e.g. "
+                      "judge.base_url=https://api.openai.com/v1 judge.model=gpt-4-0613)", highlight=False)
         return
-    j = cfg.judge
-    template = load_template(j.template)
+    template = load_template(cfg.pairwise.template)
     refs = load_reference_answers(cfg.evaluation.reference) if template.needs_reference else None
-    client = LLMClient(j.judge, run.llm_cache, console=console)
+    client = LLMClient(cfg.judge, run.llm_cache, console=console)
     try:
         if dry_run:
             _plan_all(cfg, run, client, template, refs, console)
         else:
             _judge_files(cfg, run, client, template, refs, console)
             s = client.stats
-            console.print(f"judge: sent {s['sent']}, cache hits {s['cache_hits']}, failures {s['failures']}, "
+            console.print(f"pairwise: sent {s['sent']}, cache hits {s['cache_hits']}, failures {s['failures']}, "
                           f"tokens {s['prompt_tokens']} prompt + {s['completion_tokens']} completion", highlight=False)
     finally:
         client.close()
 
 
 def pairwise_test_sets(cfg: Config) -> list[str]:
-    """The test-set keys the judge step compares pairwise: judge.test_sets, else every generate.test_sets key but
+    """The test-set keys the pairwise step compares pairwise: pairwise.test_sets, else every generate.test_sets key but
     the judge-free ones (`JUDGE_FREE`: IFEval is verified by program, `evals.ifeval`).
 
     Raises:
-        PhasedIFTError: judge.test_sets names a test set that is not generated (checked when the config loaded;
+        PhasedIFTError: pairwise.test_sets names a test set that is not generated (checked when the config loaded;
             again for a config changed since: `config_checks.check_judge_test_sets`).
     """
     generated = [testset_key(n) for n in cfg.generate.test_sets]
-    if not cfg.judge.test_sets:
+    if not cfg.pairwise.test_sets:
         return [n for n in generated if n not in JUDGE_FREE]
-    check_judge_test_sets(cfg.judge.test_sets, cfg.generate.test_sets)
-    return list(cfg.judge.test_sets)
+    check_judge_test_sets(cfg.pairwise.test_sets, cfg.generate.test_sets)
+    return list(cfg.pairwise.test_sets)
 
 
 def reply_tokens(cfg: Config, template: JudgeTemplate) -> int:
-    """Max completion tokens of one pairwise judge reply: judge.judge.max_tokens for a SCORES template (only the
+    """Max completion tokens of one pairwise judge reply: judge.max_tokens for a SCORES template (only the
     first line is parsed, so the explanation may be cut), judge.grade_max_tokens for a VERDICT template (FastChat's
     judge explains first and gives its verdict last; FastChat asks for 2048 tokens)."""
-    return cfg.judge.grade_max_tokens if template.kind == VERDICT else cfg.judge.judge.max_tokens
+    return cfg.judge.grade_max_tokens if template.kind == VERDICT else cfg.judge.max_tokens
 
 
 def _job_files(cfg: Config, run: RunDir) -> list[tuple[Any, str, Path, Path, Path]]:
@@ -415,14 +414,14 @@ def _job_files(cfg: Config, run: RunDir) -> list[tuple[Any, str, Path, Path, Pat
 def _judge_files(cfg: Config, run: RunDir, client: Any, template: JudgeTemplate, refs: dict | None,
                  console: Any) -> None:
     """Judge every (job, test set) and log its counts and win rate."""
-    j = cfg.judge.judge
+    j = cfg.judge
     for job, name, ga, gb, out in _job_files(cfg, run):
         res = judge_pairs(client, read_generations(ga), read_generations(gb), job.arm_a, job.arm_b, out, template,
                           name, references=refs, temperature=j.temperature, max_tokens=reply_tokens(cfg, template),
                           console=console)
         wr = "n/a" if res["win_rate"] is None else f"{res['win_rate']:.3f}"
         console.print(
-            f"judge: {job.arm_a} vs {job.arm_b} seed {job.seed}"
+            f"pairwise: {job.arm_a} vs {job.arm_b} seed {job.seed}"
             f"{'' if job.phase is None else ' phase ' + str(job.phase)} {name}: {res['wins']}W "
             f"{res['ties']}T {res['losses']}L {res['unparseable']} unparseable"
             f"{', ' + str(res['no_reference']) + ' without reference' if res['no_reference'] else ''}"
@@ -432,7 +431,7 @@ def _judge_files(cfg: Config, run: RunDir, client: Any, template: JudgeTemplate,
 
 def _plan_all(cfg: Config, run: RunDir, client: Any, template: JudgeTemplate, refs: dict | None, console: Any) -> None:
     """The dry run: count the requests of every generated (job, test set) and log the estimate."""
-    j = cfg.judge.judge
+    j = cfg.judge
     planned: list[dict] = []
     missing = 0
     for _job, _name, ga, gb, _out in _job_files(cfg, run):
@@ -443,6 +442,6 @@ def _plan_all(cfg: Config, run: RunDir, client: Any, template: JudgeTemplate, re
             missing += 1
     est = client.estimate(planned)
     console.print(
-        f"judge (dry run): {est['requests']} distinct requests, {est['cached']} cached, {est['to_send']} to "
+        f"pairwise (dry run): {est['requests']} distinct requests, {est['cached']} cached, {est['to_send']} to "
         f"send, ~{est['prompt_tokens']} prompt + <= {est['completion_tokens']} completion tokens"
         f"{f'; {missing} test sets not generated yet (not counted)' if missing else ''}", highlight=False)

@@ -273,14 +273,14 @@ class JudgeJob:
 
 
 def judge_pairs_of(cfg: Config) -> list[tuple[str, str]]:
-    """`judge.pairs`, or every trained arm against the baseline (see `baseline_arm`).
+    """`pairwise.pairs`, or every trained arm against the baseline (see `baseline_arm`).
 
     Raises:
         PhasedIFTError: a pair names an arm that is not in train.arms, or an arm against itself.
     """
     arms = list(cfg.train.arms)
-    if cfg.judge.pairs:
-        pairs = [tuple(p) for p in cfg.judge.pairs]
+    if cfg.pairwise.pairs:
+        pairs = [tuple(p) for p in cfg.pairwise.pairs]
     else:
         base = baseline_arm(arms)
         pairs = [(a, base) for a in arms if a != base]

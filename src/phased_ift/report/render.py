@@ -154,7 +154,7 @@ def _win_rate_blocks(s: dict, cl: str) -> list[tuple]:
         B.append(("p", judge_check_line(s.get("judge_check") or {})))
         B.append(_final_table(s["comparisons"], cl))
     else:
-        B.append(("p", notes["judge"]))
+        B.append(("p", notes["pairwise"]))
     if s["seed_spread"]:
         B.append(("h2", "Across training seeds"))
         B.append(table(["comparison", "test set", "seeds", "mean win rate", "std", "min", "max", "mean LC", "std LC"],
@@ -183,7 +183,7 @@ def _trend_blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
             B.append(("img", plots["trend"], "win rate per phase with confidence intervals"))
         B.append(_final_table(s["trend"], cl, with_phase=True))
     else:
-        B.append(("p", s["notes"].get("trend") or s["notes"].get("judge", "")))
+        B.append(("p", s["notes"].get("trend") or s["notes"].get("pairwise", "")))
     return B
 
 

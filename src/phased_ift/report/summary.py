@@ -58,7 +58,7 @@ def read_judgements(run: RunDir) -> list[dict]:
             if r.get("verdict") not in VERDICTS:
                 raise PhasedIFTError(
                     f"{f}: line {i} has verdict {r.get('verdict')!r}, expected one of {list(VERDICTS)}; "
-                    f"delete the file and re-run `phased-ift judge` (cached replies cost nothing).")
+                    f"delete the file and re-run `phased-ift pairwise` (cached replies cost nothing).")
         if rows:
             out.append({"arm_a": j.arm, "arm_b": j.arm_b, "seed": j.seed, "phase": j.phase, "testset": j.testset,
                         "path": f, "rows": rows})
@@ -66,7 +66,7 @@ def read_judgements(run: RunDir) -> list[dict]:
 
 
 def _config_summary(cfg: Config) -> dict:
-    j = cfg.judge.judge
+    j = cfg.judge
     return {
         "model": cfg.model.name_or_path, "template": cfg.model.template, "scorer": cfg.scoring.scorer,
         "phases": cfg.phases.k, "phase_method": cfg.phases.method, "thresholds": list(cfg.phases.thresholds),
@@ -186,8 +186,9 @@ def _summarize_judge_check(run: RunDir, cfg: Config) -> dict:
             "position_consistency", "length_rule_agreement", "length_rule_agreement_with_tie", "unparseable_rate",
             "qualified")
     checks = [{k: c.get(k) for k in keep} for c in checks]
-    matched = [c for c in checks if c["judge"] == j.judge.model and c["template"] == j.template]
-    return {"judge": j.judge.model if j.judge.enabled else None, "template": j.template, "checks": checks,
+    template = cfg.pairwise.template
+    matched = [c for c in checks if c["judge"] == j.model and c["template"] == template]
+    return {"judge": j.model if j.enabled else None, "template": template, "checks": checks,
             "matched": max(matched, key=lambda c: c["n_pairs"] or 0) if matched else None}
 
 
@@ -259,16 +260,16 @@ def _summarize_judgements(s: dict, notes: dict, run: RunDir, cfg: Config) -> Non
     s["comparisons"] = [c for c in comps if c["phase"] is None]
     s["trend"] = [c for c in comps if c["phase"] is not None]
     if not comps:
-        notes["judge"] = (
-            "No pairwise judgements, so no win rates. To get them, set judge.judge.base_url and judge.judge.model "
+        notes["pairwise"] = (
+            "No pairwise judgements, so no win rates. To get them, set judge.base_url and judge.model "
             "(any OpenAI-compatible server; the API key goes in the environment variable named by "
-            "judge.judge.api_key_env) and run `phased-ift judge CONFIG`."
-            if not cfg.judge.judge.enabled else
-            f"A judge is configured ({cfg.judge.judge.model}) but no judgements exist yet: run "
-            "`phased-ift judge CONFIG`.")
+            "judge.api_key_env) and run `phased-ift pairwise CONFIG`."
+            if not cfg.judge.enabled else
+            f"A judge is configured ({cfg.judge.model}) but no judgements exist yet: run "
+            "`phased-ift pairwise CONFIG`.")
     elif not s["trend"]:
         notes["trend"] = ("No per-phase judgements, so no win-rate trend plot: set generate.every_phase=true, then run "
-                          "`phased-ift generate` and `phased-ift judge` again.")
+                          "`phased-ift generate` and `phased-ift pairwise` again.")
     s["seed_spread"] = _seed_spread(s["comparisons"])
     if s["comparisons"] and not s["seed_spread"]:
         notes["seeds"] = ("One training seed per arm, so no spread across seeds: set train.seeds=[0,1,2] to see how "

@@ -81,8 +81,8 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
         if w["mean"] is not None:
             lines.append(f"{sp['arm_a']} vs {sp['arm_b']} on {sp['testset']}: mean win rate {w['mean']:.3f} across "
                          f"{w['n_seeds']} seeds (std {fmt_num(w['std'])}, min {w['min']:.3f}, max {w['max']:.3f}).")
-    if not comps and summary.get("notes", {}).get("judge"):  # what to run for win rates: with the answer, before
-        lines.insert(n_answer, summary["notes"]["judge"])     # the descriptive lines, not among them
+    if not comps and summary.get("notes", {}).get("pairwise"):  # what to run for win rates: with the answer, before
+        lines.insert(n_answer, summary["notes"]["pairwise"])     # the descriptive lines, not among them
         n_answer += 1
     if comps:
         lines.append(judge_check_line(summary.get("judge_check") or {}))
