@@ -27,7 +27,7 @@ from rich.console import Console
 
 from phased_ift import modeling, shutdown  # modeling.release_memory / main_process_first: tests patch them
 from phased_ift.config import Config, DataSource, config_to_dict, save_config
-from phased_ift.data import (SOURCES, Example, combine_results, data_home, load_source, load_test_set, read_examples,
+from phased_ift.data import (SOURCES, Example, ExampleFile, combine_results, data_home, load_source, load_test_set,
                              write_examples)
 from phased_ift.design import controls, evaluation_cells, judge_jobs
 from phased_ift.errors import PhasedIFTError
@@ -129,12 +129,12 @@ def _score(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | N
     """
     if not run.train_data.is_file():
         raise PhasedIFTError(f"{run.train_data} is missing; run `phased-ift data` / the data step first.")
-    examples = read_examples(run.train_data)
-    cache_dir = run.llm_cache.parent
-    if dry_run:
-        dry_run_score(examples, cfg, cache_dir, console=console)
-        return
-    s = score_examples(examples, cfg, run.scores(cfg.scoring.scorer), cache_dir=cache_dir, console=console)
+    with ExampleFile(run.train_data) as examples:  # ids in memory; rows read as the scorer asks for them
+        cache_dir = run.llm_cache.parent
+        if dry_run:
+            dry_run_score(examples, cfg, cache_dir, console=console)
+            return
+        s = score_examples(examples, cfg, run.scores(cfg.scoring.scorer), cache_dir=cache_dir, console=console)
     if console is not None and s.rank == 0:  # under a launch the main process reports every rank's rows
         extra = "".join(f", {k} {v:.3f}" if isinstance(v, float) else f", {k} {v}" for k, v in s.stats.items()
                         if k in ("padding_fraction", "cv_auc", "cv_spearman", "n_labelled"))

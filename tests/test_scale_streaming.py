@@ -1,0 +1,75 @@
+"""The steps hold O(batch) rows, not every example (issue 29 item 2): the lazy data file (`data.ExampleFile`), the
+jsonl line index (`runio.JsonlIndex`), the score step's lazy todo list and final rewrite, and files byte-identical
+to those of the in-memory code paths, on real Alpaca records from the data home."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from phased_ift import scoring
+from phased_ift.config import load_config
+from phased_ift.data import Example, ExampleFile, read_file, write_examples
+from phased_ift.data.sources import data_home
+from phased_ift.runio import AppendLog, JsonlDecodeError, JsonlIndex
+
+
+def _examples(n: int = 120) -> list[Example]:
+    return read_file(data_home() / "alpagasus" / "random_9k.json").examples[:n]
+
+
+def test_jsonl_index_reads_rows_by_position_and_keeps_small_values(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    rows = [{"id": f"r{i}", "text": "é" * i} for i in range(5)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" + ("\n" if i == 2 else "")
+                            for i, r in enumerate(rows)), encoding="utf-8")
+    with JsonlIndex(path, keep=lambda r: r["id"]) as index:
+        assert len(index) == 5 and index.values == [r["id"] for r in rows]
+        assert [index.row(i) for i in (4, 0, 3)] == [rows[4], rows[0], rows[3]]
+    assert len(JsonlIndex(path)) == 5  # offsets only, nothing parsed
+    path.write_text('{"id": 1}\n{"id": \n', encoding="utf-8")
+    with pytest.raises(JsonlDecodeError, match="line 2"):
+        JsonlIndex(path, keep=lambda r: r)
+
+
+def test_append_log_without_rows_counts_and_knows_done(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"id": "a"}\n', encoding="utf-8")
+    with AppendLog(path, keep_rows=False) as log:
+        log.append({"id": "b"})
+        assert len(log) == 2 and log.done == {"a", "b"}
+        with pytest.raises(ValueError, match="keep_rows=False"):
+            log.rows()
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["a", "b"]
+
+
+def test_example_file_is_a_lazy_sequence_equal_to_the_list(tmp_path):
+    examples = _examples(50)
+    path = write_examples(tmp_path / "train.jsonl", examples)
+    with ExampleFile(path) as data:
+        assert len(data) == 50 and data.ids == [e.id for e in examples]
+        assert list(data) == examples and data[7] == examples[7] and data[-1] == examples[-1]
+        assert data[10:13] == examples[10:13]
+        part = data.subset([1, 4, 30])
+        assert list(part) == [examples[i] for i in (1, 4, 30)] and part.ids == [examples[i].id for i in (1, 4, 30)]
+        assert part[2] == examples[30] and list(part.subset([0, 2])) == [examples[1], examples[30]]
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["fresh", "resumed"])
+def test_scoring_a_file_writes_the_bytes_of_scoring_the_list(tmp_path, resume):
+    examples = _examples()
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "scoring.scorer=length",
+                             "model.name_or_path=smollm2-135m-instruct"])
+    want = tmp_path / "list.jsonl"
+    scoring.score_examples(examples, cfg, want)
+    got = tmp_path / "file.jsonl"
+    if resume:  # a killed run left every third row, one of them failed, and a torn tail
+        lines = want.read_text(encoding="utf-8").splitlines(keepends=True)[::3]
+        failed = json.loads(lines[1]) | {"score": None, "error": "boom"}
+        got.write_text("".join(lines[:1] + [json.dumps(failed) + "\n"] + lines[2:]) + '{"id": "x', encoding="utf-8")
+    with ExampleFile(write_examples(tmp_path / "train.jsonl", examples)) as data:
+        s = scoring.score_examples(data, cfg, got)
+    assert got.read_bytes() == want.read_bytes()
+    assert s.total == len(examples) and s.reused + s.scored == len(examples) and s.failed == 0
+    assert s.reused == (len(lines) - 1 if resume else 0)
