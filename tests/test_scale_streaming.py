@@ -73,3 +73,57 @@ def test_scoring_a_file_writes_the_bytes_of_scoring_the_list(tmp_path, resume):
     assert got.read_bytes() == want.read_bytes()
     assert s.total == len(examples) and s.reused + s.scored == len(examples) and s.failed == 0
     assert s.reused == (len(lines) - 1 if resume else 0)
+
+
+def _split_run(root, examples: list[Example]):
+    """A run dir with data/train.jsonl (two sequential examples among them) and scores/length.jsonl with one
+    failed row and one example without a row."""
+    from phased_ift.rundir import RunDir
+    from phased_ift.runio import write_jsonl
+
+    run = RunDir(root)
+    examples = list(examples)
+    for i, orig in ((3, 10), (4, 11)):
+        examples[i] = Example(examples[i].id, examples[i].messages,
+                              {**examples[i].meta, "sequential": "file", "replaces": examples[orig].id})
+    write_examples(run.train_data, examples)
+    rows = [{"id": e.id, "score": float(len(e.response) % 17), "error": None, "extra": [1, 2]} for e in examples[:-1]]
+    rows[5] = {"id": rows[5]["id"], "score": None, "error": "failed"}
+    write_jsonl(run.scores("length"), rows)
+    return run
+
+
+@pytest.mark.parametrize("method,thresholds", [("quantiles", []), ("thresholds", [5.0, 11.0])])
+def test_split_writes_the_bytes_of_splitting_the_examples_in_memory(tmp_path, method, thresholds):
+    from phased_ift.design import controls
+    from phased_ift.phases import split_into_phases, write_phases, write_split
+
+    examples = _examples()
+    ctl = controls(["phased", "random", "reverse"])
+    got = _split_run(tmp_path / "streamed", examples)
+    write_split(got, "length", 3, method, thresholds, 7, ctl)
+    want = _split_run(tmp_path / "in-memory", examples)  # the code before issue 29: every Example in memory
+    from phased_ift.data import read_examples
+    from phased_ift.runio import read_scores
+
+    data = read_examples(want.train_data)
+    rows = read_scores(want.scores("length"))
+    scores = {i: float(r["score"]) for i, r in rows.items() if r.get("score") is not None}
+    phases = split_into_phases([e for e in data if e.id in scores], scores, 3, method, thresholds, 7)
+    write_phases(want, phases, ctl, scorer="length", method=method, thresholds=thresholds, seed=7, n_failed=1,
+                 n_unscored=1)
+    files = sorted(p.relative_to(want.root) for p in (want.root / "phases").rglob("*") if p.is_file())
+    assert len(files) == 3 * 3 + 1
+    assert files == sorted(p.relative_to(got.root) for p in (got.root / "phases").rglob("*") if p.is_file())
+    for f in files:
+        assert (got.root / f).read_bytes() == (want.root / f).read_bytes(), f
+
+
+def test_split_refuses_an_id_twice(tmp_path):
+    from phased_ift.errors import PhasedIFTError
+    from phased_ift.phases import write_split
+
+    examples = _examples(12)
+    run = _split_run(tmp_path, examples[:11] + [Example(examples[0].id, examples[11].messages, {})])
+    with pytest.raises(PhasedIFTError, match=r"occurs twice .*\(rows 1 and 12\)"):
+        write_split(run, "length", 3, "quantiles", [], 0, {})

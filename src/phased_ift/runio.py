@@ -436,12 +436,31 @@ def read_scores(path: str | Path) -> dict[str, dict[str, Any]]:
     Raises:
         PhasedIFTError: a row without an `id` (names the file and line).
     """
-    path = Path(path)
+    return dict(_score_rows(Path(path)))
+
+
+def read_score_values(path: str | Path) -> dict[str, float | None]:
+    """`read_scores` reduced to {id: score (float) or None (a failed row)}: what the split needs, without holding
+    every row's extras (the length scorer's features, the judge's replies) in memory.
+
+    Raises:
+        PhasedIFTError: as `read_scores`; a score that is not a number (names the file and id).
+    """
+    out: dict[str, float | None] = {}
+    for rid, row in _score_rows(Path(path)):
+        score = row.get("score")
+        try:
+            out[rid] = None if score is None else float(score)
+        except (TypeError, ValueError):
+            raise PhasedIFTError(f"{path}: the score of id {rid!r} is {score!r}, not a number; re-run the "
+                                 f"scorer.") from None
+    return out
+
+
+def _score_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if not path.is_file():
-        return {}
-    rows: dict[str, dict[str, Any]] = {}
+        return
     for i, row in enumerate(read_jsonl(path, tolerate_torn_tail=True), 1):
         if "id" not in row:
             raise PhasedIFTError(f"{path} line {i} has no `id`; re-run the scorer.")
-        rows[str(row["id"])] = row
-    return rows
+        yield str(row["id"]), row
