@@ -127,3 +127,28 @@ def test_split_refuses_an_id_twice(tmp_path):
     run = _split_run(tmp_path, examples[:11] + [Example(examples[0].id, examples[11].messages, {})])
     with pytest.raises(PhasedIFTError, match=r"occurs twice .*\(rows 1 and 12\)"):
         write_split(run, "length", 3, "quantiles", [], 0, {})
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["assumed-phases", "split"])
+def test_plan_of_stand_ins_equals_the_plan_of_whole_examples(tmp_path, monkeypatch, split):
+    """The plan keeps stand-ins (no messages) for examples whose count is cached: the same plan as reading every
+    example whole (the code before issue 29), cold and warm, with a sequential mix and arms that rearrange."""
+    from phased_ift.data import read_examples
+    from phased_ift.design import controls
+    from phased_ift.phases import write_split
+    from phased_ift.train import plan as plan_mod
+
+    arms = ["phased", "one-off", "random", "reverse", "replay", "sorted", "sit-phased"]
+    run = _split_run(tmp_path / "run", _examples())
+    cfg = load_config(None, [f"run_dir={run.root}", "model.name_or_path=smollm2-135m-instruct", "model.max_length=96",
+                             "sit.source=offline", f"train.arms={json.dumps(arms)}", "train.replay_ratio=0.2"])
+    if split:
+        write_split(run, "length", 3, "quantiles", [], 0, controls(arms))
+    cold = plan_mod.plan_training(cfg, run, world_size=1)
+    warm = plan_mod.plan_training(cfg, run, world_size=1)
+    assert "counted once" in cold["note"] and "read from" in warm["note"]
+    monkeypatch.setattr(plan_mod, "_plan_reader", lambda known: read_examples)
+    whole = plan_mod.plan_training(cfg, run, world_size=1)
+    assert {k: v for k, v in warm.items() if k != "note"} == {k: v for k, v in whole.items() if k != "note"}
+    assert {k: v for k, v in cold.items() if k != "note"} == {k: v for k, v in whole.items() if k != "note"}
+    assert sum(r["sequential"] for r in whole["arms"]["sit-phased"]) == 2

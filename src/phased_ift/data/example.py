@@ -84,7 +84,16 @@ def read_examples(path: str | os.PathLike) -> list[Example]:
     Raises:
         FileNotFoundError, or runio.JsonlDecodeError naming the file and line of a line that is not JSON.
     """
-    return [Example.from_dict(d) for d in read_jsonl(path)]
+    return list(iter_examples(path))
+
+
+def iter_examples(path: str | os.PathLike) -> Iterator[Example]:
+    """`read_examples` as a stream: one row in memory at a time (the file opens at the first `next()`).
+
+    Raises:
+        as `read_examples`.
+    """
+    return (Example.from_dict(d) for d in read_jsonl(path))
 
 
 class ExampleFile(Sequence):
