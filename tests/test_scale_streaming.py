@@ -152,3 +152,71 @@ def test_plan_of_stand_ins_equals_the_plan_of_whole_examples(tmp_path, monkeypat
     assert {k: v for k, v in warm.items() if k != "note"} == {k: v for k, v in whole.items() if k != "note"}
     assert {k: v for k, v in cold.items() if k != "note"} == {k: v for k, v in whole.items() if k != "note"}
     assert sum(r["sequential"] for r in whole["arms"]["sit-phased"]) == 2
+
+
+def _old_combine(results, dedupe=True):
+    """combine_results as it was before issue 29 (every Example in a list), the reference of the streamed one."""
+    from phased_ift.data.formats import message_key
+    from phased_ift.data.loading import _reject_row
+    from phased_ift.data import unique_id
+
+    examples, rejects, seen_ids, seen_messages = [], [], set(), {}
+    for result in results:
+        rejects.extend(result.rejects)
+        for e in result.examples:
+            key = message_key(e.messages)
+            if dedupe and key in seen_messages:
+                first_id, first_source = seen_messages[key]
+                rejects.append(_reject_row(result.source, None, e.to_dict(), f"duplicate example: same messages as "
+                                           f"id {first_id!r} from source {first_source!r}"))
+                continue
+            rid = unique_id(e.id, seen_ids, result.source)
+            seen_messages.setdefault(key, (rid, result.source))
+            examples.append(Example(rid, e.messages, e.meta) if rid != e.id else e)
+    return examples, rejects
+
+
+def test_data_step_streams_the_bytes_of_the_in_memory_step(tmp_path):
+    """Two sources (a seeded sample of a named one; a file repeating some of its records, with bad lines, a
+    duplicate and a clashing id): data/train.jsonl and data/rejects.jsonl equal those of reading every source
+    into a list, sampling it and combining the lists (the data step before issue 29)."""
+    from phased_ift import pipeline
+    from phased_ift.data import read_file
+    from phased_ift.data.sources import _sample, source_path
+    from phased_ift.rundir import RunDir
+    from phased_ift.runio import write_jsonl
+
+    records = json.loads(source_path("alpagasus/random_9k").read_text(encoding="utf-8"))
+    extra = tmp_path / "extra.jsonl"
+    lines = [json.dumps(r) for r in records[:40:2]] + ['{"instruction": "x"', json.dumps(records[41]),
+                                                       json.dumps({**records[42], "id": "random_9k-0"}), "[1]"]
+    extra.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "data.train=[{name: alpagasus/random_9k, limit: 300, "
+                             f"seed: 3}}, {{path: {extra}, format: alpaca}}]"])
+    run = RunDir(tmp_path / "run")
+    pipeline._data(cfg, run)
+    one = read_file(source_path("alpagasus/random_9k"), "alpaca", source="alpagasus/random_9k")
+    one.examples = _sample(one.examples, 300, 3)
+    two = read_file(extra, "alpaca", source=str(extra))
+    examples, rejects = _old_combine([one, two])
+    want = tmp_path / "want"
+    write_jsonl(want / "rejects.jsonl", rejects)
+    write_examples(want / "train.jsonl", examples)
+    assert len(examples) > 300 and len(rejects) >= 3
+    for name in ("train.jsonl", "rejects.jsonl"):
+        assert (run.root / "data" / name).read_bytes() == (want / name).read_bytes(), name
+
+
+def test_data_step_writes_nothing_when_every_record_is_rejected(tmp_path):
+    from phased_ift import pipeline
+    from phased_ift.errors import PhasedIFTError
+    from phased_ift.rundir import RunDir
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": ""}\n', encoding="utf-8")
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"data.train=[{{path: {bad}, format: alpaca}}]"])
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(PhasedIFTError, match="every record .* was rejected"):
+        pipeline._data(cfg, run)
+    assert not run.train_data.exists() and not run.rejects.exists()
+    assert not list((run.root / "data").glob(".*.tmp"))

@@ -335,7 +335,6 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
         n_failed = sum(e.id in failed_set and e.id not in scores for e in data.values)
         n_unscored = len(data.values) - len(kept) - n_failed
         phases = split_into_phases(kept, scores, k, method, thresholds, seed)
-        del kept
 
         def full(e: Example) -> Example:  # the example of data/train.jsonl with the split's score
             row = Example.from_dict(data.row(at[e.id]))
@@ -347,7 +346,7 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
         sizes = ", ".join(str(p["count"]) for p in manifest["phases"])
         excluded = (f"; excluded {n_failed} examples whose scoring failed (score null) and {n_unscored} without a "
                     f"score row") if (n_failed or n_unscored) else ""
-        console.print(f"split: {len(kept)} examples into {k} phases ({sizes}) by {method}{excluded} -> "
+        console.print(f"split: {manifest['n_examples']} examples into {k} phases ({sizes}) by {method}{excluded} -> "
                       f"{run.phases_manifest}")
     return manifest
 

@@ -33,7 +33,7 @@ from array import array
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from phased_ift.diskerrors import write_error, writing
+from phased_ift.diskerrors import DiskWriteError, write_error, writing
 from phased_ift.errors import PhasedIFTError
 
 __all__ = ["AppendLog", "JsonlDecodeError", "JsonlIndex", "append_jsonl", "atomic_write_bytes", "atomic_write_json",
@@ -76,6 +76,8 @@ def _atomic_write(path: str | os.PathLike, chunks: Iterable[bytes], *, fsync: bo
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+    except DiskWriteError:  # already one line naming its own file (a write of `before_replace`, of a row source)
+        raise
     except Exception as e:  # a full disk, a quota, a read-only mount: one line naming the file (`diskerrors`)
         exact = isinstance(chunks, (list, tuple))
         err = write_error(e, path, size or None, "" if exact else " (at least: the part written before it failed)")

@@ -315,7 +315,8 @@ def _append_rows(name: str, todo: Sequence[Example], ctx: ScoreContext, out_path
     t0 = time.perf_counter()
     with LoggedProgress(TextColumn(f"score {name}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=ctx.console,
-                        disable=ctx.console is None, transient=True) as bar, AppendLog(out_path, keep_rows=False) as log:
+                        disable=ctx.console is None, transient=True) as bar, \
+            AppendLog(out_path, keep_rows=False) as log:
         task = bar.add_task("score", total=len(todo), rate="")
         for row in SCORERS[name](todo, ctx):
             rid = str(row["id"])
