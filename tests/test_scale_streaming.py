@@ -220,3 +220,44 @@ def test_data_step_writes_nothing_when_every_record_is_rejected(tmp_path):
         pipeline._data(cfg, run)
     assert not run.train_data.exists() and not run.rejects.exists()
     assert not list((run.root / "data").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("source", ["file", "generated", "offline", "none"])
+def test_the_streamed_mix_equals_the_mix_of_the_list(tmp_path, source):
+    """`mix_stream` (the data step's) gives `mix_into`'s examples, rejects and note; a pool file or sit-generate's
+    file needs only the originals' ids, so the originals pass through it one at a time."""
+    from phased_ift.config import config_from_dict
+    from phased_ift.rundir import RunDir
+    from phased_ift.sit.mix import mix_into, mix_stream
+
+    originals = _examples(80)
+    run = RunDir(tmp_path / "r")
+    pool = tmp_path / "pool.jsonl"
+    rows = [{"id": originals[i].id, "messages": [{"role": "user", "content": f"First {originals[i].instruction}, "
+             f"then {originals[i + 1].instruction}"}, {"role": "assistant", "content": "1. A\n2. B"}]}
+            for i in range(0, 60, 2)]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"id": "bad", "messages": []}\n',
+                    encoding="utf-8")
+    if source == "generated":
+        run.sit("sequential.jsonl").parent.mkdir(parents=True)
+        write_examples(run.sit("sequential.jsonl"), [Example(f"sit-llm:{r['id']}", r["messages"], {
+            "sequential": "llm", "source_ids": [r["id"]]}) for r in rows])
+    sit = {"source": str(pool) if source == "file" else source, "ratio": 0.25, "kind": "chain",
+           "generator": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}}
+    cfg = config_from_dict({"train": {"arms": ["sit"]}, "sit": sit} if source != "none" else {})
+    want, want_rejects, want_note = mix_into(originals, cfg.sit, run)
+    seen = []
+
+    def stream():
+        for e in originals:
+            seen.append(e.id)
+            yield e
+
+    examples, found = mix_stream(stream(), cfg.sit, run)
+    first = next(examples)
+    if source in ("file", "generated", "none"):
+        assert seen == [originals[0].id]  # not read ahead: one original at a time
+    got = [first] + list(examples)
+    assert got == want and found.rejects == want_rejects and found.note == want_note
+    assert sum(map(lambda e: bool(e.meta.get("sequential")), got)) == (0 if source == "none" else 20)
+    assert len(want_rejects) == (1 if source == "file" else 0)

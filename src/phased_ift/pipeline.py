@@ -42,7 +42,7 @@ from phased_ift.rundir import RunDir
 from phased_ift.runio import write_jsonl
 from phased_ift.scoring import dry_run_score, score_examples
 from phased_ift.sit.generation import generate_step, plan_row
-from phased_ift.sit.mix import mix_into
+from phased_ift.sit.mix import mix_stream
 from phased_ift.train import plan_training, print_plan, train_phases
 
 # (cfg, run, dry_run, console) -> the step's result (the data step: the RunDir; report: the summary dict)
@@ -89,8 +89,9 @@ def _data(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | No
     Sources are concatenated in config order; with cfg.data.dedupe, duplicate examples (within and across sources)
     go to rejects. Ids are made unique ("<source>:<id>" on collision). rejects.jsonl is written before
     train.jsonl, so an existing train.jsonl means the step finished. The examples stream from the sources into the
-    file (`data.stream_source`, `data.combine_streams`: the ids and a digest per example in memory), except with
-    `sit.source` set, where the sequential mix holds the originals.
+    file (`data.stream_source`, `data.combine_streams`: the ids and a digest per example in memory; with
+    `sit.source`, `sit.mix.mix_stream` appends the sequential examples, holding the originals only for
+    sit.source=offline, which composes from their texts).
 
     Raises:
         PhasedIFTError: no sources configured, an unreadable source, or every record rejected.
@@ -102,24 +103,22 @@ def _data(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | No
                              "alpagasus/random_9k, limit: 1000}]}` (named sources: `phased-ift data sources`), or "
                              "a file with `path:`.")
     streams = [stream_source(ds, dedupe=cfg.data.dedupe) for ds in cfg.data.train]
-    examples, rejects = combine_streams(streams, dedupe=cfg.data.dedupe)
-    sit_note = ""
-    if cfg.sit.source != "none":  # the mix draws from and replaces among all originals: it holds them
-        originals = list(examples)
-        examples, sit_rejects, sit_note = mix_into(originals, cfg.sit, run) if originals else (originals, [], "")
-        rejects += sit_rejects  # the sequential mix's pool rejects (`sit.mix`)
-    n = _write_data(run, examples, rejects)
+    originals, rejects = combine_streams(streams, dedupe=cfg.data.dedupe)
+    examples, mixed = mix_stream(originals, cfg.sit, run)  # sit.source: the sequential mix, none: as they come
+    n = _write_data(run, examples, lambda: rejects + mixed.rejects)
+    rejects += mixed.rejects
     if console is not None:
         results = [r for _, r in streams]
         sampled = "".join(f"; {d.name or d.path}: a seeded sample of {d.limit} of {r.total - len(r.rejects)} "
                           f"usable records" for d, r in zip(cfg.data.train, results) if d.limit)
         console.print(f"data: {n} examples from {len(results)} source(s){sampled}; {len(rejects)} "
-                      f"records rejected (reasons in {run.rejects}) -> {run.train_data}" + sit_note, highlight=False)
+                      f"records rejected (reasons in {run.rejects}) -> {run.train_data}" + mixed.note,
+                      highlight=False)
     return run
 
 
-def _write_data(run: RunDir, examples: Iterable[Example], rejects: list[dict[str, Any]]) -> int:
-    """Stream `examples` into data/train.jsonl; once the last is written (and `rejects` complete), write
+def _write_data(run: RunDir, examples: Iterable[Example], rejects: Callable[[], list[dict[str, Any]]]) -> int:
+    """Stream `examples` into data/train.jsonl; once the last is written, write `rejects()` (complete by then) to
     data/rejects.jsonl, then put train.jsonl in place (`runio.write_jsonl`'s before_replace): rejects first, so an
     existing train.jsonl means the step finished. Returns the examples written.
 
@@ -135,12 +134,13 @@ def _write_data(run: RunDir, examples: Iterable[Example], rejects: list[dict[str
             yield e.to_dict()
 
     def rejects_first() -> None:
+        found = rejects()
         if not n:
-            reasons = sorted({r["reason"].split(":", 1)[0] for r in rejects})
-            raise PhasedIFTError(f"data: every record of the configured sources was rejected ({len(rejects)} "
+            reasons = sorted({r["reason"].split(":", 1)[0] for r in found})
+            raise PhasedIFTError(f"data: every record of the configured sources was rejected ({len(found)} "
                                  f"rejects; reasons: {', '.join(reasons) or 'none'}). Run `phased-ift data check "
                                  f"FILE` on each source to see why, and fix the files or their `format:`.")
-        write_jsonl(run.rejects, rejects)
+        write_jsonl(run.rejects, found)
 
     write_jsonl(run.train_data, rows(), before_replace=rejects_first)
     return n
