@@ -21,14 +21,14 @@ from __future__ import annotations
 import itertools
 import shutil
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from rich.console import Console
 
 from phased_ift import modeling, shutdown  # modeling.release_memory / main_process_first: tests patch them
 from phased_ift.config import Config, DataSource, config_to_dict, save_config
 from phased_ift.config_choices import testset_key
-from phased_ift.data import (SOURCES, Example, combine_results, data_home, load_source, load_test_set,
+from phased_ift.data import (SOURCES, Example, combine_streams, data_home, load_source, load_test_set, stream_source,
                              write_examples)
 from phased_ift.errors import PhasedIFTError
 from phased_ift.evals.step import evaluate_all, evaluate_needs, grade_requests
@@ -42,7 +42,7 @@ from phased_ift.rundir import RunDir
 from phased_ift.runio import write_jsonl
 from phased_ift.scoring.step import score_step
 from phased_ift.sit.generation import generate_step, plan_row
-from phased_ift.sit.mix import mix_into
+from phased_ift.sit.mix import mix_stream
 from phased_ift.phases.design import evaluation_cells, judge_jobs
 from phased_ift.phases.step import split_step
 from phased_ift.train import plan_training, train_step
@@ -90,7 +90,10 @@ def _data(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | No
 
     Sources are concatenated in config order; with cfg.data.dedupe, duplicate examples (within and across sources)
     go to rejects. Ids are made unique ("<source>:<id>" on collision). rejects.jsonl is written before
-    train.jsonl, so an existing train.jsonl means the step finished.
+    train.jsonl, so an existing train.jsonl means the step finished. The examples stream from the sources into the
+    file (`data.stream_source`, `data.combine_streams`: the ids and a digest per example in memory; with
+    `sit.source`, `sit.mix.mix_stream` appends the sequential examples, holding the originals only for
+    sit.source=offline, which composes from their texts).
 
     Raises:
         PhasedIFTError: no sources configured, an unreadable source, or every record rejected.
@@ -101,23 +104,48 @@ def _data(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | No
         raise PhasedIFTError("config: data.train lists no sources. Add one, e.g. `data: {train: [{name: "
                              "alpagasus/random_9k, limit: 1000}]}` (named sources: `phased-ift data sources`), or "
                              "a file with `path:`.")
-    results = [load_source(ds, dedupe=cfg.data.dedupe) for ds in cfg.data.train]
-    examples, rejects = combine_results(results, dedupe=cfg.data.dedupe)
-    examples, sit_rejects, sit_note = mix_into(examples, cfg.sit, run) if examples else (examples, [], "")
-    rejects += sit_rejects  # sit.source: the sequential mix (`sit.mix`), none: nothing added
-    if not examples:
-        reasons = sorted({r["reason"].split(":", 1)[0] for r in rejects})
-        raise PhasedIFTError(f"data: every record of the configured sources was rejected ({len(rejects)} rejects; "
-                             f"reasons: {', '.join(reasons) or 'none'}). Run `phased-ift data check FILE` on each "
-                             f"source to see why, and fix the files or their `format:`.")
-    write_jsonl(run.rejects, rejects)
-    write_examples(run.train_data, examples)
+    streams = [stream_source(ds, dedupe=cfg.data.dedupe) for ds in cfg.data.train]
+    originals, rejects = combine_streams(streams, dedupe=cfg.data.dedupe)
+    examples, mixed = mix_stream(originals, cfg.sit, run)  # sit.source: the sequential mix, none: as they come
+    n = _write_data(run, examples, lambda: rejects + mixed.rejects)
+    rejects += mixed.rejects
     if console is not None:
+        results = [r for _, r in streams]
         sampled = "".join(f"; {d.name or d.path}: a seeded sample of {d.limit} of {r.total - len(r.rejects)} "
                           f"usable records" for d, r in zip(cfg.data.train, results) if d.limit)
-        console.print(f"data: {len(examples)} examples from {len(results)} source(s){sampled}; {len(rejects)} "
-                      f"records rejected (reasons in {run.rejects}) -> {run.train_data}" + sit_note, highlight=False)
+        console.print(f"data: {n} examples from {len(results)} source(s){sampled}; {len(rejects)} "
+                      f"records rejected (reasons in {run.rejects}) -> {run.train_data}" + mixed.note,
+                      highlight=False)
     return run
+
+
+def _write_data(run: RunDir, examples: Iterable[Example], rejects: Callable[[], list[dict[str, Any]]]) -> int:
+    """Stream `examples` into data/train.jsonl; once the last is written, write `rejects()` (complete by then) to
+    data/rejects.jsonl, then put train.jsonl in place (`runio.write_jsonl`'s before_replace): rejects first, so an
+    existing train.jsonl means the step finished. Returns the examples written.
+
+    Raises:
+        PhasedIFTError: no example at all (every record rejected): neither file is written.
+    """
+    n = 0
+
+    def rows() -> Iterator[dict[str, Any]]:
+        nonlocal n
+        for e in examples:
+            n += 1
+            yield e.to_dict()
+
+    def rejects_first() -> None:
+        found = rejects()
+        if not n:
+            reasons = sorted({r["reason"].split(":", 1)[0] for r in found})
+            raise PhasedIFTError(f"data: every record of the configured sources was rejected ({len(found)} "
+                                 f"rejects; reasons: {', '.join(reasons) or 'none'}). Run `phased-ift data check "
+                                 f"FILE` on each source to see why, and fix the files or their `format:`.")
+        write_jsonl(run.rejects, found)
+
+    write_jsonl(run.train_data, rows(), before_replace=rejects_first)
+    return n
 
 
 def _generate(cfg: Config, run: RunDir, dry_run: bool = False, console: Console | None = None) -> None:

@@ -12,6 +12,9 @@ Every file a step writes goes through here, so that a reader (or a resumed run) 
       (unterminated and unparseable) last line is cut off and the ids already done are known, so the run resumes.
   read_jsonl
       rows of a jsonl file this project wrote; a bad line is an error naming the file and line.
+  JsonlIndex
+      random access to the rows of a jsonl file by position (the byte offset of each line, found in one pass), so a
+      caller can hold small per-row values instead of every row (the split, the score step's final rewrite).
   read_scores
       the one reader of a scores file (scores/<scorer>.jsonl: rows by id, the last row of an id wins); the scoring
       step resumes from it and the split reads it.
@@ -26,13 +29,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from array import array
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from phased_ift.diskerrors import write_error, writing
+from phased_ift.diskerrors import DiskWriteError, write_error, writing
 from phased_ift.errors import PhasedIFTError
 
-__all__ = ["AppendLog", "JsonlDecodeError", "append_jsonl", "atomic_write_bytes", "atomic_write_json",
+__all__ = ["AppendLog", "JsonlDecodeError", "JsonlIndex", "append_jsonl", "atomic_write_bytes", "atomic_write_json",
            "atomic_write_text", "atomic_write_chunks", "drop_torn_tail", "read_jsonl", "write_jsonl"]
 
 
@@ -42,12 +46,15 @@ __all__ = ["AppendLog", "JsonlDecodeError", "append_jsonl", "atomic_write_bytes"
 
 
 def _atomic_write(path: str | os.PathLike, chunks: Iterable[bytes], *, fsync: bool = False,
-                  mode: int = 0o644) -> Path:
+                  mode: int = 0o644, before_replace: Callable[[], None] | None = None) -> Path:
     """The only temp-file + rename in the package: every `atomic_write_*` and `write_jsonl` end here.
 
     The temp file is ".<name>.<random>.tmp" in the target's folder (same filesystem, so `os.replace` is atomic).
     `mode` is set on it before the rename (mkstemp creates 0600; run-dir files and reports are meant to be
     shared). `fsync=True` also forces the bytes to disk before the rename (survives power loss, not only kill -9).
+    `before_replace` runs after the last chunk is written and before the rename (a file that must exist before
+    this one, e.g. data/rejects.jsonl, whose rows are known once the chunks are consumed); if it raises, the
+    target stays as it was.
     """
     path = Path(path)
     size = 0
@@ -63,10 +70,14 @@ def _atomic_write(path: str | os.PathLike, chunks: Iterable[bytes], *, fsync: bo
                     f.flush()
                     os.fsync(f.fileno())
             os.chmod(tmp, mode)
+            if before_replace is not None:
+                before_replace()
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+    except DiskWriteError:  # already one line naming its own file (a write of `before_replace`, of a row source)
+        raise
     except Exception as e:  # a full disk, a quota, a read-only mount: one line naming the file (`diskerrors`)
         exact = isinstance(chunks, (list, tuple))
         err = write_error(e, path, size or None, "" if exact else " (at least: the part written before it failed)")
@@ -104,11 +115,12 @@ def _dump_row(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False) + "\n"
 
 
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]], *, fsync: bool = False) -> int:
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]], *, fsync: bool = False,
+                before_replace: Callable[[], None] | None = None) -> int:
     """Write rows as JSON lines atomically: a reader never sees a half-written file.
 
-    `rows` may be a generator; it is consumed while the temp file is written, and if it raises the target is
-    left as it was.
+    `rows` may be a generator; it is consumed while the temp file is written (one row in memory at a time), and if
+    it raises the target is left as it was. `before_replace`: see `_atomic_write` (runs once every row is written).
 
     Returns:
         The number of rows written.
@@ -121,7 +133,7 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]], *, fsyn
             yield _dump_row(row).encode("utf-8")
             count += 1
 
-    _atomic_write(path, chunks(), fsync=fsync)
+    _atomic_write(path, chunks(), fsync=fsync, before_replace=before_replace)
     return count
 
 
@@ -185,6 +197,75 @@ def read_jsonl(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Ite
     """
     for _, row in numbered_rows(Path(path), tolerate_torn_tail):
         yield row
+
+
+class JsonlIndex:
+    """Random access to the rows of a JSON-lines file: the byte offset of each non-blank line (8 bytes per row,
+    found in one streaming pass), and optionally one small value per row (`keep(row)`, e.g. its id), so that a
+    caller holds those instead of the rows. `row(i)` seeks to line i and parses it.
+
+        with JsonlIndex(path, keep=lambda r: r["id"]) as index:
+            ids = index.values            # one per row, file order
+            first = index.row(0)          # the parsed row
+
+    Args:
+        path: the file (this project's jsonl, e.g. data/train.jsonl or a scores file).
+        keep: called with each parsed row while indexing; its results are `values` (None: rows are not parsed
+            while indexing, only their offsets found).
+
+    Raises:
+        FileNotFoundError: no such file. JsonlDecodeError: with `keep`, a line that is not JSON (file and line);
+        `keep`'s own exceptions.
+    """
+
+    def __init__(self, path: str | os.PathLike, keep: Callable[[Any], Any] | None = None) -> None:
+        self.path = Path(path)
+        self.offsets = array("q")
+        self.values: list[Any] = []
+        self._file: Any = None
+        pos = 0
+        with open(self.path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    self.offsets.append(pos)
+                    if keep is not None:
+                        self.values.append(keep(_parse_line(self.path, lineno, line)))
+                pos += len(line)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def row(self, i: int) -> Any:
+        """The parsed row at position i (0-based among the non-blank lines).
+
+        Raises:
+            IndexError: i out of range. JsonlDecodeError: the line is not JSON (named as line 0: the line number
+                is not counted here).
+        """
+        if self._file is None:
+            self._file = open(self.path, "rb")
+        self._file.seek(self.offsets[i])
+        return _parse_line(self.path, 0, self._file.readline())
+
+    def close(self) -> None:
+        """Close the file `row` reads through (idempotent; a later `row` reopens it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "JsonlIndex":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _parse_line(path: Path, lineno: int, line: bytes) -> Any:
+    text = line.decode("utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JsonlDecodeError(path, lineno, e.msg, text, e.pos) from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -268,15 +349,19 @@ class AppendLog:
         key: the row field that identifies an item ("id").
         done: the `key` values of all rows, those found on opening and those appended since.
         torn: lines cut off on opening (1 when the previous writer was killed mid-line).
+        keep_rows: keep the rows in memory for `rows()` (default); False keeps only `done` (a log of a million
+            rows that the caller reads back from the file, e.g. the score step's).
 
     Raises:
         JsonlDecodeError: on opening, a line other than the last is not JSON (named by file and line).
         PhasedIFTError: on opening, a row is not an object or lacks `key` (named by file and line).
     """
 
-    def __init__(self, path: str | os.PathLike, key: str = "id") -> None:
+    def __init__(self, path: str | os.PathLike, key: str = "id", *, keep_rows: bool = True) -> None:
         self.path = Path(path)
         self.key = key
+        self.keep_rows = keep_rows
+        self._count = 0
         self.torn = drop_torn_tail(self.path)
         self._rows: list[dict[str, Any]] = []
         self.done: set[Any] = set()
@@ -287,15 +372,26 @@ class AppendLog:
             if not isinstance(row, dict) or key not in row:
                 raise PhasedIFTError(f"{self.path}, line {lineno}: a row without the {key!r} field; this file is "
                                      f"not an append log of this step. Delete it (or move it away) and re-run.")
+            self._keep(row)
+
+    def _keep(self, row: dict[str, Any]) -> None:
+        if self.keep_rows:
             self._rows.append(row)
-            self.done.add(row[key])
+        self._count += 1
+        self.done.add(row[self.key])
 
     def rows(self) -> list[dict[str, Any]]:
-        """All rows in file order: those found on opening, then those appended since (a new list)."""
+        """All rows in file order: those found on opening, then those appended since (a new list).
+
+        Raises:
+            ValueError: the log was opened with keep_rows=False.
+        """
+        if not self.keep_rows:
+            raise ValueError(f"AppendLog({self.path}) keeps no rows (keep_rows=False): read the file instead")
         return list(self._rows)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._count
 
     def append(self, row: dict[str, Any]) -> None:
         """Write one row as a line and flush it.
@@ -319,8 +415,7 @@ class AppendLog:
                 _abandon(self._file, self.path)
                 self._file = None
                 raise
-        self._rows.append(row)
-        self.done.add(row[self.key])
+        self._keep(row)
 
     def close(self) -> None:
         """Close the file (idempotent; a later `append` reopens it)."""
@@ -343,12 +438,31 @@ def read_scores(path: str | Path) -> dict[str, dict[str, Any]]:
     Raises:
         PhasedIFTError: a row without an `id` (names the file and line).
     """
-    path = Path(path)
+    return dict(_score_rows(Path(path)))
+
+
+def read_score_values(path: str | Path) -> dict[str, float | None]:
+    """`read_scores` reduced to {id: score (float) or None (a failed row)}: what the split needs, without holding
+    every row's extras (the length scorer's features, the judge's replies) in memory.
+
+    Raises:
+        PhasedIFTError: as `read_scores`; a score that is not a number (names the file and id).
+    """
+    out: dict[str, float | None] = {}
+    for rid, row in _score_rows(Path(path)):
+        score = row.get("score")
+        try:
+            out[rid] = None if score is None else float(score)
+        except (TypeError, ValueError):
+            raise PhasedIFTError(f"{path}: the score of id {rid!r} is {score!r}, not a number; re-run the "
+                                 f"scorer.") from None
+    return out
+
+
+def _score_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if not path.is_file():
-        return {}
-    rows: dict[str, dict[str, Any]] = {}
+        return
     for i, row in enumerate(read_jsonl(path, tolerate_torn_tail=True), 1):
         if "id" not in row:
             raise PhasedIFTError(f"{path} line {i} has no `id`; re-run the scorer.")
-        rows[str(row["id"])] = row
-    return rows
+        yield str(row["id"]), row

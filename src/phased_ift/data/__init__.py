@@ -1,12 +1,14 @@
 """Instruction data: one internal record (`Example`), readers for the common formats, validation with rejects,
 named sources and test sets. Returns data; printing is the CLI's (`phased-ift data check` / `data sources`).
 
-    example.py   `Example`, `normalize_text`, `read_examples` / `write_examples` (data/train.jsonl rows)
+    example.py   `Example`, `normalize_text`, `read_examples` / `iter_examples` / `write_examples` (data/train.jsonl
+                 rows), `ExampleFile` (such a file as a lazy sequence: ids in memory, rows read when asked for)
     loading.py   a file -> raw records with line numbers: text, JSON array, JSON lines, Hugging Face `datasets`
-    formats.py   one converter per format (`FORMATS`), detection, record checks, `read_file`, `read_records`
-                 (records in memory: dicts, a `datasets.Dataset`), `ReadResult`
-    sources.py   `SOURCES`, `TEST_SETS`, `data_home`, `load_source`, `load_test_set`, reference answers,
-                 `combine_results`, `check_file`, `source_status`, `source_provenance` (PROVENANCE.md)
+    formats.py   one converter per format (`FORMATS`), detection, record checks, `read_file` / `iter_file`
+                 (streamed), `read_records` (records in memory: dicts, a `datasets.Dataset`), `ReadResult`
+    sources.py   `SOURCES`, `TEST_SETS`, `data_home`, `load_source` / `stream_source`, `load_test_set`, reference
+                 answers, `combine_results` / `combine_streams`, `check_file`, `source_status`,
+                 `source_provenance` (PROVENANCE.md)
 
 Formats (`read_file(path, fmt)`; `fmt="auto"` detects from the file, an explicit format wins): alpaca, phasedsft,
 sharegpt, messages, testset, hf (see `formats.py`). A record that cannot be used becomes a reject {"source",
@@ -20,16 +22,18 @@ Run `phased-ift data check PATH [--format F]` to validate a file, `phased-ift da
 jsonl files of the run dir are read and written by `phased_ift.runio`.
 """
 
-from phased_ift.data.example import Example, normalize_text, read_examples, unique_id, write_examples
-from phased_ift.data.formats import FORMAT_NAMES, FORMATS, ReadResult, read_file, read_records
+from phased_ift.data.example import (Example, ExampleFile, iter_examples, normalize_text, read_examples, unique_id,
+                                     write_examples)
+from phased_ift.data.formats import FORMAT_NAMES, FORMATS, ReadResult, iter_file, read_file, read_records
 from phased_ift.data.sources import (DATA_HOME_ENV, SOURCES, TEST_SETS, CheckReport, SourceInfo, SourceStatus,
-                                     TestSetInfo, check_file, combine_results, data_home, find_reference,
-                                     load_reference_answers, load_source, load_test_set, source_path, source_provenance,
-                                     source_status)
+                                     TestSetInfo, check_file, combine_results, combine_streams, data_home,
+                                     find_reference, load_reference_answers, load_source, load_test_set, source_path,
+                                     source_provenance, source_status, stream_source)
 
 __all__ = [
-    "CheckReport", "DATA_HOME_ENV", "Example", "FORMATS", "FORMAT_NAMES", "ReadResult", "SOURCES", "SourceInfo",
-    "SourceStatus", "TEST_SETS", "TestSetInfo", "check_file", "combine_results", "data_home", "find_reference",
-    "load_reference_answers", "load_source", "load_test_set", "normalize_text", "read_examples", "read_file",
-    "source_path", "source_provenance", "source_status", "unique_id", "write_examples",
+    "CheckReport", "DATA_HOME_ENV", "Example", "ExampleFile", "FORMATS", "FORMAT_NAMES", "ReadResult", "SOURCES",
+    "SourceInfo", "SourceStatus", "TEST_SETS", "TestSetInfo", "check_file", "combine_results", "combine_streams",
+    "data_home", "find_reference", "iter_examples", "iter_file", "load_reference_answers", "load_source",
+    "load_test_set", "normalize_text", "read_examples", "read_file", "source_path", "source_provenance",
+    "source_status", "stream_source", "unique_id", "write_examples",
 ]

@@ -10,11 +10,12 @@ Every reader of the `data` package returns `Example(id, messages, meta)`:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, overload
 
-from phased_ift.runio import read_jsonl, write_jsonl
+from phased_ift.runio import JsonlIndex, read_jsonl, write_jsonl
 
 
 def unique_id(example_id: str, taken: set[str], prefix: str) -> str:
@@ -83,7 +84,90 @@ def read_examples(path: str | os.PathLike) -> list[Example]:
     Raises:
         FileNotFoundError, or runio.JsonlDecodeError naming the file and line of a line that is not JSON.
     """
-    return [Example.from_dict(d) for d in read_jsonl(path)]
+    return list(iter_examples(path))
+
+
+def iter_examples(path: str | os.PathLike) -> Iterator[Example]:
+    """`read_examples` as a stream: one row in memory at a time (the file opens at the first `next()`).
+
+    Raises:
+        as `read_examples`.
+    """
+    return (Example.from_dict(d) for d in read_jsonl(path))
+
+
+class ExampleFile(Sequence):
+    """The Examples of a data/train.jsonl-style file as a lazy sequence: ids and line offsets in memory (about
+    100 bytes per example), each Example read from the file when it is asked for. Iterating streams the file (one
+    row at a time); `ex[i]` seeks to row i; a slice is a list of Examples.
+
+        data = ExampleFile(run.train_data)
+        data.ids                        # every id, file order
+        todo = data.subset([0, 5, 9])   # a view of rows 0, 5, 9 (same file, same laziness)
+
+    The file must not change while the sequence is in use. Close it (`close`, or `with`) to release the file
+    handle of random reads.
+
+    Raises:
+        FileNotFoundError: no such file; runio.JsonlDecodeError: a line that is not JSON (file and line).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, _index: JsonlIndex | None = None,
+                 _positions: Sequence[int] | None = None) -> None:
+        self.path = Path(path)
+        self._index = _index if _index is not None else JsonlIndex(self.path, keep=lambda d: str(d["id"]))
+        self._positions = _positions
+
+    @property
+    def ids(self) -> list[str]:
+        """The ids of this sequence's examples, in order."""
+        if self._positions is None:
+            return self._index.values
+        return [self._index.values[p] for p in self._positions]
+
+    def subset(self, positions: Sequence[int]) -> "ExampleFile":
+        """The examples at these positions of this sequence (increasing), as a lazy sequence of the same file."""
+        base = self._positions
+        return ExampleFile(self.path, _index=self._index,
+                           _positions=list(positions) if base is None else [base[p] for p in positions])
+
+    def __len__(self) -> int:
+        return len(self._index) if self._positions is None else len(self._positions)
+
+    @overload
+    def __getitem__(self, i: int) -> Example: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Example]: ...
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        p = range(len(self))[i] if self._positions is None else self._positions[i]
+        return Example.from_dict(self._index.row(p))
+
+    def __iter__(self) -> Iterator[Example]:
+        if self._positions is None:
+            yield from (Example.from_dict(d) for d in read_jsonl(self.path))
+            return
+        wanted = iter(self._positions)
+        nxt = next(wanted, None)
+        for p, d in enumerate(read_jsonl(self.path)):
+            if nxt is None:
+                return
+            if p == nxt:
+                yield Example.from_dict(d)
+                nxt = next(wanted, None)
+
+    def close(self) -> None:
+        """Release the file handle of random reads (iteration opens its own)."""
+        self._index.close()
+
+    def __enter__(self) -> "ExampleFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def normalize_text(s: str) -> str:

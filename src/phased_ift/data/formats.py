@@ -28,7 +28,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from phased_ift.data.example import Example
 from phased_ift.data.loading import (_COLUMN_KEYS, _clean, _find_bad_text, _read_hf, _reject_row, _unreadable,
@@ -412,6 +412,25 @@ def read_file(path: str | os.PathLike, fmt: str = "auto", columns: dict[str, str
         PhasedIFTError: the file is missing, empty, binary, not JSON at all, a JSON array with a syntax error
             (the message gives line and column), or the format cannot be detected / the columns do not exist.
     """
+    examples, result = iter_file(path, fmt, columns, split, source=source, dedupe=dedupe,
+                                 require_response=require_response)
+    result.examples = list(examples)
+    return result
+
+
+def iter_file(path: str | os.PathLike, fmt: str = "auto", columns: dict[str, str] | None = None,
+              split: str = "train", *, source: str | None = None, dedupe: bool = True,
+              require_response: bool = True) -> tuple[Iterator[Example], ReadResult]:
+    """`read_file` as a stream: (the usable Examples one at a time, in file order; the ReadResult, whose `examples`
+    stays empty and whose rejects, duplicates and total are complete once the iterator is exhausted).
+
+    Memory: one record (a text file: about `loading._CHUNK` characters of it; a `datasets` source: one Arrow batch)
+    plus the dedupe keys (the ids and a 16-byte digest per example), not the examples.
+
+    Raises:
+        PhasedIFTError: as `read_file`: here for the file itself (missing, empty, binary, unknown format or
+            columns, a format that cannot be detected), while iterating for a JSON array with a syntax error.
+    """
     if fmt not in FORMAT_NAMES:
         raise PhasedIFTError(f"{path}: unknown format {fmt!r}; use one of {', '.join(FORMAT_NAMES)}.")
     path_str = str(path)
@@ -421,20 +440,29 @@ def read_file(path: str | os.PathLike, fmt: str = "auto", columns: dict[str, str
                              f"format {fmt}; set format to hf or auto, or remove the mapping.")
     rejects: list[dict[str, Any]] = []
     if wants_hf(path_str, fmt, columns):
-        records: list[tuple[int | None, Any]] = list(_read_hf(path_str, columns, split))
+        stream = _read_hf(path_str, columns, split)  # Arrow batches: one batch in memory at a time
+        head = list(itertools.islice(stream, 20))
         used = "hf"
-        rec_fmt = "alpaca" if columns and set(columns) & {"instruction", "output"} else _detect(records, path_str)
+        rec_fmt = "alpaca" if columns and set(columns) & {"instruction", "output"} else \
+            _detect_head(head, stream, path_str)
     else:
         stream, rejects = load_text_records(path_str, fmt, label)  # streamed: one record in memory at a time
         head = list(itertools.islice(stream, 20))
         rec_fmt = used = fmt if fmt != "auto" else _detect_head(head, stream, path_str)
-        records = itertools.chain(head, stream)
+    records = itertools.chain(head, stream)
+    result = ReadResult([], rejects, used, label)
     stem = Path(path_str).stem or "record"
-    examples, converted_rejects, duplicates = _convert_records(records, rec_fmt, stem, label, dedupe=dedupe,
-                                                               require_response=require_response)
-    rejects.extend(converted_rejects)
-    rejects.sort(key=lambda r: (r["line"] is None, r["line"] or 0))
-    return ReadResult(examples, rejects, used, label, total=len(examples) + len(rejects), duplicates=duplicates)
+
+    def examples() -> Iterator[Example]:
+        n = 0
+        for e in _iter_converted(records, rec_fmt, stem, label, result, dedupe=dedupe,
+                                 require_response=require_response):
+            n += 1
+            yield e
+        result.rejects.sort(key=lambda r: (r["line"] is None, r["line"] or 0))
+        result.total = n + len(result.rejects)
+
+    return examples(), result
 
 
 def read_records(records: Iterable[Any], fmt: str = "auto", columns: dict[str, str] | None = None, *,
@@ -476,9 +504,10 @@ def read_records(records: Iterable[Any], fmt: str = "auto", columns: dict[str, s
         rec_fmt = fmt
     else:
         rec_fmt = "alpaca" if columns and set(columns) & {"instruction", "output"} else _detect(rows, source)
-    examples, rejects, duplicates = _convert_records(rows, rec_fmt, source, source, dedupe=dedupe,
-                                                     require_response=require_response)
-    return ReadResult(examples, rejects, rec_fmt, source, total=len(rows), duplicates=duplicates)
+    result = ReadResult([], [], rec_fmt, source, total=len(rows))
+    result.examples = list(_iter_converted(rows, rec_fmt, source, source, result, dedupe=dedupe,
+                                           require_response=require_response))
+    return result
 
 
 def _convert_one(rec: Any, rec_fmt: str, ctx: _Ctx) -> tuple[str, list[dict[str, str]], dict[str, Any]]:
@@ -495,13 +524,11 @@ def _convert_one(rec: Any, rec_fmt: str, ctx: _Ctx) -> tuple[str, list[dict[str,
     return (rid if rid is not None else f"{ctx.stem}-{ctx.index}"), messages, meta
 
 
-def _convert_records(records: Iterable[tuple[int | None, Any]], rec_fmt: str, stem: str, label: str, *, dedupe: bool,
-                     require_response: bool) -> tuple[list[Example], list[dict[str, Any]], list[tuple[str, str]]]:
-    """Examples, rejects and kept duplicates (id, id of the first copy) of the loaded records, in file order.
-    Test-set prompts are never rejected as duplicates."""
-    examples: list[Example] = []
-    rejects: list[dict[str, Any]] = []
-    duplicates: list[tuple[str, str]] = []
+def _iter_converted(records: Iterable[tuple[int | None, Any]], rec_fmt: str, stem: str, label: str,
+                    result: ReadResult, *, dedupe: bool, require_response: bool) -> Iterator[Example]:
+    """The Examples of the loaded records, in file order, one at a time; rejects and kept duplicates (id, id of
+    the first copy) are appended to `result` as they are met. Test-set prompts are never rejected as duplicates."""
+    rejects, duplicates = result.rejects, result.duplicates
     dedupe = dedupe and rec_fmt != "testset"
     seen_ids: dict[str, Any] = {}
     seen_messages: dict[bytes, tuple[str, Any]] = {}
@@ -523,5 +550,4 @@ def _convert_records(records: Iterable[tuple[int | None, Any]], rec_fmt: str, st
             continue
         seen_ids[rid] = line if line is not None else f"row {index}"
         seen_messages.setdefault(key, (rid, seen_ids[rid]))
-        examples.append(Example(rid, messages, {"source": label, **meta}))
-    return examples, rejects, duplicates
+        yield Example(rid, messages, {"source": label, **meta})

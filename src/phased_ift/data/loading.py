@@ -6,7 +6,8 @@ The first half of `read_file` (the second half, turning records into Examples, i
                bytes survive as surrogate escapes so that only their records are rejected; an empty, binary or
                non-JSON file raises PhasedIFTError naming the file, line and fix.
   hf           a Hugging Face `datasets` dataset (hub id in the local cache, saved dir) or a local
-               .parquet/.csv/.tsv/.json/.arrow file, with an optional `columns` mapping (records have no line).
+               .parquet/.csv/.tsv/.json/.arrow file, with an optional `columns` mapping (records have no line),
+               read by Arrow batches of `_HF_BATCH` rows.
 
 Also the reject row {"source", "line", "record", "reason"} and `_clean`, which makes any record writable as UTF-8.
 """
@@ -258,9 +259,10 @@ def _looks_like_hub_id(path: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", path)) and not Path(path).suffix
 
 
-def _read_hf(path: str, columns: dict[str, str] | None, split: str) -> list[tuple[None, dict[str, Any]]]:
+def _read_hf(path: str, columns: dict[str, str] | None, split: str) -> Iterator[tuple[None, dict[str, Any]]]:
     """Rows of a `datasets` dataset (hub id, saved dir, or a local parquet/csv/tsv/json/arrow file), renamed by
-    `columns` (our field -> their column)."""
+    `columns` (our field -> their column). The dataset is loaded (memory-mapped Arrow) and checked here; the rows
+    come one at a time from Arrow batches as the iterator is read (`_hf_rows`), not as a list of every row."""
     import datasets
 
     p = Path(path)
@@ -304,13 +306,20 @@ def _read_hf(path: str, columns: dict[str, str] | None, split: str) -> list[tupl
     if missing:
         raise PhasedIFTError(f"{path}: the columns mapping names column(s) {missing} that the dataset does not have; "
                              f"its columns are {names}. Fix the mapping (our field: their column).")
-    rename = {c: k for k, c in (columns or {}).items()}
-    rows = []
-    for row in ds:
-        out = {rename.get(k, k): v for k, v in row.items()}
-        # parquet cells may hold dates or bytes: keep meta JSON-serialisable
-        rows.append((None, json.loads(json.dumps(out, default=str))))
-    return rows
+    return _hf_rows(ds, {c: k for k, c in (columns or {}).items()})
+
+
+_HF_BATCH = 1000  # rows per Arrow batch read by `_hf_rows`
+
+
+def _hf_rows(ds: Any, rename: dict[str, str]) -> Iterator[tuple[None, dict[str, Any]]]:
+    """(None, row) per row of a `datasets.Dataset`, read `_HF_BATCH` rows at a time, columns renamed."""
+    for batch in ds.iter(batch_size=_HF_BATCH):
+        names = list(batch)
+        for values in zip(*(batch[n] for n in names)):
+            out = {rename.get(k, k): v for k, v in zip(names, values)}
+            # parquet cells may hold dates or bytes: keep meta JSON-serialisable
+            yield None, json.loads(json.dumps(out, default=str))
 
 
 

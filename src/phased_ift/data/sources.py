@@ -12,10 +12,10 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from phased_ift.data.example import Example, normalize_text, unique_id
-from phased_ift.data.formats import ReadResult, _register, message_key, read_file
+from phased_ift.data.formats import ReadResult, _register, iter_file, message_key, read_file
 from phased_ift.data.loading import _looks_like_hub_id, _reject_row
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import write_jsonl
@@ -204,15 +204,45 @@ def load_source(ds: Any, *, dedupe: bool = True) -> ReadResult:
     Raises:
         PhasedIFTError: see `read_file` and `source_path`.
     """
+    examples, result = stream_source(ds, dedupe=dedupe)
+    result.examples = list(examples)
+    return result
+
+
+def stream_source(ds: Any, *, dedupe: bool = True) -> tuple[Iterator[Example], ReadResult]:
+    """`load_source` as a stream (`formats.iter_file`): (the sample's Examples one at a time, the ReadResult whose
+    rejects and total are complete once they are exhausted; its `examples` stays empty). Nothing is read before
+    the first `next()`.
+
+    A `limit` sample reads the file twice: once to count the usable records (the sample is drawn from their
+    number, as `_sample` draws it), then to yield the sampled ones; neither pass holds the examples.
+
+    Raises:
+        PhasedIFTError: see `read_file` and `source_path` (while iterating).
+    """
     if ds.name:
         path: Any = source_path(ds.name)
         fmt = ds.format if ds.format != "auto" else SOURCES[ds.name].format
     else:
         path, fmt = ds.path, ds.format
-    result = read_file(path, fmt, columns=ds.columns or None, split=ds.split, source=ds.name or ds.path,
-                       dedupe=dedupe)
-    result.examples = _sample(result.examples, ds.limit, ds.seed)
-    return result
+    result = ReadResult([], [], fmt, ds.name or ds.path)
+
+    def read() -> tuple[Iterator[Example], ReadResult]:
+        return iter_file(path, fmt, columns=ds.columns or None, split=ds.split, source=ds.name or ds.path,
+                         dedupe=dedupe)
+
+    def examples() -> Iterator[Example]:
+        keep = None
+        if ds.limit:
+            n = sum(1 for _ in read()[0])
+            if ds.limit < n:
+                keep = set(random.Random(ds.seed).sample(range(n), ds.limit))  # the draw of `_sample`
+        stream, found = read()
+        yield from (e for i, e in enumerate(stream) if keep is None or i in keep)
+        result.rejects, result.format, result.total, result.duplicates = (found.rejects, found.format, found.total,
+                                                                          found.duplicates)
+
+    return examples(), result
 
 
 def _as_prompt(example: Example, testset: str) -> Example:
@@ -298,23 +328,36 @@ def combine_results(results: list[ReadResult], dedupe: bool = True) -> tuple[lis
     Returns:
         (examples, rejects) with rejects as in `read_file` (cross-source duplicates have line None).
     """
-    examples: list[Example] = []
+    examples, rejects = combine_streams([(iter(r.examples), r) for r in results], dedupe)
+    return list(examples), rejects
+
+
+def combine_streams(streams: Iterable[tuple[Iterator[Example], ReadResult]], dedupe: bool = True
+                    ) -> tuple[Iterator[Example], list[dict[str, Any]]]:
+    """`combine_results` as a stream, over (examples, ReadResult) pairs such as `stream_source`'s: (the combined
+    Examples one at a time, the rejects list: complete once they are exhausted, in `combine_results`' order: each
+    source's own rejects, then its cross-source duplicates). Holds the ids and a 16-byte digest per example."""
     rejects: list[dict[str, Any]] = []
-    seen_ids: set[str] = set()
-    seen_messages: dict[bytes, tuple[str, str]] = {}
-    for result in results:
-        rejects.extend(result.rejects)
-        for e in result.examples:
-            key = message_key(e.messages)
-            if dedupe and key in seen_messages:
-                first_id, first_source = seen_messages[key]
-                rejects.append(_reject_row(result.source, None, e.to_dict(), f"duplicate example: same messages as "
-                                           f"id {first_id!r} from source {first_source!r}"))
-                continue
-            rid = unique_id(e.id, seen_ids, result.source)
-            seen_messages.setdefault(key, (rid, result.source))
-            examples.append(Example(rid, e.messages, e.meta) if rid != e.id else e)
-    return examples, rejects
+
+    def examples() -> Iterator[Example]:
+        seen_ids: set[str] = set()
+        seen_messages: dict[bytes, tuple[str, str]] = {}
+        for stream, result in streams:
+            duplicates = []
+            for e in stream:
+                key = message_key(e.messages)
+                if dedupe and key in seen_messages:
+                    first_id, first_source = seen_messages[key]
+                    duplicates.append(_reject_row(result.source, None, e.to_dict(), f"duplicate example: same "
+                                                  f"messages as id {first_id!r} from source {first_source!r}"))
+                    continue
+                rid = unique_id(e.id, seen_ids, result.source)
+                seen_messages.setdefault(key, (rid, result.source))
+                yield Example(rid, e.messages, e.meta) if rid != e.id else e
+            rejects.extend(result.rejects)
+            rejects.extend(duplicates)
+
+    return examples(), rejects
 
 
 # --------------------------------------------------------------------------------------------------------------

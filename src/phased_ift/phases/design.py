@@ -98,12 +98,14 @@ class Arm(ArmChoice):
         """The files this arm's phases are read from, in training order (one-off: all phased files, one phase)."""
         return [run.phase_file(i, self.name if self.control else None) for i in self.file_order(k)]
 
-    def phase_data(self, run: RunDir, k: int, seed: int = 0, train: TrainConfig | None = None
-                   ) -> list[list[Example]]:
+    def phase_data(self, run: RunDir, k: int, seed: int = 0, train: TrainConfig | None = None,
+                   read: Callable[[Path], list[Example]] = read_examples) -> list[list[Example]]:
         """The examples of each phase, in training order of phases (a list of phases, each in training order).
 
         Args:
             train: the train config, needed by arms with `params` (e.g. replay reads train.replay_ratio).
+            read: reads one phase file (default `data.read_examples`; the plan's reader keeps stand-ins without
+                messages: `train.plan`).
 
         Raises:
             PhasedIFTError: a phase file of the arm is missing (the split was made without this control).
@@ -113,7 +115,7 @@ class Arm(ArmChoice):
             if not path.is_file():
                 raise PhasedIFTError(f"train: {path} does not exist; re-run `phased-ift split` with `{self.name}` "
                                      f"in train.arms so the control files are written.")
-        phases = [read_examples(p) for p in files]
+        phases = [read(p) for p in files]
         return self.assemble(phases, seed, train)
 
     def arm_params(self, train: TrainConfig | None) -> dict[str, Any]:

@@ -24,9 +24,9 @@ import random
 from dataclasses import replace
 from typing import Callable, Mapping, Sequence
 
-from phased_ift.data import Example, read_examples, write_examples
+from phased_ift.data import Example, write_examples
 from phased_ift.errors import PhasedIFTError
-from phased_ift.runio import atomic_write_json, read_scores
+from phased_ift.runio import JsonlIndex, atomic_write_json, read_score_values
 from phased_ift.sit.mix import phase_mix_counts
 from phased_ift.stats import round_half_up
 
@@ -241,24 +241,53 @@ def _current_manifest(run, scorer: str, k: int, method: str, thresholds: Sequenc
 
 
 def _read_scores(scores_path) -> tuple[dict[str, float], list[str]]:
-    """(id -> score, ids whose score is null) of a scores file (`runio.read_scores`: a later row of an id wins)."""
-    rows = read_scores(scores_path)
-    scores = {i: float(r["score"]) for i, r in rows.items() if r.get("score") is not None}
-    return scores, [i for i, r in rows.items() if r.get("score") is None]
+    """(id -> score, ids whose score is null) of a scores file (`runio.read_score_values`: a later row of an id
+    wins)."""
+    values = read_score_values(scores_path)
+    return {i: v for i, v in values.items() if v is not None}, [i for i, v in values.items() if v is None]
+
+
+# meta fields a split's stand-in example keeps (`phase_mix_counts` reads them; the score is added by the split)
+_STUB_META = ("sequential", "replaces")
+
+
+def _stub(row: dict) -> Example:
+    """A data/train.jsonl row as the split's stand-in: its id and the meta of `_STUB_META`, no messages."""
+    meta = row.get("meta") or {}
+    return Example(str(row["id"]), [], {k: meta[k] for k in _STUB_META if k in meta})
+
+
+def _stubs(data: JsonlIndex, path) -> dict[str, int]:
+    """{id: row position} of the stand-ins in `data.values`.
+
+    Raises:
+        PhasedIFTError: an id that occurs twice (the data step makes ids unique).
+    """
+    at: dict[str, int] = {}
+    for p, e in enumerate(data.values):
+        if e.id in at:
+            raise PhasedIFTError(f"phases: id {e.id!r} occurs twice in {path} (rows {at[e.id] + 1} and {p + 1}); ids "
+                                 f"must be unique: delete the file and re-run the data step (`phased-ift score`).")
+        at[e.id] = p
+    return at
 
 
 def _write_phase_files(run, phases: list[list[Example]], controls: Mapping[str, ControlBuilder], seed: int,
-                       manifest: dict) -> None:
+                       manifest: dict, full: Callable[[Example], Example] | None = None) -> None:
     """The phase files and control files; their entries go into `manifest` ("phases", "controls"), with the
-    sequential examples of each phase and the originals they replace (`sit.mix.phase_mix_counts`)."""
+    sequential examples of each phase and the originals they replace (`sit.mix.phase_mix_counts`). `full` turns a
+    stand-in example into the example written (the split's `_stub`s; None: the examples are written as given)."""
+    def rows(ph: list[Example]):
+        return ph if full is None else (full(e) for e in ph)
+
     for i, (ph, mix) in enumerate(zip(phases, phase_mix_counts(phases)), 1):
-        path = write_examples(run.phase_file(i), ph)
+        path = write_examples(run.phase_file(i), rows(ph))
         manifest["phases"].append({"k": i, **phase_stats(ph), **mix, "file": str(path.relative_to(run.root))})
     for c, build in controls.items():
         ctl = build(phases, seed)
         manifest["controls"][c] = []
         for i, ph in enumerate(ctl, 1):
-            path = write_examples(run.phase_file(i, c), ph)
+            path = write_examples(run.phase_file(i, c), rows(ph))
             manifest["controls"][c].append({"k": i, "count": len(ph), "file": str(path.relative_to(run.root))})
 
 
@@ -271,19 +300,24 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
     (`n_unscored`). Skips the work when the manifest exists and lists every requested control. Every file is
     written atomically (`runio`), the manifest last.
 
+    Memory: (id, score) per example and the line offsets of data/train.jsonl, not the examples: the split and the
+    control builders work on stand-ins (id, meta score / sequential / replaces, no messages), and each phase file
+    is written by reading its examples back from data/train.jsonl (`runio.JsonlIndex`), one row at a time.
+
     Args:
         run: the `RunDir`.
         scorer: name of the scores file (scores/<scorer>.jsonl).
         k, method, thresholds, seed: see `split_into_phases`.
         controls: the control arms to write, {arm name: builder `(phases, seed) -> phases`} (the arms own them:
-            `design.controls(arms)`); each goes to phases/<name>/phase_<k>.jsonl.
+            `design.controls(arms)`); each goes to phases/<name>/phase_<k>.jsonl. A builder sees the stand-ins
+            above (it may reorder and regroup them, not read their messages).
         console: a rich Console for the log line (optional).
 
     Returns:
         The manifest dict (format in docs/architecture.md).
 
     Raises:
-        PhasedIFTError: missing train data or scores file, an empty phase.
+        PhasedIFTError: missing train data or scores file, an id twice in data/train.jsonl, an empty phase.
     """
     manifest = _current_manifest(run, scorer, k, method, thresholds, seed, controls)
     if manifest is not None:
@@ -294,19 +328,25 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
     if not scores_path.is_file():
         raise PhasedIFTError(f"phases: {scores_path} does not exist; run `phased-ift score` first.")
     scores, failed = _read_scores(scores_path)
-    examples = read_examples(run.train_data)
-    failed_set = set(failed)
-    kept = [e for e in examples if e.id in scores]
-    n_failed = sum(e.id in failed_set and e.id not in scores for e in examples)
-    n_unscored = len(examples) - len(kept) - n_failed
-    phases = split_into_phases(kept, scores, k, method, thresholds, seed)
-    manifest = write_phases(run, phases, controls, scorer=scorer, method=method, thresholds=thresholds, seed=seed,
-                            n_failed=n_failed, n_unscored=n_unscored)
+    with JsonlIndex(run.train_data, keep=_stub) as data:
+        at = _stubs(data, run.train_data)
+        failed_set = set(failed)
+        kept = [e for e in data.values if e.id in scores]
+        n_failed = sum(e.id in failed_set and e.id not in scores for e in data.values)
+        n_unscored = len(data.values) - len(kept) - n_failed
+        phases = split_into_phases(kept, scores, k, method, thresholds, seed)
+
+        def full(e: Example) -> Example:  # the example of data/train.jsonl with the split's score
+            row = Example.from_dict(data.row(at[e.id]))
+            return replace(row, meta={**row.meta, "score": e.meta["score"]})
+
+        manifest = _write_manifest(run, phases, controls, full, scorer=scorer, method=method,
+                                   thresholds=thresholds, seed=seed, n_failed=n_failed, n_unscored=n_unscored)
     if console is not None:
         sizes = ", ".join(str(p["count"]) for p in manifest["phases"])
         excluded = (f"; excluded {n_failed} examples whose scoring failed (score null) and {n_unscored} without a "
                     f"score row") if (n_failed or n_unscored) else ""
-        console.print(f"split: {len(kept)} examples into {k} phases ({sizes}) by {method}{excluded} -> "
+        console.print(f"split: {manifest['n_examples']} examples into {k} phases ({sizes}) by {method}{excluded} -> "
                       f"{run.phases_manifest}")
     return manifest
 
@@ -331,12 +371,20 @@ def write_phases(run, phases: Sequence[Sequence[Example]], controls: Mapping[str
     Raises:
         KeyError: an example without meta["score"] (a programming error: phases come from a split).
     """
+    return _write_manifest(run, phases, controls, None, scorer=scorer, method=method, thresholds=thresholds,
+                           seed=seed, n_failed=n_failed, n_unscored=n_unscored)
+
+
+def _write_manifest(run, phases: Sequence[Sequence[Example]], controls: Mapping[str, ControlBuilder],
+                    full: Callable[[Example], Example] | None, *, scorer: str, method: str,
+                    thresholds: Sequence[float] | None, seed: int, n_failed: int, n_unscored: int) -> dict:
+    """`write_phases` with `full` (see `_write_phase_files`): the phase files, control files, then the manifest."""
     manifest = {
         "method": method, "k": len(phases), "thresholds": list(thresholds or []), "seed": seed, "scorer": scorer,
         "n_examples": sum(len(p) for p in phases), "n_failed_scores": n_failed, "n_unscored": n_unscored,
         "phases": [], "controls": {},
     }
-    _write_phase_files(run, [list(p) for p in phases], controls, seed, manifest)
+    _write_phase_files(run, [list(p) for p in phases], controls, seed, manifest, full)
     atomic_write_json(run.phases_manifest, manifest, indent=2)
     return manifest
 

@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from phased_ift import modeling
 from phased_ift.data import Example
@@ -56,12 +57,13 @@ def length_score(f: dict[str, float]) -> float:
     return math.log1p(f["response_tokens"]) + math.log1p(f["instruction_tokens"])
 
 
-def score_length(examples: list[Example], ctx: ScoreContext) -> Iterator[dict[str, Any]]:
+def score_length(examples: Iterable[Example], ctx: ScoreContext) -> Iterator[dict[str, Any]]:
     """`length_score` of `length_features` with the scoring model's tokenizer; the features are extras. Tokens are
-    counted `_BATCH` examples at a time (one batched call per field; the same counts as one call per text)."""
+    counted `_BATCH` examples at a time (one batched call per field; the same counts as one call per text), the
+    examples read in one pass (a `data.ExampleFile` streams: one batch in memory)."""
     tok = modeling.load_tokenizer(ctx.cfg.scoring.model or ctx.cfg.model.name_or_path)
-    for start in range(0, len(examples), _BATCH):  # one tokenizer call per batch and field, not per text
-        batch = examples[start:start + _BATCH]
+    stream = iter(examples)
+    while batch := list(itertools.islice(stream, _BATCH)):  # one tokenizer call per batch and field, not per text
         n_ins = token_counts([ex.instruction for ex in batch], tok)
         n_resp = token_counts([ex.response for ex in batch], tok)
         for ex, counts in zip(batch, zip(n_ins, n_resp)):

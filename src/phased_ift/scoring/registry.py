@@ -6,7 +6,9 @@ docs/architecture.md: {"id", "score": float|null, "error": str|null, ...extras};
 scorers themselves are registered in one visible block in `phased_ift/scoring/__init__.py`.
 
 `score_examples` appends each row as it arrives (a kill -9 loses at most the batch in flight), skips ids already
-scored on a re-run, retries failed rows, and finally rewrites the file atomically in the examples' order. After
+scored on a re-run, retries failed rows, and finally rewrites the file atomically in the examples' order. Given a
+`data.ExampleFile` (the score step's data/train.jsonl) it holds the ids, not the examples: the scorer gets a lazy
+view of the rows to score, and the final rewrite reads the rows back from the file (`runio.JsonlIndex`). After
 SIGTERM / SIGINT it stops after the row in flight (`shutdown.check`), before that final rewrite.
 
 Under a launch of several processes (torchrun / `accelerate launch`, `sharding.current_launch`) every rank calls
@@ -25,9 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from phased_ift.config import Config
-from phased_ift.data import Example
+from phased_ift.data import Example, ExampleFile
 from phased_ift import modeling, shutdown
-from phased_ift.runio import AppendLog, read_scores, write_jsonl  # noqa: F401 (read_scores: the API)
+from phased_ift.runio import AppendLog, JsonlIndex, read_scores, write_jsonl  # noqa: F401 (read_scores: the API)
 from phased_ift.errors import PhasedIFTError
 from phased_ift.progress import LoggedProgress
 from phased_ift.sharding import Launch, ShardFiles, await_ranks, current_launch, shard
@@ -124,6 +126,7 @@ def score_examples(examples: Sequence[Example], cfg: Config, out_path: str | Pat
     launch of several processes every rank must call this at once (see the module docstring).
 
     Args:
+        examples: the examples (a list, or a `data.ExampleFile`: then only ids are held, see the module doc).
         scorer: registry name; default cfg.scoring.scorer.
         cache_dir: caches of the scorer (LLM requests, losses, embeddings); default <out_path>/../../cache.
     Raises:
@@ -134,7 +137,7 @@ def score_examples(examples: Sequence[Example], cfg: Config, out_path: str | Pat
     name = scorer or cfg.scoring.scorer
     if name not in SCORERS:
         raise PhasedIFTError(f"unknown scorer {name!r}; set scoring.scorer to one of {sorted(SCORERS)}.")
-    ids = [e.id for e in examples]
+    ids = _ids(examples)
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise PhasedIFTError(f"example id {dup!r} occurs more than once; ids must be unique to be scored.")
@@ -149,22 +152,44 @@ def score_examples(examples: Sequence[Example], cfg: Config, out_path: str | Pat
 
 def _score_alone(name: str, examples: Sequence[Example], ctx: ScoreContext, out_path: Path) -> ScoreSummary:
     """`score_examples` in one process (or on the main process of a launch, for a scorer not in SPREAD)."""
-    ids = [e.id for e in examples]
+    ids = _ids(examples)
     wanted = set(ids)
     shards = ShardFiles(out_path, 1)
     done = _reusable(out_path, shards, wanted)
     # Rewrite what is kept first: drops a torn tail, so the appends below start on a fresh line.
     write_jsonl(out_path, (done[i] for i in ids if i in done))
-    todo = [e for e in examples if e.id not in done]
+    reused = len(done)
+    todo = _remaining(examples, ids, done)
     t0 = time.perf_counter()
     new = _append_rows(name, todo, ctx, out_path, wanted, done) if todo else {}
     seconds = time.perf_counter() - t0
-    _check_rows(name, todo, new)
-    rows = {**done, **new}
-    write_jsonl(out_path, (rows[i] for i in ids))
+    _check_rows(name, _ids(todo), new)
+    del done  # every row is in out_path now: the rewrite reads them back from there
+    _rewrite_in_order(out_path, ids)
     shards.clear(merged=True)  # a killed launch's rows are all in out_path now
-    return ScoreSummary(scorer=name, path=out_path, total=len(ids), reused=len(done), scored=len(new),
-                        failed=_failed(new.values()), seconds=seconds, stats=_with_padding(ctx.stats))
+    return ScoreSummary(scorer=name, path=out_path, total=len(ids), reused=reused, scored=len(new),
+                        failed=_failed(new), seconds=seconds, stats=_with_padding(ctx.stats))
+
+
+def _ids(examples: Sequence[Example]) -> list[str]:
+    """The examples' ids in order (an `ExampleFile`'s without reading its rows)."""
+    return examples.ids if isinstance(examples, ExampleFile) else [e.id for e in examples]
+
+
+def _remaining(examples: Sequence[Example], ids: list[str], done: dict[str, Any]) -> Sequence[Example]:
+    """The examples whose id is not in `done`, in order (of an `ExampleFile`: a lazy subset of it)."""
+    keep = [p for p, i in enumerate(ids) if i not in done]
+    if isinstance(examples, ExampleFile):
+        return examples if len(keep) == len(ids) else examples.subset(keep)
+    return [examples[p] for p in keep]
+
+
+def _rewrite_in_order(out_path: Path, ids: list[str]) -> None:
+    """Rewrite out_path with one row per id in `ids` order (the last row of an id in the file wins), holding the
+    rows' offsets, not the rows (`runio.JsonlIndex`)."""
+    with JsonlIndex(out_path, keep=lambda r: str(r["id"])) as index:
+        at = {rid: p for p, rid in enumerate(index.values)}
+        write_jsonl(out_path, (index.row(at[i]) for i in ids))
 
 
 def _score_launch(name: str, examples: Sequence[Example], ctx: ScoreContext, out_path: Path,
@@ -183,21 +208,21 @@ def _score_launch(name: str, examples: Sequence[Example], ctx: ScoreContext, out
                             failed=0, seconds=0.0, stats={}, rank=launch.rank, world=launch.world)
     t0 = time.perf_counter()
     mine = shard(examples, launch)
-    done = _reusable(out_path, shards, {e.id for e in examples})
+    done = _reusable(out_path, shards, set(_ids(examples)))
     todo = [e for e in mine if e.id not in done]
     log = shards.rows(launch.rank)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.touch()  # the main process watches its mtime while it waits (`sharding.await_ranks`)
     new = _append_rows(name, todo, ctx, log, {e.id for e in mine}, done) if todo else {}
-    _check_rows(name, todo, new)
-    shards.mark(shards.done(launch.rank), token, scored=len(new), failed=_failed(new.values()), stats=ctx.stats)
+    _check_rows(name, _ids(todo), new)
+    shards.mark(shards.done(launch.rank), token, scored=len(new), failed=_failed(new), stats=ctx.stats)
     if not launch.main:
         _await_merge(shards, token, [shards.rows(r) for r in range(launch.world)] + [out_path])
         return ScoreSummary(scorer=name, path=out_path, total=len(mine), reused=len(mine) - len(todo),
-                            scored=len(new), failed=_failed(new.values()), seconds=time.perf_counter() - t0,
+                            scored=len(new), failed=_failed(new), seconds=time.perf_counter() - t0,
                             stats=_with_padding(ctx.stats), rank=launch.rank, world=launch.world)
     markers = _await_shards(shards, token, str(out_path))
-    _merge_shards(name, examples, out_path, shards)
+    _merge_shards(name, _ids(examples), out_path, shards)
     shards.mark(shards.merged, token)
     return ScoreSummary(scorer=name, path=out_path, total=len(examples), reused=len(done),
                         scored=sum(m["scored"] for m in markers), failed=sum(m["failed"] for m in markers),
@@ -218,7 +243,7 @@ def _await_merge(shards: ShardFiles, token: str | None, watch: Sequence[Path]) -
                 f"{shards.out} (the main process merges)", shards.world)
 
 
-def _merge_shards(name: str, examples: Sequence[Example], out_path: Path, shards: ShardFiles) -> None:
+def _merge_shards(name: str, ids: list[str], out_path: Path, shards: ShardFiles) -> None:
     """The main process, after every rank's marker: write out_path from out_path's and the shard files' rows (a
     scored row wins over a failed one; of failed rows the last, this launch's), in the examples' order, then
     remove the shard files.
@@ -226,17 +251,17 @@ def _merge_shards(name: str, examples: Sequence[Example], out_path: Path, shards
     Raises:
         RuntimeError: an example has no row in any file (a rank skipped it: a bug).
     """
-    wanted = {e.id for e in examples}
+    wanted = set(ids)
     rows = {i: r for i, r in read_scores(out_path).items() if i in wanted}
     for r in shards.all_rows():
         rid = str(r.get("id"))
         if rid in wanted and (r.get("score") is not None or rows.get(rid, {}).get("score") is None):
             rows[rid] = r
-    missing = [e.id for e in examples if e.id not in rows]
+    missing = [i for i in ids if i not in rows]
     if missing:
         raise RuntimeError(f"scorer {name}: {len(missing)} examples have no row in {shards.dir} after every rank "
                            f"finished (e.g. {missing[0]!r})")
-    write_jsonl(out_path, (rows[e.id] for e in examples))
+    write_jsonl(out_path, (rows[i] for i in ids))
     shards.clear()
 
 
@@ -250,14 +275,15 @@ def _reusable(out_path: Path, shards: ShardFiles, wanted: set[str]) -> dict[str,
     return done
 
 
-def _check_rows(name: str, todo: Sequence[Example], new: dict[str, dict]) -> None:
-    missing = [e.id for e in todo if e.id not in new]
+def _check_rows(name: str, todo_ids: Sequence[str], new: dict[str, bool]) -> None:
+    missing = [i for i in todo_ids if i not in new]
     if missing:
         raise RuntimeError(f"scorer {name} returned no row for {len(missing)} examples (e.g. {missing[0]!r})")
 
 
-def _failed(rows) -> int:
-    return sum(1 for r in rows if r.get("score") is None)
+def _failed(new: dict[str, bool]) -> int:
+    """Rows of `_append_rows`' {id: scored} that failed (score null)."""
+    return sum(1 for scored in new.values() if not scored)
 
 
 def _with_padding(stats: dict[str, Any]) -> dict[str, Any]:
@@ -279,23 +305,25 @@ def _sum_stats(parts) -> dict[str, Any]:
     return out
 
 
-def _append_rows(name: str, todo: list[Example], ctx: ScoreContext, out_path: Path, wanted: set[str],
-                 done: dict[str, dict]) -> dict[str, dict]:
-    """Run scorer `name` on `todo` under a progress bar, appending each row to out_path as it arrives."""
+def _append_rows(name: str, todo: Sequence[Example], ctx: ScoreContext, out_path: Path, wanted: set[str],
+                 done: dict[str, dict]) -> dict[str, bool]:
+    """Run scorer `name` on `todo` under a progress bar, appending each row to out_path as it arrives; returns
+    {id: whether it got a score} of the new rows (the rows themselves are only in the file)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    new: dict[str, dict] = {}
+    new: dict[str, bool] = {}
     t0 = time.perf_counter()
     with LoggedProgress(TextColumn(f"score {name}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=ctx.console,
-                        disable=ctx.console is None, transient=True) as bar, AppendLog(out_path) as log:
+                        disable=ctx.console is None, transient=True) as bar, \
+            AppendLog(out_path, keep_rows=False) as log:
         task = bar.add_task("score", total=len(todo), rate="")
         for row in SCORERS[name](todo, ctx):
             rid = str(row["id"])
             if rid not in wanted or rid in done or rid in new:
                 raise RuntimeError(f"scorer {name} returned an unexpected or repeated id {rid!r}")
             log.append(row)
-            new[rid] = row
+            new[rid] = row.get("score") is not None
             dt = time.perf_counter() - t0
             bar.update(task, advance=1, rate=f"{len(new) / dt:.1f} ex/s" if dt > 0 else "")
             shutdown.check(f"scoring with {name} after {len(done) + len(new)} of {len(wanted)} rows (in {out_path})")

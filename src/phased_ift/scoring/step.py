@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from phased_ift.config import Config
-from phased_ift.data import read_examples
+from phased_ift.data import ExampleFile
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 from phased_ift.scoring.registry import dry_run_score, score_examples
@@ -27,12 +27,12 @@ def score_step(cfg: Config, run: RunDir, dry_run: bool = False, console: Any = N
     """
     if not run.train_data.is_file():
         raise PhasedIFTError(f"{run.train_data} is missing; run `phased-ift data` / the data step first.")
-    examples = read_examples(run.train_data)
-    cache_dir = run.llm_cache.parent
-    if dry_run:
-        dry_run_score(examples, cfg, cache_dir, console=console)
-        return
-    s = score_examples(examples, cfg, run.scores(cfg.scoring.scorer), cache_dir=cache_dir, console=console)
+    with ExampleFile(run.train_data) as examples:  # ids in memory; rows read as the scorer asks for them
+        cache_dir = run.llm_cache.parent
+        if dry_run:
+            dry_run_score(examples, cfg, cache_dir, console=console)
+            return
+        s = score_examples(examples, cfg, run.scores(cfg.scoring.scorer), cache_dir=cache_dir, console=console)
     if console is not None and s.rank == 0:  # under a launch the main process reports every rank's rows
         extra = "".join(f", {k} {v:.3f}" if isinstance(v, float) else f", {k} {v}" for k, v in s.stats.items()
                         if k in ("padding_fraction", "cv_auc", "cv_spearman", "n_labelled"))

@@ -2,7 +2,8 @@
 what each arm trains on.
 
 With `sit.source` set, the data step writes data/train.jsonl = the N originals + S = round(sit.ratio x N)
-sequential examples (`mix_into`). Each sequential example carries `meta["sequential"]` ("offline", "llm" or
+sequential examples (`mix_into`; `mix_stream`, the data step's, passes the originals through one at a time when the
+pool comes from a file). Each sequential example carries `meta["sequential"]` ("offline", "llm" or
 "file") and `meta["replaces"]`: the id of the one original it stands in for (its first source when that is an
 original of the run not taken yet, else a seeded pick among the rest). Everything after the data step sees all
 N + S: the score step scores the sequential examples like every other example and the split places them by
@@ -23,8 +24,8 @@ and the shortfall is said.
 from __future__ import annotations
 
 import random
-from dataclasses import replace
-from typing import Any, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Iterator, Sequence
 
 from phased_ift.config import SitConfig
 from phased_ift.data import Example, read_examples, read_file, unique_id
@@ -76,13 +77,17 @@ def _unique_ids(pool: list[Example], taken: set[str]) -> list[Example]:
     return out
 
 
-def assign_replacements(originals: Sequence[Example], chosen: Sequence[Example], seed: int) -> list[Example]:
+def assign_replacements(originals: Sequence[Example] | Sequence[str], chosen: Sequence[Example], seed: int
+                        ) -> list[Example]:
     """Copies of `chosen` with `meta["replaces"]`: one distinct original each (see the module docstring).
+
+    Args:
+        originals: the originals, or their ids (all it reads).
 
     Raises:
         ValueError: more sequential examples than originals (the caller caps S at N).
     """
-    ids = [e.id for e in originals]
+    ids = [e if isinstance(e, str) else e.id for e in originals]
     known, taken = set(ids), set()
     picks: list[str | None] = []
     for e in chosen:
@@ -110,20 +115,70 @@ def mix_into(originals: list[Example], sit: SitConfig, run: RunDir
     if sit.source == "none":
         return list(originals), [], ""
     pool, rejects = sequential_pool(sit, originals, run)
-    target = min(mix_size(len(originals), sit.ratio), len(originals))
+    chosen, note = _choose(pool, rejects, [e.id for e in originals], sit)
+    return list(originals) + chosen, rejects, note
+
+
+@dataclass
+class MixStream:
+    """What `mix_stream` found, complete once its examples are exhausted: the pool file's rejects and the line
+    saying what was mixed in ("" with sit.source none or without originals)."""
+
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+
+def mix_stream(originals: Iterable[Example], sit: SitConfig, run: RunDir) -> tuple[Iterator[Example], MixStream]:
+    """`mix_into` as a stream, for the data step: (the originals one at a time, then the S sequential examples;
+    the MixStream filled at the end). A pool from a file or from sit-generate needs only the originals' ids, so
+    the originals pass through one at a time; sit.source=offline composes its examples from the originals' texts
+    and holds them all (as `mix_into`). The same examples, in the same order, as `mix_into`.
+
+    Raises (while iterating):
+        PhasedIFTError: see `mix_into`.
+    """
+    found = MixStream()
+
+    def examples() -> Iterator[Example]:
+        if sit.source == "none":
+            yield from originals
+            return
+        if sit.source == "offline":
+            held = list(originals)
+            if not held:
+                return
+            mixed, found.rejects, found.note = mix_into(held, sit, run)
+            yield from mixed
+            return
+        ids = []
+        for e in originals:
+            ids.append(e.id)
+            yield e
+        if ids:
+            pool, found.rejects = sequential_pool(sit, (), run)
+            chosen, found.note = _choose(pool, found.rejects, ids, sit)
+            yield from chosen
+
+    return examples(), found
+
+
+def _choose(pool: list[Example], rejects: list[dict[str, Any]], ids: Sequence[str], sit: SitConfig
+            ) -> tuple[list[Example], str]:
+    """(the S sequential examples of the pool with their `replaces`, the note) for originals with these ids."""
+    target = min(mix_size(len(ids), sit.ratio), len(ids))
     if not pool:
         raise PhasedIFTError(f"sit.source={sit.source}: no sequential example to mix in ({len(rejects)} records "
                              f"rejected). Check the source, or set sit.source=offline.")
     if len(pool) > target:
         keep = sorted(random.Random(f"sit-pool:{sit.seed}").sample(range(len(pool)), target))
         pool = [pool[i] for i in keep]
-    chosen = assign_replacements(originals, _unique_ids(pool, {e.id for e in originals}), sit.seed)
+    chosen = assign_replacements(ids, _unique_ids(pool, set(ids)), sit.seed)
     short = (f"; the pool had only {len(chosen)} of the {target} asked for (share "
-             f"{len(chosen) / max(len(originals), 1):.1%})") if len(chosen) < target else ""
-    note = (f"\nsit: {len(chosen)} sequential examples ({sit.source}) mixed into {len(originals)} originals, ratio "
+             f"{len(chosen) / max(len(ids), 1):.1%})") if len(chosen) < target else ""
+    note = (f"\nsit: {len(chosen)} sequential examples ({sit.source}) mixed into {len(ids)} originals, ratio "
             f"{sit.ratio:g}{short}; each replaces one original for the arms that train on the mix (sit, "
             f"sit-phased), the other arms drop them")
-    return list(originals) + chosen, rejects, note
+    return chosen, note
 
 
 def arm_phases(phases: Sequence[Sequence[Example]], mix: bool) -> list[list[Example]]:

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Container, Sequence
 
 from phased_ift import modeling
 from phased_ift.config import Config
-from phased_ift.data import Example, read_examples
+from phased_ift.data import Example
 from phased_ift.phases.design import assumed_phases, get_arm, phase_count
 from phased_ift.phases.split import read_manifest
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
+from phased_ift.runio import read_jsonl
 from phased_ift.sit.mix import is_sequential
 from phased_ift.train.tokencounts import CHUNK, RunCounts, run_counts, total_tokens
 
@@ -128,6 +130,12 @@ def token_counter(cfg: Config, run: RunDir | None = None) -> tuple[Callable[[Seq
     Raises:
         PhasedIFTError: as `modeling.render`; DiskWriteError: the disk refused the cache file.
     """
+    count, note, _ = _token_counter(cfg, run)
+    return count, note
+
+
+def _token_counter(cfg: Config, run: RunDir | None) -> tuple[Callable[[Sequence[Example]], int], str, Container[str]]:
+    """`token_counter` and the ids whose count is known without their text (the run's cached counts)."""
     try:
         tok = modeling.load_tokenizer(cfg.model.name_or_path)
     except Exception as e:  # offline / unknown hub id: estimate, and say so
@@ -135,7 +143,7 @@ def token_counter(cfg: Config, run: RunDir | None = None) -> tuple[Callable[[Seq
             return sum((len(e.instruction) + len(e.response)) // 4 + 1 for e in examples)
 
         return estimate, f"tokens estimated as characters/4 (tokenizer of {cfg.model.name_or_path!r} not " \
-                         f"available offline: {type(e).__name__})"
+                         f"available offline: {type(e).__name__})", frozenset()
 
     template, max_length = cfg.model.template, cfg.model.max_length
     cached = run_counts(run, tok, template, max_length) if run is not None else RunCounts()
@@ -144,10 +152,42 @@ def token_counter(cfg: Config, run: RunDir | None = None) -> tuple[Callable[[Seq
         return total_tokens(cached, tok, examples, template, max_length)
 
     return count, f"tokens counted with the {cfg.model.name_or_path} tokenizer, truncated to {max_length}" \
-                  f"{cached.note}"
+                  f"{cached.note}", cached.counts.keys()
 
 
-def _planned_phases(cfg: Config, run: RunDir) -> tuple[dict[str, list[list[Example]]], int, str]:
+# the meta an arm reads while it builds its phases (`design.Arm.assemble`): all a plan's stand-in keeps
+_STAND_IN_META = ("score", "sequential", "replaces")
+
+
+def _plan_reader(known: Container[str]) -> Callable[[Path], list[Example]]:
+    """A reader of phase files (and data/train.jsonl) for the plan, each file read once however many arms read
+    it: an example whose token count is `known` becomes a stand-in (its id and the meta of `_STAND_IN_META`, no
+    messages: a few hundred bytes instead of its text; one object for an id met again with the same meta, as in a
+    control arm's files), any other stays whole (it is counted from its text)."""
+    files: dict[Path, list[Example]] = {}
+    stand_ins: dict[str, Example] = {}
+
+    def example(d: dict) -> Example:
+        rid = str(d["id"])
+        if rid not in known:
+            return Example.from_dict(d)
+        meta = d.get("meta") or {}
+        meta = {k: meta[k] for k in _STAND_IN_META if k in meta}
+        seen = stand_ins.get(rid)
+        if seen is None or seen.meta != meta:
+            seen = stand_ins[rid] = Example(rid, [], meta)
+        return seen
+
+    def read(path: Path) -> list[Example]:
+        if path not in files:
+            files[path] = [example(d) for d in read_jsonl(path)]
+        return files[path]
+
+    return read
+
+
+def _planned_phases(cfg: Config, run: RunDir, read: Callable[[Path], list[Example]]
+                    ) -> tuple[dict[str, list[list[Example]]], int, str]:
     """({arm: its phases}, N examples of the split, note): the split's phases (`Arm.phase_data`, seed 0) once
     `phases/` exists, else K equal-size phases of data/train.jsonl (`design.assumed_phases`, in the arm's file
     order, through `Arm.assemble`: single-phase arms get the whole data, replay its extra examples).
@@ -157,14 +197,14 @@ def _planned_phases(cfg: Config, run: RunDir) -> tuple[dict[str, list[list[Examp
     """
     if run.phases_manifest.is_file():
         k = phase_count(cfg, run)
-        phases_of = {arm: get_arm(arm).phase_data(run, k, 0, cfg.train) for arm in cfg.train.arms}
+        phases_of = {arm: get_arm(arm).phase_data(run, k, 0, cfg.train, read=read) for arm in cfg.train.arms}
         # the split's sizes, not a second read; its sequential examples (sit.source) are no part of one-off's N
         n = sum(int(p["count"]) - int(p.get("sequential", 0)) for p in read_manifest(run)["phases"])
         return phases_of, n, ""
     if not run.train_data.is_file():
         raise PhasedIFTError(f"train --dry-run: neither {run.phases_manifest} nor {run.train_data} exists; run "
                              f"`phased-ift score CONFIG` (or at least the data step) first.")
-    data = read_examples(run.train_data)
+    data = read(run.train_data)
     k = cfg.phases.k
     eq = assumed_phases(data, k)
     phases_of = {arm: get_arm(arm).assemble([eq[i - 1] for i in get_arm(arm).file_order(k)], 0, cfg.train)
@@ -220,8 +260,8 @@ def plan_training(cfg: Config, run: RunDir, world_size: int | None = None) -> di
         PhasedIFTError: see `_planned_phases`.
     """
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    count, note = token_counter(cfg, run)
-    phases_of, n, split_note = _planned_phases(cfg, run)
+    count, note, known = _token_counter(cfg, run)
+    phases_of, n, split_note = _planned_phases(cfg, run, _plan_reader(known))
     note += split_note + _budget_note(cfg)
     plan: dict[str, Any] = {"note": note, "world_size": world_size, "examples": n, "arms": {}, "total_steps": {},
                             "example_epochs": {}}

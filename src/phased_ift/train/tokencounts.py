@@ -11,7 +11,9 @@ keyed by what the counts depend on:
 The plan (`plan.plan_training`: `train --dry-run`, `run`'s plan after its data step and so every resume of `run`,
 the split's and each arm's phase sizes in tokens) reads it instead of tokenising again. A file whose key differs
 (another tokenizer, template, max_length, data file or package version) or that cannot be read is counted again
-and rewritten, and the plan's note says why; it is never used as it is. The file is written whole through
+and rewritten, and the plan's note says why; it is never used as it is. Counting streams data/train.jsonl (one
+chunk of `CHUNK` examples in memory, plus the ids and counts); a valid cache is read without reading any example
+(the key's data hash streams the file). The file is written whole through
 `runio.atomic_write_json`, so a kill leaves the old file or the new one. Phase examples are found by id; an
 example that is not in data/train.jsonl (or whose id occurs twice there) is counted when it is needed.
 
@@ -20,13 +22,14 @@ Imports no torch / transformers at module level (`phased_ift.modeling` loads the
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from phased_ift import modeling
-from phased_ift.data import Example, read_examples
+from phased_ift.data import Example, iter_examples
 from phased_ift.integrity import sha256_of
 from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_json
@@ -115,15 +118,24 @@ def run_counts(run: RunDir, tokenizer, template: str, max_length: int) -> RunCou
     if counts is not None:
         return RunCounts(counts, f"; token counts read from {rel}")
     t0 = time.perf_counter()
-    examples = read_examples(run.train_data)
-    lengths = count_tokens(tokenizer, examples, template, max_length)
+    ids, lengths = _count_file(tokenizer, run, template, max_length)
     seconds = time.perf_counter() - t0
-    ids = [e.id for e in examples]
     atomic_write_json(run.token_counts, {"key": key, "ids": ids, "counts": lengths, "seconds": round(seconds, 3)},
                       indent=None)
     again = f"; the cache {rel} was not used: {why}, counted again" if why else ""
     return RunCounts(_unique(ids, lengths), f"{again}; {len(ids)} examples counted once in {seconds:.1f} s, "
                                             f"cached in {rel}")
+
+
+def _count_file(tokenizer, run: RunDir, template: str, max_length: int) -> tuple[list[str], list[int]]:
+    """(ids, T) of every example of run's data/train.jsonl in file order, read and counted `CHUNK` at a time."""
+    ids: list[str] = []
+    lengths: list[int] = []
+    stream = iter_examples(run.train_data)
+    while chunk := list(itertools.islice(stream, CHUNK)):
+        ids += [e.id for e in chunk]
+        lengths += count_tokens(tokenizer, chunk, template, max_length)
+    return ids, lengths
 
 
 def total_tokens(cached: RunCounts, tokenizer, examples: Sequence[Example], template: str, max_length: int) -> int:
