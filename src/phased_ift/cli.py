@@ -106,7 +106,7 @@ def cmd_ifeval(args: argparse.Namespace) -> int:
 
 def cmd_judge_check(args: argparse.Namespace) -> int:
     """`phased-ift judge-check CONFIG`: the configured pairwise judge on pairs with known GPT-4 preferences
-    (`judgecheck.run_judge_check`); prints agreement, kappa, position and length bias with CIs, anchor and cost."""
+    (`pairwise.check.run_judge_check`); prints agreement, kappa, position and length bias with CIs, anchor and cost."""
     from phased_ift.pairwise.check import format_check, run_judge_check
 
     result = run_judge_check(_locked(args), args.annotations, args.limit, args.seed, console=console)

@@ -140,7 +140,7 @@ class RunDir:
         return self.root / "evaluation" / arm / f"seed_{seed}" / f"phase_{k}" / f"{name}.json"
 
     def judge_check(self, tag: str) -> Path:
-        """The folder of one judge check (`judgecheck`): judgements.jsonl and judge_check.json."""
+        """The folder of one judge check (`pairwise.check`): judgements.jsonl and judge_check.json."""
         return self.root / "judge_check" / tag
 
     def grades(self, arm: str, k: int, testset: str, seed: int = 0) -> Path:

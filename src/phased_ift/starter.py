@@ -86,13 +86,12 @@ generate:
 evaluation:
   reference_loss: true      # loss of GPT-4's reference answers (AlpacaEval) under each model: lower = closer
 
-# Pairwise judging (win rates, both answer orders) switches on with an OpenAI-compatible endpoint; the API key is
-# read from the environment variable named here, never written anywhere:
+# Pairwise judging (win rates, both answer orders) and MT-Bench / SeqEval grading switch on with an LLM judge, an
+# OpenAI-compatible endpoint; the API key is read from the environment variable named here, never written anywhere:
 # judge:
-#   judge:
-#     base_url: http://127.0.0.1:8000/v1
-#     model: local
-#     api_key_env: OPENAI_API_KEY
+#   base_url: http://127.0.0.1:8000/v1
+#   model: local
+#   api_key_env: OPENAI_API_KEY
 """
 
 

@@ -98,7 +98,7 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
 def judge_check_line(jc: dict) -> str:
     """How far the win rates' judge can be trusted: its judge-check agreement with GPT-4 (FastChat's "without tie"
     convention, next to the "longer answer wins" rule on the same pairs) and position consistency with CIs, and
-    whether it qualifies (both lower CI bounds >= `judgecheck.QUALIFY`); or a warning that it was never checked."""
+    whether it qualifies (both lower CI bounds >= `pairwise.check.QUALIFY`); or a warning that it was never checked."""
     who = f"judge {jc.get('judge')} (template {jc.get('template')})"
     c = jc.get("matched")
     if not c:
