@@ -27,6 +27,12 @@ def test_every_registry_is_keyed_by_its_declared_names():
     assert list(data.FORMAT_NAMES) == list(choices.FORMAT_CHOICES)
     assert list(data.TEST_SETS) == list(choices.TEST_SETS)
     assert list(evals.BENCHMARKS) == list(choices.BENCHMARKS)
+    from phased_ift.export import TARGETS
+    from phased_ift.generation.serving import SERVERS
+    from phased_ift.modeling.export import GGUF_TYPES
+
+    assert list(TARGETS) == list(choices.EXPORT_TARGETS) and SERVERS == choices.SERVERS
+    assert GGUF_TYPES == choices.GGUF_TYPES
     assert all(b.choice is choices.BENCHMARKS[n] for n, b in evals.BENCHMARKS.items())
     assert list(SAMPLERS) == list(choices.SAMPLERS)
     assert list(NAMED_MODELS) == list(choices.NAMED_MODELS)
@@ -86,3 +92,26 @@ def test_arm_families_and_members_are_names_only():
     assert member is not None and member.phase_order == (3, 1, 2) and member.n_phases(3) == 3
     assert choices.arm_choice("sideways") is None
     assert choices.testset_key("vicuna") == "vicuna" and choices.testset_key("data/my set.jsonl") == "my set"
+
+
+def test_registering_an_undeclared_name_raises():
+    """A registry takes only names declared in config_choices, so the config, the CLI's choices and the registry
+    cannot drift apart."""
+    import pytest
+
+    from phased_ift import scoring
+    from phased_ift.errors import PhasedIFTError
+    from phased_ift.evals import Benchmark, register_benchmark
+    from phased_ift.export import Target, register_target
+    from phased_ift.generation import register_backend
+
+    with pytest.raises(ValueError, match="scorer 'mine' is not declared in config_choices.SCORERS"):
+        scoring.register_scorer("mine")(lambda examples, ctx: iter(()))
+    with pytest.raises(ValueError, match="generation backend 'mine' is not declared"):
+        register_backend("mine", object)
+    with pytest.raises(ValueError, match="export target 'mine' is not declared in config_choices.EXPORT_TARGETS"):
+        register_target(Target("mine", "x", lambda plan, out: []))
+    with pytest.raises(PhasedIFTError, match="benchmark 'mine' is not declared"):
+        register_benchmark(Benchmark(choices.BenchmarkChoice("mine", choices.PROGRAM, "vicuna"), "x", run=None,
+                                     summarize=None, missing=None, blocks=None))
+    assert "mine" not in scoring.SCORERS

@@ -305,8 +305,10 @@ def test_errors_name_the_file_and_the_fix(split_run, tmp_path, capsys):
     assert main(["export", str(fresh), "--to", "hf", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "manifest.json does not exist" in err and "phased-ift split" in err
-    assert main(["export", str(split_run), "--to", "trl", str(tmp_path / "o")]) == 2
-    assert "unknown target 'trl'" in capsys.readouterr().err.replace("\n", " ")
+    with pytest.raises(SystemExit) as exc:  # --to offers the declared targets (config_choices.EXPORT_TARGETS)
+        main(["export", str(split_run), "--to", "trl", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert "invalid choice: 'trl' (choose from 'llama-factory', 'axolotl', 'hf')" in capsys.readouterr().err
     phases = RunDir(load_config(split_run).run_dir).phases_dir
     assert main(["export", str(split_run), "--to", "hf", str(phases / "x")]) == 2
     assert "inside its phases/" in capsys.readouterr().err.replace("\n", "")

@@ -18,6 +18,7 @@
     phased-ift serve-command CONFIG [--server vllm|llama-cpp]      the server command for generate.backend=server
     phased-ift export-gguf CHECKPOINT OUT.gguf [--outtype f32]     a checkpoint (adapter merged) as a GGUF file
     phased-ift export CONFIG --to llama-factory|axolotl|hf OUT_DIR  the split's phases for other training tools
+(the choices of --to, --server and --outtype are `config_choices`' names, as every registry's)
 
 User errors print one paragraph (no traceback) and exit with status 2; Ctrl-C exits with 130 and the same
 command resumes. The commands that write a run dir (sit-generate, score, split, train, generate, judge, report,
@@ -42,7 +43,8 @@ from typing import Callable
 from rich.console import Console
 
 from phased_ift import __version__
-from phased_ift.config_choices import FORMAT_CHOICES, NAMED_MODELS, listing  # help texts from the registry names
+from phased_ift.config_choices import (EXPORT_TARGETS, FORMAT_CHOICES, GGUF_TYPES, NAMED_MODELS, SERVERS, described,
+                                      listing)  # help texts and choices from the registry names
 from phased_ift.errors import PhasedIFTError
 
 console = Console(stderr=True)
@@ -420,7 +422,8 @@ def _add_export_command(sub: argparse._SubParsersAction) -> None:
                        "axolotl: data files, one training config per arm x seed x phase chained as phased-ift "
                        "chains phases, run.sh; hf: a datasets.DatasetDict (save_to_disk) and its dataset card.")
     p.add_argument("config", help="YAML config of the run, e.g. configs/quickstart.yaml")
-    p.add_argument("--to", required=True, metavar="TARGET", help="llama-factory, axolotl or hf")
+    p.add_argument("--to", required=True, choices=list(EXPORT_TARGETS), metavar="TARGET",
+                   help=described(EXPORT_TARGETS))
     p.add_argument("out_dir", help="folder to write (created; files of an earlier export are replaced)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.seeds=[0,1]")
     p.set_defaults(func=cmd_export)
@@ -434,7 +437,7 @@ def _add_server_commands(sub: argparse._SubParsersAction) -> None:
                        "evaluation grid (generate.server.model_template): vLLM with one LoRA module per adapter "
                        "checkpoint, or llama.cpp over GGUF exports.")
     _config_args(p)
-    p.add_argument("--server", choices=["vllm", "llama-cpp"], default="vllm")
+    p.add_argument("--server", choices=list(SERVERS), default=SERVERS[0])
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--gguf-dir", default=None, help="llama-cpp: where the GGUF files go (default <run_dir>/gguf)")
     p.set_defaults(func=cmd_serve_command)
@@ -442,7 +445,7 @@ def _add_server_commands(sub: argparse._SubParsersAction) -> None:
                        "for llama.cpp", description="Runs llama.cpp's convert_hf_to_gguf.py (see docs/evaluation.md).")
     p.add_argument("checkpoint", help="checkpoint dir (full model or adapter) or named model")
     p.add_argument("out", help="the .gguf file to write")
-    p.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
+    p.add_argument("--outtype", default=GGUF_TYPES[0], choices=list(GGUF_TYPES))
     p.set_defaults(func=cmd_export_gguf)
 
 

@@ -17,6 +17,9 @@ registers its implementations against these names, and tests/test_architecture.p
     PAIRWISE_TEMPLATES the packaged templates of judge.load_template
     SIT_STEPS          sit.generation.STEP_TEMPLATES
     SIT_KINDS          sit.compose.KINDS
+    EXPORT_TARGETS     export.TARGETS               (`phased-ift export --to`)
+    SERVERS            generation.serving.SERVERS   (`phased-ift serve-command --server`)
+    GGUF_TYPES         modeling.export.GGUF_TYPES   (`phased-ift export-gguf --outtype`)
     ARM_CHOICES        design.ARMS                  (design adds each arm's control / arrange implementation)
 
 `config` and `config_loading` read their choices and help texts from here, so loading a config imports no step.
@@ -100,6 +103,13 @@ ANSWER_BUDGETS = {b.test_set: b.answer_budget for b in BENCHMARKS.values() if b.
 _TEST_SET_NOTES = {b.test_set: b.note for b in BENCHMARKS.values() if b.test_set}
 
 SAMPLERS = ("sequential", "competence")
+EXPORT_TARGETS = {
+    "llama-factory": "LLaMA-Factory datasets, one training YAML per stage, run.sh",
+    "axolotl": "Axolotl datasets, one training YAML per stage, run.sh",
+    "hf": "a datasets.DatasetDict (save_to_disk) with a dataset card",
+}
+SERVERS = ("vllm", "llama-cpp")  # the servers `phased-ift serve-command` writes commands for
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")  # llama.cpp converter --outtype values `export-gguf` offers
 NAMED_MODELS = ("smollm2-135m-instruct", "gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
 PAIRWISE_TEMPLATES = {
     "pairwise": "the paper's 1-10 's1 s2' prompt",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from phased_ift.config import Config
+from phased_ift.config_choices import EXPORT_TARGETS
 from phased_ift.errors import PhasedIFTError
 from phased_ift.export import axolotl, hf, llama_factory
 from phased_ift.export.plan import ExportPlan, build_plan
@@ -46,16 +47,18 @@ def register_target(target: Target) -> Target:
     Raises:
         ValueError: a duplicate name (a programming error).
     """
+    if target.name not in EXPORT_TARGETS:
+        raise ValueError(f"export target {target.name!r} is not declared in config_choices.EXPORT_TARGETS; add its "
+                         "name there first (the CLI's --to reads it from there)")
     if target.name in TARGETS:
         raise ValueError(f"export target {target.name!r} is already registered")
     TARGETS[target.name] = target
     return target
 
 
-register_target(Target("llama-factory", "LLaMA-Factory datasets, one training YAML per stage, run.sh",
-                       llama_factory.write))
-register_target(Target("axolotl", "Axolotl datasets, one training YAML per stage, run.sh", axolotl.write))
-register_target(Target("hf", "a datasets.DatasetDict (save_to_disk) with a dataset card", hf.write))
+register_target(Target("llama-factory", EXPORT_TARGETS["llama-factory"], llama_factory.write))
+register_target(Target("axolotl", EXPORT_TARGETS["axolotl"], axolotl.write))
+register_target(Target("hf", EXPORT_TARGETS["hf"], hf.write))
 
 
 def export_run(cfg: Config, target: str, out_dir: str | Path) -> list[Path]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from phased_ift.config import Config
+from phased_ift.config_choices import GENERATE_BACKENDS
 from phased_ift.errors import PhasedIFTError
 from phased_ift.generation.serving import served_checkpoints
 from phased_ift.llm_client import LLMClient
@@ -58,7 +59,14 @@ BACKENDS: dict[str, Callable[..., Backend]] = {}
 
 
 def register_backend(name: str, factory: Callable[..., Backend]) -> None:
-    """Add a backend factory `factory(model, tokenizer, model_dir, **options) -> Backend`; names are unique."""
+    """Add a backend factory `factory(model, tokenizer, model_dir, **options) -> Backend`.
+
+    Raises:
+        ValueError: a name not declared in `config_choices.GENERATE_BACKENDS`, or registered already.
+    """
+    if name not in GENERATE_BACKENDS:
+        raise ValueError(f"generation backend {name!r} is not declared in config_choices.GENERATE_BACKENDS; add its "
+                         "name there first (generate.backend reads it from there)")
     if name in BACKENDS:
         raise ValueError(f"generation backend {name!r} is already registered")
     BACKENDS[name] = factory

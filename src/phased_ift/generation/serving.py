@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phased_ift.config import Config
+from phased_ift.config_choices import SERVERS  # the names the CLI offers
 from phased_ift.phases.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
 from phased_ift.modeling import base_model_of, is_adapter, resolve_model_path
 from phased_ift.phasedir import PhaseDir
 from phased_ift.rundir import RunDir
 
-SERVERS = ("vllm", "llama-cpp")
 # vLLM's --max-lora-rank accepts these values only (vllm/config/lora.py).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _NAME_OK = re.compile(r"[A-Za-z0-9._:/-]+")

@@ -15,12 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from phased_ift.config_choices import GGUF_TYPES  # the names the CLI offers
 from phased_ift.errors import PhasedIFTError
 from phased_ift.modeling.hub import cache_home, resolve_model_path
 from phased_ift.modeling.loading import is_adapter, load_checkpoint, load_checkpoint_tokenizer
 
 LLAMA_CPP_VERSION = "0.3.36"  # llama-cpp-python, as in scripts/install.sh and pyproject's test extra
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 
 
 def llama_cpp_converter() -> Path:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from phased_ift.config import Config
+from phased_ift.config_choices import SCORERS as SCORER_NAMES
 from phased_ift.data import Example, ExampleFile
 from phased_ift import modeling, shutdown
 from phased_ift.runio import AppendLog, JsonlIndex, read_scores, write_jsonl  # noqa: F401 (read_scores: the API)
@@ -71,10 +72,13 @@ def register_scorer(name: str, *, dry_run: DryRun | None = None, spread: bool = 
     a multi-process launch each rank scores its share of the examples); returns the scorer unchanged.
 
     Raises:
-        ValueError: a duplicate name (registries refuse them).
+        ValueError: a name not declared in `config_choices.SCORERS`, or a duplicate (registries refuse them).
     """
 
     def add(fn: Scorer) -> Scorer:
+        if name not in SCORER_NAMES:
+            raise ValueError(f"scorer {name!r} is not declared in config_choices.SCORERS; add its name there first "
+                             "(scoring.scorer reads it from there)")
         if name in SCORERS:
             raise ValueError(f"scorer {name!r} is already registered")
         SCORERS[name] = fn
