@@ -261,3 +261,28 @@ def test_the_streamed_mix_equals_the_mix_of_the_list(tmp_path, source):
     assert got == want and found.rejects == want_rejects and found.note == want_note
     assert sum(map(lambda e: bool(e.meta.get("sequential")), got)) == (0 if source == "none" else 20)
     assert len(want_rejects) == (1 if source == "file" else 0)
+
+
+def test_example_head_decodes_id_and_meta_as_the_whole_row(tmp_path):
+    from phased_ift.data import example_head
+
+    examples = _examples(200) + [Example('q"u\\ote, "messages": x', [{"role": "user", "content": ', "meta": {}}'},
+                                                                     {"role": "assistant", "content": "é"}],
+                                         {"score": 2.5, "meta": {"x": [1]}})]
+    lines = write_examples(tmp_path / "t.jsonl", examples).read_bytes().splitlines(keepends=True)
+    for e, line in zip(examples, lines):
+        assert example_head(line) == (e.id, e.meta)
+    odd = [b'{"id": 7, "messages": [], "meta": {"a": 1}}\n',  # an int id
+           b'{"id": "a", "messages": [{"role": "user", "content": "x", "meta": {"k": 1}}], "meta": {"s": 2}}\n',
+           b'{"messages": [], "id": "b", "meta": {}}\n', b'{"id":"c","messages":[],"meta":{"t":1}}']
+    assert [example_head(x) for x in odd] == [("7", {"a": 1}), ("a", {"s": 2}), ("b", {}), ("c", {"t": 1})]
+
+
+def test_a_torn_row_of_the_data_is_named_by_file_and_line(tmp_path):
+    from phased_ift.phases.split import write_split
+
+    run = _split_run(tmp_path, _examples(12))
+    with open(run.train_data, "ab") as f:
+        f.write(b'{"id": "torn", "messages": [{"role"\n')
+    with pytest.raises(JsonlDecodeError, match=r"train.jsonl, line 13 column"):
+        write_split(run, "length", 3, "quantiles", [], 0, {})

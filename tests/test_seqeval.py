@@ -132,7 +132,7 @@ def test_packaged_prompts_say_they_are_ours_and_fill_literally(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Grading through the pairwise step, against the fake server
+# Grading through the evaluate step, against the fake server
 # ---------------------------------------------------------------------------------------------------------------
 def _pick(seqeval_by_depth):
     """Four SeqEval prompts: A at depth 1, B at depth 2, C and D at depth 4."""

@@ -37,7 +37,7 @@ from phased_ift.diskerrors import DiskWriteError, write_error, writing
 from phased_ift.errors import PhasedIFTError
 
 __all__ = ["AppendLog", "JsonlDecodeError", "JsonlIndex", "append_jsonl", "atomic_write_bytes", "atomic_write_json",
-           "atomic_write_text", "atomic_write_chunks", "drop_torn_tail", "read_jsonl", "write_jsonl"]
+           "atomic_write_text", "atomic_write_chunks", "drop_torn_tail", "read_jsonl", "read_lines", "write_jsonl"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -212,13 +212,16 @@ class JsonlIndex:
         path: the file (this project's jsonl, e.g. data/train.jsonl or a scores file).
         keep: called with each parsed row while indexing; its results are `values` (None: rows are not parsed
             while indexing, only their offsets found).
+        raw: `keep` gets each line's bytes instead of the parsed row (it decodes what it needs, e.g.
+            `data.example_head`).
 
     Raises:
         FileNotFoundError: no such file. JsonlDecodeError: with `keep`, a line that is not JSON (file and line);
         `keep`'s own exceptions.
     """
 
-    def __init__(self, path: str | os.PathLike, keep: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, keep: Callable[[Any], Any] | None = None, *, raw: bool = False
+                 ) -> None:
         self.path = Path(path)
         self.offsets = array("q")
         self.values: list[Any] = []
@@ -229,7 +232,7 @@ class JsonlIndex:
                 if line.strip():
                     self.offsets.append(pos)
                     if keep is not None:
-                        self.values.append(keep(_parse_line(self.path, lineno, line)))
+                        self.values.append(_kept(self.path, lineno, line, keep, raw))
                 pos += len(line)
 
     def __len__(self) -> int:
@@ -258,6 +261,30 @@ class JsonlIndex:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _kept(path: Path, lineno: int, line: bytes, keep: Callable[[Any], Any], raw: bool) -> Any:
+    """keep(line or its row); a line that is not JSON is a JsonlDecodeError naming the file and line."""
+    if not raw:
+        return keep(_parse_line(path, lineno, line))
+    try:
+        return keep(line)
+    except json.JSONDecodeError as e:
+        raise JsonlDecodeError(path, lineno, e.msg, line.decode("utf-8", "replace"), e.pos) from None
+
+
+def read_lines(path: str | os.PathLike, decode: Callable[[bytes], Any]) -> Iterator[Any]:
+    """decode(line) per non-blank line of a JSON-lines file, read line by line as bytes (the caller decodes only
+    what it needs, e.g. `data.example_head`).
+
+    Raises:
+        JsonlDecodeError: `decode` raised json.JSONDecodeError (names the file and line); FileNotFoundError.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield _kept(path, lineno, line, decode, True)
 
 
 def _parse_line(path: Path, lineno: int, line: bytes) -> Any:

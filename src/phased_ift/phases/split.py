@@ -24,7 +24,7 @@ import random
 from dataclasses import replace
 from typing import Callable, Mapping, Sequence
 
-from phased_ift.data import Example, write_examples
+from phased_ift.data import Example, example_head, write_examples
 from phased_ift.errors import PhasedIFTError
 from phased_ift.runio import JsonlIndex, atomic_write_json, read_score_values
 from phased_ift.sit.mix import phase_mix_counts
@@ -251,10 +251,11 @@ def _read_scores(scores_path) -> tuple[dict[str, float], list[str]]:
 _STUB_META = ("sequential", "replaces")
 
 
-def _stub(row: dict) -> Example:
-    """A data/train.jsonl row as the split's stand-in: its id and the meta of `_STUB_META`, no messages."""
-    meta = row.get("meta") or {}
-    return Example(str(row["id"]), [], {k: meta[k] for k in _STUB_META if k in meta})
+def _stub(line: bytes) -> Example:
+    """A data/train.jsonl row (a line's bytes) as the split's stand-in: its id and the meta of `_STUB_META`, no
+    messages (`data.example_head`: the messages are not decoded)."""
+    rid, meta = example_head(line)
+    return Example(rid, [], {k: meta[k] for k in _STUB_META if k in meta})
 
 
 def _stubs(data: JsonlIndex, path) -> dict[str, int]:
@@ -328,7 +329,7 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
     if not scores_path.is_file():
         raise PhasedIFTError(f"phases: {scores_path} does not exist; run `phased-ift score` first.")
     scores, failed = _read_scores(scores_path)
-    with JsonlIndex(run.train_data, keep=_stub) as data:
+    with JsonlIndex(run.train_data, keep=_stub, raw=True) as data:
         at = _stubs(data, run.train_data)
         failed_set = set(failed)
         kept = [e for e in data.values if e.id in scores]

@@ -12,6 +12,7 @@ Imports no torch / transformers at module level: a plan loads a tokenizer at mos
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,12 +20,12 @@ from typing import Any, Callable, Container, Sequence
 
 from phased_ift import modeling
 from phased_ift.config import Config
-from phased_ift.data import Example
+from phased_ift.data import Example, example_head
 from phased_ift.phases.design import assumed_phases, get_arm, phase_count
 from phased_ift.phases.split import read_manifest
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
-from phased_ift.runio import read_jsonl
+from phased_ift.runio import read_lines
 from phased_ift.sit.mix import is_sequential
 from phased_ift.train.tokencounts import CHUNK, RunCounts, run_counts, total_tokens
 
@@ -167,11 +168,10 @@ def _plan_reader(known: Container[str]) -> Callable[[Path], list[Example]]:
     files: dict[Path, list[Example]] = {}
     stand_ins: dict[str, Example] = {}
 
-    def example(d: dict) -> Example:
-        rid = str(d["id"])
+    def example(line: bytes) -> Example:
+        rid, meta = example_head(line)  # the messages are decoded only when they are needed
         if rid not in known:
-            return Example.from_dict(d)
-        meta = d.get("meta") or {}
+            return Example.from_dict(json.loads(line))
         meta = {k: meta[k] for k in _STAND_IN_META if k in meta}
         seen = stand_ins.get(rid)
         if seen is None or seen.meta != meta:
@@ -180,7 +180,7 @@ def _plan_reader(known: Container[str]) -> Callable[[Path], list[Example]]:
 
     def read(path: Path) -> list[Example]:
         if path not in files:
-            files[path] = [example(d) for d in read_jsonl(path)]
+            files[path] = list(read_lines(path, example))
         return files[path]
 
     return read
