@@ -65,8 +65,8 @@ class Benchmark:
             also needs the judge endpoint judge).
         plan: `(cfg, prompts per test set) -> str`, its part of the plan's evaluate row; None: its label.
         requests: graded: `prompts -> judge requests per checkpoint`, for the plan.
-        prepare: `cfg -> None`, the cheap check before any training (`preflight`): templates, data files; raises
-            PhasedIFTError.
+        prepare: `cfg -> Any`, the cheap check before any training (`preflight`): templates, data files (what it
+            loads is dropped); raises PhasedIFTError.
         trend: `summary -> points`, {"arm", "seed", "phase", "mean", "ci"} per checkpoint for a per-phase plot
             (`<name>_trend.png`), drawn when some point is not a final checkpoint's; None: no plot.
         trend_label: the y axis of that plot.
@@ -83,7 +83,7 @@ class Benchmark:
     enabled: Callable[[Config], bool] | None = None
     plan: Callable[[Config, dict[str, int]], str] | None = None
     requests: Callable[[Sequence[Example]], int] | None = None
-    prepare: Callable[[Config], None] | None = None
+    prepare: Callable[[Config], Any] | None = None
     trend: Callable[[dict], list[dict]] | None = None
     trend_label: str = ""
 

@@ -227,5 +227,5 @@ def graded_benchmark(grader: Grader, choice: BenchmarkChoice, **parts: Any) -> B
     benchmark's own (summarize, missing, blocks, verdicts, effects, ...)."""
     return Benchmark(choice, grader.label, run=lambda cfg, run, dry_run, console: grade_all(
         grader, cfg, run, dry_run=dry_run, console=console), requests=grader.requests,
-        prepare=lambda cfg: grader.prepare(cfg) and None,
+        prepare=grader.prepare,
         plan=lambda cfg, prompts: f"{grader.label} ({prompts[grader.testset]} prompts)", **parts)
