@@ -21,7 +21,7 @@
 (the choices of --to, --server and --outtype are `config_choices`' names, as every registry's)
 
 User errors print one paragraph (no traceback) and exit with status 2; Ctrl-C exits with 130 and the same
-command resumes. The commands that write a run dir (sit-generate, score, split, train, generate, judge, report,
+command resumes. The commands that write a run dir (sit-generate, score, split, train, generate, pairwise, evaluate, report,
 run, judge-check; not with --dry-run) hold its lock (`runlock`): while another process holds it they stop at once
 with status 75, or wait for it with --wait. While they hold it, SIGTERM (SLURM preemption, scancel) and SIGINT
 (Ctrl-C) stop them gracefully (`shutdown`): training at the end of the current optimizer step with a Trainer

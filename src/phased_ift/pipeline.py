@@ -347,7 +347,7 @@ def step_evaluate(cfg: Config, dry_run: bool = False, console: Console | None = 
 
 
 def step_report(cfg: Config, console: Console | None = None) -> dict:
-    """The report step after generate, judge and evaluate (each skips finished work): report/report.md,
+    """The report step after generate, pairwise and evaluate (each skips finished work): report/report.md,
     report.html, PNGs and summary.json, always rebuilt. Returns the summary dict (`report.build_report`)."""
     return run_command("report", cfg, console=console)
 

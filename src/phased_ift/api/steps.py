@@ -295,7 +295,7 @@ def _run_step(step: str, config: ConfigLike, overrides: Mapping[str, Any] | None
 
 def write_report(config: ConfigLike, *, overrides: Mapping[str, Any] | None = None, console: Any = None) -> dict:
     """The report of a run dir: report/report.md, report.html (self-contained), summary.json and the plots,
-    after the generate, judge and evaluate steps (each skips finished work).
+    after the generate, pairwise and evaluate steps (each skips finished work).
 
     Returns:
         The summary (the numbers of summary.json: win rates with CIs, the effect of each arm against the
