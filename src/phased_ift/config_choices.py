@@ -123,6 +123,17 @@ SIT_KINDS = {
 }
 
 
+def require_declared(name: str, declared: Iterable[str], what: str, table: str) -> None:
+    """The check every registry makes before it registers `name`: it must be one of the names declared here.
+
+    Raises:
+        ValueError: "<what> '<name>' is not declared in config_choices.<table>; add its name there first".
+    """
+    if name not in declared:
+        raise ValueError(f"{what} {name!r} is not declared in config_choices.{table}; add its name there first (the "
+                         "config and the CLI read the names from there)")
+
+
 def listing(names: Iterable[str], sep: str = " | ") -> str:
     """The names as one help-text string, e.g. "hf | vllm | server"."""
     return sep.join(names)

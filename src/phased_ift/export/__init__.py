@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from phased_ift.config import Config
-from phased_ift.config_choices import EXPORT_TARGETS
+from phased_ift.config_choices import EXPORT_TARGETS, require_declared
 from phased_ift.errors import PhasedIFTError
 from phased_ift.export import axolotl, hf, llama_factory
 from phased_ift.export.plan import ExportPlan, build_plan
@@ -45,11 +45,9 @@ def register_target(target: Target) -> Target:
     """Add a target to `TARGETS`.
 
     Raises:
-        ValueError: a duplicate name (a programming error).
+        ValueError: a name not declared in `config_choices.EXPORT_TARGETS`, or a duplicate (a programming error).
     """
-    if target.name not in EXPORT_TARGETS:
-        raise ValueError(f"export target {target.name!r} is not declared in config_choices.EXPORT_TARGETS; add its "
-                         "name there first (the CLI's --to reads it from there)")
+    require_declared(target.name, EXPORT_TARGETS, "export target", "EXPORT_TARGETS")
     if target.name in TARGETS:
         raise ValueError(f"export target {target.name!r} is already registered")
     TARGETS[target.name] = target

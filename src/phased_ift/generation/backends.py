@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from phased_ift.config import Config
-from phased_ift.config_choices import GENERATE_BACKENDS
+from phased_ift.config_choices import GENERATE_BACKENDS, require_declared
 from phased_ift.errors import PhasedIFTError
 from phased_ift.generation.serving import served_checkpoints
 from phased_ift.llm_client import LLMClient
@@ -64,9 +64,7 @@ def register_backend(name: str, factory: Callable[..., Backend]) -> None:
     Raises:
         ValueError: a name not declared in `config_choices.GENERATE_BACKENDS`, or registered already.
     """
-    if name not in GENERATE_BACKENDS:
-        raise ValueError(f"generation backend {name!r} is not declared in config_choices.GENERATE_BACKENDS; add its "
-                         "name there first (generate.backend reads it from there)")
+    require_declared(name, GENERATE_BACKENDS, "generation backend", "GENERATE_BACKENDS")
     if name in BACKENDS:
         raise ValueError(f"generation backend {name!r} is already registered")
     BACKENDS[name] = factory

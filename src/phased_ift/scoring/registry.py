@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from phased_ift.config import Config
-from phased_ift.config_choices import SCORERS as SCORER_NAMES
+from phased_ift.config_choices import SCORERS as SCORER_NAMES, require_declared
 from phased_ift.data import Example, ExampleFile
 from phased_ift import modeling, shutdown
 from phased_ift.runio import AppendLog, JsonlIndex, read_scores, write_jsonl  # noqa: F401 (read_scores: the API)
@@ -76,9 +76,7 @@ def register_scorer(name: str, *, dry_run: DryRun | None = None, spread: bool = 
     """
 
     def add(fn: Scorer) -> Scorer:
-        if name not in SCORER_NAMES:
-            raise ValueError(f"scorer {name!r} is not declared in config_choices.SCORERS; add its name there first "
-                             "(scoring.scorer reads it from there)")
+        require_declared(name, SCORER_NAMES, "scorer", "SCORERS")
         if name in SCORERS:
             raise ValueError(f"scorer {name!r} is already registered")
         SCORERS[name] = fn
