@@ -184,10 +184,15 @@ def source_provenance(source: str) -> dict[str, str]:
 
 def _sample(examples: list[Example], limit: int, seed: int) -> list[Example]:
     """A seeded sample of `limit` examples kept in file order (all of them when limit is 0 or >= len)."""
-    if not limit or limit >= len(examples):
-        return examples
-    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
-    return [examples[i] for i in keep]
+    keep = _sample_positions(len(examples), limit, seed)
+    return examples if keep is None else [examples[i] for i in keep]
+
+
+def _sample_positions(n: int, limit: int, seed: int) -> list[int] | None:
+    """The positions (increasing) of the seeded `limit` sample of n items; None: all of them (limit 0 or >= n)."""
+    if not limit or limit >= n:
+        return None
+    return sorted(random.Random(seed).sample(range(n), limit))
 
 
 def load_source(ds: Any, *, dedupe: bool = True) -> ReadResult:
@@ -215,7 +220,7 @@ def stream_source(ds: Any, *, dedupe: bool = True) -> tuple[Iterator[Example], R
     the first `next()`.
 
     A `limit` sample reads the file twice: once to count the usable records (the sample is drawn from their
-    number, as `_sample` draws it), then to yield the sampled ones; neither pass holds the examples.
+    number, `_sample_positions`, as `_sample` draws it), then to yield the sampled ones; neither pass holds the examples.
 
     Raises:
         PhasedIFTError: see `read_file` and `source_path` (while iterating).
@@ -234,9 +239,8 @@ def stream_source(ds: Any, *, dedupe: bool = True) -> tuple[Iterator[Example], R
     def examples() -> Iterator[Example]:
         keep = None
         if ds.limit:
-            n = sum(1 for _ in read()[0])
-            if ds.limit < n:
-                keep = set(random.Random(ds.seed).sample(range(n), ds.limit))  # the draw of `_sample`
+            positions = _sample_positions(sum(1 for _ in read()[0]), ds.limit, ds.seed)  # `_sample`'s draw
+            keep = None if positions is None else set(positions)
         stream, found = read()
         yield from (e for i, e in enumerate(stream) if keep is None or i in keep)
         result.rejects, result.format, result.total, result.duplicates = (found.rejects, found.format, found.total,

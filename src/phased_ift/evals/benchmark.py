@@ -3,18 +3,22 @@
 Owns `Benchmark` (one object per benchmark, registered in `evals.BENCHMARKS`, as lm-eval registers a task: its
 name, kind, test set and answer budget (`config_choices.BenchmarkChoice`), how the evaluate step runs it, how its
 files become summary entries, its report section, its verdict lines and the per-prompt values the answer compares
-(`EffectMetric`)), `EffectMetric` and `is_final` (a checkpoint is its arm's last phase). What each benchmark asks
+(`EffectMetric`)), `EffectMetric`, and the pieces every benchmark module uses: `is_final` (a checkpoint is its arm's last phase),
+`mark_final`, `read_result` (a benchmark's per-checkpoint JSON file) and `unless_dry_run`. What each benchmark asks
 and computes is its own module's (`evals.reference_loss`, `evals.ifeval`, `evals.mtbench`, `evals.seqeval`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from phased_ift.config import Config
 from phased_ift.config_choices import LIKELIHOOD, LLM_GRADED, BenchmarkChoice, testset_key
 from phased_ift.data import Example
+from phased_ift.errors import PhasedIFTError
 from phased_ift.phases.design import ARMS, final_phase
 from phased_ift.rundir import RunDir
 
@@ -117,3 +121,32 @@ class Benchmark:
 def is_final(cfg: Config, run: RunDir, arm: str, phase: int) -> bool:
     """The checkpoint is its arm's last phase (`design.final_phase`), the one the answer compares."""
     return arm in ARMS and phase == final_phase(cfg, arm, run)
+
+
+def mark_final(rows: list[dict], cfg: Config, run: RunDir) -> list[dict]:
+    """`rows` (summary entries with "arm" and "phase"), each given "final" (`is_final`), in place; returns them."""
+    for r in rows:
+        r["final"] = is_final(cfg, run, r["arm"], r["phase"])
+    return rows
+
+
+def read_result(path: Path) -> dict:
+    """A benchmark's per-checkpoint JSON file (`RunDir.benchmark`).
+
+    Raises:
+        PhasedIFTError: the file is not valid JSON (names it and the fix).
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PhasedIFTError(f"{path}: not valid JSON ({e}); delete it and re-run the evaluate step.") from None
+
+
+def unless_dry_run(body: Callable[[Config, RunDir, Any], None]) -> Callable[[Config, RunDir, bool, Any], None]:
+    """A `Benchmark.run` from a step body `(cfg, run, console)` that computes nothing in a dry run (the plan's
+    evaluate row says what will run)."""
+    def run_it(cfg: Config, run: RunDir, dry_run: bool, console: Any) -> None:
+        if not dry_run:
+            body(cfg, run, console)
+    return run_it
+

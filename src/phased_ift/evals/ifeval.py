@@ -34,7 +34,6 @@ answer's per-prompt values, the per-phase trend.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any, Sequence
@@ -46,7 +45,7 @@ from phased_ift.data import TEST_SETS, data_home, load_test_set
 from phased_ift.phases.design import baseline_arm, evaluation_cells
 from phased_ift.effects import conditional_effect
 from phased_ift.errors import PhasedIFTError
-from phased_ift.evals.benchmark import Benchmark, EffectMetric, PerPrompt, is_final
+from phased_ift.evals.benchmark import Benchmark, EffectMetric, PerPrompt, is_final, read_result, unless_dry_run
 from phased_ift.generation import read_generations
 from phased_ift.config_choices import testset_key
 from phased_ift.modeling import cache_home
@@ -445,10 +444,7 @@ def summarize(run: RunDir, cfg: Config) -> dict[str, list[dict]]:
     """
     entries, per_prompt = [], {}
     for e in run.evaluation_files("ifeval.json"):
-        try:
-            data = json.loads(e.path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise PhasedIFTError(f"{e.path}: not valid JSON ({err}); delete it and re-run the evaluate step.") from None
+        data = read_result(e.path)
         final = is_final(cfg, run, e.arm, e.phase)
         entries.append({"arm": e.arm, "seed": e.seed, "phase": e.phase, "final": final, **data["metrics"]})
         if "by_instruction_count" not in data["metrics"]:
@@ -556,15 +552,8 @@ def per_prompt(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
     for e in run.evaluation_files("ifeval.json"):
         if is_final(cfg, run, e.arm, e.phase):
             out[(e.arm, e.seed)] = {(str(r["key"]),): float(r["prompt_strict"])
-                                    for r in _load(e.path).get("per_prompt") or []}
+                                    for r in read_result(e.path).get("per_prompt") or []}
     return out
-
-
-def _load(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise PhasedIFTError(f"{path}: not valid JSON ({e}); delete it and re-run the evaluate step.") from None
 
 
 def _trend(summary: dict) -> list[dict]:
@@ -572,13 +561,8 @@ def _trend(summary: dict) -> list[dict]:
              **{k: e["prompt_level_strict"][k] for k in ("mean", "ci")}} for e in summary.get("ifeval") or []]
 
 
-def _run(cfg: Config, run: RunDir, dry_run: bool, console: Any) -> None:
-    if not dry_run:  # a dry run computes nothing: the plan's evaluate row says what will run
-        ifeval_all(cfg, run, console)
-
-
 BENCHMARK = Benchmark(
-    BENCHMARKS["ifeval"], "IFEval", run=_run, summarize=summarize,
+    BENCHMARKS["ifeval"], "IFEval", run=unless_dry_run(ifeval_all), summarize=summarize,
     missing=lambda cfg: ("No IFEval results (evaluation/*/ifeval.json): add ifeval to generate.test_sets (e.g. "
                          "generate.test_sets=[vicuna,ifeval]) and run `phased-ift run CONFIG`."),
     blocks=_blocks, verdicts=_verdicts, effects=(EffectMetric("IFEval prompt-level strict accuracy", per_prompt),),

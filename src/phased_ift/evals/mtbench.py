@@ -43,7 +43,7 @@ from phased_ift.config import Config
 from phased_ift.config_choices import BENCHMARKS
 from phased_ift.data import data_home, load_test_set
 from phased_ift.errors import PhasedIFTError
-from phased_ift.evals.benchmark import is_final
+from phased_ift.evals.benchmark import mark_final
 from phased_ift.generation import read_generations, settings_path, turn_key
 from phased_ift.evals.grading import parse_rating, requests_of  # noqa: F401  (FastChat's parser: API)
 from phased_ift.prompts import PromptTemplate
@@ -409,10 +409,7 @@ def mt_bench_table(part: dict[str, dict[int, dict[int, dict[str, Any]]]]) -> lis
 def summarize(run: RunDir, cfg: Config) -> dict[str, list[dict]]:
     """{"mt_bench": one row per graded checkpoint (`mt_bench_table`: mean rating per turn and overall with CIs,
     counts, per-category means) plus "final" (the arm's last phase)}."""
-    rows = mt_bench_table(read_grades(run, cfg))
-    for r in rows:
-        r["final"] = is_final(cfg, run, r["arm"], r["phase"])
-    return {"mt_bench": rows}
+    return {"mt_bench": mark_final(mt_bench_table(read_grades(run, cfg)), cfg, run)}
 
 
 def _blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:

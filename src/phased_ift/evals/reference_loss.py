@@ -38,7 +38,7 @@ from phased_ift.config_choices import BENCHMARKS
 from phased_ift.data import Example, load_reference_answers, load_test_set, normalize_text
 from phased_ift.phases.design import evaluation_cells
 from phased_ift.errors import PhasedIFTError
-from phased_ift.evals.benchmark import Benchmark, EffectMetric, PerPrompt, is_final
+from phased_ift.evals.benchmark import Benchmark, EffectMetric, PerPrompt, is_final, read_result, unless_dry_run
 from phased_ift.phasedir import finished_checkpoint
 from phased_ift.modeling import load_for_inference
 from phased_ift.config_choices import testset_key
@@ -275,13 +275,6 @@ def _reference_prompts(cfg: Config, console: Any) -> tuple[dict[str, list[Exampl
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _load(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise PhasedIFTError(f"{path}: not valid JSON ({e}); delete it and re-run the evaluate step.") from None
-
-
 def summarize(run: RunDir, cfg: Config) -> dict[str, Any]:
     """{"reference_loss": mean reference-answer loss with a bootstrap CI per evaluation file and test set}: entries
     {"arm", "seed", "phase", "testset", "n", "mean", "ci"}. Test sets without any reference answer (n = 0) are left
@@ -292,7 +285,7 @@ def summarize(run: RunDir, cfg: Config) -> dict[str, Any]:
     """
     rc, out = cfg.report, []
     for e in run.evaluation_files():
-        data = _load(e.path)
+        data = read_result(e.path)
         for name, t in sorted((data.get("testsets") or {}).items()):
             if not t.get("n"):  # no prompt of this test set has a reference answer (IFEval): nothing to show
                 continue
@@ -333,15 +326,17 @@ def final_losses(summary: dict) -> dict[tuple, dict]:
     return last
 
 
+def quoted_losses(refs: dict[tuple, dict], c: dict) -> tuple[dict, dict] | None:
+    """The final reference-loss entries (of `final_losses`) of both arms of a win-rate comparison `c`, which its
+    verdict line quotes (`report.verdicts.verdict_lines`); None unless both arms have a mean on its test set."""
+    ra, rb = refs.get((c["testset"], c["arm_a"], c["seed"])), refs.get((c["testset"], c["arm_b"], c["seed"]))
+    return (ra, rb) if ra and rb and ra["mean"] is not None and rb["mean"] is not None else None
+
+
 def covered(summary: dict) -> set[tuple[str, int]]:
-    """The (test set, seed) pairs whose final reference losses the win-rate lines quote: a final comparison of two
-    arms that both have one (`report.verdicts.verdict_lines`)."""
-    refs, out = final_losses(summary), set()
-    for c in summary.get("comparisons", []):
-        ra, rb = refs.get((c["testset"], c["arm_a"], c["seed"])), refs.get((c["testset"], c["arm_b"], c["seed"]))
-        if ra and rb and ra["mean"] is not None and rb["mean"] is not None:
-            out.add((c["testset"], c["seed"]))
-    return out
+    """The (test set, seed) pairs whose final reference losses the win-rate lines quote (`quoted_losses`)."""
+    refs = final_losses(summary)
+    return {(c["testset"], c["seed"]) for c in summary.get("comparisons", []) if quoted_losses(refs, c)}
 
 
 def _verdicts(summary: dict, rank: Any) -> list[str]:
@@ -364,19 +359,14 @@ def per_prompt(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
     for e in run.evaluation_files():
         if not is_final(cfg, run, e.arm, e.phase):
             continue
-        for name, t in (_load(e.path).get("testsets") or {}).items():
+        for name, t in (read_result(e.path).get("testsets") or {}).items():
             for i, loss in enumerate(t.get("per_example") or []):
                 if loss is not None:
                     out.setdefault((e.arm, e.seed), {})[(name, i)] = float(loss)
     return out
 
 
-def _run(cfg: Config, run: RunDir, dry_run: bool, console: Any) -> None:
-    if not dry_run:  # a dry run computes nothing: the plan's evaluate row says what will run
-        reference_loss_all(cfg, run, console)
-
-
 BENCHMARK = Benchmark(
-    BENCHMARKS["reference_loss"], "reference-answer loss", run=_run, summarize=summarize, missing=_missing,
+    BENCHMARKS["reference_loss"], "reference-answer loss", run=unless_dry_run(reference_loss_all), summarize=summarize, missing=_missing,
     blocks=_blocks, verdicts=_verdicts, effects=(EffectMetric("reference loss", per_prompt, lower_is_better=True),),
     enabled=lambda cfg: cfg.evaluation.reference_loss)

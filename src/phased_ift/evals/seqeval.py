@@ -46,7 +46,7 @@ from phased_ift.config import Config
 from phased_ift.config_choices import BENCHMARKS
 from phased_ift.data import load_test_set
 from phased_ift.errors import PhasedIFTError
-from phased_ift.evals.benchmark import EffectMetric, PerPrompt, is_final
+from phased_ift.evals.benchmark import EffectMetric, PerPrompt, is_final, mark_final
 from phased_ift.generation import read_generations, settings_path
 from phased_ift.rundir import RunDir
 from phased_ift.runio import read_jsonl
@@ -282,10 +282,7 @@ def read_seqeval(run: RunDir, cfg: Config) -> list[dict[str, Any]]:
 def summarize(run: RunDir, cfg: Config) -> dict[str, list[dict]]:
     """{"seqeval": one entry per graded checkpoint (`read_seqeval`: following rate and quality with CIs, overall and
     by iteration depth, counts) plus "final" (the arm's last phase)}."""
-    rows = read_seqeval(run, cfg)
-    for r in rows:
-        r["final"] = is_final(cfg, run, r["arm"], r["phase"])
-    return {"seqeval": rows}
+    return {"seqeval": mark_final(read_seqeval(run, cfg), cfg, run)}
 
 
 def _missing(cfg: Config) -> str:

@@ -71,8 +71,9 @@ def verdict_lines(summary: dict, length_warning_ratio: float | None = None) -> l
     several = len({c["seed"] for c in comps} | {seed for _, _, seed in refs}) > 1
     for c in comps:
         line = comparison_verdict(c, ratio, several)
-        ra, rb = refs.get((c["testset"], c["arm_a"], c["seed"])), refs.get((c["testset"], c["arm_b"], c["seed"]))
-        if ra and rb and ra["mean"] is not None and rb["mean"] is not None:
+        quoted = reference_loss.quoted_losses(refs, c)
+        if quoted:
+            ra, rb = quoted
             line = (line[:-1] + f"; reference loss {c['arm_a']} {ra['mean']:.3f} {fmt_ci(ra['ci'])} vs {c['arm_b']} "
                     f"{rb['mean']:.3f} {fmt_ci(rb['ci'])} (lower = closer to the reference answers).")
         lines.append(line)
