@@ -68,6 +68,7 @@ def _no_tokenizer_calls(monkeypatch):
 
     monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", refuse)
     monkeypatch.setattr(PreTrainedTokenizerBase, "apply_chat_template", refuse)
+    monkeypatch.setattr("phased_ift.modeling.text.encode_texts", refuse)  # the backend's direct batch call
 
 
 def test_second_plan_reads_the_cache_and_a_stale_or_corrupt_one_is_counted_again(tmp_path, alpaca, smollm2_path,
@@ -144,3 +145,28 @@ def test_token_lengths_equal_the_rows_with_an_added_bos_and_any_truncation(alpac
     assert token_lengths(tok, pairs, max_length) == [len(r["input_ids"]) for r in rows]
     if max_length >= 7:  # "a prompt" fits: the BOS was added (shorter budgets keep the prompt's end only)
         assert rows[1]["input_ids"][0] == tok.bos_token_id
+
+
+def test_encode_texts_calls_the_backend_directly_and_gives_the_transformers_ids(alpaca, smollm2_path, monkeypatch):
+    """The direct `encode_batch_fast` path gives the transformers call's ids on real Alpaca texts and on text
+    holding special tokens; a backend left truncating, or a tokenizer that splits special tokens, goes through the
+    transformers call (which resets or honours that state), so the ids are still the call's."""
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    from phased_ift.modeling import encode_texts
+
+    tok = load_tokenizer(smollm2_path)
+    texts = [e.instruction for e in alpaca] + [e.response for e in alpaca] + ["<|im_end|>\nhi <|im_start|>", ""]
+    want = tok(texts, add_special_tokens=False)["input_ids"]
+    with monkeypatch.context() as m:
+        m.setattr(PreTrainedTokenizerBase, "__call__", lambda *a, **k: pytest.fail("went through transformers"))
+        assert encode_texts(tok, texts) == want
+    assert encode_texts(tok, []) == []
+    assert len(want[-2]) < 8 and tok.convert_tokens_to_ids("<|im_end|>") in want[-2]  # one id per special token
+
+    tok.backend_tokenizer.enable_truncation(max_length=4)
+    assert encode_texts(tok, texts) == want  # the transformers call, which turns the truncation off
+    split = load_tokenizer(smollm2_path)
+    split.split_special_tokens = True
+    got = encode_texts(split, texts)
+    assert got == split(texts, add_special_tokens=False)["input_ids"] and len(got[-2]) > len(want[-2])

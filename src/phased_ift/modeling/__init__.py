@@ -40,8 +40,9 @@ from phased_ift.modeling.passes import (encode_sentences, generate_greedy, respo
 from phased_ift.modeling.precision import (Hardware, describe_precision, inference_dtype, probe_hardware,
                                            resolve_autocast, resolve_config_precision)
 from phased_ift.modeling.sizes import WeightShapes, safetensors_shapes, weight_shapes
-from phased_ift.modeling.text import (PAPER_PROMPT, PAPER_RESPONSE, pad_batch, render, render_batch, token_lengths,
-                                      tokenize_batch, tokenize_example, tokenize_for_ifd, tokenizer_fingerprint)
+from phased_ift.modeling.text import (PAPER_PROMPT, PAPER_RESPONSE, encode_texts, pad_batch, render, render_batch,
+                                      token_lengths, tokenize_batch, tokenize_example, tokenize_for_ifd,
+                                      tokenizer_fingerprint)
 
 __all__ = [
     "LLAMA_CPP_VERSION", "export_gguf", "llama_cpp_converter",
@@ -52,7 +53,8 @@ __all__ = [
     "load_sentence_encoder", "load_tokenizer", "main_process_first", "qlora_quantization", "release_memory",
     "require_qlora", "encode_sentences", "generate_greedy",
     "response_losses", "sequence_losses", "token_losses", "PAPER_PROMPT", "PAPER_RESPONSE", "pad_batch", "render",
-    "render_batch", "token_lengths", "tokenize_batch", "tokenize_example", "tokenize_for_ifd", "tokenizer_fingerprint",
+    "encode_texts", "render_batch", "token_lengths", "tokenize_batch", "tokenize_example", "tokenize_for_ifd",
+    "tokenizer_fingerprint",
     "Hardware", "describe_precision", "inference_dtype", "probe_hardware",
     "resolve_autocast", "resolve_config_precision", "WeightShapes", "safetensors_shapes", "weight_shapes",
 ]
