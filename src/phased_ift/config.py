@@ -244,6 +244,9 @@ class TrainConfig:
     deepspeed: str = _f("", "Path to a DeepSpeed config (GPU runs under `accelerate launch`).")
     threads: int = _f(0, "CPU threads for training (torch.set_num_threads; 0 = torch's default).")
     dataloader_workers: int = _f(0, "DataLoader worker processes (0 = load batches in the training process).")
+    plan_sample: int = _f(20000, "A dry run's plan over more examples than this, with no token counts cached, "
+                          "counts a seeded random sample of this many and estimates the tokens with a 95% interval "
+                          "(0 = count every example and cache the counts, as a run that trains does).")
 
     def __post_init__(self) -> None:
         if len(set(self.arms)) != len(self.arms):
@@ -256,6 +259,9 @@ class TrainConfig:
             raise PhasedIFTError("config: train.epochs, learning_rate > 0 and batch_size, grad_accum >= 1 required.")
         if not self.seeds:
             raise PhasedIFTError("config: train.seeds needs at least one seed.")
+        if self.plan_sample < 0 or 0 < self.plan_sample < 100:
+            raise PhasedIFTError(f"config: train.plan_sample={self.plan_sample}: use 0 (count every example) or at "
+                                 f"least 100 examples.")
         if self.carry_optimizer and self.method == "lora" and self.lora.across_phases == "merge":
             raise PhasedIFTError(
                 "config: train.carry_optimizer=true cannot be combined with train.lora.across_phases=merge (each "

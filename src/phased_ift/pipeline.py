@@ -357,13 +357,15 @@ def step_report(cfg: Config, console: Console | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def plan_run(cfg: Config, console: Console, missing: Sequence[str] = (), precision: dict | None = None) -> dict:
+def plan_run(cfg: Config, console: Console, missing: Sequence[str] = (), precision: dict | None = None,
+             estimate: bool = False) -> dict:
     """Print the plan: one row per step of `STEPS` (examples, estimated training tokens, generation and judge
     requests), the precision (`precision`: the record of `modeling.resolve_config_precision`; made here when
     None) and the disk line (`preflight.check_disk_space`: the estimate, a warning when the run dir's filesystem
     has less free space). Reads the data (running the data step while data/train.jsonl is missing) but trains,
     scores and sends nothing; named sources in `missing` (see `preflight`) are planned with stand-in examples of
-    their upstream size.
+    their upstream size. `estimate` (a dry run's plan): the training tokens may be estimated from a sample of the
+    data (`train.plan_training`, train.plan_sample).
 
     Returns:
         {"examples", "training_tokens": {arm: tokens}, "steps": {arm: optimizer steps}, "prompts": {test set: n},
@@ -382,7 +384,7 @@ def plan_run(cfg: Config, console: Console, missing: Sequence[str] = (), precisi
     if stand_in is None and not run.train_data.is_file():
         run_steps(cfg, [get_step("data")], console=console)
     try:
-        p = _plan_inputs(cfg, stand_in or run)
+        p = _plan_inputs(cfg, stand_in or run, estimate)
         table = Table("step", "what", "size", "output", title=f"plan for {run.root}", title_justify="left")
         for step in STEPS:
             table.add_row(step.name, *step.plan(cfg, p))
@@ -398,9 +400,10 @@ def plan_run(cfg: Config, console: Console, missing: Sequence[str] = (), precisi
     return p
 
 
-def _plan_inputs(cfg: Config, train_run: RunDir) -> dict:
-    """The numbers of the plan, from the data in `train_run` (`train.plan_training`) and the test sets."""
-    tplan = plan_training(cfg, train_run)
+def _plan_inputs(cfg: Config, train_run: RunDir, estimate: bool = False) -> dict:
+    """The numbers of the plan, from the data in `train_run` (`train.plan_training`; `estimate`: tokens from a
+    sample, a dry run's) and the test sets."""
+    tplan = plan_training(cfg, train_run, estimate=estimate)
     n_examples = tplan["examples"]  # the data once (an arm such as replay trains some examples twice)
     tokens = {arm: sum(r["tokens_trained"] for r in rows) for arm, rows in tplan["arms"].items()}
     g = cfg.generate
@@ -476,7 +479,7 @@ def run_pipeline(cfg: Config, dry_run: bool = False, console: Console | None = N
     cfg, precision = resolve_config_precision(cfg)
     run = RunDir(cfg.run_dir)
     if dry_run:
-        return plan_run(cfg, console, missing, precision)
+        return plan_run(cfg, console, missing, precision, estimate=True)
     if before_writing is not None:
         before_writing()
     _warn_changed_config(cfg, run, console)

@@ -27,7 +27,7 @@ from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
 from phased_ift.runio import read_lines
 from phased_ift.sit.mix import is_sequential
-from phased_ift.train.tokencounts import CHUNK, RunCounts, run_counts, total_tokens
+from phased_ift.train.tokencounts import CHUNK, RunCounts, estimated_tokens, run_counts
 
 
 @dataclass(frozen=True)
@@ -132,28 +132,33 @@ def token_counter(cfg: Config, run: RunDir | None = None) -> tuple[Callable[[Seq
         PhasedIFTError: as `modeling.render`; DiskWriteError: the disk refused the cache file.
     """
     count, note, _ = _token_counter(cfg, run)
-    return count, note
+    return (lambda examples: count(examples)[0]), note
 
 
-def _token_counter(cfg: Config, run: RunDir | None) -> tuple[Callable[[Sequence[Example]], int], str, Container[str]]:
-    """`token_counter` and the ids whose count is known without their text (the run's cached counts)."""
+def _token_counter(cfg: Config, run: RunDir | None, estimate: bool = False
+                   ) -> tuple[Callable[[Sequence[Example]], tuple[int, float]], str, Container[str]]:
+    """`token_counter` whose count gives (tokens, 95% half-width or None when counted), and the ids whose count is known or estimated
+    without their text (the run's cached counts, or every row of the data when `estimate` draws a sample:
+    `tokencounts.sample_counts`, train.plan_sample examples)."""
     try:
         tok = modeling.load_tokenizer(cfg.model.name_or_path)
     except Exception as e:  # offline / unknown hub id: estimate, and say so
-        def estimate(examples):
-            return sum((len(e.instruction) + len(e.response)) // 4 + 1 for e in examples)
+        def chars(examples):
+            return sum((len(e.instruction) + len(e.response)) // 4 + 1 for e in examples), None
 
-        return estimate, f"tokens estimated as characters/4 (tokenizer of {cfg.model.name_or_path!r} not " \
-                         f"available offline: {type(e).__name__})", frozenset()
+        return chars, f"tokens estimated as characters/4 (tokenizer of {cfg.model.name_or_path!r} not " \
+                      f"available offline: {type(e).__name__})", frozenset()
 
     template, max_length = cfg.model.template, cfg.model.max_length
-    cached = run_counts(run, tok, template, max_length) if run is not None else RunCounts()
+    sample = cfg.train.plan_sample if estimate else 0
+    cached = run_counts(run, tok, template, max_length, sample, cfg.seed) if run is not None else RunCounts()
 
     def count(examples):
-        return total_tokens(cached, tok, examples, template, max_length)
+        return estimated_tokens(cached, tok, examples, template, max_length)
 
+    known = cached.sample.position.keys() if cached.sample is not None else cached.counts.keys()
     return count, f"tokens counted with the {cfg.model.name_or_path} tokenizer, truncated to {max_length}" \
-                  f"{cached.note}", cached.counts.keys()
+                  f"{cached.note}", known
 
 
 # the meta an arm reads while it builds its phases (`design.Arm.assemble`): all a plan's stand-in keeps
@@ -241,7 +246,7 @@ def _example_epochs_note(cfg: Config, budget: dict[str, float], n: int) -> str:
             + ", ".join(parts) + capped)
 
 
-def plan_training(cfg: Config, run: RunDir, world_size: int | None = None) -> dict:
+def plan_training(cfg: Config, run: RunDir, world_size: int | None = None, estimate: bool = False) -> dict:
     """Examples, tokens, example-epochs and optimizer steps per phase per arm, without loading model weights.
 
     Args:
@@ -249,18 +254,21 @@ def plan_training(cfg: Config, run: RunDir, world_size: int | None = None) -> di
         run: the run dir; phases come from phases/ when split, else the data is assumed cut into K equal phases
             (said in the returned note).
         world_size: data-parallel processes (default: $WORLD_SIZE or 1).
+        estimate: a dry run's plan: with no valid token-count cache and more than train.plan_sample examples,
+            the tokens are estimated from a seeded sample of them (`tokencounts.estimated_tokens`, said in the
+            note; nothing cached). Examples, example-epochs and steps are exact either way.
 
     Returns:
         {"note": str, "world_size": int, "examples": N (examples of the split, the one-off union), "arms": {arm:
-        [{"phase", "examples", "sequential", "tokens", "epochs", "learning_rate", "steps", "tokens_trained",
-        "example_epochs"}]},
+        [{"phase", "examples", "sequential", "tokens", "tokens_ci95" (an estimate's 95% half-width in tokens; None
+        when counted), "epochs", "learning_rate", "steps", "tokens_trained", "example_epochs"}]},
         "total_steps": {arm: int}, "example_epochs": {arm: float}}. example_epochs = examples x epochs (a phase's
         nominal budget; one-off: N x train.epochs); the note lists every arm's total against one-off's.
     Raises:
         PhasedIFTError: see `_planned_phases`.
     """
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    count, note, known = _token_counter(cfg, run)
+    count, note, known = _token_counter(cfg, run, estimate)
     phases_of, n, split_note = _planned_phases(cfg, run, _plan_reader(known))
     note += split_note + _budget_note(cfg)
     plan: dict[str, Any] = {"note": note, "world_size": world_size, "examples": n, "arms": {}, "total_steps": {},
@@ -269,11 +277,12 @@ def plan_training(cfg: Config, run: RunDir, world_size: int | None = None) -> di
         rows = []
         for i, ph in enumerate(phases, 1):
             hp = phase_hparams(cfg, arm, i)
-            tokens = count(ph)
+            tokens, ci95 = count(ph)
             steps = steps_per_phase(len(ph), hp.epochs, cfg.train.batch_size, cfg.train.grad_accum, world_size,
                                     cfg.train.max_steps)
             rows.append({"phase": i, "examples": len(ph), "sequential": sum(is_sequential(e) for e in ph),
-                         "tokens": tokens, "epochs": hp.epochs,
+                         "tokens": tokens, "tokens_ci95": None if ci95 is None else round(ci95),
+                         "epochs": hp.epochs,
                          "learning_rate": hp.learning_rate, "steps": steps,
                          "tokens_trained": int(tokens * hp.epochs), "example_epochs": len(ph) * hp.epochs})
         plan["arms"][arm] = rows
@@ -283,13 +292,13 @@ def plan_training(cfg: Config, run: RunDir, world_size: int | None = None) -> di
     return plan
 
 
-def print_plan(cfg: Config, run: RunDir, console=None) -> dict:
-    """Print `plan_training` as a rich table (to the console) and return it."""
+def print_plan(cfg: Config, run: RunDir, console=None, estimate: bool = True) -> dict:
+    """Print `plan_training` (a dry run's: `estimate`) as a rich table (to the console) and return it."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console(stderr=True)
-    plan = plan_training(cfg, run)
+    plan = plan_training(cfg, run, estimate=estimate)
     seq = any(r["sequential"] for rows in plan["arms"].values() for r in rows)
     table = Table("arm", "phase", "examples", *(["sequential"] if seq else []), "tokens", "epochs", "example-epochs",
                   "lr", "optimizer steps",
@@ -298,9 +307,16 @@ def print_plan(cfg: Config, run: RunDir, console=None) -> dict:
     for arm, rows in plan["arms"].items():
         for r in rows:
             share = [f"{r['sequential']} ({r['sequential'] / max(r['examples'], 1):.0%})"] if seq else []
-            table.add_row(arm, str(r["phase"]), str(r["examples"]), *share, str(r["tokens"]), f"{r['epochs']:g}",
+            table.add_row(arm, str(r["phase"]), str(r["examples"]), *share, _tokens_cell(r), f"{r['epochs']:g}",
                           f"{r['example_epochs']:g}", f"{r['learning_rate']:g}", str(r["steps"]))
     console.print(table)
     console.print(plan["note"] + f"; steps for {plan['world_size']} data-parallel process(es): under "
                   f"N processes use `WORLD_SIZE=N phased-ift train CONFIG --dry-run`")
     return plan
+
+
+def _tokens_cell(row: dict) -> str:
+    """A plan row's tokens: the count, or the estimate with its 95% interval as a share of it."""
+    if row["tokens_ci95"] is None:
+        return str(row["tokens"])
+    return f"~{row['tokens']} ±{row['tokens_ci95'] / max(row['tokens'], 1):.1%}"

@@ -17,6 +17,12 @@ chunk of `CHUNK` examples in memory, plus the ids and counts); a valid cache is 
 `runio.atomic_write_json`, so a kill leaves the old file or the new one. Phase examples are found by id; an
 example that is not in data/train.jsonl (or whose id occurs twice there) is counted when it is needed.
 
+A dry-run plan over more examples than `train.plan_sample` with no valid cache counts a seeded random sample of
+them instead (`sample_counts`; nothing is cached) and estimates each phase's tokens from it (`estimated_tokens`:
+the sample's phase members counted, the others at their mean, with a 95% interval from the finite-population
+standard error of a simple random sample, Cochran, *Sampling Techniques*, 3rd ed., 1977, sections 2.4-2.7);
+tests/test_tokencounts.py measures the interval's coverage by simulation.
+
 Imports no torch / transformers at module level (`phased_ift.modeling` loads them inside its functions).
 """
 
@@ -24,12 +30,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import random
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from phased_ift import modeling
-from phased_ift.data import Example, iter_examples
+from phased_ift.data import Example, ExampleFile, iter_examples
 from phased_ift.integrity import sha256_of
 from phased_ift.rundir import RunDir
 from phased_ift.runio import atomic_write_json
@@ -93,17 +102,35 @@ def _unique(ids: list, counts: list[int]) -> dict[str, int]:
     return seen
 
 
+MIN_SAMPLED = 100  # sampled members a set needs for its estimate; a set with fewer is counted whole
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What a sample of the data says about the examples it did not count: `data` (data/train.jsonl, read by
+    offset: a set with too few sampled members is counted whole), `position` ({id: row} of every id that occurs
+    once) and `m`, the sample's size."""
+
+    data: ExampleFile
+    position: dict[str, int]
+    m: int
+
+
 @dataclass
 class RunCounts:
-    """The token counts of a run's data (`counts`: {id: T}) and the sentence the plan's note adds about them."""
+    """The token counts of a run's data (`counts`: {id: T}) and the sentence the plan's note adds about them;
+    `sample` is set when `counts` hold a random sample of the data only (`sample_counts`)."""
 
     counts: dict[str, int] = field(default_factory=dict)
     note: str = ""
+    sample: Sample | None = None
 
 
-def run_counts(run: RunDir, tokenizer, template: str, max_length: int) -> RunCounts:
+def run_counts(run: RunDir, tokenizer, template: str, max_length: int, sample: int = 0,
+               seed: int = 0) -> RunCounts:
     """The token count of every example of run's data/train.jsonl: read from cache/token_counts.json when its key
-    matches, else counted (batched, `count_tokens`) and written there atomically.
+    matches, else counted (batched, `count_tokens`) and written there atomically; with `sample` > 0 and more
+    examples than that, a seeded random `sample` of them is counted instead (`sample_counts`, not cached).
 
     Returns:
         RunCounts; empty (and no note) when data/train.jsonl does not exist.
@@ -117,6 +144,10 @@ def run_counts(run: RunDir, tokenizer, template: str, max_length: int) -> RunCou
     rel = run.token_counts.relative_to(run.root)
     if counts is not None:
         return RunCounts(counts, f"; token counts read from {rel}")
+    if sample > 0:
+        sampled = sample_counts(run, tokenizer, template, max_length, sample, seed)
+        if sampled is not None:
+            return sampled
     t0 = time.perf_counter()
     ids, lengths = _count_file(tokenizer, run, template, max_length)
     seconds = time.perf_counter() - t0
@@ -125,6 +156,40 @@ def run_counts(run: RunDir, tokenizer, template: str, max_length: int) -> RunCou
     again = f"; the cache {rel} was not used: {why}, counted again" if why else ""
     return RunCounts(_unique(ids, lengths), f"{again}; {len(ids)} examples counted once in {seconds:.1f} s, "
                                             f"cached in {rel}")
+
+
+def sample_counts(run: RunDir, tokenizer, template: str, max_length: int, m: int, seed: int = 0
+                  ) -> RunCounts | None:
+    """The token counts of a seeded simple random sample of `m` examples of run's data/train.jsonl (positions
+    `random.Random(seed).sample`, read by offset, counted `CHUNK` at a time; ids that occur twice are not sampled),
+    or None when the file has at most `m` examples (count them all instead). Memory: the ids and line offsets of
+    the file (`data.ExampleFile`) and one chunk of examples.
+
+    Returns:
+        RunCounts with `counts` = {sampled id: T} and `sample` (every id, the sample's mean and variance).
+    Raises:
+        PhasedIFTError: as `count_tokens`.
+    """
+    t0 = time.perf_counter()
+    data = ExampleFile(run.train_data)
+    ids = data.ids
+    n = len(ids)
+    if n <= m:
+        data.close()
+        return None
+    position = {i: p for p, i in enumerate(ids)}
+    for i in set(ids) - set(_unique(ids, [0] * n)):
+        del position[i]
+    positions = sorted(p for p in random.Random(seed).sample(range(n), m) if position.get(ids[p]) == p)
+    counts: dict[str, int] = {}
+    for i in range(0, len(positions), CHUNK):
+        chunk = data.subset(positions[i:i + CHUNK])
+        counts.update(zip(chunk.ids, count_tokens(tokenizer, list(chunk), template, max_length)))
+    return RunCounts(counts, f"; tokens estimated from a seeded random sample of {len(counts):,} of the {n:,} "
+                             f"examples, counted in {time.perf_counter() - t0:.1f} s (train.plan_sample; each "
+                             f"estimate shows its 95% interval; train.plan_sample=0 counts every example and caches "
+                             f"the counts in {run.token_counts.relative_to(run.root)}, as a run that trains does)",
+                     Sample(data, position, len(counts)))
 
 
 def _count_file(tokenizer, run: RunDir, template: str, max_length: int) -> tuple[list[str], list[int]]:
@@ -144,3 +209,34 @@ def total_tokens(cached: RunCounts, tokenizer, examples: Sequence[Example], temp
     missing = [e for e in examples if e.id not in known]
     found = sum(known[e.id] for e in examples if e.id in known)
     return found + (sum(count_tokens(tokenizer, missing, template, max_length)) if missing else 0)
+
+
+def estimated_tokens(cached: RunCounts, tokenizer, examples: Sequence[Example], template: str,
+                     max_length: int) -> tuple[int, float | None]:
+    """(tokens, 95% half-width) of the examples: `total_tokens` and None (counted, not estimated) when `cached`
+    holds every count or every example of the set was counted. From a
+    sample (`cached.sample`): of the M examples that are rows of the data, the m' sampled ones are counted and the
+    other M - m' are estimated at the sampled ones' mean y, with half-width 1.96 M sqrt((1 - m'/M) s^2 / m') (s^2
+    the sampled counts' variance: the standard error of the estimated total M y of a simple random sample of m'
+    out of M without replacement, Cochran 1977, sections 2.4 and 2.7; the sample is a simple random sample within
+    any set of examples chosen without looking at their token counts). A set with fewer than `MIN_SAMPLED` sampled
+    rows is counted whole (read by offset), as are examples that are not rows of the data. An example listed twice
+    (a replay arm) is counted twice; the interval treats the repeats as distinct examples.
+    """
+    est = cached.sample
+    if est is None:
+        return total_tokens(cached, tokenizer, examples, template, max_length), None
+    known = cached.counts
+    seen = [known[e.id] for e in examples if e.id in known]
+    unseen = [est.position[e.id] for e in examples if e.id not in known and e.id in est.position]
+    outside = [e for e in examples if e.id not in known and e.id not in est.position]
+    if len(seen) < MIN_SAMPLED and unseen:
+        outside += [est.data[p] for p in unseen]  # random reads by offset: fewer than ~MIN_SAMPLED x N / m
+        unseen = []
+    exact = sum(count_tokens(tokenizer, outside, template, max_length)) if outside else 0
+    if not unseen:
+        return sum(seen) + exact, None
+    big_m, m = len(seen) + len(unseen), len(seen)
+    mean, var = statistics.fmean(seen), statistics.variance(seen)
+    half = 1.96 * big_m * math.sqrt((1 - m / big_m) * var / m)
+    return round(sum(seen) + len(unseen) * mean + exact), half
