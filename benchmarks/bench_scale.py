@@ -9,8 +9,11 @@ ru_maxrss of that child alone; it includes the parent's pages at fork, so this p
                write data/train.jsonl)
   split        `phased-ift split CFG` (3 quantile phases; the control arms' phase files)
   plan_cold    `phased-ift run CFG --dry-run` without cache/token_counts.json (SmolLM2-135M-Instruct's tokenizer,
-               chat template, max_length 256; arms phased, one-off, random)
-  plan_warm    the same again (the counts cached by the cold plan: what every resume pays)
+               chat template, max_length 256; arms phased, one-off, random): above train.plan_sample (20,000)
+               examples the tokens are estimated from a seeded sample of them, nothing cached
+  plan_exact   `phased-ift run CFG --dry-run train.plan_sample=0`: every example counted and the counts cached
+               (what the first plan of a run that trains pays)
+  plan_warm    `phased-ift run CFG --dry-run` again (the counts cached by plan_exact: what every resume pays)
   judge        `phased-ift score CFG scoring.scorer=judge` on the first J = round(N * judge_ratio) rows (default
                0.2: 200K requests at 1M rows) in a second run dir, against tests/'s FakeLLMServer (in this process,
                no latency, reply "3") at concurrency 32; its data/train.jsonl is copied in, so the data step is
@@ -44,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 from fake_llm_server import FakeLLMServer  # noqa: E402
 
-STEPS = ("score", "split", "plan_cold", "plan_warm", "judge")
+STEPS = ("score", "split", "plan_cold", "plan_exact", "plan_warm", "judge")
 
 
 def _cli() -> list[str]:
@@ -97,6 +100,7 @@ def run_size(n: int, judge_ratio: float, concurrency: int, keep: bool, steps: se
         out["split"] = timed(cli + ["split", str(cfg)], log)
     if "plan_cold" in steps:
         out["plan_cold"] = timed(cli + ["run", str(cfg), "--dry-run"], log)
+        out["plan_exact"] = timed(cli + ["run", str(cfg), "--dry-run", "train.plan_sample=0"], log)
         out["plan_warm"] = timed(cli + ["run", str(cfg), "--dry-run"], log)
     out["startup"] = timed([sys.executable, "-c", "import phased_ift.pipeline"], log)
     j = max(1, round(n * judge_ratio))
@@ -157,7 +161,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
     ap.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of " + ",".join(STEPS)
-                    + " (score always runs; plan_cold runs split and plan_warm too)")
+                    + " (score always runs; plan_cold runs split, plan_exact and plan_warm too)")
     ap.add_argument("--keep", action="store_true", help="keep the /tmp run dirs")
     ap.add_argument("--note", default="", help="free text stored with the results (e.g. the machine's load)")
     a = ap.parse_args()
