@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Iterator
 
 from phased_ift import modeling
@@ -60,12 +61,26 @@ def length_score(f: dict[str, float]) -> float:
 def score_length(examples: Iterable[Example], ctx: ScoreContext) -> Iterator[dict[str, Any]]:
     """`length_score` of `length_features` with the scoring model's tokenizer; the features are extras. Tokens are
     counted `_BATCH` examples at a time (one batched call per field; the same counts as one call per text), the
-    examples read in one pass (a `data.ExampleFile` streams: one batch in memory)."""
+    examples read in one pass (a `data.ExampleFile` streams: two batches in memory).
+
+    The tokenizer counts batch i+1 on a second thread while batch i's rows are built and written: a fast
+    tokenizer's batch call releases the GIL, so on two cores the tokenising and the Python work (reading,
+    features, writing the scores file) overlap; the rows and their order are the same as counting in line.
+    """
     tok = modeling.load_tokenizer(ctx.cfg.scoring.model or ctx.cfg.model.name_or_path)
     stream = iter(examples)
-    while batch := list(itertools.islice(stream, _BATCH)):  # one tokenizer call per batch and field, not per text
-        n_ins = token_counts([ex.instruction for ex in batch], tok)
-        n_resp = token_counts([ex.response for ex in batch], tok)
-        for ex, counts in zip(batch, zip(n_ins, n_resp)):
-            f = length_features(ex, counts=counts)
-            yield score_row(ex.id, length_score(f), **f)
+
+    def counts(batch: list[Example]) -> list[tuple[int, int]]:  # one tokenizer call per field, not per text
+        return list(zip(token_counts([ex.instruction for ex in batch], tok),
+                        token_counts([ex.response for ex in batch], tok)))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="length-tokens") as pool:
+        batch = list(itertools.islice(stream, _BATCH))
+        pending = pool.submit(counts, batch)
+        while batch:
+            following = list(itertools.islice(stream, _BATCH))
+            ahead = pool.submit(counts, following)
+            for ex, c in zip(batch, pending.result()):
+                f = length_features(ex, counts=c)
+                yield score_row(ex.id, length_score(f), **f)
+            batch, pending = following, ahead
