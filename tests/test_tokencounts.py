@@ -241,3 +241,23 @@ def test_the_estimates_95_percent_interval_covers_the_exact_count_95_percent_of_
         n = len(rel[k])
         assert n >= 300 and 0.92 <= hits[k] / n <= 0.98, (k, hits[k], n)
         assert abs(statistics.fmean(rel[k])) < 0.005, (k, statistics.fmean(rel[k]))
+
+
+def test_a_row_met_again_is_found_by_its_head_bytes_and_only_a_decoded_head_is_trusted(tmp_path):
+    """`row_head` drops the messages' bytes; `example_head_key` gives that head only when the id and meta came from
+    their slices, so equal heads mean equal (id, meta); a row whose messages hold a "meta" key of their own is
+    decoded whole and gives no head."""
+    from phased_ift.data import example_head, example_head_key, row_head
+
+    a = Example("x1", [{"role": "user", "content": 'say "hi", "meta": {}'}, {"role": "assistant", "content": "é"}],
+                {"score": 2.5, "sequential": True})
+    b = Example("x1", [{"role": "user", "content": "another text"}, {"role": "assistant", "content": "b"}], a.meta)
+    c = Example("x1", b.messages, {"score": 3.0, "sequential": True})
+    la, lb, lc = write_examples(tmp_path / "t.jsonl", [a, b, c]).read_bytes().splitlines(keepends=True)
+    for line, e in ((la, a), (lb, b), (lc, c)):
+        rid, meta, head = example_head_key(line)
+        assert (rid, meta) == (e.id, e.meta) == example_head(line) and head == row_head(line) is not None
+    assert row_head(la) == row_head(lb) != row_head(lc)  # same id and meta, other messages; another score
+    nested = b'{"id": "a", "messages": [{"role": "user", "content": "x", "meta": {"k": 1}}], "meta": {"s": 2}}\n'
+    assert example_head_key(nested) == ("a", {"s": 2}, None) and row_head(nested) is not None
+    assert row_head(b'{"messages": [], "id": "b", "meta": {}}\n') is None

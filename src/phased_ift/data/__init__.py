@@ -22,8 +22,8 @@ Run `phased-ift data check PATH [--format F]` to validate a file, `phased-ift da
 jsonl files of the run dir are read and written by `phased_ift.runio`.
 """
 
-from phased_ift.data.example import (Example, ExampleFile, example_head, iter_examples, normalize_text, read_examples,
-                                     unique_id, write_examples)
+from phased_ift.data.example import (Example, ExampleFile, example_head, example_head_key, iter_examples,
+                                     normalize_text, read_examples, row_head, unique_id, write_examples)
 from phased_ift.data.formats import FORMAT_NAMES, FORMATS, ReadResult, iter_file, read_file, read_records
 from phased_ift.data.sources import (DATA_HOME_ENV, SOURCES, TEST_SETS, CheckReport, SourceInfo, SourceStatus,
                                      TestSetInfo, check_file, combine_results, combine_streams, data_home,
@@ -33,7 +33,8 @@ from phased_ift.data.sources import (DATA_HOME_ENV, SOURCES, TEST_SETS, CheckRep
 __all__ = [
     "CheckReport", "DATA_HOME_ENV", "Example", "ExampleFile", "FORMATS", "FORMAT_NAMES", "ReadResult", "SOURCES",
     "SourceInfo", "SourceStatus", "TEST_SETS", "TestSetInfo", "check_file", "combine_results", "combine_streams",
-    "data_home", "example_head", "find_reference", "iter_examples", "iter_file", "load_reference_answers",
-    "load_source", "load_test_set", "normalize_text", "read_examples", "read_file", "source_path",
+    "data_home", "example_head", "example_head_key", "find_reference", "iter_examples", "iter_file",
+    "load_reference_answers", "load_source", "load_test_set", "normalize_text", "read_examples", "read_file",
+    "row_head", "source_path",
     "source_provenance", "source_status", "stream_source", "unique_id", "write_examples",
 ]

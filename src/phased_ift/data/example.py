@@ -182,19 +182,48 @@ def example_head(line: bytes) -> tuple[str, dict[str, Any]]:
     Raises:
         json.JSONDecodeError: the line is not JSON; KeyError: a row without an id.
     """
-    if line.startswith(b'{"id": '):
-        end = len(line.rstrip())
-        i = line.find(b', "messages": ')
-        j = line.find(b', "meta": ', i)
-        if 0 < i < j and line[end - 1:end] == b"}":
-            try:
-                rid, meta = json.loads(line[7:i]), json.loads(line[j + 10:end - 1])
-            except ValueError:
-                rid = meta = None
-            if isinstance(rid, str) and isinstance(meta, dict):
-                return rid, meta
+    rid, meta, _ = example_head_key(line)
+    return rid, meta
+
+
+def example_head_key(line: bytes) -> tuple[str, dict[str, Any], bytes | None]:
+    """`example_head` and the row's `row_head` when the id and meta were decoded from their slices (None when the
+    whole row was decoded): any row with the same head bytes has the same slices, so the same (id, meta).
+
+    Raises:
+        as `example_head`.
+    """
+    cut = _head_cut(line)
+    if cut is not None:
+        i, j, end = cut
+        try:
+            rid, meta = json.loads(line[7:i]), json.loads(line[j + 10:end - 1])
+        except ValueError:
+            rid = meta = None
+        if isinstance(rid, str) and isinstance(meta, dict):
+            return rid, meta, line[:i] + line[j:end]
     row = json.loads(line)
-    return str(row["id"]), dict(row.get("meta") or {})
+    return str(row["id"]), dict(row.get("meta") or {}), None
+
+
+def row_head(line: bytes) -> bytes | None:
+    """The bytes of a data/train.jsonl-style row without its messages (`{"id": ..., "meta": {...}}` as written),
+    or None when the row is not in `write_examples`' shape; nothing is decoded. A reader that meets an example
+    again (a control arm's file holds the phase files' rows in another order) looks this up among the heads
+    `example_head_key` returned for rows it decoded, instead of decoding the row again."""
+    cut = _head_cut(line)
+    return None if cut is None else line[:cut[0]] + line[cut[1]:cut[2]]
+
+
+def _head_cut(line: bytes) -> tuple[int, int, int] | None:
+    """(i, j, end) of a row in `write_examples`' shape: line[7:i] is the id's JSON, line[j + 10:end - 1] the
+    meta's, line[end - 1] the closing brace; None for any other line."""
+    if not line.startswith(b'{"id": '):
+        return None
+    end = len(line.rstrip())
+    i = line.find(b', "messages": ')
+    j = line.find(b', "meta": ', i)
+    return (i, j, end) if 0 < i < j and line[end - 1:end] == b"}" else None
 
 
 def normalize_text(s: str) -> str:

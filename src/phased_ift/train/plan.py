@@ -20,7 +20,7 @@ from typing import Any, Callable, Container, Sequence
 
 from phased_ift import modeling
 from phased_ift.config import Config
-from phased_ift.data import Example, example_head
+from phased_ift.data import Example, example_head_key, row_head
 from phased_ift.phases.design import assumed_phases, get_arm, phase_count
 from phased_ift.phases.split import read_manifest
 from phased_ift.errors import PhasedIFTError
@@ -168,19 +168,26 @@ _STAND_IN_META = ("score", "sequential", "replaces")
 def _plan_reader(known: Container[str]) -> Callable[[Path], list[Example]]:
     """A reader of phase files (and data/train.jsonl) for the plan, each file read once however many arms read
     it: an example whose token count is `known` becomes a stand-in (its id and the meta of `_STAND_IN_META`, no
-    messages: a few hundred bytes instead of its text; one object for an id met again with the same meta, as in a
-    control arm's files), any other stays whole (it is counted from its text)."""
+    messages: a few hundred bytes instead of its text; one object for a row met again with the same id and meta,
+    as in a control arm's files, found by its bytes without the messages, `data.row_head`, and not decoded
+    again: `data.example_head_key`), any other stays whole (it is counted from its text)."""
     files: dict[Path, list[Example]] = {}
     stand_ins: dict[str, Example] = {}
+    by_head: dict[bytes, Example] = {}
 
     def example(line: bytes) -> Example:
-        rid, meta = example_head(line)  # the messages are decoded only when they are needed
+        head = row_head(line)
+        if head is not None and (seen := by_head.get(head)) is not None:
+            return seen
+        rid, meta, head = example_head_key(line)  # the messages are decoded only when they are needed
         if rid not in known:
             return Example.from_dict(json.loads(line))
         meta = {k: meta[k] for k in _STAND_IN_META if k in meta}
         seen = stand_ins.get(rid)
         if seen is None or seen.meta != meta:
             seen = stand_ins[rid] = Example(rid, [], meta)
+        if head is not None:
+            by_head[head] = seen
         return seen
 
     def read(path: Path) -> list[Example]:
