@@ -261,3 +261,32 @@ def test_a_row_met_again_is_found_by_its_head_bytes_and_only_a_decoded_head_is_t
     nested = b'{"id": "a", "messages": [{"role": "user", "content": "x", "meta": {"k": 1}}], "meta": {"s": 2}}\n'
     assert example_head_key(nested) == ("a", {"s": 2}, None) and row_head(nested) is not None
     assert row_head(b'{"messages": [], "id": "b", "meta": {}}\n') is None
+
+
+def test_tokenized_ahead_keeps_the_order_reads_at_most_two_batches_ahead_and_raises_at_the_batch():
+    from phased_ift.modeling import tokenized_ahead
+
+    read: list[int] = []
+
+    def batches():
+        for i in range(6):
+            read.append(i)
+            yield [i, i]
+
+    out = []
+    for batch, total in tokenized_ahead(batches(), sum):
+        assert max(read) <= batch[0] + 1  # this batch and the one being worked on: no more
+        out.append((batch, total))
+    assert out == [([i, i], 2 * i) for i in range(6)]
+    assert list(tokenized_ahead(iter([]), sum)) == []
+
+    def fails(batch):
+        if batch[0] == 2:
+            raise ValueError("bad batch 2")
+        return sum(batch)
+
+    got = []
+    with pytest.raises(ValueError, match="bad batch 2"):
+        for batch, total in tokenized_ahead(([i] for i in range(5)), fails):
+            got.append(total)
+    assert got == [0, 1]

@@ -42,7 +42,7 @@ from phased_ift.modeling.precision import (Hardware, describe_precision, inferen
 from phased_ift.modeling.sizes import WeightShapes, safetensors_shapes, weight_shapes
 from phased_ift.modeling.text import (PAPER_PROMPT, PAPER_RESPONSE, encode_texts, pad_batch, render, render_batch,
                                       token_lengths, tokenize_batch, tokenize_example, tokenize_for_ifd,
-                                      tokenizer_fingerprint)
+                                      tokenized_ahead, tokenizer_fingerprint)
 
 __all__ = [
     "LLAMA_CPP_VERSION", "export_gguf", "llama_cpp_converter",
@@ -54,7 +54,7 @@ __all__ = [
     "require_qlora", "encode_sentences", "generate_greedy",
     "response_losses", "sequence_losses", "token_losses", "PAPER_PROMPT", "PAPER_RESPONSE", "pad_batch", "render",
     "encode_texts", "render_batch", "token_lengths", "tokenize_batch", "tokenize_example", "tokenize_for_ifd",
-    "tokenizer_fingerprint",
+    "tokenized_ahead", "tokenizer_fingerprint",
     "Hardware", "describe_precision", "inference_dtype", "probe_hardware",
     "resolve_autocast", "resolve_config_precision", "WeightShapes", "safetensors_shapes", "weight_shapes",
 ]

@@ -5,7 +5,8 @@ same text at training and at evaluation time: `render` (chat template or the pap
 The batched forms give the same output as the per-example ones for many examples at a time: `render_batch` (one
 `apply_chat_template` call per chunk, so the template's checks and set-up run once, not per example),
 `tokenize_batch` / `token_lengths` (one batched tokenizer call: a fast tokenizer's `encode_batch`). Training's rows
-and the plan's token counts use them; `tokenizer_fingerprint` names what a token count depends on.
+and the plan's token counts use them; `tokenizer_fingerprint` names what a token count depends on;
+`tokenized_ahead` tokenises the next batch on a second thread while the caller handles this one.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 from importlib import metadata
-from typing import Any, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from phased_ift.errors import PhasedIFTError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # The paper's template (xubuvd/PhasedSFT): <s>User: {instruction}\n{input}</s>\nAssistant: {response}</s>
 PAPER_PROMPT = "{bos}User: {instruction}{eos}\nAssistant: "
@@ -193,6 +198,26 @@ def token_lengths(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int) 
     whenever P + R > max_length (tests/test_tokencounts.py checks it against the rows)."""
     p_ids, r_ids = _batch_ids(tokenizer, pairs)
     return [min(len(p) + _adds_bos(tokenizer, p) + len(r), max_length) for p, r in zip(p_ids, r_ids)]
+
+
+def tokenized_ahead(batches: Iterable[T], work: Callable[[T], R]) -> Iterator[tuple[T, R]]:
+    """(batch, work(batch)) for each batch, in order, with `work` of the next batch running on a second thread
+    while the caller handles this one: a fast tokenizer's batch call releases the GIL, so on two cores the
+    tokenising overlaps the caller's Python work (reading the next batch, building and writing rows). At most two
+    batches are read ahead of the caller. `work`'s exception is raised at its batch.
+    """
+    stream = iter(batches)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenized-ahead") as pool:
+        batch = next(stream, _END)
+        pending = pool.submit(work, batch) if batch is not _END else None
+        while pending is not None:
+            following = next(stream, _END)
+            ahead = pool.submit(work, following) if following is not _END else None
+            yield batch, pending.result()
+            batch, pending = following, ahead
+
+
+_END = object()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Iterator
 
 from phased_ift import modeling
@@ -63,24 +62,18 @@ def score_length(examples: Iterable[Example], ctx: ScoreContext) -> Iterator[dic
     counted `_BATCH` examples at a time (one batched call per field; the same counts as one call per text), the
     examples read in one pass (a `data.ExampleFile` streams: two batches in memory).
 
-    The tokenizer counts batch i+1 on a second thread while batch i's rows are built and written: a fast
-    tokenizer's batch call releases the GIL, so on two cores the tokenising and the Python work (reading,
-    features, writing the scores file) overlap; the rows and their order are the same as counting in line.
+    The tokenizer counts batch i+1 on a second thread while batch i's rows are built and written
+    (`modeling.tokenized_ahead`): the same rows in the same order as counting in line.
     """
     tok = modeling.load_tokenizer(ctx.cfg.scoring.model or ctx.cfg.model.name_or_path)
     stream = iter(examples)
+    batches = iter(lambda: list(itertools.islice(stream, _BATCH)), [])
 
     def counts(batch: list[Example]) -> list[tuple[int, int]]:  # one tokenizer call per field, not per text
         return list(zip(token_counts([ex.instruction for ex in batch], tok),
                         token_counts([ex.response for ex in batch], tok)))
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="length-tokens") as pool:
-        batch = list(itertools.islice(stream, _BATCH))
-        pending = pool.submit(counts, batch)
-        while batch:
-            following = list(itertools.islice(stream, _BATCH))
-            ahead = pool.submit(counts, following)
-            for ex, c in zip(batch, pending.result()):
-                f = length_features(ex, counts=c)
-                yield score_row(ex.id, length_score(f), **f)
-            batch, pending = following, ahead
+    for batch, batch_counts in modeling.tokenized_ahead(batches, counts):
+        for ex, c in zip(batch, batch_counts):
+            f = length_features(ex, counts=c)
+            yield score_row(ex.id, length_score(f), **f)

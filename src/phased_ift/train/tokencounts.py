@@ -193,13 +193,15 @@ def sample_counts(run: RunDir, tokenizer, template: str, max_length: int, m: int
 
 
 def _count_file(tokenizer, run: RunDir, template: str, max_length: int) -> tuple[list[str], list[int]]:
-    """(ids, T) of every example of run's data/train.jsonl in file order, read and counted `CHUNK` at a time."""
+    """(ids, T) of every example of run's data/train.jsonl in file order, read and counted `CHUNK` at a time (the
+    next chunk rendered and tokenised on a second thread while this one is read: `modeling.tokenized_ahead`)."""
     ids: list[str] = []
     lengths: list[int] = []
     stream = iter_examples(run.train_data)
-    while chunk := list(itertools.islice(stream, CHUNK)):
+    chunks = iter(lambda: list(itertools.islice(stream, CHUNK)), [])
+    for chunk, counts in modeling.tokenized_ahead(chunks, lambda c: count_tokens(tokenizer, c, template, max_length)):
         ids += [e.id for e in chunk]
-        lengths += count_tokens(tokenizer, chunk, template, max_length)
+        lengths += counts
     return ids, lengths
 
 
