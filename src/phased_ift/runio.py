@@ -257,7 +257,7 @@ class JsonlIndex:
         pos = 0
         with open(self.path, "rb") as f:
             for lineno, line in enumerate(f, 1):
-                if line.strip():
+                if not line.isspace():  # a non-blank line (strip() would copy it)
                     self.offsets.append(pos)
                     if keep is not None:
                         self.values.append(_kept(self.path, lineno, line, keep, raw))
