@@ -4,6 +4,7 @@ to those of the in-memory code paths, on real Alpaca records from the data home.
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -128,6 +129,7 @@ def test_split_writes_the_bytes_of_splitting_the_examples_in_memory(tmp_path, me
     assert files == sorted(p.relative_to(got.root) for p in (got.root / "phases").rglob("*") if p.is_file())
     for f in files:
         assert (got.root / f).read_bytes() == (want.root / f).read_bytes(), f
+    assert gc.isenabled()
 
 
 def test_split_refuses_an_id_twice(tmp_path):
@@ -138,6 +140,14 @@ def test_split_refuses_an_id_twice(tmp_path):
     run = _split_run(tmp_path, examples[:11] + [Example(examples[0].id, examples[11].messages, {})])
     with pytest.raises(PhasedIFTError, match=r"occurs twice .*\(rows 1 and 12\)"):
         write_split(run, "length", 3, "quantiles", [], 0, {})
+    assert gc.isenabled()  # the split pauses cyclic collection and restores it, also when it raises
+    gc.disable()
+    try:
+        with pytest.raises(PhasedIFTError, match="occurs twice"):
+            write_split(run, "length", 3, "quantiles", [], 0, {})
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["assumed-phases", "split"])
