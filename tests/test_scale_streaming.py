@@ -4,6 +4,7 @@ to those of the in-memory code paths, on real Alpaca records from the data home.
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -26,8 +27,19 @@ def test_jsonl_index_reads_rows_by_position_and_keeps_small_values(tmp_path):
                             for i, r in enumerate(rows)), encoding="utf-8")
     with JsonlIndex(path, keep=lambda r: r["id"]) as index:
         assert len(index) == 5 and index.values == [r["id"] for r in rows]
-        assert [index.row(i) for i in (4, 0, 3)] == [rows[4], rows[0], rows[3]]
+        assert [index.row(i) for i in (4, 0, 3, -1, -5)] == [rows[4], rows[0], rows[3], rows[4], rows[0]]
+        lines = path.read_bytes().replace(b"\n\n", b"\n").splitlines(keepends=True)
+        assert [index.line(i) for i in (2, 3, 4, -3)] == [lines[2], lines[3], lines[4], lines[2]]
+        assert index.line(1, lambda b: json.loads(b)["id"]) == "r1"
+        with pytest.raises(IndexError):
+            index.line(-6)
+        with pytest.raises(JsonlDecodeError, match="rows.jsonl, line 0"):
+            index.line(0, lambda b: json.loads(b[:-3]))
     assert len(JsonlIndex(path)) == 5  # offsets only, nothing parsed
+    with open(path, "ab") as f:
+        f.write(b'{"id": "last"}')  # no newline at the end
+    with JsonlIndex(path) as index:
+        assert index.line(5) == b'{"id": "last"}' and index.row(4) == rows[4]
     path.write_text('{"id": 1}\n{"id": \n', encoding="utf-8")
     with pytest.raises(JsonlDecodeError, match="line 2"):
         JsonlIndex(path, keep=lambda r: r)
@@ -117,6 +129,7 @@ def test_split_writes_the_bytes_of_splitting_the_examples_in_memory(tmp_path, me
     assert files == sorted(p.relative_to(got.root) for p in (got.root / "phases").rglob("*") if p.is_file())
     for f in files:
         assert (got.root / f).read_bytes() == (want.root / f).read_bytes(), f
+    assert gc.isenabled()
 
 
 def test_split_refuses_an_id_twice(tmp_path):
@@ -127,6 +140,14 @@ def test_split_refuses_an_id_twice(tmp_path):
     run = _split_run(tmp_path, examples[:11] + [Example(examples[0].id, examples[11].messages, {})])
     with pytest.raises(PhasedIFTError, match=r"occurs twice .*\(rows 1 and 12\)"):
         write_split(run, "length", 3, "quantiles", [], 0, {})
+    assert gc.isenabled()  # the split pauses cyclic collection and restores it, also when it raises
+    gc.disable()
+    try:
+        with pytest.raises(PhasedIFTError, match="occurs twice"):
+            write_split(run, "length", 3, "quantiles", [], 0, {})
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["assumed-phases", "split"])
@@ -285,4 +306,88 @@ def test_a_torn_row_of_the_data_is_named_by_file_and_line(tmp_path):
     with open(run.train_data, "ab") as f:
         f.write(b'{"id": "torn", "messages": [{"role"\n')
     with pytest.raises(JsonlDecodeError, match=r"train.jsonl, line 13 column"):
+        write_split(run, "length", 3, "quantiles", [], 0, {})
+
+
+def _old_with_meta(line: bytes, **updates) -> bytes:
+    """The split's row before the splice: decode the whole row, set the meta keys, encode it (`write_examples`)."""
+    from phased_ift.runio import _dump_row
+
+    e = Example.from_dict(json.loads(line))
+    return _dump_row(Example(e.id, e.messages, {**e.meta, **updates}).to_dict()).encode("utf-8")
+
+
+def _splice_cases() -> list[Example]:
+    return _examples(60) + [
+        Example("plain", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], {}),
+        Example("has-score", [{"role": "user", "content": "x"}], {"source": "s", "score": 4.5, "z": [1, {"a": None}]}),
+        Example("score-first", [{"role": "user", "content": "x"}], {"score": 1, "after": "é"}),
+        Example('q"u\\ote, "messages": é', [
+            {"role": "system", "content": 'say "hi", "meta": {"score": 1}}\n\tand, "messages": [x], "q'},
+            {"role": "user", "content": "naïve café 日本語 😀 \\ back\\slash ], \"x\" \u2028"},
+            {"role": "assistant", "content": "fin"}], {"note": 'a "quoted", "meta": value', "n": 3}),
+        Example("nested", [{"role": "user", "content": "x", "tags": ["a", "b"], "name": "n"}], {"k": 1}),
+        Example("ctrl", [{"role": "user", "content": "bell \x07 nul \x00"}], {"s": 2}),
+        Example("no-messages", [], {"a": 1}),
+    ]
+
+
+@pytest.mark.parametrize("score", [3.25, 0.0, -1.5, 1e-7])
+def test_with_meta_writes_the_bytes_of_decoding_and_encoding_the_row(tmp_path, monkeypatch, score):
+    """Rows of `write_examples` (Alpaca, non-ASCII, quotes and `, "meta": ` inside strings, an existing score): the
+    splice gives the bytes of the decode/encode path; only a turn with a list and a control character decode."""
+    from phased_ift.data import with_meta
+
+    examples = _splice_cases()
+    lines = write_examples(tmp_path / "t.jsonl", examples).read_bytes().splitlines(keepends=True)
+    want = [_old_with_meta(line, score=score) for line in lines]
+    decoded = []
+    monkeypatch.setattr(Example, "from_dict", lambda d: decoded.append(d["id"]) or Example(d["id"], d["messages"],
+                                                                                        d.get("meta") or {}))
+    for e, line, w in zip(examples, lines, want):
+        got = with_meta(line, score=score)
+        assert got == w, e.id
+        assert json.loads(got)["meta"] == {**e.meta, "score": score}
+        assert list(json.loads(got)["meta"]) == list({**e.meta, "score": score})  # an existing key keeps its place
+    assert decoded == ["nested", "ctrl"]
+    monkeypatch.undo()
+    assert with_meta(lines[0], score=score, b=[1, "é"]) == _old_with_meta(lines[0], score=score, b=[1, "é"])
+    assert with_meta(lines[-1].rstrip(b"\n"), score=score) == lines[-1].replace(b"}}\n", f', "score": {score}}}}}\n'
+                                                                                            .encode())
+
+
+def test_with_meta_falls_back_to_decoding_a_row_not_in_the_layout():
+    """Rows another writer made (key order, separators, ASCII escapes, an int id, extra keys, a null meta, a turn
+    with a "meta" key): the bytes of decoding the row and encoding its Example, not the line's own bytes."""
+    from phased_ift.data import with_meta
+
+    odd = [b'{"messages": [{"role": "user", "content": "x"}], "id": "b", "meta": {"s": 1}}\n',
+           b'{"id":"c","messages":[],"meta":{"t":1}}\n',
+           b'{"id": "d", "messages": [{"role": "user", "content": "caf\\u00e9 \\/"}], "meta": {"u": 1}}\n',
+           b'{"id": "d2", "messages": [{"role": "user", "content": "a\\/b"}], "meta": {}}\n',
+           b'{"id": 7, "messages": [], "meta": {"a": 1}}\n',
+           b'{"id": "e", "messages": [], "extra": [1], "meta": {"a": 1}}\n',
+           b'{"id": "e2", "messages": [{"role": "user", "content": "x"}], "extra": 1, "meta": {}}\n',
+           b'{"id": "e3", "x": 1, "messages": [], "meta": {}}\n',
+           b'{"id": "f", "messages": [], "meta": null}\n',
+           b'{"id": "g", "messages": [{"role": "user", "content": "x", "meta": {"k": 1}}], "meta": {"s": 2}}\n',
+           b'{"id": "h", "messages": [{"role": "user", "content": "x"}]}\n',
+           b'{"id": "i", "messages": [], "meta": {"a": 1}, "more": 2}\n',
+           b'{"id": "j", "messages": [], "meta": {"a": 1}}   \r\n']
+    for line in odd:
+        got = with_meta(line, score=2.0)
+        assert got == _old_with_meta(line, score=2.0), line
+        assert got != line.rstrip() + b"\n"
+    with pytest.raises(json.JSONDecodeError):
+        with_meta(b'{"id": "t", "messages": [{"role"\n', score=1.0)
+
+
+def test_split_of_a_row_the_splice_cannot_take_names_the_file(tmp_path):
+    from phased_ift.phases.split import write_split
+
+    run = _split_run(tmp_path, _examples(12))
+    lines = run.train_data.read_bytes().splitlines(keepends=True)
+    lines[4] = lines[4].replace(b', "messages": [', b', "messages": [\\u0041', 1)  # id and meta decode, row does not
+    run.train_data.write_bytes(b"".join(lines))
+    with pytest.raises(JsonlDecodeError, match=r"train.jsonl, line 0 column"):
         write_split(run, "length", 3, "quantiles", [], 0, {})

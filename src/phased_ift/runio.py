@@ -2,7 +2,7 @@
 
 Every file a step writes goes through here, so that a reader (or a resumed run) never sees half a file:
 
-  atomic_write_text / atomic_write_json / atomic_write_bytes / write_jsonl
+  atomic_write_text / atomic_write_json / atomic_write_bytes / write_jsonl / write_lines
       a whole file at once: written to a temp file in the same folder, then `os.replace`d over the target.
       A writer that raises (or is killed) leaves the old file intact and no temp file behind (on kill -9 a
       hidden ".<name>.*.tmp" may remain; it is never read).
@@ -37,7 +37,8 @@ from phased_ift.diskerrors import DiskWriteError, write_error, writing
 from phased_ift.errors import PhasedIFTError
 
 __all__ = ["AppendLog", "JsonlDecodeError", "JsonlIndex", "append_jsonl", "atomic_write_bytes", "atomic_write_json",
-           "atomic_write_text", "atomic_write_chunks", "drop_torn_tail", "read_jsonl", "read_lines", "write_jsonl"]
+           "atomic_write_text", "atomic_write_chunks", "drop_torn_tail", "read_jsonl", "read_lines", "row_json",
+           "write_jsonl", "write_lines"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -111,8 +112,22 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1,
     _atomic_write(path, [text.encode("utf-8")], fsync=fsync)
 
 
+_ROW_ENCODER = json.JSONEncoder(ensure_ascii=False)  # what json.dumps(value, ensure_ascii=False) builds per call
+
+
+def row_json(value: Any) -> str:
+    """`value` encoded as every jsonl row of the run dir is (`json.dumps(value, ensure_ascii=False)`, default
+    separators), no newline: the one owner of those settings. Encoding a dict gives its values' encodings joined as
+    `{"key": <value>, ...}`, so a part of a row (e.g. its meta) can be encoded on its own (`data.with_meta`).
+
+    Raises:
+        TypeError: a value json cannot encode; ValueError: a circular reference.
+    """
+    return _ROW_ENCODER.encode(value)
+
+
 def _dump_row(row: dict[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False) + "\n"
+    return row_json(row) + "\n"
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]], *, fsync: bool = False,
@@ -125,12 +140,24 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]], *, fsyn
     Returns:
         The number of rows written.
     """
+    return write_lines(path, (_dump_row(row).encode("utf-8") for row in rows), fsync=fsync,
+                       before_replace=before_replace)
+
+
+def write_lines(path: str | os.PathLike, lines: Iterable[bytes], *, fsync: bool = False,
+                before_replace: Callable[[], None] | None = None) -> int:
+    """`write_jsonl` of rows already encoded: each item is one line's bytes, ending in b"\\n" (as `_dump_row`
+    writes it, e.g. `data.with_meta`'s), written as given, atomically, one line in memory at a time.
+
+    Returns:
+        The number of lines written.
+    """
     count = 0
 
     def chunks() -> Iterator[bytes]:
         nonlocal count
-        for row in rows:
-            yield _dump_row(row).encode("utf-8")
+        for line in lines:
+            yield line
             count += 1
 
     _atomic_write(path, chunks(), fsync=fsync, before_replace=before_replace)
@@ -202,7 +229,8 @@ def read_jsonl(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Ite
 class JsonlIndex:
     """Random access to the rows of a JSON-lines file: the byte offset of each non-blank line (8 bytes per row,
     found in one streaming pass), and optionally one small value per row (`keep(row)`, e.g. its id), so that a
-    caller holds those instead of the rows. `row(i)` seeks to line i and parses it.
+    caller holds those instead of the rows. `row(i)` parses line i; `line(i)` gives its bytes (one `os.pread`
+    each, up to the next line's offset).
 
         with JsonlIndex(path, keep=lambda r: r["id"]) as index:
             ids = index.values            # one per row, file order
@@ -229,11 +257,12 @@ class JsonlIndex:
         pos = 0
         with open(self.path, "rb") as f:
             for lineno, line in enumerate(f, 1):
-                if line.strip():
+                if not line.isspace():  # a non-blank line (strip() would copy it)
                     self.offsets.append(pos)
                     if keep is not None:
                         self.values.append(_kept(self.path, lineno, line, keep, raw))
                 pos += len(line)
+        self._size = pos
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -245,13 +274,28 @@ class JsonlIndex:
             IndexError: i out of range. JsonlDecodeError: the line is not JSON (named as line 0: the line number
                 is not counted here).
         """
+        return _parse_line(self.path, 0, self.line(i))
+
+    def line(self, i: int, decode: Callable[[bytes], Any] | None = None) -> Any:
+        """The bytes of line i (0-based among the non-blank lines, with its newline), or `decode(those bytes)`
+        (it decodes what it needs, e.g. `data.with_meta`).
+
+        Raises:
+            IndexError: i out of range. JsonlDecodeError: `decode` raised json.JSONDecodeError (named as line 0,
+                as in `row`); `decode`'s other exceptions.
+        """
+        start, n = self.offsets[i], len(self.offsets)
+        i %= n  # a negative i counts from the end, as in a list
+        stop = self.offsets[i + 1] if i + 1 < n else self._size
         if self._file is None:
-            self._file = open(self.path, "rb")
-        self._file.seek(self.offsets[i])
-        return _parse_line(self.path, 0, self._file.readline())
+            self._file = open(self.path, "rb", buffering=0)
+        line = os.pread(self._file.fileno(), stop - start, start)  # one read: the line and any blank lines after it
+        end = line.find(b"\n")
+        line = line[:end + 1] if end >= 0 else line  # the whole line: the same bytes object, not a copy
+        return line if decode is None else _kept(self.path, 0, line, decode, True)
 
     def close(self) -> None:
-        """Close the file `row` reads through (idempotent; a later `row` reopens it)."""
+        """Close the file `row` and `line` read through (idempotent; a later `row` reopens it)."""
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, overload
 
-from phased_ift.runio import JsonlIndex, read_jsonl, write_jsonl
+from phased_ift.runio import JsonlIndex, read_jsonl, row_json, write_jsonl
 
 
 def unique_id(example_id: str, taken: set[str], prefix: str) -> str:
@@ -172,12 +172,53 @@ class ExampleFile(Sequence):
         self.close()
 
 
+def _head_slices(line: bytes) -> tuple[int, int, int] | None:
+    """(i, j, end) of a row in `write_examples`' layout: line[7:i] is the id's JSON, line[i + 14:j] the messages',
+    line[j + 10:end - 1] the meta's (`, "messages": ` at i, `, "meta": ` at j, the closing brace at end - 1); None
+    for a line not in that layout. Inside a JSON string every quote is escaped, so the first `, "messages": ` and
+    the first `, "meta": ` after it are the row's own keys, unless a messages turn has a "meta" key of its own (then
+    the meta slice fails to decode: it starts inside the messages and ends inside the row)."""
+    if line.startswith(b'{"id": '):
+        end = len(line.rstrip())
+        i = line.find(b', "messages": ')
+        j = line.find(b', "meta": ', i)
+        if 0 < i < j and line[end - 1:end] == b"}":
+            return i, j, end
+    return None
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _one_value(part: bytes) -> Any:
+    """The JSON value that is all of `part` (json.loads without its surrounding whitespace and per-call steps).
+
+    Raises:
+        ValueError: not UTF-8, not JSON, or more than one value.
+    """
+    text = part.decode("utf-8")
+    value, end = _DECODER.raw_decode(text)
+    if end != len(text):
+        raise ValueError("extra data")
+    return value
+
+
+def _head(line: bytes, at: tuple[int, int, int]) -> tuple[str, dict[str, Any]] | None:
+    """(id, meta) decoded from the slices `at` (`_head_slices`), or None when they do not decode to a str and a
+    dict."""
+    i, j, end = at
+    try:
+        rid, meta = _one_value(line[7:i]), _one_value(line[j + 10:end - 1])
+    except ValueError:
+        return None
+    return (rid, meta) if isinstance(rid, str) and isinstance(meta, dict) else None
+
+
 def example_head(line: bytes) -> tuple[str, dict[str, Any]]:
     """(id, meta) of one data/train.jsonl-style row (a line's bytes), without decoding its messages when the row has
-    `write_examples`' shape: `{"id": <str>, "messages": [...], "meta": {...}}` with json.dumps' separators. Inside
-    a JSON string every quote is escaped, so the first `, "messages": ` and the first `, "meta": ` after it are the
-    row's own keys (a messages turn with a "meta" key of its own makes the meta slice fail to decode); any other
-    line is decoded whole. A few times faster than decoding the row when the messages are most of it.
+    `write_examples`' shape: `{"id": <str>, "messages": [...], "meta": {...}}` with json.dumps' separators (see
+    `_head_slices`); any other line is decoded whole. A few times faster than decoding the row when the messages are
+    most of it.
 
     Raises:
         json.JSONDecodeError: the line is not JSON; KeyError: a row without an id.
@@ -193,37 +234,61 @@ def example_head_key(line: bytes) -> tuple[str, dict[str, Any], bytes | None]:
     Raises:
         as `example_head`.
     """
-    cut = _head_cut(line)
-    if cut is not None:
-        i, j, end = cut
-        try:
-            rid, meta = json.loads(line[7:i]), json.loads(line[j + 10:end - 1])
-        except ValueError:
-            rid = meta = None
-        if isinstance(rid, str) and isinstance(meta, dict):
-            return rid, meta, line[:i] + line[j:end]
+    at = _head_slices(line)
+    head = _head(line, at) if at is not None else None
+    if head is not None:
+        return head[0], head[1], line[:at[0]] + line[at[1]:at[2]]
     row = json.loads(line)
     return str(row["id"]), dict(row.get("meta") or {}), None
 
 
 def row_head(line: bytes) -> bytes | None:
     """The bytes of a data/train.jsonl-style row without its messages (`{"id": ..., "meta": {...}}` as written),
-    or None when the row is not in `write_examples`' shape; nothing is decoded. A reader that meets an example
-    again (a control arm's file holds the phase files' rows in another order) looks this up among the heads
-    `example_head_key` returned for rows it decoded, instead of decoding the row again."""
-    cut = _head_cut(line)
-    return None if cut is None else line[:cut[0]] + line[cut[1]:cut[2]]
+    or None when the row is not in `write_examples`' shape (`_head_slices`); nothing is decoded. A reader that
+    meets an example again (a control arm's file holds the phase files' rows in another order) looks this up among
+    the heads `example_head_key` returned for rows it decoded, instead of decoding the row again."""
+    at = _head_slices(line)
+    return None if at is None else line[:at[0]] + line[at[1]:at[2]]
 
 
-def _head_cut(line: bytes) -> tuple[int, int, int] | None:
-    """(i, j, end) of a row in `write_examples`' shape: line[7:i] is the id's JSON, line[j + 10:end - 1] the
-    meta's, line[end - 1] the closing brace; None for any other line."""
-    if not line.startswith(b'{"id": '):
-        return None
-    end = len(line.rstrip())
-    i = line.find(b', "messages": ')
-    j = line.find(b', "meta": ', i)
-    return (i, j, end) if 0 < i < j and line[end - 1:end] == b"}" else None
+def _verbatim_messages(messages: bytes) -> bool:
+    """Whether a row's messages slice (`_head_slices`) can be copied as it is: one JSON array as `row_json` writes
+    it. A `], "` would end the array before another key of the row (or a list inside a turn before another of its
+    keys: such rows fall back); a `\\u` or `\\/` escape is one `row_json` may not write (a file written with
+    ensure_ascii=True; `row_json` writes \\u only for control characters: such rows fall back too)."""
+    return (messages[:1] == b"[" and messages[-1:] == b"]"
+            and (messages.find(b"]") == len(messages) - 1 or b'], "' not in messages)  # one-byte finds: memchr
+            and (messages.find(b"\\") < 0 or (b"\\u" not in messages and b"\\/" not in messages)))
+
+
+def with_meta(line: bytes, **updates: Any) -> bytes:
+    """One data/train.jsonl-style row (a line's bytes) with `updates` set in its meta, as `write_examples` writes it:
+    the bytes of `write_examples([Example(id, messages, {**meta, **updates})])` for the row's Example
+    (`Example.from_dict`), an existing key keeping its place, a new one coming last. The split writes its phase
+    files with it (meta["score"]).
+
+    Layout assumption: a row in `write_examples`' layout (`_head_slices`: `{"id": ..., "messages": [...], "meta":
+    {...}}`) whose id and meta decode (a str, a dict) and whose messages slice has none of `_verbatim_messages`'
+    signs of another writer is rewritten without decoding its messages: the id and meta are decoded and encoded
+    again (`runio.row_json`), the messages bytes copied. So they are assumed to be as `row_json` writes them (a file
+    of `write_examples`, as data/train.jsonl is) and are not validated (invalid JSON or UTF-8 inside them is copied).
+    Any other row falls back to decoding the whole line and encoding the Example, as `write_examples` does. About 2x
+    faster than that on 1 KB rows (9 vs 18 us).
+
+    Raises:
+        json.JSONDecodeError: (fallback) the line is not JSON; UnicodeDecodeError: not UTF-8; KeyError, TypeError:
+            a row that is no Example (`Example.from_dict`); TypeError: an update json cannot encode.
+    """
+    at = _head_slices(line)
+    if at is not None and _verbatim_messages(line[at[0] + 14:at[1]]):
+        head = _head(line, at)
+        if head is not None:
+            rid, meta = head
+            meta.update(updates)
+            return b"".join((b'{"id": ', row_json(rid).encode("utf-8"), line[at[0]:at[1] + 10],
+                             row_json(meta).encode("utf-8"), b"}\n"))
+    e = Example.from_dict(json.loads(line.decode("utf-8")))
+    return (row_json({"id": e.id, "messages": e.messages, "meta": {**e.meta, **updates}}) + "\n").encode("utf-8")
 
 
 def normalize_text(s: str) -> str:

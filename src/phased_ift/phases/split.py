@@ -17,16 +17,18 @@ stage sizes but assigns examples to stages at random.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
 import random
-from dataclasses import replace
-from typing import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
 
-from phased_ift.data import Example, example_head, write_examples
+from phased_ift.data import Example, example_head, with_meta, write_examples
 from phased_ift.errors import PhasedIFTError
-from phased_ift.runio import JsonlIndex, atomic_write_json, read_score_values
+from phased_ift.runio import JsonlIndex, atomic_write_json, read_score_values, write_lines
 from phased_ift.sit.mix import phase_mix_counts
 from phased_ift.stats import round_half_up
 
@@ -79,7 +81,8 @@ def split_into_phases(
             (the message names the phase, its score range and how to fix it).
     """
     _check_split_args(examples, scores, k, method, thresholds)
-    scored = [replace(e, meta={**e.meta, "score": float(scores[e.id])}) for e in examples]
+    # Example(...), not dataclasses.replace: the same copy, about 3x faster (1M examples at scale)
+    scored = [Example(e.id, e.messages, {**e.meta, "score": float(scores[e.id])}) for e in examples]
     scored.sort(key=lambda e: (e.meta["score"], _tiebreak(seed, e.id)))
     phases: list[list[Example]]
     if method == "thresholds":
@@ -274,22 +277,41 @@ def _stubs(data: JsonlIndex, path) -> dict[str, int]:
 
 
 def _write_phase_files(run, phases: list[list[Example]], controls: Mapping[str, ControlBuilder], seed: int,
-                       manifest: dict, full: Callable[[Example], Example] | None = None) -> None:
+                       manifest: dict, full: Callable[[Example], bytes] | None = None) -> None:
     """The phase files and control files; their entries go into `manifest` ("phases", "controls"), with the
     sequential examples of each phase and the originals they replace (`sit.mix.phase_mix_counts`). `full` turns a
-    stand-in example into the example written (the split's `_stub`s; None: the examples are written as given)."""
-    def rows(ph: list[Example]):
-        return ph if full is None else (full(e) for e in ph)
+    stand-in example into the line written (the split's `_stub`s, `write_examples`' bytes of the whole example;
+    None: the examples are written as given)."""
+    def write(path: Path, ph: list[Example]) -> Path:
+        if full is None:
+            return write_examples(path, ph)
+        write_lines(path, map(full, ph))
+        return path
 
     for i, (ph, mix) in enumerate(zip(phases, phase_mix_counts(phases)), 1):
-        path = write_examples(run.phase_file(i), rows(ph))
+        path = write(run.phase_file(i), ph)
         manifest["phases"].append({"k": i, **phase_stats(ph), **mix, "file": str(path.relative_to(run.root))})
     for c, build in controls.items():
         ctl = build(phases, seed)
         manifest["controls"][c] = []
         for i, ph in enumerate(ctl, 1):
-            path = write_examples(run.phase_file(i, c), rows(ph))
+            path = write(run.phase_file(i, c), ph)
             manifest["controls"][c].append({"k": i, "count": len(ph), "file": str(path.relative_to(run.root))})
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Cyclic garbage collection paused, then restored as it was (reference counting still frees every object): the
+    split builds millions of small acyclic objects (a stand-in, its meta and an id per example, the scores), and
+    each automatic collection would walk all of them again (at 1M rows: about 5 s less CPU, in the index pass and
+    the sort)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[float] | None, seed: int,
@@ -303,7 +325,8 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
 
     Memory: (id, score) per example and the line offsets of data/train.jsonl, not the examples: the split and the
     control builders work on stand-ins (id, meta score / sequential / replaces, no messages), and each phase file
-    is written by reading its examples back from data/train.jsonl (`runio.JsonlIndex`), one row at a time.
+    is written by reading its examples back from data/train.jsonl (`runio.JsonlIndex`), one row at a time, with
+    the score set in each row's bytes (`data.with_meta`: the messages are not decoded).
 
     Args:
         run: the `RunDir`.
@@ -329,7 +352,7 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
     if not scores_path.is_file():
         raise PhasedIFTError(f"phases: {scores_path} does not exist; run `phased-ift score` first.")
     scores, failed = _read_scores(scores_path)
-    with JsonlIndex(run.train_data, keep=_stub, raw=True) as data:
+    with _no_cycle_collection(), JsonlIndex(run.train_data, keep=_stub, raw=True) as data:
         at = _stubs(data, run.train_data)
         failed_set = set(failed)
         kept = [e for e in data.values if e.id in scores]
@@ -337,9 +360,8 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
         n_unscored = len(data.values) - len(kept) - n_failed
         phases = split_into_phases(kept, scores, k, method, thresholds, seed)
 
-        def full(e: Example) -> Example:  # the example of data/train.jsonl with the split's score
-            row = Example.from_dict(data.row(at[e.id]))
-            return replace(row, meta={**row.meta, "score": e.meta["score"]})
+        def full(e: Example) -> bytes:  # the row of data/train.jsonl with the split's score, as write_examples'
+            return data.line(at[e.id], lambda line: with_meta(line, score=e.meta["score"]))
 
         manifest = _write_manifest(run, phases, controls, full, scorer=scorer, method=method,
                                    thresholds=thresholds, seed=seed, n_failed=n_failed, n_unscored=n_unscored)
@@ -377,7 +399,7 @@ def write_phases(run, phases: Sequence[Sequence[Example]], controls: Mapping[str
 
 
 def _write_manifest(run, phases: Sequence[Sequence[Example]], controls: Mapping[str, ControlBuilder],
-                    full: Callable[[Example], Example] | None, *, scorer: str, method: str,
+                    full: Callable[[Example], bytes] | None, *, scorer: str, method: str,
                     thresholds: Sequence[float] | None, seed: int, n_failed: int, n_unscored: int) -> dict:
     """`write_phases` with `full` (see `_write_phase_files`): the phase files, control files, then the manifest."""
     manifest = {
