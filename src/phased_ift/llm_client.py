@@ -200,10 +200,7 @@ def _parse_completion(body: str) -> dict:
 
 
 def _logprobs_of(choice: dict) -> list | None:
-    """The first choice's per-token logprobs in `LLMResult.logprobs`'s shape, or None. A text completion's
-    (`{"tokens", "token_logprobs", "text_offset", "top_logprobs": [{token: logprob} | None]}`, the echoed prompt's
-    tokens first when the request set `echo`) gives the same keys plus "text_offset"; "logprob" is None where the
-    server gives none (the first prompt token)."""
+    """The first choice's per-token logprobs in `LLMResult.logprobs`'s shape (a text completion's: + "text_offset")."""
     content = choice.get("logprobs")
     if isinstance(content, dict) and isinstance(content.get("token_logprobs"), list):
         return _text_logprobs(content)
@@ -224,12 +221,10 @@ def _logprobs_of(choice: dict) -> list | None:
 
 def _text_logprobs(lp: dict) -> list:
     """A text completion's `logprobs` object as `LLMResult.logprobs` entries (see `_logprobs_of`)."""
-    n = len(lp["token_logprobs"])
-    tokens, offsets, tops = (lp.get(k) if isinstance(lp.get(k), list) else [None] * n
-                             for k in ("tokens", "text_offset", "top_logprobs"))
-    return [{"token": t, "logprob": v, "text_offset": o,
-             "top_logprobs": [{"token": a, "logprob": b} for a, b in (top.items() if isinstance(top, dict) else ())]}
-            for t, v, o, top in zip(tokens, lp["token_logprobs"], offsets, tops)]
+    toks, offs, tops = (lp.get(k) or [None] * len(lp["token_logprobs"]) for k in ("tokens", "text_offset", "top_"
+                                                                                    "logprobs"))
+    return [{"token": t, "logprob": v, "text_offset": o, "top_logprobs": [{"token": a, "logprob": b} for a, b in (
+        top.items() if isinstance(top, dict) else ())]} for t, v, o, top in zip(toks, lp["token_logprobs"], offs, tops)]
 
 
 def _result_from_response(resp: Any, cached: bool) -> LLMResult:
@@ -272,10 +267,7 @@ class LLMClient:
             backoff * 2**r * U(0.5, 1.5), capped at 60 s.
         check: `check(canonical request, response JSON) -> message | None`, run on each reply received before it
             is cached: a message stops the run like a 401 (a fault of the server's setup that every request
-            shares, e.g. a prompt tokenised differently); that reply is not cached.
-        store: False: answers are not written to the cache (a caller that keeps what it derives from them,
-            e.g. the `ifd-server` scorer's per-example losses, where the echoed logprobs would be ~50 KB a reply);
-            answers already in it are still read.
+            shares, e.g. a prompt tokenised differently); that reply is not cached. store=False: nothing is cached.
 
     Attributes:
         stats: cumulative `{"requests", "distinct", "sent", "cache_hits", "failures", "retries", "prompt_tokens",
@@ -288,8 +280,7 @@ class LLMClient:
         cache_path: Path | str,
         console: Console | None = None,
         backoff: float | None = None,
-        check: Callable[[dict, dict], str | None] | None = None,
-        store: bool = True,
+        check: Callable[[dict, dict], str | None] | None = None, store: bool = True,
     ) -> None:
         if not endpoint.enabled:
             raise PhasedIFTError(
@@ -301,8 +292,8 @@ class LLMClient:
         self.console = console or Console(stderr=True)
         self.backoff = endpoint.backoff if backoff is None else backoff
         self.check, self.store = check, store
-        self.stats = {"requests": 0, "distinct": 0, "sent": 0, "cache_hits": 0, "failures": 0, "retries": 0,
-                      "prompt_tokens": 0, "completion_tokens": 0}
+        self.stats = dict.fromkeys(("requests", "distinct", "sent", "cache_hits", "failures", "retries",
+                                    "prompt_tokens", "completion_tokens"), 0)
         self._stats_lock = threading.Lock()
         self._reached, self._connect_giveups = False, 0  # see _note_connection
         self._client: Any = None

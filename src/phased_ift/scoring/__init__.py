@@ -6,8 +6,8 @@ Scorers (higher score = harder), one module per family:
     ifd      Instruction-Following Difficulty (Cherry LLM, Li et al. 2024): loss(response | instruction) divided by
              loss(response alone), per-token mean losses from a local causal LM                     `scoring.losses`
     loss     loss(response | instruction), per-token mean (nats)                                    `scoring.losses`
-    ifd-server  IFD as `ifd`, the losses from an OpenAI-compatible server's echoed prompt logprobs (vLLM,
-             llama.cpp), `scoring.server`                                                           `scoring.server_losses`
+    ifd-server  IFD as `ifd`, the losses from an OpenAI-compatible server's echoed prompt logprobs
+             (vLLM; set in `scoring.server`)                                                        `scoring.server_losses`
     length   token counts and simple structure features; score = log(1 + response tokens) + log(1 + instruction
              tokens)                                                                                `scoring.features`
     meta     a numeric field of each record's meta (e.g. the paper's released GPT-4 score)          `scoring.meta`
@@ -53,6 +53,6 @@ __all__ = [
     "DRY_RUNS", "SCORERS", "SORT_CHUNK_BATCHES", "SPREAD", "LossCache", "ScoreContext", "ScoreSummary", "Scorer",
     "dry_run_score", "features", "judge", "learned", "length_features", "length_score", "load_scoring_model",
     "losses", "meta", "parse_score", "read_scores", "register_scorer", "response_losses", "score_examples",
-    "score_ifd", "score_ifd_server", "score_judge", "score_learned", "score_length", "score_loss", "score_meta", "score_row",
-    "server_losses", "tokenize_for_ifd",
+    "score_ifd", "score_ifd_server", "score_judge", "score_learned", "score_length", "score_loss", "score_meta",
+    "score_row", "server_losses", "tokenize_for_ifd",
 ]
