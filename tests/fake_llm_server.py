@@ -39,6 +39,8 @@ class Reply:
     digits: dict | None = None
     finish_reason: str = "stop"
     prompt_tokens: int | None = None
+    logprobs: dict | None = None  # a text completion's `logprobs` object as sent (e.g. echoed prompt logprobs)
+    completion_tokens: int | None = None  # usage.completion_tokens of a text completion (None: ~len(text) / 4)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class FakeLLMServer:
     callable body -> seconds for a spread of latencies) is added to every request (to show client-side concurrency)."""
 
     reply: str | Callable[[dict], str] = "3"
+    completion_reply: Callable[[dict], "Reply"] | None = None  # the default answer on /v1/completions, by body
     latency: float | Callable[[dict], float] = 0.0
     port: int = 0
     bodies: list = field(default_factory=list)
@@ -133,6 +136,8 @@ class FakeLLMServer:
                 if isinstance(behaviour, Delay):
                     time.sleep(behaviour.seconds)
                     behaviour = behaviour.then
+                if behaviour is None and text_completion and fake.completion_reply is not None:
+                    behaviour = fake.completion_reply(body)
                 if behaviour is None:
                     text = fake.reply(body) if callable(fake.reply) else fake.reply
                     behaviour = Reply(text)
@@ -201,11 +206,11 @@ def text_completion_of(body: dict, reply: Reply) -> dict:
     prompt = body.get("prompt", "")
     n_prompt = reply.prompt_tokens if reply.prompt_tokens is not None else (
         len(prompt) if isinstance(prompt, list) else 0)
+    n_out = reply.completion_tokens if reply.completion_tokens is not None else max(1, len(reply.text) // 4)
     return {
         "id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": body.get("model"),
-        "choices": [{"index": 0, "text": reply.text, "finish_reason": reply.finish_reason, "logprobs": None}],
-        "usage": {"prompt_tokens": n_prompt, "completion_tokens": max(1, len(reply.text) // 4),
-                  "total_tokens": n_prompt + max(1, len(reply.text) // 4)},
+        "choices": [{"index": 0, "text": reply.text, "finish_reason": reply.finish_reason, "logprobs": reply.logprobs}],
+        "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out},
     }
 
 

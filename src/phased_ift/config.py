@@ -140,6 +140,10 @@ class EndpointConfig:
 class ScoringConfig:
     scorer: str = _f("ifd", f"Difficulty scorer: {listing(SCORERS)} (see `phased-ift score`).", registry="scorer")
     judge: EndpointConfig = _f(EndpointConfig(), "LLM judge endpoint for scorer=judge.")
+    server: EndpointConfig = _f(EndpointConfig(), "scorer=ifd-server: an OpenAI-compatible /v1/completions server "
+                                "that returns the prompt's token logprobs (echo), serving the scoring model under "
+                                "`model` (vLLM: `vllm serve`; llama.cpp: `python -m llama_cpp.server --logits_all "
+                                "true`); the text is rendered with scoring.model's tokenizer (docs/scoring.md).")
     template: str = _f("difficulty", "Judge prompt: a packaged template name or a path to a .txt template.")
     samples: int = _f(1, "Judge samples per instruction; the score is their mean.")
     use_logprobs: bool = _f(True, "Use the expected score over tokens 1-5 when the server returns top_logprobs.")

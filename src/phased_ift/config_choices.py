@@ -40,6 +40,7 @@ from phased_ift.errors import PhasedIFTError
 SCORERS = {
     "ifd": "Instruction-Following Difficulty: loss(response | instruction) / loss(response) (Cherry LLM)",
     "loss": "loss(response | instruction), per-token mean",
+    "ifd-server": "IFD as `ifd`, the losses from a server's prompt logprobs (vLLM, llama.cpp: scoring.server)",
     "length": "log(1 + response tokens) + log(1 + instruction tokens), no model",
     "meta": "a numeric field of each record's meta (e.g. the paper's released GPT-4 score)",
     "judge": "an LLM judge over an OpenAI-compatible server, 1-5",

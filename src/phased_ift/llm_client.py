@@ -200,8 +200,10 @@ def _parse_completion(body: str) -> dict:
 
 
 def _logprobs_of(choice: dict) -> list | None:
-    """The first choice's per-token logprobs in `LLMResult.logprobs`'s shape, or None."""
+    """The first choice's per-token logprobs in `LLMResult.logprobs`'s shape (a text completion's: + "text_offset")."""
     content = choice.get("logprobs")
+    if isinstance(content, dict) and isinstance(content.get("token_logprobs"), list):
+        return _text_logprobs(content)
     content = content.get("content") if isinstance(content, dict) else None
     if not content or not isinstance(content, list):
         return None
@@ -215,6 +217,14 @@ def _logprobs_of(choice: dict) -> list | None:
         }
         for t in content
     ]
+
+
+def _text_logprobs(lp: dict) -> list:
+    """A text completion's `logprobs` object as `LLMResult.logprobs` entries (see `_logprobs_of`)."""
+    toks, offs, tops = (lp.get(k) or [None] * len(lp["token_logprobs"]) for k in ("tokens", "text_offset", "top_"
+                                                                                    "logprobs"))
+    return [{"token": t, "logprob": v, "text_offset": o, "top_logprobs": [{"token": a, "logprob": b} for a, b in (
+        top.items() if isinstance(top, dict) else ())]} for t, v, o, top in zip(toks, lp["token_logprobs"], offs, tops)]
 
 
 def _result_from_response(resp: Any, cached: bool) -> LLMResult:
@@ -257,7 +267,7 @@ class LLMClient:
             backoff * 2**r * U(0.5, 1.5), capped at 60 s.
         check: `check(canonical request, response JSON) -> message | None`, run on each reply received before it
             is cached: a message stops the run like a 401 (a fault of the server's setup that every request
-            shares, e.g. a prompt tokenised differently); that reply is not cached.
+            shares, e.g. a prompt tokenised differently); that reply is not cached. store=False: nothing is cached.
 
     Attributes:
         stats: cumulative `{"requests", "distinct", "sent", "cache_hits", "failures", "retries", "prompt_tokens",
@@ -270,7 +280,7 @@ class LLMClient:
         cache_path: Path | str,
         console: Console | None = None,
         backoff: float | None = None,
-        check: Callable[[dict, dict], str | None] | None = None,
+        check: Callable[[dict, dict], str | None] | None = None, store: bool = True,
     ) -> None:
         if not endpoint.enabled:
             raise PhasedIFTError(
@@ -281,9 +291,9 @@ class LLMClient:
         self.cache = open_response_cache(cache_path)
         self.console = console or Console(stderr=True)
         self.backoff = endpoint.backoff if backoff is None else backoff
-        self.check = check
-        self.stats = {"requests": 0, "distinct": 0, "sent": 0, "cache_hits": 0, "failures": 0, "retries": 0,
-                      "prompt_tokens": 0, "completion_tokens": 0}
+        self.check, self.store = check, store
+        self.stats = dict.fromkeys(("requests", "distinct", "sent", "cache_hits", "failures", "retries",
+                                    "prompt_tokens", "completion_tokens"), 0)
         self._stats_lock = threading.Lock()
         self._reached, self._connect_giveups = False, 0  # see _note_connection
         self._client: Any = None
@@ -397,7 +407,7 @@ class LLMClient:
                 result = _result_from_response(data, cached=False)
                 self._count(sent=1, prompt_tokens=result.usage["prompt_tokens"],
                             completion_tokens=result.usage["completion_tokens"])
-                if result.ok:
+                if result.ok and self.store:
                     self.cache.put(key, data, note=canon)
                 return result
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
