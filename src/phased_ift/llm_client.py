@@ -207,24 +207,19 @@ def _logprobs_of(choice: dict) -> list | None:
     content = content.get("content") if isinstance(content, dict) else None
     if not content or not isinstance(content, list):
         return None
-    return [
-        {
-            "token": t.get("token"),
-            "logprob": t.get("logprob"),
-            "top_logprobs": [
-                {"token": a.get("token"), "logprob": a.get("logprob")} for a in (t.get("top_logprobs") or [])
-            ],
-        }
-        for t in content
-    ]
+    return [{"token": t.get("token"), "logprob": t.get("logprob"),
+             "top_logprobs": [{"token": a.get("token"), "logprob": a.get("logprob")}
+                              for a in (t.get("top_logprobs") or [])]} for t in content]
 
 
 def _text_logprobs(lp: dict) -> list:
     """A text completion's `logprobs` object as `LLMResult.logprobs` entries (see `_logprobs_of`)."""
-    toks, offs, tops = (lp.get(k) or [None] * len(lp["token_logprobs"]) for k in ("tokens", "text_offset", "top_"
-                                                                                    "logprobs"))
-    return [{"token": t, "logprob": v, "text_offset": o, "top_logprobs": [{"token": a, "logprob": b} for a, b in (
-        top.items() if isinstance(top, dict) else ())]} for t, v, o, top in zip(toks, lp["token_logprobs"], offs, tops)]
+    values = lp["token_logprobs"]
+    blank = [None] * len(values)
+    tokens, offsets, tops = (lp.get(key) or blank for key in ("tokens", "text_offset", "top_logprobs"))
+    return [{"token": t, "logprob": v, "text_offset": o,
+             "top_logprobs": [{"token": a, "logprob": b} for a, b in (top.items() if isinstance(top, dict) else ())]}
+            for t, v, o, top in zip(tokens, values, offsets, tops)]
 
 
 def _result_from_response(resp: Any, cached: bool) -> LLMResult:
