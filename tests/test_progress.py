@@ -76,6 +76,15 @@ def test_the_score_step_reports_progress_to_a_log(tmp_path, monkeypatch):
     cfg = load_config(None, [f"run_dir={tmp_path}", "scoring.scorer=length", "model.name_or_path=none"])
     console, buf = log_console()
     monkeypatch.setattr("phased_ift.modeling.load_tokenizer", lambda name: None)  # whitespace words
+    monkeypatch.setattr("phased_ift.scoring.registry.BAR_SECONDS", 0.0)  # the bar moves with every row
     score_examples(exs, cfg, tmp_path / "length.jsonl", console=console)
     rows = [ln for ln in lines(buf) if ln.startswith("score length")]
     assert [re.search(r" (\d+/\d+) ", ln).group(1) for ln in rows] == ["1/4", "2/4", "3/4", "4/4"]
+    # the default moves it at most every 0.2 s: four fast rows show as one move, to the end
+    monkeypatch.undo()
+    monkeypatch.setenv("PHASED_IFT_PROGRESS_INTERVAL", "0")
+    monkeypatch.setattr("phased_ift.modeling.load_tokenizer", lambda name: None)
+    console, buf = log_console()
+    score_examples(exs, cfg, tmp_path / "again.jsonl", console=console)
+    rows = [ln for ln in lines(buf) if ln.startswith("score length")]
+    assert [re.search(r" (\d+/\d+) ", ln).group(1) for ln in rows] == ["4/4"]

@@ -148,13 +148,13 @@ def test_token_lengths_equal_the_rows_with_an_added_bos_and_any_truncation(alpac
         assert rows[1]["input_ids"][0] == tok.bos_token_id
 
 
-def test_encode_texts_calls_the_backend_directly_and_gives_the_transformers_ids(alpaca, smollm2_path, monkeypatch):
+def test_encode_texts_and_text_lengths_call_the_backend_directly_and_give_the_transformers_ids(alpaca, smollm2_path, monkeypatch):
     """The direct `encode_batch_fast` path gives the transformers call's ids on real Alpaca texts and on text
     holding special tokens; a backend left truncating, or a tokenizer that splits special tokens, goes through the
     transformers call (which resets or honours that state), so the ids are still the call's."""
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-    from phased_ift.modeling import encode_texts
+    from phased_ift.modeling import encode_texts, text_lengths
 
     tok = load_tokenizer(smollm2_path)
     texts = [e.instruction for e in alpaca] + [e.response for e in alpaca] + ["<|im_end|>\nhi <|im_start|>", ""]
@@ -162,7 +162,8 @@ def test_encode_texts_calls_the_backend_directly_and_gives_the_transformers_ids(
     with monkeypatch.context() as m:
         m.setattr(PreTrainedTokenizerBase, "__call__", lambda *a, **k: pytest.fail("went through transformers"))
         assert encode_texts(tok, texts) == want
-    assert encode_texts(tok, []) == []
+        assert text_lengths(tok, texts) == [len(ids) for ids in want]
+    assert encode_texts(tok, []) == [] and text_lengths(tok, []) == []
     assert len(want[-2]) < 8 and tok.convert_tokens_to_ids("<|im_end|>") in want[-2]  # one id per special token
 
     tok.backend_tokenizer.enable_truncation(max_length=4)
@@ -171,6 +172,7 @@ def test_encode_texts_calls_the_backend_directly_and_gives_the_transformers_ids(
     split.split_special_tokens = True
     got = encode_texts(split, texts)
     assert got == split(texts, add_special_tokens=False)["input_ids"] and len(got[-2]) > len(want[-2])
+    assert text_lengths(split, texts) == [len(ids) for ids in got]
 
 
 def test_a_dry_run_plan_over_more_examples_than_plan_sample_estimates_and_says_so(tmp_path, alpaca, smollm2_path):

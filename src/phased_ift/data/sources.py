@@ -342,21 +342,26 @@ def combine_streams(streams: Iterable[tuple[Iterator[Example], ReadResult]], ded
     Examples one at a time, the rejects list: complete once they are exhausted, in `combine_results`' order: each
     source's own rejects, then its cross-source duplicates). Holds the ids and a 16-byte digest per example."""
     rejects: list[dict[str, Any]] = []
+    streams = list(streams)
 
     def examples() -> Iterator[Example]:
         seen_ids: set[str] = set()
         seen_messages: dict[bytes, tuple[str, str]] = {}
-        for stream, result in streams:
+        for n, (stream, result) in enumerate(streams):
             duplicates = []
+            # a digest is needed to check against earlier sources and to be checked by later ones (a single source
+            # has deduped itself while it was read)
+            check, keep = dedupe and n > 0, dedupe and n < len(streams) - 1
             for e in stream:
-                key = message_key(e.messages)
-                if dedupe and key in seen_messages:
+                key = message_key(e.messages) if check or keep else b""
+                if check and key in seen_messages:
                     first_id, first_source = seen_messages[key]
                     duplicates.append(_reject_row(result.source, None, e.to_dict(), f"duplicate example: same "
                                                   f"messages as id {first_id!r} from source {first_source!r}"))
                     continue
                 rid = unique_id(e.id, seen_ids, result.source)
-                seen_messages.setdefault(key, (rid, result.source))
+                if keep:
+                    seen_messages.setdefault(key, (rid, result.source))
                 yield Example(rid, e.messages, e.meta) if rid != e.id else e
             rejects.extend(result.rejects)
             rejects.extend(duplicates)

@@ -41,7 +41,7 @@ from phased_ift.modeling.precision import (Hardware, describe_precision, inferen
                                            resolve_autocast, resolve_config_precision)
 from phased_ift.modeling.sizes import WeightShapes, safetensors_shapes, weight_shapes
 from phased_ift.modeling.text import (PAPER_PROMPT, PAPER_RESPONSE, encode_texts, pad_batch, render, render_batch,
-                                      token_lengths, tokenize_batch, tokenize_example, tokenize_for_ifd,
+                                      text_lengths, token_lengths, tokenize_batch, tokenize_example, tokenize_for_ifd,
                                       tokenized_ahead, tokenizer_fingerprint)
 
 __all__ = [
@@ -53,7 +53,7 @@ __all__ = [
     "load_sentence_encoder", "load_tokenizer", "main_process_first", "qlora_quantization", "release_memory",
     "require_qlora", "encode_sentences", "generate_greedy",
     "response_losses", "sequence_losses", "token_losses", "PAPER_PROMPT", "PAPER_RESPONSE", "pad_batch", "render",
-    "encode_texts", "render_batch", "token_lengths", "tokenize_batch", "tokenize_example", "tokenize_for_ifd",
+    "encode_texts", "render_batch", "text_lengths", "token_lengths", "tokenize_batch", "tokenize_example", "tokenize_for_ifd",
     "tokenized_ahead", "tokenizer_fingerprint",
     "Hardware", "describe_precision", "inference_dtype", "probe_hardware",
     "resolve_autocast", "resolve_config_precision", "WeightShapes", "safetensors_shapes", "weight_shapes",

@@ -25,7 +25,7 @@ def token_counts(texts: list[str], tokenizer=None) -> list[int]:
     Equal to counting each text alone (tests/test_scoring_length.py)."""
     if tokenizer is None:
         return [len(t.split()) for t in texts]
-    return [len(ids) for ids in modeling.encode_texts(tokenizer, texts)]
+    return modeling.text_lengths(tokenizer, texts)
 
 
 def length_features(example: Example, tokenizer=None, counts: tuple[int, int] | None = None) -> dict[str, float]:
