@@ -30,7 +30,8 @@ from phased_ift.config import Config
 from phased_ift.config_choices import SCORERS as SCORER_NAMES, require_declared
 from phased_ift.data import Example, ExampleFile
 from phased_ift import modeling, shutdown
-from phased_ift.runio import AppendLog, JsonlIndex, read_scores, write_jsonl  # noqa: F401 (read_scores: the API)
+from phased_ift.runio import (AppendLog, JsonlIndex, read_scores,  # noqa: F401 (read_scores: the API)
+                              write_jsonl, write_lines)
 from phased_ift.errors import PhasedIFTError
 from phased_ift.progress import LoggedProgress
 from phased_ift.sharding import Launch, ShardFiles, await_ranks, current_launch, shard
@@ -189,10 +190,20 @@ def _remaining(examples: Sequence[Example], ids: list[str], done: dict[str, Any]
 
 def _rewrite_in_order(out_path: Path, ids: list[str]) -> None:
     """Rewrite out_path with one row per id in `ids` order (the last row of an id in the file wins), holding the
-    rows' offsets, not the rows (`runio.JsonlIndex`)."""
+    rows' offsets, not the rows (`runio.JsonlIndex`). Every line of out_path was written by `runio.write_jsonl` or
+    `AppendLog` (the kept rows rewritten at the start, the new ones appended), so lines are copied as they are
+    (`runio.write_lines`), the bytes a decode and encode would give; a file that already holds exactly `ids`, in
+    order (one process, nothing resumed), is left as it is."""
     with JsonlIndex(out_path, keep=lambda r: str(r["id"])) as index:
+        if index.values == ids:
+            return
         at = {rid: p for p, rid in enumerate(index.values)}
-        write_jsonl(out_path, (index.row(at[i]) for i in ids))
+        write_lines(out_path, (_ended(index.line(at[i])) for i in ids))
+
+
+def _ended(line: bytes) -> bytes:
+    """The line with its newline (the file's last line may lack one)."""
+    return line if line.endswith(b"\n") else line + b"\n"
 
 
 def _score_launch(name: str, examples: Sequence[Example], ctx: ScoreContext, out_path: Path,
