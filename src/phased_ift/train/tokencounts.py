@@ -166,7 +166,8 @@ def sample_counts(run: RunDir, tokenizer, template: str, max_length: int, m: int
     the file (`data.ExampleFile`) and one chunk of examples.
 
     Returns:
-        RunCounts with `counts` = {sampled id: T} and `sample` (every id, the sample's mean and variance).
+        RunCounts with `counts` = {sampled id: T} and `sample` (the open data file, {id: row} of every id that
+        occurs once, the sample's size).
     Raises:
         PhasedIFTError: as `count_tokens`.
     """
@@ -216,14 +217,16 @@ def total_tokens(cached: RunCounts, tokenizer, examples: Sequence[Example], temp
 def estimated_tokens(cached: RunCounts, tokenizer, examples: Sequence[Example], template: str,
                      max_length: int) -> tuple[int, float | None]:
     """(tokens, 95% half-width) of the examples: `total_tokens` and None (counted, not estimated) when `cached`
-    holds every count or every example of the set was counted. From a
-    sample (`cached.sample`): of the M examples that are rows of the data, the m' sampled ones are counted and the
-    other M - m' are estimated at the sampled ones' mean y, with half-width 1.96 M sqrt((1 - m'/M) s^2 / m') (s^2
-    the sampled counts' variance: the standard error of the estimated total M y of a simple random sample of m'
-    out of M without replacement, Cochran 1977, sections 2.4 and 2.7; the sample is a simple random sample within
-    any set of examples chosen without looking at their token counts). A set with fewer than `MIN_SAMPLED` sampled
-    rows is counted whole (read by offset), as are examples that are not rows of the data. An example listed twice
-    (a replay arm) is counted twice; the interval treats the repeats as distinct examples.
+    holds every count or every example of the set was counted.
+
+    From a sample (`cached.sample`): of the M examples that are rows of the data, the m' sampled ones are counted and
+    the other M - m' are estimated at the sampled ones' mean y, with half-width 1.96 M sqrt((1 - m'/M) s^2 / m')
+    (s^2 the sampled counts' variance): the standard error of the estimated total M y of a simple random sample of
+    m' out of M without replacement (Cochran 1977, sections 2.4 and 2.7). The sampled members of any set are such a
+    sample as long as the set was chosen without regard to which examples were sampled (a phase, even one chosen by
+    length, is). A set with fewer than `MIN_SAMPLED` sampled rows is counted whole (read by offset), as are examples
+    that are not rows of the data. An example listed twice (a replay arm) is counted twice; the interval treats the
+    repeats as distinct examples.
     """
     est = cached.sample
     if est is None:
