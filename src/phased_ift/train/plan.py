@@ -136,10 +136,10 @@ def token_counter(cfg: Config, run: RunDir | None = None) -> tuple[Callable[[Seq
 
 
 def _token_counter(cfg: Config, run: RunDir | None, estimate: bool = False
-                   ) -> tuple[Callable[[Sequence[Example]], tuple[int, float]], str, Container[str]]:
-    """`token_counter` whose count gives (tokens, 95% half-width or None when counted), and the ids whose count is known or estimated
-    without their text (the run's cached counts, or every row of the data when `estimate` draws a sample:
-    `tokencounts.sample_counts`, train.plan_sample examples)."""
+                   ) -> tuple[Callable[[Sequence[Example]], tuple[int, float | None]], str, Container[str]]:
+    """`token_counter` whose count gives (tokens, 95% half-width; None when counted), and the ids whose count is
+    known or estimated without their text (the run's cached counts, or every row of the data when `estimate` draws
+    a sample: `tokencounts.sample_counts`, train.plan_sample examples)."""
     try:
         tok = modeling.load_tokenizer(cfg.model.name_or_path)
     except Exception as e:  # offline / unknown hub id: estimate, and say so
