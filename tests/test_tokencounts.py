@@ -148,7 +148,8 @@ def test_token_lengths_equal_the_rows_with_an_added_bos_and_any_truncation(alpac
         assert rows[1]["input_ids"][0] == tok.bos_token_id
 
 
-def test_encode_texts_and_text_lengths_call_the_backend_directly_and_give_the_transformers_ids(alpaca, smollm2_path, monkeypatch):
+def test_encode_texts_and_text_lengths_call_the_backend_directly_and_give_the_transformers_ids(alpaca, smollm2_path,
+                                                                                               monkeypatch):
     """The direct `encode_batch_fast` path gives the transformers call's ids on real Alpaca texts and on text
     holding special tokens; a backend left truncating, or a tokenizer that splits special tokens, goes through the
     transformers call (which resets or honours that state), so the ids are still the call's."""
@@ -204,12 +205,13 @@ def test_a_dry_run_plan_over_more_examples_than_plan_sample_estimates_and_says_s
 
 def test_the_estimates_95_percent_interval_covers_the_exact_count_95_percent_of_the_time(tmp_path, data_home,
                                                                                       smollm2_path):
-    """Coverage by simulation (the interval is proven, not assumed): 1,500 real Alpaca examples (every count
-    known), 400 seeded samples of m = 330 (about 110 sampled members per set, near MIN_SAMPLED = 100, the fewest
-    an estimate uses; a set with fewer is counted whole and must be exact), each estimating four sets as a plan would meet them: the shortest, middle and longest third by response
-    length (phases by a length score: their counts differ) and a random third (a control arm's phase). The 95%
-    interval covers the exact total in 0.92-0.98 of the estimated draws per set (at least 300; the binomial 99%
-    band around 0.95 at 300-400 draws is about 0.92-0.98), and the estimate is unbiased within 0.5%."""
+    """Coverage by simulation (the interval is proven, not assumed): 1,500 real Alpaca examples (every count known),
+    400 seeded samples of m = 330 (about 110 sampled members per set, near MIN_SAMPLED = 100, the fewest an estimate
+    uses; a set with fewer is counted whole and must be exact), each estimating four sets as a plan would meet them:
+    the shortest, middle and longest third by response length (phases by a length score: their counts differ) and a
+    random third (a control arm's phase). The 95% interval covers the exact total in 0.92-0.98 of the estimated
+    draws per set (at least 300; the binomial 99% band around 0.95 at 300-400 draws is about 0.92-0.98), and the
+    estimate is unbiased within 0.5%."""
     import random
     import statistics
 
