@@ -173,6 +173,7 @@ def test_plan_of_stand_ins_equals_the_plan_of_whole_examples(tmp_path, monkeypat
     assert {k: v for k, v in warm.items() if k != "note"} == {k: v for k, v in whole.items() if k != "note"}
     assert {k: v for k, v in cold.items() if k != "note"} == {k: v for k, v in whole.items() if k != "note"}
     assert sum(r["sequential"] for r in whole["arms"]["sit-phased"]) == 2
+    assert gc.isenabled()  # the plan pauses cyclic collection while it builds its stand-ins, and restores it
 
 
 def _old_combine(results, dedupe=True):

@@ -26,10 +26,12 @@ the file, the free space and the bytes the write needed; the old file (atomic wr
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import tempfile
 from array import array
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -37,8 +39,8 @@ from phased_ift.diskerrors import DiskWriteError, write_error, writing
 from phased_ift.errors import PhasedIFTError
 
 __all__ = ["AppendLog", "JsonlDecodeError", "JsonlIndex", "append_jsonl", "atomic_write_bytes", "atomic_write_json",
-           "atomic_write_text", "atomic_write_chunks", "drop_torn_tail", "read_jsonl", "read_lines", "row_json",
-           "write_jsonl", "write_lines"]
+           "atomic_write_text", "atomic_write_chunks", "drop_torn_tail", "no_cycle_collection", "read_jsonl",
+           "read_lines", "row_json", "write_jsonl", "write_lines"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -224,6 +226,21 @@ def read_jsonl(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Ite
     """
     for _, row in numbered_rows(Path(path), tolerate_torn_tail):
         yield row
+
+
+@contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """Cyclic garbage collection paused, then restored as it was (reference counting still frees every object):
+    for a reader that builds millions of small acyclic objects from a file (the split's and the plan's stand-ins,
+    their meta and ids), which each automatic collection would walk again (at 1M rows: about 5 s less CPU in the
+    split, about 2.5 s of the plan's 25 s)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class JsonlIndex:

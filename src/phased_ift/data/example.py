@@ -179,7 +179,7 @@ def _head_slices(line: bytes) -> tuple[int, int, int] | None:
     the first `, "meta": ` after it are the row's own keys, unless a messages turn has a "meta" key of its own (then
     the meta slice fails to decode: it starts inside the messages and ends inside the row)."""
     if line.startswith(b'{"id": '):
-        end = len(line.rstrip())
+        end = len(line) - 1 if line.endswith(b"}\n") else len(line.rstrip())  # no copy of the common line
         i = line.find(b', "messages": ')
         j = line.find(b', "meta": ', i)
         if 0 < i < j and line[end - 1:end] == b"}":

@@ -17,18 +17,16 @@ stage sizes but assigns examples to stages at random.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import math
 import random
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from phased_ift.data import Example, example_head, with_meta, write_examples
 from phased_ift.errors import PhasedIFTError
-from phased_ift.runio import JsonlIndex, atomic_write_json, read_score_values, write_lines
+from phased_ift.runio import JsonlIndex, atomic_write_json, no_cycle_collection, read_score_values, write_lines
 from phased_ift.sit.mix import phase_mix_counts
 from phased_ift.stats import round_half_up
 
@@ -299,21 +297,6 @@ def _write_phase_files(run, phases: list[list[Example]], controls: Mapping[str, 
             manifest["controls"][c].append({"k": i, "count": len(ph), "file": str(path.relative_to(run.root))})
 
 
-@contextmanager
-def _no_cycle_collection() -> Iterator[None]:
-    """Cyclic garbage collection paused, then restored as it was (reference counting still frees every object): the
-    split builds millions of small acyclic objects (a stand-in, its meta and an id per example, the scores), and
-    each automatic collection would walk all of them again (at 1M rows: about 5 s less CPU, in the index pass and
-    the sort)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[float] | None, seed: int,
                 controls: Mapping[str, ControlBuilder], console=None) -> dict:
     """Read data/train.jsonl + scores/<scorer>.jsonl, write the phase files, control files and manifest (last).
@@ -352,7 +335,7 @@ def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[floa
     if not scores_path.is_file():
         raise PhasedIFTError(f"phases: {scores_path} does not exist; run `phased-ift score` first.")
     scores, failed = _read_scores(scores_path)
-    with _no_cycle_collection(), JsonlIndex(run.train_data, keep=_stub, raw=True) as data:
+    with no_cycle_collection(), JsonlIndex(run.train_data, keep=_stub, raw=True) as data:
         at = _stubs(data, run.train_data)
         failed_set = set(failed)
         kept = [e for e in data.values if e.id in scores]

@@ -25,7 +25,7 @@ from phased_ift.phases.design import assumed_phases, get_arm, phase_count
 from phased_ift.phases.split import read_manifest
 from phased_ift.errors import PhasedIFTError
 from phased_ift.rundir import RunDir
-from phased_ift.runio import read_lines
+from phased_ift.runio import no_cycle_collection, read_lines
 from phased_ift.sit.mix import is_sequential
 from phased_ift.train.tokencounts import CHUNK, RunCounts, estimated_tokens, run_counts
 
@@ -275,6 +275,12 @@ def plan_training(cfg: Config, run: RunDir, world_size: int | None = None, estim
         PhasedIFTError: see `_planned_phases`.
     """
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    with no_cycle_collection():  # millions of stand-ins at scale (`runio.no_cycle_collection`)
+        return _plan(cfg, run, world_size, estimate)
+
+
+def _plan(cfg: Config, run: RunDir, world_size: int, estimate: bool) -> dict:
+    """`plan_training`'s body."""
     count, note, known = _token_counter(cfg, run, estimate)
     phases_of, n, split_note = _planned_phases(cfg, run, _plan_reader(known))
     note += split_note + _budget_note(cfg)

@@ -209,8 +209,13 @@ def _count_file(tokenizer, run: RunDir, template: str, max_length: int) -> tuple
 def total_tokens(cached: RunCounts, tokenizer, examples: Sequence[Example], template: str, max_length: int) -> int:
     """Sum of the examples' token counts: cached ones looked up by id, the others counted (`count_tokens`)."""
     known = cached.counts
-    missing = [e for e in examples if e.id not in known]
-    found = sum(known[e.id] for e in examples if e.id in known)
+    found, missing = 0, []
+    for e in examples:  # one pass: a plan sums millions of cached counts
+        c = known.get(e.id)
+        if c is None:
+            missing.append(e)
+        else:
+            found += c
     return found + (sum(count_tokens(tokenizer, missing, template, max_length)) if missing else 0)
 
 
