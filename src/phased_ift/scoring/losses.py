@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from phased_ift import modeling
 from phased_ift.data import Example
@@ -98,25 +98,40 @@ def _loss_rows(examples: list[Example], ctx: ScoreContext, ifd: bool) -> Iterato
     fingerprint = modeling.weights_fingerprint(name)
     cache = LossCache(ctx.cache_dir / "losses.sqlite", settings + ([fingerprint] if fingerprint else []))
     model = tok = None  # loaded on the first example the cache does not hold
+
+    def compute(todo: list[Example]) -> list[dict[str, Any]]:
+        nonlocal model, tok
+        if model is None:
+            model, tok = modeling.load_scoring_model(name, autocast)
+        return modeling.response_losses(model, tok, todo, template=ctx.cfg.model.template, max_length=sc.max_length,
+                                        batch_size=sc.batch_size, unconditioned=ifd, stats=ctx.stats,
+                                        autocast=autocast)
+
     try:
-        for chunk in _chunks(examples, SORT_CHUNK_BATCHES * sc.batch_size):
-            keys = [cache.key(ex) for ex in chunk]
-            have = cache.get(keys)
-            todo = [i for i, k in enumerate(keys) if k not in have or (ifd and have[k]["loss_uncond"] is None)]
-            res = [have.get(k) for k in keys]
-            if todo:
-                if model is None:
-                    model, tok = modeling.load_scoring_model(name, autocast)
-                new = modeling.response_losses(model, tok, [chunk[i] for i in todo], template=ctx.cfg.model.template,
-                                               max_length=sc.max_length, batch_size=sc.batch_size, unconditioned=ifd,
-                                               stats=ctx.stats, autocast=autocast)
-                for i, r in zip(todo, new):
-                    res[i] = r
-                cache.put([(keys[i], r) for i, r in zip(todo, new) if "error" not in r])
-            ctx.stats["loss_cache_hits"] = ctx.stats.get("loss_cache_hits", 0) + len(chunk) - len(todo)
-            yield from _loss_chunk_rows(chunk, res, ifd)
+        yield from cached_loss_rows(examples, cache, SORT_CHUNK_BATCHES * sc.batch_size, ifd, compute, ctx.stats)
     finally:
         cache.close()
+
+
+def cached_loss_rows(examples: Sequence[Example], cache: LossCache, chunk_size: int, ifd: bool,
+                     compute: Callable[[list[Example]], list[dict[str, Any]]],
+                     stats: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The score rows of the `ifd` (ifd=True) or `loss` scorer, `chunk_size` examples at a time: losses the cache
+    holds are read back (for IFD only with the unconditioned loss), the others computed by `compute(examples) ->
+    [{"loss_cond", "loss_uncond", "n_tokens"} or {"error"}]` (a local forward pass, or a server: `server_losses`)
+    and stored (errors are not); `stats["loss_cache_hits"]` counts the examples read back."""
+    for chunk in _chunks(examples, chunk_size):
+        keys = [cache.key(ex) for ex in chunk]
+        have = cache.get(keys)
+        todo = [i for i, k in enumerate(keys) if k not in have or (ifd and have[k]["loss_uncond"] is None)]
+        res = [have.get(k) for k in keys]
+        if todo:
+            new = compute([chunk[i] for i in todo])
+            for i, r in zip(todo, new):
+                res[i] = r
+            cache.put([(keys[i], r) for i, r in zip(todo, new) if "error" not in r])
+        stats["loss_cache_hits"] = stats.get("loss_cache_hits", 0) + len(chunk) - len(todo)
+        yield from _loss_chunk_rows(chunk, res, ifd)
 
 
 def _loss_chunk_rows(chunk: Sequence[Example], res: Sequence[dict[str, Any]], ifd: bool) -> Iterator[dict[str, Any]]:

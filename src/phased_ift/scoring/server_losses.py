@@ -22,7 +22,7 @@ from phased_ift.config import EndpointConfig
 from phased_ift.data import Example
 from phased_ift.errors import PhasedIFTError
 from phased_ift.llm_client import LLMClient, LLMResult
-from phased_ift.scoring.losses import LossCache, _loss_chunk_rows
+from phased_ift.scoring.losses import LossCache, cached_loss_rows
 from phased_ift.scoring.registry import ScoreContext
 
 CHUNK_PER_WORKER = 4  # examples per chunk = this x concurrency: rows reach the scores file every few seconds
@@ -197,29 +197,22 @@ def _rows(examples: list[Example], ctx: ScoreContext, cache: LossCache, name: st
     ep, max_length = ctx.cfg.scoring.server, ctx.cfg.scoring.max_length
     tok = client = probe = None  # made on the first example the cache does not hold
     first = True
+
+    def compute(todo: list[Example]) -> list[dict[str, Any]]:
+        nonlocal tok, client, probe, first
+        if client is None:
+            tok = modeling.load_tokenizer(name)
+            client = LLMClient(ep, ctx.cache_dir / "llm.sqlite", check=_echo_check(ep), store=False)
+            probe = LLMClient(dataclasses.replace(ep, max_retries=0), ctx.cache_dir / "llm.sqlite",
+                              check=_echo_check(ep), store=False)
+        prepared = _prepare(tok, todo, template, max_length)
+        requests = [r for p in prepared if not isinstance(p, str) for r in p[0]]
+        new = _losses(prepared, iter(_ask(client, probe, requests, first)))
+        first = False
+        return new
+
     try:
-        step = CHUNK_PER_WORKER * ep.concurrency
-        for start in range(0, len(examples), step):
-            chunk = examples[start: start + step]
-            keys = [cache.key(ex) for ex in chunk]
-            have = cache.get(keys)
-            todo = [i for i, k in enumerate(keys) if k not in have or have[k]["loss_uncond"] is None]
-            res = [have.get(k) for k in keys]
-            if todo:
-                if client is None:
-                    tok = modeling.load_tokenizer(name)
-                    client = LLMClient(ep, ctx.cache_dir / "llm.sqlite", check=_echo_check(ep), store=False)
-                    probe = LLMClient(dataclasses.replace(ep, max_retries=0), ctx.cache_dir / "llm.sqlite",
-                                      check=_echo_check(ep), store=False)
-                prepared = _prepare(tok, [chunk[i] for i in todo], template, max_length)
-                requests = [r for p in prepared if not isinstance(p, str) for r in p[0]]
-                new = _losses(prepared, iter(_ask(client, probe, requests, first)))
-                first = False
-                for i, r in zip(todo, new):
-                    res[i] = r
-                cache.put([(keys[i], r) for i, r in zip(todo, new) if "error" not in r])
-            ctx.stats["loss_cache_hits"] = ctx.stats.get("loss_cache_hits", 0) + len(chunk) - len(todo)
-            yield from _loss_chunk_rows(chunk, res, True)
+        yield from cached_loss_rows(examples, cache, CHUNK_PER_WORKER * ep.concurrency, True, compute, ctx.stats)
     finally:
         cache.close()
         for c in (client, probe):
