@@ -46,8 +46,7 @@ def _summarize(run, cfg):
 
 def _blocks(s, plots, cl):
     rows = [[e["arm"], e["seed"], e["phase"], e["n"], e["rate"]] for e in s["brevity"]]
-    return [("h2", "Brevity (toy)"), table(["arm", "seed", "phase", "answers", "rate"], rows) if rows
-            else ("p", s["notes"]["brevity"])]
+    return [table(["arm", "seed", "phase", "answers", "rate"], rows)]
 
 
 def _verdicts(s, rank):
@@ -68,7 +67,7 @@ def _per_prompt(run, cfg, judgements):
 
 BREVITY = Benchmark(TOY, "Brevity", run=_run, summarize=_summarize,
                     missing=lambda cfg: "No brevity results: add vicuna to generate.test_sets.", blocks=_blocks,
-                    verdicts=_verdicts, effects=(EffectMetric("brevity rate", _per_prompt),))
+                    heading="Brevity (toy)", verdicts=_verdicts, effects=(EffectMetric("brevity rate", _per_prompt),))
 
 
 @pytest.fixture
@@ -129,11 +128,13 @@ def test_the_registry_refuses_undeclared_and_twice_registered_benchmarks(toy_reg
         register_benchmark(BREVITY)
     other = choices.BenchmarkChoice("brevity2", choices.PROGRAM, "vicuna")
     with pytest.raises(PhasedIFTError, match="benchmark 'brevity2' is not declared .* config_choices.BENCHMARKS"):
-        register_benchmark(Benchmark(other, "x", run=_run, summarize=_summarize, missing=str, blocks=_blocks))
+        register_benchmark(Benchmark(other, "x", run=_run, summarize=_summarize, missing=str, blocks=_blocks,
+                                     heading="x"))
     # declared with another kind than the object says: refused too
     monkeypatch.setitem(choices.BENCHMARKS, "brevity2", choices.BenchmarkChoice("brevity2", choices.LLM_GRADED))
     with pytest.raises(PhasedIFTError, match="not declared"):
-        register_benchmark(Benchmark(other, "x", run=_run, summarize=_summarize, missing=str, blocks=_blocks))
+        register_benchmark(Benchmark(other, "x", run=_run, summarize=_summarize, missing=str, blocks=_blocks,
+                                     heading="x"))
     assert "brevity2" not in BENCHMARKS
 
 

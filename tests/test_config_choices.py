@@ -113,5 +113,5 @@ def test_registering_an_undeclared_name_raises():
         register_target(Target("mine", "x", lambda plan, out: []))
     with pytest.raises(PhasedIFTError, match="benchmark 'mine' is not declared"):
         register_benchmark(Benchmark(choices.BenchmarkChoice("mine", choices.PROGRAM, "vicuna"), "x", run=None,
-                                     summarize=None, missing=None, blocks=None))
+                                     summarize=None, missing=None, blocks=None, heading=""))
     assert "mine" not in scoring.SCORERS

@@ -61,8 +61,10 @@ class Benchmark:
         summarize: `(run, cfg) -> {summary key: value}`, its entries of report/summary.json; the first key is its
             name, whose value is a list (empty: nothing on disk yet).
         missing: `cfg -> str`, the summary note when that list is empty: what to set and run to get it.
-        blocks: `(summary, plots, ci label) -> blocks`, its section of the report (`blocks` vocabulary); `plots`
-            maps a plot key to its file name beside the report.
+        blocks: `(summary, plots, ci label) -> blocks`, the body of its section of the report (`blocks` vocabulary),
+            called when its summary list is not empty; `plots` maps a plot key to its file name beside the report.
+        heading: its section's heading; the report writes it, then `blocks` or, with nothing on disk, the
+            `missing` note (`report.render`).
         verdicts: `(summary, rank) -> lines`, its descriptive lines under the report's verdicts.
         effects: its metrics of the answer, compared arm against baseline (`report.answer`).
         enabled: `cfg -> bool`; None: by kind (a test set's benchmark when the test set is generated; a graded one
@@ -82,6 +84,7 @@ class Benchmark:
     summarize: Callable[[RunDir, Config], dict[str, Any]]
     missing: Callable[[Config], str]
     blocks: Callable[[dict, dict[str, str], str], list[tuple]]
+    heading: str
     verdicts: Callable[[dict, Rank], list[str]] = lambda summary, rank: []
     effects: tuple[EffectMetric, ...] = ()
     enabled: Callable[[Config], bool] | None = None

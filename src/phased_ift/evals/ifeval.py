@@ -468,10 +468,8 @@ def summarize(run: RunDir, cfg: Config) -> dict[str, list[dict]]:
 def _blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
     """IFEval: the four numbers per checkpoint, the paired comparison with the baseline, the per-group table and the
     trend over phases."""
-    B: list[tuple] = [("h2", "Instruction following on unseen instructions: IFEval")]
-    entries = s.get("ifeval") or []
-    if not entries:
-        return B + [("p", s["notes"].get("ifeval", ""))]
+    entries = s["ifeval"]
+    B: list[tuple] = []
     B.append(("p", "Verifiable instructions checked by program (lm-eval's IFEval checkers, no judge). Prompt-level: all "
                    "instructions of a prompt followed; instruction-level: instructions followed / given; loose also "
                    f"accepts the answer without its first/last line or markdown stars. {cl}: bootstrap over prompts. "
@@ -565,6 +563,7 @@ BENCHMARK = Benchmark(
     BENCHMARKS["ifeval"], "IFEval", run=unless_dry_run(ifeval_all), summarize=summarize,
     missing=lambda cfg: ("No IFEval results (evaluation/*/ifeval.json): add ifeval to generate.test_sets (e.g. "
                          "generate.test_sets=[vicuna,ifeval]) and run `phased-ift run CONFIG`."),
-    blocks=_blocks, verdicts=_verdicts, effects=(EffectMetric("IFEval prompt-level strict accuracy", per_prompt),),
+    blocks=_blocks, heading="Instruction following on unseen instructions: IFEval", verdicts=_verdicts,
+    effects=(EffectMetric("IFEval prompt-level strict accuracy", per_prompt),),
     plan=lambda cfg, prompts: f"IFEval ({prompts[TESTSET]} prompts)", trend=_trend,
     trend_label="prompt-level strict accuracy")

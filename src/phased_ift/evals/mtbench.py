@@ -414,10 +414,8 @@ def summarize(run: RunDir, cfg: Config) -> dict[str, list[dict]]:
 
 def _blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
     """MT-Bench: mean single-answer rating per turn and overall with CIs, counts, and the per-category means."""
-    B: list[tuple] = [("h2", "Multi-turn chat: MT-Bench (single-answer grading)")]
-    rows = s.get("mt_bench") or []
-    if not rows:
-        return B + [("p", s["notes"].get("mt_bench", ""))]
+    rows = s["mt_bench"]
+    B: list[tuple] = []
     B.append(("p", "FastChat's single-answer prompts (single-v1; single-math-v1 with GPT-4's reference answer for "
                    "math, reasoning and coding; the multi-turn variants for turn 2), ratings 1-10 parsed as FastChat "
                    f"does. Unparsed and failed grades are counted, never scored. {cl}: bootstrap over questions."))
@@ -449,7 +447,8 @@ def _verdicts(summary: dict, rank: Any = None) -> list[str]:
 
 
 BENCHMARK = grading.graded_benchmark(
-    GRADER, BENCHMARKS[TESTSET], summarize=summarize, blocks=_blocks, verdicts=_verdicts,
+    GRADER, BENCHMARKS[TESTSET], summarize=summarize, blocks=_blocks,
+    heading="Multi-turn chat: MT-Bench (single-answer grading)", verdicts=_verdicts,
     missing=lambda cfg: ("No MT-Bench grades (grades/*/seed_*/phase_*/mt_bench.jsonl): add mt_bench to "
                          "generate.test_sets, configure judge (an OpenAI-compatible endpoint) and run "
                          "`phased-ift evaluate CONFIG`."))

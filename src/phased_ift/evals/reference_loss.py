@@ -304,16 +304,11 @@ def _missing(cfg: Config) -> str:
 
 def _blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
     """The offline evaluation: loss of the reference answers with CIs."""
-    B: list[tuple] = [("h2", "Offline evaluation: loss of reference answers")]
-    if s["reference_loss"]:
-        B.append(("p", f"Mean per-token loss (nats) of the reference answers given the prompt; lower = closer to "
-                       f"the reference model's answers. {cl} by bootstrap over examples."))
-        B.append(table(["arm", "seed", "phase", "test set", "examples", "mean loss", cl],
-                       [[x["arm"], x["seed"], x["phase"], x["testset"], x["n"], x["mean"], fmt_ci(x["ci"])]
-                        for x in s["reference_loss"]]))
-    else:
-        B.append(("p", s["notes"]["reference_loss"]))
-    return B
+    return [("p", f"Mean per-token loss (nats) of the reference answers given the prompt; lower = closer to the "
+                  f"reference model's answers. {cl} by bootstrap over examples."),
+            table(["arm", "seed", "phase", "test set", "examples", "mean loss", cl],
+                  [[x["arm"], x["seed"], x["phase"], x["testset"], x["n"], x["mean"], fmt_ci(x["ci"])]
+                   for x in s["reference_loss"]])]
 
 
 def final_losses(summary: dict) -> dict[tuple, dict]:
@@ -367,6 +362,7 @@ def per_prompt(run: RunDir, cfg: Config, judgements: list[dict]) -> PerPrompt:
 
 
 BENCHMARK = Benchmark(
-    BENCHMARKS["reference_loss"], "reference-answer loss", run=unless_dry_run(reference_loss_all), summarize=summarize, missing=_missing,
-    blocks=_blocks, verdicts=_verdicts, effects=(EffectMetric("reference loss", per_prompt, lower_is_better=True),),
+    BENCHMARKS["reference_loss"], "reference-answer loss", run=unless_dry_run(reference_loss_all),
+    summarize=summarize, missing=_missing, blocks=_blocks, heading="Offline evaluation: loss of reference answers",
+    verdicts=_verdicts, effects=(EffectMetric("reference loss", per_prompt, lower_is_better=True),),
     enabled=lambda cfg: cfg.evaluation.reference_loss)

@@ -296,10 +296,8 @@ def _missing(cfg: Config) -> str:
 
 def _blocks(s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
     """SeqEval: following rate and quality per checkpoint with CIs and counts, and both by iteration depth."""
-    B: list[tuple] = [("h2", "Sequential instructions: SeqEval (single-answer LLM judge)")]
-    rows = s.get("seqeval") or []
-    if not rows:
-        return B + [("p", s["notes"].get("seqeval", ""))]
+    rows = s["seqeval"]
+    B: list[tuple] = []
     B.append(("p", "Following rate: the share of answers that attempt every task of the sequential instruction (a "
                    "[[YES]]/[[NO]] verdict per answer); quality: a 1-5 rating per answer (Hu et al. 2024, SeqEval). "
                    "The paper's judge prompts are not published; phased-ift's templates are written from its "
@@ -350,6 +348,7 @@ def per_prompt(metric: str) -> Callable[[RunDir, Config, list[dict]], PerPrompt]
 
 
 BENCHMARK = grading.graded_benchmark(
-    GRADER, BENCHMARKS[TESTSET], summarize=summarize, missing=_missing, blocks=_blocks, verdicts=_verdicts,
+    GRADER, BENCHMARKS[TESTSET], summarize=summarize, missing=_missing, blocks=_blocks,
+    heading="Sequential instructions: SeqEval (single-answer LLM judge)", verdicts=_verdicts,
     effects=(EffectMetric("SeqEval following rate", per_prompt("following")),
              EffectMetric("SeqEval quality (1-5)", per_prompt("quality"))))

@@ -28,10 +28,16 @@ def report_blocks(s: dict, plots: dict[str, str]) -> list[tuple]:
     the PNG file names written next to the report (a missing key: that plot is left out).
     """
     cl = f"{int(round(s['run']['config']['confidence'] * 100))}% CI"
-    benchmarks = [block for b in BENCHMARKS.values() for block in b.blocks(s, plots, cl)]
+    benchmarks = [block for b in BENCHMARKS.values() for block in _benchmark_blocks(b, s, plots, cl)]
     return (_verdict_blocks(s) + _answer_blocks(s, cl) + _run_blocks(s) + _difficulty_blocks(s, plots)
             + _training_blocks(s, plots) + _win_rate_blocks(s, cl) + _trend_blocks(s, plots, cl) + _length_blocks(s)
             + benchmarks + _agreement_blocks(s))
+
+
+def _benchmark_blocks(b, s: dict, plots: dict[str, str], cl: str) -> list[tuple]:
+    """A benchmark's section: its heading, then its `blocks`, or its `missing` note when its list is empty."""
+    body = b.blocks(s, plots, cl) if s.get(b.name) else [("p", s["notes"].get(b.name, ""))]
+    return [("h2", b.heading)] + body
 
 
 def _verdict_blocks(s: dict) -> list[tuple]:
