@@ -178,9 +178,7 @@ def sample_counts(run: RunDir, tokenizer, template: str, max_length: int, m: int
     if n <= m:
         data.close()
         return None
-    position = {i: p for p, i in enumerate(ids)}
-    for i in set(ids) - set(_unique(ids, [0] * n)):
-        del position[i]
+    position = _unique(ids, list(range(n)))  # {id: row} of the ids that occur once
     positions = sorted(p for p in random.Random(seed).sample(range(n), m) if position.get(ids[p]) == p)
     counts: dict[str, int] = {}
     for i in range(0, len(positions), CHUNK):
