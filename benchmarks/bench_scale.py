@@ -3,8 +3,9 @@
 For each size N (`--sizes`, default 2000,10000: quick) a fresh run dir under /tmp gets a JSON array of N synthetic
 Alpaca records (seeded random words from a 5,000-word vocabulary: instructions 5-25 words, a third with a 3-15-word
 input, responses 10-200 words; `bench_token_counts.synthetic_alpaca`, generated on the fly, not timed), and these
-commands run one after another, each as a child process whose wall time (s) and peak RSS (MiB, `os.wait4`'s
-ru_maxrss of that child alone; it includes the parent's pages at fork, so this process keeps no rows) are recorded:
+commands run one after another, each as a child process whose wall time (s), peak RSS (MiB, `os.wait4`'s
+ru_maxrss of that child; it includes the parent's pages at fork, so this process keeps no rows) and peak summed PSS
+of the child and its worker processes (`timed`; the length scorer forks one per core) are recorded:
   score        `phased-ift score CFG` with scoring.scorer=length (includes the data step: read, convert, dedupe,
                write data/train.jsonl)
   split        `phased-ift split CFG` (3 quantile phases; the control arms' phase files)
@@ -40,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,19 +58,58 @@ def _cli() -> list[str]:
 
 
 def timed(cmd: list[str], log: Path) -> dict:
-    """Run `cmd` as a child; {"wall_s", "peak_rss_mib"} of that child alone. Raises RuntimeError on failure."""
+    """Run `cmd` as a child; {"wall_s", "peak_rss_mib", "peak_tree_pss_mib"}: the child's own peak RSS
+    (`os.wait4`'s ru_maxrss: the largest of the child and the processes it waited for, never their sum) and the peak
+    of the summed PSS of the child and every process below it (worker processes included; PSS splits a shared page
+    among the processes that map it, so the pages a forked worker shares with its parent count once), sampled every
+    0.25 s from /proc/<pid>/smaps_rollup (a peak shorter than that can be missed). Raises RuntimeError on failure."""
     t0 = time.perf_counter()
     with open(log, "ab") as f:
         f.write(("$ " + " ".join(cmd) + "\n").encode())
         f.flush()
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        peak = [0.0]
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sample_tree_pss, args=(proc.pid, peak, stop), daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        stop.set()
+        sampler.join()
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{tail}")
-    return {"wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}  # Linux: KiB
+    return {"wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
+            "peak_tree_pss_mib": round(peak[0], 1)}
+
+
+def _sample_tree_pss(root: int, peak: list[float], stop: threading.Event) -> None:
+    while not stop.wait(0.25):
+        peak[0] = max(peak[0], sum(_pss_mib(p) for p in _tree(root)))
+
+
+def _tree(root: int) -> list[int]:
+    """root and every process below it (/proc/<pid>/task/<tid>/children)."""
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:  # the process ended meanwhile
+            pass
+    return out
+
+
+def _pss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("Pss:")) / 1024  # kB
+    except (OSError, StopIteration, ValueError):
+        return 0.0
 
 
 def write_config(path: Path, run_dir: Path, data: Path) -> None:
@@ -148,10 +189,16 @@ def table(rows: list[dict], fits: dict) -> str:
     for s in ("startup",) + STEPS:
         if not all(s in r for r in rows):
             continue
-        cells = [f"{r[s]['wall_s']:.1f} s, {r[s]['peak_rss_mib']:.0f} MiB" for r in rows]
+        cells = [f"{r[s]['wall_s']:.1f} s, {_memory(r[s])}" for r in rows]
         f = fits.get(s, {})
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {f.get('time')} | {f.get('time_net')} | {f.get('rss')} |")
     return "\n".join(lines)
+
+
+def _memory(step: dict) -> str:
+    """Peak RSS (MiB); with worker processes (a tree PSS above it), "RSS / tree PSS"."""
+    tree = step.get("peak_tree_pss_mib")
+    return f"{step['peak_rss_mib']:.0f} MiB" + (f" / {tree:.0f} MiB" if tree and tree > step["peak_rss_mib"] else "")
 
 
 def main() -> None:

@@ -503,3 +503,33 @@ def test_cli_data_check_broken_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error:" in err and "broken.json, line 2 column 1: malformed JSON" in err
     assert "Traceback" not in err
+
+
+def test_bad_text_is_found_in_flat_nested_and_non_ascii_records():
+    from phased_ift.data.loading import _find_bad_text
+
+    assert _find_bad_text({"instruction": "Café ☕", "output": "fine"}) is None  # non-ASCII, valid
+    assert _find_bad_text({"instruction": "ok", "output": "Caf\udce9"}) == "field 'output'"
+    assert _find_bad_text({"Caf\udce9": "x"}) == "the record"  # a bad key
+    assert _find_bad_text({"conversations": [{"value": "a"}, {"value": "\udc80"}]}) == \
+        "field 'conversations'[1]['value']"
+    assert _find_bad_text({"id": 7, "text": "\ud800"}) == "field 'text'"  # a non-str value: the walk
+
+
+def test_message_keys_are_equal_exactly_for_equal_messages():
+    from phased_ift.data.formats import message_key
+
+    def turns(*pairs):
+        return [{"role": r, "content": c} for r, c in pairs]
+
+    a = turns(("user", "x\x00assistant\x00y"))
+    b = turns(("user", "x"), ("assistant", "y"))
+    c = turns(("user", "x\x00"), ("assistant", "y"))
+    d = turns(("user", "1\x00x"))
+    e = turns(("user", ""), ("assistant", "1\x00x"))
+    odd = [{"role": "user", "content": "x", "name": "n"}]
+    distinct = [a, b, c, d, e, odd, turns(("user", "x")), turns(("system", "x"))]
+    keys = [message_key(m) for m in distinct]
+    assert len(set(keys)) == len(keys)
+    assert [message_key(json.loads(json.dumps(m))) for m in distinct] == keys  # equal copies, equal keys
+    assert message_key([{"content": "x", "name": "n", "role": "user"}]) == keys[5]  # key order does not matter

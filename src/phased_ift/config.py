@@ -153,6 +153,8 @@ class ScoringConfig:
     autocast: str = _f("auto", "ifd/loss compute: auto (as model.autocast), bf16 (autocast, Linear weights in bf16; "
                        "1.5x fp32 on a CPU with native bf16, IFD values within ~6%, same ranking; ~100x slower "
                        "than fp32 on a CPU without it), fp16 (GPU) or none (fp32, as the Cherry LLM code).")
+    workers: int = _f(0, "scorer=length: processes that count tokens (0 = one per CPU core this process may use, "
+                      "1 = in this process; Linux only, elsewhere always 1). Above 4096 examples only.")
     meta_key: str = _f("score", "scorer=meta: take this numeric field from each record's meta (e.g. the paper's).")
     labels: str = _f("", "scorer=learned: a scores jsonl (id, score) or 'paper' (the released GPT-4 scores).")
     learned_embeddings: bool = _f(True, "scorer=learned: add MiniLM sentence embeddings of the instruction and the "
@@ -162,6 +164,8 @@ class ScoringConfig:
     def __post_init__(self) -> None:
         if self.samples < 1 or self.batch_size < 1:
             raise PhasedIFTError("config: scoring.samples and scoring.batch_size must be >= 1.")
+        if self.workers < 0:
+            raise PhasedIFTError(f"config: scoring.workers must be >= 0 (0 = one per CPU core), got {self.workers}.")
         _check_choice("scoring", "autocast", self.autocast, list(AUTOCAST_CHOICES))
 
 

@@ -342,10 +342,30 @@ def read_lines(path: str | os.PathLike, decode: Callable[[bytes], Any]) -> Itera
         JsonlDecodeError: `decode` raised json.JSONDecodeError (names the file and line); FileNotFoundError.
     """
     path = Path(path)
+    for lineno, line in numbered_lines(path):
+        yield _kept(path, lineno, line, decode, True)
+
+
+def numbered_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, the line's bytes with its newline) per non-blank line of a JSON-lines file, in file
+    order, read line by line; nothing is decoded (`parse_line` decodes one, naming its file and line).
+
+    Raises:
+        FileNotFoundError: at the first `next()`.
+    """
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
-                yield _kept(path, lineno, line, decode, True)
+                yield lineno, line
+
+
+def parse_line(path: str | os.PathLike, lineno: int, line: bytes) -> Any:
+    """The JSON value of one line's bytes (line `lineno` of `path`).
+
+    Raises:
+        JsonlDecodeError: not JSON (names the file, line and column); UnicodeDecodeError: not UTF-8.
+    """
+    return _parse_line(Path(path), lineno, line)
 
 
 def _parse_line(path: Path, lineno: int, line: bytes) -> Any:

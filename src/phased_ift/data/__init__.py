@@ -2,7 +2,8 @@
 named sources and test sets. Returns data; printing is the CLI's (`phased-ift data check` / `data sources`).
 
     example.py   `Example`, `normalize_text`, `read_examples` / `iter_examples` / `write_examples` (data/train.jsonl
-                 rows), `ExampleFile` (such a file as a lazy sequence: ids in memory, rows read when asked for),
+                 rows), `ExampleFile` (such a file as a lazy sequence: ids in memory, rows read when asked for; its
+                 `lines` and `example_of_line` for a reader that decodes the rows elsewhere),
                  `example_head` / `with_meta` (a row's id and meta read / its meta updated without decoding its
                  messages)
     loading.py   a file -> raw records with line numbers: text, JSON array, JSON lines, Hugging Face `datasets`
@@ -24,8 +25,8 @@ Run `phased-ift data check PATH [--format F]` to validate a file, `phased-ift da
 jsonl files of the run dir are read and written by `phased_ift.runio`.
 """
 
-from phased_ift.data.example import (Example, ExampleFile, example_head, example_head_key, iter_examples,
-                                     normalize_text, read_examples, row_head, unique_id, with_meta, write_examples)
+from phased_ift.data.example import (Example, ExampleFile, example_head, example_head_key, example_of_line,
+                                     iter_examples, normalize_text, read_examples, row_head, unique_id, with_meta, write_examples)
 from phased_ift.data.formats import FORMAT_NAMES, FORMATS, ReadResult, iter_file, read_file, read_records
 from phased_ift.data.sources import (DATA_HOME_ENV, SOURCES, TEST_SETS, CheckReport, SourceInfo, SourceStatus,
                                      TestSetInfo, check_file, combine_results, combine_streams, data_home,
@@ -35,7 +36,7 @@ from phased_ift.data.sources import (DATA_HOME_ENV, SOURCES, TEST_SETS, CheckRep
 __all__ = [
     "CheckReport", "DATA_HOME_ENV", "Example", "ExampleFile", "FORMATS", "FORMAT_NAMES", "ReadResult", "SOURCES",
     "SourceInfo", "SourceStatus", "TEST_SETS", "TestSetInfo", "check_file", "combine_results", "combine_streams",
-    "data_home", "example_head", "example_head_key", "find_reference", "iter_examples", "iter_file",
+    "data_home", "example_head", "example_head_key", "example_of_line", "find_reference", "iter_examples", "iter_file",
     "load_reference_answers", "load_source", "load_test_set", "normalize_text", "read_examples", "read_file",
     "row_head", "source_path", "source_provenance", "source_status", "stream_source", "unique_id", "with_meta",
     "write_examples",

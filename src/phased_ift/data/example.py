@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, overload
 
-from phased_ift.runio import JsonlIndex, read_jsonl, row_json, write_jsonl
+from phased_ift.runio import JsonlIndex, numbered_lines, parse_line, read_jsonl, row_json, write_jsonl
 
 
 def unique_id(example_id: str, taken: set[str], prefix: str) -> str:
@@ -116,7 +116,7 @@ class ExampleFile(Sequence):
     def __init__(self, path: str | os.PathLike, *, _index: JsonlIndex | None = None,
                  _positions: Sequence[int] | None = None) -> None:
         self.path = Path(path)
-        self._index = _index if _index is not None else JsonlIndex(self.path, keep=lambda b: example_head(b)[0],
+        self._index = _index if _index is not None else JsonlIndex(self.path, keep=example_id,
                                                                    raw=True)
         self._positions = _positions
 
@@ -149,16 +149,23 @@ class ExampleFile(Sequence):
         return Example.from_dict(self._index.row(p))
 
     def __iter__(self) -> Iterator[Example]:
+        path = self.path
+        for lineno, line in self.lines():
+            yield example_of_line(path, lineno, line)
+
+    def lines(self) -> Iterator[tuple[int, bytes]]:
+        """(line number in the file, the line's bytes) of each example of this sequence, in order, streamed; nothing
+        is decoded (`example_of_line` decodes one: e.g. in a worker process, which gets the bytes)."""
         if self._positions is None:
-            yield from (Example.from_dict(d) for d in read_jsonl(self.path))
+            yield from numbered_lines(self.path)
             return
         wanted = iter(self._positions)
         nxt = next(wanted, None)
-        for p, d in enumerate(read_jsonl(self.path)):
+        for p, numbered in enumerate(numbered_lines(self.path)):
             if nxt is None:
                 return
             if p == nxt:
-                yield Example.from_dict(d)
+                yield numbered
                 nxt = next(wanted, None)
 
     def close(self) -> None:
@@ -170,6 +177,16 @@ class ExampleFile(Sequence):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def example_of_line(path: str | os.PathLike, lineno: int, line: bytes) -> Example:
+    """The Example of one data/train.jsonl-style line (line `lineno` of `path`, for the error).
+
+    Raises:
+        runio.JsonlDecodeError: not JSON (file and line); UnicodeDecodeError: not UTF-8; KeyError, TypeError: a
+            row that is no Example (`Example.from_dict`).
+    """
+    return Example.from_dict(parse_line(path, lineno, line))
 
 
 def _head_slices(line: bytes) -> tuple[int, int, int] | None:
@@ -225,6 +242,25 @@ def example_head(line: bytes) -> tuple[str, dict[str, Any]]:
     """
     rid, meta, _ = example_head_key(line)
     return rid, meta
+
+
+def example_id(line: bytes) -> str:
+    """The id of one data/train.jsonl-style row (a line's bytes): `example_head`'s id, decoding only the id's slice
+    when the row has `write_examples`' shape (its JSON string holds no unescaped quote, so the slice before the first
+    `, "messages": ` is the whole id); any other line is decoded whole.
+
+    Raises:
+        as `example_head`.
+    """
+    at = _head_slices(line)
+    if at is not None:
+        try:
+            rid = _one_value(line[7:at[0]])
+        except ValueError:
+            rid = None
+        if isinstance(rid, str):
+            return rid
+    return str(json.loads(line)["id"])
 
 
 def example_head_key(line: bytes) -> tuple[str, dict[str, Any], bytes | None]:

@@ -357,10 +357,19 @@ def _detect_head(head: list[tuple[int | None, Any]], rest: Iterable[tuple[int | 
 
 
 def message_key(messages: list[dict[str, str]]) -> bytes:
-    """The dedupe key of an example's messages: a BLAKE2b-128 digest of their JSON (16 bytes per example kept in
-    memory instead of the text; equal messages, equal keys)."""
-    text = json.dumps(messages, ensure_ascii=False)
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    """The dedupe key of an example's messages: a BLAKE2b-128 digest (16 bytes per example kept in memory instead of
+    the text; equal messages, equal keys). Turns of exactly {"role", "content"} (every converter's) are hashed as
+    role, content length and content, each turn so delimited that no other messages give the same bytes; other turns
+    by their JSON. The key is held in memory only (never written), so its bytes may change between versions."""
+    h = hashlib.blake2b(digest_size=16)
+    for turn in messages:
+        content = turn.get("content")
+        if len(turn) == 2 and isinstance(content, str) and isinstance(turn.get("role"), str) \
+                and "\x00" not in turn["role"]:
+            h.update(f"\x01{turn['role']}\x00{len(content)}\x00{content}".encode("utf-8", "surrogatepass"))
+        else:
+            h.update(("\x02" + json.dumps(turn, ensure_ascii=False, sort_keys=True)).encode("utf-8", "surrogatepass"))
+    return h.digest()
 
 
 def _check_turns(messages: list[dict[str, str]], require_response: bool) -> None:

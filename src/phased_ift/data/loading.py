@@ -15,6 +15,7 @@ Also the reject row {"source", "line", "record", "reason"} and `_clean`, which m
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -132,7 +133,15 @@ def _clean(value: Any) -> Any:
 
 
 def _find_bad_text(value: Any, where: str = "") -> str | None:
-    """The location ("field 'output'") of the first string holding non-UTF-8 bytes, or None."""
+    """The location ("field 'output'") of the first string holding non-UTF-8 bytes, or None. A flat record (str
+    keys and values: Alpaca's) is searched in one pass; the walk below only runs when that finds something."""
+    if isinstance(value, dict):
+        try:
+            flat = "\x00".join(itertools.chain(value, value.values()))
+        except TypeError:  # a key or value that is no str: walk
+            flat = None
+        if flat is not None and (flat.isascii() or _SURROGATE.search(flat) is None):
+            return None  # (isascii: one C pass, no surrogate can be there)
     if isinstance(value, str):
         return where or "the record" if _SURROGATE.search(value) else None
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()

@@ -3,7 +3,8 @@
 Layout: `hub` (named offline models, GGUF conversion, model paths, weight fingerprints), `sizes` (tensor shapes
 from file headers, for estimates before weights load), `loading` (tokenizers, models, checkpoints, devices),
 `export` (a checkpoint as a GGUF file for llama.cpp's server), `precision` (the hardware probe and what
-autocast="auto" means), `text` (rendering, tokenisation, padding), `passes` (generation, losses, embeddings).
+autocast="auto" means), `text` (rendering, tokenisation, padding), `passes` (generation, losses, embeddings),
+`workers` (tokenizer work spread over forked processes).
 Callers import from `phased_ift.modeling`; the submodules are its layout, not its API.
 
 Owns: named offline models and their conversion, loading a tokenizer and a model, loading a checkpoint (full model
@@ -40,6 +41,7 @@ from phased_ift.modeling.passes import (encode_sentences, generate_greedy, respo
 from phased_ift.modeling.precision import (Hardware, describe_precision, inference_dtype, probe_hardware,
                                            resolve_autocast, resolve_config_precision)
 from phased_ift.modeling.sizes import WeightShapes, safetensors_shapes, weight_shapes
+from phased_ift.modeling.workers import available_workers, can_fork, in_processes
 from phased_ift.modeling.text import (PAPER_PROMPT, PAPER_RESPONSE, encode_texts, pad_batch, render, render_batch,
                                       text_lengths, token_lengths, tokenize_batch, tokenize_example, tokenize_for_ifd,
                                       tokenized_ahead, tokenizer_fingerprint)
@@ -55,7 +57,7 @@ __all__ = [
     "response_losses", "sequence_losses", "token_losses", "PAPER_PROMPT", "PAPER_RESPONSE", "pad_batch", "render",
     "encode_texts", "render_batch", "text_lengths", "token_lengths", "tokenize_batch", "tokenize_example",
     "tokenize_for_ifd",
-    "tokenized_ahead", "tokenizer_fingerprint",
+    "tokenized_ahead", "tokenizer_fingerprint", "available_workers", "can_fork", "in_processes",
     "Hardware", "describe_precision", "inference_dtype", "probe_hardware",
     "resolve_autocast", "resolve_config_precision", "WeightShapes", "safetensors_shapes", "weight_shapes",
 ]

@@ -13,7 +13,7 @@ import re
 from typing import Any, Iterable, Iterator
 
 from phased_ift import modeling
-from phased_ift.data import Example
+from phased_ift.data import Example, ExampleFile, example_of_line
 from phased_ift.scoring.registry import ScoreContext, score_row
 
 _BATCH = 1024  # examples per batched tokenizer call of `score_length`
@@ -60,20 +60,55 @@ def length_score(f: dict[str, float]) -> float:
 def score_length(examples: Iterable[Example], ctx: ScoreContext) -> Iterator[dict[str, Any]]:
     """`length_score` of `length_features` with the scoring model's tokenizer; the features are extras. Tokens are
     counted `_BATCH` examples at a time (one batched call per field; the same counts as one call per text), the
-    examples read in one pass (a `data.ExampleFile` streams: two batches in memory).
+    examples read in one pass (a `data.ExampleFile` streams: a few batches in memory).
 
-    The tokenizer counts batch i+1 on a second thread while batch i's rows are built and written
-    (`modeling.tokenized_ahead`): the same rows in the same order as counting in line.
+    Where it runs: from `POOL_MIN` examples on, in `scoring.workers` forked processes (0: one per CPU core,
+    `modeling.available_workers`; `modeling.in_processes`), each decoding its batches' lines (an `ExampleFile`
+    sends line bytes, not decoded rows), counting with a single-threaded tokenizer and building the rows; else in
+    this process, the tokenizer counting batch i+1 on a second thread while batch i's rows are built
+    (`modeling.tokenized_ahead`). The same rows in the same order either way (tests/test_scoring_length.py).
     """
     tok = modeling.load_tokenizer(ctx.cfg.scoring.model or ctx.cfg.model.name_or_path)
+    workers = (ctx.cfg.scoring.workers or modeling.available_workers()) if modeling.can_fork() else 1
+    sized = hasattr(examples, "__len__")
+    if workers > 1 and sized and len(examples) >= POOL_MIN:  # type: ignore[arg-type]
+        lines = examples.lines() if isinstance(examples, ExampleFile) else None
+        stream: Iterator[Any] = iter(lines if lines is not None else examples)
+        path = str(examples.path) if isinstance(examples, ExampleFile) else None
+        batches = iter(lambda: (path, list(itertools.islice(stream, _BATCH))), (path, []))
+        for _, rows in modeling.in_processes(batches, _batch_rows, workers, init=_use_tokenizer, initargs=(tok,)):
+            yield from rows
+        return
     stream = iter(examples)
-    batches = iter(lambda: list(itertools.islice(stream, _BATCH)), [])
+    ex_batches = iter(lambda: list(itertools.islice(stream, _BATCH)), [])
+    for batch, counts in modeling.tokenized_ahead(ex_batches, lambda b: _counts(b, tok)):
+        yield from _rows(batch, counts)
 
-    def counts(batch: list[Example]) -> list[tuple[int, int]]:  # one tokenizer call per field, not per text
-        return list(zip(token_counts([ex.instruction for ex in batch], tok),
-                        token_counts([ex.response for ex in batch], tok)))
 
-    for batch, batch_counts in modeling.tokenized_ahead(batches, counts):
-        for ex, c in zip(batch, batch_counts):
-            f = length_features(ex, counts=c)
-            yield score_row(ex.id, length_score(f), **f)
+POOL_MIN = 4 * _BATCH  # fewer examples are scored in this process (a pool would not have a batch per worker)
+_worker_tokenizer: Any = None  # a worker process's tokenizer (`_use_tokenizer`)
+
+
+def _counts(batch: list[Example], tok) -> list[tuple[int, int]]:
+    """(instruction tokens, response tokens) per example: one tokenizer call per field, not per text."""
+    return list(zip(token_counts([ex.instruction for ex in batch], tok),
+                    token_counts([ex.response for ex in batch], tok)))
+
+
+def _rows(batch: list[Example], counts: list[tuple[int, int]]) -> Iterator[dict[str, Any]]:
+    for ex, c in zip(batch, counts):
+        f = length_features(ex, counts=c)
+        yield score_row(ex.id, length_score(f), **f)
+
+
+def _use_tokenizer(tok) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tok
+
+
+def _batch_rows(batch: tuple[str | None, list[Any]]) -> list[dict[str, Any]]:
+    """In a worker process: the rows of one batch, (path, [(line number, line bytes)]) of an ExampleFile or
+    (None, [Example])."""
+    path, items = batch
+    examples = items if path is None else [example_of_line(path, n, line) for n, line in items]
+    return list(_rows(examples, _counts(examples, _worker_tokenizer)))

@@ -169,7 +169,8 @@ def _score_alone(name: str, examples: Sequence[Example], ctx: ScoreContext, out_
     seconds = time.perf_counter() - t0
     _check_rows(name, _ids(todo), new)
     del done  # every row is in out_path now: the rewrite reads them back from there
-    _rewrite_in_order(out_path, ids)
+    if reused or list(new) != ids:  # else the appends wrote exactly `ids`, in order: nothing to rewrite
+        _rewrite_in_order(out_path, ids)
     shards.clear(merged=True)  # a killed launch's rows are all in out_path now
     return ScoreSummary(scorer=name, path=out_path, total=len(ids), reused=reused, scored=len(new),
                         failed=_failed(new), seconds=seconds, stats=_with_padding(ctx.stats))
