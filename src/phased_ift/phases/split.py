@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from phased_ift.data import Example, example_head, with_meta, write_examples
 from phased_ift.errors import PhasedIFTError
@@ -279,22 +280,66 @@ def _write_phase_files(run, phases: list[list[Example]], controls: Mapping[str, 
     """The phase files and control files; their entries go into `manifest` ("phases", "controls"), with the
     sequential examples of each phase and the originals they replace (`sit.mix.phase_mix_counts`). `full` turns a
     stand-in example into the line written (the split's `_stub`s, `write_examples`' bytes of the whole example;
-    None: the examples are written as given)."""
-    def write(path: Path, ph: list[Example]) -> Path:
-        if full is None:
+    None: the examples are written as given). With `full`, a control file's row whose stand-in is one a phase file
+    holds (the same object: builders regroup the phases' examples) is copied from the phase file's bytes
+    (`_PhaseRows`), the line `full` gave there, instead of being built again."""
+    rows = _PhaseRows(full) if full is not None else None
+
+    def write(path: Path, ph: list[Example], phase: int = 0) -> Path:
+        if rows is None:
             return write_examples(path, ph)
-        write_lines(path, map(full, ph))
+        write_lines(path, rows.record(phase, ph) if phase else map(rows.line, ph))
         return path
 
-    for i, (ph, mix) in enumerate(zip(phases, phase_mix_counts(phases)), 1):
-        path = write(run.phase_file(i), ph)
-        manifest["phases"].append({"k": i, **phase_stats(ph), **mix, "file": str(path.relative_to(run.root))})
-    for c, build in controls.items():
-        ctl = build(phases, seed)
-        manifest["controls"][c] = []
-        for i, ph in enumerate(ctl, 1):
-            path = write(run.phase_file(i, c), ph)
-            manifest["controls"][c].append({"k": i, "count": len(ph), "file": str(path.relative_to(run.root))})
+    try:
+        for i, (ph, mix) in enumerate(zip(phases, phase_mix_counts(phases)), 1):
+            path = write(run.phase_file(i), ph, i)
+            if rows is not None:
+                rows.written(i, path)
+            manifest["phases"].append({"k": i, **phase_stats(ph), **mix, "file": str(path.relative_to(run.root))})
+        for c, build in controls.items():
+            ctl = build(phases, seed)
+            manifest["controls"][c] = []
+            for i, ph in enumerate(ctl, 1):
+                path = write(run.phase_file(i, c), ph)
+                manifest["controls"][c].append({"k": i, "count": len(ph), "file": str(path.relative_to(run.root))})
+    finally:
+        if rows is not None:
+            rows.close()
+
+
+class _PhaseRows:
+    """The line of each stand-in written to a phase file: `record` notes where each one goes (phase, byte offset,
+    length) while the file is written, `line(e)` reads it back from there (one `os.pread`), or builds it with `full`
+    for a stand-in no phase file holds. About 100 bytes of memory per example."""
+
+    def __init__(self, full: Callable[[Example], bytes]) -> None:
+        self.full = full
+        self.at: dict[int, tuple[int, int, int]] = {}  # id(stand-in) -> (phase, offset, length)
+        self.files: dict[int, int] = {}  # phase -> read descriptor of its written file
+
+    def record(self, phase: int, ph: Sequence[Example]) -> Iterator[bytes]:
+        pos = 0
+        for e in ph:
+            line = self.full(e)
+            self.at[id(e)] = (phase, pos, len(line))
+            pos += len(line)
+            yield line
+
+    def written(self, phase: int, path: Path) -> None:
+        self.files[phase] = os.open(path, os.O_RDONLY)
+
+    def line(self, e: Example) -> bytes:
+        found = self.at.get(id(e))
+        if found is None:
+            return self.full(e)
+        phase, offset, length = found
+        return os.pread(self.files[phase], length, offset)
+
+    def close(self) -> None:
+        for fd in self.files.values():
+            os.close(fd)
+        self.files.clear()
 
 
 def write_split(run, scorer: str, k: int, method: str, thresholds: Sequence[float] | None, seed: int,
