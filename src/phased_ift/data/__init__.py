@@ -26,7 +26,8 @@ jsonl files of the run dir are read and written by `phased_ift.runio`.
 """
 
 from phased_ift.data.example import (Example, ExampleFile, example_head, example_head_key, example_of_line,
-                                     iter_examples, normalize_text, read_examples, row_head, unique_id, with_meta, write_examples)
+                                     iter_examples, normalize_text, read_examples, row_head, unique_id, with_meta,
+                                     write_examples)
 from phased_ift.data.formats import FORMAT_NAMES, FORMATS, ReadResult, iter_file, read_file, read_records
 from phased_ift.data.sources import (DATA_HOME_ENV, SOURCES, TEST_SETS, CheckReport, SourceInfo, SourceStatus,
                                      TestSetInfo, check_file, combine_results, combine_streams, data_home,
@@ -36,8 +37,8 @@ from phased_ift.data.sources import (DATA_HOME_ENV, SOURCES, TEST_SETS, CheckRep
 __all__ = [
     "CheckReport", "DATA_HOME_ENV", "Example", "ExampleFile", "FORMATS", "FORMAT_NAMES", "ReadResult", "SOURCES",
     "SourceInfo", "SourceStatus", "TEST_SETS", "TestSetInfo", "check_file", "combine_results", "combine_streams",
-    "data_home", "example_head", "example_head_key", "example_of_line", "find_reference", "iter_examples", "iter_file",
-    "load_reference_answers", "load_source", "load_test_set", "normalize_text", "read_examples", "read_file",
-    "row_head", "source_path", "source_provenance", "source_status", "stream_source", "unique_id", "with_meta",
-    "write_examples",
+    "data_home", "example_head", "example_head_key", "example_of_line", "find_reference", "iter_examples",
+    "iter_file", "load_reference_answers", "load_source", "load_test_set", "normalize_text", "read_examples",
+    "read_file", "row_head", "source_path", "source_provenance", "source_status", "stream_source", "unique_id",
+    "with_meta", "write_examples",
 ]

@@ -72,7 +72,7 @@ def in_processes(batches: Iterable[T], work: Callable[[T], R], workers: int, *,
         raise RuntimeError("worker processes need Linux's fork start method; run the work in this process")
     stream = iter(batches)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_start_worker, initargs=(init, initargs))
+                               initializer=_start_worker, initargs=(os.getpid(), init, initargs))
     pending: collections.deque = collections.deque()
     try:
         for batch in stream:
@@ -95,7 +95,7 @@ def _result(batch: T, future) -> tuple[T, R]:
                              "written: run the same command again to resume.") from None
 
 
-def _start_worker(init: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+def _start_worker(parent: int, init: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by the tokenizers library at each batch call
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -103,5 +103,7 @@ def _start_worker(init: Callable[..., None] | None, initargs: tuple[Any, ...]) -
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):  # no prctl: the worker still ends when the pool shuts down
         pass
+    if os.getppid() != parent:  # the caller died before the prctl above took effect
+        os._exit(1)
     if init is not None:
         init(*initargs)
