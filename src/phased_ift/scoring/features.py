@@ -66,7 +66,7 @@ def score_length(examples: Iterable[Example], ctx: ScoreContext) -> Iterator[dic
     `modeling.available_workers`; `modeling.in_processes`), each decoding its batches' lines (an `ExampleFile`
     sends line bytes, not decoded rows), counting with a single-threaded tokenizer and building the rows; else in
     this process, the tokenizer counting batch i+1 on a second thread while batch i's rows are built
-    (`modeling.tokenized_ahead`). The same rows in the same order either way (tests/test_scoring_length.py).
+    (`modeling.tokenized_ahead`). The same rows in the same order either way (tests/test_workers.py).
     """
     tok = modeling.load_tokenizer(ctx.cfg.scoring.model or ctx.cfg.model.name_or_path)
     workers = (ctx.cfg.scoring.workers or modeling.available_workers()) if modeling.can_fork() else 1
