@@ -291,7 +291,7 @@ class JsonlIndex:
             IndexError: i out of range. JsonlDecodeError: the line is not JSON (named as line 0: the line number
                 is not counted here).
         """
-        return _parse_line(self.path, 0, self.line(i))
+        return parse_line(self.path, 0, self.line(i))
 
     def line(self, i: int, decode: Callable[[bytes], Any] | None = None) -> Any:
         """The bytes of line i (0-based among the non-blank lines, with its newline), or `decode(those bytes)`
@@ -327,7 +327,7 @@ class JsonlIndex:
 def _kept(path: Path, lineno: int, line: bytes, keep: Callable[[Any], Any], raw: bool) -> Any:
     """keep(line or its row); a line that is not JSON is a JsonlDecodeError naming the file and line."""
     if not raw:
-        return keep(_parse_line(path, lineno, line))
+        return keep(parse_line(path, lineno, line))
     try:
         return keep(line)
     except json.JSONDecodeError as e:
@@ -365,15 +365,11 @@ def parse_line(path: str | os.PathLike, lineno: int, line: bytes) -> Any:
     Raises:
         JsonlDecodeError: not JSON (names the file, line and column); UnicodeDecodeError: not UTF-8.
     """
-    return _parse_line(Path(path), lineno, line)
-
-
-def _parse_line(path: Path, lineno: int, line: bytes) -> Any:
     text = line.decode("utf-8")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise JsonlDecodeError(path, lineno, e.msg, text, e.pos) from None
+        raise JsonlDecodeError(Path(path), lineno, e.msg, text, e.pos) from None
 
 
 # --------------------------------------------------------------------------------------------------------------

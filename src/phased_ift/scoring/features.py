@@ -72,9 +72,9 @@ def score_length(examples: Iterable[Example], ctx: ScoreContext) -> Iterator[dic
     workers = (ctx.cfg.scoring.workers or modeling.available_workers()) if modeling.can_fork() else 1
     sized = hasattr(examples, "__len__")
     if workers > 1 and sized and len(examples) >= POOL_MIN:  # type: ignore[arg-type]
-        lines = examples.lines() if isinstance(examples, ExampleFile) else None
-        stream: Iterator[Any] = iter(lines if lines is not None else examples)
-        path = str(examples.path) if isinstance(examples, ExampleFile) else None
+        # an ExampleFile's rows go as line bytes (the workers decode them), other examples as they are
+        path, stream = ((str(examples.path), examples.lines()) if isinstance(examples, ExampleFile)
+                        else (None, iter(examples)))
         batches = iter(lambda: (path, list(itertools.islice(stream, _BATCH))), (path, []))
         for _, rows in modeling.in_processes(batches, _batch_rows, workers, init=_use_tokenizer, initargs=(tok,)):
             yield from rows

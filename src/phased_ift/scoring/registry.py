@@ -194,7 +194,8 @@ def _rewrite_in_order(out_path: Path, ids: list[str]) -> None:
     rows' offsets, not the rows (`runio.JsonlIndex`). Every line of out_path was written by `runio.write_jsonl` or
     `AppendLog` (the kept rows rewritten at the start, the new ones appended), so lines are copied as they are
     (`runio.write_lines`), the bytes a decode and encode would give; a file that already holds exactly `ids`, in
-    order (one process, nothing resumed), is left as it is."""
+    order (e.g. a resumed run whose kept rows all come before the new ones), is left as it is. (`_score_alone` does
+    not call it when nothing was reused and the appends came in `ids` order: the file is in order then.)"""
     with JsonlIndex(out_path, keep=lambda r: str(r["id"])) as index:
         if index.values == ids:
             return
